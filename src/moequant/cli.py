@@ -1,0 +1,220 @@
+"""The `moequant` command. The only module that prints: results on stdout, everything else on stderr."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .errors import MoequantError
+from .plan import DTYPES, Mode, Plan, Quant
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  help="Convert Mixture-of-Experts checkpoints into quantized MLX checkpoints.")
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+BitsOpt = Annotated[Optional[int], typer.Option("--bits", help="Bits per weight (default: 4; 8 for mxfp8).")]
+GroupOpt = Annotated[Optional[int], typer.Option("--group-size", help="Group size (default per mode: affine 64, mxfp4 32, nvfp4 16, mxfp8 32).")]
+ModeOpt = Annotated[Mode, typer.Option("--mode", help="Quantization mode.")]
+GateOpt = Annotated[str, typer.Option("--gate-bits", help="Router gates: 'float' (default) or 8 (affine, group 64).")]
+NoQuantOpt = Annotated[bool, typer.Option("--no-quantize", help="Layout and dtype conversion only.")]
+DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="dtype of unquantized tensors: bfloat16, float16, float32 (default: the checkpoint's).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or info on stderr.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging on stderr.")]
+
+
+def _fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _logging(quiet: bool, verbose: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr, force=True)
+
+
+def _quant(no_quantize: bool, mode: Mode, bits: int | None, group_size: int | None) -> Quant | None:
+    return None if no_quantize else Quant.make(mode, bits, group_size)
+
+
+def _gate_bits(value: str) -> int | None:
+    if value == "float":
+        return None
+    if value == "8":
+        return 8
+    raise MoequantError(f"--gate-bits {value}: expected 'float' or 8 (router gates never go below 8 bits)")
+
+
+def _dtype(value: str | None) -> str | None:
+    if value is not None and value not in DTYPES:
+        raise MoequantError(f"--dtype {value}: expected one of {', '.join(DTYPES)}")
+    return value
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return ""
+
+
+def _parse_size(value: str) -> int:
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "K": 10**3, "M": 10**6, "G": 10**9, "B": 1}
+    text = value.strip().upper()
+    for unit, factor in sorted(units.items(), key=lambda u: -len(u[0])):
+        if text.endswith(unit):
+            try:
+                return int(float(text[: -len(unit)]) * factor)
+            except ValueError:
+                break
+    try:
+        return int(text)
+    except ValueError:
+        raise MoequantError(f"--shard-size {value}: expected a size like 5GB, 500MB or a byte count") from None
+
+
+def summary_line(plan: Plan, where: str) -> str:
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(plan.counts().items()))
+    return (f"{where}: {plan.bits_per_weight:.2f} bits/weight, {_size(plan.bytes_after)} "
+            f"(from {_size(plan.bytes_before)}); modules: {counts}")
+
+
+def plan_table(plan: Plan) -> Table:
+    table = Table(title=f"plan for {plan.model_type}", show_lines=False)
+    for name, justify in (("module", "left"), ("role", "left"), ("shape", "left"), ("decision", "left"),
+                          ("rule", "left"), ("bytes before", "right"), ("bytes after", "right")):
+        table.add_column(name, justify=justify, overflow="fold")
+    for r in plan.rows:
+        table.add_row(r.path, r.role.value, "×".join(map(str, r.shape)), r.action, r.rule,
+                      _size(r.bytes_before), _size(r.bytes_after))
+    return table
+
+
+def role_table(plan: Plan) -> Table:
+    table = Table(title=f"{plan.model_type}: where the size goes")
+    for name in ("role", "modules", "parameters", "decisions", "bytes before", "bytes after", "bits/weight"):
+        table.add_column(name, justify="left" if name in ("role", "decisions") else "right")
+    for role, rows in plan.by_role().items():
+        params, after = sum(r.params for r in rows), sum(r.bytes_after for r in rows)
+        decisions = sorted({f"{r.action} ({r.rule})" for r in rows})
+        table.add_row(role.value, str(len(rows)), f"{params:,}", ", ".join(decisions),
+                      _size(sum(r.bytes_before for r in rows)), _size(after), f"{8 * after / params:.2f}")
+    return table
+
+
+@app.command()
+def convert(
+    src: Annotated[str, typer.Argument(help="Checkpoint folder or hub id (resolved through the local cache).")],
+    dst: Annotated[Path, typer.Argument(help="Output folder (must not exist unless --force).")],
+    bits: BitsOpt = None, group_size: GroupOpt = None, mode: ModeOpt = Mode.AFFINE, gate_bits: GateOpt = "float",
+    no_quantize: NoQuantOpt = False, dtype: DtypeOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")] = False,
+    shard_size: Annotated[str, typer.Option("--shard-size", help="Largest output shard.")] = "5GB",
+    json_out: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
+) -> None:
+    """Convert SRC into a quantized MLX checkpoint in DST."""
+    from .convert import Conversion
+    from .writer import check_destination
+
+    _logging(quiet, verbose)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        check_destination(dst, force)
+        conversion = Conversion(src, _quant(no_quantize, mode, bits, group_size), _gate_bits(gate_bits), _dtype(dtype))
+        steps = conversion.run(dst, force=force, shard_size=_parse_size(shard_size))
+        total = conversion.ckpt.nbytes
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),
+                      TimeRemainingColumn(), console=err, disable=quiet, transient=True) as progress:
+            task = progress.add_task("converting", total=total, done="")
+            for step in steps:
+                progress.update(task, advance=step.bytes_read, description=f"{step.group} ({step.index}/{step.total})",
+                                done=f"{_size(progress.tasks[0].completed + step.bytes_read)} of {_size(total)}")
+    except MoequantError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        _fail("interrupted; DST was not written")
+    plan = conversion.plan
+    if json_out:
+        out.print_json(json.dumps({"dst": str(dst), **plan.to_json()["totals"], "counts": plan.counts()}))
+    else:
+        out.print(summary_line(plan, str(dst)), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def inspect(
+    path: Annotated[str, typer.Argument(help="Checkpoint folder or hub id.")],
+    bits: BitsOpt = None, group_size: GroupOpt = None, mode: ModeOpt = Mode.AFFINE, gate_bits: GateOpt = "float",
+    no_quantize: NoQuantOpt = False, dtype: DtypeOpt = None, json_out: JsonOpt = False,
+    quiet: QuietOpt = False, verbose: VerboseOpt = False,
+) -> None:
+    """Print the plan for PATH (headers only, nothing converted)."""
+    from .convert import Conversion
+
+    _logging(quiet, verbose)
+    try:
+        plan = Conversion(path, _quant(no_quantize, mode, bits, group_size), _gate_bits(gate_bits), _dtype(dtype)).plan
+    except MoequantError as e:
+        _fail(str(e))
+    if json_out:
+        out.print_json(plan.dumps())
+        return
+    out.print(plan_table(plan))
+    out.print(role_table(plan))
+    out.print(f"{plan.params:,} parameters; " + summary_line(plan, "output"), highlight=False, soft_wrap=True)
+
+
+@app.command("make-tiny")
+def make_tiny(
+    arch: Annotated[str, typer.Argument(help="Architecture: qwen3_moe, qwen2_moe, mixtral, deepseek_v3.")],
+    dst: Annotated[Path, typer.Argument(help="Folder to write (created).")],
+    dtype: Annotated[str, typer.Option(help="bfloat16, float16 or float32.")] = "bfloat16",
+    shards: Annotated[int, typer.Option(help="Number of safetensors shards.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed for the random weights.")] = 0,
+) -> None:
+    """Write a tiny random checkpoint in the real published layout of ARCH."""
+    from .tiny import ARCHS, write_tiny_checkpoint
+
+    if arch not in ARCHS:
+        _fail(f"ARCH {arch!r}: expected one of {', '.join(ARCHS)}")
+    if dtype not in DTYPES:
+        _fail(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
+    write_tiny_checkpoint(dst, arch, dtype=dtype, shards=shards, seed=seed)
+    out.print(f"{dst}: tiny {arch} ({ARCHS[arch].about})", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def demo(arch: Annotated[str, typer.Option(help="Tiny architecture to use.")] = "qwen3_moe") -> None:
+    """Build a tiny MoE, convert it at 4 bits, load it with mlx-lm and compare with float."""
+    from .convert import Conversion
+    from .evaluate import compare_logits, fixed_tokens, load_float32
+    from .tiny import ARCHS, write_tiny_checkpoint
+
+    if arch not in ARCHS:
+        _fail(f"--arch {arch!r}: expected one of {', '.join(ARCHS)}")
+    _logging(True, False)
+    with tempfile.TemporaryDirectory(prefix="moequant-demo-") as tmp:
+        src = write_tiny_checkpoint(Path(tmp) / "src", arch)
+        err.print(f"1. wrote a tiny random {arch} checkpoint ({ARCHS[arch].about})", highlight=False)
+        quantized = Conversion(src, Quant.make("affine", 4, 64))
+        list(quantized.run(Path(tmp) / "q4"))
+        reference = Conversion(src)
+        list(reference.run(Path(tmp) / "float"))
+        err.print("2. converted it at 4 bits (and once unquantized, as the float reference):", highlight=False)
+        out.print(role_table(quantized.plan))
+        out.print(summary_line(quantized.plan, "4-bit output"), highlight=False, soft_wrap=True)
+        tokens = fixed_tokens(quantized.config["vocab_size"])
+        closeness = compare_logits(load_float32(Path(tmp) / "float")(tokens), load_float32(Path(tmp) / "q4")(tokens))
+        err.print("3. loaded both with mlx-lm and ran the same tokens through them:", highlight=False)
+        out.print(f"4-bit vs float logits: {closeness}", highlight=False, soft_wrap=True)

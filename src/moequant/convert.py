@@ -1,0 +1,87 @@
+"""The whole flow: checkpoint -> normalize -> plan -> quantize -> write, one group at a time."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import mlx.core as mx
+
+from .checkpoint import FLOAT_DTYPES, ITEMSIZE, Checkpoint, read_checkpoint
+from .errors import CheckpointError, LayoutError
+from .experts import num_experts, to_stacked
+from .families import FAMILIES, Family
+from .names import canonical_name
+from .plan import DTYPES, Options, Plan, Quant, build_plan
+from .quantize import Quantizer
+from .target import build_model, resolve_config
+from .writer import DEFAULT_SHARD_SIZE, Output, check_destination, output_config
+
+log = logging.getLogger(__name__)
+
+
+def family_of(config: dict) -> Family:
+    model_type = config["model_type"]
+    if model_type not in FAMILIES:
+        raise CheckpointError(
+            f"config.json: model_type {model_type!r} is not a supported MoE family; expected one of "
+            f"{', '.join(sorted(FAMILIES))}"
+        )
+    return FAMILIES[model_type]
+
+
+def default_dtype(ckpt: Checkpoint) -> str:
+    """The checkpoint's declared float dtype if mlx can hold it, else bfloat16."""
+    declared = ckpt.config.get("torch_dtype") or ckpt.config.get("dtype")
+    return declared if declared in DTYPES else "bfloat16"
+
+
+def _source_itemsize(ckpt: Checkpoint) -> int:
+    sizes = [ITEMSIZE[t.dtype] for t in ckpt.tensors.values() if t.dtype in FLOAT_DTYPES]
+    return max(set(sizes), key=sizes.count) if sizes else 2
+
+
+@dataclass
+class Step:
+    group: str
+    index: int
+    total: int
+    bytes_read: int
+
+
+class Conversion:
+    """Everything decided from headers (the plan); `run` does the work, one group at a time."""
+
+    def __init__(self, src: str | Path, quant: Quant | None = None, gate_bits: int | None = None,
+                 dtype: str | None = None):
+        self.ckpt = read_checkpoint(src)
+        self.family = family_of(self.ckpt.config)
+        self.config, notes = resolve_config(self.ckpt.config)
+        self.num_experts = num_experts(self.family, self.config)
+        self.model = build_model(self.config)
+        self.options = Options(quant, gate_bits, dtype or default_dtype(self.ckpt))
+        self.plan: Plan = build_plan(self.model, self.ckpt.model_type, self.options,
+                                     _source_itemsize(self.ckpt), notes)
+
+    def run(self, dst: Path, force: bool = False, shard_size: int = DEFAULT_SHARD_SIZE) -> Iterator[Step]:
+        dst = Path(dst)
+        check_destination(dst, force)
+        quantizer = Quantizer(self.model, self.plan)
+        groups = self.ckpt.groups()
+        with Output(dst, force, shard_size) as out:
+            for i, group in enumerate(groups):
+                weights = {canonical_name(k): v for k, v in self.ckpt.load(group.keys).items()}
+                weights = to_stacked(self.family, weights, self.num_experts)
+                if hasattr(self.model, "sanitize"):
+                    weights = self.model.sanitize(weights)
+                out.add(quantizer.run(weights))
+                yield Step(group.name, i + 1, len(groups), sum(self.ckpt.tensors[k].nbytes for k in group.keys))
+                mx.clear_cache()
+            if missing := quantizer.missing():
+                raise LayoutError(
+                    f"{missing[0]}: mlx-lm's {self.ckpt.model_type} model needs this tensor; SRC has none "
+                    f"({len(missing)} missing in all)"
+                )
+            out.finish(output_config(self.config, self.plan), self.ckpt.path, self.plan)

@@ -1,0 +1,63 @@
+"""Load a checkpoint with the real mlx-lm and compare its logits with a reference.
+
+mlx on a Linux CPU runs the MoE expert matmul (gather_mm) in float32 only, and quantized expert
+matmuls are much slower than float ones there; so models are dequantized and cast to float32
+before the forward pass, which computes the same function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_map
+
+
+def load_float32(path: str | Path) -> nn.Module:
+    """`mlx_lm.utils.load_model(path)`, dequantized, every parameter in float32."""
+    from mlx_lm.utils import dequantize_model, load_model
+
+    model, _ = load_model(Path(path))
+    model = dequantize_model(model)
+    model.update(tree_map(lambda a: a.astype(mx.float32) if mx.issubdtype(a.dtype, mx.floating) else a,
+                          model.parameters()))
+    model.eval()
+    return model
+
+
+def fixed_tokens(vocab_size: int, batch: int = 2, length: int = 32, seed: int = 0) -> mx.array:
+    return mx.random.randint(0, vocab_size, (batch, length), key=mx.random.key(seed))
+
+
+@dataclass(frozen=True)
+class Closeness:
+    max_abs: float  # largest |logit difference|
+    rel_rms: float  # rms(difference) / rms(reference logits)
+    cosine: float  # mean cosine similarity of logit vectors
+    kl: float  # mean KL(reference || other), nats per token
+    top1: float  # fraction of tokens whose argmax agrees
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (f"top-1 agreement {self.top1:.3f}, KL {self.kl:.5f} nats/token, cosine {self.cosine:.5f}, "
+                f"relative RMS error {self.rel_rms:.4f}")
+
+
+def compare_logits(reference: mx.array, other: mx.array) -> Closeness:
+    reference, other = reference.astype(mx.float32), other.astype(mx.float32)
+    diff = other - reference
+    p_log = reference - mx.logsumexp(reference, axis=-1, keepdims=True)
+    q_log = other - mx.logsumexp(other, axis=-1, keepdims=True)
+    kl = (mx.exp(p_log) * (p_log - q_log)).sum(-1).mean()
+    cos = ((reference * other).sum(-1) / (mx.linalg.norm(reference, axis=-1) * mx.linalg.norm(other, axis=-1))).mean()
+    return Closeness(
+        max_abs=mx.abs(diff).max().item(),
+        rel_rms=(mx.sqrt((diff * diff).mean()) / mx.sqrt((reference * reference).mean())).item(),
+        cosine=cos.item(),
+        kl=max(kl.item(), 0.0),
+        top1=(reference.argmax(-1) == other.argmax(-1)).astype(mx.float32).mean().item(),
+    )

@@ -1,0 +1,34 @@
+"""Tensor-name knowledge: aux-tensor spellings and how keys group into decoder layers. Pure str -> str."""
+
+from __future__ import annotations
+
+import re
+
+# Other spellings of the aux tensors a quantized weight carries, renamed to the MLX sibling
+# plural convention that mlx-lm loads. One row per convention; first match wins and rows are
+# disjoint (a test checks that).
+AUX_RENAMES: tuple[tuple[str, str], ...] = (
+    (".weight.scale", ".scales"),  # dot-child singular (Ollama-created blobs)
+    (".weight.bias", ".biases"),  # dot-child singular (Ollama-created blobs)
+)
+
+_LAYER = re.compile(r"^(?P<prefix>(?:.+\.)?layers)\.(?P<index>\d+)\.")
+
+
+def canonical_name(key: str) -> str:
+    """The name moequant uses for `key` (aux tensors renamed to `P.scales` / `P.biases`)."""
+    for suffix, replacement in AUX_RENAMES:
+        if key.endswith(suffix):
+            return key[: -len(suffix)] + replacement
+    return key
+
+
+def layer_of(key: str) -> tuple[str, int] | None:
+    """(`model.layers`, 3) for `model.layers.3.mlp.gate.weight`; None outside decoder layers."""
+    m = _LAYER.match(key)
+    return (m["prefix"], int(m["index"])) if m else None
+
+
+def module_path(key: str) -> str:
+    """`model.layers.3.mlp.gate` for the tensor key `model.layers.3.mlp.gate.weight`."""
+    return key.rsplit(".", 1)[0]

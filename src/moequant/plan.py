@@ -1,0 +1,290 @@
+"""The plan: one row per module of the target model — keep, or quantize(mode, bits, group_size) —
+with the rule that decided it. Built from the model's structure and headers alone."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+from mlx_lm.models.switch_layers import SwitchLinear
+
+from .errors import PlanError
+
+
+class Mode(str, Enum):
+    AFFINE = "affine"
+    MXFP4 = "mxfp4"
+    NVFP4 = "nvfp4"
+    MXFP8 = "mxfp8"
+
+
+@dataclass(frozen=True)
+class ModeSpec:
+    bits: tuple[int, ...]
+    group_sizes: tuple[int, ...]
+    default_bits: int
+    default_group_size: int
+    scale_bytes: int  # bytes per group for scales (+ biases for affine), per output element of the dtype
+    has_biases: bool
+
+
+# What mlx 0.32's mx.quantize accepts per mode (FORMATS.md, checked with tiny tensors).
+MODES: dict[Mode, ModeSpec] = {
+    Mode.AFFINE: ModeSpec((2, 3, 4, 5, 6, 8), (32, 64, 128), 4, 64, 0, True),
+    Mode.MXFP4: ModeSpec((4,), (32,), 4, 32, 1, False),
+    Mode.NVFP4: ModeSpec((4,), (16,), 4, 16, 1, False),
+    Mode.MXFP8: ModeSpec((8,), (32,), 8, 32, 1, False),
+}
+
+DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
+_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+@dataclass(frozen=True)
+class Quant:
+    mode: Mode
+    bits: int
+    group_size: int
+
+    @classmethod
+    def make(cls, mode: str | Mode = "affine", bits: int | None = None, group_size: int | None = None,
+             where: str = "--mode/--bits/--group-size") -> "Quant":
+        try:
+            mode = Mode(mode)
+        except ValueError:
+            raise PlanError(f"{where}: mode {mode!r}; expected one of {', '.join(m.value for m in Mode)}") from None
+        spec = MODES[mode]
+        q = cls(mode, bits or spec.default_bits, group_size or spec.default_group_size)
+        if q.bits not in spec.bits or q.group_size not in spec.group_sizes:
+            raise PlanError(
+                f"{where}: {mode.value} with bits={q.bits}, group_size={q.group_size}; expected bits in "
+                f"{list(spec.bits)} and group_size in {list(spec.group_sizes)}"
+            )
+        return q
+
+    def to_dict(self) -> dict:
+        return {"group_size": self.group_size, "bits": self.bits, "mode": self.mode.value}
+
+    def __str__(self) -> str:
+        return f"{self.mode.value}·{self.bits}·g{self.group_size}"
+
+    def packed_bytes(self, shape: tuple[int, ...], dtype: str) -> int:
+        """Bytes of weight + scales (+ biases) for a weight of `shape` quantized this way."""
+        n = math.prod(shape)
+        spec = MODES[self.mode]
+        per_group = 2 * _DTYPE_BYTES[dtype] if spec.has_biases else spec.scale_bytes
+        return n * self.bits // 8 + (n // self.group_size) * per_group
+
+
+GATE_QUANT = Quant(Mode.AFFINE, 8, 64)  # --gate-bits 8: what mlx-lm's quant_predicate gives mlp.gate
+
+
+@dataclass(frozen=True)
+class Options:
+    quant: Quant | None  # None: --no-quantize
+    gate_bits: int | None = None  # None: router gates stay float
+    dtype: str = "bfloat16"  # for every tensor that is not quantized (and for scales/biases)
+
+
+class Role(str, Enum):
+    ROUTER_GATE = "router_gate"
+    SHARED_EXPERT_GATE = "shared_expert_gate"
+    ROUTED_EXPERTS = "routed_experts"
+    SHARED_EXPERTS = "shared_experts"
+    ATTENTION = "attention"
+    DENSE_MLP = "dense_mlp"
+    EMBEDDING = "embedding"
+    LM_HEAD = "lm_head"
+    NORM = "norm"
+    OTHER = "other"
+
+
+# Roles by module-path pattern, first match wins; structural roles (gates, routed experts) are
+# found before these from the module tree itself (see `find_roles`).
+ROLE_PATTERNS: tuple[tuple[Role, tuple[str, ...]], ...] = (
+    (Role.NORM, ("*norm", "*_layernorm", "*.ln_*")),
+    (Role.SHARED_EXPERTS, ("*.shared_expert.*", "*.shared_experts.*", "*.shared_mlp.*")),
+    (Role.ATTENTION, ("*.self_attn.*", "*.attention.*", "*.attn.*")),
+    (Role.DENSE_MLP, ("*.mlp.*", "*.feed_forward.*", "*.ffn.*")),
+    (Role.EMBEDDING, ("*embed_tokens", "*.wte", "*.embeddings")),
+    (Role.LM_HEAD, ("lm_head", "*.lm_head")),
+)
+
+
+@dataclass(frozen=True)
+class Module:
+    """What the rules see of one leaf module of the target model."""
+
+    path: str
+    role: Role
+    shape: tuple[int, ...]  # of its `weight` (or its only parameter)
+    params: int  # all its parameters
+    quantizable: bool  # has to_quantized
+
+
+def find_roles(model: nn.Module) -> list[Module]:
+    """Every leaf module with parameters, with its role read from the module tree."""
+    leaves = tree_flatten(model.leaf_modules(), is_leaf=lambda m: isinstance(m, nn.Module))
+    leaves = [(p, m) for p, m in leaves if tree_flatten(m.parameters())]
+    # An MoE block is the parent of a SwitchLinear container (…mlp.switch_mlp.gate_proj -> …mlp);
+    # its direct children that map hidden states to one score per expert (or one) are gates.
+    moe_blocks = {p.rsplit(".", 2)[0]: m.weight.shape[0] for p, m in leaves if isinstance(m, SwitchLinear)}
+    modules = []
+    for path, m in leaves:
+        arrays = dict(tree_flatten(m.parameters()))
+        weight = arrays.get("weight", next(iter(arrays.values())))
+        parent, _, _ = path.rpartition(".")
+        role = None
+        if isinstance(m, SwitchLinear):
+            role = Role.ROUTED_EXPERTS
+        elif parent in moe_blocks and weight.ndim == 2:
+            if weight.shape[0] == moe_blocks[parent]:
+                role = Role.ROUTER_GATE
+            elif weight.shape[0] == 1:
+                role = Role.SHARED_EXPERT_GATE
+        if role is None:
+            role = next((r for r, pats in ROLE_PATTERNS if any(fnmatch.fnmatchcase(path, p) for p in pats)),
+                        Role.NORM if weight.ndim == 1 else Role.OTHER)
+        modules.append(Module(path, role, tuple(weight.shape), sum(a.size for a in arrays.values()),
+                              hasattr(m, "to_quantized")))
+    return modules
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    precedence: int  # the highest-precedence rule that applies decides
+    applies: Callable[[Module, Options], bool]
+    decide: Callable[[Module, Options], Quant | None]
+    why: str
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("not-quantizable", 200, lambda m, o: not m.quantizable, lambda m, o: None,
+         "the mlx-lm module has no to_quantized"),
+    Rule("no-quantize", 100, lambda m, o: o.quant is None, lambda m, o: None, "--no-quantize"),
+    Rule("router-gate", 50, lambda m, o: m.role in (Role.ROUTER_GATE, Role.SHARED_EXPERT_GATE),
+         lambda m, o: GATE_QUANT if o.gate_bits == 8 else None,
+         "router gates stay float (or 8-bit with --gate-bits 8), never at the experts' bits"),
+    Rule("default", 0, lambda m, o: True, lambda m, o: o.quant, "--mode/--bits/--group-size"),
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    path: str
+    role: Role
+    shape: tuple[int, ...]
+    params: int
+    quantizable: bool
+    quant: Quant | None
+    rule: str
+    reason: str
+    bytes_before: int
+    bytes_after: int
+
+    @property
+    def action(self) -> str:
+        return str(self.quant) if self.quant else "keep"
+
+
+def decide(module: Module, options: Options, source_itemsize: int) -> Decision:
+    rule = max((r for r in RULES if r.applies(module, options)), key=lambda r: r.precedence)
+    quant, name, reason = rule.decide(module, options), rule.name, rule.why
+    if quant is not None and module.shape[-1] % quant.group_size:
+        reason = f"{rule.name} asked {quant}, but in={module.shape[-1]} is not a multiple of {quant.group_size}"
+        quant, name = None, "indivisible"
+    out_itemsize = _DTYPE_BYTES[options.dtype]
+    weight = math.prod(module.shape)
+    after = (module.params - weight) * out_itemsize
+    after += quant.packed_bytes(module.shape, options.dtype) if quant else weight * out_itemsize
+    return Decision(module.path, module.role, module.shape, module.params, module.quantizable, quant, name,
+                    reason, module.params * source_itemsize, after)
+
+
+@dataclass
+class Plan:
+    model_type: str
+    options: Options
+    rows: list[Decision]
+    notes: list[str] = field(default_factory=list)  # config aliases resolved, etc.
+
+    def __post_init__(self):
+        self.by_path = {r.path: r for r in self.rows}
+
+    @property
+    def params(self) -> int:
+        return sum(r.params for r in self.rows)
+
+    @property
+    def bytes_before(self) -> int:
+        return sum(r.bytes_before for r in self.rows)
+
+    @property
+    def bytes_after(self) -> int:
+        return sum(r.bytes_after for r in self.rows)
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.bytes_after / max(self.params, 1)
+
+    def counts(self) -> dict[str, int]:
+        """Modules per (decision, rule), e.g. {"affine·4·g64 by default": 12, "keep by router-gate": 2}."""
+        out: dict[str, int] = {}
+        for r in self.rows:
+            key = f"{r.action} by {r.rule}"
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    def by_role(self) -> dict[Role, list[Decision]]:
+        roles: dict[Role, list[Decision]] = {}
+        for r in self.rows:
+            roles.setdefault(r.role, []).append(r)
+        return roles
+
+    def quantization_config(self) -> dict | None:
+        """The `quantization` entry of the output config.json: defaults plus per-path entries."""
+        if self.options.quant is None:
+            return None
+        config: dict = self.options.quant.to_dict()
+        for r in self.rows:
+            if not r.quantizable or r.quant == self.options.quant:
+                continue  # a module without to_quantized never gets an entry (the MoEGate crash)
+            config[r.path] = r.quant.to_dict() if r.quant else False
+        return config
+
+    def to_json(self) -> dict:
+        return {
+            "moequant_plan": 1,
+            "model_type": self.model_type,
+            "options": {
+                "quant": self.options.quant.to_dict() if self.options.quant else None,
+                "gate_bits": self.options.gate_bits,
+                "dtype": self.options.dtype,
+            },
+            "totals": {"params": self.params, "bytes_before": self.bytes_before,
+                       "bytes_after": self.bytes_after, "bits_per_weight": round(self.bits_per_weight, 4)},
+            "notes": self.notes,
+            "modules": [
+                {**{k: v for k, v in asdict(r).items() if k not in ("quant", "role")},
+                 "role": r.role.value, "shape": list(r.shape),
+                 "quant": r.quant.to_dict() if r.quant else None}
+                for r in self.rows
+            ],
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2)
+
+
+def build_plan(model: nn.Module, model_type: str, options: Options, source_itemsize: int = 2,
+               notes: list[str] | None = None) -> Plan:
+    rows = [decide(m, options, source_itemsize) for m in find_roles(model)]
+    return Plan(model_type, options, rows, list(notes or []))

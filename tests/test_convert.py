@@ -1,0 +1,106 @@
+"""End to end: tiny published-layout checkpoints -> convert -> real mlx-lm load -> logits."""
+
+from __future__ import annotations
+
+import json
+
+import mlx.core as mx
+import pytest
+from mlx.utils import tree_flatten
+from mlx_lm.utils import load_model, quantize_model
+
+from moequant.convert import Conversion
+from moequant.evaluate import compare_logits
+from moequant.plan import Quant
+from moequant.tiny import ARCHS, write_tiny_checkpoint
+
+from conftest import TOKENS, logits_of
+
+# Bounds measured on these tiny random models (2 layers, 4 experts, hidden 128) against the float
+# reference; the figures seen are in the comments. Random weights put routing near ties, so a
+# few flipped expert choices dominate the error (deepseek_v3's sigmoid router most of all: its
+# 8-bit figures equal mlx-lm's own 8-bit quantization of the same weights).
+MODES = {
+    # name: (options, min cosine, max KL)        seen: cosine / KL, worst arch
+    "affine8": (["--bits", "8"], 0.985, 0.02),  # 0.9916 / 0.0084 (deepseek_v3), others ≥ 0.9992
+    "affine4": (["--bits", "4"], 0.90, 0.15),  # 0.931 / 0.066 (deepseek_v3), others ≥ 0.972
+    "mxfp4": (["--mode", "mxfp4"], 0.88, 0.18),  # 0.919 / 0.078 (deepseek_v3), others ≥ 0.960
+    "nvfp4": (["--mode", "nvfp4"], 0.90, 0.15),  # 0.931 / 0.064 (deepseek_v3), others ≥ 0.972
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_quantized_output_loads_in_mlx_lm_and_stays_close_to_float(tmp_path, cli, reference_logits, arch, mode):
+    args, min_cosine, max_kl = MODES[mode]
+    src = write_tiny_checkpoint(tmp_path / "src", arch)
+    result = cli("convert", src, tmp_path / "dst", *args, "--quiet")
+    assert result.exit_code == 0, result.output
+    closeness = compare_logits(reference_logits(arch), logits_of(tmp_path / "dst"))
+    assert closeness.cosine >= min_cosine and closeness.kl <= max_kl, closeness
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_no_quantize_reproduces_float_logits(tmp_path, cli, reference_logits, arch):
+    src = write_tiny_checkpoint(tmp_path / "src", arch)
+    assert cli("convert", src, tmp_path / "dst", "--no-quantize", "--quiet").exit_code == 0
+    config = json.loads((tmp_path / "dst" / "config.json").read_text())
+    assert "quantization" not in config and "quantization_config" not in config
+    closeness = compare_logits(reference_logits(arch), logits_of(tmp_path / "dst"))
+    assert closeness.max_abs <= 1e-4, closeness
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_output_loads_with_mlx_lm_load_and_tokenizer(tmp_path, arch):
+    import mlx_lm
+
+    src = write_tiny_checkpoint(tmp_path / "src", arch)
+    list(Conversion(src, Quant.make("affine", 4)).run(tmp_path / "dst"))
+    model, tokenizer = mlx_lm.load(str(tmp_path / "dst"))
+    assert tokenizer.encode("def f():", add_special_tokens=False) == list(b"def f():")
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert (tmp_path / "dst" / name).read_bytes() == (src / name).read_bytes()
+
+
+@pytest.mark.parametrize("mode", ["affine", "mxfp4"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_output_equals_mlx_lm_quantizing_the_same_modules(tmp_path, arch, mode):
+    """Exactly as if mlx-lm had produced it: same packed weights, scales and biases per module."""
+    src = write_tiny_checkpoint(tmp_path / "src", arch)
+    legacy = write_tiny_checkpoint(tmp_path / "legacy", arch, style="legacy")
+    conversion = Conversion(src, Quant.make(mode))
+    list(conversion.run(tmp_path / "dst"))
+    ours, _ = load_model(tmp_path / "dst")
+    theirs, config = load_model(legacy)
+    rows = conversion.plan.by_path
+    quantize_model(theirs, config, None, None, mode=mode,
+                   quant_predicate=lambda p, m: rows[p].quant.to_dict() if rows[p].quant else False)
+    ours, theirs = dict(tree_flatten(ours.parameters())), dict(tree_flatten(theirs.parameters()))
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert ours[key].dtype == theirs[key].dtype and mx.array_equal(ours[key], theirs[key]), key
+
+
+def test_sharded_source_converts_like_a_single_file(tmp_path):
+    one = write_tiny_checkpoint(tmp_path / "one", "qwen2_moe")
+    three = write_tiny_checkpoint(tmp_path / "three", "qwen2_moe", shards=3)
+    assert len(list(three.glob("model-*-of-00003.safetensors"))) == 3
+    for src, dst in ((one, "a"), (three, "b")):
+        list(Conversion(src, Quant.make("affine", 4)).run(tmp_path / dst))
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_source_dtypes_convert_and_dtype_option_sets_float_tensors(tmp_path, cli, dtype):
+    src = write_tiny_checkpoint(tmp_path / "src", "mixtral", dtype=dtype)
+    assert cli("convert", src, tmp_path / "dst", "--dtype", "float16", "--quiet").exit_code == 0
+    weights = mx.load(str(tmp_path / "dst" / "model.safetensors"))
+    assert weights["model.norm.weight"].dtype == mx.float16
+    assert weights["model.layers.0.block_sparse_moe.gate.weight"].dtype == mx.float16
+    assert weights["lm_head.scales"].dtype == mx.float16
+
+
+def test_demo_runs_and_reports_closeness(cli):
+    result = cli("demo")
+    assert result.exit_code == 0, result.output
+    assert "4-bit vs float logits: top-1 agreement" in result.output
