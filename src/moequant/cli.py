@@ -157,14 +157,26 @@ def inspect(
     path: Annotated[str, typer.Argument(help="Checkpoint folder or hub id.")],
     bits: BitsOpt = None, group_size: GroupOpt = None, mode: ModeOpt = Mode.AFFINE, gate_bits: GateOpt = "float",
     no_quantize: NoQuantOpt = False, dtype: DtypeOpt = None, json_out: JsonOpt = False,
+    check: Annotated[bool, typer.Option("--check", help="MLX-quantized PATH: exit 1 if config and tensors disagree.")] = False,
     quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
-    """Print the plan for PATH (headers only, nothing converted)."""
+    """Print the plan for PATH (headers only, nothing converted); for an MLX-quantized PATH, what it stores."""
+    from .checkpoint import read_checkpoint
     from .convert import Conversion
+    from .stored import is_mlx_quantized, stored_quantization
 
     _logging(quiet, verbose)
     try:
-        plan = Conversion(path, _quant(no_quantize, mode, bits, group_size), _gate_bits(gate_bits), _dtype(dtype)).plan
+        ckpt = read_checkpoint(path)
+        if is_mlx_quantized(ckpt.config):
+            rows = stored_quantization(ckpt)
+            _print_stored(rows, json_out)
+            if check and any(r.problem for r in rows):
+                raise typer.Exit(1)
+            return
+        conversion = Conversion(path, _quant(no_quantize, mode, bits, group_size), _gate_bits(gate_bits), _dtype(dtype))
+        conversion.validate()
+        plan = conversion.plan
     except MoequantError as e:
         _fail(str(e))
     if json_out:
@@ -173,6 +185,23 @@ def inspect(
     out.print(plan_table(plan))
     out.print(role_table(plan))
     out.print(f"{plan.params:,} parameters; " + summary_line(plan, "output"), highlight=False, soft_wrap=True)
+
+
+def _print_stored(rows, json_out: bool) -> None:
+    if json_out:
+        out.print_json(json.dumps([{"path": r.path, "shape": list(r.shape), "stored": str(r.stored),
+                                    "config": str(r.config) if r.config else None, "problem": r.problem or None}
+                                   for r in rows]))
+        return
+    table = Table(title="stored quantization (from tensor shapes) vs config.json")
+    for name in ("module", "shape", "stored", "config.json says", "problem"):
+        table.add_column(name, overflow="fold")
+    for r in rows:
+        table.add_row(r.path, "×".join(map(str, r.shape)), str(r.stored), str(r.config) if r.config else "-",
+                      f"[red]{r.problem}[/red]" if r.problem else "")
+    out.print(table)
+    bad = sum(bool(r.problem) for r in rows)
+    out.print(f"{len(rows)} modules; {bad} disagree with config.json", highlight=False)
 
 
 @app.command("make-tiny")

@@ -9,13 +9,13 @@ from typing import Iterator
 
 import mlx.core as mx
 
-from .checkpoint import FLOAT_DTYPES, ITEMSIZE, Checkpoint, read_checkpoint
-from .errors import CheckpointError, LayoutError
+from .checkpoint import FLOAT_DTYPES, ITEMSIZE, Checkpoint, Group, read_checkpoint
+from .errors import CheckpointError
 from .experts import num_experts, to_stacked
 from .families import FAMILIES, Family
 from .names import canonical_name
 from .plan import DTYPES, Options, Plan, Quant, build_plan
-from .quantize import Quantizer
+from .quantize import Quantizer, check_complete, check_weights, parameter_shapes
 from .target import build_model, resolve_config
 from .writer import DEFAULT_SHARD_SIZE, Output, check_destination, output_config
 
@@ -57,31 +57,36 @@ class Conversion:
     def __init__(self, src: str | Path, quant: Quant | None = None, gate_bits: int | None = None,
                  dtype: str | None = None):
         self.ckpt = read_checkpoint(src)
+        self.config, notes = resolve_config(self.ckpt.config)  # first: is it an mlx-lm model at all
         self.family = family_of(self.ckpt.config)
-        self.config, notes = resolve_config(self.ckpt.config)
         self.num_experts = num_experts(self.family, self.config)
         self.model = build_model(self.config)
         self.options = Options(quant, gate_bits, dtype or default_dtype(self.ckpt))
         self.plan: Plan = build_plan(self.model, self.ckpt.model_type, self.options,
                                      _source_itemsize(self.ckpt), notes)
 
+    def _normalized(self, group: Group) -> dict[str, mx.array]:
+        """One group's tensors (lazy), renamed, stacked and sanitized into the target's names."""
+        weights = {canonical_name(k): v for k, v in self.ckpt.load(group.keys).items()}
+        weights = to_stacked(self.family, weights, self.num_experts)
+        return self.model.sanitize(weights) if hasattr(self.model, "sanitize") else weights
+
+    def validate(self) -> None:
+        """Every layout and shape check on lazy tensors, before any data is read or written."""
+        expected, seen = parameter_shapes(self.model), set()
+        for group in self.ckpt.groups():
+            check_weights(self._normalized(group), expected, seen, self.ckpt.model_type)
+        check_complete(expected, seen, self.ckpt.model_type)
+
     def run(self, dst: Path, force: bool = False, shard_size: int = DEFAULT_SHARD_SIZE) -> Iterator[Step]:
         dst = Path(dst)
         check_destination(dst, force)
+        self.validate()
         quantizer = Quantizer(self.model, self.plan)
         groups = self.ckpt.groups()
         with Output(dst, force, shard_size) as out:
             for i, group in enumerate(groups):
-                weights = {canonical_name(k): v for k, v in self.ckpt.load(group.keys).items()}
-                weights = to_stacked(self.family, weights, self.num_experts)
-                if hasattr(self.model, "sanitize"):
-                    weights = self.model.sanitize(weights)
-                out.add(quantizer.run(weights))
+                out.add(quantizer.run(self._normalized(group)))
                 yield Step(group.name, i + 1, len(groups), sum(self.ckpt.tensors[k].nbytes for k in group.keys))
                 mx.clear_cache()
-            if missing := quantizer.missing():
-                raise LayoutError(
-                    f"{missing[0]}: mlx-lm's {self.ckpt.model_type} model needs this tensor; SRC has none "
-                    f"({len(missing)} missing in all)"
-                )
             out.finish(output_config(self.config, self.plan), self.ckpt.path, self.plan)

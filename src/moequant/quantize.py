@@ -22,40 +22,49 @@ def _module_at(model: nn.Module, path: str):
     return obj
 
 
+def parameter_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
+
+
+def check_weights(weights: dict[str, mx.array], expected: dict[str, tuple[int, ...]], seen: set[str],
+                  model_type: str) -> None:
+    """Every (normalized) source tensor is a parameter of the target model, with its shape, once."""
+    for key, value in weights.items():
+        if key not in expected:
+            raise LayoutError(
+                f"{key}: {tuple(value.shape)} {value.dtype} matches no parameter of mlx-lm's {model_type} "
+                f"model and no known layout or aux name; expected e.g. {_nearest(key, expected)}"
+            )
+        if tuple(value.shape) != expected[key]:
+            raise LayoutError(f"{key}: shape {tuple(value.shape)}; expected {expected[key]} from config.json")
+        if key in seen:
+            raise LayoutError(f"{key}: given twice in SRC (after layout conversion); expected once")
+    seen.update(weights)
+
+
+def check_complete(expected: dict[str, tuple[int, ...]], seen: set[str], model_type: str) -> None:
+    if missing := sorted(set(expected) - seen):
+        raise LayoutError(
+            f"{missing[0]}: mlx-lm's {model_type} model needs this tensor; SRC has none "
+            f"({len(missing)} missing in all)"
+        )
+
+
 class Quantizer:
     """Holds the lazily built target model; `run` loads, quantizes and returns one group."""
 
     def __init__(self, model: nn.Module, plan: Plan):
         self.model = model
         self.plan = plan
-        self.expected = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
-        self.seen: set[str] = set()
         self.keep_dtype = getattr(model, "cast_predicate", lambda key: True)
 
-    def check(self, weights: dict[str, mx.array]) -> None:
-        for key, value in weights.items():
-            if key not in self.expected:
-                raise LayoutError(
-                    f"{key}: {tuple(value.shape)} {value.dtype} matches no parameter of mlx-lm's "
-                    f"{self.plan.model_type} model and no known layout or aux name; expected e.g. "
-                    f"{_nearest(key, self.expected)}"
-                )
-            if tuple(value.shape) != self.expected[key]:
-                raise LayoutError(
-                    f"{key}: shape {tuple(value.shape)}; expected {self.expected[key]} from config.json"
-                )
-            if key in self.seen:
-                raise LayoutError(f"{key}: given twice in SRC (after layout conversion); expected once")
-
     def run(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
-        """Quantized output tensors (lazy) for one group of source-ordered, stacked float weights."""
-        self.check(weights)
+        """Quantized output tensors (lazy) for one group of checked, stacked float weights."""
         dtype = DTYPES[self.plan.options.dtype]
         weights = {
             k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) and self.keep_dtype(k) else v
             for k, v in weights.items()
         }
-        self.seen.update(weights)
         self.model.load_weights(list(weights.items()), strict=False)
         paths = sorted({module_path(k) for k in weights})
         todo = {p for p in paths if p in self.plan.by_path and self.plan.by_path[p].quant is not None}
@@ -72,9 +81,6 @@ class Quantizer:
             out.update((f"{path}.{k}", v) for k, v in arrays.items())
             module.update({k: mx.array([]) for k in arrays})  # release: the writer holds them now
         return out
-
-    def missing(self) -> list[str]:
-        return sorted(set(self.expected) - self.seen)
 
 
 def _nearest(key: str, keys) -> str:

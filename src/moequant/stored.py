@@ -1,0 +1,65 @@
+"""What an already MLX-quantized checkpoint stores per module, read from tensor shapes, and whether
+its config.json says the same. Catches the per-path override mismatches that crash runtimes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .checkpoint import Checkpoint
+from .plan import MODES, Mode, Quant, find_roles
+from .target import build_model, resolve_config
+
+# fp modes allow one (bits, group_size) each; their scales are uint8 (FORMATS.md)
+_FP_MODES = {(s.default_bits, s.default_group_size): m for m, s in MODES.items() if not s.has_biases}
+
+
+def is_mlx_quantized(config: dict) -> bool:
+    q = config.get("quantization", config.get("quantization_config"))
+    return isinstance(q, dict) and "bits" in q and "group_size" in q
+
+
+@dataclass(frozen=True)
+class Stored:
+    path: str
+    shape: tuple[int, ...]  # the float weight shape the model class expects
+    stored: Quant | str  # Quant read from the tensors, or the float dtype
+    config: Quant | None  # what config.json says (None: not quantized)
+    problem: str  # "" when config and tensors agree
+
+
+def _from_tensors(ckpt: Checkpoint, path: str, n_in: int) -> Quant | str:
+    weight, scales = ckpt.tensors[f"{path}.weight"], ckpt.tensors.get(f"{path}.scales")
+    if scales is None:
+        return weight.dtype
+    bits, group = weight.shape[-1] * 32 // n_in, n_in // max(scales.shape[-1], 1)
+    mode = _FP_MODES.get((bits, group), Mode.AFFINE) if scales.dtype == "U8" else Mode.AFFINE
+    return Quant(mode, bits, group)
+
+
+def _from_config(quantization: dict, path: str) -> Quant | None:
+    entry = quantization.get(path, quantization)
+    if entry is False:
+        return None
+    # a per-path object without "mode" means affine (what to_quantized defaults to), whatever the global
+    mode = entry.get("mode", "affine") if path in quantization else quantization.get("mode", "affine")
+    return Quant(Mode(mode), entry["bits"], entry["group_size"])
+
+
+def stored_quantization(ckpt: Checkpoint) -> list[Stored]:
+    config, _ = resolve_config(ckpt.config)
+    quantization = config.get("quantization") or config["quantization_config"]
+    rows = []
+    for m in find_roles(build_model(config)):
+        if f"{m.path}.weight" not in ckpt.tensors:
+            continue
+        stored, problem = _from_tensors(ckpt, m.path, m.shape[-1]), ""
+        # mlx-lm's loader applies listed paths, and infers unlisted ones from their scales
+        said = _from_config(quantization, m.path) if m.path in quantization or isinstance(stored, Quant) else None
+        if not m.quantizable and isinstance(quantization.get(m.path), dict):
+            problem = "config.json lists it, but mlx-lm's module has no to_quantized (the loader crashes)"
+        elif isinstance(stored, Quant) and said != stored:
+            problem = f"config.json says {said or 'not quantized'}; its tensors say {stored}"
+        elif isinstance(stored, str) and said is not None:
+            problem = f"config.json says {said}; it is stored as {stored} (not quantized)"
+        rows.append(Stored(m.path, m.shape, stored, said, problem))
+    return rows
