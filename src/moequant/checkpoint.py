@@ -165,6 +165,12 @@ class Checkpoint:
         return out
 
 
+def is_mlx_quantized(config: dict) -> bool:
+    """An MLX checkpoint: `quantization` (or its alias) with scalar bits and group_size."""
+    q = config.get("quantization", config.get("quantization_config"))
+    return isinstance(q, dict) and "bits" in q and "group_size" in q
+
+
 def read_config(path: Path) -> dict:
     file = path / "config.json"
     try:

@@ -161,9 +161,9 @@ def inspect(
     quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
     """Print the plan for PATH (headers only, nothing converted); for an MLX-quantized PATH, what it stores."""
-    from .checkpoint import read_checkpoint
+    from .checkpoint import is_mlx_quantized, read_checkpoint
     from .convert import Conversion
-    from .stored import is_mlx_quantized, stored_quantization
+    from .stored import stored_quantization
 
     _logging(quiet, verbose)
     try:

@@ -9,7 +9,8 @@ from typing import Iterator
 
 import mlx.core as mx
 
-from .checkpoint import FLOAT_DTYPES, ITEMSIZE, Checkpoint, Group, read_checkpoint
+from .checkpoint import ITEMSIZE, Checkpoint, Group, read_checkpoint
+from .dequant import source_format
 from .errors import CheckpointError
 from .experts import num_experts, to_stacked
 from .families import FAMILIES, Family
@@ -39,7 +40,7 @@ def default_dtype(ckpt: Checkpoint) -> str:
 
 
 def _source_itemsize(ckpt: Checkpoint) -> int:
-    sizes = [ITEMSIZE[t.dtype] for t in ckpt.tensors.values() if t.dtype in FLOAT_DTYPES]
+    sizes = [ITEMSIZE[t.dtype] for t in ckpt.tensors.values() if len(t.shape) >= 2]
     return max(set(sizes), key=sizes.count) if sizes else 2
 
 
@@ -60,6 +61,7 @@ class Conversion:
         self.config, notes = resolve_config(self.ckpt.config)  # first: is it an mlx-lm model at all
         self.family = family_of(self.ckpt.config)
         self.num_experts = num_experts(self.family, self.config)
+        self.format, self.qconfig = source_format(self.ckpt.config)
         self.model = build_model(self.config)
         self.options = Options(quant, gate_bits, dtype or default_dtype(self.ckpt))
         self.plan: Plan = build_plan(self.model, self.ckpt.model_type, self.options,
@@ -67,7 +69,8 @@ class Conversion:
 
     def _normalized(self, group: Group) -> dict[str, mx.array]:
         """One group's tensors (lazy), renamed, stacked and sanitized into the target's names."""
-        weights = {canonical_name(k): v for k, v in self.ckpt.load(group.keys).items()}
+        weights = self.format.to_float(self.ckpt.load(group.keys), self.ckpt.tensors, self.qconfig)
+        weights = {canonical_name(k): v for k, v in weights.items()}
         weights = to_stacked(self.family, weights, self.num_experts)
         return self.model.sanitize(weights) if hasattr(self.model, "sanitize") else weights
 

@@ -15,6 +15,7 @@ class Family:
     stacked: str  # what the mlx-lm class loads: [E, out, in] per projection
     projections: dict[str, str]  # source projection name -> stacked projection name
     num_experts_keys: tuple[str, ...] = ("num_experts",)  # config keys naming E, first found wins
+    fused: str = "halves"  # how `<experts>.gate_up_proj` splits: a key of experts.FUSED_SPLITTERS
 
 
 _GLU = {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"}

@@ -13,11 +13,6 @@ from .target import build_model, resolve_config
 _FP_MODES = {(s.default_bits, s.default_group_size): m for m, s in MODES.items() if not s.has_biases}
 
 
-def is_mlx_quantized(config: dict) -> bool:
-    q = config.get("quantization", config.get("quantization_config"))
-    return isinstance(q, dict) and "bits" in q and "group_size" in q
-
-
 @dataclass(frozen=True)
 class Stored:
     path: str

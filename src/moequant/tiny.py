@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import mlx.core as mx
 import numpy as np
 
 from .checkpoint import INDEX_FILE
+from .families import FAMILIES, Family
 
 # Shared tiny dimensions (hidden 128 divides every group size; expert intermediate 64 does not
 # divide 128, so a group-128 plan has something to keep for "indivisible").
@@ -215,12 +217,83 @@ def byte_tokenizer() -> dict:
                       "ignore_merges": False, "vocab": {chars[b]: b for b in range(256)}, "merges": []}}
 
 
+LAYOUTS = ("per_expert", "fused", "stacked")
+SOURCES = ("float", "fp8")
+_TAGS = {mx.bfloat16: "BF16", mx.float16: "F16", mx.float32: "F32"}
+
+
+def _to_layout(tensors: dict[str, mx.array], family: Family, layout: str) -> dict[str, mx.array]:
+    """Per-expert tensors rewritten as fused (`experts.gate_up_proj` [E, 2I, H] + `experts.down_proj`,
+    gate rows first) or stacked (`switch_mlp.{proj}.weight` [E, out, in])."""
+    if layout == "per_expert":
+        return tensors
+    pattern = re.compile(rf"^(?P<layer>.+)\.{re.escape(family.experts)}\.(?P<e>\d+)\.(?P<proj>\w+)\.weight$")
+    out, stacks = {}, {}
+    for key, value in tensors.items():
+        if m := pattern.match(key):
+            stacks.setdefault((m["layer"], family.projections[m["proj"]]), {})[int(m["e"])] = value
+        else:
+            out[key] = value
+    for (layer, proj), by_expert in stacks.items():
+        out[f"{layer}.{family.stacked}.{proj}.weight"] = mx.stack([by_expert[e] for e in sorted(by_expert)])
+    if layout == "fused":
+        for layer in {layer for layer, _ in stacks}:
+            stacked = f"{layer}.{family.stacked}"
+            gate, up = out.pop(f"{stacked}.gate_proj.weight"), out.pop(f"{stacked}.up_proj.weight")
+            out[f"{layer}.{family.experts}.gate_up_proj"] = mx.concatenate([gate, up], axis=1)
+            out[f"{layer}.{family.experts}.down_proj"] = out.pop(f"{stacked}.down_proj.weight")
+    return out
+
+
+_FP8_KEEP = ("embed_tokens", "lm_head", "norm", ".gate.", "shared_expert_gate")  # stay float, as releases do
+
+
+def _to_fp8(tensors: dict[str, mx.array], block: tuple[int, int]) -> dict[str, tuple[str, mx.array]]:
+    """2-D linear weights as F8_E4M3 with float32 inverse block scales (`weight_scale_inv`)."""
+    b0, b1 = block
+    out = {}
+    for key, value in tensors.items():
+        if not (key.endswith(".weight") and value.ndim == 2) or any(k in key for k in _FP8_KEEP):
+            out[key] = (_TAGS[value.dtype], value)
+            continue
+        n_out, n_in = value.shape
+        w = value.astype(mx.float32)
+        pad = mx.pad(w, ((0, -n_out % b0), (0, -n_in % b1)))
+        blocks = pad.reshape(pad.shape[0] // b0, b0, pad.shape[1] // b1, b1)
+        scale = mx.maximum(mx.abs(blocks).max(axis=(1, 3)), 1e-12) / 448.0
+        full = mx.repeat(mx.repeat(scale, b0, axis=0), b1, axis=1)[:n_out, :n_in]
+        out[key] = ("F8_E4M3", mx.to_fp8(w / full))
+        out[key[: -len("weight")] + "weight_scale_inv"] = ("F32", scale)
+    return out
+
+
+def save_safetensors(path: Path, tensors: dict[str, tuple[str, mx.array]]) -> None:
+    """A safetensors file with the dtype tags releases use (mlx itself writes fp8 as U8)."""
+    header, blobs, offset = {}, [], 0
+    for key, (tag, value) in tensors.items():
+        raw = np.array(value.view(mx.uint16) if value.dtype == mx.bfloat16 else value).tobytes()
+        header[key] = {"dtype": tag, "shape": list(value.shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    header["__metadata__"] = {"format": "pt"}
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+        for raw in blobs:
+            f.write(raw)
+
+
 def write_tiny_checkpoint(dst: str | Path, arch: str, *, dtype: str = "bfloat16", shards: int = 1,
-                          seed: int = 0, style: str = "published") -> Path:
+                          seed: int = 0, style: str = "published", layout: str = "per_expert",
+                          source: str = "float", block_size: tuple[int, int] = (128, 128)) -> Path:
     """Write a tiny `arch` checkpoint into dst (created). `style="legacy"` writes the config keys
-    mlx-lm was written against (rope_theta, num_experts) instead of what the release carries."""
-    if arch not in ARCHS:
-        raise ValueError(f"arch {arch!r}; expected one of {', '.join(ARCHS)}")
+    mlx-lm was written against (rope_theta, num_experts) instead of what the release carries;
+    `layout` picks per-expert, fused or stacked experts; `source="fp8"` writes FP8 block-scaled
+    linear weights (`weight_block_size` = block_size) as DeepSeek-V3 and Qwen3-FP8 releases do."""
+    if arch not in ARCHS or layout not in LAYOUTS or source not in SOURCES:
+        raise ValueError(f"arch {arch!r}, layout {layout!r}, source {source!r}; expected one of "
+                         f"{', '.join(ARCHS)}; {', '.join(LAYOUTS)}; {', '.join(SOURCES)}")
     spec = ARCHS[arch]
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
@@ -229,17 +302,25 @@ def write_tiny_checkpoint(dst: str | Path, arch: str, *, dtype: str = "bfloat16"
     for name, shape in sorted(spec.tensors().items()):
         value = mx.array(tiny_tensor(name, shape, seed))
         tensors[name] = value if name.endswith(_FLOAT32_SUFFIXES) else value.astype(mx_dtype)
-    names = list(tensors)
+    tensors = _to_layout(tensors, FAMILIES[arch], layout)
+    if source == "fp8":
+        tagged = _to_fp8(tensors, block_size)
+    else:
+        tagged = {k: (_TAGS[v.dtype], v) for k, v in tensors.items()}
+    names = sorted(tagged)
     per = math.ceil(len(names) / shards)
     parts = [names[i * per:(i + 1) * per] for i in range(shards)]
     files = ["model.safetensors"] if shards == 1 else [f"model-{i + 1:05d}-of-{shards:05d}.safetensors" for i in range(shards)]
     for part, file in zip(parts, files):
-        mx.save_safetensors(str(dst / file), {k: tensors[k] for k in part}, metadata={"format": "pt"})
+        save_safetensors(dst / file, {k: tagged[k] for k in part})
     if shards > 1:
-        index = {"metadata": {"total_size": sum(v.nbytes for v in tensors.values())},
+        index = {"metadata": {"total_size": sum(v.nbytes for _, v in tagged.values())},
                  "weight_map": {k: f for part, f in zip(parts, files) for k in part}}
         (dst / INDEX_FILE).write_text(json.dumps(index, indent=2))
     config = {**spec.config(style), "dtype" if style == "published" else "torch_dtype": dtype}
+    if source == "fp8":
+        config["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                         "weight_block_size": list(block_size)}
     config["transformers_version"] = "5.23.0" if style == "published" else "4.57.0"
     (dst / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     (dst / "generation_config.json").write_text(json.dumps({"_from_model_config": True, "use_cache": True}))
