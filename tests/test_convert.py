@@ -104,3 +104,20 @@ def test_demo_runs_and_reports_closeness(cli):
     result = cli("demo")
     assert result.exit_code == 0, result.output
     assert "4-bit vs float logits: top-1 agreement" in result.output
+
+
+def test_shard_size_limit_splits_output_into_an_indexed_set_with_the_same_tensors(tmp_path, cli):
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen2_moe")
+    assert cli("convert", src, tmp_path / "one", "--quiet").exit_code == 0
+    assert cli("convert", src, tmp_path / "many", "--shard-size", "100KB", "--quiet").exit_code == 0
+    shards = sorted((tmp_path / "many").glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1 and not (tmp_path / "many" / "model.safetensors").exists()
+    index = json.loads((tmp_path / "many" / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == {s.name for s in shards}
+    one = mx.load(str(tmp_path / "one" / "model.safetensors"))
+    many = {}
+    for shard in shards:
+        many.update(mx.load(str(shard)))
+    assert one.keys() == many.keys() == index["weight_map"].keys()
+    assert all(mx.array_equal(one[k], many[k]) for k in one)
+    assert compare_logits(logits_of(tmp_path / "one"), logits_of(tmp_path / "many")).max_abs == 0
