@@ -62,7 +62,7 @@ def test_output_loads_with_mlx_lm_load_and_tokenizer(tmp_path, arch):
         assert (tmp_path / "dst" / name).read_bytes() == (src / name).read_bytes()
 
 
-@pytest.mark.parametrize("mode", ["affine", "mxfp4"])
+@pytest.mark.parametrize("mode", ["affine", "mxfp4", "nvfp4"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_output_equals_mlx_lm_quantizing_the_same_modules(tmp_path, arch, mode):
     """Exactly as if mlx-lm had produced it: same packed weights, scales and biases per module."""

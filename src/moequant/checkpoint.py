@@ -165,10 +165,15 @@ class Checkpoint:
         return out
 
 
-def is_mlx_quantized(config: dict) -> bool:
-    """An MLX checkpoint: `quantization` (or its alias) with scalar bits and group_size."""
-    q = config.get("quantization", config.get("quantization_config"))
-    return isinstance(q, dict) and "bits" in q and "group_size" in q
+def mlx_quantization(config: dict) -> dict | None:
+    """An MLX checkpoint's quantization entry (defaults + per-path entries), wherever it sits:
+    `quantization` or its alias `quantization_config`, at the top or under `text_config`."""
+    for where in (config, config.get("text_config") or {}):
+        for key in ("quantization", "quantization_config"):
+            q = where.get(key)
+            if isinstance(q, dict) and "bits" in q and "group_size" in q:
+                return q
+    return None
 
 
 def read_config(path: Path) -> dict:

@@ -29,6 +29,7 @@ ModeOpt = Annotated[Mode, typer.Option("--mode", help="Quantization mode.")]
 GateOpt = Annotated[str, typer.Option("--gate-bits", help="Router gates: 'float' (default) or 8 (affine, group 64).")]
 NoQuantOpt = Annotated[bool, typer.Option("--no-quantize", help="Layout and dtype conversion only.")]
 DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="dtype of unquantized tensors: bfloat16, float16, float32 (default: the checkpoint's).")]
+GlobalScaleOpt = Annotated[bool, typer.Option("--global-scale/--no-global-scale", help="nvfp4: a per-expert tensor scale on expert stacks (Apple GPU; mlx's CPU gather_qmm refuses it).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or info on stderr.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging on stderr.")]
@@ -119,7 +120,7 @@ def convert(
     src: Annotated[str, typer.Argument(help="Checkpoint folder or hub id (resolved through the local cache).")],
     dst: Annotated[Path, typer.Argument(help="Output folder (must not exist unless --force).")],
     bits: BitsOpt = None, group_size: GroupOpt = None, mode: ModeOpt = Mode.AFFINE, gate_bits: GateOpt = "float",
-    no_quantize: NoQuantOpt = False, dtype: DtypeOpt = None,
+    no_quantize: NoQuantOpt = False, dtype: DtypeOpt = None, global_scale: GlobalScaleOpt = True,
     force: Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")] = False,
     shard_size: Annotated[str, typer.Option("--shard-size", help="Largest output shard.")] = "5GB",
     json_out: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
@@ -132,7 +133,8 @@ def convert(
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         check_destination(dst, force)
-        conversion = Conversion(src, _quant(no_quantize, mode, bits, group_size), _gate_bits(gate_bits), _dtype(dtype))
+        conversion = Conversion(src, _quant(no_quantize, mode, bits, group_size), _gate_bits(gate_bits), _dtype(dtype),
+                                global_scale)
         steps = conversion.run(dst, force=force, shard_size=_parse_size(shard_size))
         total = conversion.ckpt.nbytes
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),
@@ -156,25 +158,30 @@ def convert(
 def inspect(
     path: Annotated[str, typer.Argument(help="Checkpoint folder or hub id.")],
     bits: BitsOpt = None, group_size: GroupOpt = None, mode: ModeOpt = Mode.AFFINE, gate_bits: GateOpt = "float",
-    no_quantize: NoQuantOpt = False, dtype: DtypeOpt = None, json_out: JsonOpt = False,
+    no_quantize: NoQuantOpt = False, dtype: DtypeOpt = None, global_scale: GlobalScaleOpt = True,
+    json_out: JsonOpt = False,
     check: Annotated[bool, typer.Option("--check", help="MLX-quantized PATH: exit 1 if config and tensors disagree.")] = False,
+    plan_for_mlx: Annotated[bool, typer.Option("--plan", help="MLX-quantized PATH: print the conversion plan instead of what is stored.")] = False,
     quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
     """Print the plan for PATH (headers only, nothing converted); for an MLX-quantized PATH, what it stores."""
-    from .checkpoint import is_mlx_quantized, read_checkpoint
+    from .checkpoint import mlx_quantization, read_checkpoint
     from .convert import Conversion
-    from .stored import stored_quantization
+    from .plan import find_roles
+    from .stored import read_stored
+    from .target import build_model, resolve_config
 
     _logging(quiet, verbose)
     try:
         ckpt = read_checkpoint(path)
-        if is_mlx_quantized(ckpt.config):
-            rows = stored_quantization(ckpt)
+        if (quantization := mlx_quantization(ckpt.config)) is not None and not plan_for_mlx:
+            rows = read_stored(ckpt, find_roles(build_model(resolve_config(ckpt.config)[0])), quantization)
             _print_stored(rows, json_out)
             if check and any(r.problem for r in rows):
                 raise typer.Exit(1)
             return
-        conversion = Conversion(path, _quant(no_quantize, mode, bits, group_size), _gate_bits(gate_bits), _dtype(dtype))
+        conversion = Conversion(path, _quant(no_quantize, mode, bits, group_size), _gate_bits(gate_bits), _dtype(dtype),
+                                global_scale)
         conversion.validate()
         plan = conversion.plan
     except MoequantError as e:

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
 import mlx.core as mx
+import mlx.nn as nn
 
 from .checkpoint import ITEMSIZE, Checkpoint, Group, read_checkpoint
-from .dequant import source_format
+from .dequant import MLX, SourceContext, source_format
 from .errors import CheckpointError
 from .experts import num_experts, to_stacked
 from .families import FAMILIES, Family
 from .names import canonical_name
-from .plan import DTYPES, Options, Plan, Quant, build_plan
+from .plan import DTYPES, Options, Plan, Quant, build_plan, find_roles
+from .stored import read_stored
 from .quantize import Quantizer, check_complete, check_weights, parameter_shapes
 from .target import build_model, resolve_config
 from .writer import DEFAULT_SHARD_SIZE, Output, check_destination, output_config
@@ -56,20 +58,34 @@ class Conversion:
     """Everything decided from headers (the plan); `run` does the work, one group at a time."""
 
     def __init__(self, src: str | Path, quant: Quant | None = None, gate_bits: int | None = None,
-                 dtype: str | None = None):
+                 dtype: str | None = None, global_scale: bool = True):
         self.ckpt = read_checkpoint(src)
         self.config, notes = resolve_config(self.ckpt.config)  # first: is it an mlx-lm model at all
         self.family = family_of(self.ckpt.config)
         self.num_experts = num_experts(self.family, self.config)
-        self.format, self.qconfig = source_format(self.ckpt.config)
+        self.format, qconfig = source_format(self.ckpt.config)
         self.model = build_model(self.config)
-        self.options = Options(quant, gate_bits, dtype or default_dtype(self.ckpt))
-        self.plan: Plan = build_plan(self.model, self.ckpt.model_type, self.options,
-                                     _source_itemsize(self.ckpt), notes)
+        self.options = Options(quant, gate_bits, dtype or default_dtype(self.ckpt), global_scale)
+        modules = find_roles(self.model)
+        stored = {}
+        if self.format is MLX:
+            stored = {r.path: r for r in read_stored(self.ckpt, modules, qconfig)}
+            # a listed module without to_quantized is no error here: it is read with its own
+            # parameters and written float (what crashed mlx-lm's loader never reaches DST)
+            if bad := next((r for r in stored.values() if r.mismatch), None):
+                raise CheckpointError(f"config.json: quantization[{bad.path!r}]: {bad.problem}")
+            modules = [replace(m, source=stored[m.path].quant, source_listed=stored[m.path].listed)
+                       if m.path in stored else m for m in modules]
+        self.plan: Plan = build_plan(modules, self.ckpt.model_type, self.options, _source_itemsize(self.ckpt), notes)
+        as_stored = frozenset(r.path for r in self.plan.rows if r.as_stored)
+        if as_stored:  # the target modules take the packed tensors as they are
+            nn.quantize(self.model, class_predicate=lambda p, m: p in as_stored and self.plan.by_path[p].quant.to_dict())
+        self.context = SourceContext(self.ckpt.tensors, qconfig,
+                                     {p: r.quant for p, r in stored.items() if r.quant}, as_stored)
 
     def _normalized(self, group: Group) -> dict[str, mx.array]:
         """One group's tensors (lazy), renamed, stacked and sanitized into the target's names."""
-        weights = self.format.to_float(self.ckpt.load(group.keys), self.ckpt.tensors, self.qconfig)
+        weights = self.format.to_float(self.ckpt.load(group.keys), self.context)
         weights = {canonical_name(k): v for k, v in weights.items()}
         weights = to_stacked(self.family, weights, self.num_experts)
         return self.model.sanitize(weights) if hasattr(self.model, "sanitize") else weights

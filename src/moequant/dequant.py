@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import mlx.core as mx
 
-from .checkpoint import TensorInfo, is_mlx_quantized
+from .checkpoint import TensorInfo, mlx_quantization
 from .errors import CheckpointError, LayoutError
+from .plan import Quant
 
 FP8_MAX_BLOCK = (128, 128)  # weight_block_size when the config omits it (DeepSeek-V3, Qwen3-FP8)
 
@@ -21,10 +22,21 @@ def _fp8_to_float(key: str, info: TensorInfo, value: mx.array) -> mx.array:
     return mx.from_fp8(value, dtype=mx.float32)
 
 
-def _fp8_blocks(weights: dict[str, mx.array], infos: dict[str, TensorInfo], qconfig: dict) -> dict[str, mx.array]:
+@dataclass(frozen=True)
+class SourceContext:
+    """What a format function may need beside the tensors of one group."""
+
+    infos: dict[str, TensorInfo]  # every SRC tensor's header entry
+    qconfig: dict  # SRC's quantization_config (or MLX quantization entry)
+    stored: dict[str, Quant] = field(default_factory=dict)  # MLX sources: module path -> stored quantization
+    as_stored: frozenset[str] = frozenset()  # module paths copied packed, as stored (no double rounding)
+
+
+def _fp8_blocks(weights: dict[str, mx.array], ctx: SourceContext) -> dict[str, mx.array]:
     """FP8 e4m3 weights times their inverse block scales (partial edge blocks included), or a
     per-tensor / per-channel `weight_scale`."""
-    b0, b1 = qconfig.get("weight_block_size") or FP8_MAX_BLOCK
+    infos = ctx.infos
+    b0, b1 = ctx.qconfig.get("weight_block_size") or FP8_MAX_BLOCK
     out = {}
     for key, value in weights.items():
         if key.endswith((".weight_scale_inv", ".weight_scale", ".input_scale")):
@@ -55,26 +67,48 @@ def _fp8_blocks(weights: dict[str, mx.array], infos: dict[str, TensorInfo], qcon
     return out
 
 
+def _mlx_dequantize(weights: dict[str, mx.array], ctx: SourceContext) -> dict[str, mx.array]:
+    """Each packed module dequantized with its own (mode, bits, group_size), read from its tensors
+    and checked against config.json beforehand — except modules copied as stored."""
+    out = {}
+    for key, value in weights.items():
+        path, _, name = key.rpartition(".")
+        q = ctx.stored.get(path)
+        if q is None or path in ctx.as_stored:
+            out[key] = value
+        elif name == "weight":
+            scales, biases = weights[f"{path}.scales"], weights.get(f"{path}.biases")
+            gs = weights.get(f"{path}.global_scale")
+            args = dict(group_size=q.group_size, bits=q.bits, mode=q.mode.value, dtype=mx.float32)
+            if gs is not None:  # one tensor scale per expert
+                out[key] = mx.stack([mx.dequantize(value[e], scales[e], None, global_scale=gs[e], **args)
+                                     for e in range(value.shape[0])])
+            else:
+                out[key] = mx.dequantize(value, scales, biases, **args)
+        elif name not in ("scales", "biases", "global_scale"):
+            out[key] = value  # a layer's own bias stays as it is
+    return out
+
+
 @dataclass(frozen=True)
 class SourceFormat:
     name: str
-    to_float: Callable[[dict[str, mx.array], dict[str, TensorInfo], dict], dict[str, mx.array]]
+    to_float: Callable[[dict[str, mx.array], SourceContext], dict[str, mx.array]]
 
+
+MLX = SourceFormat("mlx", _mlx_dequantize)  # any config with MLX `quantization` (bits, group_size)
 
 # quant_method (config.json quantization_config) -> how to read it; no quantization_config: float
 SOURCE_FORMATS: dict[str | None, SourceFormat] = {
-    None: SourceFormat("float", lambda weights, infos, qconfig: weights),
+    None: SourceFormat("float", lambda weights, ctx: weights),
     "fp8": SourceFormat("fp8", _fp8_blocks),  # DeepSeek-V3, Qwen3-*-FP8: fmt e4m3, weight_block_size
 }
 
 
 def source_format(config: dict) -> tuple[SourceFormat, dict]:
-    """The source format of a (non-MLX) checkpoint and its quantization_config."""
-    if is_mlx_quantized(config):
-        raise CheckpointError(
-            "config.json: SRC is already MLX-quantized; re-quantizing MLX checkpoints is not supported yet; "
-            "expected a float or FP8 source (`moequant inspect` checks an MLX checkpoint)"
-        )
+    """The source format of a checkpoint and its quantization settings."""
+    if (quantization := mlx_quantization(config)) is not None:
+        return MLX, quantization
     qconfig = config.get("quantization_config") or config.get("text_config", {}).get("quantization_config") or {}
     method = qconfig.get("quant_method")
     if method not in SOURCE_FORMATS:

@@ -12,12 +12,45 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_map
+from mlx.utils import tree_map, tree_unflatten
+
+
+def dequantized(module: nn.Module) -> mx.array:
+    """The float32 weight of a quantized module, per-expert global scales included (mlx-lm's own
+    dequantize_model ignores them, and mlx's CPU gather_qmm refuses them)."""
+    args = dict(group_size=module.group_size, bits=module.bits, mode=module.mode, dtype=mx.float32)
+    global_scale = module.get("global_scale")
+    if global_scale is not None:
+        return mx.stack([mx.dequantize(module.weight[e], module.scales[e], None, global_scale=global_scale[e], **args)
+                         for e in range(module.weight.shape[0])])
+    return mx.dequantize(module.weight, module.scales, module.get("biases"), **args)
+
+
+def dequantize_model(model: nn.Module) -> nn.Module:
+    """Every quantized Linear, Embedding and SwitchLinear replaced by its float32 counterpart."""
+    from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchLinear
+
+    replacements = []
+    for name, module in model.named_modules():
+        kind = {nn.QuantizedLinear: nn.Linear, nn.QuantizedEmbedding: nn.Embedding,
+                QuantizedSwitchLinear: SwitchLinear}.get(type(module))
+        if kind is None:
+            continue
+        weight = dequantized(module)
+        bias = "bias" in module
+        new = kind(*weight.shape[::-1]) if kind is nn.Embedding else kind(*weight.shape[::-1], bias=bias)
+        new.weight = weight
+        if bias:
+            new.bias = module.bias
+        replacements.append((name, new))
+    if replacements:
+        model.update_modules(tree_unflatten(replacements))
+    return model
 
 
 def load_float32(path: str | Path) -> nn.Module:
     """`mlx_lm.utils.load_model(path)`, dequantized, every parameter in float32."""
-    from mlx_lm.utils import dequantize_model, load_model
+    from mlx_lm.utils import load_model
 
     model, _ = load_model(Path(path))
     model = dequantize_model(model)

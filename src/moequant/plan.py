@@ -4,6 +4,7 @@ with the rule that decided it. Built from the model's structure and headers alon
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -52,6 +53,7 @@ class Quant:
     mode: Mode
     bits: int
     group_size: int
+    global_scale: bool = False  # nvfp4 expert stacks: one float32 tensor scale per expert
 
     @classmethod
     def make(cls, mode: str | Mode = "affine", bits: int | None = None, group_size: int | None = None,
@@ -70,17 +72,25 @@ class Quant:
         return q
 
     def to_dict(self) -> dict:
-        return {"group_size": self.group_size, "bits": self.bits, "mode": self.mode.value}
+        d = {"group_size": self.group_size, "bits": self.bits, "mode": self.mode.value}
+        return {**d, "global_scale": True} if self.global_scale else d
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str) -> "Quant":
+        """A config/plan entry; an entry that omits `mode` is affine (what to_quantized defaults to)."""
+        q = cls.make(d.get("mode", "affine"), d.get("bits"), d.get("group_size"), where)
+        return cls(q.mode, q.bits, q.group_size, bool(d.get("global_scale", False)))
 
     def __str__(self) -> str:
-        return f"{self.mode.value}·{self.bits}·g{self.group_size}"
+        return f"{self.mode.value}·{self.bits}·g{self.group_size}" + ("·gs" if self.global_scale else "")
 
     def packed_bytes(self, shape: tuple[int, ...], dtype: str) -> int:
         """Bytes of weight + scales (+ biases) for a weight of `shape` quantized this way."""
         n = math.prod(shape)
         spec = MODES[self.mode]
         per_group = 2 * _DTYPE_BYTES[dtype] if spec.has_biases else spec.scale_bytes
-        return n * self.bits // 8 + (n // self.group_size) * per_group
+        global_scales = 4 * shape[0] if self.global_scale else 0
+        return n * self.bits // 8 + (n // self.group_size) * per_group + global_scales
 
 
 GATE_QUANT = Quant(Mode.AFFINE, 8, 64)  # --gate-bits 8: what mlx-lm's quant_predicate gives mlp.gate
@@ -91,6 +101,7 @@ class Options:
     quant: Quant | None  # None: --no-quantize
     gate_bits: int | None = None  # None: router gates stay float
     dtype: str = "bfloat16"  # for every tensor that is not quantized (and for scales/biases)
+    global_scale: bool = True  # nvfp4 expert stacks get a per-expert tensor scale
 
 
 class Role(str, Enum):
@@ -127,6 +138,9 @@ class Module:
     shape: tuple[int, ...]  # of its `weight` (or its only parameter)
     params: int  # all its parameters
     quantizable: bool  # has to_quantized
+    takes_global_scale: bool = False  # to_quantized(global_scale=True): mlx-lm's switch layers
+    source: Quant | None = None  # how SRC stores it, if SRC is MLX-quantized
+    source_listed: bool = False  # SRC's config has a per-path entry for it
 
 
 def find_roles(model: nn.Module) -> list[Module]:
@@ -152,8 +166,10 @@ def find_roles(model: nn.Module) -> list[Module]:
         if role is None:
             role = next((r for r, pats in ROLE_PATTERNS if any(fnmatch.fnmatchcase(path, p) for p in pats)),
                         Role.NORM if weight.ndim == 1 else Role.OTHER)
+        quantizable = hasattr(m, "to_quantized")
+        takes_global_scale = quantizable and "global_scale" in inspect.signature(m.to_quantized).parameters
         modules.append(Module(path, role, tuple(weight.shape), sum(a.size for a in arrays.values()),
-                              hasattr(m, "to_quantized")))
+                              quantizable, takes_global_scale))
     return modules
 
 
@@ -170,6 +186,8 @@ RULES: tuple[Rule, ...] = (
     Rule("not-quantizable", 200, lambda m, o: not m.quantizable, lambda m, o: None,
          "the mlx-lm module has no to_quantized"),
     Rule("no-quantize", 100, lambda m, o: o.quant is None, lambda m, o: None, "--no-quantize"),
+    Rule("source-entry", 25, lambda m, o: m.source_listed and o.quant is not None, lambda m, o: m.source,
+         "SRC's config.json has a per-path entry for this module"),
     Rule("router-gate", 50, lambda m, o: m.role in (Role.ROUTER_GATE, Role.SHARED_EXPERT_GATE),
          lambda m, o: GATE_QUANT if o.gate_bits == 8 else None,
          "router gates stay float (or 8-bit with --gate-bits 8), never at the experts' bits"),
@@ -189,15 +207,27 @@ class Decision:
     reason: str
     bytes_before: int
     bytes_after: int
+    source: Quant | None = None  # how SRC stores it (MLX-quantized sources)
 
     @property
     def action(self) -> str:
         return str(self.quant) if self.quant else "keep"
 
+    @property
+    def as_stored(self) -> bool:
+        """SRC already holds exactly this quantization: copied, never rounded twice."""
+        return self.quant is not None and self.quant == self.source
+
 
 def decide(module: Module, options: Options, source_itemsize: int) -> Decision:
     rule = max((r for r in RULES if r.applies(module, options)), key=lambda r: r.precedence)
     quant, name, reason = rule.decide(module, options), rule.name, rule.why
+    if quant and quant.mode == Mode.NVFP4 and module.takes_global_scale and options.global_scale and not quant.global_scale:
+        # One float32 scale per expert, from that expert's own weights (mlx-lm's _quantize_experts):
+        # never worse than block scales alone, and far better for small-magnitude experts, whose
+        # e4m3 block scales otherwise fall into the subnormal range.
+        quant = Quant(quant.mode, quant.bits, quant.group_size, True)
+        reason += "; with a per-expert global scale"
     if quant is not None and module.shape[-1] % quant.group_size:
         reason = f"{rule.name} asked {quant}, but in={module.shape[-1]} is not a multiple of {quant.group_size}"
         quant, name = None, "indivisible"
@@ -205,8 +235,13 @@ def decide(module: Module, options: Options, source_itemsize: int) -> Decision:
     weight = math.prod(module.shape)
     after = (module.params - weight) * out_itemsize
     after += quant.packed_bytes(module.shape, options.dtype) if quant else weight * out_itemsize
+    before = module.params * source_itemsize
+    if module.source is not None:
+        before += module.source.packed_bytes(module.shape, "bfloat16") - weight * source_itemsize
+    if quant is not None and quant == module.source:
+        reason += "; SRC stores it so already: copied as stored"
     return Decision(module.path, module.role, module.shape, module.params, module.quantizable, quant, name,
-                    reason, module.params * source_itemsize, after)
+                    reason, before, after, module.source)
 
 
 @dataclass
@@ -268,14 +303,16 @@ class Plan:
                 "quant": self.options.quant.to_dict() if self.options.quant else None,
                 "gate_bits": self.options.gate_bits,
                 "dtype": self.options.dtype,
+                "global_scale": self.options.global_scale,
             },
             "totals": {"params": self.params, "bytes_before": self.bytes_before,
                        "bytes_after": self.bytes_after, "bits_per_weight": round(self.bits_per_weight, 4)},
             "notes": self.notes,
             "modules": [
-                {**{k: v for k, v in asdict(r).items() if k not in ("quant", "role")},
+                {**{k: v for k, v in asdict(r).items() if k not in ("quant", "role", "source")},
                  "role": r.role.value, "shape": list(r.shape),
-                 "quant": r.quant.to_dict() if r.quant else None}
+                 "quant": r.quant.to_dict() if r.quant else None,
+                 "source": r.source.to_dict() if r.source else None}
                 for r in self.rows
             ],
         }
@@ -284,7 +321,7 @@ class Plan:
         return json.dumps(self.to_json(), indent=2)
 
 
-def build_plan(model: nn.Module, model_type: str, options: Options, source_itemsize: int = 2,
+def build_plan(modules: list[Module], model_type: str, options: Options, source_itemsize: int = 2,
                notes: list[str] | None = None) -> Plan:
-    rows = [decide(m, options, source_itemsize) for m in find_roles(model)]
+    rows = [decide(m, options, source_itemsize) for m in modules]
     return Plan(model_type, options, rows, list(notes or []))

@@ -60,17 +60,21 @@ class Quantizer:
 
     def run(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """Quantized output tensors (lazy) for one group of checked, stacked float weights."""
-        dtype = DTYPES[self.plan.options.dtype]
-        weights = {
-            k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) and self.keep_dtype(k) else v
-            for k, v in weights.items()
-        }
+        dtype, rows = DTYPES[self.plan.options.dtype], self.plan.by_path
+
+        def cast(key, value):  # float tensors to the output dtype, except packed modules copied as stored
+            row = rows.get(module_path(key))
+            if row is not None and row.as_stored or not mx.issubdtype(value.dtype, mx.floating):
+                return value
+            return value.astype(dtype) if self.keep_dtype(key) else value
+
+        weights = {k: cast(k, v) for k, v in weights.items()}
         self.model.load_weights(list(weights.items()), strict=False)
         paths = sorted({module_path(k) for k in weights})
-        todo = {p for p in paths if p in self.plan.by_path and self.plan.by_path[p].quant is not None}
+        todo = {p for p in paths if p in rows and rows[p].quant is not None and not rows[p].as_stored}
 
         def predicate(path, module):
-            return self.plan.by_path[path].quant.to_dict() if path in todo else False
+            return rows[path].quant.to_dict() if path in todo else False
 
         if todo:
             nn.quantize(self.model, class_predicate=predicate)

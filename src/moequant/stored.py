@@ -6,8 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .checkpoint import Checkpoint
-from .plan import MODES, Mode, Quant, find_roles
-from .target import build_model, resolve_config
+from .plan import MODES, Mode, Module, Quant
 
 # fp modes allow one (bits, group_size) each; their scales are uint8 (FORMATS.md)
 _FP_MODES = {(s.default_bits, s.default_group_size): m for m, s in MODES.items() if not s.has_biases}
@@ -19,7 +18,13 @@ class Stored:
     shape: tuple[int, ...]  # the float weight shape the model class expects
     stored: Quant | str  # Quant read from the tensors, or the float dtype
     config: Quant | None  # what config.json says (None: not quantized)
-    problem: str  # "" when config and tensors agree
+    listed: bool  # config.json has a per-path entry for it
+    problem: str  # "" when config, tensors and the mlx-lm module agree
+    mismatch: bool  # the problem is config vs tensors (else: a listed module without to_quantized)
+
+    @property
+    def quant(self) -> Quant | None:
+        return self.stored if isinstance(self.stored, Quant) else None
 
 
 def _from_tensors(ckpt: Checkpoint, path: str, n_in: int) -> Quant | str:
@@ -28,7 +33,7 @@ def _from_tensors(ckpt: Checkpoint, path: str, n_in: int) -> Quant | str:
         return weight.dtype
     bits, group = weight.shape[-1] * 32 // n_in, n_in // max(scales.shape[-1], 1)
     mode = _FP_MODES.get((bits, group), Mode.AFFINE) if scales.dtype == "U8" else Mode.AFFINE
-    return Quant(mode, bits, group)
+    return Quant(mode, bits, group, f"{path}.global_scale" in ckpt.tensors)
 
 
 def _from_config(quantization: dict, path: str) -> Quant | None:
@@ -37,24 +42,22 @@ def _from_config(quantization: dict, path: str) -> Quant | None:
         return None
     # a per-path object without "mode" means affine (what to_quantized defaults to), whatever the global
     mode = entry.get("mode", "affine") if path in quantization else quantization.get("mode", "affine")
-    return Quant(Mode(mode), entry["bits"], entry["group_size"])
+    return Quant(Mode(mode), entry["bits"], entry["group_size"], bool(entry.get("global_scale", False)))
 
 
-def stored_quantization(ckpt: Checkpoint) -> list[Stored]:
-    config, _ = resolve_config(ckpt.config)
-    quantization = config.get("quantization") or config["quantization_config"]
+def read_stored(ckpt: Checkpoint, modules: list[Module], quantization: dict) -> list[Stored]:
+    """One row per module SRC stores a weight for, from tensor shapes and config.json side by side."""
     rows = []
-    for m in find_roles(build_model(config)):
+    for m in modules:
         if f"{m.path}.weight" not in ckpt.tensors:
             continue
         stored, problem = _from_tensors(ckpt, m.path, m.shape[-1]), ""
         # mlx-lm's loader applies listed paths, and infers unlisted ones from their scales
         said = _from_config(quantization, m.path) if m.path in quantization or isinstance(stored, Quant) else None
-        if not m.quantizable and isinstance(quantization.get(m.path), dict):
-            problem = "config.json lists it, but mlx-lm's module has no to_quantized (the loader crashes)"
-        elif isinstance(stored, Quant) and said != stored:
+        mismatch = said != stored if isinstance(stored, Quant) else said is not None
+        if mismatch:
             problem = f"config.json says {said or 'not quantized'}; its tensors say {stored}"
-        elif isinstance(stored, str) and said is not None:
-            problem = f"config.json says {said}; it is stored as {stored} (not quantized)"
-        rows.append(Stored(m.path, m.shape, stored, said, problem))
+        elif not m.quantizable and isinstance(quantization.get(m.path), dict):
+            problem = "config.json lists it, but mlx-lm's module has no to_quantized (the loader crashes)"
+        rows.append(Stored(m.path, m.shape, stored, said, m.path in quantization, problem, mismatch))
     return rows

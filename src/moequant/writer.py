@@ -132,10 +132,11 @@ def verify_output(folder: Path, plan: Plan) -> None:
         *lead, n_in = row.shape
         packed = (*lead, n_in * q.bits // 32)
         groups = (*lead, n_in // q.group_size)
-        biases = stored.get(f"{row.path}.biases")
+        biases, global_scale = stored.get(f"{row.path}.biases"), stored.get(f"{row.path}.global_scale")
         ok = (
             weight.dtype == "U32" and weight.shape == packed and scales is not None and scales.shape == groups
             and (scales.dtype != "U8") == spec.has_biases and (biases is not None) == spec.has_biases
+            and (global_scale is not None) == q.global_scale
         )
         if not ok:
             got = f"{weight.dtype} {list(weight.shape)}" + (
