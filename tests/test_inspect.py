@@ -7,13 +7,13 @@ import json
 import pytest
 
 from moequant.convert import Conversion
-from moequant.plan import RULES, Options, Quant, find_roles
+from moequant.plan import Options, Override, Quant, find_roles, plan_rules
 from moequant.tiny import ARCHS, write_tiny_checkpoint
 
 
 def test_inspect_prints_every_module_with_its_rule_and_totals(tmp_path, cli):
     src = write_tiny_checkpoint(tmp_path / "src", "qwen2_moe")
-    result = cli("inspect", src)
+    result = cli("inspect", src, "--all")
     assert result.exit_code == 0, result.output
     gate_row = next(line for line in result.output.splitlines() if "model.layers.1.mlp.shared_expert_gate " in line)
     assert "shared_expert_gate" in gate_row and "keep" in gate_row and "router-gate" in gate_row
@@ -33,11 +33,15 @@ def test_inspect_json_predicts_the_written_size_and_every_tensor(tmp_path, cli, 
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("options", [Options(Quant.make("affine", 4)), Options(None), Options(Quant.make("nvfp4"), 8)])
+@pytest.mark.parametrize("options", [
+    Options(Quant.make("affine", 4)), Options(None), Options(Quant.make("nvfp4"), 8),
+    Options(Quant.make("affine", 3), recipe="mixed_3_6"), Options(Quant.make("mxfp4"), recipe="moe"),
+    Options(Quant.make("affine", 4), overrides=(Override.parse("*=keep"), Override.parse("*.mlp.*=bits=8"))),
+])
 def test_exactly_one_rule_of_the_highest_precedence_applies(tmp_path, arch, options):
     conversion = Conversion(write_tiny_checkpoint(tmp_path / "src", arch))
     for module in find_roles(conversion.model):
-        applying = [r for r in RULES if r.applies(module, options)]
+        applying = [r for r in plan_rules(options, 2) if r.applies(module)]
         top = max(r.precedence for r in applying)
         assert len([r for r in applying if r.precedence == top]) == 1, module.path
 

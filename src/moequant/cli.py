@@ -16,7 +16,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from .errors import MoequantError
-from .plan import DTYPES, Mode, Plan, Quant
+from .names import layer_of
+from .plan import DTYPES, RECIPES, Mode, Override, Plan, Quant
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Convert Mixture-of-Experts checkpoints into quantized MLX checkpoints.")
@@ -30,6 +31,8 @@ GateOpt = Annotated[str, typer.Option("--gate-bits", help="Router gates: 'float'
 NoQuantOpt = Annotated[bool, typer.Option("--no-quantize", help="Layout and dtype conversion only.")]
 DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="dtype of unquantized tensors: bfloat16, float16, float32 (default: the checkpoint's).")]
 GlobalScaleOpt = Annotated[bool, typer.Option("--global-scale/--no-global-scale", help="nvfp4: a per-expert tensor scale on expert stacks (Apple GPU; mlx's CPU gather_qmm refuses it).")]
+RecipeOpt = Annotated[str, typer.Option("--recipe", help="uniform, moe, mixed_2_6, mixed_3_4, mixed_3_6 or mixed_4_6 (see README).")]
+OverrideOpt = Annotated[Optional[list[str]], typer.Option("--override", help="PATTERN=SPEC, repeatable: '*.shared_expert.*=bits=8,group=64' or '*.mlp.gate=keep'.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or info on stderr.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging on stderr.")]
@@ -45,8 +48,20 @@ def _logging(quiet: bool, verbose: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr, force=True)
 
 
-def _quant(no_quantize: bool, mode: Mode, bits: int | None, group_size: int | None) -> Quant | None:
-    return None if no_quantize else Quant.make(mode, bits, group_size)
+def _choices(no_quantize: bool, mode: Mode, bits: int | None, group_size: int | None, gate_bits: str,
+             dtype: str | None, global_scale: bool, recipe: str, overrides: list[str] | None) -> dict:
+    """Conversion(...) keyword arguments from the plan options shared by convert and inspect."""
+    if recipe not in RECIPES:
+        raise MoequantError(f"--recipe {recipe}: expected one of {', '.join(RECIPES)}")
+    if dtype is not None and dtype not in DTYPES:
+        raise MoequantError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
+    return dict(quant=None if no_quantize else Quant.make(mode, bits, group_size), gate_bits=_gate_bits(gate_bits),
+                dtype=dtype, global_scale=global_scale, recipe=recipe,
+                overrides=tuple(Override.parse(o) for o in overrides or ()))
+
+
+def _print_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
 def _gate_bits(value: str) -> int | None:
@@ -55,12 +70,6 @@ def _gate_bits(value: str) -> int | None:
     if value == "8":
         return 8
     raise MoequantError(f"--gate-bits {value}: expected 'float' or 8 (router gates never go below 8 bits)")
-
-
-def _dtype(value: str | None) -> str | None:
-    if value is not None and value not in DTYPES:
-        raise MoequantError(f"--dtype {value}: expected one of {', '.join(DTYPES)}")
-    return value
 
 
 def _size(n: float) -> str:
@@ -92,14 +101,32 @@ def summary_line(plan: Plan, where: str) -> str:
             f"(from {_size(plan.bytes_before)}); modules: {counts}")
 
 
-def plan_table(plan: Plan) -> Table:
+def _ranges(ids: list[int]) -> str:
+    spans, start = [], ids[0]
+    for prev, cur in zip(ids, ids[1:] + [None]):
+        if cur != prev + 1:
+            spans.append(str(start) if start == prev else f"{start}-{prev}")
+            start = cur
+    return ",".join(spans)
+
+
+def plan_table(plan: Plan, expand: bool = False) -> Table:
+    """One row per module; unless `expand`, rows that differ only in their layer index are one row
+    (`model.layers.{0-46}.mlp.gate`), with the byte columns summed."""
     table = Table(title=f"plan for {plan.model_type}", show_lines=False)
     for name, justify in (("module", "left"), ("role", "left"), ("shape", "left"), ("decision", "left"),
                           ("rule", "left"), ("bytes before", "right"), ("bytes after", "right")):
         table.add_column(name, justify=justify, overflow="fold")
+    groups: dict[tuple, list] = {}
     for r in plan.rows:
-        table.add_row(r.path, r.role.value, "×".join(map(str, r.shape)), r.action, r.rule,
-                      _size(r.bytes_before), _size(r.bytes_after))
+        where = None if expand else layer_of(r.path)
+        pattern = r.path if where is None else f"{where[0]}.{{}}{r.path[len(where[0]) + len(str(where[1])) + 1:]}"
+        groups.setdefault((pattern, r.role, r.shape, r.action, r.rule), []).append((where, r))
+    for (pattern, role, shape, action, rule), members in groups.items():
+        path = pattern if members[0][0] is None else pattern.replace(
+            "{}", "{" + _ranges([w[1] for w, _ in members]) + "}" if len(members) > 1 else str(members[0][0][1]), 1)
+        table.add_row(path, role.value, "×".join(map(str, shape)), action, rule,
+                      _size(sum(r.bytes_before for _, r in members)), _size(sum(r.bytes_after for _, r in members)))
     return table
 
 
@@ -121,6 +148,8 @@ def convert(
     dst: Annotated[Path, typer.Argument(help="Output folder (must not exist unless --force).")],
     bits: BitsOpt = None, group_size: GroupOpt = None, mode: ModeOpt = Mode.AFFINE, gate_bits: GateOpt = "float",
     no_quantize: NoQuantOpt = False, dtype: DtypeOpt = None, global_scale: GlobalScaleOpt = True,
+    recipe: RecipeOpt = "uniform", override: OverrideOpt = None,
+    plan_file: Annotated[Optional[Path], typer.Option("--plan", help="Convert exactly this plan (the JSON of `inspect --json`); plan options are then ignored.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")] = False,
     shard_size: Annotated[str, typer.Option("--shard-size", help="Largest output shard.")] = "5GB",
     json_out: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
@@ -133,8 +162,8 @@ def convert(
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         check_destination(dst, force)
-        conversion = Conversion(src, _quant(no_quantize, mode, bits, group_size), _gate_bits(gate_bits), _dtype(dtype),
-                                global_scale)
+        choices = _choices(no_quantize, mode, bits, group_size, gate_bits, dtype, global_scale, recipe, override)
+        conversion = Conversion(src, plan=_read_plan(plan_file), **choices) if plan_file else Conversion(src, **choices)
         steps = conversion.run(dst, force=force, shard_size=_parse_size(shard_size))
         total = conversion.ckpt.nbytes
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),
@@ -149,9 +178,18 @@ def convert(
         _fail("interrupted; DST was not written")
     plan = conversion.plan
     if json_out:
-        out.print_json(json.dumps({"dst": str(dst), **plan.to_json()["totals"], "counts": plan.counts()}))
+        _print_json({"dst": str(dst), **plan.to_json()["totals"], "counts": plan.counts()})
     else:
         out.print(summary_line(plan, str(dst)), highlight=False, soft_wrap=True)
+
+
+def _read_plan(file: Path) -> dict:
+    try:
+        return json.loads(file.read_text())
+    except FileNotFoundError:
+        raise MoequantError(f"--plan {file}: not found; expected the JSON of `moequant inspect SRC --json`") from None
+    except json.JSONDecodeError as e:
+        raise MoequantError(f"--plan {file}: not JSON ({e}); expected the output of `moequant inspect SRC --json`") from None
 
 
 @app.command()
@@ -159,9 +197,10 @@ def inspect(
     path: Annotated[str, typer.Argument(help="Checkpoint folder or hub id.")],
     bits: BitsOpt = None, group_size: GroupOpt = None, mode: ModeOpt = Mode.AFFINE, gate_bits: GateOpt = "float",
     no_quantize: NoQuantOpt = False, dtype: DtypeOpt = None, global_scale: GlobalScaleOpt = True,
-    json_out: JsonOpt = False,
+    recipe: RecipeOpt = "uniform", override: OverrideOpt = None, json_out: JsonOpt = False,
+    expand: Annotated[bool, typer.Option("--all", help="One row per module (no collapsing across layers).")] = False,
     check: Annotated[bool, typer.Option("--check", help="MLX-quantized PATH: exit 1 if config and tensors disagree.")] = False,
-    plan_for_mlx: Annotated[bool, typer.Option("--plan", help="MLX-quantized PATH: print the conversion plan instead of what is stored.")] = False,
+    as_source: Annotated[bool, typer.Option("--as-source", help="MLX-quantized PATH: print its conversion plan instead of what it stores.")] = False,
     quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
     """Print the plan for PATH (headers only, nothing converted); for an MLX-quantized PATH, what it stores."""
@@ -174,31 +213,30 @@ def inspect(
     _logging(quiet, verbose)
     try:
         ckpt = read_checkpoint(path)
-        if (quantization := mlx_quantization(ckpt.config)) is not None and not plan_for_mlx:
+        if (quantization := mlx_quantization(ckpt.config)) is not None and not as_source:
             rows = read_stored(ckpt, find_roles(build_model(resolve_config(ckpt.config)[0])), quantization)
             _print_stored(rows, json_out)
             if check and any(r.problem for r in rows):
                 raise typer.Exit(1)
             return
-        conversion = Conversion(path, _quant(no_quantize, mode, bits, group_size), _gate_bits(gate_bits), _dtype(dtype),
-                                global_scale)
+        conversion = Conversion(
+            path, **_choices(no_quantize, mode, bits, group_size, gate_bits, dtype, global_scale, recipe, override))
         conversion.validate()
         plan = conversion.plan
     except MoequantError as e:
         _fail(str(e))
     if json_out:
-        out.print_json(plan.dumps())
+        _print_json(plan.to_json())
         return
-    out.print(plan_table(plan))
+    out.print(plan_table(plan, expand))
     out.print(role_table(plan))
     out.print(f"{plan.params:,} parameters; " + summary_line(plan, "output"), highlight=False, soft_wrap=True)
 
 
 def _print_stored(rows, json_out: bool) -> None:
     if json_out:
-        out.print_json(json.dumps([{"path": r.path, "shape": list(r.shape), "stored": str(r.stored),
-                                    "config": str(r.config) if r.config else None, "problem": r.problem or None}
-                                   for r in rows]))
+        _print_json([{"path": r.path, "shape": list(r.shape), "stored": str(r.stored),
+                      "config": str(r.config) if r.config else None, "problem": r.problem or None} for r in rows])
         return
     table = Table(title="stored quantization (from tensor shapes) vs config.json")
     for name in ("module", "shape", "stored", "config.json says", "problem"):
@@ -209,6 +247,49 @@ def _print_stored(rows, json_out: bool) -> None:
     out.print(table)
     bad = sum(bool(r.problem) for r in rows)
     out.print(f"{len(rows)} modules; {bad} disagree with config.json", highlight=False)
+
+
+@app.command()
+def verify(
+    dst: Annotated[Path, typer.Argument(help="A converted checkpoint.")],
+    reference: Annotated[str, typer.Option("--reference", help="The source it was converted from (folder or hub id).")],
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Text to run (tokenized with DST's tokenizer) instead of a fixed random batch.")] = None,
+    min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Exit 1 if top-1 agreement is below this.")] = None,
+    max_kl: Annotated[Optional[float], typer.Option("--max-kl", help="Exit 1 if the mean KL (nats/token) is above this.")] = None,
+    min_router: Annotated[Optional[float], typer.Option("--min-router", help="Exit 1 if any MoE layer's router top-k agreement is below this.")] = None,
+    json_out: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
+) -> None:
+    """Run the same tokens through DST and SRC with mlx-lm; compare logits and expert choices."""
+    from .verify import tokens_for_prompt
+    from .verify import verify as run_verify
+
+    _logging(quiet, verbose)
+    try:
+        tokens = tokens_for_prompt(dst, prompt) if prompt is not None else None
+        report = run_verify(dst, reference, tokens)
+    except MoequantError as e:
+        _fail(str(e))
+    c = report.closeness
+    failed = [f"{name} {value:.4g} {op} {limit}" for name, value, op, limit, bad in (
+        ("top-1 agreement", c.top1, "<", min_top1, min_top1 is not None and c.top1 < min_top1),
+        ("KL", c.kl, ">", max_kl, max_kl is not None and c.kl > max_kl),
+        ("router agreement", report.min_router_agreement or 1.0, "<", min_router,
+         min_router is not None and (report.min_router_agreement or 1.0) < min_router),
+    ) if bad]
+    if json_out:
+        _print_json({**report.to_dict(), "failed": failed})
+    else:
+        table = Table(title=f"{dst} vs {reference} ({report.tokens} tokens)")
+        table.add_column("measure")
+        table.add_column("value", justify="right")
+        for name, value in (("top-1 agreement", f"{c.top1:.4f}"), ("KL (nats/token)", f"{c.kl:.5f}"),
+                            ("logit cosine", f"{c.cosine:.5f}"), ("relative RMS error", f"{c.rel_rms:.4f}")):
+            table.add_row(name, value)
+        for block, agreement in report.router_agreement.items():
+            table.add_row(f"router top-{report.top_k.get(block, '?')} agreement {block}", f"{agreement:.4f}")
+        out.print(table)
+    if failed:
+        _fail("; ".join(failed))
 
 
 @app.command("make-tiny")

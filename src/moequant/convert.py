@@ -16,7 +16,7 @@ from .errors import CheckpointError
 from .experts import num_experts, to_stacked
 from .families import FAMILIES, Family
 from .names import canonical_name
-from .plan import DTYPES, Options, Plan, Quant, build_plan, find_roles
+from .plan import DTYPES, Options, Quant, build_plan, find_roles, plan_from_json
 from .stored import read_stored
 from .quantize import Quantizer, check_complete, check_weights, parameter_shapes
 from .target import build_model, resolve_config
@@ -57,15 +57,16 @@ class Step:
 class Conversion:
     """Everything decided from headers (the plan); `run` does the work, one group at a time."""
 
-    def __init__(self, src: str | Path, quant: Quant | None = None, gate_bits: int | None = None,
-                 dtype: str | None = None, global_scale: bool = True):
+    def __init__(self, src: str | Path, quant: Quant | None = None, *, dtype: str | None = None,
+                 plan: dict | None = None, **choices):
+        """`choices` are the other fields of plan.Options (gate_bits, recipe, overrides, …);
+        `plan` is a saved plan (the JSON of `inspect --json`) to follow instead."""
         self.ckpt = read_checkpoint(src)
         self.config, notes = resolve_config(self.ckpt.config)  # first: is it an mlx-lm model at all
         self.family = family_of(self.ckpt.config)
         self.num_experts = num_experts(self.family, self.config)
         self.format, qconfig = source_format(self.ckpt.config)
         self.model = build_model(self.config)
-        self.options = Options(quant, gate_bits, dtype or default_dtype(self.ckpt), global_scale)
         modules = find_roles(self.model)
         stored = {}
         if self.format is MLX:
@@ -76,7 +77,12 @@ class Conversion:
                 raise CheckpointError(f"config.json: quantization[{bad.path!r}]: {bad.problem}")
             modules = [replace(m, source=stored[m.path].quant, source_listed=stored[m.path].listed)
                        if m.path in stored else m for m in modules]
-        self.plan: Plan = build_plan(modules, self.ckpt.model_type, self.options, _source_itemsize(self.ckpt), notes)
+        if plan is not None:
+            self.plan = plan_from_json(plan, modules, self.ckpt.model_type, _source_itemsize(self.ckpt), notes)
+        else:
+            options = Options(quant, dtype=dtype or default_dtype(self.ckpt), **choices)
+            self.plan = build_plan(modules, self.ckpt.model_type, options, _source_itemsize(self.ckpt), notes)
+        self.options = self.plan.options
         as_stored = frozenset(r.path for r in self.plan.rows if r.as_stored)
         if as_stored:  # the target modules take the packed tensors as they are
             nn.quantize(self.model, class_predicate=lambda p, m: p in as_stored and self.plan.by_path[p].quant.to_dict())

@@ -7,7 +7,7 @@ import fnmatch
 import inspect
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import Callable
 
@@ -17,6 +17,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.switch_layers import SwitchLinear
 
 from .errors import PlanError
+from .names import layer_of
 
 
 class Mode(str, Enum):
@@ -102,6 +103,8 @@ class Options:
     gate_bits: int | None = None  # None: router gates stay float
     dtype: str = "bfloat16"  # for every tensor that is not quantized (and for scales/biases)
     global_scale: bool = True  # nvfp4 expert stacks get a per-expert tensor scale
+    recipe: str = "uniform"  # a key of RECIPES
+    overrides: tuple["Override", ...] = ()
 
 
 class Role(str, Enum):
@@ -114,12 +117,15 @@ class Role(str, Enum):
     EMBEDDING = "embedding"
     LM_HEAD = "lm_head"
     NORM = "norm"
+    VISION = "vision"
     OTHER = "other"
 
 
 # Roles by module-path pattern, first match wins; structural roles (gates, routed experts) are
 # found before these from the module tree itself (see `find_roles`).
 ROLE_PATTERNS: tuple[tuple[Role, tuple[str, ...]], ...] = (
+    (Role.VISION, ("vision_tower.*", "vision_model.*", "*.visual.*", "visual.*", "multi_modal_projector.*",
+                   "*.vision_tower.*", "*.multi_modal_projector.*")),
     (Role.NORM, ("*norm", "*_layernorm", "*.ln_*")),
     (Role.SHARED_EXPERTS, ("*.shared_expert.*", "*.shared_experts.*", "*.shared_mlp.*")),
     (Role.ATTENTION, ("*.self_attn.*", "*.attention.*", "*.attn.*")),
@@ -177,22 +183,106 @@ def find_roles(model: nn.Module) -> list[Module]:
 class Rule:
     name: str
     precedence: int  # the highest-precedence rule that applies decides
-    applies: Callable[[Module, Options], bool]
-    decide: Callable[[Module, Options], Quant | None]
+    applies: Callable[[Module], bool]
+    decide: Callable[[Module], Quant | None]
     why: str
+    requested: bool = False  # a user's explicit request: if it cannot be done, that is an error
 
 
-RULES: tuple[Rule, ...] = (
-    Rule("not-quantizable", 200, lambda m, o: not m.quantizable, lambda m, o: None,
-         "the mlx-lm module has no to_quantized"),
-    Rule("no-quantize", 100, lambda m, o: o.quant is None, lambda m, o: None, "--no-quantize"),
-    Rule("source-entry", 25, lambda m, o: m.source_listed and o.quant is not None, lambda m, o: m.source,
-         "SRC's config.json has a per-path entry for this module"),
-    Rule("router-gate", 50, lambda m, o: m.role in (Role.ROUTER_GATE, Role.SHARED_EXPERT_GATE),
-         lambda m, o: GATE_QUANT if o.gate_bits == 8 else None,
-         "router gates stay float (or 8-bit with --gate-bits 8), never at the experts' bits"),
-    Rule("default", 0, lambda m, o: True, lambda m, o: o.quant, "--mode/--bits/--group-size"),
-)
+@dataclass(frozen=True)
+class Override:
+    """`--override 'PATTERN=SPEC'`: a glob on module paths, and `keep` or `bits=8,group=64,mode=affine`."""
+
+    pattern: str
+    quant: Quant | None
+    text: str = ""  # as given on the command line
+
+    @classmethod
+    def parse(cls, text: str) -> "Override":
+        pattern, sep, spec = text.partition("=")
+        where = f"--override {text!r}"
+        if not sep or not pattern or not spec:
+            raise PlanError(f"{where}: expected PATTERN=SPEC, e.g. '*.shared_expert.*=bits=8' or '*.mlp.gate=keep'")
+        if spec.strip() == "keep":
+            return cls(pattern, None, text)
+        fields = {}
+        for item in spec.split(","):
+            key, eq, value = item.partition("=")
+            key = {"group": "group_size"}.get(key.strip(), key.strip())
+            if not eq or key not in ("bits", "group_size", "mode"):
+                raise PlanError(f"{where}: {item!r}; expected keep, or bits=N, group=N, mode=M separated by commas")
+            fields[key] = value.strip()
+        try:
+            bits = int(fields["bits"]) if "bits" in fields else None
+            group = int(fields["group_size"]) if "group_size" in fields else None
+        except ValueError:
+            raise PlanError(f"{where}: bits and group take whole numbers") from None
+        return cls(pattern, Quant.make(fields.get("mode", "affine"), bits, group, where), text)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+GATE_ROLES = (Role.ROUTER_GATE, Role.SHARED_EXPERT_GATE)
+MOE_RECIPE_ROLES = (Role.ATTENTION, Role.SHARED_EXPERTS, Role.DENSE_MLP, Role.EMBEDDING, Role.LM_HEAD)
+# mlx-lm's mixed recipes (mlx_lm/convert.py mixed_quant_predicate_builder): (low bits, high bits)
+MIXED_RECIPES = {"mixed_2_6": (2, 6), "mixed_3_4": (3, 4), "mixed_3_6": (3, 6), "mixed_4_6": (4, 6)}
+RECIPES = ("uniform", "moe", *MIXED_RECIPES)
+
+
+def _recipe_rules(options: Options, num_layers: int) -> list[Rule]:
+    q = options.quant
+    if options.recipe == "uniform" or q is None:
+        return []
+    if options.recipe == "moe":
+        high = Quant.make(Mode.AFFINE, min(q.bits + 2, 8), 64)
+        return [Rule("recipe-moe", 10, lambda m: m.role in MOE_RECIPE_ROLES, lambda m: high,
+                     f"--recipe moe: everything but the routed experts at {high}")]
+    if q.mode != Mode.AFFINE:
+        raise PlanError(f"--recipe {options.recipe} --mode {q.mode.value}: mlx-lm's mixed recipes are affine only; "
+                        "expected --mode affine")
+    low_bits, high_bits = MIXED_RECIPES[options.recipe]
+    low, high = Quant.make(Mode.AFFINE, low_bits, q.group_size), Quant.make(Mode.AFFINE, high_bits, q.group_size)
+
+    def more_bits(m: Module) -> bool:  # mlx-lm's use_more_bits, on the decoder layer index
+        where = layer_of(m.path)
+        i = where[1] if where else 0
+        return i < num_layers // 8 or i >= 7 * num_layers // 8 or (i - num_layers // 8) % 3 == 2
+
+    def high_applies(m: Module) -> bool:
+        sensitive = any(k in m.path for k in ("v_proj", "v_a_proj", "v_b_proj", "down_proj"))
+        return sensitive and more_bits(m) or "lm_head" in m.path
+
+    return [
+        Rule(f"recipe-{options.recipe}", 10, lambda m: True, lambda m: low, f"--recipe {options.recipe}: {low}"),
+        Rule(f"recipe-{options.recipe}-high", 11, high_applies, lambda m: high,
+             f"--recipe {options.recipe}: {high} for lm_head, and v/down projections of every third layer "
+             "and the first and last eighth"),
+    ]
+
+
+def plan_rules(options: Options, num_layers: int) -> list[Rule]:
+    """The rules for one plan: fixed rows, the recipe's rows, then one row per --override
+    (later overrides win over earlier ones)."""
+    rules = [
+        Rule("not-quantizable", 200, lambda m: not m.quantizable, lambda m: None,
+             "the mlx-lm module has no to_quantized"),
+        Rule("no-quantize", 100, lambda m: options.quant is None, lambda m: None, "--no-quantize"),
+        Rule("vision", 60, lambda m: m.role == Role.VISION, lambda m: None,
+             "vision tower and projector stay float unless an override asks"),
+        Rule("router-gate", 50, lambda m: m.role in GATE_ROLES,
+             lambda m: GATE_QUANT if options.gate_bits == 8 else None,
+             "router gates stay float (or 8-bit with --gate-bits 8), never at the experts' bits"),
+        Rule("source-entry", 25, lambda m: m.source_listed and options.quant is not None, lambda m: m.source,
+             "SRC's config.json has a per-path entry for this module"),
+        *_recipe_rules(options, num_layers),
+        Rule("default", 0, lambda m: True, lambda m: options.quant, "--mode/--bits/--group-size"),
+    ]
+    for i, o in enumerate(options.overrides):
+        rules.append(Rule(f"override {o.pattern}", 150 + i,
+                          lambda m, o=o: fnmatch.fnmatchcase(m.path, o.pattern) and (m.quantizable or o.quant is None),
+                          lambda m, o=o: o.quant, f"--override {o.text!r}", requested=True))
+    return rules
 
 
 @dataclass(frozen=True)
@@ -219,9 +309,11 @@ class Decision:
         return self.quant is not None and self.quant == self.source
 
 
-def decide(module: Module, options: Options, source_itemsize: int) -> Decision:
-    rule = max((r for r in RULES if r.applies(module, options)), key=lambda r: r.precedence)
-    quant, name, reason = rule.decide(module, options), rule.name, rule.why
+def decide(module: Module, rules: list[Rule], options: Options, source_itemsize: int) -> Decision:
+    rule = max((r for r in rules if r.applies(module)), key=lambda r: r.precedence)
+    quant, name, reason = rule.decide(module), rule.name, rule.why
+    if rule.requested and quant is not None and module.role in GATE_ROLES and quant.bits < 8:
+        raise PlanError(f"{rule.why}: router gate {module.path} would get {quant}; gates take float or ≥ 8 bits")
     if quant and quant.mode == Mode.NVFP4 and module.takes_global_scale and options.global_scale and not quant.global_scale:
         # One float32 scale per expert, from that expert's own weights (mlx-lm's _quantize_experts):
         # never worse than block scales alone, and far better for small-magnitude experts, whose
@@ -230,6 +322,8 @@ def decide(module: Module, options: Options, source_itemsize: int) -> Decision:
         reason += "; with a per-expert global scale"
     if quant is not None and module.shape[-1] % quant.group_size:
         reason = f"{rule.name} asked {quant}, but in={module.shape[-1]} is not a multiple of {quant.group_size}"
+        if rule.requested:
+            raise PlanError(f"{rule.why}: {module.path}: {reason}")
         quant, name = None, "indivisible"
     out_itemsize = _DTYPE_BYTES[options.dtype]
     weight = math.prod(module.shape)
@@ -304,6 +398,8 @@ class Plan:
                 "gate_bits": self.options.gate_bits,
                 "dtype": self.options.dtype,
                 "global_scale": self.options.global_scale,
+                "recipe": self.options.recipe,
+                "overrides": [str(o) for o in self.options.overrides],
             },
             "totals": {"params": self.params, "bytes_before": self.bytes_before,
                        "bytes_after": self.bytes_after, "bits_per_weight": round(self.bits_per_weight, 4)},
@@ -317,11 +413,52 @@ class Plan:
             ],
         }
 
-    def dumps(self) -> str:
-        return json.dumps(self.to_json(), indent=2)
+
+def plan_from_json(data: dict, modules: list[Module], model_type: str, source_itemsize: int = 2,
+                   notes: list[str] | None = None, where: str = "plan.json") -> Plan:
+    """Exactly the decisions of a saved plan (`inspect --json`), refused at the first module that
+    does not fit SRC (unknown path, wrong shape, a quantization the module cannot take)."""
+    if not isinstance(data, dict) or data.get("moequant_plan") != 1 or not isinstance(data.get("modules"), list):
+        raise PlanError(f"{where}: not a moequant plan; expected the JSON of `moequant inspect SRC --json`")
+    if data.get("model_type") != model_type:
+        raise PlanError(f"{where}: model_type {data.get('model_type')!r}; SRC is {model_type!r}")
+    saved = {row["path"]: row for row in data["modules"]}
+    for m in modules:
+        if m.path not in saved:
+            raise PlanError(f"{where}: has no row for {m.path}; expected one per module of SRC")
+    known = {m.path for m in modules}
+    for path in saved:
+        if path not in known:
+            raise PlanError(f"{where}: {path} is not a module of SRC")
+    o = data.get("options") or {}
+    options = Options(Quant.from_dict(o["quant"], f"{where}: options.quant") if o.get("quant") else None,
+                      o.get("gate_bits"), o.get("dtype", "bfloat16"), o.get("global_scale", True),
+                      o.get("recipe", "uniform"))
+    if options.dtype not in DTYPES:
+        raise PlanError(f"{where}: options.dtype {options.dtype!r}; expected one of {', '.join(DTYPES)}")
+    rows = []
+    for m in modules:
+        row, here = saved[m.path], f"{where}: {m.path}"
+        if tuple(row.get("shape", ())) != m.shape:
+            raise PlanError(f"{here}: shape {row.get('shape')}; SRC has {list(m.shape)}")
+        quant = Quant.from_dict(row["quant"], here) if row.get("quant") else None
+        rule = Rule(row.get("rule", "plan-file"), 0, lambda _: True, lambda _, q=quant: q,
+                    row.get("reason", "plan file"), requested=True)
+        if quant is not None and not m.quantizable:
+            raise PlanError(f"{here}: {quant}, but the mlx-lm module has no to_quantized; expected null")
+        if quant is not None and quant.global_scale and not m.takes_global_scale:
+            raise PlanError(f"{here}: global_scale, but the mlx-lm module takes none")
+        rows.append(decide(m, [rule], replace(options, global_scale=False), source_itemsize))
+    return Plan(model_type, options, rows, list(notes or []))
 
 
 def build_plan(modules: list[Module], model_type: str, options: Options, source_itemsize: int = 2,
                notes: list[str] | None = None) -> Plan:
-    rows = [decide(m, options, source_itemsize) for m in modules]
+    layers = [w[1] for m in modules if (w := layer_of(m.path))]
+    rules = plan_rules(options, max(layers) + 1 if layers else 0)
+    for rule in rules:
+        if rule.requested and not any(rule.applies(m) for m in modules):
+            raise PlanError(f"{rule.why}: matches no quantizable module of SRC (a typo?); "
+                            f"module paths look like {modules[len(modules) // 2].path}")
+    rows = [decide(m, rules, options, source_itemsize) for m in modules]
     return Plan(model_type, options, rows, list(notes or []))
