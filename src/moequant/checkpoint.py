@@ -29,6 +29,10 @@ ITEMSIZE: dict[str, int] = {
     "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
 }
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+# mlx dtype -> safetensors spelling (mlx writes fp8 as U8; releases tag it F8_E4M3)
+DTYPE_TAGS = {mx.bfloat16: "BF16", mx.float16: "F16", mx.float32: "F32", mx.uint32: "U32", mx.uint8: "U8",
+              mx.int32: "I32", mx.int64: "I64", mx.uint16: "U16", mx.int8: "I8", mx.int16: "I16",
+              mx.uint64: "U64", mx.bool_: "BOOL"}
 
 # Files copied beside the weights when present (tokenizer, generation and chat-template files).
 SIDECAR_PATTERNS = (
@@ -63,6 +67,28 @@ class Group:
 
     name: str  # "model.layers.3" or "rest"
     keys: tuple[str, ...]
+
+
+def encode_header(entries: list[tuple[str, str, tuple[int, ...]]], metadata: dict | None = None) -> bytes:
+    """A safetensors header for tensors (key, dtype tag, shape) stored back to back in this order,
+    with its 8-byte length prefix and padding."""
+    header, offset = {}, 0
+    for key, tag, shape in entries:
+        nbytes = math.prod(shape) * ITEMSIZE[tag]
+        header[key] = {"dtype": tag, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    if metadata:
+        header["__metadata__"] = metadata
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text
+
+
+def tensor_bytes(value: mx.array) -> memoryview:
+    """The raw bytes of an array in C order, as safetensors stores them (evaluates it)."""
+    flat = mx.contiguous(value.reshape(-1)).view(mx.uint8)
+    mx.eval(flat)
+    return memoryview(flat)
 
 
 def read_safetensors_header(file: Path) -> dict[str, TensorInfo]:

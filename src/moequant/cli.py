@@ -221,7 +221,7 @@ def inspect(
             return
         conversion = Conversion(
             path, **_choices(no_quantize, mode, bits, group_size, gate_bits, dtype, global_scale, recipe, override))
-        conversion.validate()
+        conversion.manifest()  # every layout and shape check, from headers
         plan = conversion.plan
     except MoequantError as e:
         _fail(str(e))

@@ -10,7 +10,7 @@ from typing import Iterator
 import mlx.core as mx
 import mlx.nn as nn
 
-from .checkpoint import ITEMSIZE, Checkpoint, Group, read_checkpoint
+from .checkpoint import DTYPE_TAGS, ITEMSIZE, Checkpoint, Group, read_checkpoint
 from .dequant import MLX, SourceContext, source_format
 from .errors import CheckpointError
 from .experts import num_experts, to_stacked
@@ -83,11 +83,18 @@ class Conversion:
             options = Options(quant, dtype=dtype or default_dtype(self.ckpt), **choices)
             self.plan = build_plan(modules, self.ckpt.model_type, options, _source_itemsize(self.ckpt), notes)
         self.options = self.plan.options
-        as_stored = frozenset(r.path for r in self.plan.rows if r.as_stored)
-        if as_stored:  # the target modules take the packed tensors as they are
-            nn.quantize(self.model, class_predicate=lambda p, m: p in as_stored and self.plan.by_path[p].quant.to_dict())
+        self.as_stored = frozenset(r.path for r in self.plan.rows if r.as_stored)
         self.context = SourceContext(self.ckpt.tensors, qconfig,
-                                     {p: r.quant for p, r in stored.items() if r.quant}, as_stored)
+                                     {p: r.quant for p, r in stored.items() if r.quant}, self.as_stored)
+
+    def _target(self) -> nn.Module:
+        """A fresh (lazy) target model; modules copied as stored are quantized up front so they
+        take the packed tensors as they are."""
+        model = build_model(self.config)
+        if self.as_stored:
+            rows = self.plan.by_path
+            nn.quantize(model, class_predicate=lambda p, m: p in self.as_stored and rows[p].quant.to_dict())
+        return model
 
     def _normalized(self, group: Group) -> dict[str, mx.array]:
         """One group's tensors (lazy), renamed, stacked and sanitized into the target's names."""
@@ -96,20 +103,26 @@ class Conversion:
         weights = to_stacked(self.family, weights, self.num_experts)
         return self.model.sanitize(weights) if hasattr(self.model, "sanitize") else weights
 
-    def validate(self) -> None:
-        """Every layout and shape check on lazy tensors, before any data is read or written."""
-        expected, seen = parameter_shapes(self.model), set()
+    def manifest(self) -> list[tuple[str, str, tuple[int, ...]]]:
+        """Every output tensor (key, dtype tag, shape) in write order, from a dry run of the whole
+        pipeline on lazy tensors: every layout and shape check runs, no tensor data is read."""
+        model = self._target()
+        expected, seen, quantizer, entries = parameter_shapes(model), set(), Quantizer(model, self.plan), []
         for group in self.ckpt.groups():
-            check_weights(self._normalized(group), expected, seen, self.ckpt.model_type)
+            weights = self._normalized(group)
+            check_weights(weights, expected, seen, self.ckpt.model_type)
+            entries += [(k, DTYPE_TAGS[v.dtype], tuple(v.shape)) for k, v in quantizer.run(weights).items()]
         check_complete(expected, seen, self.ckpt.model_type)
+        return entries
 
     def run(self, dst: Path, force: bool = False, shard_size: int = DEFAULT_SHARD_SIZE) -> Iterator[Step]:
         dst = Path(dst)
         check_destination(dst, force)
-        self.validate()
-        quantizer = Quantizer(self.model, self.plan)
+        manifest = self.manifest()
+        quantizer = Quantizer(self._target(), self.plan)
         groups = self.ckpt.groups()
         with Output(dst, force, shard_size) as out:
+            out.allocate(manifest)
             for i, group in enumerate(groups):
                 out.add(quantizer.run(self._normalized(group)))
                 yield Step(group.name, i + 1, len(groups), sum(self.ckpt.tensors[k].nbytes for k in group.keys))

@@ -19,7 +19,7 @@ from typing import Callable
 import mlx.core as mx
 import numpy as np
 
-from .checkpoint import INDEX_FILE
+from .checkpoint import DTYPE_TAGS, INDEX_FILE, encode_header, tensor_bytes
 from .families import FAMILIES, Family
 
 # Shared tiny dimensions (hidden 128 divides every group size; expert intermediate 64 does not
@@ -219,7 +219,6 @@ def byte_tokenizer() -> dict:
 
 LAYOUTS = ("per_expert", "fused", "stacked")
 SOURCES = ("float", "fp8")
-_TAGS = {mx.bfloat16: "BF16", mx.float16: "F16", mx.float32: "F32"}
 
 
 def _to_layout(tensors: dict[str, mx.array], family: Family, layout: str) -> dict[str, mx.array]:
@@ -254,7 +253,7 @@ def _to_fp8(tensors: dict[str, mx.array], block: tuple[int, int]) -> dict[str, t
     out = {}
     for key, value in tensors.items():
         if not (key.endswith(".weight") and value.ndim == 2) or any(k in key for k in _FP8_KEEP):
-            out[key] = (_TAGS[value.dtype], value)
+            out[key] = (DTYPE_TAGS[value.dtype], value)
             continue
         n_out, n_in = value.shape
         w = value.astype(mx.float32)
@@ -269,19 +268,12 @@ def _to_fp8(tensors: dict[str, mx.array], block: tuple[int, int]) -> dict[str, t
 
 def save_safetensors(path: Path, tensors: dict[str, tuple[str, mx.array]]) -> None:
     """A safetensors file with the dtype tags releases use (mlx itself writes fp8 as U8)."""
-    header, blobs, offset = {}, [], 0
-    for key, (tag, value) in tensors.items():
-        raw = np.array(value.view(mx.uint16) if value.dtype == mx.bfloat16 else value).tobytes()
-        header[key] = {"dtype": tag, "shape": list(value.shape), "data_offsets": [offset, offset + len(raw)]}
-        blobs.append(raw)
-        offset += len(raw)
-    header["__metadata__"] = {"format": "pt"}
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
+    entries = [(key, tag, tuple(value.shape)) for key, (tag, value) in tensors.items()]
+    blobs = [tensor_bytes(value) for _, value in tensors.values()]  # all read before `path` is replaced
     with open(path, "wb") as f:
-        f.write(len(text).to_bytes(8, "little") + text)
-        for raw in blobs:
-            f.write(raw)
+        f.write(encode_header(entries, {"format": "pt"}))
+        for blob in blobs:
+            f.write(blob)
 
 
 def write_tiny_checkpoint(dst: str | Path, arch: str, *, dtype: str = "bfloat16", shards: int = 1,
@@ -306,7 +298,7 @@ def write_tiny_checkpoint(dst: str | Path, arch: str, *, dtype: str = "bfloat16"
     if source == "fp8":
         tagged = _to_fp8(tensors, block_size)
     else:
-        tagged = {k: (_TAGS[v.dtype], v) for k, v in tensors.items()}
+        tagged = {k: (DTYPE_TAGS[v.dtype], v) for k, v in tensors.items()}
     names = sorted(tagged)
     per = math.ceil(len(names) / shards)
     parts = [names[i * per:(i + 1) * per] for i in range(shards)]

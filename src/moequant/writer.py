@@ -5,19 +5,33 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
 
-from .checkpoint import INDEX_FILE, SIDECAR_PATTERNS, read_safetensors_header
+from .checkpoint import (DTYPE_TAGS, INDEX_FILE, ITEMSIZE, SIDECAR_PATTERNS, encode_header, read_safetensors_header,
+                         tensor_bytes)
 from .errors import OutputError
+from .names import module_path
 from .plan import MODES, Plan
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SHARD_SIZE = 5 << 30  # bytes, as mlx-lm
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def check_destination(dst: Path, force: bool) -> None:
@@ -28,55 +42,111 @@ def check_destination(dst: Path, force: bool) -> None:
         raise OutputError(f"{dst.parent}: no such folder; expected DST's parent to exist")
 
 
+@dataclass(frozen=True)
+class Slot:
+    """Where one output tensor goes: known before any data is computed (see Conversion.manifest)."""
+
+    key: str
+    tag: str  # safetensors dtype
+    shape: tuple[int, ...]
+    shard: int
+    offset: int  # absolute byte offset in the shard file
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * ITEMSIZE[self.tag]
+
+
 class Output:
-    """A temporary folder beside DST that becomes DST only when `finish` succeeds."""
+    """A temporary folder beside DST that becomes DST only when `finish` succeeds.
+
+    Every output tensor's name, dtype and shape are known up front (the manifest), so each shard
+    file is created whole — header first, data region sized — and each tensor is written at its
+    offset the moment it is computed. Nothing waits for a shard to fill: memory stays bounded by
+    the group being converted, whatever the shard size or the model size."""
 
     def __init__(self, dst: Path, force: bool = False, shard_size: int = DEFAULT_SHARD_SIZE):
         self.dst = Path(dst)
         self.force = force
         self.shard_size = shard_size
         self.tmp = self.dst.parent / f".{self.dst.name}.moequant-partial-{os.getpid()}"
-        self.pending: dict[str, mx.array] = {}
-        self.pending_bytes = 0
-        self.shards: list[list[str]] = []  # keys per written shard, in order
-        self.total_bytes = 0
+        self.slots: dict[str, Slot] = {}
+        self.names: list[str] = []
+        self.files: list[int] = []  # open file descriptors, one per shard
+        self.written: set[str] = set()
 
     def __enter__(self) -> "Output":
         check_destination(self.dst, self.force)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        for stale in self.dst.parent.glob(f".{self.dst.name}.moequant-partial-*"):
+            if not _alive(stale.name.rsplit("-", 1)[-1]):  # left by a run that was killed (SIGKILL)
+                log.info("removing %s, left by an interrupted run", stale)
+                shutil.rmtree(stale, ignore_errors=True)
         self.tmp.mkdir()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        self._close()
         shutil.rmtree(self.tmp, ignore_errors=True)  # after a successful finish it is already gone
 
-    def add(self, tensors: dict[str, mx.array]) -> None:
-        """Evaluate and queue tensors; a shard is written whenever the queue passes the size limit."""
-        mx.eval(list(tensors.values()))
-        size = sum(v.nbytes for v in tensors.values())
-        if self.pending and self.pending_bytes + size > self.shard_size:
-            self._flush()
-        self.pending.update(tensors)
-        self.pending_bytes += size
+    def _close(self) -> None:
+        for fd in self.files:
+            os.close(fd)
+        self.files = []
 
-    def _flush(self) -> None:
-        name = self.tmp / f"shard-{len(self.shards):05d}.safetensors"
-        mx.save_safetensors(str(name), self.pending, metadata={"format": "mlx"})
-        self.shards.append(sorted(self.pending))
-        self.total_bytes += self.pending_bytes
-        self.pending, self.pending_bytes = {}, 0
+    def allocate(self, manifest: list[tuple[str, str, tuple[int, ...]]]) -> None:
+        """Cut the manifest (key, dtype tag, shape; in write order) into shards of at most
+        `shard_size` bytes (a larger tensor gets a shard of its own) and create the files."""
+        shards: list[list[tuple[str, str, tuple[int, ...]]]] = [[]]
+        size = 0
+        for entry in manifest:
+            nbytes = math.prod(entry[2]) * ITEMSIZE[entry[1]]
+            if shards[-1] and size + nbytes > self.shard_size:
+                shards.append([])
+                size = 0
+            shards[-1].append(entry)
+            size += nbytes
+        n = len(shards)
+        self.names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        for i, (entries, name) in enumerate(zip(shards, self.names)):
+            header = encode_header(entries, {"format": "mlx"})
+            offset = len(header)
+            for key, tag, shape in entries:
+                self.slots[key] = slot = Slot(key, tag, tuple(shape), i, offset)
+                offset += slot.nbytes
+            fd = os.open(self.tmp / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self.files.append(fd)
+            os.pwrite(fd, header, 0)
+            os.ftruncate(fd, offset)
+
+    def add(self, tensors: dict[str, mx.array]) -> None:
+        """Evaluate tensors one module at a time and write each at its place (any mismatch with
+        the manifest is an error). Takes ownership of `tensors`: each is dropped once written, so
+        only one module's inputs and outputs are in memory at a time."""
+        by_module: dict[str, list[str]] = {}
+        for key in tensors:
+            by_module.setdefault(module_path(key), []).append(key)
+        for keys in by_module.values():
+            batch = {k: tensors.pop(k) for k in keys}
+            mx.eval(list(batch.values()))
+            self._write(batch)
+
+    def _write(self, tensors: dict[str, mx.array]) -> None:
+        for key, value in tensors.items():
+            slot = self.slots.get(key)
+            tag = DTYPE_TAGS.get(value.dtype)
+            if slot is None or key in self.written or (slot.tag, slot.shape) != (tag, tuple(value.shape)):
+                want = f"{slot.tag} {list(slot.shape)}" if slot else "no such tensor"
+                raise OutputError(f"{key}: computed {tag} {list(value.shape)}; the manifest says {want}"
+                                  f"{' (written twice)' if key in self.written else ''}")
+            os.pwrite(self.files[slot.shard], tensor_bytes(value), slot.offset)
+            self.written.add(key)
 
     def finish(self, config: dict, source: Path, plan: Plan) -> None:
-        if self.pending or not self.shards:
-            self._flush()
-        n = len(self.shards)
-        names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-        weight_map = {}
-        for i, (keys, name) in enumerate(zip(self.shards, names)):
-            (self.tmp / f"shard-{i:05d}.safetensors").rename(self.tmp / name)
-            weight_map.update((k, name) for k in keys)
-        index = {"metadata": {"total_size": self.total_bytes, "total_parameters": plan.params},
-                 "weight_map": dict(sorted(weight_map.items()))}
+        if missing := sorted(set(self.slots) - self.written):
+            raise OutputError(f"{missing[0]}: in the manifest but never computed ({len(missing)} in all)")
+        self._close()
+        index = {"metadata": {"total_size": sum(s.nbytes for s in self.slots.values()), "total_parameters": plan.params},
+                 "weight_map": {k: self.names[s.shard] for k, s in sorted(self.slots.items())}}
         (self.tmp / INDEX_FILE).write_text(json.dumps(index, indent=4))
         for pattern in SIDECAR_PATTERNS:
             for file in source.glob(pattern):

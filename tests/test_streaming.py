@@ -1,0 +1,59 @@
+"""Streaming conversion: interrupted runs leave nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlx.core as mx
+import pytest
+from mlx.utils import tree_flatten
+
+from moequant.target import build_model, resolve_config
+from moequant.tiny import write_tiny_checkpoint
+
+
+def _slow_checkpoint(path):
+    """A qwen3_moe checkpoint in mlx-lm's own stacked layout, large enough (~200 MB bf16) that an
+    mxfp4 conversion takes several seconds on a CPU."""
+    config = json.loads((write_tiny_checkpoint(path, "qwen3_moe", style="legacy") / "config.json").read_text())
+    config.update(hidden_size=512, num_hidden_layers=8, num_experts=16, moe_intermediate_size=512,
+                  num_attention_heads=8, head_dim=64)
+    model = build_model(resolve_config(config)[0])
+    weights = {k: v.astype(mx.bfloat16) for k, v in tree_flatten(model.parameters())}
+    (path / "model.safetensors").unlink()
+    mx.save_safetensors(str(path / "model.safetensors"), weights)
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_conversion_leaves_neither_dst_nor_its_temporary_folder(tmp_path, sig):
+    src = _slow_checkpoint(tmp_path / "src")
+    dst = tmp_path / "dst"
+    proc = subprocess.Popen([sys.executable, "-m", "moequant", "convert", str(src), str(dst), "--mode", "mxfp4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".dst.moequant-partial-*")):  # wait until it is writing
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1, stderr
+    assert "error: interrupted; DST was not written" in stderr
+    assert not dst.exists() and not list(tmp_path.glob(".dst.moequant-*"))
+
+
+def test_a_killed_runs_leftover_folder_is_removed_by_the_next_run(tmp_path, cli):
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe")
+    leftover = tmp_path / f".dst.moequant-partial-{2**22 + 12345}"  # no such process
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_bytes(b"half")
+    assert cli("convert", src, tmp_path / "dst", "--quiet").exit_code == 0
+    assert not leftover.exists() and (tmp_path / "dst" / "model.safetensors").exists()
+    assert os.path.exists(tmp_path / "dst" / "config.json")
