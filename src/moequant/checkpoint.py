@@ -212,6 +212,12 @@ def read_config(path: Path) -> dict:
         raise CheckpointError(f"{file}: not valid JSON ({e})") from None
     if "model_type" not in config:
         raise CheckpointError(f"{file}: no model_type key; expected e.g. \"model_type\": \"qwen3_moe\"")
+    modelopt = path / "hf_quant_config.json"  # NVIDIA ModelOpt exports keep their settings here
+    if modelopt.exists() and not config.get("quantization_config"):
+        try:
+            config["quantization_config"] = {"quant_method": "modelopt", **json.loads(modelopt.read_text())}
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{modelopt}: not valid JSON ({e})") from None
     return config
 
 

@@ -11,13 +11,13 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .checkpoint import DTYPE_TAGS, ITEMSIZE, Checkpoint, Group, read_checkpoint
-from .dequant import MLX, SourceContext, source_format
+from .dequant import MLX, SourceContext, dequantize_packed, source_format
 from .errors import CheckpointError
 from .experts import num_experts, to_stacked
 from .families import FAMILIES, Family
 from .names import canonical_name
 from .plan import DTYPES, Options, Quant, build_plan, find_roles, plan_from_json
-from .stored import read_stored
+from .stored import infer_fp_quant, infer_quant, read_stored
 from .quantize import Quantizer, check_complete, check_weights, parameter_shapes
 from .target import build_model, resolve_config
 from .writer import DEFAULT_SHARD_SIZE, Output, check_destination, output_config
@@ -68,15 +68,20 @@ class Conversion:
         self.format, qconfig = source_format(self.ckpt.config)
         self.model = build_model(self.config)
         modules = find_roles(self.model)
-        stored = {}
+        self.target_paths = {m.path for m in modules}
+        self.context = SourceContext(self.ckpt.tensors, qconfig)
+        packed: dict[str, Quant] = {}
+        listed: set[str] = set()
         if self.format is MLX:
-            stored = {r.path: r for r in read_stored(self.ckpt, modules, qconfig)}
+            rows = read_stored(self.ckpt, modules, qconfig)
             # a listed module without to_quantized is no error here: it is read with its own
             # parameters and written float (what crashed mlx-lm's loader never reaches DST)
-            if bad := next((r for r in stored.values() if r.mismatch), None):
+            if bad := next((r for r in rows if r.mismatch), None):
                 raise CheckpointError(f"config.json: quantization[{bad.path!r}]: {bad.problem}")
-            modules = [replace(m, source=stored[m.path].quant, source_listed=stored[m.path].listed)
-                       if m.path in stored else m for m in modules]
+            listed = {r.path for r in rows if r.listed}
+        if self.format.packed:
+            packed = self._packed_modules({m.path: m.shape[-1] for m in modules})
+            modules = [replace(m, source=packed.get(m.path), source_listed=m.path in listed) for m in modules]
         if plan is not None:
             self.plan = plan_from_json(plan, modules, self.ckpt.model_type, _source_itemsize(self.ckpt), notes)
         else:
@@ -84,8 +89,20 @@ class Conversion:
             self.plan = build_plan(modules, self.ckpt.model_type, options, _source_itemsize(self.ckpt), notes)
         self.options = self.plan.options
         self.as_stored = frozenset(r.path for r in self.plan.rows if r.as_stored)
-        self.context = SourceContext(self.ckpt.tensors, qconfig,
-                                     {p: r.quant for p, r in stored.items() if r.quant}, self.as_stored)
+        self.context = SourceContext(self.ckpt.tensors, qconfig, packed, self.as_stored)
+
+    def _packed_modules(self, n_in: dict[str, int]) -> dict[str, Quant]:
+        """Target module path -> how SRC stores it packed, read from the shapes of the unpacked,
+        stacked tensors (lazy: no data is read)."""
+        packed = {}
+        for group in self.ckpt.groups():
+            weights = self._unpacked(group)
+            for key, scales in weights.items():
+                path = key[: -len(".scales")]
+                if key.endswith(".scales") and path in n_in and f"{path}.weight" in weights:
+                    packed[path] = infer_quant(weights[f"{path}.weight"].shape[-1], scales.shape[-1],
+                                               scales.dtype == mx.uint8, n_in[path], f"{path}.global_scale" in weights)
+        return packed
 
     def _target(self) -> nn.Module:
         """A fresh (lazy) target model; modules copied as stored are quantized up front so they
@@ -96,12 +113,30 @@ class Conversion:
             nn.quantize(model, class_predicate=lambda p, m: p in self.as_stored and rows[p].quant.to_dict())
         return model
 
-    def _normalized(self, group: Group) -> dict[str, mx.array]:
-        """One group's tensors (lazy), renamed, stacked and sanitized into the target's names."""
-        weights = self.format.to_float(self.ckpt.load(group.keys), self.context)
+    def _unpacked(self, group: Group) -> dict[str, mx.array]:
+        """One group's tensors (lazy), unpacked from the source format, renamed, stacked and
+        sanitized into the target's names; packed modules still packed."""
+        weights = self.format.unpack(self.ckpt.load(group.keys), self.context)
         weights = {canonical_name(k): v for k, v in weights.items()}
         weights = to_stacked(self.family, weights, self.num_experts)
-        return self.model.sanitize(weights) if hasattr(self.model, "sanitize") else weights
+        if not hasattr(self.model, "sanitize"):
+            return weights
+        # Packed fp-mode modules that sanitize reshapes into other modules (DeepSeek's kv_b_proj ->
+        # embed_q/unembed_out) are dequantized first: sanitize only knows affine packing.
+        stray = {}
+        for key, scales in weights.items():
+            path = key[: -len(".scales")]
+            if key.endswith(".scales") and path not in self.target_paths and scales.dtype == mx.uint8:
+                q = infer_fp_quant(weights[f"{path}.weight"].shape[-1], scales.shape[-1], f"{path}.global_scale" in weights)
+                if q is not None:
+                    stray[path] = q
+        if stray:
+            weights = dequantize_packed(weights, replace(self.context, stored=stray, as_stored=frozenset()))
+        return self.model.sanitize(weights)
+
+    def _normalized(self, group: Group) -> dict[str, mx.array]:
+        """The target's tensors for one group: float, or packed where copied as stored."""
+        return dequantize_packed(self._unpacked(group), self.context)
 
     def manifest(self) -> list[tuple[str, str, tuple[int, ...]]]:
         """Every output tensor (key, dtype tag, shape) in write order, from a dry run of the whole

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import mlx.core as mx
+import numpy as np
 
 from .checkpoint import TensorInfo, mlx_quantization
 from .errors import CheckpointError, LayoutError
@@ -67,9 +68,60 @@ def _fp8_blocks(weights: dict[str, mx.array], ctx: SourceContext) -> dict[str, m
     return out
 
 
-def _mlx_dequantize(weights: dict[str, mx.array], ctx: SourceContext) -> dict[str, mx.array]:
-    """Each packed module dequantized with its own (mode, bits, group_size), read from its tensors
-    and checked against config.json beforehand — except modules copied as stored."""
+# ModelOpt NVFP4 aux tensors -> MLX nvfp4 names (None: dropped; input scales are for activations)
+MODELOPT_AUX = {".weight_scale": ".scales", ".weight_scale_2": ".global_scale", ".input_scale": None}
+NVFP4_GLOBAL = 6.0 * 448.0  # mlx's nvfp4 global_scale g dequantizes as e2m1 · e4m3 · (g / 2688)
+
+
+def mlx_global_scale(weight_scale_2: mx.array) -> mx.array:
+    """mlx's global_scale for ModelOpt's weight_scale_2, chosen so that mlx's g / 2688 in float32
+    gives weight_scale_2 back. ModelOpt computes weight_scale_2 = amax / 2688 in float32, so such a g
+    (amax itself) exists and the repack is bit-exact; for any other value the nearest is taken
+    (within an ulp of the scale)."""
+    ws2 = np.asarray(weight_scale_2, dtype=np.float32).reshape(())
+    g = np.float32(ws2 * np.float32(NVFP4_GLOBAL))
+    candidates = [g]
+    for direction in (np.float32(np.inf), np.float32(-np.inf)):
+        c = g
+        for _ in range(4):
+            c = np.nextafter(c, direction)
+            candidates.append(c)
+    best = min(candidates, key=lambda c: abs(float(np.float32(c / np.float32(NVFP4_GLOBAL))) - float(ws2)))
+    return mx.array(best)
+
+
+def _modelopt_to_mlx(weights: dict[str, mx.array], ctx: SourceContext) -> dict[str, mx.array]:
+    """ModelOpt NVFP4 (two e2m1 per uint8, low nibble first; e4m3 block scales of 16; a float32
+    tensor scale) repacked into MLX nvfp4 — the same element and block-scale bytes, so no value
+    changes. Modules ModelOpt excluded (no weight_scale_2) pass through as float."""
+    out = {}
+    for key, value in weights.items():
+        suffix = next((s for s in MODELOPT_AUX if key.endswith(s)), None)
+        if suffix is not None:
+            if MODELOPT_AUX[suffix] == ".scales" and key[: -len(suffix)] + ".weight_scale_2" not in weights:
+                raise LayoutError(f"{key}: block scales without a weight_scale_2 beside them; expected both (NVFP4)")
+            if MODELOPT_AUX[suffix] and suffix != ".weight_scale":
+                out[key[: -len(suffix)] + MODELOPT_AUX[suffix]] = mlx_global_scale(value)
+            continue
+        base = key[: -len(".weight")] if key.endswith(".weight") else None
+        if base is None or f"{base}.weight_scale_2" not in weights:
+            out[key] = value
+            continue
+        scales = weights.get(f"{base}.weight_scale")
+        n_out, half = value.shape[-2:]
+        if ctx.infos[key].dtype != "U8" or scales is None or tuple(scales.shape) != (*value.shape[:-1], half * 2 // 16):
+            got = f"scales {tuple(scales.shape)}" if scales is not None else "no weight_scale"
+            raise LayoutError(f"{key}: {ctx.infos[key].dtype} {tuple(value.shape)} with {got}; expected uint8 "
+                              f"[out, in/2] and F8_E4M3 weight_scale [out, in/16] (NVFP4, group 16)")
+        out[key] = value.view(mx.uint32)
+        out[f"{base}.scales"] = scales
+    return out
+
+
+def dequantize_packed(weights: dict[str, mx.array], ctx: SourceContext) -> dict[str, mx.array]:
+    """Each packed module dequantized with its own (mode, bits, group_size, global scale), read
+    from its tensors (and, for MLX sources, checked against config.json) — except modules copied
+    as stored. Runs on the target's names, after experts are stacked."""
     out = {}
     for key, value in weights.items():
         path, _, name = key.rpartition(".")
@@ -80,7 +132,9 @@ def _mlx_dequantize(weights: dict[str, mx.array], ctx: SourceContext) -> dict[st
             scales, biases = weights[f"{path}.scales"], weights.get(f"{path}.biases")
             gs = weights.get(f"{path}.global_scale")
             args = dict(group_size=q.group_size, bits=q.bits, mode=q.mode.value, dtype=mx.float32)
-            if gs is not None:  # one tensor scale per expert
+            if gs is not None and gs.ndim == 0:  # one tensor scale for the module
+                out[key] = mx.dequantize(value, scales, None, global_scale=gs, **args)
+            elif gs is not None:  # one tensor scale per expert
                 out[key] = mx.stack([mx.dequantize(value[e], scales[e], None, global_scale=gs[e], **args)
                                      for e in range(value.shape[0])])
             else:
@@ -92,16 +146,21 @@ def _mlx_dequantize(weights: dict[str, mx.array], ctx: SourceContext) -> dict[st
 
 @dataclass(frozen=True)
 class SourceFormat:
+    """How a source format's tensors become float or MLX-packed tensors (per SRC tensor name, before
+    experts are stacked); packed modules are then dequantized by `dequantize_packed` as needed."""
+
     name: str
-    to_float: Callable[[dict[str, mx.array], SourceContext], dict[str, mx.array]]
+    unpack: Callable[[dict[str, mx.array], SourceContext], dict[str, mx.array]]
+    packed: bool = False  # may hold packed modules
 
 
-MLX = SourceFormat("mlx", _mlx_dequantize)  # any config with MLX `quantization` (bits, group_size)
+MLX = SourceFormat("mlx", lambda weights, ctx: weights, packed=True)  # MLX `quantization` (bits, group_size)
 
 # quant_method (config.json quantization_config) -> how to read it; no quantization_config: float
 SOURCE_FORMATS: dict[str | None, SourceFormat] = {
     None: SourceFormat("float", lambda weights, ctx: weights),
     "fp8": SourceFormat("fp8", _fp8_blocks),  # DeepSeek-V3, Qwen3-*-FP8: fmt e4m3, weight_block_size
+    "modelopt": SourceFormat("nvfp4", _modelopt_to_mlx, packed=True),  # NVIDIA ModelOpt NVFP4 exports
 }
 
 
@@ -111,6 +170,8 @@ def source_format(config: dict) -> tuple[SourceFormat, dict]:
         return MLX, quantization
     qconfig = config.get("quantization_config") or config.get("text_config", {}).get("quantization_config") or {}
     method = qconfig.get("quant_method")
+    if method == "modelopt" and (algo := qconfig.get("quantization", qconfig).get("quant_algo")) != "NVFP4":
+        raise CheckpointError(f"quantization_config: ModelOpt quant_algo {algo!r}; expected 'NVFP4'")
     if method not in SOURCE_FORMATS:
         raise CheckpointError(
             f"config.json: quantization_config.quant_method {method!r}; expected one of "

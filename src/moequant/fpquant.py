@@ -54,6 +54,8 @@ class _Fmt:
         self.mag = self.sign - 1
         self.inf = ((1 << exp_bits) - 1) << mant
         self.bias = (1 << (exp_bits - 1)) - 1
+        self.sint = np.dtype(uint).str.replace("u", "i")  # same-size signed int
+        self.dint = np.int16 if self.nbits == 16 else np.int32
 
 
 _FMTS = {
@@ -118,48 +120,53 @@ def _dtype_bits(values: np.ndarray, fmt: _Fmt) -> np.ndarray:
 
 
 def _tables16(mode: str, fmt: _Fmt) -> dict:
-    """For bf16/fp16: per possible group maximum (its 15 magnitude bits) the scale byte, whether
-    the fast path models the group, and the element thresholds (4-bit) or exponent shift (mxfp8)."""
+    """For bf16/fp16, per possible group maximum (its 15 magnitude bits): the scale byte, whether
+    the fast path models the group, and the element parameters: 4-bit thresholds (nvfp4) or the
+    exponent shift ``Z << mant`` (mx modes)."""
     mags = np.arange(fmt.sign, dtype=np.uint32).astype(fmt.uint)
     scale = _oracle_scales(mode, fmt, mags)
     amax = mx.array(mags).view(fmt.dtype)
     finite = mags < fmt.inf
     t = {"scale": scale}
-    mids = np.array(_MIDPOINTS, np.float64)
     if mode == "nvfp4":
         mine = _to_fp8(np.array(mx.divide(amax, mx.array(6.0, fmt.dtype)).astype(mx.float32)))
         # saturated scales (amax > ~2600) leave quotients so large that mlx's rounded distances
         # to the table tie; those groups go to mx.quantize
         ok = finite & (mine == scale) & (scale < 0x7E)
-        m = _fp8_values()[scale].astype(np.float64)
-        thr = _dtype_bits(m[:, None] * mids, fmt)
-        thr[scale == 0] = fmt.mag  # x / 0: mlx's argmin over inf/nan distances picks code 0
-        t["thr"] = thr
+        m = _fp8_values()[scale]
+        if fmt.dtype == mx.float16:  # compare x with m * midpoint: exact, and faster than f32
+            thr = _dtype_bits(m[:, None].astype(np.float64) * np.array(_MIDPOINTS), fmt)
+            thr[scale == 0] = fmt.mag  # x / 0: mlx's argmin over inf/nan distances gives code 0
+            t["thr"] = thr
+        else:
+            t["m"] = np.where(scale == 0, np.float32(np.inf), m).astype(np.float32)  # x/inf: 0
     else:
         inter = np.array(mx.divide(amax, mx.array(_MAXVAL[mode], fmt.dtype)).astype(mx.float32))
         frac, e = np.frexp(inter.astype(np.float64))
         z = np.where(inter > 0, e - (frac == 0.5), 0).astype(np.int64)
-        ok = finite & (z + 127 == scale) & (z >= -126)  # below, mlx's exponent wraps in uint8
+        # below -116 mlx's exponent wraps in uint8 (from -128) or bf16 subnormals would matter
+        ok = finite & (z + 127 == scale) & (z >= (-116 if fmt.dtype == mx.bfloat16 else -30))
         z = np.where(ok, z, 0)
-        if mode == "mxfp4":
-            t["thr"] = _dtype_bits(np.ldexp(mids[None, :], z[:, None]), fmt)
-        else:
-            t["shift"] = (z << fmt.mant).astype(np.int32)
-            t["ext"], t["f8"] = _ext_bits(fmt), _fp8_table(fmt)
+        t["shift"] = (z << fmt.mant).astype(fmt.dint)
+        if fmt.dtype == mx.float16:
+            t["ext"] = _ext_bits(fmt)
+        if mode == "mxfp8":
+            t["f8"] = _fp8_table(fmt)
     t["ok"] = ok
     return t
 
 
 def _ext_bits(fmt: _Fmt) -> np.ndarray:
-    """Magnitude bits with subnormals renormalized (exponent field <= 0, as int32), so that
-    ``ext - Z << mant`` is the bits of ``x / 2**Z`` whenever that is a normal number."""
+    """fp16 magnitude bits with subnormals renormalized (exponent field <= 0), as int32, so that
+    ``ext - (Z << mant)`` is the bits of ``x / 2**Z`` whenever that is a normal number, and lies
+    below the bits of 2**-14 otherwise."""
     mags = np.arange(fmt.sign, dtype=np.int64)
     ext = mags.copy()
     sub = (mags >> fmt.mant) == 0
-    m = mags[sub]
-    k = np.floor(np.log2(np.maximum(m, 1))).astype(np.int64)
+    m = np.maximum(mags[sub], 1)
+    k = np.floor(np.log2(m)).astype(np.int64)
     ext[sub] = ((k + 1 - fmt.mant) << fmt.mant) + ((m - (1 << k)) << (fmt.mant - k))
-    ext[0] = -(1 << 24)  # zero stays below every normal number after any shift
+    ext[0] = -(1 << 20)
     return ext.astype(np.int32)
 
 
@@ -167,10 +174,11 @@ def _fp8_table(fmt: _Fmt) -> np.ndarray:
     """mlx's ``to_fp8`` of every 16-bit pattern of the input dtype."""
     allbits = mx.arange(1 << 16, dtype=mx.uint32).astype(mx.uint16).view(fmt.dtype)
     f8 = np.array(mx.to_fp8(allbits))
-    # ext < 2**mant (a subnormal or zero quotient) is clamped to 0: that is only right if every
-    # such value is +-0 in e4m3, which holds for bf16 and fp16 (their normals start below 2**-10).
+    # Quotients below the normal range are clamped to 0: right only if every such value is +-0
+    # in e4m3, which holds for bf16 and fp16 (their normals start below 2**-10).
     tiny = np.arange(1 << fmt.mant)
-    assert (f8[tiny] == 0).all() and (f8[tiny | fmt.sign] == 0x80).all()
+    if not ((f8[tiny] == 0).all() and (f8[tiny | fmt.sign] == 0x80).all()):
+        raise AssertionError("mlx's to_fp8 keeps a subnormal: fpquant's mxfp8 path does not apply")
     return f8
 
 
@@ -178,8 +186,7 @@ def _tables(mode: str, fmt: _Fmt) -> dict:
     key = (mode, str(fmt.dtype))
     with _TABLES_LOCK:
         if key not in _TABLES:
-            _TABLES[key] = _tables16(mode, fmt) if fmt.nbits == 16 else {
-                "mids": np.array(_MIDPOINTS, np.float32).view(np.uint32), "fp8": _fp8_values()}
+            _TABLES[key] = _tables16(mode, fmt) if fmt.nbits == 16 else {"fp8": _fp8_values()}
         return _TABLES[key]
 
 
@@ -188,7 +195,8 @@ def _tables(mode: str, fmt: _Fmt) -> dict:
 
 
 def _group_params_f32(mode: str, tables: dict, amax_bits: np.ndarray):
-    """float32 input: scale byte, ok flag and element parameters per group, from amax bits."""
+    """float32 input: scale byte, ok flag and element parameter per group, from amax bits:
+    the divisor M (nvfp4), ``Z << 23`` (mxfp4) or ``2**-Z`` (mxfp8)."""
     amax = amax_bits.view(np.float32)
     finite = amax_bits < np.uint32(0x7F800000)
     with np.errstate(all="ignore"):
@@ -197,71 +205,143 @@ def _group_params_f32(mode: str, tables: dict, amax_bits: np.ndarray):
             scale = _to_fp8(inter)
             m = tables["fp8"][scale]
             m[scale == 0] = np.inf  # x / 0 in mlx gives codes 0, as does x / inf here
-            return scale, finite & (scale < 0x7E), m
+            return scale, finite & (scale < 0x7E), m  # saturated: see _tables16
         frac, e = np.frexp(inter)
         z = np.where(inter > 0, e - (frac == 0.5), 0).astype(np.int32)
     ok = finite & (z >= -120) & (z <= 127)
     z = np.where(ok, z, 0)
     scale = (z + 127).astype(np.uint8)
-    with np.errstate(over="ignore"):  # 5 * 2**127 is inf: no finite x exceeds it, as it should be
-        if mode == "mxfp4":
-            thr = np.ldexp(np.array(_MIDPOINTS, np.float32)[None, :], z[:, None]).astype(np.float32)
-            return scale, ok, thr.view(np.uint32)
-        return scale, ok, np.ldexp(np.float32(1.0), -z).astype(np.float32)
+    if mode == "mxfp4":
+        return scale, ok, z << 23
+    return scale, ok, np.ldexp(np.float32(1.0), -z).astype(np.float32)
 
 
-def _fp4_codes(mag: np.ndarray, u: np.ndarray, thr: np.ndarray, fmt: _Fmt) -> np.ndarray:
-    """e2m1 codes of one block: count of thresholds exceeded, sign bit only on nonzero codes.
-    ``mag``/``u``: [groups, G] magnitude bits / raw bits; ``thr``: [groups, 7] (or [7]) bits."""
-    col = (lambda j: thr[:, j : j + 1]) if thr.ndim == 2 else (lambda j: thr[j])
-    codes = np.greater(mag, col(0)).view(np.uint8)
-    sgn = (u >> (fmt.nbits - 1)).astype(np.uint8)
-    sgn &= codes
-    for j in range(1, 7):
-        codes += np.greater(mag, col(j)).view(np.uint8)
-    sgn <<= 3
-    codes |= sgn
+class _Work:
+    """Scratch arrays for one thread, sized for one block and reused from block to block (fresh
+    temporaries per block cost page faults, about a third of the time)."""
+
+    def __init__(self, elems: int):
+        self.elems = elems
+        self.bufs: dict = {}
+
+    def get(self, name: str, shape, dtype) -> np.ndarray:
+        key = (name, np.dtype(dtype).itemsize)
+        if key not in self.bufs:
+            self.bufs[key] = np.empty(self.elems * np.dtype(dtype).itemsize, np.uint8)
+        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        return self.bufs[key][:size].view(dtype).reshape(shape)
+
+
+def _bits_of(v: float, fmt: _Fmt) -> int:
+    """Bits of ``v`` (exactly representable) in the input format."""
+    if fmt.dtype == mx.float16:
+        return int(np.array(v, np.float16).view(np.uint16))
+    return int(np.array(v, np.float32).view(np.uint32)) >> (32 - fmt.nbits)
+
+
+def _codes_from_bits(d: np.ndarray, neg: np.ndarray, fmt: _Fmt, ws: _Work, shape) -> np.ndarray:
+    """e2m1 codes from ``d``, the bits (in the input format) of each ``|x| / scale``: the number
+    of midpoints 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5 strictly below, plus 8 if ``neg`` and the
+    code is not 0. The midpoints from 1.25 up are 2**(mant-1) apart in bits, hence the shift.
+    ``neg`` is overwritten."""
+    t0, t1, t2 = (_bits_of(v, fmt) for v in (0.25, 0.75, 1.25))
+    t = np.subtract(d, t2 + 1, out=ws.get("t", shape, d.dtype))
+    np.right_shift(t, fmt.mant - 1, out=t)
+    np.clip(t, -1, 4, out=t)
+    t += 2
+    codes = ws.get("codes", shape, np.uint8)
+    codes[...] = t  # 1..6
+    cmp = np.less_equal(d, t1, out=ws.get("b1", shape, np.bool_))
+    codes -= cmp.view(np.uint8)
+    np.greater(d, t0, out=cmp)  # code > 0
+    codes += cmp.view(np.uint8)
+    np.logical_and(neg, cmp, out=neg)
+    sign = neg.view(np.uint8)
+    sign <<= 3
+    codes |= sign
     return codes
 
 
-def _block(mode: str, fmt: _Fmt, tables: dict, u: np.ndarray, wq: np.ndarray, sc: np.ndarray) -> np.ndarray:
+def _codes_from_thresholds(mag, neg, thr, ws: _Work, shape) -> np.ndarray:
+    """e2m1 codes by comparing magnitude bits with per-group threshold bits (``thr`` [groups, 7]).
+    ``neg`` is overwritten."""
+    codes = ws.get("codes", shape, np.uint8)
+    gt = ws.get("b1", shape, np.bool_)
+    np.greater(mag, thr[:, 0:1], out=gt)
+    codes[...] = gt
+    np.logical_and(neg, gt, out=neg)
+    for j in range(1, 7):
+        np.greater(mag, thr[:, j : j + 1], out=gt)
+        codes += gt.view(np.uint8)
+    sign = neg.view(np.uint8)
+    sign <<= 3
+    codes |= sign
+    return codes
+
+
+def _pack4(codes: np.ndarray, out: np.ndarray, ws: _Work) -> None:
+    """Two codes per byte, the first in the low nibble (little-endian: low nibbles first in each
+    uint32)."""
+    pair = codes.reshape(-1).view(np.uint16)  # c0 | c1 << 8
+    tmp = ws.get("pair", pair.shape, np.uint16)
+    np.right_shift(pair, 4, out=tmp)  # c1 << 4
+    tmp |= pair
+    out[...] = tmp.reshape(out.shape)  # low byte: c0 | c1 << 4 (astype keeps the low byte)
+
+
+def _block(mode: str, fmt: _Fmt, tables: dict, ws: _Work, u: np.ndarray, wq: np.ndarray,
+           sc: np.ndarray) -> np.ndarray:
     """Quantize rows ``u`` (raw bits, [rows, in]) into ``wq`` (bytes) and ``sc``; return the
     indices of rows the fast path does not model."""
     group, bits = MODES[mode]
     rows, n = u.shape
     ug = u.reshape(-1, group)
-    mag = ug & fmt.uint(fmt.mag)
+    shape = ug.shape
+    mag = np.bitwise_and(ug, fmt.uint(fmt.mag), out=ws.get("mag", shape, fmt.uint))
     amax = np.maximum.reduceat(mag.reshape(-1), np.arange(0, mag.size, group))
     if fmt.nbits == 16:
         scale, ok = tables["scale"][amax], tables["ok"][amax]
     else:
         scale, ok, param = _group_params_f32(mode, tables, amax)
-    sc[...] = scale.reshape(rows, n // group)
+    sc[...] = scale.reshape(sc.shape)
+    bad = np.nonzero(~ok.reshape(rows, -1).all(axis=1))[0]
     if bits == 4:
-        if fmt.nbits == 16:
-            codes = _fp4_codes(mag, ug, tables["thr"][amax], fmt)
-        elif mode == "mxfp4":
-            codes = _fp4_codes(mag, ug, param, fmt)
-        else:  # nvfp4, float32: mlx divides in float32, so compare the rounded quotient
-            with np.errstate(all="ignore"):
-                q = (ug.view(np.float32) / param[:, None]).view(np.uint32)
-            codes = _fp4_codes(q & np.uint32(fmt.mag), q, tables["mids"], fmt)
-        codes = codes.reshape(-1, 2)
-        hi = codes[:, 1] << np.uint8(4)
-        hi |= codes[:, 0]
-        wq[...] = hi.reshape(rows, n // 2)
-    elif fmt.nbits == 16:  # mxfp8: e4m3 of x / 2**Z, read from mlx's own to_fp8 table
-        idx = tables["ext"][mag]
-        idx -= tables["shift"][amax][:, None]
-        np.clip(idx, 0, fmt.mag, out=idx)
-        idx |= (ug & fmt.uint(fmt.sign)).astype(np.int32)
-        wq[...] = tables["f8"][idx].reshape(rows, n)
-    else:
+        neg = np.less(ug.view(fmt.sint), 0, out=ws.get("neg", shape, np.bool_))
+    if mode == "nvfp4" and fmt.dtype == mx.float16:
+        codes = _codes_from_thresholds(mag, neg, tables["thr"][amax], ws, shape)
+    elif mode == "nvfp4":  # mlx divides, so use the rounded float32 quotient x / M
+        if fmt.nbits == 16:  # bf16: the upper half of a float32
+            x = np.left_shift(ug, np.uint32(16), dtype=np.uint32, out=ws.get("x", shape, np.uint32))
+            m = tables["m"][amax]
+        else:
+            x, m = ug, param
+        d = ws.get("d", shape, np.int32)
+        with np.errstate(all="ignore"):
+            np.divide(x.view(np.float32), m[:, None], out=d.view(np.float32))
+        d &= np.int32(0x7FFFFFFF)
+        codes = _codes_from_bits(d, neg, _FMTS[mx.float32], ws, shape)
+    elif mode == "mxfp8" and fmt.nbits == 32:
         with np.errstate(all="ignore"):
             q = ug.view(np.float32) * param[:, None]
-        wq[...] = _to_fp8(q).reshape(rows, n)
-    bad = ~ok.reshape(rows, -1).all(axis=1)
-    return np.nonzero(bad)[0]
+        wq[...] = _to_fp8(q).reshape(wq.shape)
+        return bad
+    else:  # mx modes: the bits of x / 2**Z are the bits of x minus Z << mant
+        if fmt.dtype == mx.float16:  # subnormals renormalized first
+            src = np.take(tables["ext"], mag, out=ws.get("d", shape, np.int32))
+        else:
+            src = mag.view(fmt.sint)
+        shift = tables["shift"][amax] if fmt.nbits == 16 else param
+        d = np.subtract(src, shift[:, None], out=ws.get("d", shape, src.dtype))
+        if bits == 8:  # mxfp8, 16-bit input: mlx's own to_fp8 of the quotient, by table
+            np.clip(d, 0, fmt.mag, out=d)
+            idx = ws.get("mag", shape, fmt.uint)
+            idx[...] = d
+            idx |= np.bitwise_and(ug, fmt.uint(fmt.sign), out=ws.get("x", shape, fmt.uint))
+            np.take(tables["f8"], idx.reshape(wq.shape), out=wq)
+            return bad
+        codes = _codes_from_bits(d, neg, fmt, ws, shape)
+    _pack4(codes, wq, ws)
+    return bad
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,9 +379,13 @@ def quantize_fp(w: mx.array, mode: str, *, block_elems: int = 1 << 20, threads: 
     step = max(1, block_elems // n)
     starts = range(0, rows, step)
 
+    local = threading.local()
+
     def run(r0):
         r1 = min(rows, r0 + step)
-        return r0 + _block(mode, fmt, tables, u[r0:r1], wq[r0:r1], sc[r0:r1])
+        if not hasattr(local, "ws"):
+            local.ws = _Work(step * n)
+        return r0 + _block(mode, fmt, tables, local.ws, u[r0:r1], wq[r0:r1], sc[r0:r1])
 
     nthreads = threads or min(2, os.cpu_count() or 1)
     if nthreads > 1 and len(starts) > 1:

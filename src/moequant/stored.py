@@ -27,13 +27,28 @@ class Stored:
         return self.stored if isinstance(self.stored, Quant) else None
 
 
+def infer_quant(packed_in: int, groups: int, uint8_scales: bool, n_in: int, global_scale: bool) -> Quant:
+    """(mode, bits, group) of a packed weight from its last dims, given the float input size."""
+    bits, group = packed_in * 32 // n_in, n_in // max(groups, 1)
+    mode = _FP_MODES.get((bits, group), Mode.AFFINE) if uint8_scales else Mode.AFFINE
+    return Quant(mode, bits, group, global_scale)
+
+
+def infer_fp_quant(packed_in: int, groups: int, global_scale: bool) -> Quant | None:
+    """An fp-mode (uint8 scales) packing read without knowing the float input size: each fp mode
+    has one (bits, group), so the shapes either fit one or none."""
+    for (bits, group), mode in _FP_MODES.items():
+        if packed_in * 32 // bits == group * groups:
+            return Quant(mode, bits, group, global_scale)
+    return None
+
+
 def _from_tensors(ckpt: Checkpoint, path: str, n_in: int) -> Quant | str:
     weight, scales = ckpt.tensors[f"{path}.weight"], ckpt.tensors.get(f"{path}.scales")
     if scales is None:
         return weight.dtype
-    bits, group = weight.shape[-1] * 32 // n_in, n_in // max(scales.shape[-1], 1)
-    mode = _FP_MODES.get((bits, group), Mode.AFFINE) if scales.dtype == "U8" else Mode.AFFINE
-    return Quant(mode, bits, group, f"{path}.global_scale" in ckpt.tensors)
+    return infer_quant(weight.shape[-1], scales.shape[-1], scales.dtype == "U8", n_in,
+                       f"{path}.global_scale" in ckpt.tensors)
 
 
 def _from_config(quantization: dict, path: str) -> Quant | None:

@@ -218,7 +218,7 @@ def byte_tokenizer() -> dict:
 
 
 LAYOUTS = ("per_expert", "fused", "stacked")
-SOURCES = ("float", "fp8")
+SOURCES = ("float", "fp8", "nvfp4")
 
 
 def _to_layout(tensors: dict[str, mx.array], family: Family, layout: str) -> dict[str, mx.array]:
@@ -266,6 +266,26 @@ def _to_fp8(tensors: dict[str, mx.array], block: tuple[int, int]) -> dict[str, t
     return out
 
 
+def _to_modelopt_nvfp4(tensors: dict[str, mx.array]) -> dict[str, tuple[str, mx.array]]:
+    """2-D linear weights as NVIDIA ModelOpt writes NVFP4: uint8 [out, in/2] (two e2m1, low nibble
+    first), F8_E4M3 `weight_scale` [out, in/16], float32 scalar `weight_scale_2` (amax / 2688)
+    and `input_scale`; gates, embeddings, lm_head and norms stay as they are (exclude_modules)."""
+    out = {}
+    for key, value in tensors.items():
+        if not (key.endswith(".weight") and value.ndim == 2) or any(k in key for k in _FP8_KEEP):
+            out[key] = (DTYPE_TAGS[value.dtype], value)
+            continue
+        w = value.astype(mx.float32)
+        amax = mx.abs(w).max()
+        packed, scales = mx.quantize(w, 16, 4, mode="nvfp4", global_scale=amax)
+        base = key[: -len("weight")]
+        out[key] = ("U8", packed.view(mx.uint8))
+        out[base + "weight_scale"] = ("F8_E4M3", scales)
+        out[base + "weight_scale_2"] = ("F32", (amax / (6.0 * 448.0)).reshape(()))
+        out[base + "input_scale"] = ("F32", mx.array(1.0))
+    return out
+
+
 def save_safetensors(path: Path, tensors: dict[str, tuple[str, mx.array]]) -> None:
     """A safetensors file with the dtype tags releases use (mlx itself writes fp8 as U8)."""
     entries = [(key, tag, tuple(value.shape)) for key, (tag, value) in tensors.items()]
@@ -297,6 +317,8 @@ def write_tiny_checkpoint(dst: str | Path, arch: str, *, dtype: str = "bfloat16"
     tensors = _to_layout(tensors, FAMILIES[arch], layout)
     if source == "fp8":
         tagged = _to_fp8(tensors, block_size)
+    elif source == "nvfp4":
+        tagged = _to_modelopt_nvfp4(tensors)
     else:
         tagged = {k: (DTYPE_TAGS[v.dtype], v) for k, v in tensors.items()}
     names = sorted(tagged)
@@ -313,6 +335,13 @@ def write_tiny_checkpoint(dst: str | Path, arch: str, *, dtype: str = "bfloat16"
     if source == "fp8":
         config["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
                                          "weight_block_size": list(block_size)}
+    if source == "nvfp4":  # ModelOpt keeps its settings beside config.json
+        excluded = sorted({k[: -len(".weight")] for k, (tag, _) in tagged.items()
+                           if k.endswith(".weight") and tag != "U8" and tagged[k][1].ndim == 2})
+        (dst / "hf_quant_config.json").write_text(json.dumps({
+            "producer": {"name": "modelopt", "version": "0.29.0"},
+            "quantization": {"quant_algo": "NVFP4", "kv_cache_quant_algo": None, "group_size": 16,
+                             "exclude_modules": excluded}}, indent=2))
     config["transformers_version"] = "5.23.0" if style == "published" else "4.57.0"
     (dst / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     (dst / "generation_config.json").write_text(json.dumps({"_from_model_config": True, "use_cache": True}))
