@@ -17,7 +17,7 @@ from rich.table import Table
 
 from .errors import MoequantError
 from .names import layer_of
-from .plan import DTYPES, RECIPES, Mode, Override, Plan, Quant
+from .plan import DTYPES, RECIPES, ROUNDINGS, Mode, Override, Plan, Quant
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Convert Mixture-of-Experts checkpoints into quantized MLX checkpoints.")
@@ -32,6 +32,7 @@ NoQuantOpt = Annotated[bool, typer.Option("--no-quantize", help="Layout and dtyp
 DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="dtype of unquantized tensors: bfloat16, float16, float32 (default: the checkpoint's).")]
 GlobalScaleOpt = Annotated[bool, typer.Option("--global-scale/--no-global-scale", help="nvfp4: a per-expert tensor scale on expert stacks (Apple GPU; mlx's CPU gather_qmm refuses it).")]
 RecipeOpt = Annotated[str, typer.Option("--recipe", help="uniform, moe, mixed_2_6, mixed_3_4, mixed_3_6 or mixed_4_6 (see README).")]
+RoundingOpt = Annotated[str, typer.Option("--rounding", help="plain (mx.quantize's min/max), or mse: per group, the clipped range with the least error (slower).")]
 OverrideOpt = Annotated[Optional[list[str]], typer.Option("--override", help="PATTERN=SPEC, repeatable: '*.shared_expert.*=bits=8,group=64' or '*.mlp.gate=keep'.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or info on stderr.")]
@@ -49,14 +50,16 @@ def _logging(quiet: bool, verbose: bool) -> None:
 
 
 def _choices(no_quantize: bool, mode: Mode, bits: int | None, group_size: int | None, gate_bits: str,
-             dtype: str | None, global_scale: bool, recipe: str, overrides: list[str] | None) -> dict:
+             dtype: str | None, global_scale: bool, recipe: str, overrides: list[str] | None, rounding: str) -> dict:
     """Conversion(...) keyword arguments from the plan options shared by convert and inspect."""
     if recipe not in RECIPES:
         raise MoequantError(f"--recipe {recipe}: expected one of {', '.join(RECIPES)}")
+    if rounding not in ROUNDINGS:
+        raise MoequantError(f"--rounding {rounding}: expected one of {', '.join(ROUNDINGS)}")
     if dtype is not None and dtype not in DTYPES:
         raise MoequantError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
     return dict(quant=None if no_quantize else Quant.make(mode, bits, group_size), gate_bits=_gate_bits(gate_bits),
-                dtype=dtype, global_scale=global_scale, recipe=recipe,
+                dtype=dtype, global_scale=global_scale, recipe=recipe, rounding=rounding,
                 overrides=tuple(Override.parse(o) for o in overrides or ()))
 
 
@@ -148,7 +151,7 @@ def convert(
     dst: Annotated[Path, typer.Argument(help="Output folder (must not exist unless --force).")],
     bits: BitsOpt = None, group_size: GroupOpt = None, mode: ModeOpt = Mode.AFFINE, gate_bits: GateOpt = "float",
     no_quantize: NoQuantOpt = False, dtype: DtypeOpt = None, global_scale: GlobalScaleOpt = True,
-    recipe: RecipeOpt = "uniform", override: OverrideOpt = None,
+    recipe: RecipeOpt = "uniform", override: OverrideOpt = None, rounding: RoundingOpt = "plain",
     plan_file: Annotated[Optional[Path], typer.Option("--plan", help="Convert exactly this plan (the JSON of `inspect --json`); plan options are then ignored.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")] = False,
     shard_size: Annotated[str, typer.Option("--shard-size", help="Largest output shard.")] = "5GB",
@@ -162,7 +165,8 @@ def convert(
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         check_destination(dst, force)
-        choices = _choices(no_quantize, mode, bits, group_size, gate_bits, dtype, global_scale, recipe, override)
+        choices = _choices(no_quantize, mode, bits, group_size, gate_bits, dtype, global_scale, recipe, override,
+                           rounding)
         conversion = Conversion(src, plan=_read_plan(plan_file), **choices) if plan_file else Conversion(src, **choices)
         steps = conversion.run(dst, force=force, shard_size=_parse_size(shard_size))
         total = conversion.ckpt.nbytes
@@ -197,7 +201,8 @@ def inspect(
     path: Annotated[str, typer.Argument(help="Checkpoint folder or hub id.")],
     bits: BitsOpt = None, group_size: GroupOpt = None, mode: ModeOpt = Mode.AFFINE, gate_bits: GateOpt = "float",
     no_quantize: NoQuantOpt = False, dtype: DtypeOpt = None, global_scale: GlobalScaleOpt = True,
-    recipe: RecipeOpt = "uniform", override: OverrideOpt = None, json_out: JsonOpt = False,
+    recipe: RecipeOpt = "uniform", override: OverrideOpt = None, rounding: RoundingOpt = "plain",
+    json_out: JsonOpt = False,
     expand: Annotated[bool, typer.Option("--all", help="One row per module (no collapsing across layers).")] = False,
     check: Annotated[bool, typer.Option("--check", help="MLX-quantized PATH: exit 1 if config and tensors disagree.")] = False,
     as_source: Annotated[bool, typer.Option("--as-source", help="MLX-quantized PATH: print its conversion plan instead of what it stores.")] = False,
@@ -220,7 +225,8 @@ def inspect(
                 raise typer.Exit(1)
             return
         conversion = Conversion(
-            path, **_choices(no_quantize, mode, bits, group_size, gate_bits, dtype, global_scale, recipe, override))
+            path, **_choices(no_quantize, mode, bits, group_size, gate_bits, dtype, global_scale, recipe, override,
+                             rounding))
         conversion.manifest()  # every layout and shape check, from headers
         plan = conversion.plan
     except MoequantError as e:

@@ -105,6 +105,7 @@ class Options:
     global_scale: bool = True  # nvfp4 expert stacks get a per-expert tensor scale
     recipe: str = "uniform"  # a key of RECIPES
     overrides: tuple["Override", ...] = ()
+    rounding: str = "plain"  # a key of ROUNDINGS
 
 
 class Role(str, Enum):
@@ -124,13 +125,24 @@ class Role(str, Enum):
 # Roles by module-path pattern, first match wins; structural roles (gates, routed experts) are
 # found before these from the module tree itself (see `find_roles`).
 ROLE_PATTERNS: tuple[tuple[Role, tuple[str, ...]], ...] = (
+    # Router gates nested one level below their MoE block (out = E), which find_roles' structural
+    # rule (a direct child of the block) does not reach: GraniteMoE(-hybrid) router.layer,
+    # Hunyuan gate.wg, Bailing gate.gate_proj, Laguna gate.proj, AFMoE router.gate
+    (Role.ROUTER_GATE, ("*.block_sparse_moe.router.layer", "*.mlp.gate.wg", "*.mlp.gate.gate_proj",
+                        "*.mlp.gate.proj", "*.mlp.router.gate")),
+    # Klear's coefficient: softmax over 2 logits that weighs the routed against the shared output
+    (Role.SHARED_EXPERT_GATE, ("*.mlp.coefficient",)),
     (Role.VISION, ("vision_tower.*", "vision_model.*", "*.visual.*", "visual.*", "multi_modal_projector.*",
                    "*.vision_tower.*", "*.multi_modal_projector.*")),
     (Role.NORM, ("*norm", "*_layernorm", "*.ln_*")),
     (Role.SHARED_EXPERTS, ("*.shared_expert.*", "*.shared_experts.*", "*.shared_mlp.*")),
-    (Role.ATTENTION, ("*.self_attn.*", "*.attention.*", "*.attn.*")),
-    (Role.DENSE_MLP, ("*.mlp.*", "*.feed_forward.*", "*.ffn.*")),
-    (Role.EMBEDDING, ("*embed_tokens", "*.wte", "*.embeddings")),
+    # Token mixers other than attention count as attention: linear attention (Qwen3-Next), short
+    # convolutions (LFM2), Mamba mixers (Jamba; Nemotron-H's mixer in M blocks)
+    (Role.ATTENTION, ("*.self_attn.*", "*.attention.*", "*.attn.*", "*.linear_attn.*", "*.conv.*", "*.mamba.*",
+                      "*.mixer.in_proj", "*.mixer.out_proj", "*.mixer.conv1d", "*.mixer.q_proj", "*.mixer.k_proj",
+                      "*.mixer.v_proj", "*.mixer.o_proj")),
+    (Role.DENSE_MLP, ("*.mlp.*", "*.feed_forward.*", "*.ffn.*", "*.mixer.up_proj", "*.mixer.down_proj")),
+    (Role.EMBEDDING, ("*embed_tokens", "*.wte", "*.embeddings", "*.word_embeddings")),
     (Role.LM_HEAD, ("lm_head", "*.lm_head")),
 )
 
@@ -228,6 +240,8 @@ MOE_RECIPE_ROLES = (Role.ATTENTION, Role.SHARED_EXPERTS, Role.DENSE_MLP, Role.EM
 # mlx-lm's mixed recipes (mlx_lm/convert.py mixed_quant_predicate_builder): (low bits, high bits)
 MIXED_RECIPES = {"mixed_2_6": (2, 6), "mixed_3_4": (3, 4), "mixed_3_6": (3, 6), "mixed_4_6": (4, 6)}
 RECIPES = ("uniform", "moe", *MIXED_RECIPES)
+# plain: mx.quantize's min/max ranges; mse: per group, the clipped range with the least error
+ROUNDINGS = ("plain", "mse")
 
 
 def _recipe_rules(options: Options, num_layers: int) -> list[Rule]:
@@ -399,6 +413,7 @@ class Plan:
                 "dtype": self.options.dtype,
                 "global_scale": self.options.global_scale,
                 "recipe": self.options.recipe,
+                "rounding": self.options.rounding,
                 "overrides": [str(o) for o in self.options.overrides],
             },
             "totals": {"params": self.params, "bytes_before": self.bytes_before,
@@ -433,7 +448,9 @@ def plan_from_json(data: dict, modules: list[Module], model_type: str, source_it
     o = data.get("options") or {}
     options = Options(Quant.from_dict(o["quant"], f"{where}: options.quant") if o.get("quant") else None,
                       o.get("gate_bits"), o.get("dtype", "bfloat16"), o.get("global_scale", True),
-                      o.get("recipe", "uniform"))
+                      o.get("recipe", "uniform"), rounding=o.get("rounding", "plain"))
+    if options.rounding not in ROUNDINGS:
+        raise PlanError(f"{where}: options.rounding {options.rounding!r}; expected one of {', '.join(ROUNDINGS)}")
     if options.dtype not in DTYPES:
         raise PlanError(f"{where}: options.dtype {options.dtype!r}; expected one of {', '.join(DTYPES)}")
     rows = []

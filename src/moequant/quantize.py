@@ -13,6 +13,7 @@ from mlx.utils import tree_flatten
 from .errors import LayoutError
 from .names import module_path
 from .plan import DTYPES, Plan
+from .rounding import quantize_searched
 
 
 def _module_at(model: nn.Module, path: str):
@@ -78,6 +79,9 @@ class Quantizer:
 
         if todo:
             nn.quantize(self.model, class_predicate=predicate)
+            if self.plan.options.rounding == "mse":
+                for path in sorted(todo):
+                    _search_rounding(_module_at(self.model, path), weights[f"{path}.weight"], rows[path].quant)
         out = {}
         for path in paths:
             module = _module_at(self.model, path)
@@ -85,6 +89,18 @@ class Quantizer:
             out.update((f"{path}.{k}", v) for k, v in arrays.items())
             module.update({k: mx.array([]) for k in arrays})  # release: the writer holds them now
         return out
+
+
+def _search_rounding(module: nn.Module, weight: mx.array, quant) -> None:
+    """Replace a freshly quantized module's packing with the error-minimizing one (same format)."""
+    global_scale = module.get("global_scale")
+    if global_scale is not None:  # nvfp4 expert stack: each expert with its own tensor scale
+        parts = [quantize_searched(weight[e], quant, global_scale[e]) for e in range(weight.shape[0])]
+        module.weight, module.scales = mx.stack([p[0] for p in parts]), mx.stack([p[1] for p in parts])
+        return
+    module.weight, module.scales, biases = quantize_searched(weight, quant)
+    if biases is not None:
+        module.biases = biases
 
 
 def _nearest(key: str, keys) -> str:
