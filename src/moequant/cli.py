@@ -33,6 +33,8 @@ DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="dtype of unqua
 GlobalScaleOpt = Annotated[bool, typer.Option("--global-scale/--no-global-scale", help="nvfp4: a per-expert tensor scale on expert stacks (Apple GPU; mlx's CPU gather_qmm refuses it).")]
 RecipeOpt = Annotated[str, typer.Option("--recipe", help="uniform, moe, mixed_2_6, mixed_3_4, mixed_3_6 or mixed_4_6 (see README).")]
 RoundingOpt = Annotated[str, typer.Option("--rounding", help="plain (mx.quantize's min/max), or mse: per group, the clipped range with the least error (slower).")]
+TargetOpt = Annotated[Optional[float], typer.Option("--target-bpw", help="Size budget in bits per weight: bits and group size chosen per module (reads the weights).")]
+CalibOpt = Annotated[Optional[Path], typer.Option("--calib", help="Calibration text (or .npy token ids) for --target-bpw; without it a data-free proxy is used.")]
 OverrideOpt = Annotated[Optional[list[str]], typer.Option("--override", help="PATTERN=SPEC, repeatable: '*.shared_expert.*=bits=8,group=64' or '*.mlp.gate=keep'.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or info on stderr.")]
@@ -50,17 +52,22 @@ def _logging(quiet: bool, verbose: bool) -> None:
 
 
 def _choices(no_quantize: bool, mode: Mode, bits: int | None, group_size: int | None, gate_bits: str,
-             dtype: str | None, global_scale: bool, recipe: str, overrides: list[str] | None, rounding: str) -> dict:
+             dtype: str | None, global_scale: bool, recipe: str, overrides: list[str] | None, rounding: str,
+             target_bpw: float | None = None, calib: Path | None = None) -> dict:
     """Conversion(...) keyword arguments from the plan options shared by convert and inspect."""
     if recipe not in RECIPES:
         raise MoequantError(f"--recipe {recipe}: expected one of {', '.join(RECIPES)}")
     if rounding not in ROUNDINGS:
         raise MoequantError(f"--rounding {rounding}: expected one of {', '.join(ROUNDINGS)}")
+    if calib is not None and target_bpw is None:
+        raise MoequantError("--calib: only used with --target-bpw; expected both")
+    if target_bpw is not None and not 1.0 < target_bpw <= 16.0:
+        raise MoequantError(f"--target-bpw {target_bpw}: expected a budget between 1 and 16 bits per weight")
     if dtype is not None and dtype not in DTYPES:
         raise MoequantError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
     return dict(quant=None if no_quantize else Quant.make(mode, bits, group_size), gate_bits=_gate_bits(gate_bits),
-                dtype=dtype, global_scale=global_scale, recipe=recipe, rounding=rounding,
-                overrides=tuple(Override.parse(o) for o in overrides or ()))
+                dtype=dtype, global_scale=global_scale, recipe=recipe, rounding=rounding, target_bpw=target_bpw,
+                calib=str(calib) if calib else None, overrides=tuple(Override.parse(o) for o in overrides or ()))
 
 
 def _print_json(data) -> None:
@@ -152,6 +159,7 @@ def convert(
     bits: BitsOpt = None, group_size: GroupOpt = None, mode: ModeOpt = Mode.AFFINE, gate_bits: GateOpt = "float",
     no_quantize: NoQuantOpt = False, dtype: DtypeOpt = None, global_scale: GlobalScaleOpt = True,
     recipe: RecipeOpt = "uniform", override: OverrideOpt = None, rounding: RoundingOpt = "plain",
+    target_bpw: TargetOpt = None, calib: CalibOpt = None,
     plan_file: Annotated[Optional[Path], typer.Option("--plan", help="Convert exactly this plan (the JSON of `inspect --json`); plan options are then ignored.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")] = False,
     shard_size: Annotated[str, typer.Option("--shard-size", help="Largest output shard.")] = "5GB",
@@ -166,7 +174,7 @@ def convert(
     try:
         check_destination(dst, force)
         choices = _choices(no_quantize, mode, bits, group_size, gate_bits, dtype, global_scale, recipe, override,
-                           rounding)
+                           rounding, target_bpw, calib)
         conversion = Conversion(src, plan=_read_plan(plan_file), **choices) if plan_file else Conversion(src, **choices)
         steps = conversion.run(dst, force=force, shard_size=_parse_size(shard_size))
         total = conversion.ckpt.nbytes
@@ -202,7 +210,7 @@ def inspect(
     bits: BitsOpt = None, group_size: GroupOpt = None, mode: ModeOpt = Mode.AFFINE, gate_bits: GateOpt = "float",
     no_quantize: NoQuantOpt = False, dtype: DtypeOpt = None, global_scale: GlobalScaleOpt = True,
     recipe: RecipeOpt = "uniform", override: OverrideOpt = None, rounding: RoundingOpt = "plain",
-    json_out: JsonOpt = False,
+    target_bpw: TargetOpt = None, calib: CalibOpt = None, json_out: JsonOpt = False,
     expand: Annotated[bool, typer.Option("--all", help="One row per module (no collapsing across layers).")] = False,
     check: Annotated[bool, typer.Option("--check", help="MLX-quantized PATH: exit 1 if config and tensors disagree.")] = False,
     as_source: Annotated[bool, typer.Option("--as-source", help="MLX-quantized PATH: print its conversion plan instead of what it stores.")] = False,
@@ -226,7 +234,7 @@ def inspect(
             return
         conversion = Conversion(
             path, **_choices(no_quantize, mode, bits, group_size, gate_bits, dtype, global_scale, recipe, override,
-                             rounding))
+                             rounding, target_bpw, calib))
         conversion.manifest()  # every layout and shape check, from headers
         plan = conversion.plan
     except MoequantError as e:

@@ -11,8 +11,10 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .checkpoint import DTYPE_TAGS, ITEMSIZE, Checkpoint, Group, read_checkpoint
+from .allocate import allocate, candidate_errors
+from .calibrate import channel_energy, read_calibration
 from .dequant import MLX, SourceContext, dequantize_packed, source_format
-from .errors import CheckpointError
+from .errors import CheckpointError, PlanError
 from .experts import num_experts, to_stacked
 from .families import FAMILIES, Family
 from .names import canonical_name
@@ -87,9 +89,40 @@ class Conversion:
         else:
             options = Options(quant, dtype=dtype or default_dtype(self.ckpt), **choices)
             self.plan = build_plan(modules, self.ckpt.model_type, options, _source_itemsize(self.ckpt), notes)
+            if options.target_bpw is not None:
+                allocation = self._allocate(modules, packed)
+                self.plan = build_plan(modules, self.ckpt.model_type, options, _source_itemsize(self.ckpt),
+                                       [*notes, *self.allocation_notes], allocation)
         self.options = self.plan.options
         self.as_stored = frozenset(r.path for r in self.plan.rows if r.as_stored)
         self.context = SourceContext(self.ckpt.tensors, qconfig, packed, self.as_stored)
+
+    def _allocate(self, modules: list, packed: dict[str, Quant]) -> dict[str, Quant]:
+        """--target-bpw: measure each free module's error per candidate (reading its weights, one
+        group at a time) and pick the least-error candidates that fit the budget."""
+        options = self.plan.options
+        if options.quant is None:
+            raise PlanError("--target-bpw with --no-quantize: expected one of them")
+        free = {r.path for r in self.plan.rows
+                if r.quantizable and (r.rule in ("default", "indivisible") or r.rule.startswith("recipe-"))}
+        energy, self.allocation_notes = {}, []
+        if options.calib:
+            tokens = read_calibration(options.calib)
+            energy = channel_energy(self.ckpt.path, tokens, free)
+            self.allocation_notes.append(f"--target-bpw: calibrated on {options.calib} ({tokens.size:,} tokens); "
+                                         f"{len(energy)} of {len(free)} modules measured, the rest data-free")
+        else:
+            self.allocation_notes.append("--target-bpw: data-free proxy (relative weight reconstruction error)")
+        self.context = SourceContext(self.ckpt.tensors, self.context.qconfig, packed)
+        errors = {}
+        for group in self.ckpt.groups():
+            weights = self._normalized(group)
+            for path in sorted(free & {k[: -len(".weight")] for k in weights if k.endswith(".weight")}):
+                errors[path] = candidate_errors(weights[f"{path}.weight"], channel_energy=energy.get(path))
+            del weights
+        fixed = sum(r.bytes_after for r in self.plan.rows if r.path not in errors)
+        budget = int(options.target_bpw * self.plan.params / 8)
+        return allocate(modules, errors, budget, fixed, options.dtype)
 
     def _packed_modules(self, n_in: dict[str, int]) -> dict[str, Quant]:
         """Target module path -> how SRC stores it packed, read from the shapes of the unpacked,

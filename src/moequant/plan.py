@@ -106,6 +106,8 @@ class Options:
     recipe: str = "uniform"  # a key of RECIPES
     overrides: tuple["Override", ...] = ()
     rounding: str = "plain"  # a key of ROUNDINGS
+    target_bpw: float | None = None  # size budget in bits per weight (allocate.py chooses per module)
+    calib: str | None = None  # calibration text for --target-bpw (else a data-free proxy)
 
 
 class Role(str, Enum):
@@ -275,9 +277,11 @@ def _recipe_rules(options: Options, num_layers: int) -> list[Rule]:
     ]
 
 
-def plan_rules(options: Options, num_layers: int) -> list[Rule]:
-    """The rules for one plan: fixed rows, the recipe's rows, then one row per --override
-    (later overrides win over earlier ones)."""
+def plan_rules(options: Options, num_layers: int, allocation: dict[str, Quant] | None = None) -> list[Rule]:
+    """The rules for one plan: fixed rows, the recipe's rows, the --target-bpw allocation, then
+    one row per --override (later overrides win over earlier ones)."""
+    allocation = allocation or {}
+    proxy = f"calibrated on {options.calib}" if options.calib else "data-free proxy: weight reconstruction error"
     rules = [
         Rule("not-quantizable", 200, lambda m: not m.quantizable, lambda m: None,
              "the mlx-lm module has no to_quantized"),
@@ -290,6 +294,8 @@ def plan_rules(options: Options, num_layers: int) -> list[Rule]:
         Rule("source-entry", 25, lambda m: m.source_listed and options.quant is not None, lambda m: m.source,
              "SRC's config.json has a per-path entry for this module"),
         *_recipe_rules(options, num_layers),
+        Rule("target-bpw", 12, lambda m: m.path in allocation, lambda m: allocation[m.path],
+             f"--target-bpw {options.target_bpw}: least estimated output error within the budget ({proxy})"),
         Rule("default", 0, lambda m: True, lambda m: options.quant, "--mode/--bits/--group-size"),
     ]
     for i, o in enumerate(options.overrides):
@@ -414,6 +420,8 @@ class Plan:
                 "global_scale": self.options.global_scale,
                 "recipe": self.options.recipe,
                 "rounding": self.options.rounding,
+                "target_bpw": self.options.target_bpw,
+                "calib": self.options.calib,
                 "overrides": [str(o) for o in self.options.overrides],
             },
             "totals": {"params": self.params, "bytes_before": self.bytes_before,
@@ -470,9 +478,9 @@ def plan_from_json(data: dict, modules: list[Module], model_type: str, source_it
 
 
 def build_plan(modules: list[Module], model_type: str, options: Options, source_itemsize: int = 2,
-               notes: list[str] | None = None) -> Plan:
+               notes: list[str] | None = None, allocation: dict[str, Quant] | None = None) -> Plan:
     layers = [w[1] for m in modules if (w := layer_of(m.path))]
-    rules = plan_rules(options, max(layers) + 1 if layers else 0)
+    rules = plan_rules(options, max(layers) + 1 if layers else 0, allocation)
     for rule in rules:
         if rule.requested and not any(rule.applies(m) for m in modules):
             raise PlanError(f"{rule.why}: matches no quantizable module of SRC (a typo?); "

@@ -38,8 +38,8 @@ def check_destination(dst: Path, force: bool) -> None:
     """Refuse an existing DST before any work is done."""
     if dst.exists() and not force:
         raise OutputError(f"{dst}: already exists; expected a new folder (or pass --force to replace it)")
-    if not dst.parent.exists():
-        raise OutputError(f"{dst.parent}: no such folder; expected DST's parent to exist")
+    if dst.parent.exists() and not dst.parent.is_dir():
+        raise OutputError(f"{dst.parent}: not a folder; expected DST's parent to be one")
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,7 @@ class Output:
 
     def __enter__(self) -> "Output":
         check_destination(self.dst, self.force)
+        self.dst.parent.mkdir(parents=True, exist_ok=True)
         for stale in self.dst.parent.glob(f".{self.dst.name}.moequant-partial-*"):
             if not _alive(stale.name.rsplit("-", 1)[-1]):  # left by a run that was killed (SIGKILL)
                 log.info("removing %s, left by an interrupted run", stale)

@@ -1,0 +1,106 @@
+"""`--target-bpw`: choose each module's bits and group size to fit a size budget with the least
+estimated output error.
+
+Error model. For a linear layer y = W x, quantizing W adds ΔW x to its output, whose expected
+energy is Σ_ij ΔW_ij² E[x_j²]. Without calibration data E[x_j²] is taken as 1 (the data-free
+proxy: plain weight reconstruction error); with `--calib`, it is measured per input channel on
+the calibration text (per expert for expert stacks, with every token sent through every expert so
+that experts the router rarely picks are measured too). Each module's error is divided by its
+output energy Σ_ij W_ij² E[x_j²], making modules of different scales comparable (a relative
+error: measured to track the model's KL better than the absolute one, see BENCHMARKS.md). The
+error of each candidate is measured by really quantizing the module (a sample of rows, from every
+expert of a stack) with `mx.quantize`.
+
+Allocation. A multiple-choice knapsack over modules — each picks one candidate, expert stacks one
+for all their experts — minimizing the summed error with the total size at most the budget,
+solved by dynamic programming over the byte budget in fine bins.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import mlx.core as mx
+import numpy as np
+
+from .errors import PlanError
+from .plan import Mode, Module, Quant
+
+# What --target-bpw chooses from (affine: the one mode every bit width and group size exists in)
+CANDIDATES: tuple[Quant, ...] = tuple(Quant.make(Mode.AFFINE, b, g) for b in (2, 3, 4, 5, 6, 8) for g in (128, 64, 32))
+SAMPLE_ROWS = 256  # rows per expert (or per matrix) whose quantization error is measured
+BINS = 20000  # resolution of the byte budget in the knapsack
+
+
+@dataclass(frozen=True)
+class Choice:
+    quant: Quant
+    nbytes: int
+    error: float
+
+
+def candidate_errors(weight: mx.array, candidates=CANDIDATES, channel_energy: mx.array | None = None,
+                     seed: int = 0) -> dict[Quant, float]:
+    """Relative output error of quantizing `weight` ([out, in] or [E, out, in]) each way, on a
+    sample of rows of every expert; `channel_energy` is E[x_j²] ([in] or [E, in]), default 1."""
+    w = weight.astype(mx.float32)
+    if w.ndim == 2:
+        w = w[None]
+    rows = w.shape[1]
+    if rows > SAMPLE_ROWS:
+        pick = np.sort(np.random.default_rng(seed).choice(rows, SAMPLE_ROWS, replace=False))
+        w = w[:, mx.array(pick)]
+    h = mx.ones((w.shape[0], 1, w.shape[-1])) if channel_energy is None else channel_energy.reshape(
+        -1, 1, w.shape[-1]).astype(mx.float32)
+    energy = ((w * w) * h).sum().item()
+    out = {}
+    for q in candidates:
+        if w.shape[-1] % q.group_size:
+            continue
+        packed, scales, *biases = mx.quantize(w, q.group_size, q.bits, mode=q.mode.value)
+        restored = mx.dequantize(packed, scales, biases[0] if biases else None, q.group_size, q.bits,
+                                 mode=q.mode.value)
+        out[q] = (((restored - w) ** 2) * h).sum().item() / max(energy, 1e-30)
+    return out
+
+
+def allocate(modules: list[Module], errors: dict[str, dict[Quant, float]], budget_bytes: int, fixed_bytes: int,
+             dtype: str) -> dict[str, Quant]:
+    """The candidate per module (paths in `errors`) with the least total error whose packed bytes,
+    plus `fixed_bytes` for everything else, stay within `budget_bytes`."""
+    options: list[tuple[str, list[Choice]]] = []
+    for m in modules:
+        if m.path not in errors:
+            continue
+        extra = (m.params - math.prod(m.shape)) * (4 if dtype == "float32" else 2)
+        options.append((m.path, [Choice(q, q.packed_bytes(m.shape, dtype) + extra, e) for q, e in errors[m.path].items()]))
+    room = budget_bytes - fixed_bytes
+    least = sum(min(c.nbytes for c in cs) for _, cs in options)
+    if room < least:
+        raise PlanError(f"--target-bpw: the smallest choice for every module needs {fixed_bytes + least:,} bytes; "
+                        f"the budget is {budget_bytes:,}")
+    unit = max(room / BINS, 1.0)
+    size = int(room // unit)
+    best = np.zeros(size + 1)  # least error using at most b bins
+    picks = []
+    for _, choices in options:
+        new = np.full(size + 1, np.inf)
+        arg = np.zeros(size + 1, dtype=np.int32)
+        for i, c in enumerate(choices):
+            cost = math.ceil(c.nbytes / unit)
+            if cost > size:
+                continue
+            shifted = np.full(size + 1, np.inf)
+            shifted[cost:] = best[: size + 1 - cost] + c.error
+            better = shifted < new
+            new[better], arg[better] = shifted[better], i
+        best = new
+        picks.append(arg)
+    b = int(np.argmin(best))
+    chosen = {}
+    for (path, choices), arg in zip(reversed(options), reversed(picks)):
+        c = choices[arg[b]]
+        chosen[path] = c.quant
+        b -= math.ceil(c.nbytes / unit)
+    return chosen

@@ -1,0 +1,97 @@
+"""--target-bpw: budgets met, one choice per expert stack, gates untouched, every expert calibrated."""
+
+from __future__ import annotations
+
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from moequant.calibrate import channel_energy
+from moequant.convert import Conversion
+from moequant.plan import GATE_ROLES, Quant, Role
+from moequant.tiny import ARCHS, write_tiny_checkpoint
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_target_bpw_lands_within_002_of_the_budget(tmp_path, arch):
+    src = write_tiny_checkpoint(tmp_path / "src", arch)
+    for target in (2.75, 3.5, 4.25, 5.0, 6.5):
+        plan = Conversion(src, Quant.make("affine", 4), target_bpw=target).plan
+        assert abs(plan.bits_per_weight - target) <= 0.02, (target, plan.bits_per_weight)
+        for row in plan.rows:
+            if row.role in GATE_ROLES:
+                assert row.quant is None  # float whatever the budget
+            if row.role == Role.ROUTED_EXPERTS:
+                assert row.quant is not None and row.rule == "target-bpw"
+
+
+def test_written_size_matches_the_budget_and_each_stack_has_one_quantization(tmp_path, cli):
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen2_moe")
+    assert cli("convert", src, tmp_path / "dst", "--target-bpw", "3.8", "--gate-bits", "8", "--quiet").exit_code == 0
+    index = json.loads((tmp_path / "dst" / "model.safetensors.index.json").read_text())
+    plan = json.loads(cli("inspect", src, "--target-bpw", "3.8", "--gate-bits", "8", "--json").stdout)
+    assert abs(index["metadata"]["total_size"] * 8 / plan["totals"]["params"] - 3.8) <= 0.02
+    config = json.loads((tmp_path / "dst" / "config.json").read_text())
+    weights = mx.load(str(tmp_path / "dst" / "model.safetensors"))
+    for row in plan["modules"]:
+        if row["role"] == "routed_experts":  # one (bits, group) for the whole [E, out, in] stack
+            q = row["quant"]
+            w, s = weights[row["path"] + ".weight"], weights[row["path"] + ".scales"]
+            assert w.shape[-1] * 32 // q["bits"] == row["shape"][-1] == s.shape[-1] * q["group_size"]
+        if row["role"] == "router_gate":
+            assert config["quantization"][row["path"]] == {"group_size": 64, "bits": 8, "mode": "affine"}
+    assert "data-free proxy" in plan["notes"][-1]
+
+
+def test_target_bpw_below_what_fits_is_refused(tmp_path, cli):
+    src = write_tiny_checkpoint(tmp_path / "src", "mixtral")
+    result = cli("convert", src, tmp_path / "dst", "--target-bpw", "1.5", "--quiet")
+    assert result.exit_code == 1 and "--target-bpw: the smallest choice for every module needs" in result.output
+
+
+def test_calibration_measures_an_expert_the_router_never_picks(tmp_path):
+    """Every token goes through every expert for the statistics; routing only weights them."""
+    from moequant.calibrate import _expert_energy
+    from moequant.evaluate import load_float32
+
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe", dtype="float32")
+    list(Conversion(src).run(tmp_path / "float"))
+    model = load_float32(tmp_path / "float")
+    container = "model.layers.1.mlp.switch_mlp"
+    never = 3
+    x = mx.random.normal((4, 64, 128), key=mx.random.key(0))
+    indices = mx.random.randint(0, 3, (4, 64, 2), key=mx.random.key(1))  # experts 0-2 only
+    energy = _expert_energy(model, container, [(x, indices)])
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        stats = energy[f"{container}.{name}"]
+        assert stats.shape[0] == 4 and bool(mx.all(mx.isfinite(stats)).item())
+        assert stats[never].sum().item() > 0  # measured although never routed
+    # gate/up inputs are the same hidden states for every expert, weighted half uniformly, half by
+    # routing frequency (weights average 1): the never-routed expert gets exactly half the mean
+    up = energy[f"{container}.up_proj"]
+    assert mx.allclose(up[never], 0.5 * up.sum(0) / 4, rtol=1e-5).item()
+    assert all(mx.all(up[e] > up[never]).item() for e in range(3))
+    down = energy[f"{container}.down_proj"]  # its own activations, not a copy of another expert's
+    assert not mx.allclose(down[never] / down[never].sum(), down[0] / down[0].sum()).item()
+
+
+def test_channel_energy_covers_every_quantizable_linear_of_the_model(tmp_path):
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe")
+    tokens = mx.array(np.random.default_rng(0).integers(0, 256, (2, 32)).astype(np.int32))
+    conversion = Conversion(src, Quant.make("affine", 4))
+    wanted = {r.path for r in conversion.plan.rows if r.quant is not None and r.role != Role.EMBEDDING}
+    energy = channel_energy(src, tokens, wanted)
+    assert set(energy) == wanted
+    assert energy["lm_head"].shape == (128,) and energy["model.layers.0.mlp.switch_mlp.down_proj"].shape == (4, 64)
+
+
+def test_calibrated_allocation_says_so_in_the_plan(tmp_path):
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe")
+    calib = tmp_path / "calib.txt"
+    calib.write_bytes(bytes(range(256)) * 8)
+    plan = Conversion(src, Quant.make("affine", 4), target_bpw=4.0, calib=str(calib)).plan
+    assert abs(plan.bits_per_weight - 4.0) <= 0.02
+    assert any("calibrated on" in n and "2,048 tokens" in n for n in plan.notes)
+    assert all("calibrated on" in r.reason for r in plan.rows if r.rule == "target-bpw")
