@@ -18,8 +18,8 @@ from moequant.tiny import write_tiny_checkpoint
 
 
 def _slow_checkpoint(path):
-    """A qwen3_moe checkpoint in mlx-lm's own stacked layout, large enough (~200 MB bf16) that an
-    mxfp4 conversion takes several seconds on a CPU."""
+    """A qwen3_moe checkpoint in mlx-lm's own stacked layout, large enough (~200 MB bf16) that a
+    conversion with --rounding mse takes several seconds on a CPU."""
     config = json.loads((write_tiny_checkpoint(path, "qwen3_moe", style="legacy") / "config.json").read_text())
     config.update(hidden_size=512, num_hidden_layers=8, num_experts=16, moe_intermediate_size=512,
                   num_attention_heads=8, head_dim=64)
@@ -35,13 +35,13 @@ def _slow_checkpoint(path):
 def test_interrupted_conversion_leaves_neither_dst_nor_its_temporary_folder(tmp_path, sig):
     src = _slow_checkpoint(tmp_path / "src")
     dst = tmp_path / "dst"
-    proc = subprocess.Popen([sys.executable, "-m", "moequant", "convert", str(src), str(dst), "--mode", "mxfp4"],
+    proc = subprocess.Popen([sys.executable, "-m", "moequant", "convert", str(src), str(dst), "--rounding", "mse"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not list(tmp_path.glob(".dst.moequant-partial-*")):  # wait until it is writing
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.05)
-    time.sleep(0.5)
+    time.sleep(0.2)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1, stderr
@@ -57,3 +57,16 @@ def test_a_killed_runs_leftover_folder_is_removed_by_the_next_run(tmp_path, cli)
     assert cli("convert", src, tmp_path / "dst", "--quiet").exit_code == 0
     assert not leftover.exists() and (tmp_path / "dst" / "model.safetensors").exists()
     assert os.path.exists(tmp_path / "dst" / "config.json")
+
+
+@pytest.mark.parametrize("mode", ["affine", "nvfp4"])
+def test_two_worker_threads_write_the_same_bytes_as_one(tmp_path, cli, mode):
+    src = write_tiny_checkpoint(tmp_path / "src", "deepseek_v3", shards=2)
+    for workers in ("1", "2"):
+        result = cli("convert", src, tmp_path / f"w{workers}", "--mode", mode, "--workers", workers,
+                     "--shard-size", "200KB", "--quiet")
+        assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in (tmp_path / "w1").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "w2").iterdir()) and len(names) > 4
+    for name in names:
+        assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes(), name

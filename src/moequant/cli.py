@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .convert import DEFAULT_WORKERS
 from .errors import MoequantError
 from .names import layer_of
 from .plan import DTYPES, RECIPES, ROUNDINGS, Mode, Override, Plan, Quant
@@ -163,6 +164,7 @@ def convert(
     plan_file: Annotated[Optional[Path], typer.Option("--plan", help="Convert exactly this plan (the JSON of `inspect --json`); plan options are then ignored.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")] = False,
     shard_size: Annotated[str, typer.Option("--shard-size", help="Largest output shard.")] = "5GB",
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Decoder layers converted at once, one thread each (default: 2, or 1 on one core).")] = DEFAULT_WORKERS,
     json_out: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
     """Convert SRC into a quantized MLX checkpoint in DST."""
@@ -176,7 +178,7 @@ def convert(
         choices = _choices(no_quantize, mode, bits, group_size, gate_bits, dtype, global_scale, recipe, override,
                            rounding, target_bpw, calib)
         conversion = Conversion(src, plan=_read_plan(plan_file), **choices) if plan_file else Conversion(src, **choices)
-        steps = conversion.run(dst, force=force, shard_size=_parse_size(shard_size))
+        steps = conversion.run(dst, force=force, shard_size=_parse_size(shard_size), workers=workers)
         total = conversion.ckpt.nbytes
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),
                       TimeRemainingColumn(), console=err, disable=quiet, transient=True) as progress:

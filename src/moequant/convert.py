@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import queue
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
@@ -25,6 +28,8 @@ from .target import build_model, resolve_config
 from .writer import DEFAULT_SHARD_SIZE, Output, check_destination, output_config
 
 log = logging.getLogger(__name__)
+
+DEFAULT_WORKERS = min(2, os.cpu_count() or 1)  # decoder layers converted at once (one thread each)
 
 
 def family_of(config: dict) -> Family:
@@ -175,7 +180,7 @@ class Conversion:
         """Every output tensor (key, dtype tag, shape) in write order, from a dry run of the whole
         pipeline on lazy tensors: every layout and shape check runs, no tensor data is read."""
         model = self._target()
-        expected, seen, quantizer, entries = parameter_shapes(model), set(), Quantizer(model, self.plan), []
+        expected, seen, quantizer, entries = parameter_shapes(model), set(), Quantizer(model, self.plan, compute=False), []
         for group in self.ckpt.groups():
             weights = self._normalized(group)
             check_weights(weights, expected, seen, self.ckpt.model_type)
@@ -183,16 +188,59 @@ class Conversion:
         check_complete(expected, seen, self.ckpt.model_type)
         return entries
 
-    def run(self, dst: Path, force: bool = False, shard_size: int = DEFAULT_SHARD_SIZE) -> Iterator[Step]:
+    def run(self, dst: Path, force: bool = False, shard_size: int = DEFAULT_SHARD_SIZE,
+            workers: int = DEFAULT_WORKERS) -> Iterator[Step]:
+        """Convert into DST, yielding a Step per finished group. `workers` threads each take the
+        next decoder layer (each with its own mlx stream and target model), so reading, stacking,
+        quantizing and writing run on every core while at most `workers` layers are in memory."""
         dst = Path(dst)
         check_destination(dst, force)
         manifest = self.manifest()
-        quantizer = Quantizer(self._target(), self.plan)
         groups = self.ckpt.groups()
         with Output(dst, force, shard_size) as out:
             out.allocate(manifest)
-            for i, group in enumerate(groups):
-                out.add(quantizer.run(self._normalized(group)))
+            for i in self._convert_groups(out, groups, max(1, workers)):
+                group = groups[i]
                 yield Step(group.name, i + 1, len(groups), sum(self.ckpt.tensors[k].nbytes for k in group.keys))
-                mx.clear_cache()
             out.finish(output_config(self.config, self.plan), self.ckpt.path, self.plan)
+
+    def _convert_groups(self, out: Output, groups: list[Group], workers: int) -> Iterator[int]:
+        """Indices of groups as they are written, by `workers` threads."""
+        todo = iter(range(len(groups)))
+        lock, stop = threading.Lock(), threading.Event()
+        done: queue.Queue = queue.Queue()
+
+        def work() -> None:
+            try:
+                quantizer = Quantizer(self._target(), self.plan)
+                with mx.stream(mx.new_stream(mx.cpu)):  # mlx streams belong to their thread
+                    while not stop.is_set():
+                        with lock:
+                            i = next(todo, None)
+                        if i is None:
+                            break
+                        out.add(quantizer.run(self._normalized(groups[i])))
+                        mx.clear_cache()
+                        done.put(i)
+            except BaseException as e:  # handed to the main thread, which raises it
+                done.put(e)
+            finally:
+                done.put(None)
+
+        threads = [threading.Thread(target=work, daemon=True, name=f"moequant-{n}") for n in range(workers)]
+        for t in threads:
+            t.start()
+        running = workers
+        try:
+            while running:
+                item = done.get()
+                if item is None:
+                    running -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            stop.set()
+            for t in threads:  # each finishes the group it is on; Output cleans up after
+                t.join()

@@ -1,32 +1,34 @@
 """Fast CPU replacement for ``mx.quantize`` in the float modes (mxfp4, nvfp4, mxfp8), bit for bit.
 
-On the CPU, mlx 0.32 has no kernel for these modes: ``mx.quantize`` builds them from generic ops
-(an argmin over a 16-entry table for the 4-bit modes), about 0.025 GB/s of bf16 input for
-mxfp4/nvfp4 with 18-34x the input in temporaries. :func:`quantize_fp` gives the same bytes from
-numpy integer code over row blocks, on both cores, with temporaries bounded by the block size.
+On the CPU, mlx 0.32 has no kernel for these modes: ``mx.quantize`` composes them from generic
+ops (an argmin over the 16 e2m1 values for the 4-bit modes), about 0.025 GB/s of bf16 input for
+mxfp4/nvfp4 with 18-34x the input in temporaries (mxfp8: ~0.25 GB/s, ~2-4x). :func:`quantize_fp`
+gives the same bytes from numpy integer code over row blocks, temporaries bounded by the block.
 
-What mlx computes, per group of G elements (G = 32 for mx modes, 16 for nvfp4), as read from
-its op graph and checked against ``mx.quantize`` over every bf16/fp16 (scale, element) pair:
+What mlx computes per group of G elements (G = 32 for the mx modes, 16 for nvfp4), read from its
+op graph and checked against ``mx.quantize`` for every reachable (group maximum, element) pair of
+bf16 and fp16 inputs:
 
 * ``amax = max|x|`` in the input dtype.
-* mxfp4/mxfp8: ``I = amax / maxval`` (6 or 448, in the input dtype); the scale exponent is the
-  smallest ``Z`` with ``2**Z >= I`` (mlx rounds ``log2`` and then rounds up), ``Z = 0`` if
-  ``I == 0``; the stored scale is ``Z + 127``. Elements are ``x / 2**Z``.
-* nvfp4: the scale is ``to_fp8(amax / 6)`` (e4m3, round to nearest even, saturating at 448);
-  elements are ``x / e4m3(scale)``; a scale of 0 makes every code 0.
-* 4-bit elements: the nearest of the 16 e2m1 values, ties to the lower table index, so ties go
-  to the smaller magnitude (0.75 -> 0.5, 1.75 -> 1.5, 5 -> 4), ``x > 6`` gives 6, and a negative
-  value that rounds to zero gives +0 (code 0, never 8). Codes are packed low nibble first: element
-  ``k`` of each uint32 sits in bits ``4k..4k+3``.
-* mxfp8 elements: mlx's ``to_fp8`` (e4m3, round to nearest even, saturating to 448, sign kept,
-  so -0.0 gives 0x80); bytes are packed little-endian, four to a uint32.
-* nvfp4 uses no global scale unless one is passed (this module does not take one).
+* mxfp4/mxfp8: ``I = amax / maxval`` (6 or 448) in the input dtype; the scale exponent is the
+  smallest ``Z`` with ``2**Z >= I`` (mlx rounds ``log2(I)``, then adds 1 if ``2**Z < I``),
+  ``Z = 0`` if ``I == 0``; the stored scale is ``Z + 127``. Elements are ``x / 2**Z``.
+* nvfp4: the scale is ``to_fp8(amax / 6)`` (e4m3, round to nearest even, saturating at 448); the
+  elements are ``x / e4m3(scale)``, divided in float32; a scale of 0 makes every code 0. No global
+  scale (mx.quantize's ``global_scale`` is not supported here).
+* 4-bit elements: the nearest of the 16 e2m1 values, ties to the lower table index, so ties go to
+  the smaller magnitude (0.75 -> 0.5, 1.75 -> 1.5, 2.5 -> 2, 5 -> 4), ``x > 6`` gives 6, and a
+  negative value that rounds to zero gives +0 (code 0, never 8). Codes are packed low nibble first:
+  element ``k`` of each uint32 sits in bits ``4k..4k+3``.
+* mxfp8 elements: mlx's ``to_fp8`` (e4m3, round to nearest even, saturating to 448, sign kept, so
+  -0.0 gives 0x80); four bytes to a uint32, little-endian.
 
-For bf16/fp16 the per-group part is a lookup in tables that are computed with ``mx.quantize``
-itself (all 32768 possible group maxima), so the scales are mlx's by construction; elements use
-exact integer comparisons against per-group thresholds, or mlx's own ``to_fp8`` table. Groups the
-fast path does not model (NaN or inf, or so tiny that mlx's exponent arithmetic wraps) are
-recomputed by ``mx.quantize`` on their rows.
+For bf16/fp16 the per-group scale comes from tables computed with ``mx.quantize`` itself (all 32768
+possible group maxima); the elements come from exact integer arithmetic on the bits (dividing by
+``2**Z`` subtracts ``Z`` from the exponent field) or, for mxfp8, mlx's own ``to_fp8`` table. Groups
+the fast path does not model are recomputed by ``mx.quantize`` on their rows: NaN or inf, maxima
+so small that mlx's exponent arithmetic wraps (below ~1e-35 for bf16/float32), and nvfp4 groups
+whose scale saturates (max |x| > ~2600), where mlx's float32 distances to the table tie.
 """
 
 from __future__ import annotations
@@ -53,7 +55,6 @@ class _Fmt:
         self.sign = 1 << (self.nbits - 1)
         self.mag = self.sign - 1
         self.inf = ((1 << exp_bits) - 1) << mant
-        self.bias = (1 << (exp_bits - 1)) - 1
         self.sint = np.dtype(uint).str.replace("u", "i")  # same-size signed int
         self.dint = np.int16 if self.nbits == 16 else np.int32
 
@@ -104,18 +105,12 @@ def _oracle_scales(mode: str, fmt: _Fmt, mags: np.ndarray) -> np.ndarray:
     return np.array(scales)[: len(mags), 0]
 
 
-def _dtype_bits(values: np.ndarray, fmt: _Fmt) -> np.ndarray:
-    """Bits of the largest ``fmt`` value <= each (non-negative, float64) value: x > t iff x > that."""
+def _fp16_floor_bits(values: np.ndarray) -> np.ndarray:
+    """fp16 bits of the largest fp16 <= each (non-negative) value, so x > t iff x > that."""
     with np.errstate(over="ignore"):  # inf for groups that are not ok anyway
-        v = values.astype(np.float32)  # exact: the thresholds have at most 7 significant bits
-        h = v.astype(np.float16) if fmt.dtype == mx.float16 else None
-    if fmt.dtype == mx.float32:
-        return v.view(np.uint32)
-    if fmt.dtype == mx.bfloat16:
-        return (v.view(np.uint32) >> 16).astype(np.uint16)  # truncation rounds toward zero
+        h = values.astype(np.float16)
     b = h.view(np.uint16).copy()
-    over = h.astype(np.float64) > values
-    b[over] -= 1
+    b[h.astype(np.float64) > values] -= 1
     return b
 
 
@@ -129,13 +124,15 @@ def _tables16(mode: str, fmt: _Fmt) -> dict:
     finite = mags < fmt.inf
     t = {"scale": scale}
     if mode == "nvfp4":
-        mine = _to_fp8(np.array(mx.divide(amax, mx.array(6.0, fmt.dtype)).astype(mx.float32)))
+        inter_nv = np.array(mx.divide(amax, mx.array(6.0, fmt.dtype)).astype(mx.float32))
+        mine = _to_fp8(inter_nv)
         # saturated scales (amax > ~2600) leave quotients so large that mlx's rounded distances
         # to the table tie; those groups go to mx.quantize
         ok = finite & (mine == scale) & (scale < 0x7E)
+        t["inter"], t["fp8"] = inter_nv, _fp8_values()  # for a global scale: see _GS
         m = _fp8_values()[scale]
         if fmt.dtype == mx.float16:  # compare x with m * midpoint: exact, and faster than f32
-            thr = _dtype_bits(m[:, None].astype(np.float64) * np.array(_MIDPOINTS), fmt)
+            thr = _fp16_floor_bits(m[:, None].astype(np.float64) * np.array(_MIDPOINTS))
             thr[scale == 0] = fmt.mag  # x / 0: mlx's argmin over inf/nan distances gives code 0
             t["thr"] = thr
         else:
@@ -191,6 +188,126 @@ def _tables(mode: str, fmt: _Fmt) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
+# nvfp4 with a global scale g: mlx multiplies by enc = 2688 / g (float32) twice, see the module
+# docstring
+
+_ENC_NUM = np.float32(448.0 * 6.0)
+_Q_LIMIT = np.float32(2.0**20)  # below this mlx's float32 distances to the e2m1 table cannot tie
+
+
+class _GS:
+    """What one global scale ``g`` (float32) implies for one input format."""
+
+    def __init__(self, g: np.float32, fmt: _Fmt, tables: dict):
+        self.g = np.float32(g)
+        with np.errstate(all="ignore"):
+            self.enc = _ENC_NUM / self.g
+        # g < 0, -0, inf or nan: not modelled, the rows go to mx.quantize
+        self.valid = bool(np.isfinite(self.g) and self.g >= 0 and not np.signbit(self.g))
+        # g == 0 (an all-zero expert) or g < ~8e-36: enc is inf, every code is 0 (x / M * inf is
+        # +-inf or nan, all at infinite distance from the table, and argmin gives index 0)
+        self.zero_codes = self.valid and bool(np.isinf(self.enc))
+        if not self.valid or self.zero_codes:
+            self.bounds = None
+        else:
+            self.bounds = self._bounds(fmt)
+        # divisor per scale byte, applied to |x| (for fp16: to the float32 whose bits are the
+        # fp16 bits << 13, which is |x| * 2**-112, subnormals included); scale 0: x / 0 gives
+        # codes 0, as does x / inf
+        fp8 = tables["fp8"].astype(np.float32)
+        unit = np.float32(2.0**-112) if fmt.dtype == mx.float16 else np.float32(1.0)
+        self.div = np.where(fp8 == 0, np.float32(np.inf), fp8 * unit).astype(np.float32)
+        if self.valid and fmt.nbits == 16:
+            mags = np.arange(fmt.sign, dtype=np.uint32).astype(fmt.uint)
+            with np.errstate(all="ignore"):
+                self.scale = _to_fp8(tables["inter"] * self.enc)
+            self.ok = self._ok(fmt, mags, self.scale, fp8)
+            self.m = self.div[self.scale]
+
+    def scale_f32(self, amax: np.ndarray) -> np.ndarray:
+        """Scale bytes from group maxima (float32 values): to_fp8(amax / 6 * enc)."""
+        with np.errstate(all="ignore"):
+            return _to_fp8((amax / np.float32(6.0)) * self.enc)
+
+    def _ok(self, fmt: _Fmt, amax: np.ndarray, scale: np.ndarray, fp8: np.ndarray) -> np.ndarray:
+        """Groups the fast path models: finite, and mlx's value for the largest element (so for
+        every element) below _Q_LIMIT, or scale 0 (codes 0)."""
+        finite = amax < fmt.inf
+        if self.zero_codes:
+            return finite
+        if fmt.nbits == 32:
+            x = amax.view(np.float32)
+        elif fmt.dtype == mx.bfloat16:
+            x = (amax.astype(np.uint32) << np.uint32(16)).view(np.float32)
+        else:
+            x = amax.view(np.float16).astype(np.float32)
+        with np.errstate(all="ignore"):
+            q = self._q(fmt, x / fp8[scale])
+        return finite & ((scale == 0) | (q < _Q_LIMIT))
+
+    def _q(self, fmt: _Fmt, r: np.ndarray) -> np.ndarray:
+        """mlx's value before the table search from the float32 quotient ``r = |x| / M``: rounded
+        to the input dtype (mlx divides in it), then times enc in float32."""
+        with np.errstate(all="ignore"):
+            if fmt.dtype == mx.bfloat16:  # round to nearest even (r >= 0 here, or nan)
+                b = r.view(np.uint32)
+                b = (b + (np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1)))) & np.uint32(0xFFFF0000)
+                r = b.view(np.float32)
+            elif fmt.dtype == mx.float16:
+                r = r.astype(np.float16).astype(np.float32)
+            return r * self.enc
+
+    def _bounds(self, fmt: _Fmt) -> list:
+        """The float32 bits B_j (as int32) of the largest quotient ``|x| / M`` whose mlx value is
+        <= midpoint j: x's code is the number of j with ``bits(|x| / M) > B_j``. The value is
+        non-decreasing in the quotient, hence a bisection over the float32 bits."""
+        mids = np.array(_MIDPOINTS, np.float32)
+        lo = np.zeros(7, np.int64)
+        hi = np.full(7, 0x7F800000, np.int64)  # inf: its value is inf > every midpoint
+        while (lo < hi).any():
+            mid = (lo + hi + 1) >> 1
+            le = self._q(fmt, mid.astype(np.uint32).view(np.float32)) <= mids
+            lo = np.where(le, mid, lo)
+            hi = np.where(le, hi, mid - 1)
+        return [np.int32(b) for b in lo]
+
+
+def _block_gs(fmt: _Fmt, tables: dict, gs: _GS, ws: "_Work", u: np.ndarray, wq: np.ndarray,
+              sc: np.ndarray) -> np.ndarray:
+    """:func:`_block` for nvfp4 with the global scale ``gs``."""
+    rows = u.shape[0]
+    ug = u.reshape(-1, 16)
+    shape = ug.shape
+    mag = np.bitwise_and(ug, fmt.uint(fmt.mag), out=ws.get("mag", shape, fmt.uint))
+    amax = _group_max(mag, ws)
+    if fmt.nbits == 16:
+        scale, ok = gs.scale[amax], gs.ok[amax]
+    else:
+        scale = gs.scale_f32(amax.view(np.float32))
+        ok = gs._ok(fmt, amax, scale, tables["fp8"])
+    sc[...] = scale.reshape(sc.shape)
+    bad = np.nonzero(~ok.reshape(rows, -1).all(axis=1))[0]
+    if gs.zero_codes:
+        wq[...] = 0
+        return bad
+    d = ws.get("d", shape, np.int32)
+    q = d.view(np.float32)
+    if fmt.nbits == 16:  # |x| as float32 (fp16: times 2**-112, see _GS)
+        np.left_shift(mag, 16 if fmt.dtype == mx.bfloat16 else 13, dtype=np.uint32, out=d.view(np.uint32))
+        m = gs.m[amax]
+        x = q
+    else:
+        m = gs.div[scale]
+        x = mag.view(np.float32)
+    with np.errstate(all="ignore"):
+        np.divide(x, m[:, None], out=q)
+    neg = np.less(ug.view(fmt.sint), 0, out=ws.get("neg", shape, np.bool_))
+    codes = _codes_from_thresholds(d, neg, gs.bounds, ws, shape)
+    _pack4(codes, wq, ws)
+    return bad
+
+
+# --------------------------------------------------------------------------------------------
 # One block of rows
 
 
@@ -232,6 +349,18 @@ class _Work:
         return self.bufs[key][:size].view(dtype).reshape(shape)
 
 
+def _group_max(mag: np.ndarray, ws: _Work) -> np.ndarray:
+    """Row maxima of ``mag`` [groups, G]: transposed to [G, groups], then halved G times with
+    contiguous (vectorized) maxima; numpy's reductions over short rows are slower."""
+    groups, g = mag.shape
+    cols = ws.get("cols", (g, groups), mag.dtype)
+    np.copyto(cols, mag.T)
+    while g > 1:
+        g //= 2
+        np.maximum(cols[:g], cols[g : 2 * g], out=cols[:g])
+    return cols[0].copy()
+
+
 def _bits_of(v: float, fmt: _Fmt) -> int:
     """Bits of ``v`` (exactly representable) in the input format."""
     if fmt.dtype == mx.float16:
@@ -256,27 +385,31 @@ def _codes_from_bits(d: np.ndarray, neg: np.ndarray, fmt: _Fmt, ws: _Work, shape
     np.greater(d, t0, out=cmp)  # code > 0
     codes += cmp.view(np.uint8)
     np.logical_and(neg, cmp, out=neg)
-    sign = neg.view(np.uint8)
-    sign <<= 3
-    codes |= sign
+    return _or_sign(codes, neg)
+
+
+def _or_sign(codes: np.ndarray, sign: np.ndarray) -> np.ndarray:
+    """``codes |= 8 * sign`` (sign: bool); the shift runs on uint16 pairs, as numpy has no fast
+    uint8 shift (each byte is 0 or 1, so nothing crosses into the next byte)."""
+    pairs = sign.view(np.uint16)
+    pairs <<= 3
+    codes |= sign.view(np.uint8)
     return codes
 
 
 def _codes_from_thresholds(mag, neg, thr, ws: _Work, shape) -> np.ndarray:
-    """e2m1 codes by comparing magnitude bits with per-group threshold bits (``thr`` [groups, 7]).
-    ``neg`` is overwritten."""
+    """e2m1 codes by comparing magnitude bits with threshold bits: ``thr`` is per group
+    ([groups, 7]) or 7 scalars. ``neg`` is overwritten."""
+    cols = [thr[:, j : j + 1] for j in range(7)] if isinstance(thr, np.ndarray) else thr
     codes = ws.get("codes", shape, np.uint8)
     gt = ws.get("b1", shape, np.bool_)
-    np.greater(mag, thr[:, 0:1], out=gt)
+    np.greater(mag, cols[0], out=gt)
     codes[...] = gt
     np.logical_and(neg, gt, out=neg)
     for j in range(1, 7):
-        np.greater(mag, thr[:, j : j + 1], out=gt)
+        np.greater(mag, cols[j], out=gt)
         codes += gt.view(np.uint8)
-    sign = neg.view(np.uint8)
-    sign <<= 3
-    codes |= sign
-    return codes
+    return _or_sign(codes, neg)
 
 
 def _pack4(codes: np.ndarray, out: np.ndarray, ws: _Work) -> None:
@@ -298,7 +431,7 @@ def _block(mode: str, fmt: _Fmt, tables: dict, ws: _Work, u: np.ndarray, wq: np.
     ug = u.reshape(-1, group)
     shape = ug.shape
     mag = np.bitwise_and(ug, fmt.uint(fmt.mag), out=ws.get("mag", shape, fmt.uint))
-    amax = np.maximum.reduceat(mag.reshape(-1), np.arange(0, mag.size, group))
+    amax = _group_max(mag, ws)
     if fmt.nbits == 16:
         scale, ok = tables["scale"][amax], tables["ok"][amax]
     else:
@@ -333,7 +466,11 @@ def _block(mode: str, fmt: _Fmt, tables: dict, ws: _Work, u: np.ndarray, wq: np.
         shift = tables["shift"][amax] if fmt.nbits == 16 else param
         d = np.subtract(src, shift[:, None], out=ws.get("d", shape, src.dtype))
         if bits == 8:  # mxfp8, 16-bit input: mlx's own to_fp8 of the quotient, by table
-            np.clip(d, 0, fmt.mag, out=d)
+            # quotients below the normal range are +-0 in e4m3: clamp d at 0 (branch-free:
+            # d & ~(d >> sign bit)); d never exceeds 0x7FFF (|x| / 2**Z <= 448 * (1 + 2**-7))
+            neg_d = np.right_shift(d, d.dtype.itemsize * 8 - 1, out=ws.get("t", shape, d.dtype))
+            np.invert(neg_d, out=neg_d)
+            d &= neg_d
             idx = ws.get("mag", shape, fmt.uint)
             idx[...] = d
             idx |= np.bitwise_and(ug, fmt.uint(fmt.sign), out=ws.get("x", shape, fmt.uint))
@@ -348,24 +485,95 @@ def _block(mode: str, fmt: _Fmt, tables: dict, ws: _Work, u: np.ndarray, wq: np.
 # Public API
 
 
-def quantize_fp(w: mx.array, mode: str, *, block_elems: int = 1 << 20, threads: int | None = None
-                ) -> tuple[mx.array, mx.array]:
-    """``mx.quantize(w, group_size=G, bits=B, mode=mode)`` for mode mxfp4 (G 32, B 4), nvfp4
-    (G 16, B 4) or mxfp8 (G 32, B 8), without a global scale: the same (uint32 weight, uint8
-    scales), byte for byte, computed on the CPU in blocks of about ``block_elems`` input elements
-    on ``threads`` threads (default: up to 2, one per core).
+def quantize_fp(w: mx.array, mode: str, *, global_scale: mx.array | float | None = None,
+                block_elems: int = 1 << 18, threads: int | None = None) -> tuple[mx.array, mx.array]:
+    """``mx.quantize(w, group_size=G, bits=B, mode=mode, global_scale=global_scale)`` for mode
+    mxfp4 (G 32, B 4), nvfp4 (G 16, B 4) or mxfp8 (G 32, B 8): the same (uint32 weight, uint8
+    scales), same shapes, byte for byte, evaluated (not lazy).
+
+    ``global_scale`` (nvfp4 only, as in mlx): a float32 scalar mx.array, or a Python / numpy
+    number, taken as float32. mlx dequantizes such weights as e2m1 * e4m3 * (g / 2688); mlx-lm
+    uses ``g = max|w|`` (see :func:`quantize_fp_experts`). A global scale that is negative, -0,
+    inf or nan is left to mx.quantize (slow); g = 0 (an all-zero expert) is handled here.
+
+    Runs on the CPU in row blocks of about ``block_elems`` input elements, on ``threads`` threads
+    (default: 2, or 1 on a one-core machine; numpy releases the GIL for the work). Extra memory:
+    the outputs twice (numpy, then the mx copy) plus ~16 bytes per block element per thread.
 
     ``w``: bfloat16, float16 or float32, shape [..., in] with at least 2 dims and ``in`` a
-    multiple of G. Unlike mx.quantize, nvfp4 also works when the element count is not a multiple
-    of 32 (mx.quantize raises there).
+    multiple of G; any strides. Unlike mx.quantize, nvfp4 also works when the element count is
+    not a multiple of 32 (mx.quantize raises there); each row is then what mx.quantize gives it
+    inside a larger tensor.
     """
+    _check_args("quantize_fp", w, mode)
+    gvals = None
+    if global_scale is not None:
+        if mode != "nvfp4":
+            raise ValueError(f"quantize_fp: a global scale needs mode 'nvfp4', got {mode!r}")
+        gvals = np.array([_global_scale_value(global_scale)], np.float32)
+    return _quantize(w, mode, gvals, block_elems, threads)
+
+
+def quantize_fp_experts(w: mx.array, mode: str = "nvfp4", *, block_elems: int = 1 << 18,
+                        threads: int | None = None) -> tuple[mx.array, mx.array, mx.array]:
+    """mlx-lm's ``_quantize_experts(w, group_size=16, bits=4, mode="nvfp4")`` (switch_layers.py),
+    byte for byte: each expert ``w[e]`` of ``w`` [experts, out, in] quantized with its own global
+    scale ``g[e] = max|w[e]|`` (computed in w's dtype, then float32). Returns (packed uint32
+    [experts, out, in / 8], scales uint8 [experts, out, in / 16], g float32 [experts]).
+
+    Same options and extra memory as :func:`quantize_fp`.
+    """
+    if mode != "nvfp4":
+        raise ValueError(f"quantize_fp_experts: a global scale needs mode 'nvfp4', got {mode!r}")
+    _check_args("quantize_fp_experts", w, mode)
+    if w.ndim != 3:
+        raise ValueError(f"quantize_fp_experts: shape {tuple(w.shape)}; expected [experts, out, in]")
+    g = _expert_maxima(w)
+    q, s = _quantize(w, mode, np.array(g), block_elems, threads)
+    return q, s, g
+
+
+def _expert_maxima(w: mx.array) -> mx.array:
+    """``mx.max(mx.abs(w), axis=(-2, -1)).astype(mx.float32)``, from the largest magnitude bits
+    (the same value, 10-20x faster than mlx's CPU abs + max); experts holding a NaN are left to
+    mlx, whose max gives a NaN (with mlx's bits)."""
+    fmt = _FMTS[w.dtype]
+    src = w.reshape(w.shape[0], -1).view(mx.uint16 if fmt.nbits == 16 else mx.uint32)
+    mx.eval(src)
+    u = np.asarray(src)
+    top = np.zeros(w.shape[0], fmt.uint)
+    chunk = max(1, (1 << 22) // max(1, u.shape[1]))  # experts per temporary
+    for e0 in range(0, u.shape[0], chunk):
+        top[e0 : e0 + chunk] = np.bitwise_and(u[e0 : e0 + chunk], fmt.uint(fmt.mag)).max(axis=1, initial=0)
+    del u
+    g = np.array(mx.array(top).view(w.dtype).astype(mx.float32))
+    for e in np.nonzero(top > fmt.inf)[0]:
+        g[e] = np.array(mx.max(mx.abs(w[int(e)])).astype(mx.float32))
+    return mx.array(g)
+
+
+def _check_args(name: str, w: mx.array, mode: str) -> None:
     if mode not in MODES:
-        raise ValueError(f"quantize_fp: mode {mode!r}; expected one of {', '.join(MODES)}")
-    group, bits = MODES[mode]
+        raise ValueError(f"{name}: mode {mode!r}; expected one of {', '.join(MODES)}")
     if w.dtype not in _FMTS:
-        raise ValueError(f"quantize_fp: dtype {w.dtype}; expected bfloat16, float16 or float32")
-    if w.ndim < 2 or w.shape[-1] % group:
-        raise ValueError(f"quantize_fp: shape {tuple(w.shape)}; expected [..., in] with in a multiple of {group}")
+        raise ValueError(f"{name}: dtype {w.dtype}; expected bfloat16, float16 or float32")
+    if w.ndim < 2 or w.shape[-1] % MODES[mode][0]:
+        raise ValueError(f"{name}: shape {tuple(w.shape)}; expected [..., in] with in a multiple of {MODES[mode][0]}")
+
+
+def _global_scale_value(g) -> np.float32:
+    if isinstance(g, mx.array):
+        if g.dtype != mx.float32 or g.size != 1:
+            raise ValueError(f"quantize_fp: global_scale must be a float32 scalar, got {g.dtype} {tuple(g.shape)}")
+        return np.array(g).reshape(()).astype(np.float32)[()]
+    return np.float32(g)
+
+
+def _quantize(w: mx.array, mode: str, gvals: np.ndarray | None, block_elems: int,
+              threads: int | None) -> tuple[mx.array, mx.array]:
+    """Quantize ``w`` ([..., in]); with ``gvals`` (float32, nvfp4 only), its flattened rows in
+    ``len(gvals)`` equal consecutive segments, segment i with global scale ``gvals[i]``."""
+    group, bits = MODES[mode]
     fmt = _FMTS[w.dtype]
     tables = _tables(mode, fmt)
     n = w.shape[-1]
@@ -377,40 +585,62 @@ def quantize_fp(w: mx.array, mode: str, *, block_elems: int = 1 << 20, threads: 
     wq = np.empty((rows, n * bits // 8), np.uint8)
     sc = np.empty((rows, n // group), np.uint8)
     step = max(1, block_elems // n)
-    starts = range(0, rows, step)
+    if gvals is None:
+        seg, ctx = rows, [None]
+    else:
+        seg = rows // len(gvals) if len(gvals) else 0
+        uniq: dict = {}
+        for g in gvals:  # one _GS per distinct g
+            if g.tobytes() not in uniq:
+                uniq[g.tobytes()] = _GS(g, fmt, tables)
+        ctx = [uniq[g.tobytes()] for g in gvals]
+    # blocks within one segment; segments whose global scale is not modelled go to mx.quantize
+    jobs = [(r0, min(s0 + seg, r0 + step), i) for i, s0 in enumerate(range(0, rows, seg or 1))
+            if ctx[i] is None or ctx[i].valid for r0 in range(s0, s0 + seg, step)]
 
     local = threading.local()
 
-    def run(r0):
-        r1 = min(rows, r0 + step)
+    def run(job):
+        r0, r1, i = job
         if not hasattr(local, "ws"):
             local.ws = _Work(step * n)
-        return r0 + _block(mode, fmt, tables, local.ws, u[r0:r1], wq[r0:r1], sc[r0:r1])
+        if ctx[i] is None:
+            return r0 + _block(mode, fmt, tables, local.ws, u[r0:r1], wq[r0:r1], sc[r0:r1])
+        return r0 + _block_gs(fmt, tables, ctx[i], local.ws, u[r0:r1], wq[r0:r1], sc[r0:r1])
 
     nthreads = threads or min(2, os.cpu_count() or 1)
-    if nthreads > 1 and len(starts) > 1:
+    if nthreads > 1 and len(jobs) > 1:
         with ThreadPoolExecutor(nthreads) as pool:
-            bad = list(pool.map(run, starts))
+            bad = list(pool.map(run, jobs))
     else:
-        bad = [run(r0) for r0 in starts]
+        bad = [run(job) for job in jobs]
     bad = np.concatenate(bad) if bad else np.zeros(0, np.int64)
-    if bad.size:
-        _fallback(flat, bad, mode, wq, sc)
+    if gvals is None:
+        if bad.size:
+            _fallback(flat, bad, mode, wq, sc)
+    else:
+        for i, c in enumerate(ctx):
+            rows_i = (np.arange(i * seg, (i + 1) * seg) if not c.valid
+                      else bad[(bad >= i * seg) & (bad < (i + 1) * seg)])
+            if rows_i.size:
+                _fallback(flat, rows_i, mode, wq, sc, mx.array(gvals[i]))
     del u
     shape = tuple(w.shape[:-1])
     return (mx.array(wq.view(np.uint32)).reshape(*shape, n * bits // 32),
             mx.array(sc).reshape(*shape, n // group))
 
 
-def _fallback(flat: mx.array, rows: np.ndarray, mode: str, wq: np.ndarray, sc: np.ndarray) -> None:
+def _fallback(flat: mx.array, rows: np.ndarray, mode: str, wq: np.ndarray, sc: np.ndarray,
+              global_scale: mx.array | None = None) -> None:
     """Rows with groups the fast path does not model, straight from mx.quantize."""
     group, bits = MODES[mode]
+    kw = {} if global_scale is None else {"global_scale": global_scale}
     for i in range(0, len(rows), 256):
         idx = rows[i : i + 256]
         sub = flat[mx.array(idx.astype(np.int32))]
         if mode == "nvfp4" and (len(idx) * flat.shape[1] // group) % 2:
             sub = mx.concatenate([sub, mx.zeros((1, flat.shape[1]), flat.dtype)])
-        q, s = mx.quantize(sub, group, bits, mode=mode)
+        q, s = mx.quantize(sub, group, bits, mode=mode, **kw)
         wq[idx] = np.array(q)[: len(idx)].view(np.uint8)
         sc[idx] = np.array(s)[: len(idx)]
 

@@ -13,6 +13,8 @@ from mlx.utils import tree_flatten
 from .errors import LayoutError
 from .names import module_path
 from .plan import DTYPES, Plan
+from .fpquant import MODES as FP_MODES
+from .fpquant import quantize_fp
 from .rounding import quantize_searched
 
 
@@ -54,9 +56,11 @@ def check_complete(expected: dict[str, tuple[int, ...]], seen: set[str], model_t
 class Quantizer:
     """Holds the lazily built target model; `run` loads, quantizes and returns one group."""
 
-    def __init__(self, model: nn.Module, plan: Plan):
+    def __init__(self, model: nn.Module, plan: Plan, compute: bool = True):
+        """`compute=False` (a dry run) leaves every output lazy: shapes and dtypes, no data read."""
         self.model = model
         self.plan = plan
+        self.compute = compute
         self.keep_dtype = getattr(model, "cast_predicate", lambda key: True)
 
     def run(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
@@ -79,9 +83,14 @@ class Quantizer:
 
         if todo:
             nn.quantize(self.model, class_predicate=predicate)
-            if self.plan.options.rounding == "mse":
-                for path in sorted(todo):
-                    _search_rounding(_module_at(self.model, path), weights[f"{path}.weight"], rows[path].quant)
+            for path in sorted(todo):
+                module, quant = _module_at(self.model, path), rows[path].quant
+                if self.plan.options.rounding == "mse":
+                    _search_rounding(module, weights[f"{path}.weight"], quant)
+                elif self.compute and quant.mode.value in FP_MODES and not quant.global_scale:
+                    # mlx 0.32 has no CPU kernel for the fp modes: mx.quantize runs ~30x slower and
+                    # needs 20-40x the input in temporary memory; quantize_fp is bit-identical
+                    module.weight, module.scales = quantize_fp(weights.pop(f"{path}.weight"), quant.mode.value)
         out = {}
         for path in paths:
             module = _module_at(self.model, path)

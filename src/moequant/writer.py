@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +75,7 @@ class Output:
         self.names: list[str] = []
         self.files: list[int] = []  # open file descriptors, one per shard
         self.written: set[str] = set()
+        self.lock = threading.Lock()  # `add` is called from several worker threads
 
     def __enter__(self) -> "Output":
         check_destination(self.dst, self.force)
@@ -135,12 +137,14 @@ class Output:
         for key, value in tensors.items():
             slot = self.slots.get(key)
             tag = DTYPE_TAGS.get(value.dtype)
-            if slot is None or key in self.written or (slot.tag, slot.shape) != (tag, tuple(value.shape)):
+            with self.lock:
+                twice = key in self.written
+                self.written.add(key)
+            if slot is None or twice or (slot.tag, slot.shape) != (tag, tuple(value.shape)):
                 want = f"{slot.tag} {list(slot.shape)}" if slot else "no such tensor"
                 raise OutputError(f"{key}: computed {tag} {list(value.shape)}; the manifest says {want}"
-                                  f"{' (written twice)' if key in self.written else ''}")
+                                  f"{' (written twice)' if twice else ''}")
             os.pwrite(self.files[slot.shard], tensor_bytes(value), slot.offset)
-            self.written.add(key)
 
     def finish(self, config: dict, source: Path, plan: Plan) -> None:
         if missing := sorted(set(self.slots) - self.written):
