@@ -14,7 +14,7 @@ from .errors import LayoutError
 from .names import module_path
 from .plan import DTYPES, Plan
 from .fpquant import MODES as FP_MODES
-from .fpquant import quantize_fp
+from .fpquant import quantize_fp, quantize_fp_experts
 from .rounding import quantize_searched
 
 
@@ -87,10 +87,14 @@ class Quantizer:
                 module, quant = _module_at(self.model, path), rows[path].quant
                 if self.plan.options.rounding == "mse":
                     _search_rounding(module, weights[f"{path}.weight"], quant)
-                elif self.compute and quant.mode.value in FP_MODES and not quant.global_scale:
+                elif self.compute and quant.mode.value in FP_MODES:
                     # mlx 0.32 has no CPU kernel for the fp modes: mx.quantize runs ~30x slower and
-                    # needs 20-40x the input in temporary memory; quantize_fp is bit-identical
-                    module.weight, module.scales = quantize_fp(weights.pop(f"{path}.weight"), quant.mode.value)
+                    # needs 20-40x the input in temporary memory; fpquant is bit-identical to it
+                    weight = weights.pop(f"{path}.weight")
+                    if quant.global_scale:  # mlx-lm's _quantize_experts: one scale per expert
+                        module.weight, module.scales, module.global_scale = quantize_fp_experts(weight)
+                    else:
+                        module.weight, module.scales = quantize_fp(weight, quant.mode.value)
         out = {}
         for path in paths:
             module = _module_at(self.model, path)
