@@ -308,23 +308,47 @@ def verify(
         _fail("; ".join(failed))
 
 
+@app.command()
+def archs(
+    status: Annotated[Optional[str], typer.Option("--status", help="Only rows with this status: supported, blocked, 'not yet'.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List the MoE architectures of mlx-lm / mlx-vlm and whether moequant supports each."""
+    from .archs import Status, arch_rows
+
+    if status is not None and status not in {s.value for s in Status}:
+        _fail(f"--status {status!r}: expected one of {', '.join(s.value for s in Status)}")
+    rows = arch_rows(status)
+    if json_out:
+        _print_json([a.to_dict() for a in rows])
+        return
+    table = Table(title="MoE architectures")
+    for name in ("model_type", "runner", "status", "release", "note"):
+        table.add_column(name, overflow="fold")
+    for a in rows:
+        table.add_row(a.model_type, f"{a.runner} ({a.module})", a.status.value, a.release, a.note)
+    out.print(table)
+    counts = {s.value: sum(a.status == s for a in rows) for s in Status}
+    out.print(", ".join(f"{n} {s}" for s, n in counts.items() if n), highlight=False)
+
+
 @app.command("make-tiny")
 def make_tiny(
-    arch: Annotated[str, typer.Argument(help="Architecture: qwen3_moe, qwen2_moe, mixtral, deepseek_v3.")],
+    arch: Annotated[str, typer.Argument(help="Architecture: a supported model_type (see `moequant archs`).")],
     dst: Annotated[Path, typer.Argument(help="Folder to write (created).")],
     dtype: Annotated[str, typer.Option(help="bfloat16, float16 or float32.")] = "bfloat16",
     shards: Annotated[int, typer.Option(help="Number of safetensors shards.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed for the random weights.")] = 0,
 ) -> None:
     """Write a tiny random checkpoint in the real published layout of ARCH."""
-    from .tiny import ARCHS, write_tiny_checkpoint
+    from .tiny import ALL_ARCHS, write_tiny_checkpoint
 
-    if arch not in ARCHS:
-        _fail(f"ARCH {arch!r}: expected one of {', '.join(ARCHS)}")
+    if arch not in ALL_ARCHS:
+        _fail(f"ARCH {arch!r}: expected one of {', '.join(ALL_ARCHS)}")
     if dtype not in DTYPES:
         _fail(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
     write_tiny_checkpoint(dst, arch, dtype=dtype, shards=shards, seed=seed)
-    out.print(f"{dst}: tiny {arch} ({ARCHS[arch].about})", highlight=False, soft_wrap=True)
+    out.print(f"{dst}: tiny {arch} ({ALL_ARCHS[arch].about})", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -332,14 +356,14 @@ def demo(arch: Annotated[str, typer.Option(help="Tiny architecture to use.")] = 
     """Build a tiny MoE, convert it at 4 bits, load it with mlx-lm and compare with float."""
     from .convert import Conversion
     from .evaluate import compare_logits, fixed_tokens, load_float32
-    from .tiny import ARCHS, write_tiny_checkpoint
+    from .tiny import ALL_ARCHS, write_tiny_checkpoint
 
-    if arch not in ARCHS:
-        _fail(f"--arch {arch!r}: expected one of {', '.join(ARCHS)}")
+    if arch not in ALL_ARCHS:
+        _fail(f"--arch {arch!r}: expected one of {', '.join(ALL_ARCHS)}")
     _logging(True, False)
     with tempfile.TemporaryDirectory(prefix="moequant-demo-") as tmp:
         src = write_tiny_checkpoint(Path(tmp) / "src", arch)
-        err.print(f"1. wrote a tiny random {arch} checkpoint ({ARCHS[arch].about})", highlight=False)
+        err.print(f"1. wrote a tiny random {arch} checkpoint ({ALL_ARCHS[arch].about})", highlight=False)
         quantized = Conversion(src, Quant.make("affine", 4, 64))
         list(quantized.run(Path(tmp) / "q4"))
         reference = Conversion(src)

@@ -20,7 +20,7 @@ from .dequant import MLX, SourceContext, dequantize_packed, source_format
 from .errors import CheckpointError, PlanError
 from .experts import num_experts, to_stacked
 from .families import FAMILIES, Family
-from .names import canonical_name
+from .names import canonical_name, layer_of
 from .plan import DTYPES, Options, Quant, build_plan, find_roles, plan_from_json
 from .stored import infer_fp_quant, infer_quant, read_stored
 from .quantize import Quantizer, check_complete, check_weights, parameter_shapes
@@ -119,9 +119,9 @@ class Conversion:
         else:
             self.allocation_notes.append("--target-bpw: data-free proxy (relative weight reconstruction error)")
         self.context = SourceContext(self.ckpt.tensors, self.context.qconfig, packed)
-        errors = {}
-        for group in self.ckpt.groups():
-            weights = self._normalized(group)
+        errors, normalized = {}, self._normalized_groups()
+        while normalized:
+            weights = normalized.pop(0)
             for path in sorted(free & {k[: -len(".weight")] for k in weights if k.endswith(".weight")}):
                 errors[path] = candidate_errors(weights[f"{path}.weight"], channel_energy=energy.get(path))
             del weights
@@ -133,13 +133,12 @@ class Conversion:
         """Target module path -> how SRC stores it packed, read from the shapes of the unpacked,
         stacked tensors (lazy: no data is read)."""
         packed = {}
-        for group in self.ckpt.groups():
-            weights = self._unpacked(group)
-            for key, scales in weights.items():
-                path = key[: -len(".scales")]
-                if key.endswith(".scales") and path in n_in and f"{path}.weight" in weights:
-                    packed[path] = infer_quant(weights[f"{path}.weight"].shape[-1], scales.shape[-1],
-                                               scales.dtype == mx.uint8, n_in[path], f"{path}.global_scale" in weights)
+        weights = self._sanitized()
+        for key, scales in weights.items():
+            path = key[: -len(".scales")]
+            if key.endswith(".scales") and path in n_in and f"{path}.weight" in weights:
+                packed[path] = infer_quant(weights[f"{path}.weight"].shape[-1], scales.shape[-1],
+                                           scales.dtype == mx.uint8, n_in[path], f"{path}.global_scale" in weights)
         return packed
 
     def _target(self) -> nn.Module:
@@ -152,8 +151,8 @@ class Conversion:
         return model
 
     def _unpacked(self, group: Group) -> dict[str, mx.array]:
-        """One group's tensors (lazy), unpacked from the source format, renamed, stacked and
-        sanitized into the target's names; packed modules still packed."""
+        """One group's tensors (lazy), unpacked from the source format, renamed and stacked;
+        packed modules still packed."""
         weights = self.format.unpack(self.ckpt.load(group.keys), self.context)
         weights = {canonical_name(k): v for k, v in weights.items()}
         weights = to_stacked(self.family, weights, self.num_experts)
@@ -170,19 +169,44 @@ class Conversion:
                     stray[path] = q
         if stray:
             weights = dequantize_packed(weights, replace(self.context, stored=stray, as_stored=frozenset()))
-        return self.model.sanitize(weights)
+        return weights
 
-    def _normalized(self, group: Group) -> dict[str, mx.array]:
-        """The target's tensors for one group: float, or packed where copied as stored."""
-        return dequantize_packed(self._unpacked(group), self.context)
+    def _sanitized(self) -> dict[str, mx.array]:
+        """Every tensor (lazy) in the target's names: unpacked, renamed and stacked group by group,
+        then through mlx-lm's sanitize at once, as it is written for: several decide what to
+        convert from one probe (Qwen3-Next adds 1 to every RMSNorm only if layer 0's experts are
+        per-expert, Qwen3.5 if any conv1d is unconverted; Qwen3-VL-MoE rebuilds the language model
+        around lm_head), which one layer's tensors cannot answer. No tensor data is read."""
+        weights: dict[str, mx.array] = {}
+        for group in self.ckpt.groups():
+            weights.update(self._unpacked(group))
+        return self.model.sanitize(weights) if hasattr(self.model, "sanitize") else weights
+
+    def _normalized_groups(self) -> list[dict[str, mx.array]]:
+        """The target's tensors (lazy) for each group of self.ckpt.groups(), in order: float, or
+        packed where copied as stored. An output tensor belongs to the group of its decoder layer
+        (by name, else by layer index: sanitize may rename the prefix), the rest to "rest". Build
+        it in the thread that evaluates it (mlx runs an op only on the thread whose stream made
+        it), and drop each group once used: an evaluated group still listed stays in memory."""
+        groups = self.ckpt.groups()
+        position = {g.name: i for i, g in enumerate(groups)}
+        by_index = {}
+        for i, g in enumerate(groups):
+            by_index.setdefault(g.name.rsplit(".", 1)[-1], i)
+        out: list[dict[str, mx.array]] = [{} for _ in groups]
+        for key, value in dequantize_packed(self._sanitized(), self.context).items():
+            where = layer_of(key)
+            name = f"{where[0]}.{where[1]}" if where else "rest"
+            i = position.get(name, by_index.get(str(where[1])) if where else None)
+            out[len(groups) - 1 if i is None else i][key] = value
+        return out
 
     def manifest(self) -> list[tuple[str, str, tuple[int, ...]]]:
         """Every output tensor (key, dtype tag, shape) in write order, from a dry run of the whole
         pipeline on lazy tensors: every layout and shape check runs, no tensor data is read."""
         model = self._target()
         expected, seen, quantizer, entries = parameter_shapes(model), set(), Quantizer(model, self.plan, compute=False), []
-        for group in self.ckpt.groups():
-            weights = self._normalized(group)
+        for weights in self._normalized_groups():
             check_weights(weights, expected, seen, self.ckpt.model_type)
             entries += [(k, DTYPE_TAGS[v.dtype], tuple(v.shape)) for k, v in quantizer.run(weights).items()]
         check_complete(expected, seen, self.ckpt.model_type)
@@ -214,12 +238,15 @@ class Conversion:
             try:
                 quantizer = Quantizer(self._target(), self.plan)
                 with mx.stream(mx.new_stream(mx.cpu)):  # mlx streams belong to their thread
+                    normalized = self._normalized_groups()  # this thread's lazy graph
                     while not stop.is_set():
                         with lock:
                             i = next(todo, None)
                         if i is None:
                             break
-                        out.add(quantizer.run(self._normalized(groups[i])))
+                        weights, normalized[i] = normalized[i], {}
+                        out.add(quantizer.run(weights))
+                        del weights
                         mx.clear_cache()
                         done.put(i)
             except BaseException as e:  # handed to the main thread, which raises it

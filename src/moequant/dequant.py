@@ -118,6 +118,28 @@ def _modelopt_to_mlx(weights: dict[str, mx.array], ctx: SourceContext) -> dict[s
     return out
 
 
+def _mxfp4_blocks_to_mlx(weights: dict[str, mx.array], ctx: SourceContext) -> dict[str, mx.array]:
+    """OpenAI gpt-oss MXFP4: `P_blocks` uint8 [..., out, in/32, 16] (32 e2m1 values in 16 bytes)
+    and `P_scales` uint8 [..., out, in/32] (e8m0) are MLX's mxfp4 packing byte for byte: renamed to
+    `P.weight` (viewed as uint32 [..., out, in/8]) and `P.scales`, so no value changes."""
+    out = {}
+    for key, value in weights.items():
+        if key.endswith("_blocks"):
+            base = key[: -len("_blocks")]
+            scales = weights.get(f"{base}_scales")
+            if ctx.infos[key].dtype != "U8" or scales is None or value.ndim < 3 or value.shape[-1] != 16 \
+                    or tuple(scales.shape) != tuple(value.shape[:-1]):
+                got = f"scales {tuple(scales.shape)}" if scales is not None else f"no {base}_scales"
+                raise LayoutError(f"{key}: {ctx.infos[key].dtype} {tuple(value.shape)} with {got}; expected uint8 "
+                                  "[..., out, in/32, 16] and uint8 _scales [..., out, in/32] (MXFP4)")
+            out[f"{base}.weight"] = value.view(mx.uint32).flatten(-2)
+        elif key.endswith("_scales") and f"{key[: -len('_scales')]}_blocks" in weights:
+            out[f"{key[: -len('_scales')]}.scales"] = value
+        else:
+            out[key] = value
+    return out
+
+
 def dequantize_packed(weights: dict[str, mx.array], ctx: SourceContext) -> dict[str, mx.array]:
     """Each packed module dequantized with its own (mode, bits, group_size, global scale), read
     from its tensors (and, for MLX sources, checked against config.json) — except modules copied
@@ -161,6 +183,7 @@ SOURCE_FORMATS: dict[str | None, SourceFormat] = {
     None: SourceFormat("float", lambda weights, ctx: weights),
     "fp8": SourceFormat("fp8", _fp8_blocks),  # DeepSeek-V3, Qwen3-*-FP8: fmt e4m3, weight_block_size
     "modelopt": SourceFormat("nvfp4", _modelopt_to_mlx, packed=True),  # NVIDIA ModelOpt NVFP4 exports
+    "mxfp4": SourceFormat("mxfp4", _mxfp4_blocks_to_mlx, packed=True),  # openai/gpt-oss: expert _blocks/_scales
 }
 
 

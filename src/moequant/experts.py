@@ -7,22 +7,82 @@ error naming the layer and the expert, never a silent skip.
 from __future__ import annotations
 
 import re
-from typing import Callable
+from dataclasses import dataclass
+
 import mlx.core as mx
 
 from .errors import LayoutError
 from .families import Family
 
 
-# How a fused gate_up_proj [E, 2I, H] splits into (gate, up) along its rows; a Family row names one.
-FUSED_SPLITTERS: dict[str, Callable[[mx.array], tuple[mx.array, mx.array]]] = {
-    "halves": lambda t: (t[:, : t.shape[1] // 2], t[:, t.shape[1] // 2 :]),  # Qwen3.5/3.6: gate rows, then up
-    "interleaved": lambda t: (t[:, 0::2], t[:, 1::2]),  # gpt-oss: even rows gate, odd rows up
+@dataclass(frozen=True)
+class FusedLayout:
+    """How a release stores all experts of a layer in two tensors, gate_up (gate and up rows of
+    every expert) and down; a Family row names one by its key in FUSED_SPLITTERS. `split`/`down`
+    give mlx-lm's [E, out, in]; `join`/`store_down` are their inverses (tiny checkpoints are written
+    with them). Packed weights, their scales and a fused bias [E, 2I] split along axis 1 (rows)."""
+
+    interleaved: bool = False  # gate and up rows alternate (else: all gate rows, then all up rows)
+    transposed: bool = False  # stored in x out: gate_up [E, H, 2I], down [E, I, H]
+
+    def split_rows(self, t: mx.array) -> tuple[mx.array, mx.array]:
+        if self.interleaved:
+            return t[:, 0::2], t[:, 1::2]
+        half = t.shape[1] // 2
+        return t[:, :half], t[:, half:]
+
+    def join_rows(self, gate: mx.array, up: mx.array) -> mx.array:
+        if self.interleaved:
+            return mx.stack([gate, up], axis=2).reshape(gate.shape[0], -1, *gate.shape[2:])
+        return mx.concatenate([gate, up], axis=1)
+
+    def split(self, gate_up: mx.array) -> tuple[mx.array, mx.array]:
+        return self.split_rows(_swap(gate_up) if self.transposed else gate_up)
+
+    def join(self, gate: mx.array, up: mx.array) -> mx.array:
+        joined = self.join_rows(gate, up)
+        return _swap(joined) if self.transposed else joined
+
+    def down(self, down: mx.array) -> mx.array:
+        return _swap(down) if self.transposed else down
+
+    store_down = down  # a swap is its own inverse
+
+    @property
+    def rows_axis(self) -> int:
+        return 2 if self.transposed else 1
+
+
+def _swap(t: mx.array) -> mx.array:
+    return mx.swapaxes(t, 1, 2)
+
+
+# How fused expert tensors split. Orientation is data in these rows, never guessed from shapes.
+FUSED_SPLITTERS: dict[str, FusedLayout] = {
+    "halves": FusedLayout(),  # Qwen3.5/3.6, GraniteMoE input_linear: [E, 2I, H], gate rows then up rows
+    "interleaved": FusedLayout(interleaved=True),  # gpt-oss MXFP4 _blocks: [E, 2I, H], even rows gate
+    "halves_transposed": FusedLayout(transposed=True),  # Llama-4: [E, H, 2I], gate columns then up
+    # gpt-oss in transformers' own layout (BF16 re-releases): [E, H, 2I], even columns gate
+    "interleaved_transposed": FusedLayout(interleaved=True, transposed=True),
 }
 
 
+def _bare(name: str) -> str:
+    return name[: -len(".weight")] if name.endswith(".weight") else name
+
+
 def _fused_pattern(family: Family) -> re.Pattern:
-    return re.compile(rf"^(?P<layer>.+)\.{re.escape(family.experts)}\.(?P<proj>gate_up_proj|down_proj)(?:\.weight)?$")
+    """The family's fused tensors inside `<layer>.<experts>`, named exactly as the row says, and its
+    fused biases. Names ending in `.weight` (GraniteMoE's input_linear.weight, gpt-oss's MXFP4
+    blocks once read) also take the packed siblings `.scales` / `.biases`; bare names (Qwen3.5's
+    and Llama-4's float parameters) are taken bare only: a `down_proj.weight` beside them is
+    mlx-lm's own stacked tensor (an MLX source), and gpt-oss's bare gate_up_proj is transformers'
+    in x out layout, which its row does not describe — it must fail, not split the wrong axis."""
+    names = "|".join(re.escape(_bare(n)) for n in family.fused_names)
+    suffix = r"(?P<suffix>\.weight|\.scales|\.biases)" if family.fused_names[0].endswith(".weight") else ""
+    biases = "|".join(re.escape(n) for n in family.fused_bias_names) or "(?!)"
+    experts = re.escape(family.experts)
+    return re.compile(rf"^(?P<layer>.+)\.{experts}\.(?:(?P<proj>{names}){suffix}|(?P<bias>{biases}))$")
 
 
 def _per_expert_pattern(family: Family) -> re.Pattern:
@@ -33,20 +93,27 @@ def _per_expert_pattern(family: Family) -> re.Pattern:
 
 
 def num_experts(family: Family, config: dict) -> int:
-    for key in family.num_experts_keys:
-        if isinstance(config.get(key), int):
-            return config[key]
-    raise LayoutError(f"config.json: none of {', '.join(family.num_experts_keys)} is set; expected the expert count")
+    """The expert count, from the first of the family's keys set at the top of config.json or,
+    for VLM-style configs (Llama-4), under text_config."""
+    for where in (config, config.get("text_config") or {}):
+        for key in family.num_experts_keys:
+            if isinstance(where.get(key), int):
+                return where[key]
+    raise LayoutError(f"config.json: none of {', '.join(family.num_experts_keys)} is set (nor under text_config); "
+                      "expected the expert count")
 
 
 def to_stacked(family: Family, weights: dict[str, mx.array], n_experts: int) -> dict[str, mx.array]:
-    """Per-expert tensors of one layer stacked into `<layer>.<family.stacked>.<proj>.<suffix>`."""
+    """Every expert of one layer checked, then handed over as the target's sanitize expects it:
+    stacked into `<layer>.<family.stacked>.<proj>.<suffix>` [E, out, in], or — for a family whose
+    sanitize stacks them itself and keys other conversions on seeing them (`handoff="per_expert"`)
+    — per expert, in the published names (fused tensors split into them)."""
     pattern, fused = _per_expert_pattern(family), _fused_pattern(family)
     stacks: dict[tuple[str, str, str], dict[int, mx.array]] = {}
     out: dict[str, mx.array] = {}
     for key, value in weights.items():
         if f := fused.match(key):
-            out.update(_unfuse(family, key, f["layer"], f["proj"], value, n_experts))
+            out.update(_unfuse(family, key, f, value, n_experts))
             continue
         m = pattern.match(key)
         if m is None:
@@ -70,22 +137,40 @@ def to_stacked(family: Family, weights: dict[str, mx.array], n_experts: int) -> 
                     f"{where}.{e}.{proj}.{suffix}: shape {tuple(by_expert[e].shape)}; "
                     f"expected {tuple(shape0)} like expert 0"
                 )
-        out[f"{layer}.{family.stacked}.{family.projections[proj]}.{suffix}"] = mx.stack(
-            [by_expert[e] for e in range(n_experts)]
-        )
+        if family.handoff == "per_expert":
+            out.update((f"{where}.{e}.{proj}.{suffix}", by_expert[e]) for e in range(n_experts))
+        else:
+            out[f"{layer}.{family.stacked}.{family.projections[proj]}.{suffix}"] = mx.stack(
+                [by_expert[e] for e in range(n_experts)]
+            )
     return out
 
 
-def _unfuse(family: Family, key: str, layer: str, proj: str, value: mx.array, n_experts: int) -> dict[str, mx.array]:
-    if value.ndim != 3 or value.shape[0] != n_experts:
-        raise LayoutError(f"{key}: shape {tuple(value.shape)}; expected [E={n_experts}, out, in]")
-    stacked = f"{layer}.{family.stacked}"
-    if proj == "down_proj":
-        return {f"{stacked}.down_proj.weight": value}
-    if value.shape[1] % 2:
-        raise LayoutError(f"{key}: {value.shape[1]} rows; expected an even count (2·I: gate and up rows)")
-    gate, up = FUSED_SPLITTERS[family.fused](value)
-    return {f"{stacked}.gate_proj.weight": gate, f"{stacked}.up_proj.weight": up}
+def _unfuse(family: Family, key: str, match: re.Match, value: mx.array, n_experts: int) -> dict[str, mx.array]:
+    """One fused tensor as the stacked (or per-expert) tensors of gate, up and down."""
+    layout = FUSED_SPLITTERS[family.fused]
+    if match["bias"]:
+        suffix, is_down = "bias", match["bias"] == family.fused_bias_names[1]
+        if value.ndim != 2 or value.shape[0] != n_experts:
+            raise LayoutError(f"{key}: shape {tuple(value.shape)}; expected [E={n_experts}, out]")
+    else:
+        suffix = (match.groupdict().get("suffix") or ".weight")[1:]
+        is_down = match["proj"] == _bare(family.fused_names[1])
+        if value.ndim != 3 or value.shape[0] != n_experts:
+            raise LayoutError(f"{key}: shape {tuple(value.shape)}; expected [E={n_experts}, out, in]")
+    rows = 1 if suffix != "weight" else layout.rows_axis
+    if is_down:
+        parts = {"down_proj": layout.down(value) if suffix == "weight" else value}
+    elif value.shape[rows] % 2:
+        raise LayoutError(f"{key}: {value.shape[rows]} rows; expected an even count (2·I: gate and up rows)")
+    else:
+        gate, up = layout.split(value) if suffix == "weight" else layout.split_rows(value)
+        parts = {"gate_proj": gate, "up_proj": up}
+    if family.handoff == "per_expert":
+        source = {target: name for name, target in family.projections.items()}
+        return {f"{match['layer']}.{family.experts}.{e}.{source[p]}.{suffix}": t[e] for p, t in parts.items()
+                for e in range(n_experts)}
+    return {f"{match['layer']}.{family.stacked}.{p}.{suffix}": t for p, t in parts.items()}
 
 
 def _ids(ids: list[int]) -> str:

@@ -1,7 +1,8 @@
 """Architecture knowledge as data: one row per model_type, and config-key aliases.
 
-Adding a family means adding a row here and a layout in `tiny.py`; the pipeline has no
-`if model_type == …`.
+Adding a family means adding a row here, a tiny config in `tiny.py` (its tensors are derived from
+mlx-lm's model) and a row in `archs.py`; the pipeline has no `if model_type == …`. What a row
+cannot say is a function registered by name and named by the row (experts.FUSED_SPLITTERS).
 """
 
 from __future__ import annotations
@@ -15,10 +16,18 @@ class Family:
     stacked: str  # what the mlx-lm class loads: [E, out, in] per projection
     projections: dict[str, str]  # source projection name -> stacked projection name
     num_experts_keys: tuple[str, ...] = ("num_experts",)  # config keys naming E, first found wins
-    fused: str = "halves"  # how `<experts>.gate_up_proj` splits: a key of experts.FUSED_SPLITTERS
+    fused: str = "halves"  # how the fused gate_up tensor splits: a key of experts.FUSED_SPLITTERS
+    fused_names: tuple[str, str] = ("gate_up_proj", "down_proj")  # fused (gate_up, down) inside `experts`
+    fused_bias_names: tuple[str, ...] = ()  # fused (gate_up, down) biases [E, out], if the release has them
+    layout: str = "per_expert"  # how the release publishes its experts: per_expert or fused
+    # what mlx-lm's sanitize is handed: "stacked" (moequant stacks), or "per_expert" for a sanitize
+    # that stacks them itself and keys other conversions on seeing them (Qwen3-Next's norm offsets)
+    handoff: str = "stacked"
 
 
 _GLU = {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"}
+
+_W123 = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}  # Mixtral-style per-expert names
 
 FAMILIES: dict[str, Family] = {
     # Qwen/Qwen3-30B-A3B: model.layers.{l}.mlp.experts.{e}.{gate,up,down}_proj.weight
@@ -29,12 +38,92 @@ FAMILIES: dict[str, Family] = {
     "mixtral": Family(
         "block_sparse_moe.experts",
         "block_sparse_moe.switch_mlp",
-        {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"},
+        _W123,
         ("num_local_experts", "num_experts"),
     ),
     # deepseek-ai/DeepSeek-V3: mlp.experts.{e}.*, mlp.shared_experts.*, mlp.gate.e_score_correction_bias
     "deepseek_v3": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("n_routed_experts",)),
+    # allenai/OLMoE-1B-7B-0924
+    "olmoe": Family("mlp.experts", "mlp.switch_mlp", _GLU),
+    # microsoft/Phi-3.5-MoE-instruct
+    "phimoe": Family("block_sparse_moe.experts", "block_sparse_moe.switch_mlp", _W123, ("num_local_experts",)),
+    # MiniMaxAI/MiniMax-M2 (mlx-lm module minimax)
+    "minimax_m2": Family("block_sparse_moe.experts", "block_sparse_moe.switch_mlp", _W123, ("num_local_experts",)),
+    # Kwai-Klear/Klear-46B-A2.5B: mlx-lm stacks in place, mlp.experts.{proj}.weight
+    "Klear": Family("mlp.experts", "mlp.experts", _GLU),
+    # JetBrains Mellum MoE
+    "mellum": Family("mlp.experts", "mlp.switch_mlp", _GLU),
+    # rednote-hilab/dots.llm1: mlx-lm stacks in place, mlp.experts.{proj}.weight
+    "dots1": Family("mlp.experts", "mlp.experts", _GLU, ("n_routed_experts",)),
+    # zai-org/GLM-4.5
+    "glm4_moe": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("n_routed_experts",)),
+    # baidu/ERNIE-4.5-21B-A3B-PT
+    "ernie4_5_moe": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("moe_num_experts",)),
+    # ibm-granite/granite-3.1-3b-a800m: block_sparse_moe.input_linear.weight [E, 2I, H] (gate rows
+    # first) and block_sparse_moe.output_linear.weight [E, H, I]
+    "granitemoe": Family("block_sparse_moe", "block_sparse_moe.switch_mlp", _GLU, ("num_local_experts",),
+                         fused_names=("input_linear.weight", "output_linear.weight"), layout="fused"),
+    # tencent/Tencent-Hunyuan-Large
+    "hunyuan": Family("mlp.experts", "mlp.switch_mlp", _GLU),
+    # inclusionAI/Ling-lite, Ling-mini-2.0
+    "bailing_moe": Family("mlp.experts", "mlp.switch_mlp", _GLU),
+    # arcee-ai/Trinity-Mini: mlx-lm stacks in place, mlp.experts.{proj}.weight
+    "afmoe": Family("mlp.experts", "mlp.experts", _GLU),
+    # LGAI-EXAONE/K-EXAONE-236B-A23B
+    "exaone_moe": Family("mlp.experts", "mlp.switch_mlp", _GLU),
+    # poolside/Laguna-XS
+    "laguna": Family("mlp.experts", "mlp.switch_mlp", _GLU),
+    # deepseek-ai/deepseek-moe-16b-base
+    "deepseek": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("n_routed_experts",)),
+    # deepseek-ai/DeepSeek-V2-Lite, DeepSeek-V2.5
+    "deepseek_v2": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("n_routed_experts",)),
+    # moonshotai/Kimi-K2-Instruct (mlx-lm: deepseek_v3)
+    "kimi_k2": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("n_routed_experts",)),
+    # deepseek-ai/DeepSeek-V3.2-Exp
+    "deepseek_v32": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("n_routed_experts",)),
+    # zai-org/GLM-5 (mlx-lm: deepseek_v32's model)
+    "glm_moe_dsa": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("n_routed_experts",)),
+    # zai-org/GLM-4.7-Flash
+    "glm4_moe_lite": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("n_routed_experts",)),
+    # upstage/Solar-Open-100B (mlx-lm: glm4_moe's model)
+    "solar_open": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("n_routed_experts",)),
+    # meta-llama/Llama-4-Scout-17B-16E: feed_forward.experts.gate_up_proj [E, H, 2I] (gate columns
+    # first) and feed_forward.experts.down_proj [E, I, H]; mlx-lm stacks in place
+    "llama4": Family("feed_forward.experts", "feed_forward.experts", _GLU, ("num_local_experts",),
+                     fused="halves_transposed", layout="fused"),
+    # ibm-granite/granite-4.0-h-tiny: as granitemoe
+    "granitemoehybrid": Family("block_sparse_moe", "block_sparse_moe.switch_mlp", _GLU, ("num_local_experts",),
+                               fused_names=("input_linear.weight", "output_linear.weight"), layout="fused"),
+    # Qwen/Qwen3-Next-80B-A3B
+    "qwen3_next": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("num_experts", "num_local_experts"),
+                         handoff="per_expert"),
+    # Qwen/Qwen3.5-35B-A3B: model.language_model.layers.{l}.mlp.experts.gate_up_proj [E, 2I, H]
+    # (gate rows first) and mlp.experts.down_proj [E, H, I]
+    "qwen3_5_moe": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("num_experts", "num_local_experts"),
+                          layout="fused"),
+    # Qwen/Qwen3-VL-30B-A3B: model.language_model.layers.{l}.mlp.experts.gate_up_proj [E, H, 2I]
+    # (gate columns first) and down_proj [E, I, H]
+    "qwen3_vl_moe": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("num_experts",), fused="halves_transposed",
+                           layout="fused"),
+    # LiquidAI/LFM2-8B-A1B
+    "lfm2_moe": Family("feed_forward.experts", "feed_forward.switch_mlp", _W123),
+    # ai21labs/AI21-Jamba-Mini-1.5
+    "jamba": Family("feed_forward.experts", "feed_forward.switch_mlp", _GLU),
+    # openai/gpt-oss-20b: mlp.experts.gate_up_proj_blocks [E, 2I, H/32, 16] (gate and up rows
+    # interleaved) + _scales, down_proj_blocks/_scales — read as gate_up_proj.weight/.scales (MLX
+    # mxfp4) — and fused biases gate_up_proj_bias [E, 2I], down_proj_bias [E, H]; mlx-lm stacks in
+    # place (mlp.experts.{proj}). A bare gate_up_proj (transformers' [E, H, 2I]; I == H in gpt-oss, so
+    # shapes cannot tell) is not this row's layout and fails the shape/name check
+    "gpt_oss": Family("mlp.experts", "mlp.experts", _GLU, ("num_local_experts",), fused="interleaved",
+                      fused_names=("gate_up_proj.weight", "down_proj.weight"), layout="fused",
+                      fused_bias_names=("gate_up_proj_bias", "down_proj_bias")),
+    # nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B: non-gated experts, up_proj -> fc1, down_proj -> fc2
+    "nemotron_h": Family("mixer.experts", "mixer.switch_mlp", {"up_proj": "fc1", "down_proj": "fc2"},
+                         ("n_routed_experts",)),
 }
+
+
+PENDING: dict[str, Family] = {}  # rows waiting on a pipeline change (see moequant.archs)
 
 
 @dataclass(frozen=True)

@@ -127,11 +127,6 @@ class Role(str, Enum):
 # Roles by module-path pattern, first match wins; structural roles (gates, routed experts) are
 # found before these from the module tree itself (see `find_roles`).
 ROLE_PATTERNS: tuple[tuple[Role, tuple[str, ...]], ...] = (
-    # Router gates nested one level below their MoE block (out = E), which find_roles' structural
-    # rule (a direct child of the block) does not reach: GraniteMoE(-hybrid) router.layer,
-    # Hunyuan gate.wg, Bailing gate.gate_proj, Laguna gate.proj, AFMoE router.gate
-    (Role.ROUTER_GATE, ("*.block_sparse_moe.router.layer", "*.mlp.gate.wg", "*.mlp.gate.gate_proj",
-                        "*.mlp.gate.proj", "*.mlp.router.gate")),
     # Klear's coefficient: softmax over 2 logits that weighs the routed against the shared output
     (Role.SHARED_EXPERT_GATE, ("*.mlp.coefficient",)),
     (Role.VISION, ("vision_tower.*", "vision_model.*", "*.visual.*", "visual.*", "multi_modal_projector.*",
@@ -168,13 +163,18 @@ def find_roles(model: nn.Module) -> list[Module]:
     leaves = tree_flatten(model.leaf_modules(), is_leaf=lambda m: isinstance(m, nn.Module))
     leaves = [(p, m) for p, m in leaves if tree_flatten(m.parameters())]
     # An MoE block is the parent of a SwitchLinear container (…mlp.switch_mlp.gate_proj -> …mlp);
-    # its direct children that map hidden states to one score per expert (or one) are gates.
+    # its children that map hidden states to one score per expert (or one) are gates — directly
+    # (mlp.gate) or inside a router wrapper that holds nothing else (mlp.gate.wg, router.layer).
     moe_blocks = {p.rsplit(".", 2)[0]: m.weight.shape[0] for p, m in leaves if isinstance(m, SwitchLinear)}
+    wrapped = {p.rpartition(".")[0] for p, _ in leaves}
+    wrappers = {w: w.rpartition(".")[0] for w in wrapped if w.rpartition(".")[0] in moe_blocks
+                and sum(p.startswith(f"{w}.") for p, _ in leaves) == 1}
     modules = []
     for path, m in leaves:
         arrays = dict(tree_flatten(m.parameters()))
         weight = arrays.get("weight", next(iter(arrays.values())))
         parent, _, _ = path.rpartition(".")
+        parent = wrappers.get(parent, parent)
         role = None
         if isinstance(m, SwitchLinear):
             role = Role.ROUTED_EXPERTS

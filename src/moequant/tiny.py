@@ -20,7 +20,8 @@ import mlx.core as mx
 import numpy as np
 
 from .checkpoint import DTYPE_TAGS, INDEX_FILE, encode_header, tensor_bytes
-from .families import FAMILIES, Family
+from .experts import FUSED_SPLITTERS
+from .families import FAMILIES, PENDING, Family
 
 # Shared tiny dimensions (hidden 128 divides every group size; expert intermediate 64 does not
 # divide 128, so a group-128 plan has something to keep for "indivisible").
@@ -171,9 +172,21 @@ def _config_deepseek_v3(style: str) -> dict:
 
 @dataclass(frozen=True)
 class TinyArch:
-    tensors: Callable[[], Tensors]
+    """One tiny architecture: its tensors (name -> shape) and config.json, as the release has them.
+
+    `tensors=None` derives them from mlx-lm itself (`published_tensors`): the model class is built
+    from the tiny config, its parameter names and shapes are taken, and mlx-lm's sanitize is
+    inverted — experts unstacked with the FAMILIES row, then `renames` and `fixes` — so only the
+    config (in the key names the real release's config.json carries) is per-arch data."""
+
+    tensors: Callable[[], Tensors] | None
     config: Callable[[str], dict]  # style -> config.json
     about: str
+    renames: tuple[tuple[str, str], ...] = ()  # (regex on mlx-lm's parameter name, published name)
+    fixes: tuple[str, ...] = ()  # keys of SHAPE_FIXES: what sanitize reshapes or drops, undone
+    values: tuple[tuple[str, float, float], ...] = ()  # (regex on a published name, mean, std) instead
+    # of tiny_tensor's defaults, e.g. tied embeddings at 1/sqrt(H) so the logits stay O(1)
+    pack: str | None = None  # a key of PACKERS: how the release stores some tensors quantized
 
 
 ARCHS: dict[str, TinyArch] = {
@@ -184,13 +197,85 @@ ARCHS: dict[str, TinyArch] = {
                             "DeepSeek-V3: MLA, first dense layer, shared experts, e_score_correction_bias"),
 }
 
+
+def _mla_kv_b(shapes: Tensors, config: dict) -> Tensors:
+    """mlx-lm splits MLA's kv_b_proj [heads·(nope + v), kv_lora] into embed_q and unembed_out."""
+    out = {}
+    for key, shape in shapes.items():
+        if key.endswith(".embed_q.weight"):
+            heads, kv_lora, nope = shape
+            v_head = shapes[key.replace(".embed_q.", ".unembed_out.")][1]
+            out[key.replace(".embed_q.", ".kv_b_proj.")] = (heads * (nope + v_head), kv_lora)
+        elif not key.endswith(".unembed_out.weight"):
+            out[key] = shape
+    return out
+
+
+def _conv1d_channels_first(shapes: Tensors, config: dict) -> Tensors:
+    """Depthwise conv weights: mlx [C, K, 1]; PyTorch releases [C, 1, K] (sanitize moves the axis)."""
+    return {k: (s[0], s[2], s[1]) if len(s) == 3 and re.search(r"conv1d\.weight$|conv\.weight$", k) else s
+            for k, s in shapes.items()}
+
+
+def _ernie_moe_statics(shapes: Tensors, config: dict) -> Tensors:
+    """ERNIE-4.5 releases carry the router's correction bias as mlp.moe_statics.e_score_correction_bias
+    [1, E] (float32); mlx-lm's sanitize drops it (transformers adds it before top-k: zero here)."""
+    out = dict(shapes)
+    for key, shape in shapes.items():
+        if key.endswith(".mlp.gate.weight"):
+            out[key.replace(".gate.weight", ".moe_statics.e_score_correction_bias")] = (1, shape[0])
+    return out
+
+
+# Shape changes mlx-lm's sanitize makes, undone: name -> function(shapes, config) -> shapes
+SHAPE_FIXES: dict[str, Callable[[Tensors, dict], Tensors]] = {
+    "mla_kv_b": _mla_kv_b,
+    "conv1d_channels_first": _conv1d_channels_first,
+    "ernie_moe_statics": _ernie_moe_statics,
+}
+
+
+def mlx_lm_shapes(config: dict) -> Tensors:
+    """Every parameter of mlx-lm's model for `config` (its names after sanitize, experts stacked)."""
+    from mlx.utils import tree_flatten
+
+    from .target import build_model, resolve_config
+
+    model = build_model(resolve_config(config)[0])
+    return {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
+
+
+def published_tensors(spec: TinyArch, family: Family, config: dict) -> Tensors:
+    """The release's per-expert tensor names and shapes, from mlx-lm's model with sanitize undone."""
+    shapes = mlx_lm_shapes(config)
+    for fix in spec.fixes:
+        shapes = SHAPE_FIXES[fix](shapes, config)
+    for pattern, replacement in spec.renames:
+        shapes = {re.sub(pattern, replacement, k): s for k, s in shapes.items()}
+    source_name = {stacked: source for source, stacked in family.projections.items()}
+    stacked = re.compile(rf"^(?P<layer>.+)\.{re.escape(family.stacked)}\.(?P<proj>\w+)\.(?P<suffix>\w+)$")
+    out: Tensors = {}
+    for key, shape in shapes.items():
+        m = stacked.match(key)
+        if m is None or m["proj"] not in source_name:
+            out[key] = shape
+            continue
+        for e in range(shape[0]):
+            out[f"{m['layer']}.{family.experts}.{e}.{source_name[m['proj']]}.{m['suffix']}"] = shape[1:]
+    return out
+
+
 # Float32 in the source wherever real releases keep it so (DeepSeek's correction bias)
 _FLOAT32_SUFFIXES = ("e_score_correction_bias",)
 
 
-def tiny_tensor(name: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
-    """Deterministic values for one tensor, from its name: norms near 1, weights ~ 1/sqrt(in)."""
+def tiny_tensor(name: str, shape: tuple[int, ...], seed: int, mean: float | None = None,
+                std: float | None = None) -> np.ndarray:
+    """Deterministic values for one tensor, from its name: norms near 1, weights ~ 1/sqrt(in)
+    (or `mean` + `std`·N(0, 1) when given)."""
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    if mean is not None:
+        return (mean + std * rng.standard_normal(shape)).astype(np.float32)
     if len(shape) == 1:
         base = 1.0 if "norm" in name else 0.0
         return (base + 0.1 * rng.standard_normal(shape)).astype(np.float32)
@@ -222,25 +307,34 @@ SOURCES = ("float", "fp8", "nvfp4")
 
 
 def _to_layout(tensors: dict[str, mx.array], family: Family, layout: str) -> dict[str, mx.array]:
-    """Per-expert tensors rewritten as fused (`experts.gate_up_proj` [E, 2I, H] + `experts.down_proj`,
-    gate rows first) or stacked (`switch_mlp.{proj}.weight` [E, out, in])."""
+    """Per-expert tensors rewritten as fused (the family's two fused tensors, e.g.
+    `experts.gate_up_proj` [E, 2I, H] gate rows first + `experts.down_proj`, oriented as
+    FUSED_SPLITTERS[family.fused] says, and its fused biases) or stacked
+    (`switch_mlp.{proj}.weight` [E, out, in])."""
     if layout == "per_expert":
         return tensors
-    pattern = re.compile(rf"^(?P<layer>.+)\.{re.escape(family.experts)}\.(?P<e>\d+)\.(?P<proj>\w+)\.weight$")
+    experts = re.escape(family.experts)
+    pattern = re.compile(rf"^(?P<layer>.+)\.{experts}\.(?P<e>\d+)\.(?P<proj>\w+)\.(?P<suffix>weight|bias)$")
     out, stacks = {}, {}
     for key, value in tensors.items():
         if m := pattern.match(key):
-            stacks.setdefault((m["layer"], family.projections[m["proj"]]), {})[int(m["e"])] = value
+            stacks.setdefault((m["layer"], family.projections[m["proj"]], m["suffix"]), {})[int(m["e"])] = value
         else:
             out[key] = value
-    for (layer, proj), by_expert in stacks.items():
-        out[f"{layer}.{family.stacked}.{proj}.weight"] = mx.stack([by_expert[e] for e in sorted(by_expert)])
+    for (layer, proj, suffix), by_expert in stacks.items():
+        out[f"{layer}.{family.stacked}.{proj}.{suffix}"] = mx.stack([by_expert[e] for e in sorted(by_expert)])
     if layout == "fused":
-        for layer in {layer for layer, _ in stacks}:
-            stacked = f"{layer}.{family.stacked}"
-            gate, up = out.pop(f"{stacked}.gate_proj.weight"), out.pop(f"{stacked}.up_proj.weight")
-            out[f"{layer}.{family.experts}.gate_up_proj"] = mx.concatenate([gate, up], axis=1)
-            out[f"{layer}.{family.experts}.down_proj"] = out.pop(f"{stacked}.down_proj.weight")
+        fused = FUSED_SPLITTERS[family.fused]
+        for layer, _, suffix in {(layer, None, suffix) for layer, _, suffix in stacks}:
+            stacked, experts = f"{layer}.{family.stacked}", f"{layer}.{family.experts}"
+            gate, up = out.pop(f"{stacked}.gate_proj.{suffix}"), out.pop(f"{stacked}.up_proj.{suffix}")
+            down = out.pop(f"{stacked}.down_proj.{suffix}")
+            if suffix == "weight":
+                out[f"{experts}.{family.fused_names[0]}"] = fused.join(gate, up)
+                out[f"{experts}.{family.fused_names[1]}"] = fused.store_down(down)
+            else:
+                out[f"{experts}.{family.fused_bias_names[0]}"] = fused.join_rows(gate, up)
+                out[f"{experts}.{family.fused_bias_names[1]}"] = down
     return out
 
 
@@ -286,6 +380,30 @@ def _to_modelopt_nvfp4(tensors: dict[str, mx.array]) -> dict[str, tuple[str, mx.
     return out
 
 
+def _gpt_oss_mxfp4(tagged: dict[str, tuple[str, mx.array]]) -> tuple[dict[str, tuple[str, mx.array]], dict]:
+    """openai/gpt-oss-20b: every fused expert tensor as MXFP4, `P_blocks` uint8 [E, out, in/32, 16]
+    (two e2m1 per byte) and `P_scales` uint8 (e8m0) [E, out, in/32] — MLX's mxfp4 packing viewed as
+    bytes — and quantization_config {"quant_method": "mxfp4"}; biases, router, attention,
+    embeddings and lm_head stay bf16."""
+    out = {}
+    for key, (tag, value) in tagged.items():
+        if key.endswith((".experts.gate_up_proj.weight", ".experts.down_proj.weight")):
+            base = key[: -len(".weight")]
+            packed, scales = mx.quantize(value.astype(mx.float32), group_size=32, bits=4, mode="mxfp4")
+            out[f"{base}_blocks"] = ("U8", packed.view(mx.uint8).reshape(*packed.shape[:-1], -1, 16))
+            out[f"{base}_scales"] = ("U8", scales)
+        else:
+            out[key] = (tag, value)
+    return out, {"quantization_config": {"quant_method": "mxfp4", "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}}
+
+
+# How a release stores some tensors quantized: name -> function(tagged tensors) -> (tagged, config keys)
+PACKERS: dict[str, Callable[[dict[str, tuple[str, mx.array]]], tuple[dict[str, tuple[str, mx.array]], dict]]] = {
+    "gpt_oss_mxfp4": _gpt_oss_mxfp4,
+}
+
+
 def save_safetensors(path: Path, tensors: dict[str, tuple[str, mx.array]]) -> None:
     """A safetensors file with the dtype tags releases use (mlx itself writes fp8 as U8)."""
     entries = [(key, tag, tuple(value.shape)) for key, (tag, value) in tensors.items()]
@@ -297,30 +415,38 @@ def save_safetensors(path: Path, tensors: dict[str, tuple[str, mx.array]]) -> No
 
 
 def write_tiny_checkpoint(dst: str | Path, arch: str, *, dtype: str = "bfloat16", shards: int = 1,
-                          seed: int = 0, style: str = "published", layout: str = "per_expert",
+                          seed: int = 0, style: str = "published", layout: str | None = None,
                           source: str = "float", block_size: tuple[int, int] = (128, 128)) -> Path:
     """Write a tiny `arch` checkpoint into dst (created). `style="legacy"` writes the config keys
     mlx-lm was written against (rope_theta, num_experts) instead of what the release carries;
-    `layout` picks per-expert, fused or stacked experts; `source="fp8"` writes FP8 block-scaled
-    linear weights (`weight_block_size` = block_size) as DeepSeek-V3 and Qwen3-FP8 releases do."""
-    if arch not in ARCHS or layout not in LAYOUTS or source not in SOURCES:
+    `layout` picks per-expert, fused or stacked experts (default: what the release publishes);
+    `source="fp8"` writes FP8 block-scaled linear weights (`weight_block_size` = block_size) as
+    DeepSeek-V3 and Qwen3-FP8 releases do."""
+    family = FAMILIES.get(arch) or PENDING.get(arch)
+    layout = layout or (family.layout if family else "per_expert")
+    if arch not in ALL_ARCHS or layout not in LAYOUTS or source not in SOURCES:
         raise ValueError(f"arch {arch!r}, layout {layout!r}, source {source!r}; expected one of "
-                         f"{', '.join(ARCHS)}; {', '.join(LAYOUTS)}; {', '.join(SOURCES)}")
-    spec = ARCHS[arch]
+                         f"{', '.join(ALL_ARCHS)}; {', '.join(LAYOUTS)}; {', '.join(SOURCES)}")
+    spec = ALL_ARCHS[arch]
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     mx_dtype = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}[dtype]
     tensors = {}
-    for name, shape in sorted(spec.tensors().items()):
-        value = mx.array(tiny_tensor(name, shape, seed))
+    shapes = spec.tensors() if spec.tensors else published_tensors(spec, family, spec.config("published"))
+    for name, shape in sorted(shapes.items()):
+        mean_std = next((v[1:] for v in spec.values if re.search(v[0], name)), ())
+        value = mx.array(tiny_tensor(name, shape, seed, *mean_std))
         tensors[name] = value if name.endswith(_FLOAT32_SUFFIXES) else value.astype(mx_dtype)
-    tensors = _to_layout(tensors, FAMILIES[arch], layout)
+    tensors = _to_layout(tensors, family, layout)
     if source == "fp8":
         tagged = _to_fp8(tensors, block_size)
     elif source == "nvfp4":
         tagged = _to_modelopt_nvfp4(tensors)
     else:
         tagged = {k: (DTYPE_TAGS[v.dtype], v) for k, v in tensors.items()}
+    packed_config = {}
+    if spec.pack and layout == family.layout and source == "float":
+        tagged, packed_config = PACKERS[spec.pack](tagged)
     names = sorted(tagged)
     per = math.ceil(len(names) / shards)
     parts = [names[i * per:(i + 1) * per] for i in range(shards)]
@@ -331,7 +457,7 @@ def write_tiny_checkpoint(dst: str | Path, arch: str, *, dtype: str = "bfloat16"
         index = {"metadata": {"total_size": sum(v.nbytes for _, v in tagged.values())},
                  "weight_map": {k: f for part, f in zip(parts, files) for k in part}}
         (dst / INDEX_FILE).write_text(json.dumps(index, indent=2))
-    config = {**spec.config(style), "dtype" if style == "published" else "torch_dtype": dtype}
+    config = {**spec.config(style), **packed_config, "dtype" if style == "published" else "torch_dtype": dtype}
     if source == "fp8":
         config["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
                                          "weight_block_size": list(block_size)}
@@ -349,3 +475,353 @@ def write_tiny_checkpoint(dst: str | Path, arch: str, *, dtype: str = "bfloat16"
     (dst / "tokenizer_config.json").write_text(
         json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 1024}))
     return dst
+
+
+# ---- Architectures whose tensors are derived from mlx-lm (published_tensors): the config is the
+# per-arch data, in the key names the release's config.json carries (each row names its source).
+
+def _release(drop: tuple[str, ...] = (), **keys) -> Callable[[str], dict]:
+    """A config.json with shared tiny dims (minus `drop`); these releases' keys are what mlx-lm
+    reads, so the "legacy" style is the same file."""
+    config = {"hidden_act": "silu", "hidden_size": H, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
+              "num_key_value_heads": KV_HEADS, "vocab_size": V, "max_position_embeddings": 1024,
+              "rms_norm_eps": 1e-6, "rope_theta": ROPE_THETA, "rope_scaling": None, "tie_word_embeddings": False,
+              "initializer_range": 0.02, "attention_dropout": 0.0, "use_cache": True, "bos_token_id": None,
+              "eos_token_id": None, **keys}
+    config = {k: v for k, v in config.items() if k not in drop}
+    return lambda style: json.loads(json.dumps(config))
+
+
+# Qwen3-Next / Qwen3.5 RMSNorms (not the gated norm inside linear_attn) store w for a (1 + w) scale
+_ZERO_CENTERED_NORMS = ((r"(input_layernorm|post_attention_layernorm|q_norm|k_norm)\.weight$"
+                         r"|^model\.(language_model\.)?norm\.weight$", 0.0, 0.1),)
+_TIED = ((r"embed_tokens\.weight$", 0.0, 1 / math.sqrt(H)),)  # tied embeddings: logits O(1), not O(sqrt(H))
+
+
+GENERATED: dict[str, TinyArch] = {
+    # allenai/OLMoE-1B-7B-0924: intermediate_size is the expert size; q_norm/k_norm over all heads
+    "olmoe": TinyArch(None, _release(
+        architectures=["OlmoeForCausalLM"], model_type="olmoe", intermediate_size=I_MOE, num_experts=E,
+        num_experts_per_tok=TOP_K, norm_topk_prob=False, attention_bias=False, clip_qkv=None,
+        output_router_logits=False, router_aux_loss_coef=0.01, rms_norm_eps=1e-5),
+        "OLMoE: mlp.experts.{e}.*, q_norm/k_norm over all heads"),
+    # microsoft/Phi-3.5-MoE-instruct: LayerNorms with bias, attention and lm_head biases, longrope
+    "phimoe": TinyArch(None, _release(
+        architectures=["PhiMoEForCausalLM"], model_type="phimoe", intermediate_size=I_MOE, num_local_experts=E,
+        num_experts_per_tok=TOP_K, attention_bias=True, lm_head_bias=True, hidden_dropout=0.0,
+        input_jitter_noise=0.01, router_jitter_noise=0.01, router_aux_loss_coef=0.0, output_router_logits=False,
+        sliding_window=131072, max_position_embeddings=131072, original_max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        rope_scaling={"type": "longrope", "short_factor": [1.0 + i / 64 for i in range(HEAD_DIM // 2)],
+                      "long_factor": [1.0 + i / 8 for i in range(HEAD_DIM // 2)], "short_mscale": 1.1,
+                      "long_mscale": 1.243, "original_max_position_embeddings": 4096}),
+        "PhiMoE: block_sparse_moe.experts.{e}.w1/w2/w3, LayerNorm, longrope"),
+    # MiniMaxAI/MiniMax-M2: sigmoid router with e_score_correction_bias, per-layer qk norm, partial rotary
+    "minimax_m2": TinyArch(None, _release(
+        architectures=["MiniMaxM2ForCausalLM"], model_type="minimax_m2", intermediate_size=I_MOE,
+        num_local_experts=E, num_experts_per_tok=TOP_K, shared_intermediate_size=0, head_dim=HEAD_DIM,
+        rotary_dim=HEAD_DIM // 2, use_qk_norm=True, qk_norm_type="per_layer", scoring_func="sigmoid",
+        use_routing_bias=True, use_mtp=False, num_mtp_modules=0, attn_type_list=[1] * LAYERS),
+        "MiniMax-M2: block_sparse_moe.experts.{e}.w1/w2/w3, e_score_correction_bias, qk norm"),
+    # Kwai-Klear/Klear-46B-A2.5B: experts stacked in place (mlp.experts.{proj}), shared experts,
+    # a 2-way coefficient mixing routed and shared outputs
+    "Klear": TinyArch(None, _release(
+        architectures=["KlearForCausalLM"], model_type="Klear", intermediate_size=I_DENSE, moe_intermediate_size=I_MOE,
+        num_experts=E, num_experts_per_tok=TOP_K, n_shared_experts=1, decoder_sparse_step=1, mlp_only_layers=[0],
+        norm_topk_prob=True, attention_bias=False),
+        "Klear: dense first layer, sigmoid router + expert_bias, shared experts, coefficient"),
+    # JetBrains Mellum MoE (transformers 5 era): per-layer-type rope_parameters, sliding window
+    "mellum": TinyArch(None, _release(
+        architectures=["MellumForCausalLM"], model_type="mellum", intermediate_size=I_DENSE,
+        moe_intermediate_size=I_MOE, num_experts=E, num_experts_per_tok=TOP_K, head_dim=HEAD_DIM, norm_topk_prob=True,
+        sliding_window=16,
+        layer_types=["sliding_attention", "full_attention"], drop=("rope_theta", "rope_scaling"),
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": ROPE_THETA},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": ROPE_THETA}}),
+        "Mellum: sliding and full attention layers, qk norm"),
+    # rednote-hilab/dots.llm1.inst: dense first layer, shared experts, noaux_tc router; mlx-lm keeps
+    # the stacked experts at mlp.experts.{proj}
+    "dots1": TinyArch(None, _release(
+        architectures=["Dots1ForCausalLM"], model_type="dots1", intermediate_size=I_DENSE, moe_intermediate_size=I_MOE,
+        head_dim=HEAD_DIM, first_k_dense_replace=1, moe_layer_freq=1, n_routed_experts=E, n_shared_experts=1,
+        num_experts_per_tok=TOP_K, norm_topk_prob=True, routed_scaling_factor=2.5, scoring_func="noaux_tc",
+        n_group=1, topk_group=1, attention_bias=False, sliding_window=None, use_sliding_window=False,
+        max_window_layers=LAYERS),
+        "dots.llm1: dense first layer, shared experts, e_score_correction_bias"),
+    # zai-org/GLM-4.5-Air: partial rotary, attention bias, dense first layer, shared experts
+    "glm4_moe": TinyArch(None, _release(
+        architectures=["Glm4MoeForCausalLM"], model_type="glm4_moe", intermediate_size=I_DENSE,
+        moe_intermediate_size=I_MOE, head_dim=HEAD_DIM, partial_rotary_factor=0.5, attention_bias=True,
+        first_k_dense_replace=1, n_routed_experts=E, n_shared_experts=1, num_experts_per_tok=TOP_K,
+        norm_topk_prob=True, routed_scaling_factor=1.0, n_group=1, topk_group=1, use_qk_norm=False,
+        num_nextn_predict_layers=0),
+        "GLM-4.5: partial rotary, dense first layer, shared experts, e_score_correction_bias"),
+    # baidu/ERNIE-4.5-21B-A3B-PT: moe_* keys, first MoE layer at moe_layer_start_index, shared experts
+    "ernie4_5_moe": TinyArch(None, _release(
+        architectures=["Ernie4_5_MoeForCausalLM"], model_type="ernie4_5_moe", intermediate_size=I_DENSE,
+        moe_intermediate_size=I_MOE, moe_num_experts=E, moe_num_shared_experts=1, moe_layer_start_index=1,
+        moe_layer_interval=1, moe_k=TOP_K, moe_capacity=[E, E, E], moe_gate="topk", moe_use_aux_free=False,
+        use_bias=False, head_dim=HEAD_DIM),
+        "ERNIE-4.5-MoE: dense first layer, shared experts, moe_statics (dropped by mlx-lm)",
+        fixes=("ernie_moe_statics",), values=((r"moe_statics", 0.0, 0.0),)),
+    # ibm-granite/granite-3.1-3b-a800m: experts fused as input_linear [E, 2I, H] and output_linear,
+    # router at block_sparse_moe.router.layer; tied embeddings and muP-style multipliers
+    "granitemoe": TinyArch(None, _release(
+        architectures=["GraniteMoeForCausalLM"], model_type="granitemoe", intermediate_size=I_MOE,
+        num_local_experts=E, num_experts_per_tok=TOP_K, attention_bias=False, attention_multiplier=1 / HEAD_DIM,
+        embedding_multiplier=2.0, residual_multiplier=0.5, logits_scaling=1.25, tie_word_embeddings=True,
+        output_router_logits=False, router_aux_loss_coef=0.001),
+        "GraniteMoE: fused input_linear/output_linear experts, router.layer", values=_TIED),
+    # tencent/Tencent-Hunyuan-Large: cross-layer attention (odd layers reuse the KV of the layer
+    # before), router at mlp.gate.wg, shared_mlp, NTK-alpha rope, embeddings tied in mlx-lm
+    "hunyuan": TinyArch(None, _release(
+        architectures=["HunYuanForCausalLM"], model_type="hunyuan", intermediate_size=I_MOE, num_experts=E,
+        moe_topk=TOP_K, num_shared_expert=1, use_mixed_mlp_moe=True, use_qk_norm=True, use_cla=True, cla_share_factor=2,
+        attention_bias=False, mlp_bias=False, attention_head_dim=HEAD_DIM, pretraining_tp=1, tie_word_embeddings=True,
+        rope_scaling={"alpha": 1000.0, "beta_fast": 32, "beta_slow": 1, "factor": 1.0, "mscale": 1.0,
+                      "mscale_all_dim": 1.0, "type": "dynamic"}),
+        "Hunyuan-Large: cross-layer KV sharing, mlp.gate.wg, shared_mlp", values=_TIED),
+    # inclusionAI/Ling-mini-2.0: word_embeddings, fused query_key_value, router weight at mlp.gate.weight
+    # (+ expert_bias), sigmoid group routing, shared experts, dense first layer
+    "bailing_moe": TinyArch(None, _release(
+        architectures=["BailingMoeV2ForCausalLM"], model_type="bailing_moe", intermediate_size=I_DENSE,
+        moe_intermediate_size=I_MOE, num_experts=E, num_shared_experts=1, num_experts_per_tok=TOP_K,
+        norm_topk_prob=True, first_k_dense_replace=1, head_dim=HEAD_DIM, use_qk_norm=True, partial_rotary_factor=0.5,
+        use_bias=False, use_qkv_bias=False, norm_head=False, norm_softmax=False, moe_router_enable_expert_bias=True,
+        routed_scaling_factor=2.5, score_function="sigmoid", n_group=2, topk_group=1,
+        moe_shared_expert_intermediate_size=I_MOE, output_dropout=0.0, embedding_dropout=0.0),
+        "Ling 2.0: query_key_value, mlp.gate.weight + expert_bias, group routing",
+        renames=((r"\.mlp\.gate\.gate_proj\.", ".mlp.gate."),)),
+    # arcee-ai/Trinity-Mini: router at mlp.router.gate, expert_bias, gated attention, sliding and
+    # full layers, pre/post MLP norms, muP embedding scale (embeddings drawn at 1/sqrt(H))
+    "afmoe": TinyArch(None, _release(
+        architectures=["AfmoeForCausalLM"], model_type="afmoe", intermediate_size=I_DENSE, moe_intermediate_size=I_MOE,
+        num_dense_layers=1, head_dim=HEAD_DIM, num_experts=E, num_experts_per_tok=TOP_K, num_shared_experts=1,
+        route_norm=True, route_scale=2.826, score_func="sigmoid", n_group=1, topk_group=1,
+        layer_types=["sliding_attention", "full_attention"], sliding_window=16, global_attn_every_n_layers=2,
+        mup_enabled=True, attention_bias=False),
+        "AFMoE (Trinity): mlp.router.gate, expert_bias, gated attention, muP",
+        values=((r"embed_tokens\.weight$", 0.0, 1 / math.sqrt(H)),)),
+    # LGAI-EXAONE/K-EXAONE: MoEGate with a bare weight (no to_quantized) and the correction bias
+    # published at mlp.e_score_correction_bias; dense first layer; sliding and global layers
+    "exaone_moe": TinyArch(None, _release(
+        architectures=["ExaoneMoEForCausalLM"], model_type="exaone_moe", intermediate_size=I_DENSE,
+        moe_intermediate_size=I_MOE, head_dim=HEAD_DIM, num_experts=E, num_experts_per_tok=TOP_K, num_shared_experts=1,
+        is_moe_layer=[False, True], first_k_dense_replace=1, layer_types=["sliding_attention", "full_attention"],
+        sliding_window=16, sliding_window_pattern=2, n_group=1, topk_group=1, routed_scaling_factor=2.5,
+        norm_topk_prob=True, scoring_func="sigmoid", topk_method="noaux_tc"),
+        "EXAONE-MoE: bare-weight MoEGate, mlp.e_score_correction_bias, sliding window",
+        renames=((r"\.mlp\.gate\.e_score_correction_bias$", ".mlp.e_score_correction_bias"),)),
+    # poolside Laguna (transformers 5 era): router at mlp.gate.weight, correction bias at
+    # mlp.experts.e_score_correction_bias, per-head attention gate g_proj, per-layer-type rope
+    "laguna": TinyArch(None, _release(
+        architectures=["LagunaForCausalLM"], model_type="laguna", intermediate_size=I_DENSE,
+        moe_intermediate_size=I_MOE, shared_expert_intermediate_size=I_MOE, head_dim=HEAD_DIM, num_experts=E,
+        num_experts_per_tok=TOP_K,
+        layer_types=["sliding_attention", "full_attention"], mlp_layer_types=["dense", "sparse"], sliding_window=16,
+        gating=True, attention_bias=False, moe_routed_scaling_factor=1.0, moe_router_logit_softcapping=0.0,
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": ROPE_THETA,
+                                            "partial_rotary_factor": 0.5},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": ROPE_THETA}},
+        drop=("rope_theta", "rope_scaling")),
+        "Laguna: mlp.gate.weight, experts.e_score_correction_bias, gated attention",
+        renames=((r"\.mlp\.gate\.proj\.weight$", ".mlp.gate.weight"),
+                 (r"\.mlp\.gate\.e_score_correction_bias$", ".mlp.experts.e_score_correction_bias"))),
+    # deepseek-ai/deepseek-moe-16b-base: dense first layer, shared experts, softmax router
+    "deepseek": TinyArch(None, _release(
+        architectures=["DeepseekForCausalLM"], model_type="deepseek", intermediate_size=I_DENSE,
+        moe_intermediate_size=I_MOE, n_routed_experts=E, n_shared_experts=1, num_experts_per_tok=TOP_K,
+        first_k_dense_replace=1, moe_layer_freq=1, norm_topk_prob=False, scoring_func="softmax", aux_loss_alpha=0.001,
+        seq_aux=True, attention_bias=False, pretraining_tp=1),
+        "DeepSeekMoE: dense first layer, shared experts"),
+    # deepseek-ai/DeepSeek-V2-Lite: MLA without q_lora (q_proj), YaRN, greedy softmax routing
+    "deepseek_v2": TinyArch(None, _release(
+        architectures=["DeepseekV2ForCausalLM"], model_type="deepseek_v2", num_attention_heads=DS_HEADS,
+        num_key_value_heads=DS_HEADS, intermediate_size=I_DENSE, moe_intermediate_size=I_MOE, n_routed_experts=E,
+        n_shared_experts=1, num_experts_per_tok=TOP_K, first_k_dense_replace=1, moe_layer_freq=1, kv_lora_rank=KV_LORA,
+        q_lora_rank=None, qk_rope_head_dim=ROPE, qk_nope_head_dim=NOPE, v_head_dim=V_HEAD, topk_method="greedy",
+        n_group=1, topk_group=1, routed_scaling_factor=1.0, norm_topk_prob=False, scoring_func="softmax",
+        aux_loss_alpha=0.001, seq_aux=True, attention_bias=False, max_position_embeddings=163840,
+        rope_scaling={"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 0.707, "mscale_all_dim": 0.707,
+                      "original_max_position_embeddings": 4096, "type": "yarn"}),
+        "DeepSeek-V2: MLA (kv_b_proj), YaRN, shared experts", fixes=("mla_kv_b",)),
+    # moonshotai/Kimi-K2-Instruct: DeepSeek-V3's architecture (mlx-lm maps kimi_k2 to deepseek_v3)
+    "kimi_k2": TinyArch(None, _release(
+        architectures=["DeepseekV3ForCausalLM"], model_type="kimi_k2", num_attention_heads=DS_HEADS,
+        num_key_value_heads=DS_HEADS, intermediate_size=I_DENSE, moe_intermediate_size=I_MOE, n_routed_experts=E,
+        n_shared_experts=1, num_experts_per_tok=TOP_K, first_k_dense_replace=1, moe_layer_freq=1, n_group=1,
+        topk_group=1, topk_method="noaux_tc", scoring_func="sigmoid", norm_topk_prob=True, routed_scaling_factor=2.827,
+        q_lora_rank=Q_LORA, kv_lora_rank=KV_LORA, qk_nope_head_dim=NOPE, qk_rope_head_dim=ROPE, v_head_dim=V_HEAD,
+        num_nextn_predict_layers=0, attention_bias=False, max_position_embeddings=131072,
+        rope_scaling={"beta_fast": 1.0, "beta_slow": 1.0, "factor": 32.0, "mscale": 1.0, "mscale_all_dim": 1.0,
+                      "original_max_position_embeddings": 4096, "type": "yarn"}),
+        "Kimi-K2: DeepSeek-V3 layout, YaRN", fixes=("mla_kv_b",)),
+    # deepseek-ai/DeepSeek-V3.2-Exp: DeepSeek-V3 plus the sparse-attention indexer (self_attn.indexer.*)
+    "deepseek_v32": TinyArch(None, _release(
+        architectures=["DeepseekV32ForCausalLM"], model_type="deepseek_v32", num_attention_heads=DS_HEADS,
+        num_key_value_heads=DS_HEADS, intermediate_size=I_DENSE, moe_intermediate_size=I_MOE, n_routed_experts=E,
+        n_shared_experts=1, num_experts_per_tok=TOP_K, first_k_dense_replace=1, moe_layer_freq=1, n_group=2,
+        topk_group=1, topk_method="noaux_tc", scoring_func="sigmoid", norm_topk_prob=True, routed_scaling_factor=2.5,
+        q_lora_rank=Q_LORA, kv_lora_rank=KV_LORA, qk_nope_head_dim=NOPE, qk_rope_head_dim=ROPE, v_head_dim=V_HEAD,
+        index_head_dim=64, index_n_heads=2, index_topk=2048, num_nextn_predict_layers=0, attention_bias=False,
+        max_position_embeddings=163840,
+        rope_scaling={"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0, "mscale_all_dim": 1.0,
+                      "original_max_position_embeddings": 4096, "type": "yarn"}),
+        "DeepSeek-V3.2: MLA + lightning indexer, shared experts, e_score_correction_bias", fixes=("mla_kv_b",)),
+    # zai-org/GLM-5: DeepSeek-V3.2's model (transformers 5 config: rope_parameters)
+    "glm_moe_dsa": TinyArch(None, _release(
+        architectures=["GlmMoeDsaForCausalLM"], model_type="glm_moe_dsa", num_attention_heads=DS_HEADS,
+        num_key_value_heads=DS_HEADS, intermediate_size=I_DENSE, moe_intermediate_size=I_MOE, n_routed_experts=E,
+        n_shared_experts=1, num_experts_per_tok=TOP_K, first_k_dense_replace=1, moe_layer_freq=1, n_group=1,
+        topk_group=1, topk_method="noaux_tc", scoring_func="sigmoid", norm_topk_prob=True, routed_scaling_factor=2.5,
+        q_lora_rank=Q_LORA, kv_lora_rank=KV_LORA, qk_nope_head_dim=NOPE, qk_rope_head_dim=ROPE, v_head_dim=V_HEAD,
+        index_head_dim=64, index_n_heads=2, index_topk=2048, attention_bias=False, indexer_rope_interleave=True,
+        rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA}, drop=("rope_theta", "rope_scaling")),
+        "GLM-5: DeepSeek-V3.2's MLA + indexer in GLM's MoE", fixes=("mla_kv_b",)),
+    # zai-org/GLM-4.7-Flash: MLA (q_lora, kv_b_proj) in GLM-4.5's MoE
+    "glm4_moe_lite": TinyArch(None, _release(
+        architectures=["Glm4MoeLiteForCausalLM"], model_type="glm4_moe_lite", num_attention_heads=DS_HEADS,
+        num_key_value_heads=DS_HEADS, intermediate_size=I_DENSE, moe_intermediate_size=I_MOE, n_routed_experts=E,
+        n_shared_experts=1, num_experts_per_tok=TOP_K, first_k_dense_replace=1, moe_layer_freq=1, n_group=1,
+        topk_group=1, topk_method="noaux_tc", scoring_func="sigmoid", norm_topk_prob=True, routed_scaling_factor=1.8,
+        q_lora_rank=Q_LORA, kv_lora_rank=KV_LORA, qk_nope_head_dim=NOPE, qk_rope_head_dim=ROPE, v_head_dim=V_HEAD,
+        partial_rotary_factor=1.0, num_nextn_predict_layers=0, attention_bias=False, rope_interleave=True),
+        "GLM-4.7-Flash: MLA, shared experts, e_score_correction_bias", fixes=("mla_kv_b",)),
+    # upstage/Solar-Open-100B: GLM-4.5's MoE (mlx-lm reuses glm4_moe's model)
+    "solar_open": TinyArch(None, _release(
+        architectures=["SolarOpenForCausalLM"], model_type="solar_open", intermediate_size=I_DENSE,
+        moe_intermediate_size=I_MOE, head_dim=HEAD_DIM, n_routed_experts=E, n_shared_experts=1,
+        num_experts_per_tok=TOP_K, first_k_dense_replace=0, routed_scaling_factor=1.0, norm_topk_prob=True,
+        partial_rotary_factor=1.0, n_group=1, topk_group=1, attention_bias=False, use_qk_norm=False),
+        "Solar Open: GLM-4.5-style MoE in every layer, shared experts"),
+    # meta-llama/Llama-4-Scout-17B-16E-Instruct (text weights; mlx-lm drops the vision tower):
+    # language_model.model.layers.{l}.feed_forward.experts.gate_up_proj [E, H, 2I] (in x out) and
+    # down_proj [E, I, H], feed_forward.router, shared_expert; MoE every interleave_moe_layer_step;
+    # 4 layers, since mlx-lm's llama4 takes every fourth layer's cache for global (NoPE) attention
+    "llama4": TinyArch(None, lambda style: {
+        "architectures": ["Llama4ForConditionalGeneration"], "model_type": "llama4", "tie_word_embeddings": False,
+        "boi_token_index": 200080, "eoi_token_index": 200081, "image_token_index": 200092,
+        "text_config": {**_release(drop=("architectures",))(style), "model_type": "llama4_text",
+                        "intermediate_size": I_MOE, "intermediate_size_mlp": I_DENSE, "head_dim": HEAD_DIM,
+                        "num_local_experts": E, "num_experts_per_tok": 1, "interleave_moe_layer_step": 2,
+                        "num_hidden_layers": 4, "moe_layers": [1, 3], "no_rope_layers": [1, 1, 1, 0],
+                        "attention_chunk_size": 8192,
+                        "attn_temperature_tuning": True, "floor_scale": 8192, "attn_scale": 0.1, "use_qk_norm": True,
+                        "attention_bias": False, "router_aux_loss_coef": 0.001, "router_jitter_noise": 0.0,
+                        "output_router_logits": False, "rms_norm_eps": 1e-5,
+                        "rope_scaling": {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                         "original_max_position_embeddings": 8192, "rope_type": "llama3"}}},
+        "Llama-4: fused transposed experts (gate_up_proj [E, H, 2I]), router, shared expert, "
+        "dense and MoE layers"),
+    # ibm-granite/granite-4.0-h-tiny: Mamba-2 and attention (NoPE) layers, GraniteMoE's fused experts
+    # and router.layer, plus a fused shared_mlp.input_linear; tied embeddings, muP multipliers
+    "granitemoehybrid": TinyArch(None, _release(
+        architectures=["GraniteMoeHybridForCausalLM"], model_type="granitemoehybrid", intermediate_size=I_MOE,
+        num_local_experts=E, num_experts_per_tok=TOP_K, shared_intermediate_size=I_DENSE, attention_bias=False,
+        attention_multiplier=1 / HEAD_DIM, embedding_multiplier=2.0, residual_multiplier=0.5, logits_scaling=1.25,
+        layer_types=["mamba", "attention"], mamba_n_heads=8, mamba_d_head=32, mamba_d_state=16, mamba_d_conv=4,
+        mamba_n_groups=1, mamba_expand=2, mamba_chunk_size=256, mamba_conv_bias=True, mamba_proj_bias=False,
+        position_embedding_type="nope", normalization_function="rmsnorm", init_method="mup",
+        tie_word_embeddings=True, output_router_logits=False, router_aux_loss_coef=0.0),
+        "Granite-4.0-H: Mamba-2 + attention, fused input_linear experts, shared_mlp, router.layer",
+        fixes=("conv1d_channels_first",), values=_TIED),
+    # Qwen/Qwen3-Next-80B-A3B-Instruct: Gated DeltaNet (linear_attn, conv1d [C, 1, K]) and full
+    # attention layers, shared expert + shared_expert_gate; its RMSNorms store w for a (1 + w) scale
+    # (mlx-lm's sanitize adds the 1), so they are drawn near 0
+    "qwen3_next": TinyArch(None, _release(
+        architectures=["Qwen3NextForCausalLM"], model_type="qwen3_next", intermediate_size=I_DENSE,
+        moe_intermediate_size=I_MOE, shared_expert_intermediate_size=I_MOE, num_experts=E, num_experts_per_tok=TOP_K,
+        decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=True, head_dim=HEAD_DIM, partial_rotary_factor=0.25,
+        full_attention_interval=2, linear_conv_kernel_dim=4, linear_key_head_dim=32, linear_num_key_heads=2,
+        linear_num_value_heads=4, linear_value_head_dim=32, attention_bias=False, output_router_logits=False,
+        router_aux_loss_coef=0.001, use_sliding_window=False),
+        "Qwen3-Next: Gated DeltaNet + attention, shared expert gate, (1 + w) norms",
+        fixes=("conv1d_channels_first",), values=_ZERO_CENTERED_NORMS),
+    # Qwen/Qwen3.5-35B-A3B (text weights; mlx-lm drops model.visual): a VLM config with the language
+    # model under text_config, tensors under model.language_model, fused experts
+    # mlp.experts.gate_up_proj [E, 2I, H] + down_proj; Gated DeltaNet with split in_proj_qkv/z/b/a
+    "qwen3_5_moe": TinyArch(None, lambda style: {
+        "architectures": ["Qwen3_5MoeForConditionalGeneration"], "model_type": "qwen3_5_moe",
+        "tie_word_embeddings": False, "image_token_id": 248056, "video_token_id": 248057,
+        "vision_start_token_id": 248053, "vision_end_token_id": 248054,
+        "text_config": {**_release(drop=("architectures", "rope_theta", "rope_scaling"))(style),
+                        "model_type": "qwen3_5_moe_text", "moe_intermediate_size": I_MOE,
+                        "shared_expert_intermediate_size": I_MOE, "num_experts": E, "num_experts_per_tok": TOP_K,
+                        "decoder_sparse_step": 1, "norm_topk_prob": True, "head_dim": HEAD_DIM,
+                        "full_attention_interval": 2, "layer_types": ["linear_attention", "full_attention"],
+                        "linear_conv_kernel_dim": 4, "linear_key_head_dim": 32, "linear_num_key_heads": 2,
+                        "linear_num_value_heads": 4, "linear_value_head_dim": 32, "attention_bias": False,
+                        "attn_output_gate": True, "output_router_logits": False, "router_aux_loss_coef": 0.001,
+                        "rope_parameters": {"rope_type": "default", "rope_theta": ROPE_THETA,
+                                            "partial_rotary_factor": 0.25, "mrope_section": [2, 1, 1],
+                                            "mrope_interleaved": True}}},
+        "Qwen3.5-MoE: fused experts under model.language_model, Gated DeltaNet, (1 + w) norms",
+        renames=((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.lm_head\.", "lm_head.")),
+        fixes=("conv1d_channels_first",), values=_ZERO_CENTERED_NORMS),
+    # Qwen/Qwen3-VL-30B-A3B-Instruct (text weights; mlx-lm drops model.visual): experts fused and
+    # stored in x out, gate_up_proj [E, H, 2I] (gate columns first) and down_proj [E, I, H]
+    "qwen3_vl_moe": TinyArch(None, lambda style: {
+        "architectures": ["Qwen3VLMoeForConditionalGeneration"], "model_type": "qwen3_vl_moe",
+        "tie_word_embeddings": False, "image_token_id": 151655, "video_token_id": 151656,
+        "vision_start_token_id": 151652, "vision_end_token_id": 151653,
+        "text_config": {**_release(drop=("architectures",))(style), "model_type": "qwen3_vl_moe_text",
+                        "intermediate_size": I_DENSE, "moe_intermediate_size": I_MOE, "num_experts": E,
+                        "num_experts_per_tok": TOP_K, "decoder_sparse_step": 1, "mlp_only_layers": [],
+                        "norm_topk_prob": True, "head_dim": HEAD_DIM, "attention_bias": False,
+                        "rope_scaling": {"rope_type": "default", "mrope_section": [6, 5, 5],
+                                         "mrope_interleaved": True}}},
+        "Qwen3-VL-MoE: fused in x out experts under model.language_model",
+        renames=((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.lm_head\.", "lm_head."))),
+    # LiquidAI/LFM2-8B-A1B: short-conv and attention layers, feed_forward.w1/w2/w3 (dense and
+    # per-expert), expert_bias, embedding_norm as the final norm, tied embeddings
+    "lfm2_moe": TinyArch(None, _release(
+        architectures=["Lfm2MoeForCausalLM"], model_type="lfm2_moe", intermediate_size=I_DENSE,
+        moe_intermediate_size=I_MOE, num_experts=E, num_experts_per_tok=TOP_K, norm_topk_prob=True,
+        use_expert_bias=True,
+        num_dense_layers=1, routed_scaling_factor=1.0, norm_eps=1e-5, conv_bias=False, conv_L_cache=3,
+        layer_types=["conv", "full_attention"], tie_word_embeddings=True, drop=("rms_norm_eps",)),
+        "LFM2-MoE: short conv + attention, feed_forward.experts.{e}.w1/w2/w3, expert_bias",
+        renames=((r"\.feed_forward\.gate_proj\.", ".feed_forward.w1."),
+                 (r"\.feed_forward\.down_proj\.", ".feed_forward.w2."),
+                 (r"\.feed_forward\.up_proj\.", ".feed_forward.w3.")),
+        fixes=("conv1d_channels_first",), values=_TIED),
+    # ai21labs/AI21-Jamba-Mini-1.5: Mamba and attention layers, MoE every expert_layer_period
+    # (feed_forward.router, feed_forward.experts.{e}.*)
+    "jamba": TinyArch(None, _release(
+        architectures=["JambaForCausalLM"], model_type="jamba", intermediate_size=I_MOE, num_experts=E,
+        num_experts_per_tok=TOP_K, attn_layer_offset=1, attn_layer_period=2, expert_layer_offset=1,
+        expert_layer_period=2, mamba_d_conv=4, mamba_d_state=16, mamba_dt_rank="auto", mamba_expand=2,
+        mamba_conv_bias=True, mamba_proj_bias=False, use_mamba_kernels=False, router_aux_loss_coef=0.001,
+        output_router_logits=False, drop=("rope_theta", "rope_scaling")),
+        "Jamba: Mamba + attention, feed_forward.router, experts every other layer",
+        fixes=("conv1d_channels_first",)),
+    # nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B: Mamba-2 (M), attention (*) and MoE (E) blocks under
+    # backbone.layers.{l}.mixer; non-gated relu² experts mixer.experts.{e}.up_proj/down_proj; the
+    # router is MoEGate, a bare weight with no to_quantized
+    "nemotron_h": TinyArch(None, _release(
+        architectures=["NemotronHForCausalLM"], model_type="nemotron_h", hybrid_override_pattern="MEM*E",
+        num_hidden_layers=5, intermediate_size=I_DENSE, head_dim=HEAD_DIM, mamba_num_heads=4, mamba_head_dim=32,
+        mamba_proj_bias=False, ssm_state_size=16, conv_kernel=4, n_groups=2, chunk_size=128, mlp_bias=False,
+        mlp_hidden_act="relu2", layer_norm_epsilon=1e-5, use_bias=False, use_conv_bias=True, attention_bias=False,
+        n_routed_experts=E, n_shared_experts=1, moe_intermediate_size=I_MOE, moe_shared_expert_intermediate_size=I_MOE,
+        num_experts_per_tok=TOP_K, n_group=1, topk_group=1, norm_topk_prob=True, routed_scaling_factor=2.5,
+        time_step_limit=[0.0, 1e9], time_step_min=0.001, time_step_max=0.1, residual_in_fp32=False,
+        drop=("rope_theta", "rope_scaling", "rms_norm_eps", "hidden_act")),
+        "Nemotron-H: Mamba-2 + attention + MoE blocks, bare-weight MoEGate, relu² experts",
+        fixes=("conv1d_channels_first",), values=((r"embeddings\.weight$", 0.0, 1.0),)),
+    # openai/gpt-oss-20b: fused experts with gate and up rows interleaved, stored MXFP4
+    # (gate_up_proj_blocks/_scales, down_proj_blocks/_scales) with bf16 fused biases; router with a
+    # bias; attention sinks; sliding and full layers; YaRN
+    "gpt_oss": TinyArch(None, _release(
+        architectures=["GptOssForCausalLM"], model_type="gpt_oss", intermediate_size=I_MOE, num_local_experts=E,
+        num_experts_per_tok=TOP_K, experts_per_token=TOP_K, head_dim=HEAD_DIM, attention_bias=True,
+        layer_types=["sliding_attention", "full_attention"], sliding_window=16, swiglu_limit=7.0,
+        initial_context_length=4096, router_aux_loss_coef=0.9, output_router_logits=False, rms_norm_eps=1e-5,
+        rope_theta=150000.0, max_position_embeddings=131072,
+        rope_scaling={"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0, "original_max_position_embeddings": 4096,
+                      "rope_type": "yarn", "truncate": False}),
+        "gpt-oss: MXFP4 fused experts (gate/up rows interleaved) with biases, router bias, sinks",
+        pack="gpt_oss_mxfp4"),
+}
+
+ALL_ARCHS: dict[str, TinyArch] = {**ARCHS, **GENERATED}

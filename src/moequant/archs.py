@@ -1,0 +1,158 @@
+"""Every Mixture-of-Experts architecture mlx-lm and mlx-vlm can run, and what moequant does with it.
+
+One row per config.json `model_type` (aliases that mlx-lm maps to another module included). A
+row is data: `moequant archs` prints it, and tests/test_archs.py holds it to account — every
+"supported" row has a FAMILIES row and a tiny checkpoint in the release's layout, and its smoke
+test (tiny -> convert -> mlx-lm load -> logits close to mlx-lm's own float model) passes; every
+"blocked" row has the same, with its smoke test expected to fail until the named change lands;
+every MoE module of the installed mlx-lm has a row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import Enum
+
+
+class Status(str, Enum):
+    SUPPORTED = "supported"  # FAMILIES row + tiny checkpoint + passing smoke test
+    BLOCKED = "blocked"  # FAMILIES row + tiny checkpoint; the smoke test waits on the change named
+    NOT_YET = "not yet"  # no row yet; the reason says what it takes
+
+
+@dataclass(frozen=True)
+class Arch:
+    model_type: str  # as config.json says it
+    runner: str  # "mlx-lm" or "mlx-vlm"
+    module: str  # the runner's model module (mlx_lm.models.<module>)
+    status: Status
+    release: str  # the release whose layout and config keys the tiny checkpoint follows (hub id where known)
+    note: str  # supported: what the tiny checkpoint exercises; otherwise why not, and what it takes
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "status": self.status.value}
+
+
+S, N = Status.SUPPORTED, Status.NOT_YET
+_LM, _VLM = "mlx-lm", "mlx-vlm"
+
+VLM = ("a VLM: moequant converts for mlx-lm, which keeps only the language model; an mlx-vlm output "
+       "(language model under its published prefix, vision tower kept float) is not built yet")
+
+ARCHITECTURES: tuple[Arch, ...] = (
+    # ---- supported: FAMILIES row, tiny checkpoint, smoke test ----
+    Arch("mixtral", _LM, "mixtral", S, "mistralai/Mixtral-8x7B-v0.1",
+         "block_sparse_moe.experts.{e}.w1/w2/w3; transformers 5 config keys"),
+    Arch("qwen2_moe", _LM, "qwen2_moe", S, "Qwen/Qwen1.5-MoE-A2.7B", "shared expert + shared_expert_gate, qkv bias"),
+    Arch("qwen3_moe", _LM, "qwen3_moe", S, "Qwen/Qwen3-30B-A3B", "qk norm; transformers 5 config keys"),
+    Arch("deepseek_v3", _LM, "deepseek_v3", S, "deepseek-ai/DeepSeek-V3",
+         "MLA (kv_b_proj), dense first layer, shared experts, e_score_correction_bias, MoEGate (no to_quantized)"),
+    Arch("kimi_k2", _LM, "deepseek_v3", S, "moonshotai/Kimi-K2-Instruct", "DeepSeek-V3 layout, YaRN"),
+    Arch("deepseek", _LM, "deepseek", S, "deepseek-ai/deepseek-moe-16b-base", "dense first layer, shared experts"),
+    Arch("deepseek_v2", _LM, "deepseek_v2", S, "deepseek-ai/DeepSeek-V2-Lite",
+         "MLA without q_lora, YaRN, greedy softmax routing"),
+    Arch("olmoe", _LM, "olmoe", S, "allenai/OLMoE-1B-7B-0924", "q_norm/k_norm over all heads"),
+    Arch("phimoe", _LM, "phimoe", S, "microsoft/Phi-3.5-MoE-instruct",
+         "block_sparse_moe w1/w2/w3, LayerNorm with bias, attention and lm_head biases, longrope"),
+    Arch("minimax_m2", _LM, "minimax", S, "MiniMaxAI/MiniMax-M2",
+         "block_sparse_moe w1/w2/w3, sigmoid router + e_score_correction_bias, qk norm, partial rotary"),
+    Arch("Klear", _LM, "Klear", S, "Kwai-Klear/Klear-46B-A2.5B-Instruct",
+         "experts stacked in place, expert_bias, shared experts, 2-way coefficient (a shared-expert gate)"),
+    Arch("mellum", _LM, "mellum", S, "JetBrains Mellum (MoE)", "sliding + full layers, per-layer-type rope"),
+    Arch("dots1", _LM, "dots1", S, "rednote-hilab/dots.llm1.inst",
+         "experts stacked in place, dense first layer, shared experts, e_score_correction_bias"),
+    Arch("glm4_moe", _LM, "glm4_moe", S, "zai-org/GLM-4.5-Air",
+         "partial rotary, attention bias, dense first layer, shared experts"),
+    Arch("glm4_moe_lite", _LM, "glm4_moe_lite", S, "GLM-4.7-Flash", "MLA in GLM's MoE"),
+    Arch("solar_open", _LM, "solar_open", S, "Upstage Solar Open 100B", "GLM-4.5-style MoE (glm4_moe's model)"),
+    Arch("ernie4_5_moe", _LM, "ernie4_5_moe", S, "baidu/ERNIE-4.5-21B-A3B-PT",
+         "moe_* config keys, dense first layer, shared experts, moe_statics (dropped by mlx-lm)"),
+    Arch("granitemoe", _LM, "granitemoe", S, "ibm-granite/granite-3.1-3b-a800m-instruct",
+         "fused input_linear [E, 2I, H] / output_linear, nested router.layer gate, muP multipliers, tied"),
+    Arch("hunyuan", _LM, "hunyuan", S, "tencent/Tencent-Hunyuan-Large",
+         "cross-layer KV sharing, nested gate.wg, shared_mlp, NTK-alpha rope, tied embeddings"),
+    Arch("bailing_moe", _LM, "bailing_moe", S, "inclusionAI/Ling-mini-2.0",
+         "word_embeddings, query_key_value, gate renamed by sanitize (gate.gate_proj), expert_bias, group routing"),
+    Arch("afmoe", _LM, "afmoe", S, "Arcee Trinity Mini",
+         "nested router.gate, expert_bias, gated attention, sliding + full layers, muP embedding scale"),
+    Arch("exaone_moe", _LM, "exaone_moe", S, "LG K-EXAONE (MoE)",
+         "MoEGate (no to_quantized), correction bias renamed by sanitize, sliding window"),
+    Arch("laguna", _LM, "laguna", S, "poolside Laguna",
+         "gate and correction bias renamed by sanitize (gate.proj), per-head attention gate"),
+    Arch("llama4", _LM, "llama4", S, "meta-llama/Llama-4-Scout-17B-16E-Instruct",
+         "fused transposed experts gate_up_proj [E, H, 2I], router, shared expert, dense + MoE layers "
+         "(text weights; the vision tower is dropped by mlx-lm)"),
+    Arch("lfm2_moe", _LM, "lfm2_moe", S, "LiquidAI/LFM2-8B-A1B",
+         "short conv + attention, w1/w2/w3 renamed by sanitize, conv weights transposed, expert_bias, tied"),
+    Arch("jamba", _LM, "jamba", S, "ai21labs/AI21-Jamba-Mini-1.5",
+         "Mamba + attention, MoE every other layer, conv1d transposed"),
+    Arch("nemotron_h", _LM, "nemotron_h", S, "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16",
+         "Mamba-2 + attention + MoE blocks (backbone.*), relu² experts up_proj/down_proj -> fc1/fc2, "
+         "MoEGate (no to_quantized)"),
+    Arch("granitemoehybrid", _LM, "granitemoehybrid", S, "ibm-granite/granite-4.0-h-tiny",
+         "Mamba-2 + NoPE attention, GraniteMoE's fused experts and router.layer, shared_mlp, tied, muP"),
+    Arch("deepseek_v32", _LM, "deepseek_v32", S, "deepseek-ai/DeepSeek-V3.2-Exp",
+         "DeepSeek-V3 + the sparse-attention indexer (self_attn.indexer.*)"),
+    Arch("glm_moe_dsa", _LM, "glm_moe_dsa", S, "GLM-5",
+         "DeepSeek-V3.2's model, transformers 5 config (rope_parameters)"),
+    # ---- need mlx-lm's sanitize over the whole checkpoint (Qwen3-Next family), or MXFP4 sources ----
+    Arch("qwen3_next", _LM, "qwen3_next", S, "Qwen/Qwen3-Next-80B-A3B-Instruct",
+         "Gated DeltaNet + attention, shared expert gate, (1 + w) norms: per-expert handoff to sanitize"),
+    Arch("qwen3_5_moe", _LM, "qwen3_5_moe", S, "Qwen3.5-35B-A3B",
+         "fused experts under model.language_model, Gated DeltaNet, (1 + w) norms (text weights; " + VLM + ")"),
+    Arch("qwen3_vl_moe", _LM, "qwen3_vl_moe", S, "Qwen/Qwen3-VL-30B-A3B-Instruct",
+         "fused in x out experts under model.language_model (text weights; " + VLM + ")"),
+    Arch("gpt_oss", _LM, "gpt_oss", S, "openai/gpt-oss-20b",
+         "MXFP4 fused experts (gate/up rows interleaved) read as MLX mxfp4, fused biases, router bias, sinks"),
+    # ---- not yet ----
+    Arch("minimax", _LM, "minimax", N, "MiniMaxAI/MiniMax-Text-01",
+         "model_type minimax is MiniMax-Text-01/M1 (lightning attention) in transformers; mlx-lm's minimax "
+         "module is MiniMax-M2's architecture (supported as minimax_m2), so no tiny checkpoint can be both"),
+    Arch("joyai_llm_flash", _LM, "deepseek_v3", N, "JoyAI-LLM-Flash",
+         "mlx-lm maps it to deepseek_v3; needs only a FAMILIES row and a tiny config like kimi_k2's"),
+    Arch("bailing_moe_linear", _LM, "bailing_moe_linear", N, "Ring-mini-linear-2.0", "not tried yet"),
+    Arch("bailing_hybrid", _LM, "bailing_hybrid", N, "Ling 2.5 (BailingMoeV3)", "not tried yet"),
+    Arch("bailing_moe_v3", _LM, "bailing_moe_v3", N, "Ling / Ring (BailingMoeV3)", "not tried yet"),
+    Arch("dbrx", _LM, "dbrx", N, "databricks/dbrx-instruct",
+         "mlx-lm keeps DBRX's experts as a list of per-expert Linear modules (no SwitchLinear): the plan "
+         "cannot see them as routed experts nor find the router, and the release fuses them as "
+         "ffn.experts.mlp.w1/v1/w2 [E·I, H] (w2 transposed); needs a per-expert handoff for that layout"),
+    Arch("phixtral", _LM, "phixtral", N, "mlabonne/phixtral-4x2_8", "not tried yet (transformer.h.* naming)"),
+    Arch("deepseek_v41", _LM, "deepseek_v41", N, "DeepSeek-V4.1", "not tried yet"),
+    Arch("deepseek_v41_text", _LM, "deepseek_v41", N, "DeepSeek-V4.1", "alias of deepseek_v41"),
+    Arch("mistral4", _LM, "mistral4", N, "Mistral Small 4",
+         "not tried yet: MLA + MoE, released inside the mistral3 VLM (mlx-lm's mistral3 wraps it)"),
+    Arch("gemma4_text", _LM, "gemma4_text", N, "Gemma 4 26B-A4B",
+         "not tried yet: released as the gemma4 VLM (model.language_model.*); its router (layers.{l}.router.proj) "
+         "is a sibling of the experts block (experts.switch_glu), so it needs a router-gate pattern row"),
+    Arch("kimi_linear", _LM, "kimi_linear", N, "moonshotai/Kimi-Linear-48B-A3B-Instruct", "not tried yet"),
+    Arch("kimi_k3", _LM, "kimi_k3", N, "Kimi-K3", "not tried yet"),
+    Arch("longcat_flash", _LM, "longcat_flash", N, "meituan-longcat/LongCat-Flash-Chat",
+         "not tried yet (two MLA blocks per layer, zero experts)"),
+    Arch("longcat_flash_ngram", _LM, "longcat_flash_ngram", N, "LongCat-Flash (n-gram embeddings)", "not tried yet"),
+    Arch("mimo_v2_flash", _LM, "mimo_v2_flash", N, "MiMo-V2-Flash", "not tried yet"),
+    Arch("step3p5", _LM, "step3p5", N, "Step-3.5-Flash",
+         "not tried yet: experts published stacked (moe.{gate,up,down}_proj [E, out, in]) and sanitize adds 1 "
+         "to every norm only when it sees them, so it waits on the same convert.py change as qwen3_next"),
+    Arch("muse_spark", _LM, "muse_spark", N, "Muse Spark", "not tried yet"),
+    Arch("minimax_m3_vl", _LM, "minimax_m3_vl", N, "MiniMax-M3", VLM),
+    # ---- VLMs (mlx-vlm; mlx-lm runs some of their language models) ----
+    Arch("kimi_vl", _VLM, "kimi_vl", N, "moonshotai/Kimi-VL-A3B-Instruct", VLM),
+    Arch("kimi_k25", _VLM, "kimi_k25", N, "Kimi-K2.5", VLM),
+    Arch("glm4v_moe", _VLM, "glm4v_moe", N, "zai-org/GLM-4.5V", VLM),
+    Arch("ernie4_5_moe_vl", _VLM, "ernie4_5_moe_vl", N, "baidu/ERNIE-4.5-VL-28B-A3B-PT", VLM),
+    Arch("deepseek_vl_v2", _VLM, "deepseek_vl_v2", N, "deepseek-ai/deepseek-vl2", VLM),
+    Arch("qwen3_omni_moe", _VLM, "qwen3_omni_moe", N, "Qwen/Qwen3-Omni-30B-A3B-Instruct", VLM),
+)
+
+
+def arch_rows(status: Status | str | None = None) -> list[Arch]:
+    """The table, supported rows first (for `moequant archs`; `Arch.to_dict()` for --json)."""
+    order = {Status.SUPPORTED: 0, Status.BLOCKED: 1, Status.NOT_YET: 2}
+    rows = [a for a in ARCHITECTURES if status is None or a.status == Status(status)]
+    return sorted(rows, key=lambda a: (order[a.status], a.runner, a.model_type.lower()))
+
+
+def supported() -> list[str]:
+    """model_types whose smoke test passes today."""
+    return [a.model_type for a in ARCHITECTURES if a.status == Status.SUPPORTED]
