@@ -238,15 +238,15 @@ class Conversion:
             try:
                 quantizer = Quantizer(self._target(), self.plan)
                 with mx.stream(mx.new_stream(mx.cpu)):  # mlx streams belong to their thread
-                    normalized = self._normalized_groups()  # this thread's lazy graph
+                    normalized = dict(enumerate(self._normalized_groups()))  # this thread's lazy graph
                     while not stop.is_set():
                         with lock:
                             i = next(todo, None)
                         if i is None:
                             break
-                        weights, normalized[i] = normalized[i], {}
-                        out.add(quantizer.run(weights))
-                        del weights
+                        # no name may hold a group's inputs while its outputs are written: each
+                        # evaluated input would stay in memory until the whole group is done
+                        out.add(quantizer.run(normalized.pop(i)))
                         mx.clear_cache()
                         done.put(i)
             except BaseException as e:  # handed to the main thread, which raises it
