@@ -150,3 +150,17 @@ def test_fp8_tags_are_what_releases_use(tmp_path):
     assert header["model.layers.1.mlp.experts.0.up_proj.weight_scale_inv"].shape == (1, 1)
     assert header["model.layers.1.mlp.gate.weight"].dtype == "BF16"  # gates stay bf16 in FP8 releases
     assert math.prod(header["model.embed_tokens.weight"].shape) == 256 * 128
+
+
+@pytest.mark.parametrize("kind, origin", [
+    (dict(layout="per_expert"), {"model.layers.1.mlp.switch_mlp.up_proj": "BF16 per-expert", "lm_head": "BF16"}),
+    (dict(layout="fused"), {"model.layers.1.mlp.switch_mlp.up_proj": "BF16 fused"}),
+    (dict(layout="stacked"), {"model.layers.1.mlp.switch_mlp.up_proj": "BF16 stacked"}),
+    (dict(source="fp8"), {"model.layers.0.self_attn.q_proj": "F8_E4M3 (fp8)", "model.layers.0.mlp.gate": "BF16"}),
+    (dict(source="nvfp4"), {"model.layers.1.mlp.switch_mlp.up_proj": "nvfp4 nvfp4·4·g16·gs per-expert"}),
+])
+def test_inspect_shows_what_src_holds_for_each_module(tmp_path, cli, kind, origin):
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe", **kind)
+    rows = {r["path"]: r for r in json.loads(cli("inspect", src, "--json").stdout)["modules"]}
+    for path, want in origin.items():
+        assert rows[path]["origin"] == want, path

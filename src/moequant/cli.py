@@ -125,18 +125,18 @@ def plan_table(plan: Plan, expand: bool = False) -> Table:
     """One row per module; unless `expand`, rows that differ only in their layer index are one row
     (`model.layers.{0-46}.mlp.gate`), with the byte columns summed."""
     table = Table(title=f"plan for {plan.model_type}", show_lines=False)
-    for name, justify in (("module", "left"), ("role", "left"), ("shape", "left"), ("decision", "left"),
-                          ("rule", "left"), ("bytes before", "right"), ("bytes after", "right")):
+    for name, justify in (("module", "left"), ("role", "left"), ("shape", "left"), ("source", "left"),
+                          ("decision", "left"), ("rule", "left"), ("bytes before", "right"), ("bytes after", "right")):
         table.add_column(name, justify=justify, overflow="fold")
     groups: dict[tuple, list] = {}
     for r in plan.rows:
         where = None if expand else layer_of(r.path)
         pattern = r.path if where is None else f"{where[0]}.{{}}{r.path[len(where[0]) + len(str(where[1])) + 1:]}"
-        groups.setdefault((pattern, r.role, r.shape, r.action, r.rule), []).append((where, r))
-    for (pattern, role, shape, action, rule), members in groups.items():
+        groups.setdefault((pattern, r.role, r.shape, r.origin, r.action, r.rule), []).append((where, r))
+    for (pattern, role, shape, origin, action, rule), members in groups.items():
         path = pattern if members[0][0] is None else pattern.replace(
             "{}", "{" + _ranges([w[1] for w, _ in members]) + "}" if len(members) > 1 else str(members[0][0][1]), 1)
-        table.add_row(path, role.value, "×".join(map(str, shape)), action, rule,
+        table.add_row(path, role.value, "×".join(map(str, shape)), origin, action, rule,
                       _size(sum(r.bytes_before for _, r in members)), _size(sum(r.bytes_after for _, r in members)))
     return table
 

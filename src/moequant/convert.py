@@ -18,7 +18,7 @@ from .allocate import allocate, candidate_errors
 from .calibrate import channel_energy, read_calibration
 from .dequant import MLX, SourceContext, dequantize_packed, source_format
 from .errors import CheckpointError, PlanError
-from .experts import num_experts, to_stacked
+from .experts import expert_sources, num_experts, to_stacked
 from .families import FAMILIES, Family
 from .names import canonical_name, layer_of
 from .plan import DTYPES, Options, Quant, build_plan, find_roles, plan_from_json
@@ -89,6 +89,7 @@ class Conversion:
         if self.format.packed:
             packed = self._packed_modules({m.path: m.shape[-1] for m in modules})
             modules = [replace(m, source=packed.get(m.path), source_listed=m.path in listed) for m in modules]
+        modules = [replace(m, origin=self._origin(m.path, packed)) for m in modules]
         if plan is not None:
             self.plan = plan_from_json(plan, modules, self.ckpt.model_type, _source_itemsize(self.ckpt), notes)
         else:
@@ -101,6 +102,27 @@ class Conversion:
         self.options = self.plan.options
         self.as_stored = frozenset(r.path for r in self.plan.rows if r.as_stored)
         self.context = SourceContext(self.ckpt.tensors, qconfig, packed, self.as_stored)
+
+    def _origin(self, path: str, packed: dict[str, Quant]) -> str:
+        """What SRC holds for a target module, for `inspect`: `BF16`, `F8_E4M3 (fp8) per-expert`,
+        `mlx affine·4·g64`, or `derived` when mlx-lm's sanitize builds it from other tensors."""
+        if not hasattr(self, "_experts"):
+            self._experts = expert_sources(self.family, self.ckpt.tensors)
+        layout = ""
+        info = self.ckpt.tensors.get(f"{path}.weight")
+        if path in self._experts:
+            layout, key = self._experts[path]
+            info = self.ckpt.tensors[key]
+        elif info is not None and path.rpartition(".")[0].endswith(self.family.stacked):
+            layout = "stacked"
+        if path in packed:
+            what = f"{self.format.name} {packed[path]}"
+        elif info is None:
+            return "derived"
+        else:
+            what = info.dtype + (f" ({self.format.name})" if self.format.name not in ("float", "mlx") and
+                                 not info.is_float else "")
+        return f"{what} {layout}".strip()
 
     def _allocate(self, modules: list, packed: dict[str, Quant]) -> dict[str, Quant]:
         """--target-bpw: measure each free module's error per candidate (reading its weights, one

@@ -92,6 +92,20 @@ def _per_expert_pattern(family: Family) -> re.Pattern:
     )
 
 
+def expert_sources(family: Family, keys) -> dict[str, tuple[str, str]]:
+    """Target expert stack path -> (layout SRC publishes it in, one SRC key of it), for `inspect`."""
+    pattern, fused = _per_expert_pattern(family), _fused_pattern(family)
+    out: dict[str, tuple[str, str]] = {}
+    for key in keys:
+        if (m := pattern.match(key)) and m["suffix"] == "weight":
+            out.setdefault(f"{m['layer']}.{family.stacked}.{family.projections[m['proj']]}", ("per-expert", key))
+        elif (f := fused.match(key)) and not f["bias"]:
+            projections = ("down_proj",) if f["proj"] == _bare(family.fused_names[1]) else ("gate_proj", "up_proj")
+            for p in projections:
+                out.setdefault(f"{f['layer']}.{family.stacked}.{p}", ("fused", key))
+    return out
+
+
 def num_experts(family: Family, config: dict) -> int:
     """The expert count, from the first of the family's keys set at the top of config.json or,
     for VLM-style configs (Llama-4), under text_config."""

@@ -156,6 +156,7 @@ class Module:
     takes_global_scale: bool = False  # to_quantized(global_scale=True): mlx-lm's switch layers
     source: Quant | None = None  # how SRC stores it, if SRC is MLX-quantized
     source_listed: bool = False  # SRC's config has a per-path entry for it
+    origin: str = ""  # what SRC holds for it: format or dtype, and the expert layout
 
 
 def find_roles(model: nn.Module) -> list[Module]:
@@ -318,6 +319,7 @@ class Decision:
     bytes_before: int
     bytes_after: int
     source: Quant | None = None  # how SRC stores it (MLX-quantized sources)
+    origin: str = ""  # what SRC holds for it: format or dtype, and the expert layout
 
     @property
     def action(self) -> str:
@@ -355,7 +357,7 @@ def decide(module: Module, rules: list[Rule], options: Options, source_itemsize:
     if quant is not None and quant == module.source:
         reason += "; SRC stores it so already: copied as stored"
     return Decision(module.path, module.role, module.shape, module.params, module.quantizable, quant, name,
-                    reason, before, after, module.source)
+                    reason, before, after, module.source, module.origin)
 
 
 @dataclass
