@@ -10,6 +10,17 @@ DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
 TINY = {"bfloat16": 1e-39, "float16": 3e-6, "float32": 1e-39}  # subnormal range of each dtype
 
 
+
+def _assert_same_packing(q0, s0, q1, s1, label: str) -> None:
+    """Same dtypes, shapes and bytes as mx.quantize's (packed weights, uint8 scales)."""
+    assert q1.dtype == q0.dtype == mx.uint32 and s1.dtype == s0.dtype == mx.uint8
+    assert q1.shape == q0.shape and s1.shape == s0.shape
+    if not (mx.array_equal(q0, q1) and mx.array_equal(s0, s1)):
+        qa, qb = np.array(q0).view(np.uint8), np.array(q1).view(np.uint8)
+        sa, sb = np.array(s0), np.array(s1)
+        raise AssertionError(f"{label}: {int((qa != qb).sum())} weight bytes and {int((sa != sb).sum())} scales "
+                             f"differ; first at {np.argwhere(qa != qb)[:3].tolist()}")
+
 def _values(case: str, shape: tuple, dtype: str, group: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape) * 0.02
@@ -45,13 +56,7 @@ def _check(w: mx.array, mode: str, **kwargs) -> None:
     group, bits = MODES[mode]
     q0, s0 = mx.quantize(w, group_size=group, bits=bits, mode=mode)
     q1, s1 = quantize_fp(w, mode, **kwargs)
-    assert q1.dtype == q0.dtype == mx.uint32 and s1.dtype == s0.dtype == mx.uint8
-    assert q1.shape == q0.shape and s1.shape == s0.shape
-    if not (mx.array_equal(q0, q1) and mx.array_equal(s0, s1)):
-        qa, qb = np.array(q0).view(np.uint8), np.array(q1).view(np.uint8)
-        sa, sb = np.array(s0), np.array(s1)
-        raise AssertionError(f"{mode} {w.dtype} {tuple(w.shape)}: {int((qa != qb).sum())} weight bytes and "
-                             f"{int((sa != sb).sum())} scales differ; first at {np.argwhere(qa != qb)[:3].tolist()}")
+    _assert_same_packing(q0, s0, q1, s1, f"{mode} {w.dtype} {tuple(w.shape)}")
     d0 = mx.dequantize(q0, s0, group_size=group, bits=bits, mode=mode, dtype=w.dtype)
     d1 = mx.dequantize(q1, s1, group_size=group, bits=bits, mode=mode, dtype=w.dtype)
     assert mx.array_equal(d0, d1, equal_nan=True)
@@ -156,13 +161,7 @@ def _check_gs(w: mx.array, g, **kwargs) -> None:
     g = mx.array(g, mx.float32)
     q0, s0 = mx.quantize(w, group_size=16, bits=4, mode="nvfp4", global_scale=g)
     q1, s1 = quantize_fp(w, "nvfp4", global_scale=g, **kwargs)
-    assert q1.dtype == mx.uint32 and s1.dtype == mx.uint8
-    assert q1.shape == q0.shape and s1.shape == s0.shape
-    if not (mx.array_equal(q0, q1) and mx.array_equal(s0, s1)):
-        qa, qb = np.array(q0).view(np.uint8), np.array(q1).view(np.uint8)
-        sa, sb = np.array(s0), np.array(s1)
-        raise AssertionError(f"nvfp4 {w.dtype} {tuple(w.shape)} g={g.item()}: {int((qa != qb).sum())} weight "
-                             f"bytes and {int((sa != sb).sum())} scales differ; first at {np.argwhere(qa != qb)[:3].tolist()}")
+    _assert_same_packing(q0, s0, q1, s1, f"nvfp4 {w.dtype} {tuple(w.shape)} g={g.item()}")
 
 
 def _gmax(w: mx.array) -> float:
