@@ -164,3 +164,23 @@ def test_inspect_shows_what_src_holds_for_each_module(tmp_path, cli, kind, origi
     rows = {r["path"]: r for r in json.loads(cli("inspect", src, "--json").stdout)["modules"]}
     for path, want in origin.items():
         assert rows[path]["origin"] == want, path
+
+
+def test_per_expert_fp8_into_a_model_class_whose_sanitize_wants_fused_tensors(tmp_path, reference_logits):
+    """The KeyError bug: per-expert FP8 weights reaching a sanitize that expects the fused
+    experts.gate_up_proj (mlx-lm's qwen3_5_moe). moequant stacks them itself."""
+    from moequant.evaluate import load_float32
+
+    from conftest import TOKENS
+
+    fused = write_tiny_checkpoint(tmp_path / "fused", "qwen3_5_moe", layout="fused")
+    per_expert = write_tiny_checkpoint(tmp_path / "per_expert", "qwen3_5_moe", layout="per_expert")
+    fp8 = write_tiny_checkpoint(tmp_path / "fp8", "qwen3_5_moe", layout="per_expert", source="fp8")
+    for src in (fused, per_expert, fp8):
+        list(Conversion(src).run(tmp_path / f"{src.name}-out"))
+    reference = load_float32(tmp_path / "fused-out")(TOKENS)
+    assert compare_logits(reference, logits_of(tmp_path / "per_expert-out")).max_abs == 0
+    closeness = compare_logits(reference, logits_of(tmp_path / "fp8-out"))
+    assert closeness.cosine >= 0.99, closeness  # seen 0.9968: FP8 rounding of the weights only
+    raw = mx.load(str(fp8 / "model.safetensors"))
+    assert any(k.endswith(".experts.0.gate_proj.weight_scale_inv") for k in raw)  # really per-expert FP8
