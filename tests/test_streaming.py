@@ -13,6 +13,7 @@ import mlx.core as mx
 import pytest
 from mlx.utils import tree_flatten
 
+from moequant.checkpoint import Stacked
 from moequant.target import build_model, resolve_config
 from moequant.tiny import write_tiny_checkpoint
 
@@ -70,3 +71,31 @@ def test_two_worker_threads_write_the_same_bytes_as_one(tmp_path, cli, mode):
     assert names == sorted(p.name for p in (tmp_path / "w2").iterdir()) and len(names) > 4
     for name in names:
         assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral"])
+def test_expert_stacks_written_expert_by_expert_equal_the_stacked_quantization(tmp_path, cli, monkeypatch, arch):
+    """Per-expert SRC tensors are quantized and written expert by expert, a few at a time (never
+    stacked in memory): the bytes equal those of quantizing the stacked tensor."""
+    import moequant.convert as convert
+    import moequant.writer as writer
+
+    src = write_tiny_checkpoint(tmp_path / "src", arch)
+    seen = []
+    real = convert._quantized
+
+    def counting(quantizer, weights, stacks):
+        out = real(quantizer, weights, stacks)
+        seen.extend(k for k, v in out.items() if isinstance(v, Stacked))
+        return out
+
+    monkeypatch.setattr(writer, "PARTS_AT_ONCE", 3)  # tiny checkpoints have 4 experts: chunks of 3 + 1
+    monkeypatch.setattr(convert, "_quantized", counting)
+    assert cli("convert", src, tmp_path / "parts", "--shard-size", "100KB", "--quiet").exit_code == 0
+    assert seen and all(k.split(".")[-1] in ("weight", "scales", "biases") for k in seen)
+    monkeypatch.setattr(convert, "_quantized", lambda quantizer, weights, stacks: quantizer.run(weights))
+    assert cli("convert", src, tmp_path / "whole", "--shard-size", "100KB", "--quiet").exit_code == 0
+    names = sorted(p.name for p in (tmp_path / "whole").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "parts").iterdir()) and len(names) > 4
+    for name in names:
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "parts" / name).read_bytes(), name

@@ -84,6 +84,23 @@ def encode_header(entries: list[tuple[str, str, tuple[int, ...]]], metadata: dic
     return struct.pack("<Q", len(text)) + text
 
 
+class Stacked:
+    """A tensor given as equal parts along a new first axis (an expert stack, expert by expert):
+    what `mx.stack(parts)` would be, computed and written part by part so that no stacked copy
+    is ever made."""
+
+    def __init__(self, parts: list[mx.array]):
+        self.parts = parts
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.parts), *self.parts[0].shape)
+
+    @property
+    def dtype(self) -> mx.Dtype:
+        return self.parts[0].dtype
+
+
 def tensor_bytes(value: mx.array) -> memoryview:
     """The raw bytes of an array in C order, as safetensors stores them (evaluates it)."""
     flat = mx.contiguous(value.reshape(-1)).view(mx.uint8)

@@ -172,12 +172,12 @@ class Conversion:
             nn.quantize(model, class_predicate=lambda p, m: p in self.as_stored and rows[p].quant.to_dict())
         return model
 
-    def _unpacked(self, group: Group) -> dict[str, mx.array]:
-        """One group's tensors (lazy), unpacked from the source format, renamed and stacked;
-        packed modules still packed."""
+    def _unpacked(self, group: Group, stacks: dict | None = None) -> dict[str, mx.array]:
+        """One group's tensors (lazy), unpacked from the source format, renamed and stacked (see
+        to_stacked for `stacks`); packed modules still packed."""
         weights = self.format.unpack(self.ckpt.load(group.keys), self.context)
         weights = {canonical_name(k): v for k, v in weights.items()}
-        weights = to_stacked(self.family, weights, self.num_experts)
+        weights = to_stacked(self.family, weights, self.num_experts, stacks)
         if not hasattr(self.model, "sanitize"):
             return weights
         # Packed fp-mode modules that sanitize reshapes into other modules (DeepSeek's kv_b_proj ->
@@ -193,7 +193,7 @@ class Conversion:
             weights = dequantize_packed(weights, replace(self.context, stored=stray, as_stored=frozenset()))
         return weights
 
-    def _sanitized(self) -> dict[str, mx.array]:
+    def _sanitized(self, stacks: dict | None = None) -> dict[str, mx.array]:
         """Every tensor (lazy) in the target's names: unpacked, renamed and stacked group by group,
         then through mlx-lm's sanitize at once, as it is written for: several decide what to
         convert from one probe (Qwen3-Next adds 1 to every RMSNorm only if layer 0's experts are
@@ -201,22 +201,27 @@ class Conversion:
         around lm_head), which one layer's tensors cannot answer. No tensor data is read."""
         weights: dict[str, mx.array] = {}
         for group in self.ckpt.groups():
-            weights.update(self._unpacked(group))
+            weights.update(self._unpacked(group, stacks))
         return self.model.sanitize(weights) if hasattr(self.model, "sanitize") else weights
 
-    def _normalized_groups(self) -> list[dict[str, mx.array]]:
+    def _normalized_groups(self, stacks: dict | None = None) -> list[dict[str, mx.array]]:
         """The target's tensors (lazy) for each group of self.ckpt.groups(), in order: float, or
         packed where copied as stored. An output tensor belongs to the group of its decoder layer
         (by name, else by layer index: sanitize may rename the prefix), the rest to "rest". Build
         it in the thread that evaluates it (mlx runs an op only on the thread whose stream made
-        it), and drop each group once used: an evaluated group still listed stays in memory."""
+        it), and drop each group once used: an evaluated group still listed stays in memory.
+        `stacks`, if given, receives id -> (stack, per-expert parts) of each expert stack that
+        reaches the target as to_stacked made it (not changed by sanitize or dequantization)."""
         groups = self.ckpt.groups()
         position = {g.name: i for i, g in enumerate(groups)}
         by_index = {}
         for i, g in enumerate(groups):
             by_index.setdefault(g.name.rsplit(".", 1)[-1], i)
         out: list[dict[str, mx.array]] = [{} for _ in groups]
-        for key, value in dequantize_packed(self._sanitized(), self.context).items():
+        made: dict[int, tuple[mx.array, list[mx.array]]] = {}
+        for key, value in dequantize_packed(self._sanitized(made), self.context).items():
+            if stacks is not None and made.get(id(value), (None,))[0] is value:
+                stacks[id(value)] = made[id(value)]
             where = layer_of(key)
             name = f"{where[0]}.{where[1]}" if where else "rest"
             i = position.get(name, by_index.get(str(where[1])) if where else None)
@@ -258,9 +263,9 @@ class Conversion:
 
         def work() -> None:
             try:
-                quantizer = Quantizer(self._target(), self.plan)
+                quantizer, stacks = Quantizer(self._target(), self.plan), {}
                 with mx.stream(mx.new_stream(mx.cpu)):  # mlx streams belong to their thread
-                    normalized = dict(enumerate(self._normalized_groups()))  # this thread's lazy graph
+                    normalized = dict(enumerate(self._normalized_groups(stacks)))  # this thread's lazy graph
                     while not stop.is_set():
                         with lock:
                             i = next(todo, None)
@@ -268,7 +273,7 @@ class Conversion:
                             break
                         # no name may hold a group's inputs while its outputs are written: each
                         # evaluated input would stay in memory until the whole group is done
-                        out.add(quantizer.run(normalized.pop(i)))
+                        out.add(_quantized(quantizer, normalized.pop(i), stacks))
                         mx.clear_cache()
                         done.put(i)
             except BaseException as e:  # handed to the main thread, which raises it
@@ -293,3 +298,11 @@ class Conversion:
             stop.set()
             for t in threads:  # each finishes the group it is on; Output cleans up after
                 t.join()
+
+
+def _quantized(quantizer: Quantizer, weights: dict[str, mx.array], stacks: dict) -> dict:
+    """One group through the quantizer, each expert stack that to_stacked made handed over as its
+    parts too (and its entry dropped from `stacks`). Returns only the outputs: once this returns
+    nothing holds the group's float tensors, so the writer frees each part as it is written."""
+    parts = {k: stacks.pop(id(v))[1] for k, v in weights.items() if stacks.get(id(v), (None,))[0] is v}
+    return quantizer.run(weights, parts)

@@ -117,13 +117,15 @@ def num_experts(family: Family, config: dict) -> int:
                       "expected the expert count")
 
 
-def to_stacked(family: Family, weights: dict[str, mx.array], n_experts: int) -> dict[str, mx.array]:
+def to_stacked(family: Family, weights: dict[str, mx.array], n_experts: int,
+               stacks: dict[int, tuple[mx.array, list[mx.array]]] | None = None) -> dict[str, mx.array]:
     """Every expert of one layer checked, then handed over as the target's sanitize expects it:
     stacked into `<layer>.<family.stacked>.<proj>.<suffix>` [E, out, in], or — for a family whose
     sanitize stacks them itself and keys other conversions on seeing them (`handoff="per_expert"`)
-    — per expert, in the published names (fused tensors split into them)."""
+    — per expert, in the published names (fused tensors split into them). `stacks`, if given,
+    receives id(stack) -> (stack, its per-expert parts) for each stack made here."""
     pattern, fused = _per_expert_pattern(family), _fused_pattern(family)
-    stacks: dict[tuple[str, str, str], dict[int, mx.array]] = {}
+    found: dict[tuple[str, str, str], dict[int, mx.array]] = {}
     out: dict[str, mx.array] = {}
     for key, value in weights.items():
         if f := fused.match(key):
@@ -133,8 +135,8 @@ def to_stacked(family: Family, weights: dict[str, mx.array], n_experts: int) -> 
         if m is None:
             out[key] = value
             continue
-        stacks.setdefault((m["layer"], m["proj"], m["suffix"]), {})[int(m["e"])] = value
-    for (layer, proj, suffix), by_expert in sorted(stacks.items()):
+        found.setdefault((m["layer"], m["proj"], m["suffix"]), {})[int(m["e"])] = value
+    for (layer, proj, suffix), by_expert in sorted(found.items()):
         where = f"{layer}.{family.experts}"
         missing = sorted(set(range(n_experts)) - set(by_expert))
         extra = sorted(set(by_expert) - set(range(n_experts)))
@@ -154,9 +156,10 @@ def to_stacked(family: Family, weights: dict[str, mx.array], n_experts: int) -> 
         if family.handoff == "per_expert":
             out.update((f"{where}.{e}.{proj}.{suffix}", by_expert[e]) for e in range(n_experts))
         else:
-            out[f"{layer}.{family.stacked}.{family.projections[proj]}.{suffix}"] = mx.stack(
-                [by_expert[e] for e in range(n_experts)]
-            )
+            parts = [by_expert[e] for e in range(n_experts)]
+            stacked = out[f"{layer}.{family.stacked}.{family.projections[proj]}.{suffix}"] = mx.stack(parts)
+            if stacks is not None:
+                stacks[id(stacked)] = (stacked, parts)
     return out
 
 

@@ -10,6 +10,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from .checkpoint import Stacked
 from .errors import LayoutError
 from .names import module_path
 from .plan import DTYPES, Plan
@@ -63,8 +64,12 @@ class Quantizer:
         self.compute = compute
         self.keep_dtype = getattr(model, "cast_predicate", lambda key: True)
 
-    def run(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
-        """Quantized output tensors (lazy) for one group of checked, stacked float weights."""
+    def run(self, weights: dict[str, mx.array], parts: dict[str, list[mx.array]] | None = None
+            ) -> dict[str, mx.array | Stacked]:
+        """Quantized output tensors (lazy) for one group of checked, stacked float weights. `parts`:
+        for some stacked weights, the per-expert tensors they were stacked from; an affine expert
+        stack among them is quantized expert by expert (`mx.quantize` packs each row on its own,
+        so the bytes are the same) and comes out as Stacked tensors, never stacked in memory."""
         dtype, rows = DTYPES[self.plan.options.dtype], self.plan.by_path
 
         def cast(key, value):  # float tensors to the output dtype, except packed modules copied as stored
@@ -101,6 +106,12 @@ class Quantizer:
             arrays = {k: v for k, v in module.items() if isinstance(v, mx.array) and not k.startswith("_")}
             out.update((f"{path}.{k}", v) for k, v in arrays.items())
             module.update({k: mx.array([]) for k in arrays})  # release: the writer holds them now
+        for path in sorted(todo):
+            quant, key = rows[path].quant, f"{path}.weight"
+            if parts and key in parts and quant.mode.value == "affine" and self.plan.options.rounding != "mse":
+                packed = [mx.quantize(cast(key, p), quant.group_size, quant.bits) for p in parts[key]]
+                for i, name in enumerate(("weight", "scales", "biases")):
+                    out[f"{path}.{name}"] = Stacked([p[i] for p in packed])
         return out
 
 

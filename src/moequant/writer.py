@@ -14,8 +14,8 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from .checkpoint import (DTYPE_TAGS, INDEX_FILE, ITEMSIZE, SIDECAR_PATTERNS, encode_header, read_safetensors_header,
-                         tensor_bytes)
+from .checkpoint import (DTYPE_TAGS, INDEX_FILE, ITEMSIZE, SIDECAR_PATTERNS, Stacked, encode_header,
+                         read_safetensors_header, tensor_bytes)
 from .errors import OutputError
 from .names import module_path
 from .plan import MODES, Plan
@@ -23,6 +23,7 @@ from .plan import MODES, Plan
 log = logging.getLogger(__name__)
 
 DEFAULT_SHARD_SIZE = 5 << 30  # bytes, as mlx-lm
+PARTS_AT_ONCE = 8  # parts of a Stacked tensor (experts) evaluated together
 
 
 def _alive(pid: str) -> bool:
@@ -121,30 +122,46 @@ class Output:
             os.pwrite(fd, header, 0)
             os.ftruncate(fd, offset)
 
-    def add(self, tensors: dict[str, mx.array]) -> None:
+    def add(self, tensors: dict[str, mx.array | Stacked]) -> None:
         """Evaluate tensors one module at a time and write each at its place (any mismatch with
         the manifest is an error). Takes ownership of `tensors`: each is dropped once written, so
-        only one module's inputs and outputs are in memory at a time."""
+        only one module's inputs and outputs are in memory at a time — of a Stacked tensor, only
+        PARTS_AT_ONCE of its parts."""
         by_module: dict[str, list[str]] = {}
         for key in tensors:
             by_module.setdefault(module_path(key), []).append(key)
         for keys in by_module.values():
             batch = {k: tensors.pop(k) for k in keys}
-            mx.eval(list(batch.values()))
-            self._write(batch)
+            slots = {k: self._claim(k, v) for k, v in batch.items()}
+            whole = {k: v for k, v in batch.items() if not isinstance(v, Stacked)}
+            mx.eval(list(whole.values()))
+            for k, v in whole.items():
+                os.pwrite(self.files[slots[k].shard], tensor_bytes(v), slots[k].offset)
+            stacked = {k: v.parts for k, v in batch.items() if isinstance(v, Stacked)}
+            del batch, whole
+            n = min((len(parts) for parts in stacked.values()), default=0)
+            for start in range(0, n, PARTS_AT_ONCE):
+                chunk = range(start, min(start + PARTS_AT_ONCE, n))
+                mx.eval([parts[i] for parts in stacked.values() for i in chunk])
+                for k, parts in stacked.items():
+                    slot = slots[k]
+                    for i in chunk:
+                        data = tensor_bytes(parts[i])
+                        os.pwrite(self.files[slot.shard], data, slot.offset + i * len(data))
+                        parts[i] = None  # written: free it
 
-    def _write(self, tensors: dict[str, mx.array]) -> None:
-        for key, value in tensors.items():
-            slot = self.slots.get(key)
-            tag = DTYPE_TAGS.get(value.dtype)
-            with self.lock:
-                twice = key in self.written
-                self.written.add(key)
-            if slot is None or twice or (slot.tag, slot.shape) != (tag, tuple(value.shape)):
-                want = f"{slot.tag} {list(slot.shape)}" if slot else "no such tensor"
-                raise OutputError(f"{key}: computed {tag} {list(value.shape)}; the manifest says {want}"
-                                  f"{' (written twice)' if twice else ''}")
-            os.pwrite(self.files[slot.shard], tensor_bytes(value), slot.offset)
+    def _claim(self, key: str, value: mx.array | Stacked) -> Slot:
+        """The slot of an output tensor about to be written, checked against the manifest."""
+        slot = self.slots.get(key)
+        tag = DTYPE_TAGS.get(value.dtype)
+        with self.lock:
+            twice = key in self.written
+            self.written.add(key)
+        if slot is None or twice or (slot.tag, slot.shape) != (tag, tuple(value.shape)):
+            want = f"{slot.tag} {list(slot.shape)}" if slot else "no such tensor"
+            raise OutputError(f"{key}: computed {tag} {list(value.shape)}; the manifest says {want}"
+                              f"{' (written twice)' if twice else ''}")
+        return slot
 
     def finish(self, config: dict, source: Path, plan: Plan) -> None:
         if missing := sorted(set(self.slots) - self.written):
