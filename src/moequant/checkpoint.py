@@ -34,12 +34,12 @@ DTYPE_TAGS = {mx.bfloat16: "BF16", mx.float16: "F16", mx.float32: "F32", mx.uint
               mx.int32: "I32", mx.int64: "I64", mx.uint16: "U16", mx.int8: "I8", mx.int16: "I16",
               mx.uint64: "U64", mx.bool_: "BOOL"}
 
-# Files copied beside the weights when present (tokenizer, generation and chat-template files).
+# Files copied beside the weights when present (tokenizer, generation, chat-template and processor files).
 SIDECAR_PATTERNS = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "tokenizer.model", "*.tiktoken", "tiktoken.model", "vocab.json", "merges.txt", "vocab.txt",
     "generation_config.json", "chat_template.json", "chat_template.jinja", "*.jinja",
-    "preprocessor_config.json", "processor_config.json",
+    "preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json",
 )
 
 # What a hub snapshot needs for a conversion (everything else in a repo is left on the hub)

@@ -27,13 +27,15 @@ def dequantized(module: nn.Module) -> mx.array:
 
 
 def dequantize_model(model: nn.Module) -> nn.Module:
-    """Every quantized Linear, Embedding and SwitchLinear replaced by its float32 counterpart."""
-    from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchLinear
+    """Every quantized Linear, Embedding and SwitchLinear (mlx-lm's or mlx-vlm's) replaced by its
+    float32 counterpart."""
+    from .target import switch_linear_types
 
+    kinds = {nn.QuantizedLinear: nn.Linear, nn.QuantizedEmbedding: nn.Embedding,
+             **dict(zip(switch_linear_types(quantized=True), switch_linear_types()))}
     replacements = []
     for name, module in model.named_modules():
-        kind = {nn.QuantizedLinear: nn.Linear, nn.QuantizedEmbedding: nn.Embedding,
-                QuantizedSwitchLinear: SwitchLinear}.get(type(module))
+        kind = kinds.get(type(module))
         if kind is None:
             continue
         weight = dequantized(module)
@@ -49,15 +51,39 @@ def dequantize_model(model: nn.Module) -> nn.Module:
 
 
 def load_float32(path: str | Path) -> nn.Module:
-    """`mlx_lm.utils.load_model(path)`, dequantized, every parameter in float32."""
-    from mlx_lm.utils import load_model
+    """`mlx_lm.utils.load_model(path)` — or mlx-vlm's `load_model` for a vision-language checkpoint
+    when mlx-vlm is installed (target.runner_of) — dequantized, every parameter in float32. Called
+    on token ids, the model returns logits (mlx-vlm's output object is unwrapped)."""
+    import json
 
-    model, _ = load_model(Path(path))
+    from .target import MLX_VLM, mlx_vlm_installed, runner_of
+
+    path = Path(path)
+    if runner_of(json.loads((path / "config.json").read_text())) == MLX_VLM and mlx_vlm_installed():
+        from mlx_vlm.utils import load_model as load_vlm
+
+        model = _Logits(load_vlm(path))
+    else:
+        from mlx_lm.utils import load_model
+
+        model, _ = load_model(path)
     model = dequantize_model(model)
     model.update(tree_map(lambda a: a.astype(mx.float32) if mx.issubdtype(a.dtype, mx.floating) else a,
                           model.parameters()))
     model.eval()
     return model
+
+
+class _Logits(nn.Module):
+    """An mlx-vlm model called as mlx-lm's are: token ids in, logits out."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def __call__(self, inputs: mx.array, **kwargs) -> mx.array:
+        out = self.model(inputs, **kwargs)
+        return getattr(out, "logits", out)
 
 
 def fixed_tokens(vocab_size: int, batch: int = 2, length: int = 32, seed: int = 0) -> mx.array:

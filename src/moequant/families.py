@@ -127,6 +127,25 @@ PENDING: dict[str, Family] = {}  # rows waiting on a pipeline change (see moequa
 
 
 @dataclass(frozen=True)
+class VisionLanguage:
+    """A vision-language release that mlx-vlm runs whole (vision tower, projector and language
+    model). Its FAMILIES row says how the language model's experts are published; this row says
+    what mlx-lm's text-only output drops. The runner is chosen in target.resolve_config."""
+
+    module: str  # mlx_vlm.models.<module>
+    # config keys holding the parts mlx-lm has no use for: a config with all of them set is a VLM;
+    # a text-only (mlx-lm) output's config.json leaves them out, as it leaves out their weights
+    vision_keys: tuple[str, ...] = ("vision_config",)
+
+
+VISION_LANGUAGE: dict[str, VisionLanguage] = {
+    # Qwen/Qwen3-VL-30B-A3B-Instruct: model.visual.{patch_embed, pos_embed, blocks.{b}, merger,
+    # deepstack_merger_list.{d}} beside model.language_model.*; mlx-vlm: vision_tower.*, language_model.model.*
+    "qwen3_vl_moe": VisionLanguage("qwen3_vl_moe"),
+}
+
+
+@dataclass(frozen=True)
 class Alias:
     """`key` is what mlx-lm's ModelArgs reads; `sources` are other spellings, tried in order.
 

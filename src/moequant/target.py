@@ -1,24 +1,65 @@
-"""The target: the mlx-lm model class a checkpoint converts into, built lazily from its config.
+"""The target: the mlx-lm (or mlx-vlm) model class a checkpoint converts into, built lazily.
 
-moequant does not re-implement architectures. It resolves config aliases so mlx-lm's ModelArgs
-sees the names it expects, and builds the model without evaluating any weight (mlx is lazy), so
-the module tree can be planned before a byte of tensor data is read.
+moequant does not re-implement architectures. It resolves config aliases so the runner's config
+classes see the names they expect, and builds the model without evaluating any weight (mlx is
+lazy), so the module tree can be planned before a byte of tensor data is read.
+
+Which runner: a vision-language checkpoint (a VISION_LANGUAGE row, its vision keys set in
+config.json) converts for mlx-vlm — vision tower and projector kept — when mlx-vlm is installed,
+and otherwise (or when asked: `runner="mlx-lm"`) for mlx-lm, text only. `resolve_config` makes the
+choice and records it in the config itself: a config resolved for mlx-lm has its vision keys
+removed (its output has no vision weights either), so `build_model`, and anything reading the
+output, tells the two apart from the config alone.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
+import importlib.util
 import inspect
 import logging
+import sys
 
 import mlx.nn as nn
 
 from .errors import CheckpointError
-from .families import CONFIG_ALIASES, PLAIN_ROPE_TYPES
+from .families import CONFIG_ALIASES, PLAIN_ROPE_TYPES, VISION_LANGUAGE
 
 log = logging.getLogger(__name__)
 
 _MISSING = object()
+
+MLX_LM, MLX_VLM = "mlx-lm", "mlx-vlm"
+RUNNERS = (MLX_LM, MLX_VLM)
+# mlx-vlm's loader builds these sub-configs from config.json (mlx_vlm.utils.load_model)
+_VLM_MODULES = ("text", "vision", "perceiver", "projector", "audio")
+
+
+def mlx_vlm_installed() -> bool:
+    return importlib.util.find_spec("mlx_vlm") is not None
+
+
+def is_vision_language(config: dict) -> bool:
+    """A config with its vision part: a VISION_LANGUAGE row, every one of its vision keys set."""
+    row = VISION_LANGUAGE.get(config.get("model_type"))
+    return row is not None and all(config.get(k) is not None for k in row.vision_keys)
+
+
+def runner_of(config: dict) -> str:
+    """The runner a resolved config is for (resolve_config removes the vision keys for mlx-lm)."""
+    return MLX_VLM if is_vision_language(config) else MLX_LM
+
+
+def switch_linear_types(quantized: bool = False) -> tuple[type, ...]:
+    """The expert-stack classes (`[E, out, in]`) of the runners loaded: mlx-lm's SwitchLinear, and
+    mlx-vlm's own copy once an mlx-vlm model has been built (or their Quantized… counterparts)."""
+    from mlx_lm.models import switch_layers
+
+    name = "QuantizedSwitchLinear" if quantized else "SwitchLinear"
+    vlm = sys.modules.get("mlx_vlm.models.switch_layers")
+    return (getattr(switch_layers, name),) + ((getattr(vlm, name),) if vlm is not None else ())
 
 
 def _lookup(config: dict, dotted: str):
@@ -28,6 +69,59 @@ def _lookup(config: dict, dotted: str):
             return _MISSING
         value = value[part]
     return value
+
+
+def _vlm_arch(config: dict):
+    """mlx-vlm's model package for config["model_type"] (mlx_vlm.models.<module>)."""
+    from mlx_vlm.utils import get_model_and_args
+
+    try:
+        return get_model_and_args(config)[0]
+    except ValueError:
+        import mlx_vlm
+
+        raise CheckpointError(
+            f"config.json: model_type {config['model_type']!r} is not supported by mlx-vlm "
+            f"{mlx_vlm.__version__}; expected a model_type with a module in mlx_vlm.models"
+        ) from None
+
+
+def _vlm_config(arch, config: dict):
+    """The ModelConfig mlx-vlm's loader builds from config.json (text and vision parts included)."""
+    from mlx_vlm.utils import update_module_configs
+
+    config = copy.deepcopy(config)
+    config.setdefault("text_config", config.pop("llm_config", {}))
+    config.setdefault("vision_config", {})
+    config.setdefault("audio_config", {})
+    model_config = arch.ModelConfig.from_dict(config)
+    return update_module_configs(model_config, arch, config, list(_VLM_MODULES))
+
+
+@functools.lru_cache(maxsize=None)
+def _vlm_target_class(arch):
+    """mlx-vlm's Model, with the loader's whole sanitize chain as its `sanitize`: mlx-vlm's loader
+    sanitizes with the model, then with its VisionModel and LanguageModel classes (built from
+    their sub-configs); the pipeline calls one `sanitize`, so the target does all three."""
+    from mlx_vlm.utils import sanitize_weights
+
+    class Target(arch.Model):
+        def sanitize(self, weights):
+            weights = sanitize_weights(super(), weights) if hasattr(arch.Model, "sanitize") else weights
+            for part, key in (("VisionModel", "vision_config"), ("LanguageModel", "text_config"),
+                              ("AudioModel", "audio_config")):
+                if hasattr(arch, part) and hasattr(self.config, key):
+                    weights = sanitize_weights(getattr(arch, part), weights, getattr(self.config, key))
+            return weights
+
+    Target.__name__ = Target.__qualname__ = f"{arch.Model.__module__}.Model"
+    return Target
+
+
+def _config_fields(config_class) -> set[str]:
+    if dataclasses.is_dataclass(config_class):
+        return {f.name for f in dataclasses.fields(config_class)}
+    return set(inspect.signature(config_class).parameters)
 
 
 def model_classes(config: dict):
@@ -45,11 +139,37 @@ def model_classes(config: dict):
         ) from None
 
 
-def resolve_config(config: dict) -> tuple[dict, list[str]]:
-    """The config with aliased keys filled in for the target ModelArgs, and one note per fill."""
-    resolved = copy.deepcopy(config)
-    _, args_class = model_classes(config)
-    takes = inspect.signature(args_class).parameters
+def choose_runner(config: dict, runner: str | None = None) -> tuple[str, str | None]:
+    """(runner, note): mlx-vlm for a vision-language config when mlx-vlm is installed, else mlx-lm;
+    `runner` asks for one ("mlx-lm": text only, whatever the source)."""
+    model_type, vlm = config.get("model_type"), is_vision_language(config)
+    if runner not in (None, *RUNNERS):
+        raise CheckpointError(f"--for {runner}: expected one of {', '.join(RUNNERS)}")
+    if runner == MLX_VLM:
+        if not vlm:
+            keys = VISION_LANGUAGE[model_type].vision_keys if model_type in VISION_LANGUAGE else ("vision_config",)
+            raise CheckpointError(
+                f"--for mlx-vlm: config.json model_type {model_type!r}"
+                + (f" has no {' / '.join(keys)}" if model_type in VISION_LANGUAGE else
+                   " is not a vision-language model moequant converts for mlx-vlm")
+                + f"; expected one of {', '.join(sorted(VISION_LANGUAGE))} with its vision part")
+        if not mlx_vlm_installed():
+            raise CheckpointError("--for mlx-vlm: mlx-vlm is not installed; expected `pip install 'moequant[vlm]'`")
+        return MLX_VLM, f"output for mlx-vlm (asked): vision tower and projector kept, language model as mlx-lm's"
+    if runner == MLX_LM:
+        return MLX_LM, ("output for mlx-lm (asked): text only, the vision tower and "
+                        f"{' / '.join(VISION_LANGUAGE[model_type].vision_keys)} left out") if vlm else None
+    if vlm and mlx_vlm_installed():
+        return MLX_VLM, ("output for mlx-vlm (a vision-language checkpoint): vision tower and projector kept; "
+                         "--for mlx-lm writes a text-only output")
+    if vlm:
+        return MLX_LM, ("output for mlx-lm, text only: mlx-vlm is not installed (`pip install 'moequant[vlm]'` "
+                        "for an output that keeps the vision tower)")
+    return MLX_LM, None
+
+
+def _fill_aliases(resolved: dict, takes, where: str = "") -> list[str]:
+    """Aliased keys filled in `resolved` (in place) for a config class taking `takes`; one note each."""
     notes = []
     for alias in CONFIG_ALIASES:
         if alias.key in resolved or alias.key not in takes:
@@ -58,7 +178,7 @@ def resolve_config(config: dict) -> tuple[dict, list[str]]:
             value = _lookup(resolved, source)
             if value is not _MISSING:
                 resolved[alias.key] = value
-                notes.append(f"{alias.key} = {value!r} (from {source}, {alias.note})")
+                notes.append(f"{where}{alias.key} = {value!r} (from {where}{source}, {alias.note})")
                 break
     rope = resolved.get("rope_parameters")
     if isinstance(rope, dict) and "rope_scaling" in takes and not resolved.get("rope_scaling"):
@@ -66,14 +186,40 @@ def resolve_config(config: dict) -> tuple[dict, list[str]]:
             scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
             scaling.setdefault("type", scaling.get("rope_type"))
             resolved["rope_scaling"] = scaling
-            notes.append(f"rope_scaling = {scaling!r} (from rope_parameters, transformers 5)")
-    for note in notes:
-        log.info("config: %s", note)
+            notes.append(f"{where}rope_scaling = {scaling!r} (from {where}rope_parameters, transformers 5)")
+    return notes
+
+
+def resolve_config(config: dict, runner: str | None = None) -> tuple[dict, list[str]]:
+    """The config for the chosen runner (see choose_runner) with aliased keys filled in for its
+    config classes, and one note per fill or choice."""
+    resolved = copy.deepcopy(config)
+    runner, note = choose_runner(config, runner)
+    notes = [note] if note else []
+    if runner == MLX_VLM:
+        arch = _vlm_arch(config)
+        notes += _fill_aliases(resolved, _config_fields(arch.ModelConfig))
+        text = resolved.get("text_config")
+        if isinstance(text, dict) and hasattr(arch, "TextConfig"):
+            notes += _fill_aliases(text, _config_fields(arch.TextConfig), "text_config.")
+    else:
+        for key in VISION_LANGUAGE[config["model_type"]].vision_keys if is_vision_language(config) else ():
+            resolved.pop(key)
+        _, args_class = model_classes(config)
+        notes += _fill_aliases(resolved, inspect.signature(args_class).parameters)
+    for line in notes:
+        log.info("config: %s", line)
     return resolved, notes
 
 
 def build_model(config: dict) -> nn.Module:
-    """The mlx-lm model for an already resolved config; its weights stay lazy (never evaluated)."""
+    """The runner's model (runner_of) for an already resolved config; its weights stay lazy."""
+    if runner_of(config) == MLX_VLM:
+        arch = _vlm_arch(config)
+        try:
+            return _vlm_target_class(arch)(_vlm_config(arch, config))
+        except (TypeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"config.json: mlx-vlm's {arch.__name__} rejects it ({e})") from None
     model_class, args_class = model_classes(config)
     try:
         return model_class(args_class.from_dict(config))

@@ -187,6 +187,8 @@ class TinyArch:
     values: tuple[tuple[str, float, float], ...] = ()  # (regex on a published name, mean, std) instead
     # of tiny_tensor's defaults, e.g. tied embeddings at 1/sqrt(H) so the logits stay O(1)
     pack: str | None = None  # a key of PACKERS: how the release stores some tensors quantized
+    runner: str = "mlx-lm"  # whose model the tensors are derived from: mlx-lm, or mlx-vlm (vision tower too)
+    files: Callable[[], dict[str, dict]] | None = None  # extra JSON files the release ships (processor)
 
 
 ARCHS: dict[str, TinyArch] = {
@@ -235,19 +237,28 @@ SHAPE_FIXES: dict[str, Callable[[Tensors, dict], Tensors]] = {
 }
 
 
-def mlx_lm_shapes(config: dict) -> Tensors:
-    """Every parameter of mlx-lm's model for `config` (its names after sanitize, experts stacked)."""
+def _conv3d_channels_first(shapes: Tensors, config: dict) -> Tensors:
+    """Patch-embedding Conv3d weights: mlx [out, t, h, w, in]; PyTorch releases [out, in, t, h, w]."""
+    return {k: (s[0], s[4], s[1], s[2], s[3]) if len(s) == 5 and k.endswith("patch_embed.proj.weight") else s
+            for k, s in shapes.items()}
+
+
+SHAPE_FIXES["conv3d_channels_first"] = _conv3d_channels_first
+
+
+def mlx_lm_shapes(config: dict, runner: str = "mlx-lm") -> Tensors:
+    """Every parameter of the runner's model for `config` (its names after sanitize, experts stacked)."""
     from mlx.utils import tree_flatten
 
     from .target import build_model, resolve_config
 
-    model = build_model(resolve_config(config)[0])
+    model = build_model(resolve_config(config, runner)[0])
     return {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
 
 
 def published_tensors(spec: TinyArch, family: Family, config: dict) -> Tensors:
-    """The release's per-expert tensor names and shapes, from mlx-lm's model with sanitize undone."""
-    shapes = mlx_lm_shapes(config)
+    """The release's per-expert tensor names and shapes, from the runner's model with sanitize undone."""
+    shapes = mlx_lm_shapes(config, spec.runner)
     for fix in spec.fixes:
         shapes = SHAPE_FIXES[fix](shapes, config)
     for pattern, replacement in spec.renames:
@@ -416,18 +427,21 @@ def save_safetensors(path: Path, tensors: dict[str, tuple[str, mx.array]]) -> No
 
 def write_tiny_checkpoint(dst: str | Path, arch: str, *, dtype: str = "bfloat16", shards: int = 1,
                           seed: int = 0, style: str = "published", layout: str | None = None,
-                          source: str = "float", block_size: tuple[int, int] = (128, 128)) -> Path:
+                          source: str = "float", block_size: tuple[int, int] = (128, 128),
+                          vision: bool = False) -> Path:
     """Write a tiny `arch` checkpoint into dst (created). `style="legacy"` writes the config keys
     mlx-lm was written against (rope_theta, num_experts) instead of what the release carries;
     `layout` picks per-expert, fused or stacked experts (default: what the release publishes);
     `source="fp8"` writes FP8 block-scaled linear weights (`weight_block_size` = block_size) as
-    DeepSeek-V3 and Qwen3-FP8 releases do."""
+    DeepSeek-V3 and Qwen3-FP8 releases do. `vision=True` writes a vision-language release whole
+    (VLM_ARCHS: vision tower, vision_config, processor files) instead of its language model only."""
     family = FAMILIES.get(arch) or PENDING.get(arch)
     layout = layout or (family.layout if family else "per_expert")
-    if arch not in ALL_ARCHS or layout not in LAYOUTS or source not in SOURCES:
+    archs = VLM_ARCHS if vision else ALL_ARCHS
+    if arch not in archs or layout not in LAYOUTS or source not in SOURCES:
         raise ValueError(f"arch {arch!r}, layout {layout!r}, source {source!r}; expected one of "
-                         f"{', '.join(ALL_ARCHS)}; {', '.join(LAYOUTS)}; {', '.join(SOURCES)}")
-    spec = ALL_ARCHS[arch]
+                         f"{', '.join(archs)}; {', '.join(LAYOUTS)}; {', '.join(SOURCES)}")
+    spec = archs[arch]
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     mx_dtype = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}[dtype]
@@ -474,6 +488,8 @@ def write_tiny_checkpoint(dst: str | Path, arch: str, *, dtype: str = "bfloat16"
     (dst / "tokenizer.json").write_text(json.dumps(byte_tokenizer()))
     (dst / "tokenizer_config.json").write_text(
         json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 1024}))
+    for name, content in (spec.files() if spec.files else {}).items():
+        (dst / name).write_text(content if isinstance(content, str) else json.dumps(content, indent=2))
     return dst
 
 
@@ -825,3 +841,65 @@ GENERATED: dict[str, TinyArch] = {
 }
 
 ALL_ARCHS: dict[str, TinyArch] = {**ARCHS, **GENERATED}
+
+
+# ---- Vision-language releases whole (write_tiny_checkpoint(..., vision=True)): tensors derived from
+# mlx-vlm's model (vision tower and projector included) with its sanitize undone, config.json with
+# text_config and vision_config, and the processor files mlx_vlm.load reads.
+
+_VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")  # ids V, V+1, …
+V_VLM = V + 8  # byte vocabulary + the vision tokens, padded
+
+
+def _vision_tokenizer() -> dict:
+    """The byte tokenizer plus Qwen-VL's vision tokens as added special tokens (ids from V)."""
+    tokenizer = byte_tokenizer()
+    tokenizer["added_tokens"] = [{"id": V + i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                                  "normalized": False, "special": True} for i, t in enumerate(_VISION_TOKENS)]
+    return tokenizer
+
+
+_CHAT_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+                  "{{ message['content'] }}{% else %}{% for part in message['content'] %}{% if part['type'] == 'image' %}"
+                  "<|vision_start|><|image_pad|><|vision_end|>{% elif part['type'] == 'text' %}{{ part['text'] }}"
+                  "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _qwen_vl_files() -> dict[str, dict]:
+    """Qwen3-VL's processor files (Qwen/Qwen3-VL-30B-A3B-Instruct), at a tiny image size: patch 16,
+    2x2 merge, images of 32x32 to 64x64 pixels."""
+    image = {"patch_size": 16, "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.5, 0.5, 0.5],
+             "image_std": [0.5, 0.5, 0.5], "size": {"shortest_edge": 32 * 32, "longest_edge": 64 * 64},
+             "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+             "do_convert_rgb": True}
+    return {
+        "tokenizer.json": _vision_tokenizer(),
+        "tokenizer_config.json": {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 1024,
+                                  "processor_class": "Qwen3VLProcessor"},
+        "preprocessor_config.json": {**image, "image_processor_type": "Qwen2VLImageProcessorFast",
+                                     "processor_class": "Qwen3VLProcessor"},
+        "video_preprocessor_config.json": {**image, "video_processor_type": "Qwen3VLVideoProcessor",
+                                           "processor_class": "Qwen3VLProcessor", "fps": 2, "do_sample_frames": True},
+        "chat_template.json": {"chat_template": _CHAT_TEMPLATE},
+    }
+
+
+VLM_ARCHS: dict[str, TinyArch] = {
+    # Qwen/Qwen3-VL-30B-A3B-Instruct whole: model.visual.{patch_embed.proj (Conv3d [out, in, t, p, p]),
+    # pos_embed, blocks.{b}.{norm1, norm2, attn.qkv, attn.proj, mlp.linear_fc1/2}, merger,
+    # deepstack_merger_list.{d}} beside the language model of GENERATED["qwen3_vl_moe"]
+    "qwen3_vl_moe": TinyArch(None, lambda style: {
+        **GENERATED["qwen3_vl_moe"].config(style),
+        "image_token_id": V + 2, "video_token_id": V + 3, "vision_start_token_id": V, "vision_end_token_id": V + 1,
+        "text_config": {**GENERATED["qwen3_vl_moe"].config(style)["text_config"], "vocab_size": V_VLM},
+        "vision_config": {"model_type": "qwen3_vl_moe", "depth": 2, "hidden_size": 64, "intermediate_size": 128,
+                          "num_heads": 2, "out_hidden_size": H, "patch_size": 16, "spatial_merge_size": 2,
+                          "temporal_patch_size": 2, "in_channels": 3, "num_position_embeddings": 64,
+                          "deepstack_visual_indexes": [0], "hidden_act": "gelu_pytorch_tanh",
+                          "initializer_range": 0.02}},
+        "Qwen3-VL-MoE whole: vision tower (model.visual) + fused in x out experts under model.language_model",
+        renames=((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.lm_head\.", "lm_head."),
+                 (r"^vision_tower\.", "model.visual.")),
+        fixes=("conv3d_channels_first",), runner="mlx-vlm", files=_qwen_vl_files),
+}
