@@ -37,6 +37,7 @@ RoundingOpt = Annotated[str, typer.Option("--rounding", help="plain (mx.quantize
 TargetOpt = Annotated[Optional[float], typer.Option("--target-bpw", help="Size budget in bits per weight: bits and group size chosen per module (reads the weights).")]
 CalibOpt = Annotated[Optional[Path], typer.Option("--calib", help="Calibration text (or .npy token ids) for --target-bpw; without it a data-free proxy is used.")]
 OverrideOpt = Annotated[Optional[list[str]], typer.Option("--override", help="PATTERN=SPEC, repeatable: '*.shared_expert.*=bits=8,group=64' or '*.mlp.gate=keep'.")]
+RunnerOpt = Annotated[Optional[str], typer.Option("--for", help="mlx-lm (text only) or mlx-vlm (vision tower kept); default: mlx-vlm for a vision-language SRC when mlx-vlm is installed.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or info on stderr.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging on stderr.")]
@@ -160,7 +161,7 @@ def convert(
     bits: BitsOpt = None, group_size: GroupOpt = None, mode: ModeOpt = Mode.AFFINE, gate_bits: GateOpt = "float",
     no_quantize: NoQuantOpt = False, dtype: DtypeOpt = None, global_scale: GlobalScaleOpt = True,
     recipe: RecipeOpt = "uniform", override: OverrideOpt = None, rounding: RoundingOpt = "plain",
-    target_bpw: TargetOpt = None, calib: CalibOpt = None,
+    target_bpw: TargetOpt = None, calib: CalibOpt = None, runner: RunnerOpt = None,
     plan_file: Annotated[Optional[Path], typer.Option("--plan", help="Convert exactly this plan (the JSON of `inspect --json`); plan options are then ignored.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")] = False,
     shard_size: Annotated[str, typer.Option("--shard-size", help="Largest output shard.")] = "5GB",
@@ -177,7 +178,8 @@ def convert(
         check_destination(dst, force)
         choices = _choices(no_quantize, mode, bits, group_size, gate_bits, dtype, global_scale, recipe, override,
                            rounding, target_bpw, calib)
-        conversion = Conversion(src, plan=_read_plan(plan_file), **choices) if plan_file else Conversion(src, **choices)
+        conversion = (Conversion(src, plan=_read_plan(plan_file), runner=runner, **choices) if plan_file
+                      else Conversion(src, runner=runner, **choices))
         steps = conversion.run(dst, force=force, shard_size=_parse_size(shard_size), workers=workers)
         total = conversion.ckpt.nbytes
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),
@@ -212,7 +214,7 @@ def inspect(
     bits: BitsOpt = None, group_size: GroupOpt = None, mode: ModeOpt = Mode.AFFINE, gate_bits: GateOpt = "float",
     no_quantize: NoQuantOpt = False, dtype: DtypeOpt = None, global_scale: GlobalScaleOpt = True,
     recipe: RecipeOpt = "uniform", override: OverrideOpt = None, rounding: RoundingOpt = "plain",
-    target_bpw: TargetOpt = None, calib: CalibOpt = None, json_out: JsonOpt = False,
+    target_bpw: TargetOpt = None, calib: CalibOpt = None, runner: RunnerOpt = None, json_out: JsonOpt = False,
     expand: Annotated[bool, typer.Option("--all", help="One row per module (no collapsing across layers).")] = False,
     check: Annotated[bool, typer.Option("--check", help="MLX-quantized PATH: exit 1 if config and tensors disagree.")] = False,
     as_source: Annotated[bool, typer.Option("--as-source", help="MLX-quantized PATH: print its conversion plan instead of what it stores.")] = False,
@@ -235,8 +237,8 @@ def inspect(
                 raise typer.Exit(1)
             return
         conversion = Conversion(
-            path, **_choices(no_quantize, mode, bits, group_size, gate_bits, dtype, global_scale, recipe, override,
-                             rounding, target_bpw, calib))
+            path, runner=runner, **_choices(no_quantize, mode, bits, group_size, gate_bits, dtype, global_scale,
+                                            recipe, override, rounding, target_bpw, calib))
         conversion.manifest()  # every layout and shape check, from headers
         plan = conversion.plan
     except MoequantError as e:

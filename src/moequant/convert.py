@@ -65,11 +65,12 @@ class Conversion:
     """Everything decided from headers (the plan); `run` does the work, one group at a time."""
 
     def __init__(self, src: str | Path, quant: Quant | None = None, *, dtype: str | None = None,
-                 plan: dict | None = None, **choices):
+                 plan: dict | None = None, runner: str | None = None, **choices):
         """`choices` are the other fields of plan.Options (gate_bits, recipe, overrides, …);
-        `plan` is a saved plan (the JSON of `inspect --json`) to follow instead."""
+        `plan` is a saved plan (the JSON of `inspect --json`) to follow instead; `runner` is
+        "mlx-lm" or "mlx-vlm" (default: target.choose_runner decides from the config)."""
         self.ckpt = read_checkpoint(src)
-        self.config, notes = resolve_config(self.ckpt.config)  # first: is it an mlx-lm model at all
+        self.config, notes = resolve_config(self.ckpt.config, runner)  # first: is it a model the runner has
         self.family = family_of(self.ckpt.config)
         self.num_experts = num_experts(self.family, self.config)
         self.format, qconfig = source_format(self.ckpt.config)

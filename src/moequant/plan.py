@@ -14,10 +14,10 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
-from mlx_lm.models.switch_layers import SwitchLinear
 
 from .errors import PlanError
 from .names import layer_of
+from .target import switch_linear_types
 
 
 class Mode(str, Enum):
@@ -166,7 +166,8 @@ def find_roles(model: nn.Module) -> list[Module]:
     # An MoE block is the parent of a SwitchLinear container (…mlp.switch_mlp.gate_proj -> …mlp);
     # its children that map hidden states to one score per expert (or one) are gates — directly
     # (mlp.gate) or inside a router wrapper that holds nothing else (mlp.gate.wg, router.layer).
-    moe_blocks = {p.rsplit(".", 2)[0]: m.weight.shape[0] for p, m in leaves if isinstance(m, SwitchLinear)}
+    switch = switch_linear_types()  # mlx-lm's SwitchLinear, and mlx-vlm's copy of it
+    moe_blocks = {p.rsplit(".", 2)[0]: m.weight.shape[0] for p, m in leaves if isinstance(m, switch)}
     wrapped = {p.rpartition(".")[0] for p, _ in leaves}
     wrappers = {w: w.rpartition(".")[0] for w in wrapped if w.rpartition(".")[0] in moe_blocks
                 and sum(p.startswith(f"{w}.") for p, _ in leaves) == 1}
@@ -177,7 +178,7 @@ def find_roles(model: nn.Module) -> list[Module]:
         parent, _, _ = path.rpartition(".")
         parent = wrappers.get(parent, parent)
         role = None
-        if isinstance(m, SwitchLinear):
+        if isinstance(m, switch):
             role = Role.ROUTED_EXPERTS
         elif parent in moe_blocks and weight.ndim == 2:
             if weight.shape[0] == moe_blocks[parent]:
