@@ -37,7 +37,12 @@ S, N = Status.SUPPORTED, Status.NOT_YET
 _LM, _VLM = "mlx-lm", "mlx-vlm"
 
 VLM = ("a VLM: moequant converts for mlx-lm, which keeps only the language model; an mlx-vlm output "
-       "(language model under its published prefix, vision tower kept float) is not built yet")
+       "(language model under its published prefix, vision tower kept float) is not built yet for it: it takes a "
+       "families.VISION_LANGUAGE row, a tiny release in tiny.VLM_ARCHS and its tests/test_vlm.py smoke test")
+# mlx-vlm outputs that are built and smoke-tested (tests/test_vlm.py); the row's note says so too
+VLM_DONE = ("mlx-vlm output (the default when mlx-vlm is installed; --for mlx-lm for text only): vision tower and "
+            "projector copied float, language model under language_model.*, processor files copied; "
+            "smoke-tested with mlx_vlm.load on text and an image")
 
 ARCHITECTURES: tuple[Arch, ...] = (
     # ---- supported: FAMILIES row, tiny checkpoint, smoke test ----
@@ -101,7 +106,8 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("qwen3_5_moe", _LM, "qwen3_5_moe", S, "Qwen3.5-35B-A3B",
          "fused experts under model.language_model, Gated DeltaNet, (1 + w) norms (text weights; " + VLM + ")"),
     Arch("qwen3_vl_moe", _LM, "qwen3_vl_moe", S, "Qwen/Qwen3-VL-30B-A3B-Instruct",
-         "fused in x out experts under model.language_model (text weights; " + VLM + ")"),
+         "fused in x out experts under model.language_model, for mlx-lm (text only); and the whole release (model.visual "
+         "+ deepstack mergers) for mlx-vlm's qwen3_vl_moe: " + VLM_DONE),
     Arch("gpt_oss", _LM, "gpt_oss", S, "openai/gpt-oss-20b",
          "MXFP4 fused experts (gate/up rows interleaved) read as MLX mxfp4, fused biases, router bias, sinks"),
     # ---- not yet ----

@@ -1,0 +1,146 @@
+"""Vision-language MoE checkpoints converted for mlx-vlm: tiny release (vision tower included) ->
+convert -> the real `mlx_vlm.load` (model and processor) -> forward on text, and on an image, with
+logits compared against mlx-vlm's own float model of the source checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from moequant.convert import Conversion
+from moequant.errors import CheckpointError
+from moequant.evaluate import compare_logits, load_float32
+from moequant.families import VISION_LANGUAGE
+from moequant.plan import GATE_ROLES, Quant, Role
+from moequant.tiny import VLM_ARCHS, write_tiny_checkpoint
+
+from conftest import TOKENS
+
+import mlx_vlm  # the test extra installs it: a missing mlx-vlm is an error here, not a skip
+
+# (cosine, KL nats/token) against mlx-vlm's float model of the source, measured on these tiny models
+# (mlx 0.32.4, mlx-vlm 0.7.10, Linux CPU): text tokens at 4-bit affine g64, at mxfp4, then one image.
+SEEN = {
+    "qwen3_vl_moe": (0.9653, 0.0336, 0.9569, 0.0421, 0.9803, 0.0185),  # mlx-lm text-only: 0.9654, 0.0335, …
+}
+COSINE_MARGIN, KL_FACTOR = 0.01, 1.25  # as tests/test_archs.py
+
+
+def _image_inputs(processor, config: dict) -> dict:
+    """input_ids, pixel_values, image_grid_thw for one 48x48 image and a short prompt, through the
+    checkpoint's own processor (as mlx_vlm.load built it)."""
+    rng = np.random.default_rng(0)
+    from PIL import Image
+
+    image = Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    text = "<|vision_start|><|image_pad|><|vision_end|>what is it?"
+    inputs = processor(text=[text], images=[image], return_tensors="np")
+    assert (inputs["input_ids"] == config["image_token_id"]).sum() > 1  # the image became several tokens
+    return {k: mx.array(np.asarray(inputs[k])) for k in ("input_ids", "pixel_values", "image_grid_thw")}
+
+
+def _logits(model, inputs: dict) -> mx.array:
+    out = model.model(inputs["input_ids"], pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"])
+    return getattr(out, "logits", out)
+
+
+@pytest.mark.parametrize("arch", VLM_ARCHS)
+def test_vlm_converts_loads_in_mlx_vlm_and_stays_close_to_its_float_model(tmp_path, arch):
+    src = write_tiny_checkpoint(tmp_path / "src", arch, vision=True)
+    config = json.loads((src / "config.json").read_text())
+    reference_model = load_float32(src)  # mlx-vlm's float model, its own sanitize of the release layout
+    reference = reference_model(TOKENS)
+    _, processor = mlx_vlm.load(str(src))
+    image = _image_inputs(processor, config)
+    image_reference = _logits(reference_model, image)
+    mx.eval(reference, image_reference)
+
+    list(Conversion(src).run(tmp_path / "float"))
+    float_model = load_float32(tmp_path / "float")
+    exact = compare_logits(reference, float_model(TOKENS))
+    assert exact.max_abs <= 1e-4, f"--no-quantize: {exact}"
+    exact = compare_logits(image_reference, _logits(float_model, image))  # the vision tower as mlx-vlm reads it
+    assert exact.max_abs <= 1e-4, f"--no-quantize, image: {exact}"
+
+    affine_cos, affine_kl, fp_cos, fp_kl, image_cos, image_kl = SEEN[arch]
+    for mode, cos, kl in (("affine", affine_cos, affine_kl), ("mxfp4", fp_cos, fp_kl)):
+        dst = tmp_path / mode
+        conversion = Conversion(src, Quant.make(mode))
+        list(conversion.run(dst))
+        rows = conversion.plan.rows
+        vision = [r for r in rows if r.role == Role.VISION]
+        assert all(r.quant is None for r in vision)
+        assert {r.rule for r in vision if r.quantizable} == {"vision"}
+        assert [r for r in rows if r.role == Role.VISION] and [r for r in rows if r.role == Role.ROUTED_EXPERTS]
+        gates = [r for r in rows if r.role in GATE_ROLES]
+        assert gates and all(r.quant is None for r in gates)
+        assert all(r.quant is not None for r in rows if r.role == Role.ROUTED_EXPERTS)
+
+        out = json.loads((dst / "config.json").read_text())
+        assert out["text_config"] and all(out[k] for k in VISION_LANGUAGE[arch].vision_keys)
+        assert out["quantization"]["mode"] == mode and out["quantization"] == out["quantization_config"]
+        for name in ("preprocessor_config.json", "video_preprocessor_config.json", "chat_template.json",
+                     "tokenizer.json", "tokenizer_config.json"):
+            assert (dst / name).read_bytes() == (src / name).read_bytes(), name
+
+        model, processor = mlx_vlm.load(str(dst))  # the real loader: model and processor
+        stored = mx.load(str(dst / "model.safetensors"))
+        assert any(k.startswith("vision_tower.") for k in stored)
+        assert not any(k.startswith("vision_tower.") and k.endswith(".scales") for k in stored)
+        assert any(k.startswith("language_model.") and k.endswith("switch_mlp.gate_proj.scales") for k in stored)
+        text = compare_logits(reference, load_float32(dst)(TOKENS))
+        assert text.cosine >= cos - COSINE_MARGIN and text.kl <= kl * KL_FACTOR, f"{mode}: {text}"
+        if mode == "affine":
+            seen = compare_logits(image_reference, _logits(load_float32(dst), _image_inputs(processor, config)))
+            assert seen.cosine >= image_cos - COSINE_MARGIN and seen.kl <= image_kl * KL_FACTOR, f"image: {seen}"
+
+
+@pytest.mark.parametrize("arch", VLM_ARCHS)
+def test_for_mlx_lm_writes_the_language_model_only(tmp_path, arch):
+    src = write_tiny_checkpoint(tmp_path / "src", arch, vision=True)
+    conversion = Conversion(src, Quant.make("affine"), runner="mlx-lm")
+    assert not [r for r in conversion.plan.rows if r.role == Role.VISION]
+    assert any("output for mlx-lm (asked)" in n for n in conversion.plan.notes)
+    list(conversion.run(tmp_path / "dst"))
+    out = json.loads((tmp_path / "dst" / "config.json").read_text())
+    assert not set(VISION_LANGUAGE[arch].vision_keys) & set(out)
+    from mlx_lm.utils import load_model
+
+    model, _ = load_model(tmp_path / "dst")
+    assert model(TOKENS).shape == (*TOKENS.shape, out["text_config"]["vocab_size"])
+
+
+def test_a_vision_language_source_defaults_to_mlx_vlm_and_says_so(tmp_path):
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_vl_moe", vision=True)
+    notes = Conversion(src, Quant.make("affine")).plan.notes
+    assert any(n.startswith("output for mlx-vlm (a vision-language checkpoint)") for n in notes), notes
+
+
+def test_for_mlx_vlm_on_a_text_only_source_is_one_clear_error(tmp_path):
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_vl_moe")  # language model only, no vision_config
+    with pytest.raises(CheckpointError, match=r"--for mlx-vlm: config.json model_type 'qwen3_vl_moe' has no vision_config"):
+        Conversion(src, runner="mlx-vlm")
+    with pytest.raises(CheckpointError, match=r"--for mlx-vlm: .*'qwen3_moe' is not a vision-language model"):
+        Conversion(write_tiny_checkpoint(tmp_path / "text", "qwen3_moe"), runner="mlx-vlm")
+
+
+def test_cli_for_option(tmp_path, cli):
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_vl_moe", vision=True)
+    result = cli("convert", src, tmp_path / "dst", "--for", "mlx-lm", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "vision_config" not in json.loads((tmp_path / "dst" / "config.json").read_text())
+    result = cli("convert", src, tmp_path / "bad", "--for", "mlx-xyz")
+    assert result.exit_code == 1 and "--for mlx-xyz: expected one of mlx-lm, mlx-vlm" in result.output
+
+
+def test_every_vision_language_row_has_a_tiny_release_and_a_supported_arch_row():
+    from moequant.archs import ARCHITECTURES, VLM_DONE, Status
+
+    assert set(VISION_LANGUAGE) == set(VLM_ARCHS)
+    rows = {a.model_type: a for a in ARCHITECTURES}
+    for arch in VISION_LANGUAGE:
+        assert rows[arch].status == Status.SUPPORTED and VLM_DONE in rows[arch].note
+    assert [a.model_type for a in ARCHITECTURES if VLM_DONE in a.note] == sorted(VISION_LANGUAGE)
