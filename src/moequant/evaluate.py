@@ -7,6 +7,7 @@ before the forward pass, which computes the same function.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -82,6 +83,8 @@ class _Logits(nn.Module):
         self.model = model
 
     def __call__(self, inputs: mx.array, **kwargs) -> mx.array:
+        if "pixel_values" in inspect.signature(self.model.__call__).parameters:
+            kwargs.setdefault("pixel_values", None)  # text only (llama4's Model requires the argument)
         out = self.model(inputs, **kwargs)
         return getattr(out, "logits", out)
 
