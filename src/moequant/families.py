@@ -83,6 +83,8 @@ FAMILIES: dict[str, Family] = {
     "deepseek_v32": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("n_routed_experts",)),
     # zai-org/GLM-5 (mlx-lm: deepseek_v32's model)
     "glm_moe_dsa": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("n_routed_experts",)),
+    # moonshotai/Kimi-VL-A3B-Instruct: language_model.model.layers.{l}.mlp.experts.{e}.* (DeepSeek-V3 layout)
+    "kimi_vl": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("n_routed_experts",)),
     # zai-org/GLM-4.7-Flash
     "glm4_moe_lite": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("n_routed_experts",)),
     # upstage/Solar-Open-100B (mlx-lm: glm4_moe's model)
@@ -142,6 +144,17 @@ VISION_LANGUAGE: dict[str, VisionLanguage] = {
     # Qwen/Qwen3-VL-30B-A3B-Instruct: model.visual.{patch_embed, pos_embed, blocks.{b}, merger,
     # deepstack_merger_list.{d}} beside model.language_model.*; mlx-vlm: vision_tower.*, language_model.model.*
     "qwen3_vl_moe": VisionLanguage("qwen3_vl_moe"),
+    # Qwen/Qwen3.5-35B-A3B: model.visual.{patch_embed, pos_embed, blocks.{b}, merger} (no deepstack)
+    # beside model.language_model.*; mlx-vlm: vision_tower.*, language_model.model.*
+    "qwen3_5_moe": VisionLanguage("qwen3_5_moe"),
+    # meta-llama/Llama-4-Scout-17B-16E-Instruct: vision_model.{patch_embedding.linear, class_embedding,
+    # positional_embedding_vlm, model.layers.{b}, vision_adapter.mlp} and multi_modal_projector.linear_1
+    # beside language_model.model.*; mlx-vlm's names are the release's
+    "llama4": VisionLanguage("llama4"),
+    # moonshotai/Kimi-VL-A3B-Instruct: vision_tower.{patch_embed, encoder.blocks.{b}.{wqkv, wo, norm0, norm1,
+    # mlp.fc0/fc1}, encoder.final_layernorm} and multi_modal_projector.{pre_norm, linear_1, linear_2} beside
+    # language_model.model.*; mlx-vlm drops `encoder.` and nests wqkv/wo under attn
+    "kimi_vl": VisionLanguage("kimi_vl"),
 }
 
 

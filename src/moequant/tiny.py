@@ -246,6 +246,15 @@ def _conv3d_channels_first(shapes: Tensors, config: dict) -> Tensors:
 SHAPE_FIXES["conv3d_channels_first"] = _conv3d_channels_first
 
 
+def _conv2d_channels_first(shapes: Tensors, config: dict) -> Tensors:
+    """Patch-embedding Conv2d weights: mlx [out, h, w, in]; PyTorch releases [out, in, h, w]."""
+    return {k: (s[0], s[3], s[1], s[2]) if len(s) == 4 and k.endswith("patch_embed.proj.weight") else s
+            for k, s in shapes.items()}
+
+
+SHAPE_FIXES["conv2d_channels_first"] = _conv2d_channels_first
+
+
 def mlx_lm_shapes(config: dict, runner: str = "mlx-lm") -> Tensors:
     """Every parameter of the runner's model for `config` (its names after sanitize, experts stacked)."""
     from mlx.utils import tree_flatten
@@ -885,6 +894,26 @@ def _qwen_vl_files() -> dict[str, dict]:
     }
 
 
+def _llama4_files() -> dict[str, dict]:
+    """The byte tokenizer with Llama-4's image token (<|image|>, id V + 2); no image processor files
+    (the smoke test feeds pixel values [1, 3, 64, 64] itself)."""
+    tokenizer = byte_tokenizer()
+    tokenizer["added_tokens"] = [{"id": V + i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                                  "normalized": False, "special": True}
+                                 for i, t in enumerate(("<|image_start|>", "<|image_end|>", "<|image|>"))]
+    return {"tokenizer.json": tokenizer}
+
+
+def _kimi_vl_files() -> dict[str, dict]:
+    """The byte tokenizer with Kimi-VL's media tokens (<|media_start|>, <|media_end|>, <|media_pad|> from id V);
+    no image processor files (the smoke test feeds patches itself)."""
+    tokenizer = byte_tokenizer()
+    tokenizer["added_tokens"] = [{"id": V + i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                                  "normalized": False, "special": True}
+                                 for i, t in enumerate(("<|media_start|>", "<|media_end|>", "<|media_pad|>"))]
+    return {"tokenizer.json": tokenizer}
+
+
 VLM_ARCHS: dict[str, TinyArch] = {
     # Qwen/Qwen3-VL-30B-A3B-Instruct whole: model.visual.{patch_embed.proj (Conv3d [out, in, t, p, p]),
     # pos_embed, blocks.{b}.{norm1, norm2, attn.qkv, attn.proj, mlp.linear_fc1/2}, merger,
@@ -902,4 +931,58 @@ VLM_ARCHS: dict[str, TinyArch] = {
         renames=((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.lm_head\.", "lm_head."),
                  (r"^vision_tower\.", "model.visual.")),
         fixes=("conv3d_channels_first",), runner="mlx-vlm", files=_qwen_vl_files),
+    # Qwen/Qwen3.5-35B-A3B whole: model.visual.{patch_embed.proj, pos_embed, blocks.{b}, merger} (Qwen3-VL's
+    # tower without deepstack mergers) beside the language model of GENERATED["qwen3_5_moe"]
+    "qwen3_5_moe": TinyArch(None, lambda style: {
+        **GENERATED["qwen3_5_moe"].config(style),
+        "image_token_id": V + 2, "video_token_id": V + 3, "vision_start_token_id": V, "vision_end_token_id": V + 1,
+        "text_config": {**GENERATED["qwen3_5_moe"].config(style)["text_config"], "vocab_size": V_VLM},
+        "vision_config": {"model_type": "qwen3_5_moe", "depth": 2, "hidden_size": 64, "intermediate_size": 128,
+                          "num_heads": 2, "out_hidden_size": H, "patch_size": 16, "spatial_merge_size": 2,
+                          "temporal_patch_size": 2, "in_channels": 3, "num_position_embeddings": 64,
+                          "deepstack_visual_indexes": [], "hidden_act": "gelu_pytorch_tanh",
+                          "initializer_range": 0.02}},
+        "Qwen3.5-MoE whole: vision tower (model.visual) + fused experts under model.language_model, Gated DeltaNet",
+        renames=((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.lm_head\.", "lm_head."),
+                 (r"^vision_tower\.", "model.visual.")),
+        fixes=("conv1d_channels_first", "conv3d_channels_first"), values=_ZERO_CENTERED_NORMS, runner="mlx-vlm",
+        files=_qwen_vl_files),    # meta-llama/Llama-4-Scout-17B-16E-Instruct whole: vision_model.{patch_embedding.linear ([D, 3·p·p], an
+    # unfold + linear), class_embedding, positional_embedding_vlm, layernorm_pre/post, model.layers.{b}.{self_attn
+    # (with biases), mlp.fc1/fc2, input_layernorm, post_attention_layernorm}, vision_adapter.mlp.fc1/fc2} and
+    # multi_modal_projector.linear_1 beside the language model of GENERATED["llama4"]; the names are mlx-vlm's
+    "llama4": TinyArch(None, lambda style: {
+        **GENERATED["llama4"].config(style), "image_token_index": V + 2,
+        "text_config": {**GENERATED["llama4"].config(style)["text_config"], "vocab_size": V_VLM},
+        "vision_config": {"model_type": "llama4_vision_model", "hidden_size": 64, "image_size": 64, "patch_size": 16,
+                          "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 256,
+                          "num_channels": 3, "norm_eps": 1e-5, "pixel_shuffle_ratio": 0.5, "projector_input_dim": 128,
+                          "projector_output_dim": 128, "vision_output_dim": 128, "projector_dropout": 0.0,
+                          "rope_theta": 10000, "vision_feature_layer": -1, "vision_feature_select_strategy": "default",
+                          "initializer_range": 0.02, "hidden_act": "gelu", "attention_dropout": 0.0,
+                          "multi_modal_projector_bias": False}},
+        "Llama-4 whole: vision_model (unfold patch embedding, pixel-shuffle adapter) + multi_modal_projector + "
+        "fused transposed experts under language_model.model", runner="mlx-vlm", files=_llama4_files),    # moonshotai/Kimi-VL-A3B-Instruct whole: vision_tower (MoonViT: patch_embed.proj Conv2d [out, in, p, p],
+    # patch_embed.pos_emb [h, w, D], encoder.blocks.{b}.{wqkv, wo, norm0, norm1, mlp.fc0/fc1},
+    # encoder.final_layernorm), multi_modal_projector.{pre_norm, linear_1, linear_2}, and a DeepSeek-V3 language
+    # model (MLA without q_lora, dense first layer, shared experts, correction bias) under language_model.model.
+    # The release's vision_config says num_hidden_layers / hidden_size / num_attention_heads; mlx-vlm reads
+    # depth / embed_dim / num_heads (its defaults are the release's 27 / 1152 / 16), so the tiny config has both
+    "kimi_vl": TinyArch(None, lambda style: {
+        "architectures": ["KimiVLForConditionalGeneration"], "model_type": "kimi_vl", "ignore_index": -100,
+        "media_placeholder_token_id": V + 2, "pad_token_id": 0, "tie_word_embeddings": False,
+        "text_config": {**_release(drop=("architectures",))(style), "model_type": "deepseek_v3", "vocab_size": V_VLM,
+                        "num_attention_heads": DS_HEADS, "num_key_value_heads": DS_HEADS, "intermediate_size": I_DENSE,
+                        "moe_intermediate_size": I_MOE, "n_routed_experts": E, "n_shared_experts": 1, "ep_size": 1,
+                        "num_experts_per_tok": TOP_K, "first_k_dense_replace": 1, "moe_layer_freq": 1, "n_group": 1,
+                        "topk_group": 1, "topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": True,
+                        "routed_scaling_factor": 2.446, "q_lora_rank": None, "kv_lora_rank": KV_LORA,
+                        "qk_nope_head_dim": NOPE, "qk_rope_head_dim": ROPE, "v_head_dim": V_HEAD,
+                        "rms_norm_eps": 1e-5, "aux_loss_alpha": 0.001, "seq_aux": True},
+        "vision_config": {"model_type": "moonvit", "patch_size": 14, "init_pos_emb_height": 8, "init_pos_emb_width": 8,
+                          "num_attention_heads": 2, "num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
+                          "merge_kernel_size": [2, 2], "depth": 2, "embed_dim": 64, "num_heads": 2}},
+        "Kimi-VL whole: MoonViT vision tower + projector + DeepSeek-V3 MoE under language_model.model",
+        renames=((r"^vision_tower\.blocks\.(\d+)\.attn\.", r"vision_tower.encoder.blocks.\1."),
+                 (r"^vision_tower\.(blocks|final_layernorm)", r"vision_tower.encoder.\1")),
+        fixes=("conv2d_channels_first",), runner="mlx-vlm", files=_kimi_vl_files),
 }
