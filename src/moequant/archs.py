@@ -85,8 +85,9 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("laguna", _LM, "laguna", S, "poolside Laguna",
          "gate and correction bias renamed by sanitize (gate.proj), per-head attention gate"),
     Arch("llama4", _LM, "llama4", S, "meta-llama/Llama-4-Scout-17B-16E-Instruct",
-         "fused transposed experts gate_up_proj [E, H, 2I], router, shared expert, dense + MoE layers "
-         "(text weights; the vision tower is dropped by mlx-lm)"),
+         "fused transposed experts gate_up_proj [E, H, 2I], router, shared expert, dense + MoE layers, for mlx-lm "
+         "(text only); and the whole release (vision_model with its pixel-shuffle adapter, multi_modal_projector) "
+         "for mlx-vlm's llama4: " + VLM_DONE),
     Arch("lfm2_moe", _LM, "lfm2_moe", S, "LiquidAI/LFM2-8B-A1B",
          "short conv + attention, w1/w2/w3 renamed by sanitize, conv weights transposed, expert_bias, tied"),
     Arch("jamba", _LM, "jamba", S, "ai21labs/AI21-Jamba-Mini-1.5",
@@ -104,7 +105,8 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("qwen3_next", _LM, "qwen3_next", S, "Qwen/Qwen3-Next-80B-A3B-Instruct",
          "Gated DeltaNet + attention, shared expert gate, (1 + w) norms: per-expert handoff to sanitize"),
     Arch("qwen3_5_moe", _LM, "qwen3_5_moe", S, "Qwen3.5-35B-A3B",
-         "fused experts under model.language_model, Gated DeltaNet, (1 + w) norms (text weights; " + VLM + ")"),
+         "fused experts under model.language_model, Gated DeltaNet, (1 + w) norms, for mlx-lm (text only); and the "
+         "whole release (model.visual, no deepstack) for mlx-vlm's qwen3_5_moe: " + VLM_DONE),
     Arch("qwen3_vl_moe", _LM, "qwen3_vl_moe", S, "Qwen/Qwen3-VL-30B-A3B-Instruct",
          "fused in x out experts under model.language_model, for mlx-lm (text only); and the whole release (model.visual "
          "+ deepstack mergers) for mlx-vlm's qwen3_vl_moe: " + VLM_DONE),
@@ -143,7 +145,11 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("muse_spark", _LM, "muse_spark", N, "Muse Spark", "not tried yet"),
     Arch("minimax_m3_vl", _LM, "minimax_m3_vl", N, "MiniMax-M3", VLM),
     # ---- VLMs (mlx-vlm; mlx-lm runs some of their language models) ----
-    Arch("kimi_vl", _VLM, "kimi_vl", N, "moonshotai/Kimi-VL-A3B-Instruct", VLM),
+    Arch("kimi_vl", _VLM, "kimi_vl", S, "moonshotai/Kimi-VL-A3B-Instruct",
+         "MoonViT vision tower (vision_tower.encoder.*) + projector + DeepSeek-V3 MoE (MLA without q_lora, shared "
+         "experts, correction bias, MoEGate) under language_model.model, for mlx-vlm only: " + VLM_DONE + ". No "
+         "text-only output: mlx-lm 0.32.2's kimi_vl cannot load the release itself (its sanitize never splits "
+         "self_attn.kv_b_proj into the embed_q / unembed_out its DeepSeek-V3 attention has)"),
     Arch("kimi_k25", _VLM, "kimi_k25", N, "Kimi-K2.5", VLM),
     Arch("glm4v_moe", _VLM, "glm4v_moe", N, "zai-org/GLM-4.5V", VLM),
     Arch("ernie4_5_moe_vl", _VLM, "ernie4_5_moe_vl", N, "baidu/ERNIE-4.5-VL-28B-A3B-PT", VLM),
@@ -159,6 +165,6 @@ def arch_rows(status: Status | str | None = None) -> list[Arch]:
     return sorted(rows, key=lambda a: (order[a.status], a.runner, a.model_type.lower()))
 
 
-def supported() -> list[str]:
-    """model_types whose smoke test passes today."""
-    return [a.model_type for a in ARCHITECTURES if a.status == Status.SUPPORTED]
+def supported(runner: str | None = None) -> list[str]:
+    """model_types whose smoke test passes today (rows of one runner: mlx-lm's, or VLMs only mlx-vlm runs)."""
+    return [a.model_type for a in ARCHITECTURES if a.status == Status.SUPPORTED and runner in (None, a.runner)]
