@@ -44,6 +44,7 @@ SEEN = {
     "mixtral":       (0.9737, 0.0263, 0.9621, 0.0374),
     "deepseek_v3":   (0.9312, 0.0663, 0.9195, 0.0776),
     "kimi_k2":       (0.9247, 0.0733, 0.8835, 0.1112),
+    "joyai_llm_flash": (0.9312, 0.0663, 0.9195, 0.0776),  # = deepseek_v3's: same tensor names and values
     "deepseek":      (0.9738, 0.0258, 0.9580, 0.0426),
     "deepseek_v2":   (0.9650, 0.0334, 0.9426, 0.0563),
     "olmoe":         (0.9789, 0.0209, 0.9644, 0.0358),
@@ -190,6 +191,7 @@ def test_the_generic_builder_reproduces_the_hand_written_tiny_archs(arch):
 # conversion mapping), so a tiny checkpoint it loads with no missing or unexpected key is in that
 # layout; its forward pass then agrees with mlx-lm's except where the two implementations differ.
 NOT_IN_TRANSFORMERS = {"Klear", "hunyuan", "bailing_moe", "deepseek", "kimi_k2",
+                       "joyai_llm_flash",  # custom code (configuration_deepseek.py); deepseek_v3's tensors
                        "gpt_oss",  # transformers' MXFP4 loading needs accelerate
                        "qwen3_vl_moe"}  # no AutoModelForCausalLM class for it
 DIFFERENT_FORWARD = {

@@ -53,6 +53,9 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("deepseek_v3", _LM, "deepseek_v3", S, "deepseek-ai/DeepSeek-V3",
          "MLA (kv_b_proj), dense first layer, shared experts, e_score_correction_bias, MoEGate (no to_quantized)"),
     Arch("kimi_k2", _LM, "deepseek_v3", S, "moonshotai/Kimi-K2-Instruct", "DeepSeek-V3 layout, YaRN"),
+    Arch("joyai_llm_flash", _LM, "deepseek_v3", S, "jdopensource/JoyAI-LLM-Flash",
+         "DeepSeek-V3 layout under its own model_type (custom code): MLA, dense first layer, shared expert, "
+         "correction bias"),
     Arch("deepseek", _LM, "deepseek", S, "deepseek-ai/deepseek-moe-16b-base", "dense first layer, shared experts"),
     Arch("deepseek_v2", _LM, "deepseek_v2", S, "deepseek-ai/DeepSeek-V2-Lite",
          "MLA without q_lora, YaRN, greedy softmax routing"),
@@ -116,8 +119,6 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("minimax", _LM, "minimax", N, "MiniMaxAI/MiniMax-Text-01",
          "model_type minimax is MiniMax-Text-01/M1 (lightning attention) in transformers; mlx-lm's minimax "
          "module is MiniMax-M2's architecture (supported as minimax_m2), so no tiny checkpoint can be both"),
-    Arch("joyai_llm_flash", _LM, "deepseek_v3", N, "JoyAI-LLM-Flash",
-         "mlx-lm maps it to deepseek_v3; needs only a FAMILIES row and a tiny config like kimi_k2's"),
     Arch("bailing_moe_linear", _LM, "bailing_moe_linear", N, "Ring-mini-linear-2.0", "not tried yet"),
     Arch("bailing_hybrid", _LM, "bailing_hybrid", N, "Ling 2.5 (BailingMoeV3)", "not tried yet"),
     Arch("bailing_moe_v3", _LM, "bailing_moe_v3", N, "Ling / Ring (BailingMoeV3)", "not tried yet"),

@@ -79,6 +79,8 @@ FAMILIES: dict[str, Family] = {
     "deepseek_v2": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("n_routed_experts",)),
     # moonshotai/Kimi-K2-Instruct (mlx-lm: deepseek_v3)
     "kimi_k2": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("n_routed_experts",)),
+    # jdopensource/JoyAI-LLM-Flash (mlx-lm: deepseek_v3): DeepSeek-V3's layout and config keys
+    "joyai_llm_flash": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("n_routed_experts",)),
     # deepseek-ai/DeepSeek-V3.2-Exp
     "deepseek_v32": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("n_routed_experts",)),
     # zai-org/GLM-5 (mlx-lm: deepseek_v32's model)

@@ -681,6 +681,20 @@ GENERATED: dict[str, TinyArch] = {
         rope_scaling={"beta_fast": 1.0, "beta_slow": 1.0, "factor": 32.0, "mscale": 1.0, "mscale_all_dim": 1.0,
                       "original_max_position_embeddings": 4096, "type": "yarn"}),
         "Kimi-K2: DeepSeek-V3 layout, YaRN", fixes=("mla_kv_b",)),
+    # jdopensource/JoyAI-LLM-Flash: DeepSeek-V3's architecture under its own model_type (custom code,
+    # configuration_deepseek.py; mlx-lm maps joyai_llm_flash to deepseek_v3), one dense first layer,
+    # one shared expert, sigmoid noaux_tc routing, no rope scaling
+    "joyai_llm_flash": TinyArch(None, _release(
+        architectures=["DeepseekV3ForCausalLM"], model_type="joyai_llm_flash", num_attention_heads=DS_HEADS,
+        num_key_value_heads=DS_HEADS, intermediate_size=I_DENSE, moe_intermediate_size=I_MOE, n_routed_experts=E,
+        n_shared_experts=1, num_experts_per_tok=TOP_K, first_k_dense_replace=1, moe_layer_freq=1, n_group=1,
+        topk_group=1, topk_method="noaux_tc", scoring_func="sigmoid", norm_topk_prob=True, routed_scaling_factor=2.5,
+        q_lora_rank=Q_LORA, kv_lora_rank=KV_LORA, qk_nope_head_dim=NOPE, qk_rope_head_dim=ROPE, v_head_dim=V_HEAD,
+        num_nextn_predict_layers=0, attention_bias=False, max_position_embeddings=131072,
+        auto_map={"AutoConfig": "configuration_deepseek.DeepseekV3Config",
+                  "AutoModelForCausalLM": "modeling_deepseek.DeepseekV3ForCausalLM"}),
+        "JoyAI-LLM-Flash: DeepSeek-V3 layout (MLA, dense first layer, shared expert, correction bias)",
+        fixes=("mla_kv_b",)),
     # deepseek-ai/DeepSeek-V3.2-Exp: DeepSeek-V3 plus the sparse-attention indexer (self_attn.indexer.*)
     "deepseek_v32": TinyArch(None, _release(
         architectures=["DeepseekV32ForCausalLM"], model_type="deepseek_v32", num_attention_heads=DS_HEADS,
