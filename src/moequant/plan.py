@@ -168,6 +168,10 @@ def find_roles(model: nn.Module) -> list[Module]:
     # (mlp.gate) or inside a router wrapper that holds nothing else (mlp.gate.wg, router.layer).
     switch = switch_linear_types()  # mlx-lm's SwitchLinear, and mlx-vlm's copy of it
     moe_blocks = {p.rsplit(".", 2)[0]: m.weight.shape[0] for p, m in leaves if isinstance(m, switch)}
+    # a block holding nothing but its expert stacks (Gemma 4's layers.{l}.experts) is routed by its
+    # parent's children (layers.{l}.router.proj): the parent is the MoE block
+    moe_blocks = {(b.rpartition(".")[0] if all(isinstance(m, switch) for p, m in leaves if p.startswith(f"{b}."))
+                   else b): e for b, e in moe_blocks.items()}
     wrapped = {p.rpartition(".")[0] for p, _ in leaves}
     wrappers = {w: w.rpartition(".")[0] for w in wrapped if w.rpartition(".")[0] in moe_blocks
                 and sum(p.startswith(f"{w}.") for p, _ in leaves) == 1}
