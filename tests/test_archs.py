@@ -70,6 +70,11 @@ SEEN = {
     "granitemoehybrid": (0.8764, 0.0837, 0.8322, 0.1122),
     "deepseek_v32":  (0.9107, 0.0857, 0.8930, 0.1035),
     "glm_moe_dsa":   (0.9312, 0.0663, 0.9195, 0.0776),  # = deepseek_v3's: same tensors, the indexer keeps all 32 tokens
+    # Gemma 4's scaled embeddings, softcap and per-layer scalars make this tiny model the most sensitive;
+    # mlx-lm's own nn.quantize of the same float model (router.proj kept) measures 0.8134 / 0.1767 at 4 bits
+    "gemma4":        (0.8125, 0.1780, 0.7537, 0.2266),
+    "gemma4_text":   (0.8055, 0.1912, 0.7569, 0.2269),
+    "kimi_linear":   (0.9357, 0.0604, 0.9150, 0.0850),
     # blocked rows, measured with the change their note names applied
     "qwen3_next":    (0.9644, 0.0352, 0.9414, 0.0574),
     "qwen3_5_moe":   (0.9591, 0.0394, 0.9416, 0.0564),
@@ -160,7 +165,8 @@ def test_every_module_has_a_known_role_and_every_moe_block_one_router_gate(arch)
     blocks = {m.path.rsplit(".", 2)[0] for m in modules if m.role == Role.ROUTED_EXPERTS}  # parents of switch_mlp
     gates = [m.path for m in modules if m.role == Role.ROUTER_GATE]
     assert blocks and len(gates) == len(blocks), gates
-    assert all(sum(g.startswith(f"{b}.") for g in gates) == 1 for b in blocks), gates
+    # the gate is in the block (mlp.gate), or beside it in the same layer (Gemma 4: router.proj beside experts)
+    assert all(sum(g.startswith(f"{b.rpartition('.')[0]}.") for g in gates) == 1 for b in blocks), gates
 
 
 def test_the_table_has_a_row_for_every_moe_module_of_the_installed_mlx_lm():

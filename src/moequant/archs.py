@@ -104,6 +104,15 @@ ARCHITECTURES: tuple[Arch, ...] = (
          "DeepSeek-V3 + the sparse-attention indexer (self_attn.indexer.*)"),
     Arch("glm_moe_dsa", _LM, "glm_moe_dsa", S, "GLM-5",
          "DeepSeek-V3.2's model, transformers 5 config (rope_parameters)"),
+    Arch("gemma4", _LM, "gemma4", S, "google/gemma-4-26B-A4B-it",
+         "released as a VLM (mlx-lm keeps model.language_model.*; the mlx-vlm output is not built yet): fused "
+         "experts beside a dense MLP in every layer, router.proj beside the experts block (a gate found from the "
+         "layer), k = v full-attention layers with proportional rope, sliding layers, layer_scalar, tied, softcap"),
+    Arch("gemma4_text", _LM, "gemma4_text", S, "Gemma 4 26B-A4B (text-only, Gemma4ForCausalLM)",
+         "gemma4's language model as transformers' Gemma4ForCausalLM saves it (model.layers.*)"),
+    Arch("kimi_linear", _LM, "kimi_linear", S, "moonshotai/Kimi-Linear-48B-A3B-Instruct",
+         "Kimi Delta Attention (conv1d transposed) + MLA without rope, block_sparse_moe w1/w2/w3 with gate, "
+         "correction bias and shared experts moved to mlp by sanitize, dense first layer"),
     # ---- need mlx-lm's sanitize over the whole checkpoint (Qwen3-Next family), or MXFP4 sources ----
     Arch("qwen3_next", _LM, "qwen3_next", S, "Qwen/Qwen3-Next-80B-A3B-Instruct",
          "Gated DeltaNet + attention, shared expert gate, (1 + w) norms: per-expert handoff to sanitize"),
@@ -131,10 +140,6 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("deepseek_v41_text", _LM, "deepseek_v41", N, "DeepSeek-V4.1", "alias of deepseek_v41"),
     Arch("mistral4", _LM, "mistral4", N, "Mistral Small 4",
          "not tried yet: MLA + MoE, released inside the mistral3 VLM (mlx-lm's mistral3 wraps it)"),
-    Arch("gemma4_text", _LM, "gemma4_text", N, "Gemma 4 26B-A4B",
-         "not tried yet: released as the gemma4 VLM (model.language_model.*); its router (layers.{l}.router.proj) "
-         "is a sibling of the experts block (experts.switch_glu), so it needs a router-gate pattern row"),
-    Arch("kimi_linear", _LM, "kimi_linear", N, "moonshotai/Kimi-Linear-48B-A3B-Instruct", "not tried yet"),
     Arch("kimi_k3", _LM, "kimi_k3", N, "Kimi-K3", "not tried yet"),
     Arch("longcat_flash", _LM, "longcat_flash", N, "meituan-longcat/LongCat-Flash-Chat",
          "not tried yet (two MLA blocks per layer, zero experts)"),

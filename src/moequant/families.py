@@ -109,6 +109,14 @@ FAMILIES: dict[str, Family] = {
     # (gate columns first) and down_proj [E, I, H]
     "qwen3_vl_moe": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("num_experts",), fused="halves_transposed",
                            layout="fused"),
+    # google/gemma-4-26B-A4B-it: model.language_model.layers.{l}.experts.gate_up_proj [E, 2I, H] (gate
+    # rows first) and experts.down_proj [E, H, I]; the router (router.proj) is the layer's, beside experts
+    "gemma4": Family("experts", "experts.switch_glu", _GLU, ("num_experts",), layout="fused"),
+    # transformers' Gemma4ForCausalLM: the same layers under model.layers.{l}
+    "gemma4_text": Family("experts", "experts.switch_glu", _GLU, ("num_experts",), layout="fused"),
+    # moonshotai/Kimi-Linear-48B-A3B-Instruct: block_sparse_moe.experts.{e}.w1/w2/w3; mlx-lm's sanitize moves
+    # the rest of block_sparse_moe (gate, correction bias, shared_experts) to mlp
+    "kimi_linear": Family("block_sparse_moe.experts", "mlp.switch_mlp", _W123, ("num_experts",)),
     # LiquidAI/LFM2-8B-A1B
     "lfm2_moe": Family("feed_forward.experts", "feed_forward.switch_mlp", _W123),
     # ai21labs/AI21-Jamba-Mini-1.5

@@ -517,6 +517,25 @@ def _release(drop: tuple[str, ...] = (), **keys) -> Callable[[str], dict]:
     return lambda style: json.loads(json.dumps(config))
 
 
+def _gemma4_text() -> dict:
+    """The text_config of google/gemma-4-26B-A4B-it, at tiny dims (and a Gemma4ForCausalLM config.json)."""
+    return {"model_type": "gemma4_text", "hidden_size": H, "num_hidden_layers": LAYERS,
+            "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "head_dim": HEAD_DIM,
+            "global_head_dim": 2 * HEAD_DIM, "num_global_key_value_heads": 1, "attention_k_eq_v": True,
+            "intermediate_size": I_DENSE, "moe_intermediate_size": I_MOE, "num_experts": E,
+            "top_k_experts": TOP_K, "enable_moe_block": True, "use_double_wide_mlp": False,
+            "hidden_size_per_layer_input": 0, "num_kv_shared_layers": 0, "vocab_size": V,
+            "vocab_size_per_layer_input": V, "hidden_activation": "gelu_pytorch_tanh",
+            "max_position_embeddings": 1024, "rms_norm_eps": 1e-6, "sliding_window": 16,
+            "layer_types": ["sliding_attention", "full_attention"], "final_logit_softcapping": 30.0,
+            "attention_bias": False, "attention_dropout": 0.0, "tie_word_embeddings": True,
+            "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 1, "initializer_range": 0.02,
+            "rope_parameters": {
+                "full_attention": {"partial_rotary_factor": 0.25, "rope_theta": 1000000.0,
+                                   "rope_type": "proportional"},
+                "sliding_attention": {"rope_theta": ROPE_THETA, "rope_type": "default"}}}
+
+
 # Qwen3-Next / Qwen3.5 RMSNorms (not the gated norm inside linear_attn) store w for a (1 + w) scale
 _ZERO_CENTERED_NORMS = ((r"(input_layernorm|post_attention_layernorm|q_norm|k_norm)\.weight$"
                          r"|^model\.(language_model\.)?norm\.weight$", 0.0, 0.1),)
@@ -733,6 +752,44 @@ GENERATED: dict[str, TinyArch] = {
         num_experts_per_tok=TOP_K, first_k_dense_replace=0, routed_scaling_factor=1.0, norm_topk_prob=True,
         partial_rotary_factor=1.0, n_group=1, topk_group=1, attention_bias=False, use_qk_norm=False),
         "Solar Open: GLM-4.5-style MoE in every layer, shared experts"),
+    # google/gemma-4-26B-A4B-it (text weights; mlx-lm drops the vision tower): language model under
+    # model.language_model.*, a dense MLP beside the MoE block in every layer, fused experts
+    # (experts.gate_up_proj [E, 2I, H]), router.{proj, scale, per_expert_scale} beside them; sliding
+    # and full layers (full: global_head_dim, k = v, proportional rope), layer_scalar, tied, softcap
+    "gemma4": TinyArch(None, lambda style: {
+        "architectures": ["Gemma4ForConditionalGeneration"], "model_type": "gemma4", "tie_word_embeddings": True,
+        "vocab_size": V, "boi_token_id": 255999, "eoi_token_id": 258882, "image_token_id": 258880,
+        "text_config": _gemma4_text()},
+        "Gemma 4 (MoE): fused experts beside a dense MLP, router.proj beside the experts block, k = v "
+        "full layers, layer_scalar, tied",
+        renames=((r"^language_model\.model\.", "model.language_model."),),
+        values=_TIED + ((r"router\.(scale|per_expert_scale)$|layer_scalar$", 1.0, 0.1),)),
+    # a text-only Gemma 4 MoE (transformers' Gemma4ForCausalLM, model_type gemma4_text): the same
+    # layers under model.* (what mlx-lm's gemma4 hands its language model)
+    "gemma4_text": TinyArch(None, lambda style: {**_gemma4_text(), "architectures": ["Gemma4ForCausalLM"]},
+        "Gemma 4 text-only (MoE): as gemma4, under model.*",
+        values=_TIED + ((r"router\.(scale|per_expert_scale)$|layer_scalar$", 1.0, 0.1),)),
+    # moonshotai/Kimi-Linear-48B-A3B-Instruct: Kimi Delta Attention layers (q/k/v_conv1d [C, 1, K],
+    # f_a/f_b/g_a/g_b/b_proj, A_log, dt_bias, o_norm) and MLA layers without q_lora and without rope
+    # (mla_use_nope), 1-based layer lists in linear_attn_config; MoE under block_sparse_moe (w1/w2/w3,
+    # gate + e_score_correction_bias, shared_experts), dense first layer
+    "kimi_linear": TinyArch(None, _release(
+        architectures=["KimiLinearForCausalLM"], model_type="kimi_linear", num_attention_heads=DS_HEADS,
+        num_key_value_heads=DS_HEADS, intermediate_size=I_DENSE, moe_intermediate_size=I_MOE, num_experts=E,
+        num_experts_per_token=TOP_K, num_shared_experts=1, first_k_dense_replace=1, moe_layer_freq=1,
+        head_dim=HEAD_DIM, kv_lora_rank=KV_LORA, q_lora_rank=None, qk_nope_head_dim=NOPE, qk_rope_head_dim=ROPE,
+        v_head_dim=V_HEAD, mla_use_nope=True, moe_renormalize=True, moe_router_activation_func="sigmoid",
+        routed_scaling_factor=2.446, use_grouped_topk=True, num_expert_group=1, topk_group=1,
+        model_max_length=1048576, num_nextn_predict_layers=0, rms_norm_eps=1e-5, pad_token_id=None,
+        linear_attn_config={"full_attn_layers": [2], "kda_layers": [1], "head_dim": 32, "num_heads": 4,
+                            "short_conv_kernel_size": 4},
+        drop=("max_position_embeddings",)),
+        "Kimi-Linear: KDA + NoPE MLA layers, block_sparse_moe w1/w2/w3, correction bias, shared experts",
+        fixes=("mla_kv_b", "conv1d_channels_first"),
+        renames=((r"\.mlp\.gate\.weight$", ".block_sparse_moe.gate.weight"),
+                 (r"\.mlp\.e_score_correction_bias$", ".block_sparse_moe.gate.e_score_correction_bias"),
+                 (r"\.mlp\.shared_experts\.", ".block_sparse_moe.shared_experts."),
+                 (r"\.self_attn\.([qkv])_conv\.conv\.weight$", r".self_attn.\1_conv1d.weight"))),
     # meta-llama/Llama-4-Scout-17B-16E-Instruct (text weights; mlx-lm drops the vision tower):
     # language_model.model.layers.{l}.feed_forward.experts.gate_up_proj [E, H, 2I] (in x out) and
     # down_proj [E, I, H], feed_forward.router, shared_expert; MoE every interleave_moe_layer_step;
