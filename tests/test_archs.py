@@ -75,6 +75,11 @@ SEEN = {
     "gemma4":        (0.8125, 0.1780, 0.7537, 0.2266),
     "gemma4_text":   (0.8055, 0.1912, 0.7569, 0.2269),
     "kimi_linear":   (0.9357, 0.0604, 0.9150, 0.0850),
+    # Ling's sigmoid group routers flip most (as bailing_moe); mlx-lm's own nn.quantize of the same float
+    # models (router kept) measures 0.8198 / 0.8255 / 0.7471 cosine at 4 bits
+    "bailing_moe_linear": (0.8296, 0.1625, 0.7501, 0.2410),
+    "bailing_hybrid": (0.8269, 0.1736, 0.7731, 0.2213),
+    "bailing_moe_v3": (0.7469, 0.2485, 0.7373, 0.2543),
     # blocked rows, measured with the change their note names applied
     "qwen3_next":    (0.9644, 0.0352, 0.9414, 0.0574),
     "qwen3_5_moe":   (0.9591, 0.0394, 0.9416, 0.0564),
@@ -198,6 +203,8 @@ def test_the_generic_builder_reproduces_the_hand_written_tiny_archs(arch):
 # layout; its forward pass then agrees with mlx-lm's except where the two implementations differ.
 NOT_IN_TRANSFORMERS = {"Klear", "hunyuan", "bailing_moe", "deepseek", "kimi_k2",
                        "joyai_llm_flash",  # custom code (configuration_deepseek.py); deepseek_v3's tensors
+                       "bailing_moe_linear",  # custom code
+                       "bailing_hybrid",  # transformers' bailing_hybrid is Ling 3.0's (the bailing_moe_v3 row's)
                        "gpt_oss",  # transformers' MXFP4 loading needs accelerate
                        "qwen3_vl_moe"}  # no AutoModelForCausalLM class for it
 DIFFERENT_FORWARD = {

@@ -113,6 +113,15 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("kimi_linear", _LM, "kimi_linear", S, "moonshotai/Kimi-Linear-48B-A3B-Instruct",
          "Kimi Delta Attention (conv1d transposed) + MLA without rope, block_sparse_moe w1/w2/w3 with gate, "
          "correction bias and shared experts moved to mlp by sanitize, dense first layer"),
+    Arch("bailing_moe_linear", _LM, "bailing_moe_linear", S, "inclusionAI/Ring-mini-linear-2.0",
+         "Ling 2.0's MoE (gate renamed by sanitize, expert_bias, group routing) with linear-attention layers "
+         "(query_key_value, g_proj, group g_norm) and full-attention layers"),
+    Arch("bailing_hybrid", _LM, "bailing_hybrid", S, "inclusionAI Ling 2.5 (BailingMoeV2_5ForCausalLM)",
+         "linear-attention + MLA (q_lora, kv_b_proj) layers, gate renamed by sanitize, expert_bias, group routing"),
+    Arch("bailing_moe_v3", _LM, "bailing_moe_v3", S, "inclusionAI/Ling-3.0-Flash (BailingMoeV3ForCausalLM)",
+         "config.json says model_type bailing_hybrid; mlx-lm picks this module by architectures "
+         "BailingMoeV3ForCausalLM (converted with the bailing_hybrid row): Kimi Delta Attention (conv1d transposed) "
+         "+ MLA without q_lora, word_embeddings, mlp.gate + expert_bias, group routing"),
     # ---- need mlx-lm's sanitize over the whole checkpoint (Qwen3-Next family), or MXFP4 sources ----
     Arch("qwen3_next", _LM, "qwen3_next", S, "Qwen/Qwen3-Next-80B-A3B-Instruct",
          "Gated DeltaNet + attention, shared expert gate, (1 + w) norms: per-expert handoff to sanitize"),
@@ -128,9 +137,6 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("minimax", _LM, "minimax", N, "MiniMaxAI/MiniMax-Text-01",
          "model_type minimax is MiniMax-Text-01/M1 (lightning attention) in transformers; mlx-lm's minimax "
          "module is MiniMax-M2's architecture (supported as minimax_m2), so no tiny checkpoint can be both"),
-    Arch("bailing_moe_linear", _LM, "bailing_moe_linear", N, "Ring-mini-linear-2.0", "not tried yet"),
-    Arch("bailing_hybrid", _LM, "bailing_hybrid", N, "Ling 2.5 (BailingMoeV3)", "not tried yet"),
-    Arch("bailing_moe_v3", _LM, "bailing_moe_v3", N, "Ling / Ring (BailingMoeV3)", "not tried yet"),
     Arch("dbrx", _LM, "dbrx", N, "databricks/dbrx-instruct",
          "mlx-lm keeps DBRX's experts as a list of per-expert Linear modules (no SwitchLinear): the plan "
          "cannot see them as routed experts nor find the router, and the release fuses them as "

@@ -67,6 +67,14 @@ FAMILIES: dict[str, Family] = {
     "hunyuan": Family("mlp.experts", "mlp.switch_mlp", _GLU),
     # inclusionAI/Ling-lite, Ling-mini-2.0
     "bailing_moe": Family("mlp.experts", "mlp.switch_mlp", _GLU),
+    # inclusionAI/Ring-mini-linear-2.0: bailing_moe's experts and router (mlp.gate.weight + expert_bias)
+    "bailing_moe_linear": Family("mlp.experts", "mlp.switch_mlp", _GLU),
+    # inclusionAI Ling 2.5 / Ling 3.0 (model_type bailing_hybrid; mlx-lm's module is bailing_hybrid, or
+    # bailing_moe_v3 when architectures says BailingMoeV3ForCausalLM): mlp.experts.{e}.*, mlp.gate.weight
+    "bailing_hybrid": Family("mlp.experts", "mlp.switch_mlp", _GLU),
+    # not a config.json model_type: the key of the tiny release mlx-lm runs with its bailing_moe_v3 module
+    # (model_type bailing_hybrid + BailingMoeV3ForCausalLM), which converts with the row above (same layout)
+    "bailing_moe_v3": Family("mlp.experts", "mlp.switch_mlp", _GLU),
     # arcee-ai/Trinity-Mini: mlx-lm stacks in place, mlp.experts.{proj}.weight
     "afmoe": Family("mlp.experts", "mlp.experts", _GLU),
     # LGAI-EXAONE/K-EXAONE-236B-A23B

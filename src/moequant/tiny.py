@@ -636,6 +636,47 @@ GENERATED: dict[str, TinyArch] = {
         moe_shared_expert_intermediate_size=I_MOE, output_dropout=0.0, embedding_dropout=0.0),
         "Ling 2.0: query_key_value, mlp.gate.weight + expert_bias, group routing",
         renames=((r"\.mlp\.gate\.gate_proj\.", ".mlp.gate."),)),
+    # inclusionAI/Ring-mini-linear-2.0: Ling 2.0's MoE with linear-attention layers (query_key_value,
+    # g_proj, g_norm over group_norm_size groups) and a full-attention layer closing each
+    # layer_group_size group
+    "bailing_moe_linear": TinyArch(None, _release(
+        architectures=["BailingMoeLinearV2ForCausalLM"], model_type="bailing_moe_linear", intermediate_size=I_DENSE,
+        moe_intermediate_size=I_MOE, num_experts=E, num_shared_experts=1, num_experts_per_tok=TOP_K,
+        norm_topk_prob=True, first_k_dense_replace=1, head_dim=HEAD_DIM, use_qk_norm=True, partial_rotary_factor=0.5,
+        use_bias=False, use_qkv_bias=False, norm_head=False, norm_softmax=False, moe_router_enable_expert_bias=True,
+        routed_scaling_factor=2.5, score_function="sigmoid", n_group=2, topk_group=1, layer_group_size=2,
+        group_norm_size=2, moe_shared_expert_intermediate_size=I_MOE, use_rmsnorm=True, output_dropout=0.0,
+        embedding_dropout=0.0),
+        "Ring-linear 2.0: linear + full attention layers, query_key_value, mlp.gate.weight + expert_bias",
+        renames=((r"\.mlp\.gate\.gate_proj\.", ".mlp.gate."),)),
+    # inclusionAI/Ling-3.0-Flash (transformers' bailing_hybrid; mlx-lm's bailing_moe_v3 module, picked by
+    # architectures BailingMoeV3ForCausalLM): Kimi Delta Attention layers (q/k/v_conv1d [C, 1, K], f_proj,
+    # A_log, dt_bias, b_proj, g_proj, o_norm, o_proj) and an MLA layer (q_proj, kv_b_proj, dense, g_proj) closing
+    # each layer_group_size group; word_embeddings; router mlp.gate.weight + expert_bias; dense first layer
+    "bailing_moe_v3": TinyArch(None, _release(
+        architectures=["BailingMoeV3ForCausalLM"], model_type="bailing_hybrid", num_attention_heads=DS_HEADS,
+        num_key_value_heads=DS_HEADS, intermediate_size=I_DENSE, moe_intermediate_size=I_MOE, num_experts=E,
+        num_experts_per_tok=TOP_K, num_shared_experts=1, first_k_dense_replace=1, head_dim=HEAD_DIM,
+        moe_shared_expert_intermediate_size=I_MOE, n_group=2, topk_group=1, routed_scaling_factor=2.5,
+        layer_group_size=2, q_lora_rank=None, kv_lora_rank=KV_LORA, qk_nope_head_dim=NOPE, qk_rope_head_dim=ROPE,
+        v_head_dim=V_HEAD, short_conv_kernel_size=4, kda_lower_bound=-5.0, kda_safe_gate=True, no_kda_lora=True,
+        rope_interleave=True, num_nextn_predict_layers=0, norm_topk_prob=True, pad_token_id=None),
+        "Ling 3.0 (BailingMoeV3): KDA + MLA layers, word_embeddings, mlp.gate.weight + expert_bias",
+        fixes=("mla_kv_b", "conv1d_channels_first")),
+    # inclusionAI Ling 2.5 (model_type bailing_hybrid, BailingMoeV2_5ForCausalLM; mlx-lm's bailing_hybrid
+    # module): Ring-linear's linear-attention layers (query_key_value, g_proj, g_norm) and an MLA layer
+    # (q_lora, kv_b_proj, dense) closing each layer_group_size group; router mlp.gate.weight + expert_bias
+    "bailing_hybrid": TinyArch(None, _release(
+        architectures=["BailingMoeV2_5ForCausalLM"], model_type="bailing_hybrid", num_attention_heads=DS_HEADS,
+        num_key_value_heads=DS_HEADS, intermediate_size=I_DENSE, moe_intermediate_size=I_MOE, num_experts=E,
+        num_experts_per_tok=TOP_K, num_shared_experts=1, first_k_dense_replace=1, head_dim=HEAD_DIM,
+        moe_shared_expert_intermediate_size=I_MOE, n_group=2, topk_group=1, routed_scaling_factor=2.5,
+        layer_group_size=2, group_norm_size=2, q_lora_rank=Q_LORA, kv_lora_rank=KV_LORA, qk_nope_head_dim=NOPE,
+        qk_rope_head_dim=ROPE, v_head_dim=V_HEAD, rope_interleave=True, partial_rotary_factor=0.5, use_qk_norm=True,
+        score_function="sigmoid", moe_router_enable_expert_bias=True, norm_topk_prob=True,
+        num_nextn_predict_layers=0),
+        "Ling 2.5: linear-attention + MLA layers, word_embeddings, mlp.gate.weight + expert_bias",
+        fixes=("mla_kv_b",), renames=((r"\.mlp\.gate\.gate_proj\.", ".mlp.gate."),)),
     # arcee-ai/Trinity-Mini: router at mlp.router.gate, expert_bias, gated attention, sliding and
     # full layers, pre/post MLP norms, muP embedding scale (embeddings drawn at 1/sqrt(H))
     "afmoe": TinyArch(None, _release(
