@@ -80,6 +80,7 @@ SEEN = {
     "bailing_moe_linear": (0.8296, 0.1625, 0.7501, 0.2410),
     "bailing_hybrid": (0.8269, 0.1736, 0.7731, 0.2213),
     "bailing_moe_v3": (0.7469, 0.2485, 0.7373, 0.2543),
+    "mimo_v2_flash": (0.9742, 0.0247, 0.9598, 0.0395),
     # blocked rows, measured with the change their note names applied
     "qwen3_next":    (0.9644, 0.0352, 0.9414, 0.0574),
     "qwen3_5_moe":   (0.9591, 0.0394, 0.9416, 0.0564),
@@ -210,6 +211,8 @@ NOT_IN_TRANSFORMERS = {"Klear", "hunyuan", "bailing_moe", "deepseek", "kimi_k2",
 DIFFERENT_FORWARD = {
     "phimoe": "longrope: transformers 5 derives the attention factor, mlx-lm takes short/long_mscale",
     "jamba": "mlx-lm renormalizes the top-k routing weights, transformers does not",
+    "mimo_v2_flash": "sliding window: transformers attends sliding_window_size + 1 tokens (SGLang's convention), "
+                     "mlx-lm sliding_window_size (with the window past the 32 test tokens the two agree exactly)",
 }
 
 

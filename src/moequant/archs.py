@@ -122,6 +122,9 @@ ARCHITECTURES: tuple[Arch, ...] = (
          "config.json says model_type bailing_hybrid; mlx-lm picks this module by architectures "
          "BailingMoeV3ForCausalLM (converted with the bailing_hybrid row): Kimi Delta Attention (conv1d transposed) "
          "+ MLA without q_lora, word_embeddings, mlp.gate + expert_bias, group routing"),
+    Arch("mimo_v2_flash", _LM, "mimo_v2_flash", S, "XiaomiMiMo/MiMo-V2-Flash",
+         "full + sliding layers (hybrid_layer_pattern) with their own kv heads and rope theta, attention sinks, "
+         "q/k head dim != v head dim, dense first layer, sigmoid router + e_score_correction_bias"),
     # ---- need mlx-lm's sanitize over the whole checkpoint (Qwen3-Next family), or MXFP4 sources ----
     Arch("qwen3_next", _LM, "qwen3_next", S, "Qwen/Qwen3-Next-80B-A3B-Instruct",
          "Gated DeltaNet + attention, shared expert gate, (1 + w) norms: per-expert handoff to sanitize"),
@@ -150,7 +153,6 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("longcat_flash", _LM, "longcat_flash", N, "meituan-longcat/LongCat-Flash-Chat",
          "not tried yet (two MLA blocks per layer, zero experts)"),
     Arch("longcat_flash_ngram", _LM, "longcat_flash_ngram", N, "LongCat-Flash (n-gram embeddings)", "not tried yet"),
-    Arch("mimo_v2_flash", _LM, "mimo_v2_flash", N, "MiMo-V2-Flash", "not tried yet"),
     Arch("step3p5", _LM, "step3p5", N, "Step-3.5-Flash",
          "not tried yet: experts published stacked (moe.{gate,up,down}_proj [E, out, in]) and sanitize adds 1 "
          "to every norm only when it sees them, so it waits on the same convert.py change as qwen3_next"),

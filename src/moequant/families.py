@@ -75,6 +75,8 @@ FAMILIES: dict[str, Family] = {
     # not a config.json model_type: the key of the tiny release mlx-lm runs with its bailing_moe_v3 module
     # (model_type bailing_hybrid + BailingMoeV3ForCausalLM), which converts with the row above (same layout)
     "bailing_moe_v3": Family("mlp.experts", "mlp.switch_mlp", _GLU),
+    # XiaomiMiMo/MiMo-V2-Flash: mlp.experts.{e}.*, mlp.gate.weight + e_score_correction_bias
+    "mimo_v2_flash": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("n_routed_experts",)),
     # arcee-ai/Trinity-Mini: mlx-lm stacks in place, mlp.experts.{proj}.weight
     "afmoe": Family("mlp.experts", "mlp.experts", _GLU),
     # LGAI-EXAONE/K-EXAONE-236B-A23B

@@ -677,6 +677,20 @@ GENERATED: dict[str, TinyArch] = {
         num_nextn_predict_layers=0),
         "Ling 2.5: linear-attention + MLA layers, word_embeddings, mlp.gate.weight + expert_bias",
         fixes=("mla_kv_b",), renames=((r"\.mlp\.gate\.gate_proj\.", ".mlp.gate."),)),
+    # XiaomiMiMo/MiMo-V2-Flash: full and sliding layers (hybrid_layer_pattern, 1 = sliding) with their own
+    # kv heads and rope theta, attention sinks on sliding layers (self_attn.attention_sink_bias), q/k head
+    # dim != v head dim, partial rotary; dense first layer (moe_layer_freq), sigmoid router + correction bias
+    "mimo_v2_flash": TinyArch(None, _release(
+        architectures=["MiMoV2FlashForCausalLM"], model_type="mimo_v2_flash", intermediate_size=I_DENSE,
+        moe_intermediate_size=I_MOE, n_routed_experts=E, n_shared_experts=None, num_experts_per_tok=TOP_K,
+        hybrid_layer_pattern=[0, 1], moe_layer_freq=[0, 1], add_swa_attention_sink_bias=True,
+        add_full_attention_sink_bias=False, sliding_window_size=16, layernorm_epsilon=1e-5, rms_norm_eps=1e-5,
+        rope_theta=5000000.0, swa_rope_theta=ROPE_THETA, swa_num_attention_heads=HEADS,
+        swa_num_key_value_heads=2 * KV_HEADS, head_dim=48, v_head_dim=32, swa_head_dim=48, swa_v_head_dim=32,
+        partial_rotary_factor=0.334, attention_value_scale=0.707, topk_method="noaux_tc", scoring_func="sigmoid",
+        norm_topk_prob=True, n_group=1, topk_group=1, routed_scaling_factor=None, attention_bias=False,
+        drop=("rope_scaling",)),
+        "MiMo-V2-Flash: sliding layers with sinks, asymmetric head dims, sigmoid router + correction bias"),
     # arcee-ai/Trinity-Mini: router at mlp.router.gate, expert_bias, gated attention, sliding and
     # full layers, pre/post MLP norms, muP embedding scale (embeddings drawn at 1/sqrt(H))
     "afmoe": TinyArch(None, _release(
