@@ -134,6 +134,10 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("qwen3_vl_moe", _LM, "qwen3_vl_moe", S, "Qwen/Qwen3-VL-30B-A3B-Instruct",
          "fused in x out experts under model.language_model, for mlx-lm (text only); and the whole release (model.visual "
          "+ deepstack mergers) for mlx-vlm's qwen3_vl_moe: " + VLM_DONE),
+    Arch("step3p5", _LM, "step3p5", S, "stepfun-ai/Step-3.5-Flash",
+         "experts published stacked (moe.{gate,up,down}_proj [E, out, in]) and handed to sanitize under those names, "
+         "which renames them and adds 1 to every zero-centred norm on seeing them; router_bias, share_expert, "
+         "full + sliding layers with their own heads, per-layer rope theta, head-wise attention gate, clamped SwiGLU"),
     Arch("gpt_oss", _LM, "gpt_oss", S, "openai/gpt-oss-20b",
          "MXFP4 fused experts (gate/up rows interleaved) read as MLX mxfp4, fused biases, router bias, sinks"),
     # ---- not yet ----
@@ -153,9 +157,6 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("longcat_flash", _LM, "longcat_flash", N, "meituan-longcat/LongCat-Flash-Chat",
          "not tried yet (two MLA blocks per layer, zero experts)"),
     Arch("longcat_flash_ngram", _LM, "longcat_flash_ngram", N, "LongCat-Flash (n-gram embeddings)", "not tried yet"),
-    Arch("step3p5", _LM, "step3p5", N, "Step-3.5-Flash",
-         "not tried yet: experts published stacked (moe.{gate,up,down}_proj [E, out, in]) and sanitize adds 1 "
-         "to every norm only when it sees them, so it waits on the same convert.py change as qwen3_next"),
     Arch("muse_spark", _LM, "muse_spark", N, "Muse Spark", "not tried yet"),
     Arch("minimax_m3_vl", _LM, "minimax_m3_vl", N, "MiniMax-M3", VLM),
     # ---- VLMs (mlx-vlm; mlx-lm runs some of their language models) ----

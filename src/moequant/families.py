@@ -19,7 +19,7 @@ class Family:
     fused: str = "halves"  # how the fused gate_up tensor splits: a key of experts.FUSED_SPLITTERS
     fused_names: tuple[str, str] = ("gate_up_proj", "down_proj")  # fused (gate_up, down) inside `experts`
     fused_bias_names: tuple[str, ...] = ()  # fused (gate_up, down) biases [E, out], if the release has them
-    layout: str = "per_expert"  # how the release publishes its experts: per_expert or fused
+    layout: str = "per_expert"  # how the release publishes its experts: per_expert, fused or stacked
     # what mlx-lm's sanitize is handed: "stacked" (moequant stacks), or "per_expert" for a sanitize
     # that stacks them itself and keys other conversions on seeing them (Qwen3-Next's norm offsets)
     handoff: str = "stacked"
@@ -77,6 +77,10 @@ FAMILIES: dict[str, Family] = {
     "bailing_moe_v3": Family("mlp.experts", "mlp.switch_mlp", _GLU),
     # XiaomiMiMo/MiMo-V2-Flash: mlp.experts.{e}.*, mlp.gate.weight + e_score_correction_bias
     "mimo_v2_flash": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("n_routed_experts",)),
+    # stepfun-ai/Step-3.5-Flash: experts published stacked, moe.{gate,up,down}_proj.weight [E, out, in]; they
+    # reach mlx-lm's sanitize under those names (no per-expert key matches `moe.{e}.…`), which renames
+    # them to mlp.switch_mlp and, on seeing them, adds 1 to every zero-centred norm
+    "step3p5": Family("moe", "mlp.switch_mlp", _GLU, ("moe_num_experts",), layout="stacked"),
     # arcee-ai/Trinity-Mini: mlx-lm stacks in place, mlp.experts.{proj}.weight
     "afmoe": Family("mlp.experts", "mlp.experts", _GLU),
     # LGAI-EXAONE/K-EXAONE-236B-A23B

@@ -691,6 +691,23 @@ GENERATED: dict[str, TinyArch] = {
         norm_topk_prob=True, n_group=1, topk_group=1, routed_scaling_factor=None, attention_bias=False,
         drop=("rope_scaling",)),
         "MiMo-V2-Flash: sliding layers with sinks, asymmetric head dims, sigmoid router + correction bias"),
+    # stepfun-ai/Step-3.5-Flash: experts stacked as moe.{gate,up,down}_proj.weight, router moe.gate.weight +
+    # moe.router_bias, share_expert beside moe; zero-centred norms (sanitize adds 1); full and sliding
+    # layers with their own head counts (attention_other_setting), per-layer rope theta and partial
+    # rotary, head-wise attention gate (g_proj), clamped SwiGLU (swiglu_limits), MoE layers from moe_layers_enum
+    "step3p5": TinyArch(None, _release(
+        architectures=["Step3p5ForCausalLM"], model_type="step3p5", num_attention_groups=KV_HEADS,
+        head_dim=HEAD_DIM, intermediate_size=I_DENSE, rope_theta=[5000000.0, ROPE_THETA], sliding_window=16,
+        layer_types=["full_attention", "sliding_attention"], partial_rotary_factors=[0.5, 1.0],
+        attention_other_setting={"num_attention_heads": 2 * HEADS, "num_attention_groups": KV_HEADS},
+        use_head_wise_attn_gate=True, moe_num_experts=E, moe_top_k=TOP_K, moe_intermediate_size=I_MOE,
+        share_expert_dim=I_MOE, moe_layers_enum="1", moe_router_activation="sigmoid", moe_router_scaling_factor=3.0,
+        norm_expert_weight=True, use_moe_router_bias=True, swiglu_limits=[0.0, 7.0], swiglu_limits_shared=[0.0, 16.0],
+        rms_norm_eps=1e-5, drop=("num_key_value_heads",)),
+        "Step-3.5-Flash: stacked moe.* experts, router_bias, share_expert, zero-centred norms, sliding layers",
+        renames=((r"\.mlp\.switch_mlp\.", ".moe."), (r"\.mlp\.gate\.gate\.", ".moe.gate."),
+                 (r"\.mlp\.gate\.router_bias$", ".moe.router_bias"), (r"\.mlp\.share_expert\.", ".share_expert.")),
+        values=((r"norm\.weight$", 0.0, 0.1), (r"router_bias$", 0.0, 0.1))),
     # arcee-ai/Trinity-Mini: router at mlp.router.gate, expert_bias, gated attention, sliding and
     # full layers, pre/post MLP norms, muP embedding scale (embeddings drawn at 1/sqrt(H))
     "afmoe": TinyArch(None, _release(
