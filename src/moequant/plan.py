@@ -138,7 +138,7 @@ ROLE_PATTERNS: tuple[tuple[Role, tuple[str, ...]], ...] = (
     (Role.ATTENTION, ("*.self_attn.*", "*.attention.*", "*.attn.*", "*.linear_attn.*", "*.conv.*", "*.mamba.*",
                       "*.mixer.in_proj", "*.mixer.out_proj", "*.mixer.conv1d", "*.mixer.q_proj", "*.mixer.k_proj",
                       "*.mixer.v_proj", "*.mixer.o_proj")),
-    (Role.DENSE_MLP, ("*.mlp.*", "*.feed_forward.*", "*.ffn.*", "*.mixer.up_proj", "*.mixer.down_proj")),
+    (Role.DENSE_MLP, ("*.mlp.*", "*.mlps.*", "*.feed_forward.*", "*.ffn.*", "*.mixer.up_proj", "*.mixer.down_proj")),
     (Role.EMBEDDING, ("*embed_tokens", "*.wte", "*.embeddings", "*.word_embeddings")),
     (Role.LM_HEAD, ("lm_head", "*.lm_head")),
 )
@@ -185,7 +185,8 @@ def find_roles(model: nn.Module) -> list[Module]:
         if isinstance(m, switch):
             role = Role.ROUTED_EXPERTS
         elif parent in moe_blocks and weight.ndim == 2:
-            if weight.shape[0] == moe_blocks[parent]:
+            # one score per expert, or more: LongCat's router also scores its zero (identity) experts
+            if weight.shape[0] >= moe_blocks[parent]:
                 role = Role.ROUTER_GATE
             elif weight.shape[0] == 1:
                 role = Role.SHARED_EXPERT_GATE
