@@ -81,6 +81,9 @@ FAMILIES: dict[str, Family] = {
     # reach mlx-lm's sanitize under those names (no per-expert key matches `moe.{e}.…`), which renames
     # them to mlp.switch_mlp and, on seeing them, adds 1 to every zero-centred norm
     "step3p5": Family("moe", "mlp.switch_mlp", _GLU, ("moe_num_experts",), layout="stacked"),
+    # meituan-longcat/LongCat-Flash-Chat: mlp.experts.{e}.*, router mlp.router.classifier scoring the routed
+    # and the zero (identity) experts, so its out is E + zero_expert_num
+    "longcat_flash": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("n_routed_experts",)),
     # arcee-ai/Trinity-Mini: mlx-lm stacks in place, mlp.experts.{proj}.weight
     "afmoe": Family("mlp.experts", "mlp.experts", _GLU),
     # LGAI-EXAONE/K-EXAONE-236B-A23B

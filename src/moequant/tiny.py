@@ -708,6 +708,19 @@ GENERATED: dict[str, TinyArch] = {
         renames=((r"\.mlp\.switch_mlp\.", ".moe."), (r"\.mlp\.gate\.gate\.", ".moe.gate."),
                  (r"\.mlp\.gate\.router_bias$", ".moe.router_bias"), (r"\.mlp\.share_expert\.", ".share_expert.")),
         values=((r"norm\.weight$", 0.0, 0.1), (r"router_bias$", 0.0, 0.1))),
+    # meituan-longcat/LongCat-Flash-Chat: two MLA blocks and two dense MLPs per layer (self_attn.{0,1},
+    # mlps.{0,1}, input/post_attention_layernorm.{0,1}) around a shortcut MoE; the router
+    # (mlp.router.classifier + e_score_correction_bias) also scores zero_expert_num identity experts
+    "longcat_flash": TinyArch(None, _release(
+        architectures=["LongcatFlashForCausalLM"], model_type="longcat_flash", attention_method="MLA",
+        zero_expert_type="identity", ffn_hidden_size=I_DENSE, moe_topk=TOP_K, expert_ffn_hidden_size=I_MOE,
+        n_routed_experts=E, zero_expert_num=2, num_layers=LAYERS, num_attention_heads=DS_HEADS,
+        num_key_value_heads=DS_HEADS, kv_lora_rank=KV_LORA, q_lora_rank=Q_LORA, qk_rope_head_dim=ROPE,
+        qk_nope_head_dim=NOPE, v_head_dim=V_HEAD, routed_scaling_factor=6.0, mla_scale_q_lora=True,
+        mla_scale_kv_lora=True, attention_bias=False, norm_topk_prob=False, router_bias=False, rms_norm_eps=1e-5,
+        drop=("num_hidden_layers",)),
+        "LongCat-Flash: two MLA blocks per layer, shortcut MoE with zero experts, router.classifier",
+        fixes=("mla_kv_b",)),
     # arcee-ai/Trinity-Mini: router at mlp.router.gate, expert_bias, gated attention, sliding and
     # full layers, pre/post MLP norms, muP embedding scale (embeddings drawn at 1/sqrt(H))
     "afmoe": TinyArch(None, _release(
