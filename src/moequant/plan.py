@@ -139,7 +139,7 @@ ROLE_PATTERNS: tuple[tuple[Role, tuple[str, ...]], ...] = (
                       "*.mixer.in_proj", "*.mixer.out_proj", "*.mixer.conv1d", "*.mixer.q_proj", "*.mixer.k_proj",
                       "*.mixer.v_proj", "*.mixer.o_proj")),
     (Role.DENSE_MLP, ("*.mlp.*", "*.mlps.*", "*.feed_forward.*", "*.ffn.*", "*.mixer.up_proj", "*.mixer.down_proj")),
-    (Role.EMBEDDING, ("*embed_tokens", "*.wte", "*.embeddings", "*.word_embeddings")),
+    (Role.EMBEDDING, ("*embed_tokens", "*.wte", "*.embeddings", "*.word_embeddings", "*.ngram_embeddings.*")),
     (Role.LM_HEAD, ("lm_head", "*.lm_head")),
 )
 
