@@ -83,6 +83,7 @@ SEEN = {
     "mimo_v2_flash": (0.9742, 0.0247, 0.9598, 0.0395),
     "step3p5":       (0.9570, 0.0420, 0.9392, 0.0603),
     "longcat_flash": (0.9114, 0.0862, 0.8941, 0.1010),
+    "longcat_flash_ngram": (0.8608, 0.1369, 0.8015, 0.2001),  # mlx-lm's own nn.quantize: 0.8575 / 0.1408 at 4 bits
     # blocked rows, measured with the change their note names applied
     "qwen3_next":    (0.9644, 0.0352, 0.9414, 0.0574),
     "qwen3_5_moe":   (0.9591, 0.0394, 0.9416, 0.0564),
@@ -209,7 +210,7 @@ NOT_IN_TRANSFORMERS = {"Klear", "hunyuan", "bailing_moe", "deepseek", "kimi_k2",
                        "bailing_moe_linear", "step3p5",  # custom code
                        # transformers sizes experts.gate_up_proj by E + zero_expert_num (slots the release
                        # does not have): a per-expert release of E experts loads with a size mismatch
-                       "longcat_flash",
+                       "longcat_flash", "longcat_flash_ngram",
                        "bailing_hybrid",  # transformers' bailing_hybrid is Ling 3.0's (the bailing_moe_v3 row's)
                        "gpt_oss",  # transformers' MXFP4 loading needs accelerate
                        "qwen3_vl_moe"}  # no AutoModelForCausalLM class for it

@@ -128,6 +128,9 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("longcat_flash", _LM, "longcat_flash", S, "meituan-longcat/LongCat-Flash-Chat",
          "two MLA blocks and two dense MLPs per layer (self_attn.{0,1}, mlps.{0,1}), shortcut MoE whose router "
          "(mlp.router.classifier, out = E + zero_expert_num) also scores identity experts, correction bias"),
+    Arch("longcat_flash_ngram", _LM, "longcat_flash_ngram", S, "LongCat-Flash (n-gram embeddings)",
+         "LongCat-Flash's layers, embed_tokens renamed by sanitize, n-gram embedders and projections "
+         "(ngram_embeddings.*: embedding role)"),
     # ---- need mlx-lm's sanitize over the whole checkpoint (Qwen3-Next family), or MXFP4 sources ----
     Arch("qwen3_next", _LM, "qwen3_next", S, "Qwen/Qwen3-Next-80B-A3B-Instruct",
          "Gated DeltaNet + attention, shared expert gate, (1 + w) norms: per-expert handoff to sanitize"),
@@ -157,7 +160,6 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("mistral4", _LM, "mistral4", N, "Mistral Small 4",
          "not tried yet: MLA + MoE, released inside the mistral3 VLM (mlx-lm's mistral3 wraps it)"),
     Arch("kimi_k3", _LM, "kimi_k3", N, "Kimi-K3", "not tried yet"),
-    Arch("longcat_flash_ngram", _LM, "longcat_flash_ngram", N, "LongCat-Flash (n-gram embeddings)", "not tried yet"),
     Arch("muse_spark", _LM, "muse_spark", N, "Muse Spark", "not tried yet"),
     Arch("minimax_m3_vl", _LM, "minimax_m3_vl", N, "MiniMax-M3", VLM),
     # ---- VLMs (mlx-vlm; mlx-lm runs some of their language models) ----

@@ -84,6 +84,8 @@ FAMILIES: dict[str, Family] = {
     # meituan-longcat/LongCat-Flash-Chat: mlp.experts.{e}.*, router mlp.router.classifier scoring the routed
     # and the zero (identity) experts, so its out is E + zero_expert_num
     "longcat_flash": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("n_routed_experts",)),
+    # LongCat-Flash with n-gram embeddings (mlx-lm's longcat_flash_ngram): LongCat-Flash's experts
+    "longcat_flash_ngram": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("n_routed_experts",)),
     # arcee-ai/Trinity-Mini: mlx-lm stacks in place, mlp.experts.{proj}.weight
     "afmoe": Family("mlp.experts", "mlp.experts", _GLU),
     # LGAI-EXAONE/K-EXAONE-236B-A23B

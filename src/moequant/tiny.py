@@ -721,6 +721,13 @@ GENERATED: dict[str, TinyArch] = {
         drop=("num_hidden_layers",)),
         "LongCat-Flash: two MLA blocks per layer, shortcut MoE with zero experts, router.classifier",
         fixes=("mla_kv_b",)),
+    # meituan-longcat LongCat-Flash n-gram variant: LongCat-Flash's layers, with n-gram embeddings beside
+    # model.embed_tokens (renamed by sanitize): model.ngram_embeddings.{embedders, post_projs}.{i}
+    "longcat_flash_ngram": TinyArch(None, lambda style: {
+        **GENERATED["longcat_flash"].config(style), "architectures": ["LongcatFlashNgramForCausalLM"],
+        "model_type": "longcat_flash_ngram", "ngram_vocab_size_ratio": 2, "emb_neighbor_num": 2, "emb_split_num": 2},
+        "LongCat-Flash n-gram: LongCat-Flash + n-gram embedders and their projections",
+        fixes=("mla_kv_b",), renames=((r"^model\.ngram_embeddings\.word_embeddings\.", "model.embed_tokens."),)),
     # arcee-ai/Trinity-Mini: router at mlp.router.gate, expert_bias, gated attention, sliding and
     # full layers, pre/post MLP norms, muP embedding scale (embeddings drawn at 1/sqrt(H))
     "afmoe": TinyArch(None, _release(
