@@ -95,3 +95,37 @@ def test_calibrated_allocation_says_so_in_the_plan(tmp_path):
     assert abs(plan.bits_per_weight - 4.0) <= 0.02
     assert any("calibrated on" in n and "2,048 tokens" in n for n in plan.notes)
     assert all("calibrated on" in r.reason for r in plan.rows if r.rule == "target-bpw")
+
+
+def test_output_sensitivity_is_measured_for_every_module_and_follows_its_effect_on_the_logits(tmp_path):
+    """KL with one module alone at the probe setting: every module measured, and a module made 8x
+    more influential on the logits (lm_head scaled) measures as more sensitive than before."""
+    from safetensors.numpy import load_file, save_file
+
+    from moequant.calibrate import output_sensitivity
+
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe", dtype="float32")
+    tokens = mx.array(np.random.default_rng(0).integers(0, 256, (2, 32)).astype(np.int32))
+    conversion = Conversion(src, Quant.make("affine", 4))
+    wanted = {r.path for r in conversion.plan.rows if r.quant is not None}
+    plain = output_sensitivity(src, tokens, wanted)
+    assert set(plain) == wanted and all(v > 0 for v in plain.values())
+    [shard] = src.glob("*.safetensors")
+    tensors = load_file(shard)
+    tensors["lm_head.weight"] = tensors["lm_head.weight"] * 8
+    save_file(tensors, shard, metadata={"format": "pt"})
+    sharper = output_sensitivity(src, tokens, {"lm_head"})
+    assert sharper["lm_head"] > 4 * plain["lm_head"]
+
+
+def test_model_errors_scale_each_module_by_its_measured_kl_at_the_probe():
+    from moequant.allocate import model_errors
+    from moequant.calibrate import PROBE
+
+    other = Quant.make("affine", 8, 64)
+    errors = {"a": {PROBE: 0.2, other: 0.01}, "b": {PROBE: 0.1, other: 0.005}, "c": {PROBE: 0.4, other: 0.02}}
+    scaled = model_errors(errors, {"a": 0.02, "b": 0.5}, PROBE)
+    assert scaled["a"][PROBE] == pytest.approx(0.02) and scaled["a"][other] == pytest.approx(0.001)
+    assert scaled["b"][PROBE] == pytest.approx(0.5) and scaled["b"][other] == pytest.approx(0.025)
+    median = (0.02 / 0.2 + 0.5 / 0.1) / 2  # c was not measured: the median factor
+    assert scaled["c"][other] == pytest.approx(0.02 * median)

@@ -11,6 +11,12 @@ error: measured to track the model's KL better than the absolute one, see BENCHM
 error of each candidate is measured by really quantizing the module (a sample of rows, from every
 expert of a stack) with `mx.quantize`.
 
+With `--calib`, each module's relative errors are then scaled by its measured output sensitivity
+(`model_errors`): the KL the model's next-token distribution suffers when that module alone is
+quantized at a probe setting, divided by the module's relative error at that setting. Each
+candidate's error then estimates its own contribution to the model's KL (first order: KL grows
+linearly with a small weight perturbation's energy), and summing over modules is summing KL.
+
 Allocation. A multiple-choice knapsack over modules — each picks one candidate, expert stacks one
 for all their experts — minimizing the summed error with the total size at most the budget,
 solved by dynamic programming over the byte budget in fine bins.
@@ -63,6 +69,15 @@ def candidate_errors(weight: mx.array, candidates=CANDIDATES, channel_energy: mx
                                  mode=q.mode.value)
         out[q] = (((restored - w) ** 2) * h).sum().item() / max(energy, 1e-30)
     return out
+
+
+def model_errors(errors: dict[str, dict[Quant, float]], sensitivity: dict[str, float], probe: Quant
+                 ) -> dict[str, dict[Quant, float]]:
+    """Each module's candidate errors in nats of KL: relative error × measured KL at `probe` /
+    relative error at `probe`. A module without a measurement gets the median of the others' factors."""
+    factors = {p: sensitivity[p] / max(e[probe], 1e-30) for p, e in errors.items() if p in sensitivity and probe in e}
+    default = float(np.median(list(factors.values()))) if factors else 1.0
+    return {p: {q: v * factors.get(p, default) for q, v in e.items()} for p, e in errors.items()}
 
 
 def allocate(modules: list[Module], errors: dict[str, dict[Quant, float]], budget_bytes: int, fixed_bytes: int,

@@ -1,9 +1,14 @@
-"""Calibration statistics for `--target-bpw --calib FILE`: per module, the energy E[x_j²] of each
-input channel on calibration text, measured on the float model with the real mlx-lm forward.
+"""Calibration statistics for `--target-bpw --calib FILE`, measured on the float model with the
+real mlx-lm forward on calibration text:
 
-Expert stacks: every calibration token is sent through every expert (not only the ones its router
-picked), so an expert the router rarely or never selects is measured all the same; each expert's
-statistics are then weighted by half uniform, half its observed routing frequency.
+* per module, the energy E[x_j²] of each input channel. Expert stacks: every calibration token is
+  sent through every expert (not only the ones its router picked), so an expert the router rarely
+  or never selects is measured all the same; each expert's statistics are then weighted by half
+  uniform, half its observed routing frequency.
+* per module, its output sensitivity: the KL divergence of the model's next-token distribution
+  when that module alone is quantized at a probe setting (the rest float). This is what turns
+  each module's relative error into the model's: modules differ by orders of magnitude here (on
+  the trained tiny Qwen3-MoE, one attention projection costs as much KL as a whole expert stack).
 """
 
 from __future__ import annotations
@@ -16,12 +21,17 @@ import mlx.nn as nn
 import numpy as np
 
 from .errors import CheckpointError
+from .evaluate import compare_logits
+from .plan import Mode, Quant
 from .verify import _parent_and_key, expert_containers, reference_model
 
 log = logging.getLogger(__name__)
 
+PROBE = Quant.make(Mode.AFFINE, 3, 64)  # the setting each module's output sensitivity is measured at
+SENSITIVITY_SEQUENCES = 2  # calibration sequences per sensitivity forward pass
 
-def read_calibration(file: str | Path, length: int = 512, max_sequences: int = 32) -> mx.array:
+
+def read_calibration(file: str | Path, length: int = 512, max_sequences: int = 8) -> mx.array:
     """Token batch [n, length] from a file: `.npy` of token ids, or any other file's bytes (the byte
     tokenizer of the trained tiny model: token id = byte value)."""
     path = Path(file)
@@ -54,35 +64,91 @@ def _squares(x: mx.array) -> mx.array:
     return (x * x).mean(0)
 
 
+def _recorded_inputs(model: nn.Module, tokens: mx.array, paths: set[str]) -> tuple[dict[str, list], set[str]]:
+    """One forward pass of `tokens`, recording what the Linear modules in `paths` and every
+    expert container were called with: (path -> [(x, expert indices or None)], container paths)."""
+    containers = set(expert_containers(model).values())
+    watched = {}
+    for path, module in model.named_modules():
+        if path in paths and isinstance(module, nn.Linear) and not any(path.startswith(c + ".") for c in containers):
+            watched[path] = []
+    for container in containers:
+        watched[container] = []
+    for path, seen in watched.items():
+        parent, key = _parent_and_key(model, path)
+        parent[key] = _Inputs(parent[key], seen)
+    try:
+        mx.eval(model(tokens))
+    finally:
+        for path in watched:
+            parent, key = _parent_and_key(model, path)
+            parent[key] = parent[key].inner
+    return {p: calls for p, calls in watched.items() if calls}, containers
+
+
 def channel_energy(src: str | Path, tokens: mx.array, paths: set[str]) -> dict[str, mx.array]:
     """Module path -> E[x_j²] per input channel ([in], or [E, in] for expert stacks), for the
     modules in `paths` that a forward pass reaches (others keep the data-free proxy)."""
     with reference_model(src) as (model, _):
-        containers = expert_containers(model)
-        watched = {}
-        for path, module in model.named_modules():
-            if path in paths and isinstance(module, nn.Linear) and not any(path.startswith(c + ".") for c in containers.values()):
-                watched[path] = []
-        for container in containers.values():
-            watched[container] = []
-        for path, seen in watched.items():
-            parent, key = _parent_and_key(model, path)
-            parent[key] = _Inputs(parent[key], seen)
-        try:
-            mx.eval(model(tokens))
-        finally:
-            for path in watched:
-                parent, key = _parent_and_key(model, path)
-                parent[key] = parent[key].inner
+        recorded, containers = _recorded_inputs(model, tokens, paths)
         out = {}
-        for path, calls in watched.items():
-            if not calls:
-                continue
-            if path not in containers.values():
+        for path, calls in recorded.items():
+            if path in containers:
+                out.update(_expert_energy(model, path, calls))
+            else:
                 out[path] = sum(_squares(x) for x, _ in calls) / len(calls)
-                continue
-            out.update(_expert_energy(model, path, calls))
         return out
+
+
+def _moments(x: mx.array) -> mx.array:
+    x = x.reshape(-1, x.shape[-1]).astype(mx.float32)
+    return x.T @ x / max(x.shape[0], 1)
+
+
+def input_moments(src: str | Path, tokens: mx.array, paths: set[str]) -> dict[str, mx.array]:
+    """Module path -> E[x xᵀ] of its inputs on `tokens` ([in, in]; [E, in, in] for expert stacks),
+    what GPTQ weighs rounding errors by. An expert's is the mean of its inputs' over every token
+    (so an expert the router rarely picks is measured too) and over the tokens routed to it."""
+    with reference_model(src) as (model, _):
+        recorded, containers = _recorded_inputs(model, tokens, paths)
+        out = {}
+        for path, calls in recorded.items():
+            if path not in containers:
+                out[path] = sum(_moments(x) for x, _ in calls) / len(calls)
+                continue
+            out.update(_expert_moments(model, path, calls, paths))
+        return out
+
+
+def _expert_moments(model: nn.Module, container: str, calls: list, paths: set[str]) -> dict[str, mx.array]:
+    """[E, in, in] per projection of an expert container: per expert, the mean of E[x xᵀ] over
+    every token and over the tokens routed to it (every token alone for an expert never routed)."""
+    parent, key = _parent_and_key(model, container)
+    glu = parent[key]
+    x = mx.concatenate([c[0].reshape(-1, c[0].shape[-1]) for c in calls]).astype(mx.float32)
+    n_experts = glu.up_proj.weight.shape[0]
+    if calls[0][1] is None:
+        routed = [None] * n_experts
+    else:
+        indices = np.concatenate([np.array(c[1]).reshape(-1, c[1].shape[-1]) for c in calls])
+        routed = [mx.array(rows) if (rows := np.nonzero((indices == e).any(-1))[0]).size else None
+                  for e in range(n_experts)]
+
+    def mixed(everyone: mx.array, inputs: mx.array, rows) -> mx.array:
+        return everyone if rows is None else (everyone + _moments(inputs[rows])) / 2
+
+    out = {}
+    shared = _moments(x)
+    for name in ("gate_proj", "up_proj"):
+        if f"{container}.{name}" in paths and hasattr(glu, name):
+            out[f"{container}.{name}"] = mx.stack([mixed(shared, x, rows) for rows in routed])
+    if f"{container}.down_proj" in paths and all(hasattr(glu, n) for n in ("gate_proj", "up_proj", "down_proj")):
+        stack = []
+        for e, rows in enumerate(routed):
+            h = glu.activation(x @ glu.up_proj.weight[e].T, x @ glu.gate_proj.weight[e].T)
+            stack.append(mixed(_moments(h), h, rows))
+        out[f"{container}.down_proj"] = mx.stack(stack)
+    return out
 
 
 def _expert_energy(model: nn.Module, container: str, calls: list) -> dict[str, mx.array]:
@@ -105,3 +171,27 @@ def _expert_energy(model: nn.Module, container: str, calls: list) -> dict[str, m
             act.append(_squares(h))
         out[f"{container}.down_proj"] = weight * mx.stack(act)
     return out
+
+
+def output_sensitivity(src: str | Path, tokens: mx.array, paths: set[str], probe: Quant = PROBE) -> dict[str, float]:
+    """Module path -> KL(float model ‖ float model with only this module's weight replaced by its
+    `probe` quantization, dequantized), in nats/token on the first SENSITIVITY_SEQUENCES sequences
+    of `tokens`: one forward pass per module. Modules the probe cannot quantize are left out."""
+    tokens = tokens[:SENSITIVITY_SEQUENCES]
+    with reference_model(src) as (model, _):
+        reference = model(tokens)
+        mx.eval(reference)
+        out = {}
+        for path in sorted(paths):
+            parent, key = _parent_and_key(model, path)
+            module = parent[key]
+            weight = getattr(module, "weight", None)
+            if weight is None or weight.shape[-1] % probe.group_size:
+                continue
+            packed, scales, biases = mx.quantize(weight, probe.group_size, probe.bits)
+            module.weight = mx.dequantize(packed, scales, biases, probe.group_size, probe.bits).astype(weight.dtype)
+            try:
+                out[path] = compare_logits(reference, model(tokens)).kl
+            finally:
+                module.weight = weight
+        return out

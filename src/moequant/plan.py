@@ -107,7 +107,7 @@ class Options:
     overrides: tuple["Override", ...] = ()
     rounding: str = "plain"  # a key of ROUNDINGS
     target_bpw: float | None = None  # size budget in bits per weight (allocate.py chooses per module)
-    calib: str | None = None  # calibration text for --target-bpw (else a data-free proxy)
+    calib: str | None = None  # calibration text for --target-bpw (else a data-free proxy) and --rounding gptq
 
 
 class Role(str, Enum):
@@ -250,7 +250,7 @@ MOE_RECIPE_ROLES = (Role.ATTENTION, Role.SHARED_EXPERTS, Role.DENSE_MLP, Role.EM
 MIXED_RECIPES = {"mixed_2_6": (2, 6), "mixed_3_4": (3, 4), "mixed_3_6": (3, 6), "mixed_4_6": (4, 6)}
 RECIPES = ("uniform", "moe", *MIXED_RECIPES)
 # plain: mx.quantize's min/max ranges; mse: per group, the clipped range with the least error
-ROUNDINGS = ("plain", "mse")
+ROUNDINGS = ("plain", "mse", "gptq")  # gptq: affine modules, with the --calib inputs' moments
 
 
 def _recipe_rules(options: Options, num_layers: int) -> list[Rule]:
@@ -464,9 +464,11 @@ def plan_from_json(data: dict, modules: list[Module], model_type: str, source_it
     o = data.get("options") or {}
     options = Options(Quant.from_dict(o["quant"], f"{where}: options.quant") if o.get("quant") else None,
                       o.get("gate_bits"), o.get("dtype", "bfloat16"), o.get("global_scale", True),
-                      o.get("recipe", "uniform"), rounding=o.get("rounding", "plain"))
+                      o.get("recipe", "uniform"), rounding=o.get("rounding", "plain"), calib=o.get("calib"))
     if options.rounding not in ROUNDINGS:
         raise PlanError(f"{where}: options.rounding {options.rounding!r}; expected one of {', '.join(ROUNDINGS)}")
+    if options.rounding == "gptq" and not options.calib:
+        raise PlanError(f"{where}: options.rounding gptq without options.calib; expected the calibration file")
     if options.dtype not in DTYPES:
         raise PlanError(f"{where}: options.dtype {options.dtype!r}; expected one of {', '.join(DTYPES)}")
     rows = []
