@@ -33,9 +33,9 @@ NoQuantOpt = Annotated[bool, typer.Option("--no-quantize", help="Layout and dtyp
 DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="dtype of unquantized tensors: bfloat16, float16, float32 (default: the checkpoint's).")]
 GlobalScaleOpt = Annotated[bool, typer.Option("--global-scale/--no-global-scale", help="nvfp4: a per-expert tensor scale on expert stacks (Apple GPU; mlx's CPU gather_qmm refuses it).")]
 RecipeOpt = Annotated[str, typer.Option("--recipe", help="uniform, moe, mixed_2_6, mixed_3_4, mixed_3_6 or mixed_4_6 (see README).")]
-RoundingOpt = Annotated[str, typer.Option("--rounding", help="plain (mx.quantize's min/max), or mse: per group, the clipped range with the least error (slower).")]
+RoundingOpt = Annotated[str, typer.Option("--rounding", help="plain (mx.quantize's min/max); mse: per group, the clipped range with the least error (slower); gptq: affine modules rounded with GPTQ on --calib data (slowest).")]
 TargetOpt = Annotated[Optional[float], typer.Option("--target-bpw", help="Size budget in bits per weight: bits and group size chosen per module (reads the weights).")]
-CalibOpt = Annotated[Optional[Path], typer.Option("--calib", help="Calibration text (or .npy token ids) for --target-bpw; without it a data-free proxy is used.")]
+CalibOpt = Annotated[Optional[Path], typer.Option("--calib", help="Calibration text (or .npy token ids) for --target-bpw (without it a data-free proxy is used) and --rounding gptq.")]
 OverrideOpt = Annotated[Optional[list[str]], typer.Option("--override", help="PATTERN=SPEC, repeatable: '*.shared_expert.*=bits=8,group=64' or '*.mlp.gate=keep'.")]
 RunnerOpt = Annotated[Optional[str], typer.Option("--for", help="mlx-lm (text only) or mlx-vlm (vision tower kept); default: mlx-vlm for a vision-language SRC when mlx-vlm is installed.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -61,8 +61,10 @@ def _choices(no_quantize: bool, mode: Mode, bits: int | None, group_size: int | 
         raise MoequantError(f"--recipe {recipe}: expected one of {', '.join(RECIPES)}")
     if rounding not in ROUNDINGS:
         raise MoequantError(f"--rounding {rounding}: expected one of {', '.join(ROUNDINGS)}")
-    if calib is not None and target_bpw is None:
-        raise MoequantError("--calib: only used with --target-bpw; expected both")
+    if calib is not None and target_bpw is None and rounding != "gptq":
+        raise MoequantError("--calib: only used with --target-bpw or --rounding gptq; expected one of them")
+    if rounding == "gptq" and calib is None:
+        raise MoequantError("--rounding gptq: needs calibration data; expected --calib FILE")
     if target_bpw is not None and not 1.0 < target_bpw <= 16.0:
         raise MoequantError(f"--target-bpw {target_bpw}: expected a budget between 1 and 16 bits per weight")
     if dtype is not None and dtype not in DTYPES:

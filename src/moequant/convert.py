@@ -14,14 +14,14 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .checkpoint import DTYPE_TAGS, ITEMSIZE, Checkpoint, Group, read_checkpoint
-from .allocate import allocate, candidate_errors
-from .calibrate import channel_energy, read_calibration
+from .allocate import allocate, candidate_errors, model_errors
+from .calibrate import PROBE, channel_energy, input_moments, output_sensitivity, read_calibration
 from .dequant import MLX, SourceContext, dequantize_packed, source_format
 from .errors import CheckpointError, PlanError
 from .experts import expert_sources, num_experts, to_stacked
 from .families import FAMILIES, Family
 from .names import canonical_name, layer_of
-from .plan import DTYPES, Options, Quant, build_plan, find_roles, plan_from_json
+from .plan import DTYPES, Mode, Options, Quant, build_plan, find_roles, plan_from_json
 from .stored import infer_fp_quant, infer_quant, read_stored
 from .quantize import Quantizer, check_complete, check_weights, parameter_shapes
 from .target import build_model, resolve_config
@@ -95,6 +95,11 @@ class Conversion:
             self.plan = plan_from_json(plan, modules, self.ckpt.model_type, _source_itemsize(self.ckpt), notes)
         else:
             options = Options(quant, dtype=dtype or default_dtype(self.ckpt), **choices)
+            if options.rounding == "gptq":
+                if not options.calib:
+                    raise PlanError("rounding gptq: needs calibration data; expected calib=FILE")
+                notes = [*notes, f"--rounding gptq: affine modules rounded by GPTQ on the inputs' moments measured "
+                                 f"on {options.calib}; embeddings and fp-mode modules rounded plainly"]
             self.plan = build_plan(modules, self.ckpt.model_type, options, _source_itemsize(self.ckpt), notes)
             if options.target_bpw is not None:
                 allocation = self._allocate(modules, packed)
@@ -133,12 +138,15 @@ class Conversion:
             raise PlanError("--target-bpw with --no-quantize: expected one of them")
         free = {r.path for r in self.plan.rows
                 if r.quantizable and (r.rule in ("default", "indivisible") or r.rule.startswith("recipe-"))}
-        energy, self.allocation_notes = {}, []
+        energy, sensitivity, self.allocation_notes = {}, {}, []
         if options.calib:
             tokens = read_calibration(options.calib)
             energy = channel_energy(self.ckpt.path, tokens, free)
-            self.allocation_notes.append(f"--target-bpw: calibrated on {options.calib} ({tokens.size:,} tokens); "
-                                         f"{len(energy)} of {len(free)} modules measured, the rest data-free")
+            sensitivity = output_sensitivity(self.ckpt.path, tokens, free)
+            self.allocation_notes.append(
+                f"--target-bpw: calibrated on {options.calib} ({tokens.size:,} tokens): input energy of "
+                f"{len(energy)} and output sensitivity (KL with the module alone at {PROBE}) of {len(sensitivity)} "
+                f"of {len(free)} modules, the rest data-free")
         else:
             self.allocation_notes.append("--target-bpw: data-free proxy (relative weight reconstruction error)")
         self.context = SourceContext(self.ckpt.tensors, self.context.qconfig, packed)
@@ -148,6 +156,8 @@ class Conversion:
             for path in sorted(free & {k[: -len(".weight")] for k in weights if k.endswith(".weight")}):
                 errors[path] = candidate_errors(weights[f"{path}.weight"], channel_energy=energy.get(path))
             del weights
+        if sensitivity:
+            errors = model_errors(errors, sensitivity, PROBE)
         fixed = sum(r.bytes_after for r in self.plan.rows if r.path not in errors)
         budget = int(options.target_bpw * self.plan.params / 8)
         return allocate(modules, errors, budget, fixed, options.dtype)
@@ -249,14 +259,23 @@ class Conversion:
         check_destination(dst, force)
         manifest = self.manifest()
         groups = self.ckpt.groups()
+        moments = self._moments() if self.plan.options.rounding == "gptq" else None
         with Output(dst, force, shard_size) as out:
             out.allocate(manifest)
-            for i in self._convert_groups(out, groups, max(1, workers)):
+            for i in self._convert_groups(out, groups, max(1, workers), moments):
                 group = groups[i]
                 yield Step(group.name, i + 1, len(groups), sum(self.ckpt.tensors[k].nbytes for k in group.keys))
             out.finish(output_config(self.config, self.plan), self.ckpt.path, self.plan)
 
-    def _convert_groups(self, out: Output, groups: list[Group], workers: int) -> Iterator[int]:
+    def _moments(self) -> dict[str, mx.array]:
+        """--rounding gptq: E[x xᵀ] of the inputs of each affine module, on the calibration text."""
+        paths = {r.path for r in self.plan.rows if r.quant is not None and r.quant.mode == Mode.AFFINE and not r.as_stored}
+        moments = input_moments(self.ckpt.path, read_calibration(self.plan.options.calib), paths)
+        mx.eval(list(moments.values()))
+        return moments
+
+    def _convert_groups(self, out: Output, groups: list[Group], workers: int,
+                        moments: dict[str, mx.array] | None = None) -> Iterator[int]:
         """Indices of groups as they are written, by `workers` threads."""
         todo = iter(range(len(groups)))
         lock, stop = threading.Lock(), threading.Event()
@@ -264,7 +283,7 @@ class Conversion:
 
         def work() -> None:
             try:
-                quantizer, stacks = Quantizer(self._target(), self.plan), {}
+                quantizer, stacks = Quantizer(self._target(), self.plan, moments=moments), {}
                 with mx.stream(mx.new_stream(mx.cpu)):  # mlx streams belong to their thread
                     normalized = dict(enumerate(self._normalized_groups(stacks)))  # this thread's lazy graph
                     while not stop.is_set():

@@ -16,6 +16,7 @@ from .names import module_path
 from .plan import DTYPES, Plan
 from .fpquant import MODES as FP_MODES
 from .fpquant import quantize_fp, quantize_fp_experts
+from .gptq import quantize_gptq
 from .rounding import quantize_searched
 
 
@@ -57,11 +58,13 @@ def check_complete(expected: dict[str, tuple[int, ...]], seen: set[str], model_t
 class Quantizer:
     """Holds the lazily built target model; `run` loads, quantizes and returns one group."""
 
-    def __init__(self, model: nn.Module, plan: Plan, compute: bool = True):
-        """`compute=False` (a dry run) leaves every output lazy: shapes and dtypes, no data read."""
+    def __init__(self, model: nn.Module, plan: Plan, compute: bool = True, moments: dict[str, mx.array] | None = None):
+        """`compute=False` (a dry run) leaves every output lazy: shapes and dtypes, no data read.
+        `moments`: E[x xᵀ] of the inputs per module path, for --rounding gptq."""
         self.model = model
         self.plan = plan
         self.compute = compute
+        self.moments = moments or {}
         self.keep_dtype = getattr(model, "cast_predicate", lambda key: True)
 
     def run(self, weights: dict[str, mx.array], parts: dict[str, list[mx.array]] | None = None
@@ -92,6 +95,9 @@ class Quantizer:
                 module, quant = _module_at(self.model, path), rows[path].quant
                 if self.plan.options.rounding == "mse":
                     _search_rounding(module, weights[f"{path}.weight"], quant)
+                elif self.compute and quant.mode.value == "affine" and path in self.moments:  # --rounding gptq
+                    module.weight, module.scales, module.biases = quantize_gptq(
+                        weights[f"{path}.weight"], self.moments[path], quant)
                 elif self.compute and quant.mode.value in FP_MODES:
                     # mlx 0.32 has no CPU kernel for the fp modes: mx.quantize runs ~30x slower and
                     # needs 20-40x the input in temporary memory; fpquant is bit-identical to it
@@ -108,7 +114,7 @@ class Quantizer:
             module.update({k: mx.array([]) for k in arrays})  # release: the writer holds them now
         for path in sorted(todo):
             quant, key = rows[path].quant, f"{path}.weight"
-            if parts and key in parts and quant.mode.value == "affine" and self.plan.options.rounding != "mse":
+            if parts and key in parts and quant.mode.value == "affine" and self.plan.options.rounding == "plain":
                 packed = [mx.quantize(cast(key, p), quant.group_size, quant.bits) for p in parts[key]]
                 for i, name in enumerate(("weight", "scales", "biases")):
                     out[f"{path}.{name}"] = Stacked([p[i] for p in packed])
