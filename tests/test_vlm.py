@@ -28,6 +28,7 @@ SEEN = {
     "llama4": (0.9601, 0.0393, 0.9366, 0.0619, 0.9532, 0.0484),  # mlx-lm text-only: 0.9598, 0.0394, …
     "kimi_vl": (0.9544, 0.0474, 0.9264, 0.0751, 0.9358, 0.0660),
     "qwen3_vl_moe": (0.9653, 0.0336, 0.9569, 0.0421, 0.9803, 0.0185),  # mlx-lm text-only: 0.9654, 0.0335, …
+    "glm4v_moe": (0.9704, 0.0295, 0.9524, 0.0471, 0.9718, 0.0268),
 }
 COSINE_MARGIN, KL_FACTOR = 0.01, 1.25  # as tests/test_archs.py
 
@@ -65,6 +66,8 @@ IMAGES = {
     "llama4": _pixels("image_token_index", 4, (1, 3, 64, 64)),  # (64 / patch 16)² patches, pixel shuffle 0.5: 4
     # 4x4 patches of 14x14 pixels, merged 2x2: 4 tokens
     "kimi_vl": _pixels("media_placeholder_token_id", 4, (16, 3, 14, 14), image_grid_hws=[[4, 4]]),
+    # 4x4 patches of 2 frames x 14x14 pixels x 3 channels, merged 2x2: 4 tokens
+    "glm4v_moe": _pixels("image_token_id", 4, (16, 3 * 2 * 14 * 14), image_grid_thw=[[1, 4, 4]]),
 }
 
 
@@ -132,12 +135,15 @@ def test_vlm_converts_loads_in_mlx_vlm_and_stays_close_to_its_float_model(tmp_pa
 MLX_LM_CANNOT = {
     # mlx_lm.models.kimi_vl builds DeepSeek-V3's MLA (embed_q / unembed_out) but its sanitize never splits the
     # release's self_attn.kv_b_proj: mlx_lm.load of the release itself fails ("parameters not in model")
-    "kimi_vl": "mlx-lm's kimi_vl sanitize does not split self_attn.kv_b_proj",
+    "kimi_vl": ("mlx-lm's kimi_vl sanitize does not split self_attn.kv_b_proj", LayoutError),
+    # mlx-lm 0.32.2 has no glm4v_moe module: the conversion refuses it with one line
+    "glm4v_moe": ("mlx-lm has no glm4v_moe model", CheckpointError),
 }
 
 
 @pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.xfail(
-    strict=True, raises=LayoutError, reason=MLX_LM_CANNOT[a])) if a in MLX_LM_CANNOT else a for a in VLM_ARCHS])
+    strict=True, raises=MLX_LM_CANNOT[a][1], reason=MLX_LM_CANNOT[a][0])) if a in MLX_LM_CANNOT else a
+    for a in VLM_ARCHS])
 def test_for_mlx_lm_writes_the_language_model_only(tmp_path, arch):
     src = write_tiny_checkpoint(tmp_path / "src", arch, vision=True)
     conversion = Conversion(src, Quant.make("affine"), runner="mlx-lm")
@@ -192,6 +198,7 @@ TRANSFORMERS_CLASS = {
     "qwen3_5_moe": "Qwen3_5MoeForConditionalGeneration",
     "llama4": "Llama4ForConditionalGeneration",
     "kimi_vl": None,  # moonshotai/Kimi-VL-A3B-Instruct: trust_remote_code
+    "glm4v_moe": "Glm4vMoeForConditionalGeneration",
 }
 
 

@@ -168,8 +168,12 @@ ARCHITECTURES: tuple[Arch, ...] = (
          "experts, correction bias, MoEGate) under language_model.model, for mlx-vlm only: " + VLM_DONE + ". No "
          "text-only output: mlx-lm 0.32.2's kimi_vl cannot load the release itself (its sanitize never splits "
          "self_attn.kv_b_proj into the embed_q / unembed_out its DeepSeek-V3 attention has)"),
+    Arch("glm4v_moe", _VLM, "glm4v_moe", S, "zai-org/GLM-4.5V",
+         "GLM ViT (model.visual: Conv3d patch embedding, downsample Conv2d, merger) + GLM-4.5-Air's MoE (mrope with "
+         "partial rotary, attention bias, dense first layer, shared experts, correction bias) under "
+         "model.language_model, for mlx-vlm only: " + VLM_DONE + ". No text-only output: mlx-lm 0.32.2 has no "
+         "glm4v_moe model"),
     Arch("kimi_k25", _VLM, "kimi_k25", N, "Kimi-K2.5", VLM),
-    Arch("glm4v_moe", _VLM, "glm4v_moe", N, "zai-org/GLM-4.5V", VLM),
     Arch("ernie4_5_moe_vl", _VLM, "ernie4_5_moe_vl", N, "baidu/ERNIE-4.5-VL-28B-A3B-PT", VLM),
     Arch("deepseek_vl_v2", _VLM, "deepseek_vl_v2", N, "deepseek-ai/deepseek-vl2", VLM),
     Arch("qwen3_omni_moe", _VLM, "qwen3_omni_moe", N, "Qwen/Qwen3-Omni-30B-A3B-Instruct", VLM),

@@ -136,6 +136,8 @@ FAMILIES: dict[str, Family] = {
     # moonshotai/Kimi-Linear-48B-A3B-Instruct: block_sparse_moe.experts.{e}.w1/w2/w3; mlx-lm's sanitize moves
     # the rest of block_sparse_moe (gate, correction bias, shared_experts) to mlp
     "kimi_linear": Family("block_sparse_moe.experts", "mlp.switch_mlp", _W123, ("num_experts",)),
+    # zai-org/GLM-4.5V (mlx-vlm only): GLM-4.5's experts under model.language_model.layers.{l}.mlp.experts.{e}
+    "glm4v_moe": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("n_routed_experts",)),
     # LiquidAI/LFM2-8B-A1B
     "lfm2_moe": Family("feed_forward.experts", "feed_forward.switch_mlp", _W123),
     # ai21labs/AI21-Jamba-Mini-1.5
@@ -184,6 +186,10 @@ VISION_LANGUAGE: dict[str, VisionLanguage] = {
     # mlp.fc0/fc1}, encoder.final_layernorm} and multi_modal_projector.{pre_norm, linear_1, linear_2} beside
     # language_model.model.*; mlx-vlm drops `encoder.` and nests wqkv/wo under attn
     "kimi_vl": VisionLanguage("kimi_vl"),
+    # zai-org/GLM-4.5V: model.visual.{patch_embed.proj (Conv3d), post_conv_layernorm, embeddings.position_embedding,
+    # blocks.{b}, post_layernorm, downsample (Conv2d), merger} beside model.language_model.* (GLM-4.5-Air's MoE);
+    # mlx-vlm: vision_tower.*, language_model.model.*
+    "glm4v_moe": VisionLanguage("glm4v_moe"),
 }
 
 

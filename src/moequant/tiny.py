@@ -255,6 +255,15 @@ def _conv2d_channels_first(shapes: Tensors, config: dict) -> Tensors:
 SHAPE_FIXES["conv2d_channels_first"] = _conv2d_channels_first
 
 
+def _downsample_channels_first(shapes: Tensors, config: dict) -> Tensors:
+    """GLM-4.5V's vision downsample Conv2d: mlx [out, h, w, in]; PyTorch releases [out, in, h, w]."""
+    return {k: (s[0], s[3], s[1], s[2]) if len(s) == 4 and k.endswith("downsample.weight") else s
+            for k, s in shapes.items()}
+
+
+SHAPE_FIXES["downsample_channels_first"] = _downsample_channels_first
+
+
 def mlx_lm_shapes(config: dict, runner: str = "mlx-lm") -> Tensors:
     """Every parameter of the runner's model for `config` (its names after sanitize, experts stacked)."""
     from mlx.utils import tree_flatten
@@ -1077,6 +1086,42 @@ def _kimi_vl_files() -> dict[str, dict]:
     return {"tokenizer.json": tokenizer}
 
 
+_GLM_VISION_TOKENS = ("<|begin_of_image|>", "<|end_of_image|>", "<|image|>", "<|video|>")  # ids V, V+1, …
+
+
+def _glm4v_files() -> dict[str, dict]:
+    """The byte tokenizer with GLM-4.5V's image tokens (from id V) and its image processor's settings at a
+    tiny size (patch 14, 2x2 merge); the smoke test feeds patches [16, 3·2·14·14] and image_grid_thw itself."""
+    tokenizer = byte_tokenizer()
+    tokenizer["added_tokens"] = [{"id": V + i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                                  "normalized": False, "special": True} for i, t in enumerate(_GLM_VISION_TOKENS)]
+    image = {"size": {"shortest_edge": 28 * 28, "longest_edge": 56 * 56}, "do_rescale": True, "patch_size": 14,
+             "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+             "image_std": [0.26862954, 0.26130258, 0.27577711], "image_processor_type": "Glm4vImageProcessor",
+             "processor_class": "Glm4vProcessor"}
+    return {"tokenizer.json": tokenizer, "preprocessor_config.json": image}
+
+
+def _glm4v_moe(style: str) -> dict:
+    """zai-org/GLM-4.5V's config.json at tiny dims: GLM-4.5-Air's MoE (partial rotary with mrope sections,
+    attention bias, dense first layer, shared experts, correction bias) and GLM's ViT."""
+    text = {**_release(drop=("architectures", "rope_theta", "rope_scaling"))(style), "model_type": "glm4v_moe_text",
+            "vocab_size": V_VLM, "intermediate_size": I_DENSE, "moe_intermediate_size": I_MOE, "head_dim": HEAD_DIM,
+            "partial_rotary_factor": 0.5, "attention_bias": True, "first_k_dense_replace": 1, "n_routed_experts": E,
+            "n_shared_experts": 1, "num_experts_per_tok": TOP_K, "norm_topk_prob": True, "routed_scaling_factor": 1.0,
+            "n_group": 1, "topk_group": 1, "use_qk_norm": False, "rms_norm_eps": 1e-5,
+            "rope_parameters": {"rope_type": "default", "rope_theta": ROPE_THETA, "mrope_section": [2, 3, 3],
+                                "partial_rotary_factor": 0.5}}
+    return {"architectures": ["Glm4vMoeForConditionalGeneration"], "model_type": "glm4v_moe", "text_config": text,
+            "image_token_id": V + 2, "video_token_id": V + 3, "image_start_token_id": V, "image_end_token_id": V + 1,
+            "video_start_token_id": V + 4, "video_end_token_id": V + 5, "tie_word_embeddings": False,
+            "vision_config": {"model_type": "glm4v_moe", "depth": 2, "hidden_size": 64, "intermediate_size": 128,
+                              "num_heads": 2, "patch_size": 14, "image_size": 56, "out_hidden_size": H,
+                              "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3,
+                              "rms_norm_eps": 1e-5, "hidden_act": "silu", "attention_bias": False,
+                              "initializer_range": 0.02}}
+
+
 VLM_ARCHS: dict[str, TinyArch] = {
     # Qwen/Qwen3-VL-30B-A3B-Instruct whole: model.visual.{patch_embed.proj (Conv3d [out, in, t, p, p]),
     # pos_embed, blocks.{b}.{norm1, norm2, attn.qkv, attn.proj, mlp.linear_fc1/2}, merger,
@@ -1148,4 +1193,12 @@ VLM_ARCHS: dict[str, TinyArch] = {
         renames=((r"^vision_tower\.blocks\.(\d+)\.attn\.", r"vision_tower.encoder.blocks.\1."),
                  (r"^vision_tower\.(blocks|final_layernorm)", r"vision_tower.encoder.\1")),
         fixes=("conv2d_channels_first",), runner="mlx-vlm", files=_kimi_vl_files),
+    # zai-org/GLM-4.5V whole: model.visual.{patch_embed.proj (Conv3d [out, in, t, p, p]), post_conv_layernorm,
+    # embeddings.position_embedding, blocks.{b}.{norm1, norm2, attn.qkv, attn.proj, mlp.gate/up/down_proj},
+    # post_layernorm, downsample (Conv2d [out, in, 2, 2]), merger} beside GLM-4.5's MoE under model.language_model
+    "glm4v_moe": TinyArch(None, _glm4v_moe,
+        "GLM-4.5V whole: GLM ViT (model.visual) + GLM-4.5 MoE under model.language_model",
+        renames=((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.lm_head\.", "lm_head."),
+                 (r"^vision_tower\.", "model.visual.")),
+        fixes=("conv3d_channels_first", "downsample_channels_first"), runner="mlx-vlm", files=_glm4v_files),
 }
