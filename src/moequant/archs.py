@@ -131,6 +131,10 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("longcat_flash_ngram", _LM, "longcat_flash_ngram", S, "LongCat-Flash (n-gram embeddings)",
          "LongCat-Flash's layers, embed_tokens renamed by sanitize, n-gram embedders and projections "
          "(ngram_embeddings.*: embedding role)"),
+    Arch("mistral4", _LM, "mistral4", S, "Mistral Small 4 (language model, transformers' Mistral4ForCausalLM)",
+         "MLA with q_lora, YaRN + Llama-4 attention scaling, fused experts (gate_up_proj [E, 2I, H]), correction "
+         "bias, shared experts. The release itself is a mistral3 VLM (text_config model_type mistral4) and is not "
+         "converted yet: a FAMILIES row for model_type mistral3 would also claim the dense Mistral Small 3"),
     # ---- need mlx-lm's sanitize over the whole checkpoint (Qwen3-Next family), or MXFP4 sources ----
     Arch("qwen3_next", _LM, "qwen3_next", S, "Qwen/Qwen3-Next-80B-A3B-Instruct",
          "Gated DeltaNet + attention, shared expert gate, (1 + w) norms: per-expert handoff to sanitize"),
@@ -157,8 +161,6 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("phixtral", _LM, "phixtral", N, "mlabonne/phixtral-4x2_8", "not tried yet (transformer.h.* naming)"),
     Arch("deepseek_v41", _LM, "deepseek_v41", N, "DeepSeek-V4.1", "not tried yet"),
     Arch("deepseek_v41_text", _LM, "deepseek_v41", N, "DeepSeek-V4.1", "alias of deepseek_v41"),
-    Arch("mistral4", _LM, "mistral4", N, "Mistral Small 4",
-         "not tried yet: MLA + MoE, released inside the mistral3 VLM (mlx-lm's mistral3 wraps it)"),
     Arch("kimi_k3", _LM, "kimi_k3", N, "Kimi-K3", "not tried yet"),
     Arch("muse_spark", _LM, "muse_spark", N, "Muse Spark", "not tried yet"),
     Arch("minimax_m3_vl", _LM, "minimax_m3_vl", N, "MiniMax-M3", VLM),

@@ -138,6 +138,9 @@ FAMILIES: dict[str, Family] = {
     "kimi_linear": Family("block_sparse_moe.experts", "mlp.switch_mlp", _W123, ("num_experts",)),
     # zai-org/GLM-4.5V (mlx-vlm only): GLM-4.5's experts under model.language_model.layers.{l}.mlp.experts.{e}
     "glm4v_moe": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("n_routed_experts",)),
+    # Mistral Small 4's language model as transformers' Mistral4ForCausalLM saves it (model_type mistral4):
+    # mlp.experts.gate_up_proj [E, 2I, H] (gate rows first) and mlp.experts.down_proj [E, H, I]
+    "mistral4": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("n_routed_experts",), layout="fused"),
     # LiquidAI/LFM2-8B-A1B
     "lfm2_moe": Family("feed_forward.experts", "feed_forward.switch_mlp", _W123),
     # ai21labs/AI21-Jamba-Mini-1.5

@@ -737,6 +737,23 @@ GENERATED: dict[str, TinyArch] = {
         "model_type": "longcat_flash_ngram", "ngram_vocab_size_ratio": 2, "emb_neighbor_num": 2, "emb_split_num": 2},
         "LongCat-Flash n-gram: LongCat-Flash + n-gram embedders and their projections",
         fixes=("mla_kv_b",), renames=((r"^model\.ngram_embeddings\.word_embeddings\.", "model.embed_tokens."),)),
+    # Mistral Small 4's language model (transformers' Mistral4ForCausalLM, model_type mistral4): MLA with
+    # q_lora (kv_b_proj), interleaved rope, fused experts (mlp.experts.gate_up_proj [E, 2I, H]), router
+    # mlp.gate.weight + e_score_correction_bias, shared experts; transformers 5 config (rope_parameters)
+    "mistral4": TinyArch(None, _release(
+        architectures=["Mistral4ForCausalLM"], model_type="mistral4", num_attention_heads=DS_HEADS,
+        num_key_value_heads=DS_HEADS, intermediate_size=I_DENSE, moe_intermediate_size=I_MOE, n_routed_experts=E,
+        n_shared_experts=1, num_experts_per_tok=TOP_K, first_k_dense_replace=0, n_group=1, topk_group=1,
+        norm_topk_prob=True, routed_scaling_factor=1.0, q_lora_rank=Q_LORA, kv_lora_rank=KV_LORA,
+        qk_nope_head_dim=NOPE, qk_rope_head_dim=ROPE, v_head_dim=V_HEAD, head_dim=NOPE + ROPE,
+        rope_interleave=True, attention_bias=False, pad_token_id=None,
+        max_position_embeddings=1048576,
+        rope_parameters={"rope_type": "yarn", "rope_theta": ROPE_THETA, "factor": 128.0,
+                         "original_max_position_embeddings": 8192, "beta_fast": 32.0, "beta_slow": 1.0,
+                         "mscale": 1.0, "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.1},
+        drop=("rope_theta", "rope_scaling")),
+        "Mistral 4: MLA, YaRN + Llama-4 attention scaling, fused experts, correction bias, shared experts",
+        fixes=("mla_kv_b",)),
     # arcee-ai/Trinity-Mini: router at mlp.router.gate, expert_bias, gated attention, sliding and
     # full layers, pre/post MLP norms, muP embedding scale (embeddings drawn at 1/sqrt(H))
     "afmoe": TinyArch(None, _release(
