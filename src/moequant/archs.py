@@ -158,7 +158,11 @@ ARCHITECTURES: tuple[Arch, ...] = (
          "mlx-lm keeps DBRX's experts as a list of per-expert Linear modules (no SwitchLinear): the plan "
          "cannot see them as routed experts nor find the router, and the release fuses them as "
          "ffn.experts.mlp.w1/v1/w2 [E·I, H] (w2 transposed); needs a per-expert handoff for that layout"),
-    Arch("phixtral", _LM, "phixtral", N, "mlabonne/phixtral-4x2_8", "not tried yet (transformer.h.* naming)"),
+    Arch("phixtral", _LM, "phixtral", N, "mlabonne/phixtral-4x2_8",
+         "tried: mlx-lm's phixtral ModelArgs reads model_dim / num_heads / num_layers / num_vocab, which the release's "
+         "config.json (model_type phi-msft: n_embd, n_head, n_layer, vocab_size) does not carry, so mlx-lm runs it "
+         "only at its defaults (phi-2's 2560 x 32 layers): no tiny checkpoint in the published config keys loads; its "
+         "mixer.Wqkv and lm_head.linear would also need role patterns (plan.ROLE_PATTERNS)"),
     Arch("deepseek_v41", _LM, "deepseek_v41", N, "DeepSeek-V4.1", "not tried yet"),
     Arch("deepseek_v41_text", _LM, "deepseek_v41", N, "DeepSeek-V4.1", "alias of deepseek_v41"),
     Arch("kimi_k3", _LM, "kimi_k3", N, "Kimi-K3", "not tried yet"),
@@ -175,8 +179,16 @@ ARCHITECTURES: tuple[Arch, ...] = (
          "partial rotary, attention bias, dense first layer, shared experts, correction bias) under "
          "model.language_model, for mlx-vlm only: " + VLM_DONE + ". No text-only output: mlx-lm 0.32.2 has no "
          "glm4v_moe model"),
-    Arch("kimi_k25", _VLM, "kimi_k25", N, "Kimi-K2.5", VLM),
-    Arch("ernie4_5_moe_vl", _VLM, "ernie4_5_moe_vl", N, "baidu/ERNIE-4.5-VL-28B-A3B-PT", VLM),
+    Arch("kimi_k25", _VLM, "kimi_k25", N, "moonshotai/Kimi-K2.5",
+         "tried: the release stores its routed experts as compressed-tensors INT4 (weight_packed / weight_scale / "
+         "weight_shape), a source format moequant does not read (dequant.py); its projector (mm_projector.*) also "
+         "needs a vision role pattern. " + VLM),
+    Arch("ernie4_5_moe_vl", _VLM, "ernie4_5_moe_vl", N, "baidu/ERNIE-4.5-VL-28B-A3B-PT",
+         "tried: one per-expert numbering (mlp.experts.{0..2E-1}) holds two expert sets that mlx-vlm stacks into two "
+         "stacks (switch_mlp: text experts, switch_mlp_1: multimodal) with two routers (gate, gate.weight_1 -> "
+         "gate_1, stored [in, out]), and moe_num_experts is a list [text, multimodal]: a Family row names one stack "
+         "for one range, so this needs a per-expert handoff to sanitize (Family.handoff) that accepts a list "
+         "expert count, and a tiny release with the DFNRope vision tower and resampler. " + VLM),
     Arch("deepseek_vl_v2", _VLM, "deepseek_vl_v2", N, "deepseek-ai/deepseek-vl2", VLM),
     Arch("qwen3_omni_moe", _VLM, "qwen3_omni_moe", N, "Qwen/Qwen3-Omni-30B-A3B-Instruct", VLM),
 )
