@@ -105,9 +105,10 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("glm_moe_dsa", _LM, "glm_moe_dsa", S, "GLM-5",
          "DeepSeek-V3.2's model, transformers 5 config (rope_parameters)"),
     Arch("gemma4", _LM, "gemma4", S, "google/gemma-4-26B-A4B-it",
-         "released as a VLM (mlx-lm keeps model.language_model.*; the mlx-vlm output is not built yet): fused "
-         "experts beside a dense MLP in every layer, router.proj beside the experts block (a gate found from the "
-         "layer), k = v full-attention layers with proportional rope, sliding layers, layer_scalar, tied, softcap"),
+         "fused experts beside a dense MLP in every layer, router.proj beside the experts block (a gate found from "
+         "the layer), k = v full-attention layers with proportional rope, sliding layers, layer_scalar, tied, softcap, "
+         "for mlx-lm (text only); and the whole release (model.vision_tower, model.embed_vision; no audio tower) for "
+         "mlx-vlm's gemma4: " + VLM_DONE),
     Arch("gemma4_text", _LM, "gemma4_text", S, "Gemma 4 26B-A4B (text-only, Gemma4ForCausalLM)",
          "gemma4's language model as transformers' Gemma4ForCausalLM saves it (model.layers.*)"),
     Arch("kimi_linear", _LM, "kimi_linear", S, "moonshotai/Kimi-Linear-48B-A3B-Instruct",

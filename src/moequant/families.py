@@ -193,6 +193,9 @@ VISION_LANGUAGE: dict[str, VisionLanguage] = {
     # blocks.{b}, post_layernorm, downsample (Conv2d), merger} beside model.language_model.* (GLM-4.5-Air's MoE);
     # mlx-vlm: vision_tower.*, language_model.model.*
     "glm4v_moe": VisionLanguage("glm4v_moe"),
+    # google/gemma-4-26B-A4B-it: model.vision_tower.{patch_embedder, encoder.layers.{b}} and
+    # model.embed_vision.embedding_projection beside model.language_model.*; mlx-vlm drops the model. prefix
+    "gemma4": VisionLanguage("gemma4"),
 }
 
 

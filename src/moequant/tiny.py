@@ -1210,6 +1210,24 @@ VLM_ARCHS: dict[str, TinyArch] = {
         renames=((r"^vision_tower\.blocks\.(\d+)\.attn\.", r"vision_tower.encoder.blocks.\1."),
                  (r"^vision_tower\.(blocks|final_layernorm)", r"vision_tower.encoder.\1")),
         fixes=("conv2d_channels_first",), runner="mlx-vlm", files=_kimi_vl_files),
+    # google/gemma-4-26B-A4B-it whole: model.vision_tower.{patch_embedder.{input_proj, position_embedding_table},
+    # encoder.layers.{b}.{self_attn.{q,k,v,o}_proj.linear, q_norm, k_norm, mlp.*.linear, four norms}} and
+    # model.embed_vision.embedding_projection beside the language model of GENERATED["gemma4"]; no audio tower.
+    # The tokenizer is the byte one with three image tokens (llama4's file: the smoke test feeds token ids)
+    "gemma4": TinyArch(None, lambda style: {
+        **GENERATED["gemma4"].config(style), "vocab_size": V_VLM, "image_token_id": V + 2, "boi_token_id": V,
+        "eoi_token_id": V + 1, "audio_config": None,
+        "text_config": {**GENERATED["gemma4"].config(style)["text_config"], "vocab_size": V_VLM,
+                        "vocab_size_per_layer_input": V_VLM},
+        "vision_config": {"model_type": "gemma4_vision", "hidden_size": 64, "intermediate_size": 128,
+                          "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 32,
+                          "global_head_dim": 32, "patch_size": 16, "position_embedding_size": 64,
+                          "pooling_kernel_size": 2, "default_output_length": 4, "rms_norm_eps": 1e-6,
+                          "hidden_activation": "gelu_pytorch_tanh"}},
+        "Gemma 4 whole: vision tower + embed_vision + the MoE language model under model.language_model",
+        renames=((r"^language_model\.model\.", "model.language_model."), (r"^vision_tower\.", "model.vision_tower."),
+                 (r"^embed_vision\.", "model.embed_vision.")),
+        values=GENERATED["gemma4"].values, runner="mlx-vlm", files=_llama4_files),
     # zai-org/GLM-4.5V whole: model.visual.{patch_embed.proj (Conv3d [out, in, t, p, p]), post_conv_layernorm,
     # embeddings.position_embedding, blocks.{b}.{norm1, norm2, attn.qkv, attn.proj, mlp.gate/up/down_proj},
     # post_layernorm, downsample (Conv2d [out, in, 2, 2]), merger} beside GLM-4.5's MoE under model.language_model
