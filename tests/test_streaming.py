@@ -73,8 +73,10 @@ def test_two_worker_threads_write_the_same_bytes_as_one(tmp_path, cli, mode):
         assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes(), name
 
 
-@pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral"])
-def test_expert_stacks_written_expert_by_expert_equal_the_stacked_quantization(tmp_path, cli, monkeypatch, arch):
+@pytest.mark.parametrize("arch,mode", [("qwen3_moe", "affine"), ("mixtral", "affine"), ("qwen3_moe", "mxfp4"),
+                                       ("mixtral", "nvfp4")])
+def test_expert_stacks_written_expert_by_expert_equal_the_stacked_quantization(tmp_path, cli, monkeypatch, arch,
+                                                                                mode):
     """Per-expert SRC tensors are quantized and written expert by expert, a few at a time (never
     stacked in memory): the bytes equal those of quantizing the stacked tensor."""
     import moequant.convert as convert
@@ -91,10 +93,11 @@ def test_expert_stacks_written_expert_by_expert_equal_the_stacked_quantization(t
 
     monkeypatch.setattr(writer, "PARTS_AT_ONCE", 3)  # tiny checkpoints have 4 experts: chunks of 3 + 1
     monkeypatch.setattr(convert, "_quantized", counting)
-    assert cli("convert", src, tmp_path / "parts", "--shard-size", "100KB", "--quiet").exit_code == 0
-    assert seen and all(k.split(".")[-1] in ("weight", "scales", "biases") for k in seen)
+    assert cli("convert", src, tmp_path / "parts", "--mode", mode, "--shard-size", "100KB", "--quiet").exit_code == 0
+    assert seen and all(k.split(".")[-1] in ("weight", "scales", "biases", "global_scale") for k in seen)
+    assert any(k.endswith(".global_scale") for k in seen) == (mode == "nvfp4")
     monkeypatch.setattr(convert, "_quantized", lambda quantizer, weights, stacks: quantizer.run(weights))
-    assert cli("convert", src, tmp_path / "whole", "--shard-size", "100KB", "--quiet").exit_code == 0
+    assert cli("convert", src, tmp_path / "whole", "--mode", mode, "--shard-size", "100KB", "--quiet").exit_code == 0
     names = sorted(p.name for p in (tmp_path / "whole").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "parts").iterdir()) and len(names) > 4
     for name in names:

@@ -69,10 +69,14 @@ class Quantizer:
 
     def run(self, weights: dict[str, mx.array], parts: dict[str, list[mx.array]] | None = None
             ) -> dict[str, mx.array | Stacked]:
-        """Quantized output tensors (lazy) for one group of checked, stacked float weights. `parts`:
-        for some stacked weights, the per-expert tensors they were stacked from; an affine expert
-        stack among them is quantized expert by expert (`mx.quantize` packs each row on its own,
-        so the bytes are the same) and comes out as Stacked tensors, never stacked in memory."""
+        """Quantized output tensors (lazy) for one group of checked, stacked float weights.
+
+        `parts`: for some stacked weights, the per-expert tensors they were stacked from. With plain
+        rounding such an expert stack is quantized expert by expert — `mx.quantize` packs each row
+        on its own, so the bytes are the same — and comes out as Stacked tensors: the stack is
+        never built. Its entry in `weights` (the caller's dict) is replaced by a lazy stand-in of
+        the same shape, so nothing holds the parts once each is quantized (affine: when the writer
+        evaluates it; fp modes: here, one expert at a time)."""
         dtype, rows = DTYPES[self.plan.options.dtype], self.plan.by_path
 
         def cast(key, value):  # float tensors to the output dtype, except packed modules copied as stored
@@ -81,6 +85,14 @@ class Quantizer:
                 return value
             return value.astype(dtype) if self.keep_dtype(key) else value
 
+        parts = parts if parts is not None else {}
+        for key in list(parts):  # in place: the caller's dicts are these
+            row = rows.get(module_path(key))
+            if (self.compute and self.plan.options.rounding == "plain" and key.endswith(".weight") and key in weights
+                    and row is not None and row.quant is not None and not row.as_stored):
+                weights[key] = mx.zeros(weights[key].shape, weights[key].dtype)  # never evaluated
+            else:
+                del parts[key]
         weights = {k: cast(k, v) for k, v in weights.items()}
         self.model.load_weights(list(weights.items()), strict=False)
         paths = sorted({module_path(k) for k in weights})
@@ -93,6 +105,8 @@ class Quantizer:
             nn.quantize(self.model, class_predicate=predicate)
             for path in sorted(todo):
                 module, quant = _module_at(self.model, path), rows[path].quant
+                if f"{path}.weight" in parts:
+                    continue  # expert by expert, below
                 if self.plan.options.rounding == "mse":
                     _search_rounding(module, weights[f"{path}.weight"], quant)
                 elif self.compute and quant.mode.value == "affine" and path in self.moments:  # --rounding gptq
@@ -112,13 +126,29 @@ class Quantizer:
             arrays = {k: v for k, v in module.items() if isinstance(v, mx.array) and not k.startswith("_")}
             out.update((f"{path}.{k}", v) for k, v in arrays.items())
             module.update({k: mx.array([]) for k in arrays})  # release: the writer holds them now
-        for path in sorted(todo):
-            quant, key = rows[path].quant, f"{path}.weight"
-            if parts and key in parts and quant.mode.value == "affine" and self.plan.options.rounding == "plain":
-                packed = [mx.quantize(cast(key, p), quant.group_size, quant.bits) for p in parts[key]]
-                for i, name in enumerate(("weight", "scales", "biases")):
-                    out[f"{path}.{name}"] = Stacked([p[i] for p in packed])
+        for key in sorted(parts):
+            path, quant = module_path(key), rows[module_path(key)].quant
+            by_expert = parts.pop(key)
+            names = ("weight", "scales", "biases" if quant.mode.value == "affine" else "global_scale")
+            packed = []
+            for e in range(len(by_expert)):
+                part, by_expert[e] = by_expert[e], None  # fp modes compute now: free each expert after
+                packed.append(_quantize_one(cast(key, part), quant))
+                del part
+            for i, name in enumerate(names[:len(packed[0])]):
+                out[f"{path}.{name}"] = Stacked([p[i] for p in packed])
         return out
+
+
+def _quantize_one(w: mx.array, quant) -> tuple[mx.array, ...]:
+    """One expert's (packed, scales[, biases or global scale]) as its module's to_quantized makes
+    them: affine lazily by mx.quantize, fp modes now by fpquant (bit-identical to mx.quantize)."""
+    if quant.mode.value == "affine":
+        return tuple(mx.quantize(w, quant.group_size, quant.bits))
+    if quant.global_scale:  # mlx-lm's _quantize_experts: each expert its own tensor scale
+        packed, scales, gs = quantize_fp_experts(w[None])
+        return packed[0], scales[0], gs[0]
+    return quantize_fp(w, quant.mode.value)
 
 
 def _search_rounding(module: nn.Module, weight: mx.array, quant) -> None:
