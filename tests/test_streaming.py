@@ -102,3 +102,16 @@ def test_expert_stacks_written_expert_by_expert_equal_the_stacked_quantization(t
     assert names == sorted(p.name for p in (tmp_path / "parts").iterdir()) and len(names) > 4
     for name in names:
         assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "parts" / name).read_bytes(), name
+
+
+def test_tensor_bytes_are_c_order_for_views_and_copies():
+    import numpy as np
+
+    from moequant.checkpoint import tensor_bytes
+
+    a = mx.arange(24, dtype=mx.float32).reshape(2, 3, 4)
+    for view in (a, a.transpose(0, 2, 1), a[:, ::2], a.astype(mx.bfloat16).T, mx.array(7, dtype=mx.uint8)):
+        expected = np.array(view.astype(mx.float32))
+        got = np.frombuffer(bytes(tensor_bytes(view)), dtype=np.uint8)
+        assert got.size == view.nbytes
+        assert np.array_equal(np.array(mx.array(got).view(view.dtype).reshape(view.shape).astype(mx.float32)), expected)

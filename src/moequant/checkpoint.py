@@ -102,10 +102,15 @@ class Stacked:
 
 
 def tensor_bytes(value: mx.array) -> memoryview:
-    """The raw bytes of an array in C order, as safetensors stores them (evaluates it)."""
-    flat = mx.contiguous(value.reshape(-1)).view(mx.uint8)
-    mx.eval(flat)
-    return memoryview(flat)
+    """The raw bytes of an array in C order, as safetensors stores them (evaluates it): the array's
+    own buffer when it is row-contiguous (no copy), else a contiguous copy's."""
+    mx.eval(value)
+    view = memoryview(value)
+    if not view.c_contiguous:
+        value = mx.contiguous(value)
+        mx.eval(value)
+        view = memoryview(value)
+    return view.cast("B")
 
 
 def read_safetensors_header(file: Path) -> dict[str, TensorInfo]:

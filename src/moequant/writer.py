@@ -147,7 +147,7 @@ class Output:
                     slot = slots[k]
                     for i in chunk:
                         data = tensor_bytes(parts[i])
-                        os.pwrite(self.files[slot.shard], data, slot.offset + i * len(data))
+                        os.pwrite(self.files[slot.shard], data, slot.offset + i * data.nbytes)
                         parts[i] = None  # written: free it
 
     def _claim(self, key: str, value: mx.array | Stacked) -> Slot:
