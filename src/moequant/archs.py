@@ -145,6 +145,10 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("qwen3_vl_moe", _LM, "qwen3_vl_moe", S, "Qwen/Qwen3-VL-30B-A3B-Instruct",
          "fused in x out experts under model.language_model, for mlx-lm (text only); and the whole release (model.visual "
          "+ deepstack mergers) for mlx-vlm's qwen3_vl_moe: " + VLM_DONE),
+    Arch("minimax_m3_vl", _LM, "minimax_m3_vl", S, "MiniMaxAI/MiniMax-M3",
+         "language model under language_model.model, for mlx-lm (text only; mlx-lm drops the vision tower): "
+         "block_sparse_moe.experts.{e}.w1/w2/w3, shared experts, dense first layer (mlp.*), e_score_correction_bias, "
+         "lightning-indexer sparse attention (self_attn.index_*), (1 + w) norms; the mlx-vlm output is not built"),
     Arch("step3p5", _LM, "step3p5", S, "stepfun-ai/Step-3.5-Flash",
          "experts published stacked (moe.{gate,up,down}_proj [E, out, in]) and handed to sanitize under those names, "
          "which renames them and adds 1 to every zero-centred norm on seeing them; router_bias, share_expert, "
@@ -168,7 +172,6 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("deepseek_v41_text", _LM, "deepseek_v41", N, "DeepSeek-V4.1", "alias of deepseek_v41"),
     Arch("kimi_k3", _LM, "kimi_k3", N, "Kimi-K3", "not tried yet"),
     Arch("muse_spark", _LM, "muse_spark", N, "Muse Spark", "not tried yet"),
-    Arch("minimax_m3_vl", _LM, "minimax_m3_vl", N, "MiniMax-M3", VLM),
     # ---- VLMs (mlx-vlm; mlx-lm runs some of their language models) ----
     Arch("kimi_vl", _VLM, "kimi_vl", S, "moonshotai/Kimi-VL-A3B-Instruct",
          "MoonViT vision tower (vision_tower.encoder.*) + projector + DeepSeek-V3 MoE (MLA without q_lora, shared "

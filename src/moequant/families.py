@@ -128,6 +128,9 @@ FAMILIES: dict[str, Family] = {
     # (gate columns first) and down_proj [E, I, H]
     "qwen3_vl_moe": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("num_experts",), fused="halves_transposed",
                            layout="fused"),
+    # MiniMaxAI/MiniMax-M3: language_model.model.layers.{l}.block_sparse_moe.experts.{e}.w1/w2/w3 (mlx-lm runs
+    # the language model; the vision tower is dropped), shared_experts and dense layers' mlp.{gate,up,down}_proj
+    "minimax_m3_vl": Family("block_sparse_moe.experts", "block_sparse_moe.switch_mlp", _W123, ("num_local_experts",)),
     # google/gemma-4-26B-A4B-it: model.language_model.layers.{l}.experts.gate_up_proj [E, 2I, H] (gate
     # rows first) and experts.down_proj [E, H, I]; the router (router.proj) is the layer's, beside experts
     "gemma4": Family("experts", "experts.switch_glu", _GLU, ("num_experts",), layout="fused"),

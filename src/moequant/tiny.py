@@ -986,6 +986,26 @@ GENERATED: dict[str, TinyArch] = {
                                          "mrope_interleaved": True}}},
         "Qwen3-VL-MoE: fused in x out experts under model.language_model",
         renames=((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.lm_head\.", "lm_head."))),
+    # MiniMaxAI/MiniMax-M3 (config.json as published: text_config with moe_layer_freq and the nested
+    # sparse_attention_config, which transformers 5 re-saves flat): a dense first layer, then MoE with a shared
+    # expert and sigmoid routing + e_score_correction_bias; sparse (indexer) attention on the second layer;
+    # Gemma-style (1 + w) norms. mlx-lm runs the language model only, so the release here has no vision tower.
+    "minimax_m3_vl": TinyArch(None, lambda style: {
+        "architectures": ["MiniMaxM3VLForConditionalGeneration"], "model_type": "minimax_m3_vl",
+        "tie_word_embeddings": False, "image_token_index": V - 2, "video_token_index": V - 1,
+        "text_config": {**_release(drop=("architectures", "rope_scaling"))(style), "model_type": "minimax_m3_vl_text",
+                        "intermediate_size": I_MOE, "dense_intermediate_size": I_DENSE,
+                        "shared_intermediate_size": I_MOE, "num_local_experts": E, "num_experts_per_tok": TOP_K,
+                        "head_dim": HEAD_DIM, "rotary_dim": HEAD_DIM // 2, "partial_rotary_factor": 0.5,
+                        "routed_scaling_factor": 2.0,
+                        "swiglu_alpha": 1.702, "swiglu_limit": 7.0, "use_qk_norm": True, "use_gemma_norm": True,
+                        "hidden_act": "swigluoai", "moe_layer_freq": [0, 1],
+                        "sparse_attention_config": {"sparse_num_index_heads": 2, "sparse_index_dim": HEAD_DIM,
+                                                    "sparse_block_size": 8, "sparse_topk_blocks": 2,
+                                                    "sparse_local_block": 1, "sparse_attention_freq": [0, 1]}}},
+        "MiniMax-M3 language model: block_sparse_moe.experts.{e}.w1/w2/w3, shared experts, dense first layer, "
+        "indexer sparse attention, (1 + w) norms",
+        values=((r"(layernorm|_norm|\.norm)\.weight$", 0.0, 0.1),)),
     # LiquidAI/LFM2-8B-A1B: short-conv and attention layers, feed_forward.w1/w2/w3 (dense and
     # per-expert), expert_bias, embedding_norm as the final norm, tied embeddings
     "lfm2_moe": TinyArch(None, _release(
