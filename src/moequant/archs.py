@@ -168,9 +168,18 @@ ARCHITECTURES: tuple[Arch, ...] = (
          "config.json (model_type phi-msft: n_embd, n_head, n_layer, vocab_size) does not carry, so mlx-lm runs it "
          "only at its defaults (phi-2's 2560 x 32 layers): no tiny checkpoint in the published config keys loads; its "
          "mixer.Wqkv and lm_head.linear would also need role patterns (plan.ROLE_PATTERNS)"),
+    Arch("kimi_k3", _LM, "kimi_k3", N, "Kimi-K3",
+         "tried: a tiny release in Kimi-Linear's layout and config keys (custom code, no transformers class; names "
+         "inferred from mlx-lm's sanitize: KDA q/k/v_proj and q/k/v_conv1d, NoPE MLA with output gate, SiTU, latent "
+         "MoE over block_sparse_moe.experts.{e}.w1/w2/w3, attention residuals *_res.proj_weight) converted exactly at "
+         "--no-quantize, but the plan quantizes the attention-residual projections (Linear(H, 1), *_res_proj, role "
+         "other) whose .weight mlx-lm's forward reads directly, so mlx-lm fails on a 4-bit output ('[broadcast_shapes] "
+         "Shapes (128) and (16) cannot be broadcast'); mlx-lm's own quant_predicate returns False for them. Takes the "
+         "plan honouring a model's quant_predicate False (shared; it would also keep bailing_moe_v3's embeddings and "
+         "bailing_hybrid's embed_q/unembed_out float), then a FAMILIES row like kimi_linear's; with "
+         "--override '*_res_proj=keep' the tiny model measured 0.9216 / 0.8839 cosine (affine 4-bit / mxfp4)"),
     Arch("deepseek_v41", _LM, "deepseek_v41", N, "DeepSeek-V4.1", "not tried yet"),
     Arch("deepseek_v41_text", _LM, "deepseek_v41", N, "DeepSeek-V4.1", "alias of deepseek_v41"),
-    Arch("kimi_k3", _LM, "kimi_k3", N, "Kimi-K3", "not tried yet"),
     Arch("muse_spark", _LM, "muse_spark", N, "Muse Spark", "not tried yet"),
     # ---- VLMs (mlx-vlm; mlx-lm runs some of their language models) ----
     Arch("kimi_vl", _VLM, "kimi_vl", S, "moonshotai/Kimi-VL-A3B-Instruct",
