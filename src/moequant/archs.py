@@ -180,7 +180,13 @@ ARCHITECTURES: tuple[Arch, ...] = (
          "--override '*_res_proj=keep' the tiny model measured 0.9216 / 0.8839 cosine (affine 4-bit / mxfp4)"),
     Arch("deepseek_v41", _LM, "deepseek_v41", N, "DeepSeek-V4.1", "not tried yet"),
     Arch("deepseek_v41_text", _LM, "deepseek_v41", N, "DeepSeek-V4.1", "alias of deepseek_v41"),
-    Arch("muse_spark", _LM, "muse_spark", N, "Muse Spark", "not tried yet"),
+    Arch("muse_spark", _LM, "muse_spark", N, "meta-models/Muse-Spark-Open-816B-A42B",
+         "tried: mlx-lm's muse_spark attention calls Metal-only kernels with no CPU path (mlx_lm.kernels.qk_norm_rope, "
+         "qk_norm, rms_norm_sigmoid_gate: '[metal_kernel] No Metal back-end'), so no tiny model runs in a Linux CPU "
+         "smoke test. The rest is rows: a fused-experts FAMILIES row (mlp.experts.gate_up_proj [E, 2I, h] in the "
+         "compressed width h = moe_hidden_size, stacked in place as mlp.experts) and a tiny release whose fix splits "
+         "qkvg_proj into q/k/v/gate_proj and maps add_{attn,ffn}_alpha/beta back to "
+         "post_{attention,feedforward}_residual_gate.gate [H]"),
     # ---- VLMs (mlx-vlm; mlx-lm runs some of their language models) ----
     Arch("kimi_vl", _VLM, "kimi_vl", S, "moonshotai/Kimi-VL-A3B-Instruct",
          "MoonViT vision tower (vision_tower.encoder.*) + projector + DeepSeek-V3 MoE (MLA without q_lora, shared "
