@@ -178,8 +178,14 @@ ARCHITECTURES: tuple[Arch, ...] = (
          "plan honouring a model's quant_predicate False (shared; it would also keep bailing_moe_v3's embeddings and "
          "bailing_hybrid's embed_q/unembed_out float), then a FAMILIES row like kimi_linear's; with "
          "--override '*_res_proj=keep' the tiny model measured 0.9216 / 0.8839 cosine (affine 4-bit / mxfp4)"),
-    Arch("deepseek_v41", _LM, "deepseek_v41", N, "DeepSeek-V4.1", "not tried yet"),
-    Arch("deepseek_v41_text", _LM, "deepseek_v41", N, "DeepSeek-V4.1", "alias of deepseek_v41"),
+    Arch("deepseek_v41", _LM, "deepseek_v41", N, "DeepSeek-V4.1",
+         "tried: mlx-lm's attention holds its block-diagonal output projection as a SwitchLinear (self_attn.o_a_proj "
+         "[o_groups, o_lora, H·d/o_groups]), so plan.find_roles takes it for routed experts and the decoder layer for "
+         "an MoE block, and then calls the hyper-connection mixers (attn_hc, ffn_hc) router gates: the role rules "
+         "need a change (shared) before any row. Also: the release is DeepSeek's own (no model. prefix, "
+         "layers.{l}.ffn.experts.{e}.w1/w2/w3, attn.wq_a/wkv/wo_a…) in fp8/fp4 with ue8m0 `.scale` tensors that "
+         "sanitize repacks, a source format moequant's readers (weight_scale_inv, modelopt) do not read"),
+    Arch("deepseek_v41_text", _LM, "deepseek_v41", N, "DeepSeek-V4.1", "alias of deepseek_v41: the same reasons"),
     Arch("muse_spark", _LM, "muse_spark", N, "meta-models/Muse-Spark-Open-816B-A42B",
          "tried: mlx-lm's muse_spark attention calls Metal-only kernels with no CPU path (mlx_lm.kernels.qk_norm_rope, "
          "qk_norm, rms_norm_sigmoid_gate: '[metal_kernel] No Metal back-end'), so no tiny model runs in a Linux CPU "
