@@ -148,7 +148,10 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("minimax_m3_vl", _LM, "minimax_m3_vl", S, "MiniMaxAI/MiniMax-M3",
          "language model under language_model.model, for mlx-lm (text only; mlx-lm drops the vision tower): "
          "block_sparse_moe.experts.{e}.w1/w2/w3, shared experts, dense first layer (mlp.*), e_score_correction_bias, "
-         "lightning-indexer sparse attention (self_attn.index_*), (1 + w) norms; the mlx-vlm output is not built"),
+         "lightning-indexer sparse attention (self_attn.index_*), (1 + w) norms. The mlx-vlm output is not built: "
+         "mlx-vlm's minimax_m3_vl stacks the routed experts and the shared expert together as one fused "
+         "block_sparse_moe.switch_mlp.gate_up_proj [E + 1, 2I, H] (pack_shared_expert), a layout a FAMILIES row "
+         "(one per model_type, shared with mlx-lm's per-projection switch_mlp) cannot say"),
     Arch("step3p5", _LM, "step3p5", S, "stepfun-ai/Step-3.5-Flash",
          "experts published stacked (moe.{gate,up,down}_proj [E, out, in]) and handed to sanitize under those names, "
          "which renames them and adds 1 to every zero-centred norm on seeing them; router_bias, share_expert, "
