@@ -217,8 +217,19 @@ ARCHITECTURES: tuple[Arch, ...] = (
          "gate_1, stored [in, out]), and moe_num_experts is a list [text, multimodal]: a Family row names one stack "
          "for one range, so this needs a per-expert handoff to sanitize (Family.handoff) that accepts a list "
          "expert count, and a tiny release with the DFNRope vision tower and resampler. " + VLM),
-    Arch("deepseek_vl_v2", _VLM, "deepseek_vl_v2", N, "deepseek-ai/deepseek-vl2", VLM),
-    Arch("qwen3_omni_moe", _VLM, "qwen3_omni_moe", N, "Qwen/Qwen3-Omni-30B-A3B-Instruct", VLM),
+    Arch("deepseek_vl_v2", _VLM, "deepseek_vl_v2", N, "deepseek-ai/deepseek-vl2",
+         "looked at, not built: the release's config.json names its language model language_config (not "
+         "text_config), where experts.num_experts does not look (LayoutError 'none of n_routed_experts … is set'), "
+         "a shared change; then a tiny release (language.model.layers.{l}.mlp.experts.{e}.*, vision.* SigLIP via "
+         "timm, projector.*, image_newline, view_seperator) and an image input with images_spatial_crop / "
+         "images_seq_mask for its custom processor. " + VLM),
+    Arch("qwen3_omni_moe", _VLM, "qwen3_omni_moe", N, "Qwen/Qwen3-Omni-30B-A3B-Instruct",
+         "looked at, not built: mlx-vlm runs the whole release (thinker with vision and audio towers, and with "
+         "enable_audio_output the talker and code2wav), and both thinker.model.layers.{l}.mlp.experts.{e}.* and "
+         "talker.model.layers.{l}.mlp.experts.{e}.* are MoE stacks with expert counts under "
+         "thinker_config.text_config / talker_config.text_config, where experts.num_experts does not look (one count "
+         "per checkpoint, config or text_config only): a shared change, then a tiny release with all five parts. "
+         + VLM),
 )
 
 
