@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import mlx.core as mx
 import pytest
 from mlx_lm.convert import mixed_quant_predicate_builder
 
@@ -176,3 +177,24 @@ def test_inspect_collapses_identical_layers_unless_all(tmp_path, cli):
     collapsed, expanded = cli("inspect", src).stdout, cli("inspect", src, "--all").stdout
     assert "model.layers.{0-1}.mlp.gate " in collapsed and "model.layers.1.mlp.gate " not in collapsed
     assert "model.layers.0.mlp.gate " in expanded and "model.layers.1.mlp.gate " in expanded
+
+
+def test_modules_the_mlx_lm_model_never_quantizes_stay_float(tmp_path, cli):
+    """A model's own quant_predicate returning False (Ling 3.0: embeddings, lm_head, MLA parts) is
+    a rule above overrides: mlx-lm's convert never quantizes them, and some forwards read their
+    weight directly (Kimi-K3's res_proj)."""
+    from moequant.target import build_model, resolve_config
+
+    src = write_tiny_checkpoint(tmp_path / "src", "bailing_moe_v3")
+    conversion = Conversion(src, Quant.make("affine", 4), overrides=(Override.parse("lm_head=bits=8"),))
+    rows = conversion.plan.by_path
+    model = build_model(resolve_config(conversion.ckpt.config)[0])
+    predicate = model.quant_predicate
+    kept = [r for r in conversion.plan.rows if r.rule == "model-keeps"]
+    assert {"model.word_embeddings", "lm_head"} <= {r.path for r in kept}
+    assert all(r.quant is None and predicate(r.path, None) is False for r in kept)
+    assert all(rows[p].quant is not None for p in rows if rows[p].quantizable and predicate(p, None) is not False
+               and rows[p].rule == "default")
+    assert cli("convert", src, tmp_path / "dst", "--quiet").exit_code == 0
+    stored = mx.load(str(tmp_path / "dst" / "model.safetensors"))
+    assert "lm_head.scales" not in stored and "model.word_embeddings.scales" not in stored

@@ -154,6 +154,7 @@ class Module:
     params: int  # all its parameters
     quantizable: bool  # has to_quantized
     takes_global_scale: bool = False  # to_quantized(global_scale=True): mlx-lm's switch layers
+    model_keeps: bool = False  # the model's own quant_predicate says False (mlx-lm never quantizes it)
     source: Quant | None = None  # how SRC stores it, if SRC is MLX-quantized
     source_listed: bool = False  # SRC's config has a per-path entry for it
     origin: str = ""  # what SRC holds for it: format or dtype, and the expert layout
@@ -175,6 +176,7 @@ def find_roles(model: nn.Module) -> list[Module]:
     wrapped = {p.rpartition(".")[0] for p, _ in leaves}
     wrappers = {w: w.rpartition(".")[0] for w in wrapped if w.rpartition(".")[0] in moe_blocks
                 and sum(p.startswith(f"{w}.") for p, _ in leaves) == 1}
+    model_predicate = getattr(model, "quant_predicate", None)  # a property: mlx-lm models return a function
     modules = []
     for path, m in leaves:
         arrays = dict(tree_flatten(m.parameters()))
@@ -195,8 +197,9 @@ def find_roles(model: nn.Module) -> list[Module]:
                         Role.NORM if weight.ndim == 1 else Role.OTHER)
         quantizable = hasattr(m, "to_quantized")
         takes_global_scale = quantizable and "global_scale" in inspect.signature(m.to_quantized).parameters
+        keeps = quantizable and model_predicate is not None and model_predicate(path, m) is False
         modules.append(Module(path, role, tuple(weight.shape), sum(a.size for a in arrays.values()),
-                              quantizable, takes_global_scale))
+                              quantizable, takes_global_scale, keeps))
     return modules
 
 
@@ -292,6 +295,9 @@ def plan_rules(options: Options, num_layers: int, allocation: dict[str, Quant] |
     rules = [
         Rule("not-quantizable", 200, lambda m: not m.quantizable, lambda m: None,
              "the mlx-lm module has no to_quantized"),
+        Rule("model-keeps", 190, lambda m: m.model_keeps, lambda m: None,
+             "the mlx-lm model's quant_predicate keeps it float (mlx-lm never quantizes it; some forwards read "
+             "its weight directly)"),
         Rule("no-quantize", 100, lambda m: options.quant is None, lambda m: None, "--no-quantize"),
         Rule("vision", 60, lambda m: m.role == Role.VISION, lambda m: None,
              "vision tower and projector stay float unless an override asks"),
