@@ -177,10 +177,9 @@ ARCHITECTURES: tuple[Arch, ...] = (
          "MoE over block_sparse_moe.experts.{e}.w1/w2/w3, attention residuals *_res.proj_weight) converted exactly at "
          "--no-quantize, but the plan quantizes the attention-residual projections (Linear(H, 1), *_res_proj, role "
          "other) whose .weight mlx-lm's forward reads directly, so mlx-lm fails on a 4-bit output ('[broadcast_shapes] "
-         "Shapes (128) and (16) cannot be broadcast'); mlx-lm's own quant_predicate returns False for them. Takes the "
-         "plan honouring a model's quant_predicate False (shared; it would also keep bailing_moe_v3's embeddings and "
-         "bailing_hybrid's embed_q/unembed_out float), then a FAMILIES row like kimi_linear's; with "
-         "--override '*_res_proj=keep' the tiny model measured 0.9216 / 0.8839 cosine (affine 4-bit / mxfp4)"),
+         "Shapes (128) and (16) cannot be broadcast'); mlx-lm's own quant_predicate returns False for them. The plan now keeps "
+         "them float (rule model-keeps, from that quant_predicate); what remains is a FAMILIES row like "
+         "kimi_linear's and that tiny release in tiny.py, with measured bounds"),
     Arch("deepseek_v41", _LM, "deepseek_v41", N, "DeepSeek-V4.1",
          "tried: mlx-lm's attention holds its block-diagonal output projection as a SwitchLinear (self_attn.o_a_proj "
          "[o_groups, o_lora, H·d/o_groups]), so plan.find_roles takes it for routed experts and the decoder layer for "
