@@ -788,6 +788,7 @@ def main() -> None:
     meta["sensitivity_seconds"] = sum(json.loads(f.read_text()).get("seconds", 0)
                                       for f in (args.work / "dynamic").glob("sensitivities-*.json"))
     meta_file.write_text(json.dumps(meta, indent=1))
+    args.out.mkdir(parents=True, exist_ok=True)
     report(results, meta, args, params, args.out / "QUALITY.md", args.out / "quality.png")
     log(f"wrote {args.out / 'QUALITY.md'} and {args.out / 'quality.png'}")
     log(f"done in {(time.time() - started) / 60:.1f} min (this invocation)")
