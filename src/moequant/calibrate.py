@@ -120,17 +120,28 @@ def input_moments(src: str | Path, tokens: mx.array, paths: set[str]) -> dict[st
         return out
 
 
+def _container_inputs(model: nn.Module, container: str, calls: list):
+    """(the expert container, its inputs [N, in] float32, their expert indices [N, k] or None)."""
+    parent, key = _parent_and_key(model, container)
+    x = mx.concatenate([c[0].reshape(-1, c[0].shape[-1]) for c in calls]).astype(mx.float32)
+    if calls[0][1] is None:
+        return parent[key], x, None
+    return parent[key], x, np.concatenate([np.array(c[1]).reshape(-1, c[1].shape[-1]) for c in calls])
+
+
+def _activation(glu: nn.Module, x: mx.array, e: int) -> mx.array:
+    """Expert e's down_proj input on every token x."""
+    return glu.activation(x @ glu.up_proj.weight[e].T, x @ glu.gate_proj.weight[e].T)
+
+
 def _expert_moments(model: nn.Module, container: str, calls: list, paths: set[str]) -> dict[str, mx.array]:
     """[E, in, in] per projection of an expert container: per expert, the mean of E[x xᵀ] over
     every token and over the tokens routed to it (every token alone for an expert never routed)."""
-    parent, key = _parent_and_key(model, container)
-    glu = parent[key]
-    x = mx.concatenate([c[0].reshape(-1, c[0].shape[-1]) for c in calls]).astype(mx.float32)
+    glu, x, indices = _container_inputs(model, container, calls)
     n_experts = glu.up_proj.weight.shape[0]
-    if calls[0][1] is None:
+    if indices is None:
         routed = [None] * n_experts
     else:
-        indices = np.concatenate([np.array(c[1]).reshape(-1, c[1].shape[-1]) for c in calls])
         routed = [mx.array(rows) if (rows := np.nonzero((indices == e).any(-1))[0]).size else None
                   for e in range(n_experts)]
 
@@ -145,7 +156,7 @@ def _expert_moments(model: nn.Module, container: str, calls: list, paths: set[st
     if f"{container}.down_proj" in paths and all(hasattr(glu, n) for n in ("gate_proj", "up_proj", "down_proj")):
         stack = []
         for e, rows in enumerate(routed):
-            h = glu.activation(x @ glu.up_proj.weight[e].T, x @ glu.gate_proj.weight[e].T)
+            h = _activation(glu, x, e)
             stack.append(mixed(_moments(h), h, rows))
         out[f"{container}.down_proj"] = mx.stack(stack)
     return out
@@ -154,11 +165,9 @@ def _expert_moments(model: nn.Module, container: str, calls: list, paths: set[st
 def _expert_energy(model: nn.Module, container: str, calls: list) -> dict[str, mx.array]:
     """Per expert: the projections' inputs on every token (the hidden states for the gate/up
     projections; for down_proj, each expert's own activation), weighted by routing frequency."""
-    glu = _parent_and_key(model, container)[0][_parent_and_key(model, container)[1]]
-    x = mx.concatenate([c[0].reshape(-1, c[0].shape[-1]) for c in calls]).astype(mx.float32)
-    indices = mx.concatenate([c[1].reshape(-1) for c in calls]) if calls[0][1] is not None else None
+    glu, x, indices = _container_inputs(model, container, calls)
     n_experts = glu.up_proj.weight.shape[0]
-    freq = np.bincount(np.array(indices), minlength=n_experts) / max(indices.size, 1) if indices is not None \
+    freq = np.bincount(indices.reshape(-1), minlength=n_experts) / max(indices.size, 1) if indices is not None \
         else np.full(n_experts, 1 / n_experts)
     weight = mx.array(0.5 + 0.5 * n_experts * freq, dtype=mx.float32)[:, None]  # mean 1
     hidden = _squares(x)
@@ -167,7 +176,7 @@ def _expert_energy(model: nn.Module, container: str, calls: list) -> dict[str, m
     if hasattr(glu, "down_proj") and hasattr(glu, "up_proj") and hasattr(glu, "gate_proj"):
         act = []
         for e in range(n_experts):
-            h = glu.activation(x @ glu.up_proj.weight[e].T, x @ glu.gate_proj.weight[e].T)
+            h = _activation(glu, x, e)
             act.append(_squares(h))
         out[f"{container}.down_proj"] = weight * mx.stack(act)
     return out
