@@ -71,7 +71,7 @@ class Conversion:
         "mlx-lm" or "mlx-vlm" (default: target.choose_runner decides from the config)."""
         self.ckpt = read_checkpoint(src)
         self.config, notes = resolve_config(self.ckpt.config, runner)  # first: is it a model the runner has
-        self.family = family_of(self.ckpt.config)
+        self.family = family_of(self.config)
         self.num_experts = num_experts(self.family, self.config)
         self.format, qconfig = source_format(self.ckpt.config)
         self.model = build_model(self.config)

@@ -219,12 +219,27 @@ CONFIG_ALIASES: tuple[Alias, ...] = (
     # transformers 5 moved rope_theta under rope_parameters; mlx-lm's mixtral and qwen2_moe
     # default rope_theta to 1e6, so a missed alias loads silently and computes wrong logits.
     Alias("rope_theta", ("rope_parameters.rope_theta",), "transformers 5"),
+    # transformers 5 keeps a partial rotary dimension with the other RoPE values
+    Alias("partial_rotary_factor", ("rope_parameters.partial_rotary_factor",), "transformers 5"),
     # transformers 5 writes num_local_experts for the Qwen MoE families; mlx-lm reads num_experts
     Alias("num_experts", ("num_local_experts", "n_routed_experts"), "transformers 5"),
     Alias("num_local_experts", ("num_experts",), "older Mixtral-style exports"),
     # VLM-era configs may spell the dtype either way
     Alias("torch_dtype", ("dtype",), "transformers 5"),
 )
+
+# transformers model_types whose model mlx-lm runs under another model_type: the output's config.json
+# carries mlx-lm's (mlx-lm's own MODEL_REMAPPING aliases, e.g. kimi_k2 -> deepseek_v3, need no row)
+MODEL_TYPES: dict[str, str] = {
+    "hunyuan_v1_moe": "hunyuan",  # transformers' HunYuanMoEV1Config; mlx-lm's hunyuan module
+}
+
+# config.json keys transformers keeps for itself: never filled from its defaults
+TRANSFORMERS_BOOKKEEPING = frozenset({
+    "architectures", "transformers_version", "_name_or_path", "return_dict", "output_hidden_states",
+    "output_attentions", "chunk_size_feed_forward", "is_encoder_decoder", "id2label", "label2id", "problem_type",
+    "dtype", "torch_dtype", "auto_map", "model_type", "quantization_config", "quantization",
+})
 
 # rope_parameters.rope_type values that mean "no scaling" (anything else becomes rope_scaling)
 PLAIN_ROPE_TYPES = ("default", None)

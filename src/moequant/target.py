@@ -24,8 +24,9 @@ import sys
 
 import mlx.nn as nn
 
+from .configmap import apply_renames
 from .errors import CheckpointError
-from .families import CONFIG_ALIASES, PLAIN_ROPE_TYPES, VISION_LANGUAGE
+from .families import CONFIG_ALIASES, MODEL_TYPES, PLAIN_ROPE_TYPES, TRANSFORMERS_BOOKKEEPING, VISION_LANGUAGE
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +170,9 @@ def choose_runner(config: dict, runner: str | None = None) -> tuple[str, str | N
 
 
 def _fill_aliases(resolved: dict, takes, where: str = "") -> list[str]:
-    """Aliased keys filled in `resolved` (in place) for a config class taking `takes`; one note each."""
-    notes = []
+    """Aliased keys filled in `resolved` (in place) for a config class taking `takes`: the
+    model_type's renames (configmap), then the aliases every model_type has; one note each."""
+    notes = apply_renames(resolved, takes, resolved.get("model_type"), where)
     for alias in CONFIG_ALIASES:
         if alias.key in resolved or alias.key not in takes:
             continue
@@ -187,15 +189,74 @@ def _fill_aliases(resolved: dict, takes, where: str = "") -> list[str]:
             scaling.setdefault("type", scaling.get("rope_type"))
             resolved["rope_scaling"] = scaling
             notes.append(f"{where}rope_scaling = {scaling!r} (from {where}rope_parameters, transformers 5)")
+    if "rope_scaling" in takes and "rope_scaling" not in resolved and isinstance(rope, dict):
+        resolved["rope_scaling"] = None  # transformers 5 states RoPE in rope_parameters: plain RoPE
     return notes
 
 
+def _transformers_config(config: dict):
+    """transformers' own reading of config.json (its model_type's config class), or None when
+    transformers has no such model_type (custom-code releases) or cannot read it."""
+    try:
+        from transformers import CONFIG_MAPPING
+    except ImportError:  # pragma: no cover - transformers comes with mlx-lm
+        return None
+    model_type = config.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        return None
+    config_class = CONFIG_MAPPING[model_type]
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        return config_class.from_dict({k: v for k, v in config.items() if k != "model_type"})
+    except Exception as e:  # transformers' validation: anything it raises means "cannot read it"
+        log.debug("config: transformers' %s cannot read config.json (%s)", config_class.__name__, e)
+        return None
+
+
+def _fill_missing(resolved: dict, full: dict, where: str = "") -> list[str]:
+    """Keys of `full` missing from `resolved` (in place, nested dicts too): the filled keys."""
+    filled = []
+    for key, value in full.items():
+        if key in TRANSFORMERS_BOOKKEEPING or key.startswith("_"):
+            continue
+        if key.endswith("_config") and key not in resolved:
+            continue  # a sub-model the source does not have (a text-only release's vision_config)
+        if key not in resolved:
+            resolved[key] = copy.deepcopy(value)
+            filled.append(f"{where}{key}")
+        elif isinstance(value, dict) and isinstance(resolved[key], dict):
+            filled += _fill_missing(resolved[key], value, f"{where}{key}.")
+    return filled
+
+
+def fill_defaults(config: dict) -> tuple[dict, list[str]]:
+    """config.json with what transformers' config class reads for every key the file leaves out
+    (save_pretrained writes only the values that differ from the class's defaults), and the
+    model_type mlx-lm runs it under (MODEL_TYPES); one note for all."""
+    resolved = copy.deepcopy(config)
+    notes = []
+    full = _transformers_config(config)
+    if full is not None:
+        filled = _fill_missing(resolved, full.to_dict())
+        if filled:
+            notes.append(f"config: {len(filled)} keys left out of config.json read as transformers' "
+                         f"{type(full).__name__} defaults ({', '.join(filled[:8])}{', …' if len(filled) > 8 else ''})")
+    model_type = config.get("model_type")
+    if model_type in MODEL_TYPES:
+        resolved["model_type"] = MODEL_TYPES[model_type]
+        notes.append(f"config: model_type {model_type!r} is mlx-lm's {MODEL_TYPES[model_type]!r}")
+    return resolved, notes
+
+
 def resolve_config(config: dict, runner: str | None = None) -> tuple[dict, list[str]]:
-    """The config for the chosen runner (see choose_runner) with aliased keys filled in for its
-    config classes, and one note per fill or choice."""
+    """The config for the chosen runner (see choose_runner): transformers' defaults filled in
+    (fill_defaults), aliased keys filled in for the runner's config classes, one note per fill
+    or choice."""
+    resolved, notes = fill_defaults(config)
+    config = resolved
     resolved = copy.deepcopy(config)
     runner, note = choose_runner(config, runner)
-    notes = [note] if note else []
+    notes = ([note] if note else []) + notes
     if runner == MLX_VLM:
         arch = _vlm_arch(config)
         notes += _fill_aliases(resolved, _config_fields(arch.ModelConfig))
@@ -210,6 +271,19 @@ def resolve_config(config: dict, runner: str | None = None) -> tuple[dict, list[
     for line in notes:
         log.info("config: %s", line)
     return resolved, notes
+
+
+def reads_as_is(config: dict) -> bool:
+    """Whether the runner reads config.json as it is exactly as moequant resolves it: every key its
+    config class takes has the same value (or absence) both ways."""
+    resolved, _ = resolve_config(config)
+    if runner_of(resolved) == MLX_VLM or resolved.get("model_type") != config.get("model_type"):
+        return resolved == config
+    args_class = model_classes(resolved)[1]
+    try:
+        return args_class.from_dict(config) == args_class.from_dict(resolved)
+    except TypeError:  # a required key config.json leaves out
+        return False
 
 
 def build_model(config: dict) -> nn.Module:

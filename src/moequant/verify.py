@@ -162,7 +162,7 @@ def router_agreement(reference: mx.array, other: mx.array) -> float:
 
 def _direct_load(reference: Path) -> nn.Module | None:
     """The reference as mlx-lm itself loads it, if that is trustworthy; else None."""
-    from .target import resolve_config
+    from .target import reads_as_is
 
     config_file = reference / "config.json"
     if not config_file.is_file():
@@ -171,9 +171,9 @@ def _direct_load(reference: Path) -> nn.Module | None:
         config = json.loads(config_file.read_text())
     except (OSError, ValueError):
         return None
-    _, notes = resolve_config(config)  # a CheckpointError (not an mlx-lm model) is the answer
-    if notes:
-        log.info("reference: config needs %d alias(es); converting it without quantization", len(notes))
+    if not reads_as_is(config):  # a CheckpointError (not an mlx-lm model) is the answer
+        log.info("reference: mlx-lm would read config.json differently from transformers; "
+                 "converting it without quantization")
         return None
     try:
         return load_float32(reference)

@@ -1,0 +1,150 @@
+"""Tiny MoE checkpoints written by the producer itself: transformers' own `save_pretrained`.
+
+A fixture written from moequant's reading of a layout can only confirm that reading; these are
+written by transformers (its config class with tiny dimensions, `from_config`, weights re-drawn,
+`save_pretrained`) and transformers' forward pass on fixed tokens is the reference. Each row of
+PRODUCED names a transformers model_type and the few config values its class needs beyond the
+shared tiny dimensions; everything else is the class's own default, left out of config.json by
+`save_pretrained` exactly as a fine-tune saved with transformers 5 looks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+
+VOCAB = 256
+TOKENS = np.array(
+    [[(7 * i + 3) % VOCAB for i in range(32)], [(11 * i + 5) % VOCAB for i in range(32)]], dtype=np.int64
+)
+
+# Shared tiny dimensions: every Linear input a multiple of 64, a few experts, 3 layers.
+H, I_DENSE, I_MOE, HEADS, KV_HEADS, HEAD_DIM, E, TOP_K, LAYERS = 128, 128, 64, 4, 2, 32, 4, 2, 3
+
+# Keys set whenever the config class has them (a key the class lacks is never passed).
+TINY = {
+    "vocab_size": VOCAB, "hidden_size": H, "intermediate_size": I_DENSE, "num_hidden_layers": LAYERS,
+    "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "head_dim": HEAD_DIM,
+    "moe_intermediate_size": I_MOE, "shared_expert_intermediate_size": I_DENSE, "expert_intermediate_size": I_MOE,
+    "num_experts": E, "num_local_experts": E, "n_routed_experts": E, "moe_num_experts": E,
+    "num_experts_per_tok": TOP_K, "moe_topk": TOP_K, "moe_k": TOP_K, "n_shared_experts": 1,
+    "num_shared_experts": 1, "moe_num_shared_experts": 1,
+    "q_lora_rank": 64, "kv_lora_rank": 64, "qk_rope_head_dim": 32, "qk_nope_head_dim": 64, "v_head_dim": 64,
+    "n_group": 1, "topk_group": 1, "first_k_dense_replace": 1,
+    "pad_token_id": None, "bos_token_id": None, "eos_token_id": None, "tie_word_embeddings": False,
+    "sliding_window": 16,  # shorter than TOKENS' 32, so a sliding window is exercised
+    "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 32, "linear_value_head_dim": 32,
+    "mamba_n_heads": 8, "mamba_num_heads": 8, "mamba_d_state": 16, "ssm_state_size": 16, "mamba_chunk_size": 16,
+    "chunk_size": 16, "mamba_head_dim": 32, "n_groups": 1,
+}
+
+_HYBRID = ["linear_attention", "full_attention", "linear_attention"]
+_SLIDING = ["sliding_attention", "full_attention", "sliding_attention"]
+_MLA = {"num_key_value_heads": HEADS}  # MLA's keys and values have every head
+
+
+@dataclass(frozen=True)
+class Produced:
+    """A transformers model_type written tiny: `extra` overrides TINY (None drops a key)."""
+
+    model_type: str
+    extra: dict = field(default_factory=dict)
+    model_class: str = "AutoModelForCausalLM"  # the transformers class that writes it
+
+
+PRODUCED: dict[str, Produced] = {p.model_type: p for p in (
+    Produced("mixtral", {"sliding_window": None}),  # mlx-lm's mixtral has no sliding window
+    Produced("qwen2_moe"),
+    Produced("qwen3_moe"),
+    Produced("qwen3_next", {"layer_types": _HYBRID}),
+    Produced("olmoe"),
+    Produced("phimoe"),
+    Produced("deepseek_v2", _MLA),
+    Produced("deepseek_v3", _MLA),
+    Produced("deepseek_v32", _MLA),
+    Produced("glm4_moe"),
+    Produced("glm4_moe_lite", _MLA),
+    Produced("glm_moe_dsa", _MLA),
+    Produced("dots1"),
+    Produced("ernie4_5_moe"),
+    Produced("exaone_moe", {"layer_types": _SLIDING, "mlp_layer_types": ["dense", "sparse", "sparse"]}),
+    Produced("granitemoe"),
+    Produced("granitemoehybrid", {"layer_types": ["mamba", "attention", "mamba"]}),
+    Produced("jamba", {"attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2, "expert_layer_offset": 1}),
+    Produced("gpt_oss"),
+    Produced("llama4_text"),
+    Produced("hunyuan_v1_moe"),
+    Produced("minimax"),
+    Produced("minimax_m2"),
+    Produced("lfm2_moe", {"layer_types": ["conv", "full_attention", "conv"], "num_dense_layers": 1}),
+    Produced("longcat_flash", _MLA),
+    Produced("mimo_v2_flash", {"layer_types": _SLIDING, "mlp_layer_types": ["dense", "sparse", "sparse"]}),
+    Produced("mistral4", _MLA, model_class="Mistral4ForCausalLM"),
+    Produced("nemotron_h"),
+    Produced("afmoe", {"layer_types": _SLIDING}),
+    Produced("dbrx", {"d_model": H, "n_heads": HEADS, "n_layers": LAYERS, "attn_config": {"kv_n_heads": KV_HEADS}, "ffn_config": {"ffn_hidden_size": I_MOE, "moe_num_experts": E, "moe_top_k": TOP_K}}),
+    Produced("laguna", {"mlp_layer_types": ["dense", "sparse", "sparse"]}),
+    Produced("mellum"),
+    Produced("kimi_linear", {"layer_types": _HYBRID, "mlp_layer_types": ["dense", "sparse", "sparse"]}),
+    Produced("bailing_hybrid", {"layer_types": _HYBRID, "mlp_layer_types": ["dense", "sparse", "sparse"]}),
+    Produced("solar_open"),
+    Produced("step3p5", {"pad_token_id": 0, "layer_types": _SLIDING, "mlp_layer_types": ["dense", "sparse", "sparse"]}),
+    Produced("gemma4_text", {"layer_types": _SLIDING}),
+    Produced("qwen3_5_moe_text", {"layer_types": _HYBRID}),
+    Produced("flex_olmo"),
+    Produced("granitemoeshared"),
+    Produced("jetmoe"),
+)}
+
+
+def tiny_config(model_type: str) -> transformers.PretrainedConfig:
+    """The model_type's config class with TINY's keys it has, then the row's extra."""
+    row = PRODUCED[model_type]
+    config_class = transformers.CONFIG_MAPPING[model_type]
+    has = set(config_class().to_dict())
+    kwargs = {k: v for k, v in TINY.items() if k in has}
+    for k, v in row.extra.items():
+        if v is None:
+            kwargs.pop(k, None)
+        else:
+            kwargs[k] = v
+    return config_class(**kwargs)
+
+
+def redraw(model: torch.nn.Module, seed: int = 0) -> None:
+    """Weights that make every block matter: matrices N(0, 1/fan_in), norms 1 ± 0.2, vectors ± 0.1."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if p.ndim >= 2:
+                fan_in = p.shape[-1] if p.ndim == 2 else math.prod(p.shape[1:]) if "conv" in name else p.shape[-1]
+                if "embed" in name:
+                    fan_in = 1
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
+            elif "norm" in name or name.endswith("layernorm.weight") or "ln" in name.split(".")[-2:-1]:
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+
+
+def write_produced(dst: Path, model_type: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> np.ndarray:
+    """Writes the tiny checkpoint with save_pretrained; returns transformers' float32 logits on TOKENS."""
+    torch.manual_seed(seed)
+    config = tiny_config(model_type)
+    model_class = getattr(transformers, PRODUCED[model_type].model_class)
+    model = model_class.from_config(config, dtype=torch.float32).eval()
+    redraw(model, seed)
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(TOKENS), use_cache=False).logits.float().numpy()
+    model.to(dtype).save_pretrained(dst)
+    return logits
+
+
+def config_written(dst: Path) -> dict:
+    return json.loads((Path(dst) / "config.json").read_text())
