@@ -148,3 +148,48 @@ def write_produced(dst: Path, model_type: str, dtype: torch.dtype = torch.float3
 
 def config_written(dst: Path) -> dict:
     return json.loads((Path(dst) / "config.json").read_text())
+
+
+def _round_trip(w: torch.Tensor, bits: int, group_size: int, axis: int) -> torch.Tensor:
+    """w quantized and dequantized along `axis` (its input dimension) as MLX's affine mode does."""
+    import mlx.core as mx
+
+    moved = w.detach().float().movedim(axis, -1).contiguous()
+    a = mx.array(moved.numpy())
+    q = mx.dequantize(*mx.quantize(a, group_size=group_size, bits=bits), group_size=group_size, bits=bits)
+    return torch.from_numpy(np.array(q)).movedim(-1, axis)
+
+
+def _is_router(name: str, p: torch.Tensor, num_experts: int) -> bool:
+    return p.ndim == 2 and p.shape[0] in (num_experts, num_experts + 1, 1) and any(
+        s in name for s in ("gate", "router"))
+
+
+def simulated_logits(model_type: str, src: Path, bits: int, group_size: int = 64) -> np.ndarray:
+    """transformers' forward of SRC's weights after an MLX affine round trip of every matrix a
+    uniform plan quantizes (linear and expert weights and embeddings whose input dimension the
+    group divides; router gates, norms, convolutions and vectors kept): what a correct quantized
+    conversion computes, up to which few modules the real plan keeps."""
+    config = transformers.AutoConfig.from_pretrained(src)
+    model_class = getattr(transformers, PRODUCED[model_type].model_class)
+    model = model_class.from_pretrained(src, dtype=torch.float32).eval()
+    text = getattr(config, "text_config", None) or config
+    num_experts = next((getattr(text, k) for k in ("num_experts", "num_local_experts", "n_routed_experts",
+                                                   "moe_num_experts") if getattr(text, k, None)), 0)
+    hidden = text.hidden_size if hasattr(text, "hidden_size") else getattr(text, "d_model", H)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim < 2 or "norm" in name or "conv" in name or _is_router(name, p, num_experts):
+                continue
+            # input dimension: the last one (nn.Linear, F.linear experts), else the one of size hidden
+            # for up/gate stacks stored [E, H, out] (x @ w)
+            axis = -1
+            if p.ndim == 3 and p.shape[-1] != hidden and p.shape[-2] == hidden and "down" not in name:
+                axis = -2
+            elif p.ndim == 3 and "down" in name and p.shape[-1] == hidden and p.shape[-2] != hidden:
+                axis = -2
+            if p.shape[axis] % group_size:
+                continue
+            p.copy_(_round_trip(p, bits, group_size, axis))
+        logits = model(torch.from_numpy(TOKENS), use_cache=False).logits.float().numpy()
+    return logits
