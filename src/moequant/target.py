@@ -229,15 +229,27 @@ def _fill_missing(resolved: dict, full: dict, where: str = "") -> list[str]:
     return filled
 
 
+def _decode_floats(value):
+    """transformers 5 writes non-finite floats as {"__float__": "Infinity"} (JSON has none); the
+    runners' config classes read plain JSON, so they get the float itself."""
+    if isinstance(value, dict):
+        if value.keys() == {"__float__"} and isinstance(value["__float__"], str):
+            return float(value["__float__"].replace("Infinity", "inf"))
+        return {k: _decode_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode_floats(v) for v in value]
+    return value
+
+
 def fill_defaults(config: dict) -> tuple[dict, list[str]]:
     """config.json with what transformers' config class reads for every key the file leaves out
     (save_pretrained writes only the values that differ from the class's defaults), and the
     model_type mlx-lm runs it under (MODEL_TYPES); one note for all."""
-    resolved = copy.deepcopy(config)
+    resolved = _decode_floats(config)
     notes = []
     full = _transformers_config(config)
     if full is not None:
-        filled = _fill_missing(resolved, full.to_dict())
+        filled = _fill_missing(resolved, _decode_floats(full.to_dict()))
         if filled:
             notes.append(f"config: {len(filled)} keys left out of config.json read as transformers' "
                          f"{type(full).__name__} defaults ({', '.join(filled[:8])}{', …' if len(filled) > 8 else ''})")

@@ -1,0 +1,84 @@
+"""Field by field: every value transformers reads from a config reaches mlx-lm's ModelArgs.
+
+For each model_type transformers writes (tests/producer.py) and `moequant archs` supports, the
+config.json save_pretrained wrote is resolved as moequant resolves it, mlx-lm's ModelArgs is built
+from that, and each ModelArgs field with a counterpart in transformers' own config object — the
+same name (transformers' attribute_map aliases included) or a configmap.RENAMES row — must hold
+transformers' value. A field that silently kept ModelArgs' own default while transformers reads
+another value fails here, whatever the logits of a tiny model show.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+
+transformers = pytest.importorskip("transformers", minversion="5.0")
+pytest.importorskip("torch")
+
+from moequant.configmap import COMMON, CONVERTERS, RENAMES, lookup  # noqa: E402
+from moequant.target import model_classes, resolve_config  # noqa: E402
+
+from producer import PRODUCED, tiny_config  # noqa: E402
+from test_producer import SUPPORTED  # noqa: E402
+
+_MISSING = object()
+
+# ModelArgs fields whose transformers namesake means something else (checked by the logit tests)
+DIFFERENT_MEANING = {
+    "model_type",  # mlx-lm's model_type may be an alias target (MODEL_TYPES)
+    "rope_scaling",  # transformers 5 keeps it in rope_parameters; checked through rope_theta and the logits
+    "rope_parameters",
+    "layer_types", "mlp_layer_types",  # mlx-lm may spell the values differently; RENAMES rows convert them
+}
+
+
+def _counterpart(field: str, ours: dict, theirs, full: dict):
+    for rename in RENAMES.get(ours.get("model_type"), ()) + COMMON:
+        if rename.key == field:
+            value = full if rename.source == "" else lookup(full, rename.source)
+            if value is _MISSING or value is None and rename.convert:
+                continue
+            return CONVERTERS[rename.convert](value, full) if rename.convert else value
+    if field in DIFFERENT_MEANING:
+        return _MISSING
+    try:
+        return getattr(theirs, field)
+    except AttributeError:
+        return _MISSING
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, str) != isinstance(b, str) and isinstance(a, (str, list)) and isinstance(b, (str, list)):
+        return list(a) == list(b)  # a pattern string and its list of characters (nemotron_h)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-6)
+    return a == b
+
+
+@pytest.mark.parametrize("model_type", SUPPORTED)
+def test_every_model_args_field_holds_transformers_value(tmp_path, model_type):
+    config = tiny_config(model_type)
+    config.save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    theirs = type(config).from_pretrained(tmp_path)
+    resolved, _ = resolve_config(written, "mlx-lm")
+    args = model_classes(resolved)[1].from_dict(resolved)
+    full = theirs.to_dict()
+    checked, differ = [], []
+    for f in dataclasses.fields(args):
+        expected = _counterpart(f.name, resolved, theirs, full)
+        if expected is _MISSING:
+            continue
+        checked.append(f.name)
+        if not _same(getattr(args, f.name), expected):
+            differ.append(f"{f.name}: ModelArgs {getattr(args, f.name)!r}, transformers {expected!r}")
+    assert not differ, differ
+    assert checked
