@@ -164,3 +164,28 @@ def test_verify_cli_reports_and_exits_1_when_a_threshold_is_missed(tmp_path, cli
     assert missed.output.strip().splitlines()[-1].startswith("error: router agreement ")
     prompt = cli("verify", tmp_path / "q4", "--reference", src, "--prompt", "def main():\n    pass\n", "--json", "--quiet")
     assert prompt.exit_code == 0 and json.loads(prompt.stdout)["tokens"] == len("def main():\n    pass\n")
+
+
+def test_against_transformers_compares_with_the_producers_forward(tmp_path, cli):
+    """verify --against transformers: the conversion of a transformers-written checkpoint is
+    compared with transformers' own forward; an --no-quantize output agrees to float noise."""
+    pytest.importorskip("torch")
+    import producer
+
+    src = tmp_path / "src"
+    producer.write_produced(src, "qwen3_moe")
+    assert cli("convert", src, tmp_path / "float", "--no-quantize", "--dtype", "float32").exit_code == 0
+    assert cli("convert", src, tmp_path / "q4").exit_code == 0
+    exact = verify(tmp_path / "float", src, against_transformers=True)
+    assert exact.transformers.max_abs < 1e-4 and exact.transformers.top1 == 1.0
+    result = cli("verify", tmp_path / "q4", "--reference", src, "--against", "transformers", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert 0 < data["transformers"]["kl"] < 0.5 and data["transformers"]["kl"] == pytest.approx(
+        data["closeness"]["kl"], rel=1e-3)
+
+
+def test_against_transformers_refuses_what_transformers_cannot_load(tiny, cli):
+    dst = tiny("qwen3_moe", "4bit")
+    result = cli("verify", dst, "--reference", dst, "--against", "transformers")
+    assert result.exit_code == 1 and "cannot load" in result.output and "Traceback" not in result.output

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from .convert import DEFAULT_WORKERS
-from .errors import MoequantError
+from .errors import CheckpointError, MoequantError
 from .names import layer_of
 from .plan import DTYPES, RECIPES, ROUNDINGS, Mode, Override, Plan, Quant
 
@@ -277,6 +277,7 @@ def verify(
     min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Exit 1 if top-1 agreement is below this.")] = None,
     max_kl: Annotated[Optional[float], typer.Option("--max-kl", help="Exit 1 if the mean KL (nats/token) is above this.")] = None,
     min_router: Annotated[Optional[float], typer.Option("--min-router", help="Exit 1 if any MoE layer's router top-k agreement is below this.")] = None,
+    against: Annotated[Optional[str], typer.Option("--against", help="'transformers': also compare with SRC's own transformers forward pass (needs torch); the thresholds then apply to both references.")] = None,
     json_out: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
     """Run the same tokens through DST and SRC with mlx-lm; compare logits and expert choices."""
@@ -285,16 +286,21 @@ def verify(
 
     _logging(quiet, verbose)
     try:
+        if against not in (None, "transformers", "mlx-lm"):
+            raise CheckpointError(f"--against {against}: expected transformers (or mlx-lm, the default)")
         tokens = tokens_for_prompt(dst, prompt) if prompt is not None else None
-        report = run_verify(dst, reference, tokens)
+        report = run_verify(dst, reference, tokens, against_transformers=against == "transformers")
     except MoequantError as e:
         _fail(str(e))
-    c = report.closeness
+    c, t = report.closeness, report.transformers
     failed = [f"{name} {value:.4g} {op} {limit}" for name, value, op, limit, bad in (
         ("top-1 agreement", c.top1, "<", min_top1, min_top1 is not None and c.top1 < min_top1),
         ("KL", c.kl, ">", max_kl, max_kl is not None and c.kl > max_kl),
-        ("router agreement", report.min_router_agreement or 1.0, "<", min_router,
-         min_router is not None and (report.min_router_agreement or 1.0) < min_router),
+        ("top-1 agreement with transformers", t.top1 if t else 1.0, "<", min_top1,
+         t is not None and min_top1 is not None and t.top1 < min_top1),
+        ("KL against transformers", t.kl if t else 0.0, ">", max_kl, t is not None and max_kl is not None and t.kl > max_kl),
+        ("router agreement", report.min_router_agreement, "<", min_router, min_router is not None
+         and report.min_router_agreement is not None and report.min_router_agreement < min_router),
     ) if bad]
     if json_out:
         _print_json({**report.to_dict(), "failed": failed})
@@ -305,6 +311,11 @@ def verify(
         for name, value in (("top-1 agreement", f"{c.top1:.4f}"), ("KL (nats/token)", f"{c.kl:.5f}"),
                             ("logit cosine", f"{c.cosine:.5f}"), ("relative RMS error", f"{c.rel_rms:.4f}")):
             table.add_row(name, value)
+        if t is not None:
+            for name, value in (("top-1 agreement with transformers", f"{t.top1:.4f}"),
+                                ("KL against transformers (nats/token)", f"{t.kl:.5f}"),
+                                ("logit cosine with transformers", f"{t.cosine:.5f}")):
+                table.add_row(name, value)
         for block, agreement in report.router_agreement.items():
             table.add_row(f"router top-{report.top_k.get(block, '?')} agreement {block}", f"{agreement:.4f}")
         out.print(table)

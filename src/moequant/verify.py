@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ class Report:
     tokens: int  # tokens in the batch (every position counts)
     top_k: dict[str, int] = field(default_factory=dict)  # MoE block path -> experts selected per token
     reference_converted: bool = False  # SRC went through moequant's float32 conversion first
+    # DST's logits against SRC's own transformers forward pass (verify(..., against_transformers=True))
+    transformers: Closeness | None = None
 
     @property
     def mean_router_agreement(self) -> float | None:
@@ -75,6 +78,7 @@ class Report:
             "min_router_agreement": self.min_router_agreement,
             "top_k": dict(self.top_k),
             "reference_converted": self.reference_converted,
+            "transformers": self.transformers.to_dict() if self.transformers else None,
         }
 
 
@@ -231,12 +235,53 @@ def tokens_for_prompt(path: str | Path, text: str) -> mx.array:
 
 # --- the check --------------------------------------------------------------------------------
 
+def _memory_bytes() -> int | None:
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def transformers_logits(src: str | Path, tokens: mx.array) -> mx.array:
+    """SRC's logits on `tokens` from transformers' own forward pass (PyTorch, float32): the
+    reference that shares nothing with moequant's or mlx-lm's reading of the checkpoint."""
+    try:
+        import numpy as np
+        import torch
+        import transformers
+    except ImportError:
+        raise CheckpointError("--against transformers: torch is not installed; expected `pip install torch` "
+                              "(transformers comes with mlx-lm)") from None
+    from .checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(src)
+    weights = sum(4 * math.prod(t.shape) for t in ckpt.tensors.values())
+    free = _memory_bytes()
+    if free is not None and weights > 0.8 * free:
+        raise CheckpointError(
+            f"--against transformers: {src} needs about {weights / 1e9:.1f} GB as a float32 transformers model "
+            f"and {free / 1e9:.1f} GB are free; comparing it whole is not possible on this machine, and a "
+            f"layer-by-layer comparison is not built yet")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=torch.float32).eval()
+    except Exception as e:  # noqa: BLE001 - transformers raises many types for a model it cannot build
+        raise CheckpointError(f"--against transformers: transformers {transformers.__version__} cannot load "
+                              f"{src} ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})") from None
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(np.array(tokens, dtype=np.int64)), use_cache=False).logits
+    return mx.array(logits.float().numpy())
+
+
 def verify(dst: str | Path, reference: str | Path, tokens: mx.array | None = None,
-           scratch: str | Path | None = None) -> Report:
+           scratch: str | Path | None = None, against_transformers: bool = False) -> Report:
     """Run the same tokens through DST and the reference; compare logits and expert choices.
 
     `tokens` is a [batch, length] (or [length]) array of ids; by default a fixed random batch
     over DST's vocabulary (`evaluate.fixed_tokens`). The models are loaded one after the other.
+    `against_transformers` also compares DST with SRC's own transformers forward pass.
     """
     dst = Path(dst)
     model = load_float32(dst)
@@ -265,4 +310,7 @@ def verify(dst: str | Path, reference: str | Path, tokens: mx.array | None = Non
                               f"tokens; expected {r.shape[-1]} over {r.shape[0]} as the reference")
         agreement[block] = router_agreement(r, d)
         top_k[block] = r.shape[-1]
-    return Report(compare_logits(ref_logits, dst_logits), agreement, tokens.size, top_k, converted)
+    theirs = None
+    if against_transformers:
+        theirs = compare_logits(transformers_logits(reference, tokens), dst_logits)
+    return Report(compare_logits(ref_logits, dst_logits), agreement, tokens.size, top_k, converted, theirs)
