@@ -20,6 +20,7 @@ from .dequant import MLX, SourceContext, dequantize_packed, source_format
 from .errors import CheckpointError, PlanError
 from .experts import expert_sources, num_experts, to_stacked
 from .families import FAMILIES, Family
+from .ignored import ignored_notes
 from .names import canonical_name, layer_of
 from .plan import DTYPES, Mode, Options, Quant, build_plan, find_roles, plan_from_json
 from .stored import infer_fp_quant, infer_quant, read_stored
@@ -71,6 +72,7 @@ class Conversion:
         "mlx-lm" or "mlx-vlm" (default: target.choose_runner decides from the config)."""
         self.ckpt = read_checkpoint(src)
         self.config, notes = resolve_config(self.ckpt.config, runner)  # first: is it a model the runner has
+        notes += ignored_notes(self.config, self.ckpt.tensors)  # where mlx-lm's model differs from transformers'
         self.family = family_of(self.config)
         self.num_experts = num_experts(self.family, self.config)
         self.format, qconfig = source_format(self.ckpt.config)
