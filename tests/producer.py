@@ -59,7 +59,7 @@ class Produced:
 
 
 PRODUCED: dict[str, Produced] = {p.model_type: p for p in (
-    Produced("mixtral", {"sliding_window": None}),  # mlx-lm's mixtral has no sliding window
+    Produced("mixtral", {"sliding_window": None}),  # mlx-lm's mixtral has no sliding window (a plan note: ignored.py)
     Produced("qwen2_moe"),
     Produced("qwen3_moe"),
     Produced("qwen3_next", {"layer_types": _HYBRID}),

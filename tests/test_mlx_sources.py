@@ -118,3 +118,54 @@ def test_nvfp4_global_scale_source_is_read_per_expert(tmp_path):
     reference = logits_of(src)
     list(Conversion(src, dtype="float32").run(tmp_path / "float"))
     assert compare_logits(reference, logits_of(tmp_path / "float")).max_abs <= 1e-4
+
+
+def test_stale_gate_entry_for_a_float_moegate_converts_with_a_note(tmp_path, cli, caplog):
+    """The seed bug's layout as it reaches users: nemotron_h written by transformers, converted,
+    then a per-path 8-bit entry added for its router gate, which is stored float because mlx-lm's
+    MoEGate has no to_quantized. mlx-lm's loader crashes on it; the tensors decide: read float,
+    the entry called stale in one line."""
+    import logging
+
+    import producer
+
+    producer.write_produced(tmp_path / "hf", "nemotron_h")
+    list(Conversion(tmp_path / "hf", Quant.make("affine", 4)).run(tmp_path / "mlx"))
+    src, gate = tmp_path / "mlx", "backbone.layers.1.mixer.gate"
+    reference = logits_of(src)
+    _edit_config(src, lambda c: [c[k].update({gate: {"group_size": 64, "bits": 8}})
+                                 for k in ("quantization", "quantization_config")])
+    with pytest.raises(ValueError, match="Unable to quantize model of type.*MoEGate"):  # the bug, as mlx-lm has it
+        load_model(src)
+    with caplog.at_level(logging.WARNING, logger="moequant.stored"):
+        conversion = Conversion(src, dtype="float32")
+    stale = [n for n in conversion.plan.notes if "is stale" in n]
+    assert stale == [f"config.json: quantization[{gate!r}] is stale: it says affine·8·g64, but the module is stored "
+                     "F32 and mlx-lm's module has no to_quantized; read as stored (F32), entry not written"]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == stale
+    list(conversion.run(tmp_path / "float"))
+    assert compare_logits(reference, logits_of(tmp_path / "float")).max_abs <= 1e-4
+    inspected = cli("inspect", src, "--check", "--json")  # still a problem for mlx-lm: --check says so
+    assert inspected.exit_code == 1
+    assert "stale entry" in {r["path"]: r["problem"] for r in json.loads(inspected.stdout)}[gate]
+
+
+def test_gate_with_ollama_singular_aux_names_is_read_as_the_8bit_module_it_is(tmp_path):
+    """`<m>.weight.scale` / `<m>.weight.bias` (Ollama-created blobs) beside an 8-bit gate listed
+    per path: the same module as `<m>.scales` / `<m>.biases`, not a mismatch with its config."""
+    src = _mlx_source(tmp_path, arch="qwen3_moe")
+    reference = logits_of(src)
+    weights = mx.load(str(src / "model.safetensors"))
+    for key in [k for k in weights if ".mlp.gate." in k and k.endswith((".scales", ".biases"))]:
+        weights[key.rsplit(".", 1)[0] + {"scales": ".weight.scale", "biases": ".weight.bias"}[key.rsplit(".", 1)[1]]] \
+            = weights.pop(key)
+    assert "model.layers.1.mlp.gate.weight.scale" in weights
+    mx.save_safetensors(str(src / "model.safetensors"), weights, metadata={"format": "mlx"})
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    index["weight_map"] = {k: "model.safetensors" for k in weights}
+    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+    conversion = Conversion(src, dtype="float32")
+    gate = conversion.plan.by_path["model.layers.1.mlp.gate"]
+    assert gate.source == Quant.make("affine", 8, 64) and gate.origin.startswith("mlx affine·8·g64")
+    list(conversion.run(tmp_path / "float"))
+    assert compare_logits(reference, logits_of(tmp_path / "float")).max_abs <= 1e-4

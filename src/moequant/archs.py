@@ -47,9 +47,9 @@ VLM_DONE = ("mlx-vlm output (the default when mlx-vlm is installed; --for mlx-lm
 ARCHITECTURES: tuple[Arch, ...] = (
     # ---- supported: FAMILIES row, tiny checkpoint, smoke test ----
     Arch("mixtral", _LM, "mixtral", S, "mistralai/Mixtral-8x7B-v0.1",
-         "block_sparse_moe.experts.{e}.w1/w2/w3; transformers 5 config keys"),
-    Arch("qwen2_moe", _LM, "qwen2_moe", S, "Qwen/Qwen1.5-MoE-A2.7B", "shared expert + shared_expert_gate, qkv bias"),
-    Arch("qwen3_moe", _LM, "qwen3_moe", S, "Qwen/Qwen3-30B-A3B", "qk norm; transformers 5 config keys"),
+         "block_sparse_moe.experts.{e}.w1/w2/w3; transformers 5 config keys; mlx-lm's mixtral has no sliding window: where config.json sets one shorter than the context, mlx-lm attends to every earlier token and outputs differ from transformers' on prompts longer than the window (the plan notes it)"),
+    Arch("qwen2_moe", _LM, "qwen2_moe", S, "Qwen/Qwen1.5-MoE-A2.7B", "shared expert + shared_expert_gate, qkv bias; mlx-lm's qwen2_moe has no sliding window: where config.json sets one shorter than the context (use_sliding_window), mlx-lm attends to every earlier token and outputs differ from transformers' on prompts longer than the window (the plan notes it)"),
+    Arch("qwen3_moe", _LM, "qwen3_moe", S, "Qwen/Qwen3-30B-A3B", "qk norm; transformers 5 config keys; mlx-lm's qwen3_moe has no sliding window: where config.json sets one shorter than the context (use_sliding_window), mlx-lm attends to every earlier token and outputs differ from transformers' on prompts longer than the window (the plan notes it)"),
     Arch("deepseek_v3", _LM, "deepseek_v3", S, "deepseek-ai/DeepSeek-V3",
          "MLA (kv_b_proj), dense first layer, shared experts, e_score_correction_bias, MoEGate (no to_quantized)"),
     Arch("kimi_k2", _LM, "deepseek_v3", S, "moonshotai/Kimi-K2-Instruct", "DeepSeek-V3 layout, YaRN"),
@@ -61,20 +61,23 @@ ARCHITECTURES: tuple[Arch, ...] = (
          "MLA without q_lora, YaRN, greedy softmax routing"),
     Arch("olmoe", _LM, "olmoe", S, "allenai/OLMoE-1B-7B-0924", "q_norm/k_norm over all heads"),
     Arch("phimoe", _LM, "phimoe", S, "microsoft/Phi-3.5-MoE-instruct",
-         "block_sparse_moe w1/w2/w3, LayerNorm with bias, attention and lm_head biases, longrope"),
+         "block_sparse_moe w1/w2/w3, LayerNorm with bias, attention and lm_head biases, longrope; mlx-lm's phimoe has no sliding window: where config.json sets one shorter than the context, mlx-lm attends to every earlier token and outputs differ from transformers' on prompts longer than the window (the plan notes it)"),
     Arch("minimax_m2", _LM, "minimax", S, "MiniMaxAI/MiniMax-M2",
          "block_sparse_moe w1/w2/w3, sigmoid router + e_score_correction_bias, qk norm, partial rotary"),
     Arch("Klear", _LM, "Klear", S, "Kwai-Klear/Klear-46B-A2.5B-Instruct",
          "experts stacked in place, expert_bias, shared experts, 2-way coefficient (a shared-expert gate)"),
     Arch("mellum", _LM, "mellum", S, "JetBrains Mellum (MoE)", "sliding + full layers, per-layer-type rope"),
     Arch("dots1", _LM, "dots1", S, "rednote-hilab/dots.llm1.inst",
-         "experts stacked in place, dense first layer, shared experts, e_score_correction_bias"),
+         "experts stacked in place, dense first layer, shared experts, e_score_correction_bias; mlx-lm's dots1 has no sliding window: where config.json sets one shorter than the context (sliding layers below max_window_layers), mlx-lm attends to every earlier token and outputs differ from transformers' on prompts longer than the window (the plan notes it)"),
     Arch("glm4_moe", _LM, "glm4_moe", S, "zai-org/GLM-4.5-Air",
          "partial rotary, attention bias, dense first layer, shared experts"),
     Arch("glm4_moe_lite", _LM, "glm4_moe_lite", S, "GLM-4.7-Flash", "MLA in GLM's MoE"),
     Arch("solar_open", _LM, "solar_open", S, "Upstage Solar Open 100B", "GLM-4.5-style MoE (glm4_moe's model)"),
     Arch("ernie4_5_moe", _LM, "ernie4_5_moe", S, "baidu/ERNIE-4.5-21B-A3B-PT",
-         "moe_* config keys, dense first layer, shared experts, moe_statics (dropped by mlx-lm)"),
+         ("moe_* config keys, dense first layer, shared experts. mlx-lm's ernie4_5_moe drops moe_statics.e_score_correction_bias, "
+         "which transformers adds to the routing scores before choosing experts: where that bias is not zero (trained "
+         "releases), mlx-lm picks other experts for some tokens and its outputs differ from transformers' (the plan "
+         "notes it; moequant converts the weights exactly, the difference is mlx-lm's model)")),
     Arch("granitemoe", _LM, "granitemoe", S, "ibm-granite/granite-3.1-3b-a800m-instruct",
          "fused input_linear [E, 2I, H] / output_linear, nested router.layer gate, muP multipliers, tied"),
     Arch("hunyuan", _LM, "hunyuan", S, "tencent/Tencent-Hunyuan-Large",
@@ -94,7 +97,10 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("lfm2_moe", _LM, "lfm2_moe", S, "LiquidAI/LFM2-8B-A1B",
          "short conv + attention, w1/w2/w3 renamed by sanitize, conv weights transposed, expert_bias, tied"),
     Arch("jamba", _LM, "jamba", S, "ai21labs/AI21-Jamba-Mini-1.5",
-         "Mamba + attention, MoE every other layer, conv1d transposed"),
+         ("Mamba + attention, MoE every other layer, conv1d transposed. mlx-lm's jamba weighs the chosen experts by a "
+         "softmax over their logits only (weights sum to 1), transformers by the softmax over all experts (unnormalized): "
+         "every MoE layer's output differs from transformers', by a factor of the chosen experts' share of the routing "
+         "probability (the plan notes it; moequant converts the weights exactly, the difference is mlx-lm's model)")),
     Arch("nemotron_h", _LM, "nemotron_h", S, "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16",
          "Mamba-2 + attention + MoE blocks (backbone.*), relu² experts up_proj/down_proj -> fc1/fc2, "
          "MoEGate (no to_quantized)"),

@@ -20,9 +20,10 @@ from .dequant import MLX, SourceContext, dequantize_packed, source_format
 from .errors import CheckpointError, PlanError
 from .experts import expert_sources, num_experts, to_stacked
 from .families import FAMILIES, Family
+from .ignored import ignored_notes
 from .names import canonical_name, layer_of
 from .plan import DTYPES, Mode, Options, Quant, build_plan, find_roles, plan_from_json
-from .stored import infer_fp_quant, infer_quant, read_stored
+from .stored import infer_fp_quant, infer_quant, read_stored, stale_notes
 from .quantize import Quantizer, check_complete, check_weights, parameter_shapes
 from .target import build_model, resolve_config
 from .writer import DEFAULT_SHARD_SIZE, Output, check_destination, output_config
@@ -71,6 +72,7 @@ class Conversion:
         "mlx-lm" or "mlx-vlm" (default: target.choose_runner decides from the config)."""
         self.ckpt = read_checkpoint(src)
         self.config, notes = resolve_config(self.ckpt.config, runner)  # first: is it a model the runner has
+        notes += ignored_notes(self.config, self.ckpt.tensors)  # where mlx-lm's model differs from transformers'
         self.family = family_of(self.config)
         self.num_experts = num_experts(self.family, self.config)
         self.format, qconfig = source_format(self.ckpt.config)
@@ -86,7 +88,8 @@ class Conversion:
             # parameters and written float (what crashed mlx-lm's loader never reaches DST)
             if bad := next((r for r in rows if r.mismatch), None):
                 raise CheckpointError(f"config.json: quantization[{bad.path!r}]: {bad.problem}")
-            listed = {r.path for r in rows if r.listed}
+            listed = {r.path for r in rows if r.listed and not r.stale}
+            notes = [*notes, *stale_notes(rows)]
         if self.format.packed:
             packed = self._packed_modules({m.path: m.shape[-1] for m in modules})
             modules = [replace(m, source=packed.get(m.path), source_listed=m.path in listed) for m in modules]

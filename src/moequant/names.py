@@ -15,6 +15,11 @@ AUX_RENAMES: tuple[tuple[str, str], ...] = (
 _LAYER = re.compile(r"^(?P<prefix>(?:.+\.)?layers)\.(?P<index>\d+)\.")
 
 
+def aux_spellings(name: str) -> tuple[str, ...]:
+    """Every spelling of the canonical aux suffix `name` (".scales"): itself, then AUX_RENAMES'."""
+    return (name, *(suffix for suffix, replacement in AUX_RENAMES if replacement == name))
+
+
 def canonical_name(key: str) -> str:
     """The name moequant uses for `key` (aux tensors renamed to `P.scales` / `P.biases`)."""
     for suffix, replacement in AUX_RENAMES:

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .checkpoint import Checkpoint
+import logging
+
+from .checkpoint import FLOAT_DTYPES, Checkpoint
+from .names import aux_spellings
 from .plan import MODES, Mode, Module, Quant
+
+log = logging.getLogger(__name__)
 
 # fp modes allow one (bits, group_size) each; their scales are uint8 (FORMATS.md)
 _FP_MODES = {(s.default_bits, s.default_group_size): m for m, s in MODES.items() if not s.has_biases}
@@ -21,6 +26,7 @@ class Stored:
     listed: bool  # config.json has a per-path entry for it
     problem: str  # "" when config, tensors and the mlx-lm module agree
     mismatch: bool  # the problem is config vs tensors (else: a listed module without to_quantized)
+    stale: bool = False  # a quantized entry for a module stored float that cannot be quantized: the tensors decide
 
     @property
     def quant(self) -> Quant | None:
@@ -43,12 +49,17 @@ def infer_fp_quant(packed_in: int, groups: int, global_scale: bool) -> Quant | N
     return None
 
 
+def _aux(ckpt: Checkpoint, path: str, name: str):
+    """`path`'s aux tensor `name` (".scales") under any of its spellings (names.AUX_RENAMES)."""
+    return next((ckpt.tensors[f"{path}{s}"] for s in aux_spellings(name) if f"{path}{s}" in ckpt.tensors), None)
+
+
 def _from_tensors(ckpt: Checkpoint, path: str, n_in: int) -> Quant | str:
-    weight, scales = ckpt.tensors[f"{path}.weight"], ckpt.tensors.get(f"{path}.scales")
+    weight, scales = ckpt.tensors[f"{path}.weight"], _aux(ckpt, path, ".scales")
     if scales is None:
         return weight.dtype
     return infer_quant(weight.shape[-1], scales.shape[-1], scales.dtype == "U8", n_in,
-                       f"{path}.global_scale" in ckpt.tensors)
+                       _aux(ckpt, path, ".global_scale") is not None)
 
 
 def _from_config(quantization: dict, path: str) -> Quant | None:
@@ -70,9 +81,27 @@ def read_stored(ckpt: Checkpoint, modules: list[Module], quantization: dict) -> 
         # mlx-lm's loader applies listed paths, and infers unlisted ones from their scales
         said = _from_config(quantization, m.path) if m.path in quantization or isinstance(stored, Quant) else None
         mismatch = said != stored if isinstance(stored, Quant) else said is not None
-        if mismatch:
+        # a quantized entry for a module that cannot be quantized, stored float in its own shape
+        # (nemotron_h's MoEGate): the entry is stale; the tensors say what the module is
+        stale = mismatch and not m.quantizable and stored in FLOAT_DTYPES and \
+            tuple(ckpt.tensors[f"{m.path}.weight"].shape) == tuple(m.shape)
+        if stale:
+            mismatch = False
+            problem = (f"config.json says {said}, but it is stored {stored} and mlx-lm's module has no to_quantized "
+                       "(a stale entry: the loader crashes on it)")
+        elif mismatch:
             problem = f"config.json says {said or 'not quantized'}; its tensors say {stored}"
         elif not m.quantizable and isinstance(quantization.get(m.path), dict):
             problem = "config.json lists it, but mlx-lm's module has no to_quantized (the loader crashes)"
-        rows.append(Stored(m.path, m.shape, stored, said, m.path in quantization, problem, mismatch))
+        rows.append(Stored(m.path, m.shape, stored, said, m.path in quantization, problem, mismatch, stale))
     return rows
+
+
+def stale_notes(rows: list[Stored]) -> list[str]:
+    """One plan note (and warning line) per stale per-path entry: read as the tensors store it."""
+    notes = [f"config.json: quantization[{r.path!r}] is stale: it says {r.config}, but the module is stored "
+             f"{r.stored} and mlx-lm's module has no to_quantized; read as stored ({r.stored}), entry not written"
+             for r in rows if r.stale]
+    for note in notes:
+        log.warning("%s", note)
+    return notes
