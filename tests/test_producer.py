@@ -68,19 +68,31 @@ def test_every_model_type_is_supported_or_refused():
     assert len(SUPPORTED) >= len(PRODUCED) - 8, REFUSED
 
 
+def _differs(conversion: Conversion) -> list[str]:
+    """The plan's notes saying mlx-lm's model differs from transformers' (moequant.ignored)."""
+    return [n for n in conversion.plan.notes if "differs from transformers" in n]
+
+
 @pytest.mark.parametrize("model_type", SUPPORTED)
-def test_no_quantize_matches_transformers(tmp_path, produced, model_type):
+def test_no_quantize_matches_transformers_or_says_why_not(tmp_path, produced, model_type):
     src, reference = produced(model_type)
-    list(Conversion(src, None, dtype="float32").run(tmp_path / "dst"))
+    conversion = Conversion(src, None, dtype="float32")
+    list(conversion.run(tmp_path / "dst"))
     closeness = compare_logits(mx.array(reference), mx.array(_logits(tmp_path / "dst")))
-    assert closeness.max_abs <= MAX_ABS and closeness.top1 == 1.0, closeness
+    if _differs(conversion):  # said, and true: never silently wrong, never a spurious warning
+        assert closeness.max_abs > 100 * MAX_ABS, closeness
+    else:
+        assert closeness.max_abs <= MAX_ABS and closeness.top1 == 1.0, closeness
 
 
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("model_type", SUPPORTED)
 def test_quantized_is_within_a_simulated_round_trip(tmp_path, produced, model_type, bits):
     src, reference = produced(model_type)
-    list(Conversion(src, Quant.make("affine", bits, 64), dtype="float32").run(tmp_path / "dst"))
+    conversion = Conversion(src, Quant.make("affine", bits, 64), dtype="float32")
+    if _differs(conversion):
+        pytest.skip("mlx-lm's model differs from transformers' (the float test checks the note)")
+    list(conversion.run(tmp_path / "dst"))
     ours = compare_logits(mx.array(reference), mx.array(_logits(tmp_path / "dst")))
     simulated = compare_logits(mx.array(reference), mx.array(simulated_logits(model_type, src, bits)))
     # The simulation quantizes every matrix a uniform plan could; the real plan differs in a few

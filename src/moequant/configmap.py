@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-_MISSING = object()
+MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def lookup(config: dict, dotted: str):
     value = config
     for part in dotted.split("."):
         if not isinstance(value, dict) or part not in value:
-            return _MISSING
+            return MISSING
         value = value[part]
     return value
 
@@ -71,7 +71,7 @@ def apply_renames(resolved: dict, takes, model_type: str, where: str = "") -> li
         if rename.key in resolved or rename.key not in takes:
             continue
         value = resolved if rename.source == "" else lookup(resolved, rename.source)
-        if value is _MISSING:
+        if value is MISSING:
             continue
         if rename.convert:
             value = CONVERTERS[rename.convert](value, resolved)

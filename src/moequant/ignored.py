@@ -20,10 +20,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+from .configmap import MISSING, lookup
+
 log = logging.getLogger(__name__)
-
-_MISSING = object()
-
 
 @dataclass(frozen=True)
 class Ignored:
@@ -75,15 +74,6 @@ IGNORED_BY_MLX_LM: dict[str, tuple[Ignored, ...]] = {
 }
 
 
-def _lookup(config: dict, dotted: str):
-    value = config
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return _MISSING
-        value = value[part]
-    return value
-
-
 def ignored_notes(config: dict, tensor_keys: Iterable[str] = ()) -> list[str]:
     """One note (and one warning line) per IGNORED_BY_MLX_LM row that SRC triggers, for the
     resolved `config` (its model_type is mlx-lm's) and SRC's tensor names."""
@@ -97,8 +87,8 @@ def ignored_notes(config: dict, tensor_keys: Iterable[str] = ()) -> list[str]:
                 continue
             what = f"SRC has {row.key.lstrip('*.')} ({len(found)} tensors)"
         else:
-            value = _lookup(config, row.key)
-            if value is _MISSING or not row.matters(value, config):
+            value = lookup(config, row.key)
+            if value is MISSING or not row.matters(value, config):
                 continue
             what = f"{row.key} = {value!r}"
         note = f"mlx-lm's {model_type} differs from transformers: {what}: {row.message}"
