@@ -144,6 +144,47 @@ def _moe_layer_freq(mlp_layer_types, _: dict) -> int:
     return _dense_then_every(mlp_layer_types)[1]
 
 
+@converter("dense_then_sparse")
+def _dense_then_sparse(mlp_layer_types, _: dict) -> int:
+    """mlp_layer_types -> first_k_dense_replace for models whose every layer from it on is MoE."""
+    first, freq = _dense_then_every(mlp_layer_types)
+    if freq != 1:
+        raise CheckpointError(
+            f"config.json: mlp_layer_types {mlp_layer_types!r} has dense layers after the first MoE layer; expected "
+            "dense layers then MoE layers only (mlx-lm reads first_k_dense_replace alone)")
+    return first
+
+
+@converter("layer_group_size")
+def _layer_group_size(layer_types, config: dict) -> int:
+    """layer_types -> the group size g for which mlx-lm's bailing_moe_v3 rule "full attention iff (l + 1) % g
+    == 0 or l is in the last, partial group" gives exactly layer_types, or a one-line error."""
+    types = _layer_types(layer_types, "layer_types")
+    full = [t == "full_attention" for t in types]
+    n = len(types)
+    for g in range(1, n + 1):
+        if full == [(i + 1) % g == 0 or i >= n // g * g for i in range(n)]:
+            return g
+    raise CheckpointError(
+        f"config.json: layer_types {types!r} is not linear attention with every g-th layer (and the last partial "
+        "group) full attention; expected a pattern mlx-lm's layer_group_size can say")
+
+
+@converter("kda_layers")
+def _kda_layers(config: dict, _: dict) -> dict | None:
+    """transformers' KimiLinear keys -> mlx-lm's linear_attn_config: linear_num_heads, linear_head_dim,
+    linear_conv_kernel_dim, and the 1-based layer numbers of layer_types' linear / full attention layers."""
+    types = _layer_types(config.get("layer_types"), "layer_types")
+    if not all(config.get(k) for k in ("linear_num_heads", "linear_head_dim", "linear_conv_kernel_dim")):
+        return None
+    return {
+        "num_heads": config["linear_num_heads"], "head_dim": config["linear_head_dim"],
+        "short_conv_kernel_size": config["linear_conv_kernel_dim"],
+        "kda_layers": [i + 1 for i, t in enumerate(types) if t == "linear_attention"],
+        "full_attn_layers": [i + 1 for i, t in enumerate(types) if t == "full_attention"],
+    }
+
+
 @converter("same_partial_rotary_factor")
 def _same_partial_rotary_factor(rope: dict, _: dict) -> float | None:
     """Per-layer-type rope_parameters ({"full_attention": {...}, "sliding_attention": {...}}) -> the
@@ -165,6 +206,21 @@ COMMON: tuple[Rename, ...] = (
 
 # model_type (mlx-lm's) -> its renames, in alphabetical order of model_type.
 RENAMES: dict[str, tuple[Rename, ...]] = {
+    # transformers' BailingHybrid (Ling 3.0; mlx-lm's bailing_moe_v3): the attribute_map names, KDA heads of
+    # linear_head_dim (config.json's head_dim is qk_rope_head_dim), shared experts of moe_intermediate_size,
+    # interleaved RoPE, f_proj without LoRA, layer_types / mlp_layer_types for the layer kinds
+    "bailing_moe_v3": (
+        Rename("num_experts_per_tok", "num_experts_per_token"),
+        Rename("n_group", "num_expert_group"),
+        Rename("max_position_embeddings", "model_max_length"),
+        Rename("head_dim", "linear_head_dim", overrides=True),
+        Rename("moe_shared_expert_intermediate_size", "moe_intermediate_size", overrides=True),
+        Rename("layer_group_size", "layer_types", "layer_group_size", overrides=True),
+        Rename("first_k_dense_replace", "mlp_layer_types", "dense_then_sparse", overrides=True),
+        Rename("short_conv_kernel_size", "linear_conv_kernel_dim", overrides=True),
+        Rename("rope_interleave", "", fixed(True), overrides=True),
+        Rename("no_kda_lora", "", fixed(True), overrides=True),
+    ),
     # transformers' DeepseekV2 computes plain RoPE when rope_type is "default"; mlx-lm's deepseek_v2 always
     # builds its YaRN rotary embedding from rope_scaling["factor"] (plain RoPE at factor 1.0)
     "deepseek_v2": (
@@ -181,6 +237,16 @@ RENAMES: dict[str, tuple[Rename, ...]] = {
         Rename("scoring_func", "", fixed("sigmoid")),
         Rename("first_k_dense_replace", "mlp_layer_types", "first_k_dense_replace", overrides=True),
         Rename("moe_layer_freq", "mlp_layer_types", "moe_layer_freq", overrides=True),
+    ),
+    # transformers' KimiLinear: KDA dims and layer kinds in their own keys (mlx-lm: linear_attn_config), MLA
+    # without RoPE (no rope_theta), sigmoid group-limited routing, MoE iff mlp_layer_types[l] == "sparse"
+    "kimi_linear": (
+        Rename("linear_attn_config", "", "kda_layers", overrides=True),
+        Rename("rope_theta", "", fixed(None)),
+        Rename("first_k_dense_replace", "mlp_layer_types", "first_k_dense_replace", overrides=True),
+        Rename("moe_layer_freq", "mlp_layer_types", "moe_layer_freq", overrides=True),
+        Rename("moe_router_activation_func", "", fixed("sigmoid"), overrides=True),
+        Rename("use_grouped_topk", "", fixed(True), overrides=True),
     ),
     # transformers' LongcatFlash: MLA that always scales q and kv latents by sqrt(hidden / rank), routing that
     # sends the zero experts' share through unchanged (identity)

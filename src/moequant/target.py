@@ -26,7 +26,7 @@ import mlx.nn as nn
 
 from .configmap import apply_renames
 from .errors import CheckpointError
-from .families import CONFIG_ALIASES, MODEL_TYPES, PLAIN_ROPE_TYPES, TRANSFORMERS_BOOKKEEPING, VISION_LANGUAGE
+from .families import CONFIG_ALIASES, MODEL_ARCHITECTURES, MODEL_TYPES, PLAIN_ROPE_TYPES, TRANSFORMERS_BOOKKEEPING, VISION_LANGUAGE
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,13 @@ def fill_defaults(config: dict) -> tuple[dict, list[str]]:
             notes.append(f"config: {len(filled)} keys left out of config.json read as transformers' "
                          f"{type(full).__name__} defaults ({', '.join(filled[:8])}{', …' if len(filled) > 8 else ''})")
     model_type = config.get("model_type")
-    if model_type in MODEL_TYPES:
+    architectures = config.get("architectures")
+    architecture = architectures[0] if isinstance(architectures, list) and architectures else None
+    if (model_type, architecture) in MODEL_ARCHITECTURES:
+        resolved["model_type"] = MODEL_ARCHITECTURES[model_type, architecture]
+        notes.append(f"config: model_type {model_type!r} with architectures [{architecture!r}] is mlx-lm's "
+                     f"{resolved['model_type']!r}")
+    elif model_type in MODEL_TYPES:
         resolved["model_type"] = MODEL_TYPES[model_type]
         notes.append(f"config: model_type {model_type!r} is mlx-lm's {MODEL_TYPES[model_type]!r}")
     return resolved, notes
