@@ -225,6 +225,8 @@ RENAMES: dict[str, tuple[Rename, ...]] = {
     # builds its YaRN rotary embedding from rope_scaling["factor"] (plain RoPE at factor 1.0)
     "deepseek_v2": (
         Rename("rope_scaling", "rope_parameters", "rope_scaling_with_factor"),
+        # transformers' DeepseekV2: MoE iff layer >= first_k_dense_replace (moe_layer_freq is never read)
+        Rename("moe_layer_freq", "", fixed(1), overrides=True),
     ),
     # transformers' ExaoneMoe: layer l is MoE iff mlp_layer_types[l] == "sparse"
     "exaone_moe": (
@@ -263,9 +265,10 @@ RENAMES: dict[str, tuple[Rename, ...]] = {
         Rename("moe_layer_freq", "mlp_layer_types", "sparse_ints"),
         Rename("add_swa_attention_sink_bias", "", fixed(True)),
         Rename("add_full_attention_sink_bias", "", fixed(False)),
-        # transformers' sliding_window (= a release's sliding_window_size + 1) is the window both mask as
-        # kv > q - window; mlx-lm reads sliding_window_size
-        Rename("sliding_window_size", "sliding_window", overrides=True),
+        # both mask kv > q - window; transformers' window is sliding_window (a release's sliding_window_size + 1),
+        # mlx-lm's is sliding_window_size: filled from sliding_window only where the config has no
+        # sliding_window_size (a stated one is what mlx-lm reads; moequant.archs says how the two differ)
+        Rename("sliding_window_size", "sliding_window"),
         Rename("n_shared_experts", "", fixed(None)),
         Rename("topk_method", "", fixed("noaux_tc")),
         Rename("scoring_func", "", fixed("sigmoid")),

@@ -302,6 +302,15 @@ def build_model(config: dict) -> nn.Module:
             raise CheckpointError(f"config.json: mlx-vlm's {arch.__name__} rejects it ({e})") from None
     model_class, args_class = model_classes(config)
     try:
-        return model_class(args_class.from_dict(config))
-    except TypeError as e:
+        args = args_class.from_dict(config)
+    except (TypeError, ValueError, KeyError, AttributeError, AssertionError) as e:
         raise CheckpointError(f"config.json: mlx-lm's {args_class.__module__}.ModelArgs rejects it ({e})") from None
+    try:
+        return model_class(args)
+    except (TypeError, ValueError, KeyError, AttributeError, AssertionError) as e:
+        # a value the model reads in a way config.json does not support (e.g. rope_scaling None where the
+        # model reads rope_scaling["factor"], an unsupported topk_method asserted away)
+        what = f"{type(e).__name__}: {e}".replace("\n", " ")
+        raise CheckpointError(f"config.json: mlx-lm's {model_class.__module__}.Model cannot be built from it "
+                              f"({what}); expected the values its {model_class.__module__.rsplit('.', 1)[-1]} "
+                              "module reads") from None
