@@ -47,6 +47,9 @@ TINY = {
 _HYBRID = ["linear_attention", "full_attention", "linear_attention"]
 _SLIDING = ["sliding_attention", "full_attention", "sliding_attention"]
 _MLA = {"num_key_value_heads": HEADS}  # MLA's keys and values have every head
+# Kimi-Linear / Ling 2.5 spell top-k and the KDA (linear attention) dims their own way
+_KDA = {**_MLA, "num_experts_per_token": TOP_K, "num_expert_group": 1, "linear_num_heads": HEADS,
+        "linear_head_dim": HEAD_DIM, "layer_types": _HYBRID, "mlp_layer_types": ["dense", "sparse", "sparse"]}
 
 
 @dataclass(frozen=True)
@@ -83,16 +86,22 @@ PRODUCED: dict[str, Produced] = {p.model_type: p for p in (
     Produced("minimax"),
     Produced("minimax_m2"),
     Produced("lfm2_moe", {"layer_types": ["conv", "full_attention", "conv"], "num_dense_layers": 1}),
-    Produced("longcat_flash", _MLA),
+    # num_layers counts LongCat's double layers (two attentions and MLPs and one MoE each); the FFN sizes have
+    # their own names (transformers' attribute_map hides intermediate_size / moe_intermediate_size)
+    Produced("longcat_flash", {**_MLA, "num_layers": 2, "ffn_hidden_size": I_DENSE, "expert_ffn_hidden_size": I_MOE,
+                               "zero_expert_num": 2}),
     Produced("mimo_v2_flash", {"layer_types": _SLIDING, "mlp_layer_types": ["dense", "sparse", "sparse"]}),
-    Produced("mistral4", _MLA, model_class="Mistral4ForCausalLM"),
+    # Mistral4Config derives head_dim (qk_nope + qk_rope) and the rotary share from it: a stated head_dim breaks RoPE
+    Produced("mistral4", {**_MLA, "head_dim": None}, model_class="Mistral4ForCausalLM"),
     Produced("nemotron_h"),
     Produced("afmoe", {"layer_types": _SLIDING}),
     Produced("dbrx", {"d_model": H, "n_heads": HEADS, "n_layers": LAYERS, "attn_config": {"kv_n_heads": KV_HEADS}, "ffn_config": {"ffn_hidden_size": I_MOE, "moe_num_experts": E, "moe_top_k": TOP_K}}),
     Produced("laguna", {"mlp_layer_types": ["dense", "sparse", "sparse"]}),
     Produced("mellum"),
-    Produced("kimi_linear", {"layer_types": _HYBRID, "mlp_layer_types": ["dense", "sparse", "sparse"]}),
-    Produced("bailing_hybrid", {"layer_types": _HYBRID, "mlp_layer_types": ["dense", "sparse", "sparse"]}),
+    Produced("kimi_linear", _KDA),
+    # mlx-lm's bailing_moe_v3 makes every layer_group_size-th layer and the last partial group full attention
+    Produced("bailing_hybrid", {**_KDA, "layer_types": ["linear_attention", "linear_attention", "full_attention"],
+                                "layer_group_size": 3}),
     Produced("solar_open"),
     Produced("step3p5", {"pad_token_id": 0, "layer_types": _SLIDING, "mlp_layer_types": ["dense", "sparse", "sparse"]}),
     Produced("gemma4_text", {"layer_types": _SLIDING}),
@@ -138,7 +147,10 @@ def write_produced(dst: Path, model_type: str, dtype: torch.dtype = torch.float3
     torch.manual_seed(seed)
     config = tiny_config(model_type)
     model_class = getattr(transformers, PRODUCED[model_type].model_class)
-    model = model_class.from_config(config, dtype=torch.float32).eval()
+    # Auto classes build from a config with from_config; a concrete class (no Auto mapping, e.g.
+    # Mistral4ForCausalLM) with PreTrainedModel._from_config, which from_config itself calls
+    build = getattr(model_class, "from_config", None) or model_class._from_config
+    model = build(config, dtype=torch.float32).eval()
     redraw(model, seed)
     with torch.inference_mode():
         logits = model(torch.from_numpy(TOKENS), use_cache=False).logits.float().numpy()

@@ -131,7 +131,11 @@ ARCHITECTURES: tuple[Arch, ...] = (
          "+ MLA without q_lora, word_embeddings, mlp.gate + expert_bias, group routing"),
     Arch("mimo_v2_flash", _LM, "mimo_v2_flash", S, "XiaomiMiMo/MiMo-V2-Flash",
          "full + sliding layers (hybrid_layer_pattern) with their own kv heads and rope theta, attention sinks, "
-         "q/k head dim != v head dim, dense first layer, sigmoid router + e_score_correction_bias"),
+         "q/k head dim != v head dim, dense first layer, sigmoid router + e_score_correction_bias. A release's "
+         "sliding_window_size S: mlx-lm's sliding layers attend to the last S positions (query included), "
+         "transformers' to S + 1 (configuration_mimo_v2_flash.py: sliding_window = sliding_window_size + 1, as the "
+         "SGLang reference): the two differ once a sequence is longer than S; a config written by transformers with "
+         "only sliding_window converts to sliding_window_size = sliding_window, transformers' window"),
     Arch("longcat_flash", _LM, "longcat_flash", S, "meituan-longcat/LongCat-Flash-Chat",
          "two MLA blocks and two dense MLPs per layer (self_attn.{0,1}, mlps.{0,1}), shortcut MoE whose router "
          "(mlp.router.classifier, out = E + zero_expert_num) also scores identity experts, correction bias"),
@@ -166,8 +170,10 @@ ARCHITECTURES: tuple[Arch, ...] = (
          "MXFP4 fused experts (gate/up rows interleaved) read as MLX mxfp4, fused biases, router bias, sinks"),
     # ---- not yet ----
     Arch("minimax", _LM, "minimax", N, "MiniMaxAI/MiniMax-Text-01",
-         "model_type minimax is MiniMax-Text-01/M1 (lightning attention) in transformers; mlx-lm's minimax "
-         "module is MiniMax-M2's architecture (supported as minimax_m2), so no tiny checkpoint can be both"),
+         "model_type minimax is MiniMax-Text-01/M1 in transformers: lightning (linear) attention layers beside "
+         "softmax attention (layer_types; modeling_minimax.py MiniMaxLightningAttention) and a softmax router; "
+         "mlx-lm's minimax module is MiniMax-M2's architecture (supported as minimax_m2: softmax attention in "
+         "every layer, sigmoid router with e_score_correction_bias), so mlx-lm cannot run MiniMax-Text-01"),
     Arch("dbrx", _LM, "dbrx", N, "databricks/dbrx-instruct",
          "mlx-lm keeps DBRX's experts as a list of per-expert Linear modules (no SwitchLinear): the plan "
          "cannot see them as routed experts nor find the router, and the release fuses them as "

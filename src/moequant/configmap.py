@@ -7,8 +7,11 @@ filled every key config.json left out with transformers' own defaults, each Rena
 one ModelArgs key from transformers' value, so that a value the source states (or transformers
 reads as its default) reaches ModelArgs instead of ModelArgs' own default.
 
-A Rename only fills a key the config lacks and the target ModelArgs takes; `convert` names a
-function of CONVERTERS that turns transformers' value (and the config) into mlx-lm's.
+A Rename only fills a key the config lacks and the target ModelArgs takes (or, with `overrides`,
+replaces the key's value where transformers reads another key instead of it); `convert` names a
+function of CONVERTERS that turns transformers' value (and the config) into mlx-lm's. A converter
+returning None fills nothing; one returning NONE fills the key with None; one that finds a value
+mlx-lm cannot express raises CheckpointError (one line).
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .errors import CheckpointError
+
 MISSING = object()
+NONE = object()  # a converter's answer meaning "fill the key with None"
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,9 @@ class Rename:
     key: str  # what mlx-lm's ModelArgs reads
     source: str  # transformers' key (dotted for nested: rope_parameters.rope_theta); "" = the whole config
     convert: str = ""  # a key of CONVERTERS, "" = the value as it is
+    # True: transformers never reads `key` (it reads `source`), so the value from `source` replaces a
+    # stated `key` too (e.g. first_k_dense_replace beside the mlp_layer_types transformers reads)
+    overrides: bool = False
 
 
 CONVERTERS: dict[str, Callable[[Any, dict], Any]] = {}
@@ -44,6 +53,152 @@ def _head_dim(config: dict, _: dict) -> int | None:
     return None
 
 
+def fixed(value) -> str:
+    """The name of a converter that always answers `value`: for a ModelArgs key whose value
+    transformers' model hard-codes (e.g. DeepSeek-V3-style routing: topk_method "noaux_tc")."""
+    name = f"={value!r}"
+    CONVERTERS.setdefault(name, lambda _value, _config: NONE if value is None else value)
+    return name
+
+
+def _layer_types(value, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise CheckpointError(f"config.json: {what} is {value!r}; expected a list of layer type names")
+    return value
+
+
+@converter("rope_scaling_with_factor")
+def _rope_scaling_with_factor(rope: dict, _: dict) -> dict | None:
+    """rope_parameters as a rope_scaling that always has `factor` (1.0 for plain RoPE): for mlx-lm
+    models that read rope_scaling["factor"] unconditionally (deepseek_v2's YaRN rotary embedding,
+    which with factor 1.0 is plain RoPE)."""
+    if not isinstance(rope, dict):
+        return None
+    scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+    scaling.setdefault("type", scaling.get("rope_type"))
+    scaling.setdefault("factor", 1.0)
+    return scaling
+
+
+@converter("partial_rotary_factor")
+def _partial_rotary_factor(rope: dict, _: dict) -> float | None:
+    """transformers: config.rope_parameters.get("partial_rotary_factor", 1.0)."""
+    return rope.get("partial_rotary_factor", 1.0) if isinstance(rope, dict) else None
+
+
+@converter("rotary_dim")
+def _rotary_dim(config: dict, _: dict) -> int | None:
+    """transformers: int(head_dim * rope_parameters.get("partial_rotary_factor", 1.0)), head_dim as
+    getattr(config, "head_dim", hidden_size // num_attention_heads)."""
+    head_dim = config.get("head_dim") or _head_dim(config, config)
+    rope = config.get("rope_parameters")
+    if not head_dim or not isinstance(rope, dict):
+        return None
+    return int(head_dim * rope.get("partial_rotary_factor", 1.0))
+
+
+@converter("twice")
+def _twice(value, _: dict):
+    return 2 * value if isinstance(value, int) else None
+
+
+@converter("sparse_flags")
+def _sparse_flags(mlp_layer_types, _: dict) -> list[bool]:
+    """mlp_layer_types ("dense" / "sparse" per layer) -> one bool per layer, True for MoE."""
+    return [t == "sparse" for t in _layer_types(mlp_layer_types, "mlp_layer_types")]
+
+
+@converter("sparse_ints")
+def _sparse_ints(mlp_layer_types, _: dict) -> list[int]:
+    """mlp_layer_types -> 1 for an MoE layer, 0 for a dense one (mimo_v2_flash's moe_layer_freq)."""
+    return [int(t == "sparse") for t in _layer_types(mlp_layer_types, "mlp_layer_types")]
+
+
+@converter("sliding_ints")
+def _sliding_ints(layer_types, _: dict) -> list[int]:
+    """layer_types -> 1 for a sliding-window layer, 0 for full attention (hybrid_layer_pattern)."""
+    return [int(t == "sliding_attention") for t in _layer_types(layer_types, "layer_types")]
+
+
+def _dense_then_every(mlp_layer_types) -> tuple[int, int]:
+    """(first_k_dense_replace, moe_layer_freq) for which DeepSeek's rule "MoE iff layer >= first_k
+    and layer % freq == 0" gives exactly mlp_layer_types, or a one-line error."""
+    types = _layer_types(mlp_layer_types, "mlp_layer_types")
+    sparse = [t == "sparse" for t in types]
+    first = sparse.index(True) if True in sparse else len(types)
+    for freq in range(1, len(types) + 1):
+        if sparse == [i >= first and i % freq == 0 for i in range(len(types))]:
+            return first, freq
+    raise CheckpointError(
+        f"config.json: mlp_layer_types {types!r} is not dense layers then an MoE layer every n; expected a "
+        "pattern mlx-lm's first_k_dense_replace / moe_layer_freq can say")
+
+
+@converter("first_k_dense_replace")
+def _first_k_dense_replace(mlp_layer_types, _: dict) -> int:
+    return _dense_then_every(mlp_layer_types)[0]
+
+
+@converter("moe_layer_freq")
+def _moe_layer_freq(mlp_layer_types, _: dict) -> int:
+    return _dense_then_every(mlp_layer_types)[1]
+
+
+@converter("dense_then_sparse")
+def _dense_then_sparse(mlp_layer_types, _: dict) -> int:
+    """mlp_layer_types -> first_k_dense_replace for models whose every layer from it on is MoE."""
+    first, freq = _dense_then_every(mlp_layer_types)
+    if freq != 1:
+        raise CheckpointError(
+            f"config.json: mlp_layer_types {mlp_layer_types!r} has dense layers after the first MoE layer; expected "
+            "dense layers then MoE layers only (mlx-lm reads first_k_dense_replace alone)")
+    return first
+
+
+@converter("layer_group_size")
+def _layer_group_size(layer_types, config: dict) -> int:
+    """layer_types -> the group size g for which mlx-lm's bailing_moe_v3 rule "full attention iff (l + 1) % g
+    == 0 or l is in the last, partial group" gives exactly layer_types, or a one-line error."""
+    types = _layer_types(layer_types, "layer_types")
+    full = [t == "full_attention" for t in types]
+    n = len(types)
+    for g in range(1, n + 1):
+        if full == [(i + 1) % g == 0 or i >= n // g * g for i in range(n)]:
+            return g
+    raise CheckpointError(
+        f"config.json: layer_types {types!r} is not linear attention with every g-th layer (and the last partial "
+        "group) full attention; expected a pattern mlx-lm's layer_group_size can say")
+
+
+@converter("kda_layers")
+def _kda_layers(config: dict, _: dict) -> dict | None:
+    """transformers' KimiLinear keys -> mlx-lm's linear_attn_config: linear_num_heads, linear_head_dim,
+    linear_conv_kernel_dim, and the 1-based layer numbers of layer_types' linear / full attention layers."""
+    types = _layer_types(config.get("layer_types"), "layer_types")
+    if not all(config.get(k) for k in ("linear_num_heads", "linear_head_dim", "linear_conv_kernel_dim")):
+        return None
+    return {
+        "num_heads": config["linear_num_heads"], "head_dim": config["linear_head_dim"],
+        "short_conv_kernel_size": config["linear_conv_kernel_dim"],
+        "kda_layers": [i + 1 for i, t in enumerate(types) if t == "linear_attention"],
+        "full_attn_layers": [i + 1 for i, t in enumerate(types) if t == "full_attention"],
+    }
+
+
+@converter("same_partial_rotary_factor")
+def _same_partial_rotary_factor(rope: dict, _: dict) -> float | None:
+    """Per-layer-type rope_parameters ({"full_attention": {...}, "sliding_attention": {...}}) -> the
+    one partial_rotary_factor mlx-lm applies to both (transformers' default 0.334 for MiMo-V2)."""
+    if not isinstance(rope, dict) or not all(isinstance(v, dict) for v in rope.values()):
+        return None
+    factors = {k: v.get("partial_rotary_factor", 0.334) for k, v in rope.items()}
+    if len(set(factors.values())) > 1:
+        raise CheckpointError(
+            f"config.json: rope_parameters has partial_rotary_factor {factors!r}; expected one value for every "
+            "layer type (mlx-lm's mimo_v2_flash applies one partial_rotary_factor to all layers)")
+    return next(iter(factors.values()), None)
+
+
 # Renames every model_type gets (tried in order; the first source found wins).
 COMMON: tuple[Rename, ...] = (
     Rename("head_dim", "", "head_dim"),
@@ -51,6 +206,94 @@ COMMON: tuple[Rename, ...] = (
 
 # model_type (mlx-lm's) -> its renames, in alphabetical order of model_type.
 RENAMES: dict[str, tuple[Rename, ...]] = {
+    # transformers' BailingHybrid (Ling 3.0; mlx-lm's bailing_moe_v3): the attribute_map names, KDA heads of
+    # linear_head_dim (config.json's head_dim is qk_rope_head_dim), shared experts of moe_intermediate_size,
+    # interleaved RoPE, f_proj without LoRA, layer_types / mlp_layer_types for the layer kinds
+    "bailing_moe_v3": (
+        Rename("num_experts_per_tok", "num_experts_per_token"),
+        Rename("n_group", "num_expert_group"),
+        Rename("max_position_embeddings", "model_max_length"),
+        Rename("head_dim", "linear_head_dim", overrides=True),
+        Rename("moe_shared_expert_intermediate_size", "moe_intermediate_size", overrides=True),
+        Rename("layer_group_size", "layer_types", "layer_group_size", overrides=True),
+        Rename("first_k_dense_replace", "mlp_layer_types", "dense_then_sparse", overrides=True),
+        Rename("short_conv_kernel_size", "linear_conv_kernel_dim", overrides=True),
+        Rename("rope_interleave", "", fixed(True), overrides=True),
+        Rename("no_kda_lora", "", fixed(True), overrides=True),
+    ),
+    # transformers' DeepseekV2 computes plain RoPE when rope_type is "default"; mlx-lm's deepseek_v2 always
+    # builds its YaRN rotary embedding from rope_scaling["factor"] (plain RoPE at factor 1.0)
+    "deepseek_v2": (
+        Rename("rope_scaling", "rope_parameters", "rope_scaling_with_factor"),
+        # transformers' DeepseekV2: MoE iff layer >= first_k_dense_replace (moe_layer_freq is never read)
+        Rename("moe_layer_freq", "", fixed(1), overrides=True),
+    ),
+    # transformers' ExaoneMoe: layer l is MoE iff mlp_layer_types[l] == "sparse"
+    "exaone_moe": (
+        Rename("is_moe_layer", "mlp_layer_types", "sparse_flags"),
+    ),
+    # transformers' GlmMoeDsa: sigmoid router with e_score_correction_bias and group-limited top-k (DeepSeek-V3's
+    # noaux_tc), MoE iff mlp_layer_types[l] == "sparse" (first_k_dense_replace is only its default)
+    "glm_moe_dsa": (
+        Rename("topk_method", "", fixed("noaux_tc")),
+        Rename("scoring_func", "", fixed("sigmoid")),
+        Rename("first_k_dense_replace", "mlp_layer_types", "first_k_dense_replace", overrides=True),
+        Rename("moe_layer_freq", "mlp_layer_types", "moe_layer_freq", overrides=True),
+    ),
+    # transformers' KimiLinear: KDA dims and layer kinds in their own keys (mlx-lm: linear_attn_config), MLA
+    # without RoPE (no rope_theta), sigmoid group-limited routing, MoE iff mlp_layer_types[l] == "sparse"
+    "kimi_linear": (
+        Rename("linear_attn_config", "", "kda_layers", overrides=True),
+        Rename("rope_theta", "", fixed(None)),
+        Rename("first_k_dense_replace", "mlp_layer_types", "first_k_dense_replace", overrides=True),
+        Rename("moe_layer_freq", "mlp_layer_types", "moe_layer_freq", overrides=True),
+        Rename("moe_router_activation_func", "", fixed("sigmoid"), overrides=True),
+        Rename("use_grouped_topk", "", fixed(True), overrides=True),
+    ),
+    # transformers' LongcatFlash: MLA that always scales q and kv latents by sqrt(hidden / rank), routing that
+    # sends the zero experts' share through unchanged (identity)
+    "longcat_flash": (
+        Rename("attention_method", "", fixed("MLA")),
+        Rename("zero_expert_type", "", fixed("identity")),
+        Rename("mla_scale_q_lora", "", fixed(True)),
+        Rename("mla_scale_kv_lora", "", fixed(True)),
+    ),
+    # transformers' MiMoV2Flash: sliding layers have twice the kv heads and attention sinks, full layers
+    # neither; per-layer-type rope_parameters; no shared experts; sigmoid noaux_tc routing
+    "mimo_v2_flash": (
+        Rename("hybrid_layer_pattern", "layer_types", "sliding_ints"),
+        Rename("moe_layer_freq", "mlp_layer_types", "sparse_ints"),
+        Rename("add_swa_attention_sink_bias", "", fixed(True)),
+        Rename("add_full_attention_sink_bias", "", fixed(False)),
+        # both mask kv > q - window; transformers' window is sliding_window (a release's sliding_window_size + 1),
+        # mlx-lm's is sliding_window_size: filled from sliding_window only where the config has no
+        # sliding_window_size (a stated one is what mlx-lm reads; moequant.archs says how the two differ)
+        Rename("sliding_window_size", "sliding_window"),
+        Rename("n_shared_experts", "", fixed(None)),
+        Rename("topk_method", "", fixed("noaux_tc")),
+        Rename("scoring_func", "", fixed("sigmoid")),
+        Rename("layernorm_epsilon", "rms_norm_eps"),
+        Rename("rope_theta", "rope_parameters.full_attention.rope_theta"),
+        Rename("swa_rope_theta", "rope_parameters.sliding_attention.rope_theta"),
+        Rename("swa_num_attention_heads", "num_attention_heads"),
+        Rename("swa_num_key_value_heads", "num_key_value_heads", "twice"),
+        Rename("swa_head_dim", "head_dim"),
+        Rename("swa_v_head_dim", "v_head_dim"),
+        Rename("partial_rotary_factor", "rope_parameters", "same_partial_rotary_factor"),
+    ),
+    # transformers' MiniMaxM2: partial RoPE over int(head_dim * partial_rotary_factor) dims, no shared expert
+    # (mlx-lm's minimax reads shared_intermediate_size but builds nothing from it)
+    "minimax_m2": (
+        Rename("rotary_dim", "", "rotary_dim"),
+        Rename("shared_intermediate_size", "", fixed(0)),
+    ),
+    # transformers' SolarOpen: every layer MoE (no dense layer, so no intermediate_size is read), partial
+    # rotary from rope_parameters
+    "solar_open": (
+        Rename("first_k_dense_replace", "", fixed(0), overrides=True),
+        Rename("intermediate_size", "moe_intermediate_size"),
+        Rename("partial_rotary_factor", "rope_parameters", "partial_rotary_factor"),
+    ),
 }
 
 
@@ -68,7 +311,7 @@ def apply_renames(resolved: dict, takes, model_type: str, where: str = "") -> li
     spelling; one note per key filled."""
     notes = []
     for rename in RENAMES.get(model_type, ()) + COMMON:
-        if rename.key in resolved or rename.key not in takes:
+        if (rename.key in resolved and not rename.overrides) or rename.key not in takes:
             continue
         value = resolved if rename.source == "" else lookup(resolved, rename.source)
         if value is MISSING:
@@ -77,6 +320,11 @@ def apply_renames(resolved: dict, takes, model_type: str, where: str = "") -> li
             value = CONVERTERS[rename.convert](value, resolved)
             if value is None:
                 continue
+            value = None if value is NONE else value
+        stated = resolved.get(rename.key, MISSING)
+        if stated == value:
+            continue
         resolved[rename.key] = value
-        notes.append(f"{where}{rename.key} = {value!r} (from {where}{rename.source or rename.convert})")
+        instead = "" if stated is MISSING else f", which transformers reads instead of {rename.key}={stated!r}"
+        notes.append(f"{where}{rename.key} = {value!r} (from {where}{rename.source or rename.convert}{instead})")
     return notes

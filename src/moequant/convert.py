@@ -17,6 +17,7 @@ from .checkpoint import DTYPE_TAGS, ITEMSIZE, Checkpoint, Group, read_checkpoint
 from .allocate import allocate, candidate_errors, model_errors
 from .calibrate import PROBE, channel_energy, input_moments, output_sensitivity, read_calibration
 from .dequant import MLX, SourceContext, dequantize_packed, source_format
+from .archs import ARCHITECTURES, Status
 from .errors import CheckpointError, PlanError
 from .experts import expert_sources, num_experts, to_stacked
 from .families import FAMILIES, Family
@@ -36,8 +37,9 @@ DEFAULT_WORKERS = min(2, os.cpu_count() or 1)  # decoder layers converted at onc
 def family_of(config: dict) -> Family:
     model_type = config["model_type"]
     if model_type not in FAMILIES:
+        why = next((f" ({a.note})" for a in ARCHITECTURES if a.model_type == model_type and a.status == Status.NOT_YET), "")
         raise CheckpointError(
-            f"config.json: model_type {model_type!r} is not a supported MoE family; expected one of "
+            f"config.json: model_type {model_type!r} is not a supported MoE family{why}; expected one of "
             f"{', '.join(sorted(FAMILIES))}"
         )
     return FAMILIES[model_type]

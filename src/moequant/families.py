@@ -234,6 +234,15 @@ MODEL_TYPES: dict[str, str] = {
     "hunyuan_v1_moe": "hunyuan",  # transformers' HunYuanMoEV1Config; mlx-lm's hunyuan module
 }
 
+# (transformers model_type, architectures[0]) whose model mlx-lm runs under another model_type than the
+# one it picks for that pair (mlx-lm's own MODEL_ARCHITECTURE_REMAPPING pairs need no row)
+MODEL_ARCHITECTURES: dict[tuple[str, str], str] = {
+    # transformers 5's BailingHybrid is Ling 3.0's Kimi Delta Attention + MLA (modeling_bailing_hybrid.py:
+    # BailingHybridDeltaAttention), which mlx-lm runs as bailing_moe_v3; mlx-lm picks that module only for
+    # architectures BailingMoeV3ForCausalLM, and otherwise Ling 2.5's lightning-attention bailing_hybrid
+    ("bailing_hybrid", "BailingHybridForCausalLM"): "bailing_moe_v3",
+}
+
 # config.json keys transformers keeps for itself: never filled from its defaults
 TRANSFORMERS_BOOKKEEPING = frozenset({
     "architectures", "transformers_version", "_name_or_path", "return_dict", "output_hidden_states",

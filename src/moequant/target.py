@@ -26,7 +26,7 @@ import mlx.nn as nn
 
 from .configmap import apply_renames
 from .errors import CheckpointError
-from .families import CONFIG_ALIASES, MODEL_TYPES, PLAIN_ROPE_TYPES, TRANSFORMERS_BOOKKEEPING, VISION_LANGUAGE
+from .families import CONFIG_ALIASES, MODEL_ARCHITECTURES, MODEL_TYPES, PLAIN_ROPE_TYPES, TRANSFORMERS_BOOKKEEPING, VISION_LANGUAGE
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,13 @@ def fill_defaults(config: dict) -> tuple[dict, list[str]]:
             notes.append(f"config: {len(filled)} keys left out of config.json read as transformers' "
                          f"{type(full).__name__} defaults ({', '.join(filled[:8])}{', …' if len(filled) > 8 else ''})")
     model_type = config.get("model_type")
-    if model_type in MODEL_TYPES:
+    architectures = config.get("architectures")
+    architecture = architectures[0] if isinstance(architectures, list) and architectures else None
+    if (model_type, architecture) in MODEL_ARCHITECTURES:
+        resolved["model_type"] = MODEL_ARCHITECTURES[model_type, architecture]
+        notes.append(f"config: model_type {model_type!r} with architectures [{architecture!r}] is mlx-lm's "
+                     f"{resolved['model_type']!r}")
+    elif model_type in MODEL_TYPES:
         resolved["model_type"] = MODEL_TYPES[model_type]
         notes.append(f"config: model_type {model_type!r} is mlx-lm's {MODEL_TYPES[model_type]!r}")
     return resolved, notes
@@ -308,6 +314,15 @@ def build_model(config: dict) -> nn.Module:
             raise CheckpointError(f"config.json: mlx-vlm's {arch.__name__} rejects it ({e})") from None
     model_class, args_class = model_classes(config)
     try:
-        return model_class(args_class.from_dict(config))
-    except TypeError as e:
+        args = args_class.from_dict(config)
+    except (TypeError, ValueError, KeyError, AttributeError, AssertionError) as e:
         raise CheckpointError(f"config.json: mlx-lm's {args_class.__module__}.ModelArgs rejects it ({e})") from None
+    try:
+        return model_class(args)
+    except (TypeError, ValueError, KeyError, AttributeError, AssertionError) as e:
+        # a value the model reads in a way config.json does not support (e.g. rope_scaling None where the
+        # model reads rope_scaling["factor"], an unsupported topk_method asserted away)
+        what = f"{type(e).__name__}: {e}".replace("\n", " ")
+        raise CheckpointError(f"config.json: mlx-lm's {model_class.__module__}.Model cannot be built from it "
+                              f"({what}); expected the values its {model_class.__module__.rsplit('.', 1)[-1]} "
+                              "module reads") from None
