@@ -48,7 +48,8 @@ _HYBRID = ["linear_attention", "full_attention", "linear_attention"]
 _SLIDING = ["sliding_attention", "full_attention", "sliding_attention"]
 _MLA = {"num_key_value_heads": HEADS}  # MLA's keys and values have every head
 # Kimi-Linear / Ling 2.5 spell top-k and the KDA (linear attention) dims their own way
-_KDA = {**_MLA, "num_experts_per_token": TOP_K, "num_expert_group": 1, "linear_num_heads": HEADS,
+# Kimi-Linear's release has no query LoRA (q_lora_rank null), and mlx-lm's kimi_linear has no q_a_proj
+_KDA = {**_MLA, "q_lora_rank": None, "num_experts_per_token": TOP_K, "num_expert_group": 1, "linear_num_heads": HEADS,
         "linear_head_dim": HEAD_DIM, "layer_types": _HYBRID, "mlp_layer_types": ["dense", "sparse", "sparse"]}
 
 

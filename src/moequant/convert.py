@@ -20,9 +20,9 @@ from .dequant import MLX, SourceContext, dequantize_packed, source_format
 from .archs import ARCHITECTURES, Status
 from .errors import CheckpointError, PlanError
 from .experts import expert_sources, num_experts, to_stacked
-from .families import FAMILIES, Family
+from .families import FAMILIES, TENSOR_RENAMES, Family
 from .ignored import ignored_notes
-from .names import canonical_name, layer_of
+from .names import canonical_name, layer_of, renamed
 from .plan import DTYPES, Mode, Options, Quant, build_plan, find_roles, plan_from_json
 from .stored import infer_fp_quant, infer_quant, read_stored, stale_notes
 from .quantize import Quantizer, check_complete, check_weights, parameter_shapes
@@ -193,6 +193,9 @@ class Conversion:
         to_stacked for `stacks`); packed modules still packed."""
         weights = self.format.unpack(self.ckpt.load(group.keys), self.context)
         weights = {canonical_name(k): v for k, v in weights.items()}
+        if rows := TENSOR_RENAMES.get(self.config["model_type"]):
+            targets = frozenset(parameter_shapes(self.model))
+            weights = {renamed(k, rows, targets): v for k, v in weights.items()}
         weights = to_stacked(self.family, weights, self.num_experts, stacks)
         if not hasattr(self.model, "sanitize"):
             return weights

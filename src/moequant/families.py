@@ -243,6 +243,19 @@ MODEL_ARCHITECTURES: dict[tuple[str, str], str] = {
     ("bailing_hybrid", "BailingHybridForCausalLM"): "bailing_moe_v3",
 }
 
+# Tensor names transformers 5 writes on save_pretrained that neither the release nor mlx-lm has (its
+# conversion_mapping renames keys on load and reverses the renames on save, for every layer): mlx-lm
+# model_type -> (regex on the tensor key, replacement). A row applies only where the key is not a
+# parameter of the target model and its replacement is, so a release's own names pass untouched.
+TENSOR_RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
+    # transformers' conversion_mapping.py (kimi_linear): .block_sparse_moe. <-> .mlp., saved for the dense
+    # first layer too, whose MLP mlx-lm reads as mlp.{gate,up,down}_proj
+    "kimi_linear": ((r"\.block_sparse_moe\.(gate_proj|up_proj|down_proj)\.", r".mlp.\1."),),
+    # transformers' conversion_mapping.py (bailing_hybrid): .self_attn.dense. <-> .o_proj., saved as dense for
+    # the Kimi Delta Attention layers too, whose output projection mlx-lm reads as attention.o_proj
+    "bailing_moe_v3": ((r"\.attention\.dense\.", ".attention.o_proj."),),
+}
+
 # config.json keys transformers keeps for itself: never filled from its defaults
 TRANSFORMERS_BOOKKEEPING = frozenset({
     "architectures", "transformers_version", "_name_or_path", "return_dict", "output_hidden_states",

@@ -28,6 +28,18 @@ def canonical_name(key: str) -> str:
     return key
 
 
+def renamed(key: str, rows: tuple[tuple[str, str], ...], targets: set[str] | frozenset[str]) -> str:
+    """`key` under the first (regex, replacement) row whose result is in `targets` while `key` is
+    not (families.TENSOR_RENAMES); else `key` itself."""
+    if key in targets:
+        return key
+    for pattern, replacement in rows:
+        new = re.sub(pattern, replacement, key)
+        if new != key and new in targets:
+            return new
+    return key
+
+
 def layer_of(key: str) -> tuple[str, int] | None:
     """(`model.layers`, 3) for `model.layers.3.mlp.gate.weight`; None outside decoder layers."""
     m = _LAYER.match(key)
