@@ -199,6 +199,36 @@ def _same_partial_rotary_factor(rope: dict, _: dict) -> float | None:
     return next(iter(factors.values()), None)
 
 
+def _full_attention_override(key: str):
+    """transformers' Gemma4TextConfig states the full-attention layers' own head_dim / kv heads as
+    per_layer_config {layer index: {key: value}} (from a release's global_head_dim /
+    num_global_key_value_heads); mlx-lm's gemma4_text reads the one value of every such layer."""
+    def convert(per_layer: dict, config: dict):
+        types = config.get("layer_types") or []
+        if not isinstance(per_layer, dict):
+            return None
+        values = {(per_layer.get(str(i)) or per_layer.get(i) or {}).get(key)
+                  for i, t in enumerate(types) if t == "full_attention"}
+        return values.pop() if len(values) == 1 else None
+    return convert
+
+
+CONVERTERS["full_attention_head_dim"] = _full_attention_override("head_dim")
+CONVERTERS["full_attention_kv_heads"] = _full_attention_override("num_key_value_heads")
+
+
+@converter("block_pattern")
+def _block_pattern(layers_block_type, _: dict) -> str | None:
+    """transformers' NemotronH layers_block_type -> the hybrid_override_pattern string releases state
+    ("MEM*E"), by mlx-lm's own table (mlx-lm builds the same pattern as a list of characters)."""
+    from mlx_lm.models.nemotron_h import ModelArgs
+
+    table = ModelArgs._block_type_to_char
+    if not isinstance(layers_block_type, list) or not all(t in table for t in layers_block_type):
+        return None
+    return "".join(table[t] for t in layers_block_type)
+
+
 # Renames every model_type gets (tried in order; the first source found wins).
 COMMON: tuple[Rename, ...] = (
     Rename("head_dim", "", "head_dim"),
@@ -231,6 +261,11 @@ RENAMES: dict[str, tuple[Rename, ...]] = {
     # transformers' ExaoneMoe: layer l is MoE iff mlp_layer_types[l] == "sparse"
     "exaone_moe": (
         Rename("is_moe_layer", "mlp_layer_types", "sparse_flags"),
+    ),
+    # transformers' Gemma4Text: the full-attention layers' head_dim / kv heads in per_layer_config
+    "gemma4_text": (
+        Rename("global_head_dim", "per_layer_config", "full_attention_head_dim"),
+        Rename("num_global_key_value_heads", "per_layer_config", "full_attention_kv_heads"),
     ),
     # transformers' GlmMoeDsa: sigmoid router with e_score_correction_bias and group-limited top-k (DeepSeek-V3's
     # noaux_tc), MoE iff mlp_layer_types[l] == "sparse" (first_k_dense_replace is only its default)
@@ -286,6 +321,10 @@ RENAMES: dict[str, tuple[Rename, ...]] = {
     "minimax_m2": (
         Rename("rotary_dim", "", "rotary_dim"),
         Rename("shared_intermediate_size", "", fixed(0)),
+    ),
+    # transformers' NemotronH: layers_block_type (a release's hybrid_override_pattern, read into it)
+    "nemotron_h": (
+        Rename("hybrid_override_pattern", "layers_block_type", "block_pattern"),
     ),
     # transformers' SolarOpen: every layer MoE (no dense layer, so no intermediate_size is read), partial
     # rotary from rope_parameters

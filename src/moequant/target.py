@@ -140,6 +140,16 @@ def model_classes(config: dict):
         ) from None
 
 
+def _text_args_class(text_config: dict):
+    """mlx-lm's ModelArgs for a text_config whose model_type is one of mlx-lm's (gemma4's
+    gemma4_text), or None."""
+    model_type = MODEL_TYPES.get(text_config.get("model_type"), text_config.get("model_type"))
+    try:
+        return model_classes({"model_type": model_type})[1] if model_type else None
+    except CheckpointError:
+        return None
+
+
 def choose_runner(config: dict, runner: str | None = None) -> tuple[str, str | None]:
     """(runner, note): mlx-vlm for a vision-language config when mlx-vlm is installed, else mlx-lm;
     `runner` asks for one ("mlx-lm": text only, whatever the source)."""
@@ -183,12 +193,18 @@ def _fill_aliases(resolved: dict, takes, where: str = "") -> list[str]:
                 notes.append(f"{where}{alias.key} = {value!r} (from {where}{source}, {alias.note})")
                 break
     rope = resolved.get("rope_parameters")
-    if isinstance(rope, dict) and "rope_scaling" in takes and not resolved.get("rope_scaling"):
+    if isinstance(rope, dict) and "rope_scaling" in takes:
+        # A scaled RoPE reaches rope_scaling as transformers reads it (rope_parameters: the source's
+        # own, or its legacy rope_scaling as transformers standardised it, which fill_defaults put
+        # there), so a release and its transformers re-save resolve alike. The keys transformers
+        # adds are its reading: rope_type (a copy of "type"; mlx-lm reads either), rope_theta
+        # (left out: mlx-lm's rope_scaling readers never read it), original_max_position_embeddings.
         if rope.get("rope_type", rope.get("type")) not in PLAIN_ROPE_TYPES:
             scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
             scaling.setdefault("type", scaling.get("rope_type"))
-            resolved["rope_scaling"] = scaling
-            notes.append(f"{where}rope_scaling = {scaling!r} (from {where}rope_parameters, transformers 5)")
+            if resolved.get("rope_scaling") != scaling:
+                resolved["rope_scaling"] = scaling
+                notes.append(f"{where}rope_scaling = {scaling!r} (from {where}rope_parameters, transformers 5)")
     if "rope_scaling" in takes and "rope_scaling" not in resolved and isinstance(rope, dict):
         resolved["rope_scaling"] = None  # transformers 5 states RoPE in rope_parameters: plain RoPE
     return notes
@@ -213,19 +229,37 @@ def _transformers_config(config: dict):
         return None
 
 
-def _fill_missing(resolved: dict, full: dict, where: str = "") -> list[str]:
-    """Keys of `full` missing from `resolved` (in place, nested dicts too): the filled keys."""
+def _fill_missing(resolved: dict, full: dict, sub_configs=(), where: str = "") -> list[str]:
+    """Keys of `full` missing from `resolved` (in place, nested dicts too), and keys `resolved`
+    states as null that transformers reads as a value (mimo_v2_flash's routed_scaling_factor:
+    null read as 1.0): the filled keys. `sub_configs`: the keys of sub-models (transformers'
+    sub_configs), never filled where the source has none (a text-only release's vision_config)."""
     filled = []
     for key, value in full.items():
         if key in TRANSFORMERS_BOOKKEEPING or key.startswith("_"):
             continue
-        if key.endswith("_config") and key not in resolved:
-            continue  # a sub-model the source does not have (a text-only release's vision_config)
-        if key not in resolved:
+        if key in sub_configs and not isinstance(resolved.get(key), dict):
+            continue
+        if key not in resolved or (resolved[key] is None and value is not None):
             resolved[key] = copy.deepcopy(value)
             filled.append(f"{where}{key}")
         elif isinstance(value, dict) and isinstance(resolved[key], dict):
-            filled += _fill_missing(resolved[key], value, f"{where}{key}.")
+            filled += _fill_missing(resolved[key], value, (), f"{where}{key}.")
+    return filled
+
+
+def _fill_attribute_aliases(resolved: dict, full, where: str = "") -> list[str]:
+    """The names transformers' config class reads as other keys (its attribute_map: bailing_hybrid's
+    num_experts_per_tok is num_experts_per_token), filled (in place) from the key transformers
+    writes; mlx-lm's models were written against the releases' names. Sub-configs too."""
+    filled = []
+    for alias, key in getattr(type(full), "attribute_map", {}).items():
+        if alias not in resolved and key in resolved:
+            resolved[alias] = copy.deepcopy(resolved[key])
+            filled.append(f"{where}{alias} (= {where}{key})")
+    for key in getattr(type(full), "sub_configs", {}):
+        if isinstance(resolved.get(key), dict) and getattr(full, key, None) is not None:
+            filled += _fill_attribute_aliases(resolved[key], getattr(full, key), f"{where}{key}.")
     return filled
 
 
@@ -249,10 +283,14 @@ def fill_defaults(config: dict) -> tuple[dict, list[str]]:
     notes = []
     full = _transformers_config(config)
     if full is not None:
-        filled = _fill_missing(resolved, _decode_floats(full.to_dict()))
+        filled = _fill_missing(resolved, _decode_floats(full.to_dict()), getattr(type(full), "sub_configs", {}))
         if filled:
-            notes.append(f"config: {len(filled)} keys left out of config.json read as transformers' "
-                         f"{type(full).__name__} defaults ({', '.join(filled[:8])}{', …' if len(filled) > 8 else ''})")
+            notes.append(f"config: {len(filled)} keys left out of config.json (or null) read as transformers' "
+                         f"{type(full).__name__} reads them ({', '.join(filled[:8])}{', …' if len(filled) > 8 else ''})")
+        aliased = _fill_attribute_aliases(resolved, full)
+        if aliased:
+            notes.append(f"config: {len(aliased)} keys under the names transformers' {type(full).__name__} "
+                         f"also reads them by ({', '.join(aliased[:8])}{', …' if len(aliased) > 8 else ''})")
     model_type = config.get("model_type")
     architectures = config.get("architectures")
     architecture = architectures[0] if isinstance(architectures, list) and architectures else None
@@ -286,6 +324,15 @@ def resolve_config(config: dict, runner: str | None = None) -> tuple[dict, list[
             resolved.pop(key)
         _, args_class = model_classes(config)
         notes += _fill_aliases(resolved, inspect.signature(args_class).parameters)
+        text = resolved.get("text_config")
+        text_args = _text_args_class(text) if isinstance(text, dict) else None
+        if text_args is not None:  # mlx-lm builds this model_type's own ModelArgs from text_config (gemma4)
+            takes = inspect.signature(text_args).parameters
+            notes += _fill_aliases(text, takes, "text_config.")
+            # transformers 5 writes its bookkeeping (dtype) into sub-configs too; mlx-lm's text
+            # ModelArgs never reads it, and the outer ModelArgs keeps text_config as a dict
+            for key in [k for k in text if k in TRANSFORMERS_BOOKKEEPING and k not in takes and k != "model_type"]:
+                del text[key]
     for line in notes:
         log.info("config: %s", line)
     return resolved, notes
