@@ -33,6 +33,11 @@ NOT_LOADED = {
     "mistral4": "the release is Mistral3-wrapped; tests/producer.py writes transformers' Mistral4ForCausalLM",
     "qwen3_vl_moe": "a VLM release: AutoModelForCausalLM does not build it (tests/test_vlm.py)",
     "minimax_m3_vl": "a VLM release: AutoModelForCausalLM does not build it",
+    # VLM releases whose AutoModelForCausalLM class is the text model alone: it saves another checkpoint
+    # (a text model_type, no text_config), which tests/producer.py writes itself
+    "llama4": "AutoModelForCausalLM builds Llama4ForCausalLM and saves model_type llama4_text (producer's llama4_text)",
+    "qwen3_5_moe": "AutoModelForCausalLM builds Qwen3_5MoeForCausalLM and saves model_type qwen3_5_moe_text "
+                   "(producer's qwen3_5_moe_text)",
     "gpt_oss": "the release's MXFP4 experts need accelerate to load; the float layout is tests/producer.py's",
     "bailing_hybrid": "the tiny release's pad_token_id lies outside its 256-token vocabulary",
 }
