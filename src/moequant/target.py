@@ -294,8 +294,11 @@ def fill_defaults(config: dict) -> tuple[dict, list[str]]:
     model_type = config.get("model_type")
     architectures = config.get("architectures")
     architecture = architectures[0] if isinstance(architectures, list) and architectures else None
-    if (model_type, architecture) in MODEL_ARCHITECTURES:
-        resolved["model_type"] = MODEL_ARCHITECTURES[model_type, architecture]
+    from mlx_lm.utils import MODEL_ARCHITECTURE_REMAPPING  # mlx-lm's own pairs, named the same way
+
+    remapped = {**MODEL_ARCHITECTURE_REMAPPING, **MODEL_ARCHITECTURES}
+    if (model_type, architecture) in remapped:
+        resolved["model_type"] = remapped[model_type, architecture]
         notes.append(f"config: model_type {model_type!r} with architectures [{architecture!r}] is mlx-lm's "
                      f"{resolved['model_type']!r}")
     elif model_type in MODEL_TYPES:
