@@ -239,11 +239,19 @@ def verify(dst: str | Path, reference: str | Path, tokens: mx.array | None = Non
     over DST's vocabulary (`evaluate.fixed_tokens`). The models are loaded one after the other.
     """
     dst = Path(dst)
+    if not dst.is_dir():
+        raise CheckpointError(f"{dst}: {'a file' if dst.exists() else 'no such folder'}; expected a converted "
+                              "checkpoint folder")
+    if not (dst / "config.json").is_file():
+        raise CheckpointError(f"{dst / 'config.json'}: not found; expected a converted checkpoint folder")
     model = load_float32(dst)
+    vocab = _vocab_size(model, dst)
     if tokens is None:
-        tokens = fixed_tokens(_vocab_size(model, dst), batch=BATCH, length=LENGTH)
+        tokens = fixed_tokens(vocab, batch=BATCH, length=LENGTH)
     if tokens.ndim == 1:
         tokens = tokens[None]
+    if tokens.size and (high := tokens.max().item()) >= vocab:  # mlx's embedding does not check: a native crash
+        raise CheckpointError(f"{dst}: its tokenizer gives token id {high}; expected ids below its vocab_size {vocab}")
     dst_logits, dst_routes = _run(model, tokens)
     del model
 
