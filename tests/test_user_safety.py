@@ -254,6 +254,10 @@ def test_disk_full_while_writing_is_one_line_and_nothing_is_left(src, cli, tmpfs
 
 @pytest.mark.parametrize("command, message", [
     (["verify", "{missing}", "--reference", "{src}"], "{missing}: no such folder; expected a converted checkpoint folder"),
+    (["verify", "{missing}", "--reference", "{src}", "--prompt", "hi"],
+     "{missing}: no such folder; expected a converted checkpoint folder"),
+    (["verify", "{src_q4}/config.json", "--reference", "{src}"],
+     "{src_q4}/config.json: a file; expected a converted checkpoint folder"),
     (["verify", "{src_q4}", "--reference", "{missing}"], "{missing}: no such folder; expected a checkpoint folder or a hub id"),
     (["inspect", "{missing}"], "{missing}: no such folder; expected a checkpoint folder or a hub id"),
     (["convert", "{missing}", "{out}"], "{missing}: no such folder; expected a checkpoint folder or a hub id"),
