@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,14 +19,37 @@ from moequant.tiny import write_tiny_checkpoint
 TOKENS = fixed_tokens(256)
 
 
+def assert_no_traceback(*outputs: str) -> None:
+    """Whatever the outcome, the user never sees a traceback (issue 13)."""
+    for text in outputs:
+        assert "Traceback" not in (text or ""), text
+        assert "Exception ignored" not in (text or ""), text
+
+
 @pytest.fixture
 def cli():
+    """The CLI in this process (Typer's CliRunner). Every test that runs the CLI goes through here
+    or through `moequant` below: both check that no outcome shows a traceback."""
     runner = CliRunner()
 
     def invoke(*args: str):
-        return runner.invoke(app, [str(a) for a in args])
+        result = runner.invoke(app, [str(a) for a in args])
+        # CliRunner keeps an uncaught exception in result.exception instead of printing it
+        assert result.exception is None or isinstance(result.exception, SystemExit), \
+            f"uncaught {result.exception!r} (the user would see a traceback)\n{result.output}"
+        assert_no_traceback(result.output)
+        return result
 
     return invoke
+
+
+def moequant(*args, env: dict | None = None, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """The CLI as a separate process (`python -m moequant`), as a user runs it: signals, exit codes
+    and native crashes are real. No outcome may show a traceback."""
+    result = subprocess.run([sys.executable, "-m", "moequant", *map(str, args)], capture_output=True, text=True,
+                            env={**os.environ, **(env or {})}, timeout=timeout, **kwargs)
+    assert_no_traceback(result.stdout, result.stderr)
+    return result
 
 
 @lru_cache(maxsize=None)

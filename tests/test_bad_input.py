@@ -113,14 +113,25 @@ def test_unknown_tensor_is_reported_not_dropped(tmp_path, cli):
 def test_existing_dst_is_refused_without_force_and_left_alone(tmp_path, cli):
     src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe")
     dst = tmp_path / "dst"
-    dst.mkdir()
-    (dst / "keep.txt").write_text("mine")
-    result = cli("convert", src, dst, "--quiet")
+    assert cli("convert", src, dst, "--quiet").exit_code == 0  # a previous moequant output
+    before = {p.name: p.read_bytes() for p in dst.iterdir()}
+    result = cli("convert", src, dst, "--bits", "8", "--quiet")
     assert result.exit_code == 1
     assert result.output.startswith(f"error: {dst}: already exists; expected a new folder (or pass --force")
-    assert [p.name for p in dst.iterdir()] == ["keep.txt"]
-    assert cli("convert", src, dst, "--force", "--quiet").exit_code == 0
-    assert not (dst / "keep.txt").exists() and (dst / "model.safetensors").exists()
+    assert {p.name: p.read_bytes() for p in dst.iterdir()} == before
+    assert cli("convert", src, dst, "--bits", "8", "--force", "--quiet").exit_code == 0
+    assert json.loads((dst / "config.json").read_text())["quantization"]["bits"] == 8
+
+
+def test_force_leaves_a_folder_moequant_did_not_write_alone(tmp_path, cli):
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe")
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    result = cli("convert", src, dst, "--force", "--quiet")
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: {dst}: already exists and is not a moequant output")
+    assert [p.name for p in dst.iterdir()] == ["keep.txt"] and (dst / "keep.txt").read_text() == "mine"
 
 
 def test_not_a_folder_and_not_a_hub_id(tmp_path, cli):

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -13,7 +10,7 @@ from moequant.convert import Conversion
 from moequant.evaluate import compare_logits, load_float32
 from moequant.tiny import ROPE_THETA, write_tiny_checkpoint
 
-from conftest import TOKENS, logits_of
+from conftest import TOKENS, logits_of, moequant
 
 
 @pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe"])
@@ -46,8 +43,7 @@ def test_num_local_experts_alias_reaches_qwen3_moe(tmp_path):
 
 
 def _moequant(*args, env):
-    return subprocess.run([sys.executable, "-m", "moequant", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=300)
+    return moequant(*args, env=env)
 
 
 def test_hub_id_not_in_cache_offline_is_one_clear_error(tmp_path):

@@ -73,7 +73,7 @@ def test_override_applies_after_the_recipe_and_is_the_reason(tmp_path):
 
 
 @pytest.mark.parametrize("spec, match", [
-    ("*.shared_experts.*=bits=8", r"matches no quantizable module of SRC \(a typo\?\)"),
+    ("*.shared_experts.*=bits=8", r"matches no module of SRC \(a typo\?\)"),
     ("*.mlp.gate=bits=4", r"router gate model.layers.0.mlp.gate would get affine·4·g64; gates take float or ≥ 8 bits"),
     ("*.switch_mlp.down_proj=bits=4,group=128", r"in=64 is not a multiple of 128"),
     ("*.q_proj=bits=4,group=16", r"affine with bits=4, group_size=16; expected"),
@@ -89,7 +89,7 @@ def test_bad_overrides_are_refused_with_the_reason(tmp_path, spec, match):
 def test_override_typo_on_the_command_line_fails_before_any_work(tmp_path, cli):
     src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe")
     result = cli("convert", src, tmp_path / "dst", "--override", "*.self_atn.*=bits=8", "--quiet")
-    assert result.exit_code == 1 and "matches no quantizable module of SRC (a typo?)" in result.output
+    assert result.exit_code == 1 and "matches no module of SRC (a typo?)" in result.output
     assert not (tmp_path / "dst").exists()
 
 
@@ -128,7 +128,7 @@ def _row(plan, path=K_PROJ):
     (lambda p: p["modules"].remove(_row(p)), f"plan.json: has no row for {K_PROJ}"),
     (lambda p: _row(p).update(path=K_PROJ + "x"), f"plan.json: has no row for {K_PROJ}"),
     (lambda p: p["modules"].append({**_row(p), "path": "model.layers.7.mlp.gate"}), "model.layers.7.mlp.gate is not a module of SRC"),
-    (lambda p: _row(p).update(shape=[64, 256]), f"{K_PROJ}: shape [64, 256]; SRC has [64, 128]"),
+    (lambda p: _row(p).update(shape=[64, 256]), f"({K_PROJ}).shape: [64, 256]; SRC has [64, 128]"),
     (lambda p: p.update(model_type="qwen2_moe"), "model_type 'qwen2_moe'; SRC is 'mixtral'"),
     (lambda p: _row(p).update(quant={"bits": 4, "group_size": 48}), "affine with bits=4, group_size=48"),
     (lambda p: _row(p, "model.layers.0.block_sparse_moe.gate").update(quant={"bits": 4, "group_size": 64}),

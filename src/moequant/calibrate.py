@@ -20,7 +20,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .errors import CheckpointError
+from .errors import CheckpointError, os_reason
 from .evaluate import compare_logits
 from .plan import Mode, Quant
 from .verify import _parent_and_key, expert_containers, reference_model
@@ -31,17 +31,35 @@ PROBE = Quant.make(Mode.AFFINE, 3, 64)  # the setting each module's output sensi
 SENSITIVITY_SEQUENCES = 2  # calibration sequences per sensitivity forward pass
 
 
-def read_calibration(file: str | Path, length: int = 512, max_sequences: int = 8) -> mx.array:
-    """Token batch [n, length] from a file: `.npy` of token ids, or any other file's bytes (the byte
-    tokenizer of the trained tiny model: token id = byte value)."""
+def read_calibration(file: str | Path, length: int = 512, max_sequences: int = 8,
+                     vocab_size: int | None = None) -> mx.array:
+    """Token batch [n, length] from a file: `.npy` of integer token ids (read without pickle), or
+    any other file's bytes (the byte tokenizer of the trained tiny model: token id = byte value).
+    Every id must lie in [0, vocab_size): mlx's embedding does not check, and an id past the end
+    reads outside the table (a segmentation fault, not an error)."""
     path = Path(file)
+    where = f"--calib {file}"
     try:
-        ids = np.load(path).reshape(-1) if path.suffix == ".npy" else np.frombuffer(path.read_bytes(), np.uint8)
+        ids = np.load(path, allow_pickle=False) if path.suffix == ".npy" else np.frombuffer(path.read_bytes(), np.uint8)
     except OSError as e:
-        raise CheckpointError(f"--calib {file}: {e.strerror}; expected a text or .npy token file") from None
+        raise CheckpointError(f"{where}: {os_reason(e)}; expected a readable text or .npy token file") from None
+    except (ValueError, EOFError) as e:  # pickled, object, truncated or not .npy at all
+        reason = str(e).split(". ")[0].rstrip(".") or type(e).__name__
+        raise CheckpointError(f"{where}: not a .npy array numpy reads without pickle ({reason}); expected integer "
+                              "token ids saved with numpy.save") from None
+    if ids.dtype == bool or not np.issubdtype(ids.dtype, np.integer):
+        raise CheckpointError(f"{where}: {ids.dtype} values; expected integer token ids")
+    ids = ids.reshape(-1)
+    if ids.size and (low := int(ids.min())) < 0:
+        raise CheckpointError(f"{where}: token id {low} at position {int(ids.argmin())}; expected ids from 0")
+    if vocab_size is not None and ids.size and (outside := ids >= vocab_size).any():
+        first = int(outside.argmax())
+        what = "byte" if path.suffix != ".npy" else "token id"
+        raise CheckpointError(f"{where}: {what} {int(ids[first])} at position {first} ({int(outside.sum())} in all, "
+                              f"the largest {int(ids.max())}); expected ids below the model's vocab_size {vocab_size}")
     n = min(len(ids) // length, max_sequences)
     if n == 0:
-        raise CheckpointError(f"--calib {file}: {len(ids)} tokens; expected at least {length}")
+        raise CheckpointError(f"{where}: {len(ids)} tokens; expected at least {length}")
     starts = np.linspace(0, len(ids) - length, n).astype(int)
     return mx.array(np.stack([ids[s:s + length] for s in starts]).astype(np.int32))
 

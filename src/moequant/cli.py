@@ -2,38 +2,62 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
+import shutil
 import signal
 import sys
 import tempfile
+import threading
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from .convert import DEFAULT_WORKERS
-from .errors import CheckpointError, MoequantError
+from .errors import CheckpointError, MoequantError, os_reason
 from .names import layer_of
 from .plan import DTYPES, RECIPES, ROUNDINGS, Mode, Override, Plan, Quant
+from .writer import MARK_FILE
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
-                  help="Convert Mixture-of-Experts checkpoints into quantized MLX checkpoints.")
+
+class _App(typer.Typer):
+    """The Typer app; run as a program, the process ends quietly however it is interrupted."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except KeyboardInterrupt:  # before a command took over the signals (while importing)
+            err.print("error: interrupted", highlight=False)
+            raise SystemExit(130) from None
+        finally:
+            # The command is over (its output in place, or nothing written): a signal during
+            # interpreter shutdown must not turn into "Exception ignored in atexit callback".
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
+
+
+app = _App(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+           help="Convert Mixture-of-Experts checkpoints into quantized MLX checkpoints.")
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 BitsOpt = Annotated[Optional[int], typer.Option("--bits", help="Bits per weight (default: 4; 8 for mxfp8).")]
 GroupOpt = Annotated[Optional[int], typer.Option("--group-size", help="Group size (default per mode: affine 64, mxfp4 32, nvfp4 16, mxfp8 32).")]
-ModeOpt = Annotated[Mode, typer.Option("--mode", help="Quantization mode.")]
-GateOpt = Annotated[str, typer.Option("--gate-bits", help="Router gates: 'float' (default) or 8 (affine, group 64).")]
+ModeOpt = Annotated[Optional[Mode], typer.Option("--mode", help="Quantization mode (default: affine).", show_default=False)]
+GateOpt = Annotated[Optional[str], typer.Option("--gate-bits", help="Router gates: 'float' (default) or 8 (affine, group 64).")]
 NoQuantOpt = Annotated[bool, typer.Option("--no-quantize", help="Layout and dtype conversion only.")]
 DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="dtype of unquantized tensors: bfloat16, float16, float32 (default: the checkpoint's).")]
-GlobalScaleOpt = Annotated[bool, typer.Option("--global-scale/--no-global-scale", help="nvfp4: a per-expert tensor scale on expert stacks (Apple GPU; mlx's CPU gather_qmm refuses it).")]
-RecipeOpt = Annotated[str, typer.Option("--recipe", help="uniform, moe, mixed_2_6, mixed_3_4, mixed_3_6 or mixed_4_6 (see README).")]
-RoundingOpt = Annotated[str, typer.Option("--rounding", help="plain (mx.quantize's min/max); mse: per group, the clipped range with the least error (slower); gptq: affine modules rounded with GPTQ on --calib data (slowest).")]
+GlobalScaleOpt = Annotated[Optional[bool], typer.Option("--global-scale/--no-global-scale", help="nvfp4: a per-expert tensor scale on expert stacks (default: on; Apple GPU; mlx's CPU gather_qmm refuses it).", show_default=False)]
+RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", help="uniform (default), moe, mixed_2_6, mixed_3_4, mixed_3_6 or mixed_4_6 (see README).")]
+RoundingOpt = Annotated[Optional[str], typer.Option("--rounding", help="plain (default: mx.quantize's min/max); mse: per group, the clipped range with the least error (slower); gptq: affine modules rounded with GPTQ on --calib data (slowest).")]
 TargetOpt = Annotated[Optional[float], typer.Option("--target-bpw", help="Size budget in bits per weight: bits and group size chosen per module (reads the weights).")]
 CalibOpt = Annotated[Optional[Path], typer.Option("--calib", help="Calibration text (or .npy token ids) for --target-bpw (without it a data-free proxy is used) and --rounding gptq.")]
 OverrideOpt = Annotated[Optional[list[str]], typer.Option("--override", help="PATTERN=SPEC, repeatable: '*.shared_expert.*=bits=8,group=64' or '*.mlp.gate=keep'.")]
@@ -42,10 +66,67 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or info on stderr.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging on stderr.")]
 
+MAX_TINY_SHARDS = 8  # make-tiny: every shard of a tiny checkpoint holds tensors
 
-def _fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True, soft_wrap=True)
-    raise typer.Exit(1)
+
+def _fail(message: str, code: int = 1, as_json: bool = False) -> None:
+    """One line on stderr (with --json: {"error", "path"} on stdout, for scripts), then exit `code`."""
+    if as_json:
+        where, sep, _ = message.partition(": ")
+        _print_json({"error": message, "path": where if sep else None, "exit_code": code})
+    else:
+        err.print(f"[red]error:[/red] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM: unwinds like Ctrl-C (threads joined, temporary files removed), then
+    exits 128 + the signal number (130, 143)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.code = 128 + signum
+
+
+def _on_signal(signum, frame) -> None:
+    if getattr(_on_signal, "pending", None) is not None:  # a second signal while cleaning up: now
+        err.print("error: interrupted again; stopping now (what is left is removed by the next run)",
+                  highlight=False)
+        os._exit(_on_signal.pending)
+    _on_signal.pending = 128 + signum
+    raise Interrupted(signum)
+
+
+def _command(interrupted: str = "interrupted"):
+    """Every command: MoequantError and OSError become one line (JSON with --json), SIGINT/SIGTERM
+    exit 130/143 with one line (`interrupted` says what became of the output). Any other
+    exception is a bug and keeps its traceback."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def command(*args, **kwargs):
+            as_json = bool(kwargs.get("json_out"))
+            main = threading.current_thread() is threading.main_thread()
+            saved = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
+            _on_signal.pending = None
+            try:
+                return fn(*args, **kwargs)
+            except MoequantError as e:
+                _fail(str(e), as_json=as_json)
+            except OSError as e:
+                where = e.filename if e.filename is not None else "a file"
+                _fail(f"{where}: {os_reason(e)}; expected a path moequant can read (or write, for DST)",
+                      as_json=as_json)
+            except KeyboardInterrupt as e:
+                _fail(interrupted, getattr(e, "code", 130), as_json)
+            finally:
+                for sig, handler in saved.items():
+                    signal.signal(sig, handler)
+                _on_signal.pending = None
+
+        return command
+
+    return wrap
 
 
 def _logging(quiet: bool, verbose: bool) -> None:
@@ -53,10 +134,33 @@ def _logging(quiet: bool, verbose: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr, force=True)
 
 
-def _choices(no_quantize: bool, mode: Mode, bits: int | None, group_size: int | None, gate_bits: str,
-             dtype: str | None, global_scale: bool, recipe: str, overrides: list[str] | None, rounding: str,
-             target_bpw: float | None = None, calib: Path | None = None) -> dict:
-    """Conversion(...) keyword arguments from the plan options shared by convert and inspect."""
+def _given(**options) -> list[str]:
+    """The options the user gave, as typed (`--bits 3`, `--no-global-scale`), from the command's
+    values: None, False and [] mean not given."""
+    shown = []
+    for name, value in options.items():
+        option = "--" + name.replace("_", "-")
+        if value is None or value is False and name != "global_scale" or value == []:
+            continue
+        if isinstance(value, bool):
+            shown.append(option if value else option.replace("--", "--no-", 1))
+        elif isinstance(value, list):
+            shown += [f"{option} {v}" for v in value]
+        else:
+            shown.append(f"{option} {value.value if isinstance(value, Mode) else value}")
+    return shown
+
+
+def _choices(no_quantize: bool, mode: Mode | None, bits: int | None, group_size: int | None, gate_bits: str | None,
+             dtype: str | None, global_scale: bool | None, recipe: str | None, overrides: list[str] | None,
+             rounding: str | None, target_bpw: float | None = None, calib: Path | None = None) -> dict:
+    """Conversion(...) keyword arguments from the plan options shared by convert and inspect;
+    options that contradict each other are refused, never silently ignored."""
+    if no_quantize and (given := _given(bits=bits, group_size=group_size, mode=mode, gate_bits=gate_bits,
+                                        global_scale=global_scale, recipe=recipe, target_bpw=target_bpw)):
+        raise MoequantError(f"--no-quantize {given[0]}: {given[0].split()[0]} only shapes quantization, which "
+                            "--no-quantize turns off; expected one of them, not both")
+    recipe, rounding = recipe or "uniform", rounding or "plain"
     if recipe not in RECIPES:
         raise MoequantError(f"--recipe {recipe}: expected one of {', '.join(RECIPES)}")
     if rounding not in ROUNDINGS:
@@ -65,13 +169,18 @@ def _choices(no_quantize: bool, mode: Mode, bits: int | None, group_size: int | 
         raise MoequantError("--calib: only used with --target-bpw or --rounding gptq; expected one of them")
     if rounding == "gptq" and calib is None:
         raise MoequantError("--rounding gptq: needs calibration data; expected --calib FILE")
+    if calib is not None and not calib.is_file():
+        raise MoequantError(f"--calib {calib}: {'a folder' if calib.is_dir() else 'not found'}; expected a text "
+                            "or .npy token file")
     if target_bpw is not None and not 1.0 < target_bpw <= 16.0:
         raise MoequantError(f"--target-bpw {target_bpw}: expected a budget between 1 and 16 bits per weight")
     if dtype is not None and dtype not in DTYPES:
         raise MoequantError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
-    return dict(quant=None if no_quantize else Quant.make(mode, bits, group_size), gate_bits=_gate_bits(gate_bits),
-                dtype=dtype, global_scale=global_scale, recipe=recipe, rounding=rounding, target_bpw=target_bpw,
-                calib=str(calib) if calib else None, overrides=tuple(Override.parse(o) for o in overrides or ()))
+    return dict(quant=None if no_quantize else Quant.make(mode or Mode.AFFINE, bits, group_size),
+                gate_bits=_gate_bits(gate_bits or "float"), dtype=dtype,
+                global_scale=True if global_scale is None else global_scale, recipe=recipe, rounding=rounding,
+                target_bpw=target_bpw, calib=str(calib) if calib else None,
+                overrides=tuple(Override.parse(o) for o in overrides or ()))
 
 
 def _print_json(data) -> None:
@@ -101,12 +210,19 @@ def _parse_size(value: str) -> int:
         if text.endswith(unit):
             try:
                 return int(float(text[: -len(unit)]) * factor)
-            except ValueError:
+            except (ValueError, OverflowError):
                 break
     try:
         return int(text)
     except ValueError:
         raise MoequantError(f"--shard-size {value}: expected a size like 5GB, 500MB or a byte count") from None
+
+
+def _shard_size(value: str) -> int:
+    size = _parse_size(value)
+    if size <= 0:
+        raise MoequantError(f"--shard-size {value}: {size} bytes; expected a size above 0, like 5GB or 500MB")
+    return size
 
 
 def summary_line(plan: Plan, where: str) -> str:
@@ -157,15 +273,16 @@ def role_table(plan: Plan) -> Table:
 
 
 @app.command()
+@_command(interrupted="interrupted; DST was not written")
 def convert(
     src: Annotated[str, typer.Argument(help="Checkpoint folder or hub id (resolved through the local cache).")],
     dst: Annotated[Path, typer.Argument(help="Output folder (must not exist unless --force).")],
-    bits: BitsOpt = None, group_size: GroupOpt = None, mode: ModeOpt = Mode.AFFINE, gate_bits: GateOpt = "float",
-    no_quantize: NoQuantOpt = False, dtype: DtypeOpt = None, global_scale: GlobalScaleOpt = True,
-    recipe: RecipeOpt = "uniform", override: OverrideOpt = None, rounding: RoundingOpt = "plain",
+    bits: BitsOpt = None, group_size: GroupOpt = None, mode: ModeOpt = None, gate_bits: GateOpt = None,
+    no_quantize: NoQuantOpt = False, dtype: DtypeOpt = None, global_scale: GlobalScaleOpt = None,
+    recipe: RecipeOpt = None, override: OverrideOpt = None, rounding: RoundingOpt = None,
     target_bpw: TargetOpt = None, calib: CalibOpt = None, runner: RunnerOpt = None,
-    plan_file: Annotated[Optional[Path], typer.Option("--plan", help="Convert exactly this plan (the JSON of `inspect --json`); plan options are then ignored.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")] = False,
+    plan_file: Annotated[Optional[Path], typer.Option("--plan", help="Convert exactly this plan (the JSON of `inspect --json`); no other plan option may be given.")] = None,
+    force: Annotated[bool, typer.Option("--force", help=f"Replace DST if it is a previous moequant output (it holds {MARK_FILE} and only the files listed there) or an empty folder; never a file or any other folder.")] = False,
     shard_size: Annotated[str, typer.Option("--shard-size", help="Largest output shard.")] = "5GB",
     workers: Annotated[int, typer.Option("--workers", min=1, help="Decoder layers converted at once, one thread each (default: 2, or 1 on one core).")] = DEFAULT_WORKERS,
     json_out: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
@@ -175,25 +292,28 @@ def convert(
     from .writer import check_destination
 
     _logging(quiet, verbose)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        check_destination(dst, force)
-        choices = _choices(no_quantize, mode, bits, group_size, gate_bits, dtype, global_scale, recipe, override,
-                           rounding, target_bpw, calib)
-        conversion = (Conversion(src, plan=_read_plan(plan_file), runner=runner, **choices) if plan_file
-                      else Conversion(src, runner=runner, **choices))
-        steps = conversion.run(dst, force=force, shard_size=_parse_size(shard_size), workers=workers)
-        total = conversion.ckpt.nbytes
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),
-                      TimeRemainingColumn(), console=err, disable=quiet, transient=True) as progress:
-            task = progress.add_task("converting", total=total, done="")
-            for step in steps:
-                progress.update(task, advance=step.bytes_read, description=f"{step.group} ({step.index}/{step.total})",
-                                done=f"{_size(progress.tasks[0].completed + step.bytes_read)} of {_size(total)}")
-    except MoequantError as e:
-        _fail(str(e))
-    except KeyboardInterrupt:
-        _fail("interrupted; DST was not written")
+    local = Path(src).expanduser()
+    check_destination(dst, force, local if local.is_dir() else None)
+    size = _shard_size(shard_size)
+    if plan_file is not None:
+        if given := _given(bits=bits, group_size=group_size, mode=mode, gate_bits=gate_bits, no_quantize=no_quantize,
+                           dtype=dtype, global_scale=global_scale, recipe=recipe, override=override,
+                           rounding=rounding, target_bpw=target_bpw, calib=calib):
+            raise MoequantError(f"--plan {plan_file} {given[0]}: the plan file decides every module and its "
+                                f"options; expected no plan option beside --plan (edit the plan instead)")
+        conversion = Conversion(src, plan=_read_plan(plan_file), plan_where=str(plan_file), runner=runner)
+    else:
+        conversion = Conversion(src, runner=runner, **_choices(
+            no_quantize, mode, bits, group_size, gate_bits, dtype, global_scale, recipe, override, rounding,
+            target_bpw, calib))
+    total = conversion.ckpt.nbytes
+    with closing(conversion.run(dst, force=force, shard_size=size, workers=workers)) as steps, \
+            Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),
+                     TimeRemainingColumn(), console=err, disable=quiet, transient=True) as progress:
+        task = progress.add_task("converting", total=total, done="")
+        for step in steps:
+            progress.update(task, advance=step.bytes_read, description=f"{step.group} ({step.index}/{step.total})",
+                            done=f"{_size(progress.tasks[0].completed + step.bytes_read)} of {_size(total)}")
     plan = conversion.plan
     if json_out:
         _print_json({"dst": str(dst), **plan.to_json()["totals"], "counts": plan.counts()})
@@ -206,16 +326,21 @@ def _read_plan(file: Path) -> dict:
         return json.loads(file.read_text())
     except FileNotFoundError:
         raise MoequantError(f"--plan {file}: not found; expected the JSON of `moequant inspect SRC --json`") from None
-    except json.JSONDecodeError as e:
+    except IsADirectoryError:
+        raise MoequantError(f"--plan {file}: a folder; expected the JSON of `moequant inspect SRC --json`") from None
+    except OSError as e:
+        raise MoequantError(f"--plan {file}: {os_reason(e)}; expected a readable JSON file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MoequantError(f"--plan {file}: not JSON ({e}); expected the output of `moequant inspect SRC --json`") from None
 
 
 @app.command()
+@_command()
 def inspect(
     path: Annotated[str, typer.Argument(help="Checkpoint folder or hub id.")],
-    bits: BitsOpt = None, group_size: GroupOpt = None, mode: ModeOpt = Mode.AFFINE, gate_bits: GateOpt = "float",
-    no_quantize: NoQuantOpt = False, dtype: DtypeOpt = None, global_scale: GlobalScaleOpt = True,
-    recipe: RecipeOpt = "uniform", override: OverrideOpt = None, rounding: RoundingOpt = "plain",
+    bits: BitsOpt = None, group_size: GroupOpt = None, mode: ModeOpt = None, gate_bits: GateOpt = None,
+    no_quantize: NoQuantOpt = False, dtype: DtypeOpt = None, global_scale: GlobalScaleOpt = None,
+    recipe: RecipeOpt = None, override: OverrideOpt = None, rounding: RoundingOpt = None,
     target_bpw: TargetOpt = None, calib: CalibOpt = None, runner: RunnerOpt = None, json_out: JsonOpt = False,
     expand: Annotated[bool, typer.Option("--all", help="One row per module (no collapsing across layers).")] = False,
     check: Annotated[bool, typer.Option("--check", help="MLX-quantized PATH: exit 1 if config and tensors disagree.")] = False,
@@ -230,21 +355,18 @@ def inspect(
     from .target import build_model, resolve_config
 
     _logging(quiet, verbose)
-    try:
-        ckpt = read_checkpoint(path)
-        if (quantization := mlx_quantization(ckpt.config)) is not None and not as_source:
-            rows = read_stored(ckpt, find_roles(build_model(resolve_config(ckpt.config)[0])), quantization)
-            _print_stored(rows, json_out)
-            if check and any(r.problem for r in rows):
-                raise typer.Exit(1)
-            return
-        conversion = Conversion(
-            path, runner=runner, **_choices(no_quantize, mode, bits, group_size, gate_bits, dtype, global_scale,
-                                            recipe, override, rounding, target_bpw, calib))
-        conversion.manifest()  # every layout and shape check, from headers
-        plan = conversion.plan
-    except MoequantError as e:
-        _fail(str(e))
+    ckpt = read_checkpoint(path)
+    if (quantization := mlx_quantization(ckpt.config)) is not None and not as_source:
+        rows = read_stored(ckpt, find_roles(build_model(resolve_config(ckpt.config)[0])), quantization)
+        _print_stored(rows, json_out)
+        if check and any(r.problem for r in rows):
+            raise typer.Exit(1)
+        return
+    conversion = Conversion(
+        path, runner=runner, **_choices(no_quantize, mode, bits, group_size, gate_bits, dtype, global_scale,
+                                        recipe, override, rounding, target_bpw, calib))
+    conversion.manifest()  # every layout and shape check, from headers
+    plan = conversion.plan
     if json_out:
         _print_json(plan.to_json())
         return
@@ -270,6 +392,7 @@ def _print_stored(rows, json_out: bool) -> None:
 
 
 @app.command()
+@_command()
 def verify(
     dst: Annotated[Path, typer.Argument(help="A converted checkpoint.")],
     reference: Annotated[str, typer.Option("--reference", help="The source it was converted from (folder or hub id).")],
@@ -285,13 +408,10 @@ def verify(
     from .verify import verify as run_verify
 
     _logging(quiet, verbose)
-    try:
-        if against not in (None, "transformers", "mlx-lm"):
-            raise CheckpointError(f"--against {against}: expected transformers (or mlx-lm, the default)")
-        tokens = tokens_for_prompt(dst, prompt) if prompt is not None else None
-        report = run_verify(dst, reference, tokens, against_transformers=against == "transformers")
-    except MoequantError as e:
-        _fail(str(e))
+    if against not in (None, "transformers", "mlx-lm"):
+        raise CheckpointError(f"--against {against}: expected transformers (or mlx-lm, the default)")
+    tokens = tokens_for_prompt(dst, prompt) if prompt is not None else None
+    report = run_verify(dst, reference, tokens, against_transformers=against == "transformers")
     c, t = report.closeness, report.transformers
     failed = [f"{name} {value:.4g} {op} {limit}" for name, value, op, limit, bad in (
         ("top-1 agreement", c.top1, "<", min_top1, min_top1 is not None and c.top1 < min_top1),
@@ -319,11 +439,14 @@ def verify(
         for block, agreement in report.router_agreement.items():
             table.add_row(f"router top-{report.top_k.get(block, '?')} agreement {block}", f"{agreement:.4f}")
         out.print(table)
+    if failed and json_out:
+        raise typer.Exit(1)  # the JSON above lists them under "failed"
     if failed:
         _fail("; ".join(failed))
 
 
 @app.command()
+@_command()
 def archs(
     status: Annotated[Optional[str], typer.Option("--status", help="Only rows with this status: supported, blocked, 'not yet'.")] = None,
     json_out: JsonOpt = False,
@@ -332,7 +455,7 @@ def archs(
     from .archs import Status, arch_rows
 
     if status is not None and status not in {s.value for s in Status}:
-        _fail(f"--status {status!r}: expected one of {', '.join(s.value for s in Status)}")
+        _fail(f"--status {status!r}: expected one of {', '.join(s.value for s in Status)}", as_json=json_out)
     rows = arch_rows(status)
     if json_out:
         _print_json([a.to_dict() for a in rows])
@@ -348,9 +471,10 @@ def archs(
 
 
 @app.command("make-tiny")
+@_command(interrupted="interrupted; DST was not written")
 def make_tiny(
     arch: Annotated[str, typer.Argument(help="Architecture: a supported model_type (see `moequant archs`).")],
-    dst: Annotated[Path, typer.Argument(help="Folder to write (created).")],
+    dst: Annotated[Path, typer.Argument(help="Folder to write (created; an existing one must be empty).")],
     dtype: Annotated[str, typer.Option(help="bfloat16, float16 or float32.")] = "bfloat16",
     shards: Annotated[int, typer.Option(help="Number of safetensors shards.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed for the random weights.")] = 0,
@@ -362,11 +486,29 @@ def make_tiny(
         _fail(f"ARCH {arch!r}: expected one of {', '.join(ALL_ARCHS)}")
     if dtype not in DTYPES:
         _fail(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
-    write_tiny_checkpoint(dst, arch, dtype=dtype, shards=shards, seed=seed)
+    if not 1 <= shards <= MAX_TINY_SHARDS:
+        _fail(f"--shards {shards}: expected 1 to {MAX_TINY_SHARDS} (a tiny checkpoint has few tensors)")
+    if dst.is_symlink() or dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        what = "a file" if dst.exists() and not dst.is_dir() else "a link" if dst.is_symlink() else \
+            "a folder that is not empty"
+        _fail(f"{dst}: already exists ({what}); expected a new or empty folder (make-tiny never overwrites)")
+    if dst.parent.exists() and not dst.parent.is_dir():
+        _fail(f"{dst.parent}: not a folder; expected DST's parent to be one")
+    # written beside DST and renamed into place: an interrupted or failed run leaves no half checkpoint
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.moequant-tiny-", dir=dst.parent))
+    try:
+        write_tiny_checkpoint(tmp / "out", arch, dtype=dtype, shards=shards, seed=seed)
+        if dst.is_dir():
+            dst.rmdir()  # empty, checked above
+        (tmp / "out").rename(dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     out.print(f"{dst}: tiny {arch} ({ALL_ARCHS[arch].about})", highlight=False, soft_wrap=True)
 
 
 @app.command()
+@_command()
 def demo(arch: Annotated[str, typer.Option(help="Tiny architecture to use.")] = "qwen3_moe") -> None:
     """Build a tiny MoE, convert it at 4 bits, load it with mlx-lm and compare with float."""
     from .convert import Conversion

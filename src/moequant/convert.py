@@ -6,6 +6,7 @@ import logging
 import os
 import queue
 import threading
+from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
@@ -45,6 +46,14 @@ def family_of(config: dict) -> Family:
     return FAMILIES[model_type]
 
 
+def vocab_size(config: dict) -> int | None:
+    """The (resolved) config's vocabulary size: token ids must be below it."""
+    for source in (config, config.get("text_config") or {}):
+        if isinstance(value := source.get("vocab_size"), int) and value > 0:
+            return value
+    return None
+
+
 def default_dtype(ckpt: Checkpoint) -> str:
     """The checkpoint's declared float dtype if mlx can hold it, else bfloat16."""
     declared = ckpt.config.get("torch_dtype") or ckpt.config.get("dtype")
@@ -68,10 +77,11 @@ class Conversion:
     """Everything decided from headers (the plan); `run` does the work, one group at a time."""
 
     def __init__(self, src: str | Path, quant: Quant | None = None, *, dtype: str | None = None,
-                 plan: dict | None = None, runner: str | None = None, **choices):
+                 plan: dict | None = None, plan_where: str = "plan.json", runner: str | None = None, **choices):
         """`choices` are the other fields of plan.Options (gate_bits, recipe, overrides, …);
-        `plan` is a saved plan (the JSON of `inspect --json`) to follow instead; `runner` is
-        "mlx-lm" or "mlx-vlm" (default: target.choose_runner decides from the config)."""
+        `plan` is a saved plan (the JSON of `inspect --json`, read from the file `plan_where`) to
+        follow instead; `runner` is "mlx-lm" or "mlx-vlm" (default: target.choose_runner decides
+        from the config)."""
         self.ckpt = read_checkpoint(src)
         self.config, notes = resolve_config(self.ckpt.config, runner)  # first: is it a model the runner has
         notes += ignored_notes(self.config, self.ckpt.tensors)  # where mlx-lm's model differs from transformers'
@@ -97,7 +107,8 @@ class Conversion:
             modules = [replace(m, source=packed.get(m.path), source_listed=m.path in listed) for m in modules]
         modules = [replace(m, origin=self._origin(m.path, packed)) for m in modules]
         if plan is not None:
-            self.plan = plan_from_json(plan, modules, self.ckpt.model_type, _source_itemsize(self.ckpt), notes)
+            self.plan = plan_from_json(plan, modules, self.ckpt.model_type, _source_itemsize(self.ckpt), notes,
+                                       plan_where)
         else:
             options = Options(quant, dtype=dtype or default_dtype(self.ckpt), **choices)
             if options.rounding == "gptq":
@@ -111,8 +122,14 @@ class Conversion:
                 self.plan = build_plan(modules, self.ckpt.model_type, options, _source_itemsize(self.ckpt),
                                        [*notes, *self.allocation_notes], allocation)
         self.options = self.plan.options
+        if self.options.calib:  # read now, so a bad file is refused before any work
+            self.calibration()
         self.as_stored = frozenset(r.path for r in self.plan.rows if r.as_stored)
         self.context = SourceContext(self.ckpt.tensors, qconfig, packed, self.as_stored)
+
+    def calibration(self) -> mx.array:
+        """The --calib token batch, every id checked against the model's vocabulary."""
+        return read_calibration(self.plan.options.calib, vocab_size=vocab_size(self.config))
 
     def _origin(self, path: str, packed: dict[str, Quant]) -> str:
         """What SRC holds for a target module, for `inspect`: `BF16`, `F8_E4M3 (fp8) per-expert`,
@@ -145,7 +162,7 @@ class Conversion:
                 if r.quantizable and (r.rule in ("default", "indivisible") or r.rule.startswith("recipe-"))}
         energy, sensitivity, self.allocation_notes = {}, {}, []
         if options.calib:
-            tokens = read_calibration(options.calib)
+            tokens = self.calibration()
             energy = channel_energy(self.ckpt.path, tokens, free)
             sensitivity = output_sensitivity(self.ckpt.path, tokens, free)
             self.allocation_notes.append(
@@ -264,21 +281,25 @@ class Conversion:
         next decoder layer (each with its own mlx stream and target model), so reading, stacking,
         quantizing and writing run on every core while at most `workers` layers are in memory."""
         dst = Path(dst)
-        check_destination(dst, force)
+        check_destination(dst, force, self.ckpt.path)
+        if shard_size <= 0:
+            raise PlanError(f"shard_size {shard_size}: expected a size above 0 bytes")
         manifest = self.manifest()
         groups = self.ckpt.groups()
-        moments = self._moments() if self.plan.options.rounding == "gptq" else None
-        with Output(dst, force, shard_size) as out:
-            out.allocate(manifest)
-            for i in self._convert_groups(out, groups, max(1, workers), moments):
-                group = groups[i]
-                yield Step(group.name, i + 1, len(groups), sum(self.ckpt.tensors[k].nbytes for k in group.keys))
+        with Output(dst, force, shard_size, self.ckpt.path) as out:
+            out.allocate(manifest)  # refuses a DST without room for it before any slow work
+            moments = self._moments() if self.plan.options.rounding == "gptq" else None
+            # closed (its threads joined) before Output cleans up, however this generator ends
+            with closing(self._convert_groups(out, groups, max(1, workers), moments)) as written:
+                for i in written:
+                    group = groups[i]
+                    yield Step(group.name, i + 1, len(groups), sum(self.ckpt.tensors[k].nbytes for k in group.keys))
             out.finish(output_config(self.config, self.plan), self.ckpt.path, self.plan)
 
     def _moments(self) -> dict[str, mx.array]:
         """--rounding gptq: E[x xᵀ] of the inputs of each affine module, on the calibration text."""
         paths = {r.path for r in self.plan.rows if r.quant is not None and r.quant.mode == Mode.AFFINE and not r.as_stored}
-        moments = input_moments(self.ckpt.path, read_calibration(self.plan.options.calib), paths)
+        moments = input_moments(self.ckpt.path, self.calibration(), paths)
         mx.eval(list(moments.values()))
         return moments
 
@@ -289,27 +310,35 @@ class Conversion:
         lock, stop = threading.Lock(), threading.Event()
         done: queue.Queue = queue.Queue()
 
+        def convert() -> None:
+            quantizer, stacks = Quantizer(self._target(), self.plan, moments=moments), {}
+            with mx.stream(mx.new_stream(mx.cpu)):  # mlx streams belong to their thread
+                normalized = dict(enumerate(self._normalized_groups(stacks)))  # this thread's lazy graph
+                while not stop.is_set():
+                    with lock:
+                        i = next(todo, None)
+                    if i is None:
+                        break
+                    # no name may hold a group's inputs while its outputs are written: each
+                    # evaluated input would stay in memory until the whole group is done
+                    out.add(_quantized(quantizer, normalized.pop(i), stacks))
+                    mx.clear_cache()
+                    done.put(i)
+
         def work() -> None:
             try:
-                quantizer, stacks = Quantizer(self._target(), self.plan, moments=moments), {}
-                with mx.stream(mx.new_stream(mx.cpu)):  # mlx streams belong to their thread
-                    normalized = dict(enumerate(self._normalized_groups(stacks)))  # this thread's lazy graph
-                    while not stop.is_set():
-                        with lock:
-                            i = next(todo, None)
-                        if i is None:
-                            break
-                        # no name may hold a group's inputs while its outputs are written: each
-                        # evaluated input would stay in memory until the whole group is done
-                        out.add(_quantized(quantizer, normalized.pop(i), stacks))
-                        mx.clear_cache()
-                        done.put(i)
+                convert()  # returns with none of this thread's arrays alive
             except BaseException as e:  # handed to the main thread, which raises it
                 done.put(e)
             finally:
+                # Release this thread's mlx streams (and their scheduler threads) before the thread
+                # ends: left to thread-exit and process-exit destructors they abort the process now
+                # and then ("terminate called without an active exception", exit 134).
+                mx.clear_streams()
                 done.put(None)
 
-        threads = [threading.Thread(target=work, daemon=True, name=f"moequant-{n}") for n in range(workers)]
+        # not daemons: the interpreter never exits while one is inside mlx
+        threads = [threading.Thread(target=work, name=f"moequant-{n}") for n in range(workers)]
         for t in threads:
             t.start()
         running = workers

@@ -22,3 +22,19 @@ class PlanError(MoequantError):
 
 class OutputError(MoequantError):
     """DST cannot be written, or what was written does not match the plan."""
+
+
+# What an OSError's errno means to a user, in the words of the one-line messages.
+OS_REASONS = {
+    "ENOSPC": "no space left on device", "EDQUOT": "disk quota exceeded", "EROFS": "read-only file system",
+    "EACCES": "permission denied", "EPERM": "operation not permitted", "ENOENT": "not found",
+    "ENOTDIR": "a part of the path is a file, not a folder", "EISDIR": "is a folder", "EEXIST": "already exists",
+    "ENOTEMPTY": "is a folder that is not empty", "EXDEV": "on another file system", "EIO": "input/output error",
+}
+
+
+def os_reason(e: OSError) -> str:
+    """`e` as the 'what was found' part of a message: 'read-only file system', not '[Errno 30] …'."""
+    import errno
+
+    return OS_REASONS.get(errno.errorcode.get(e.errno or 0, ""), e.strerror or type(e).__name__)

@@ -64,7 +64,8 @@ class Quant:
         except ValueError:
             raise PlanError(f"{where}: mode {mode!r}; expected one of {', '.join(m.value for m in Mode)}") from None
         spec = MODES[mode]
-        q = cls(mode, bits or spec.default_bits, group_size or spec.default_group_size)
+        q = cls(mode, spec.default_bits if bits is None else bits,
+                spec.default_group_size if group_size is None else group_size)
         if q.bits not in spec.bits or q.group_size not in spec.group_sizes:
             raise PlanError(
                 f"{where}: {mode.value} with bits={q.bits}, group_size={q.group_size}; expected bits in "
@@ -78,9 +79,19 @@ class Quant:
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "Quant":
-        """A config/plan entry; an entry that omits `mode` is affine (what to_quantized defaults to)."""
+        """A config/plan entry; an entry that omits `mode` is affine (what to_quantized defaults to).
+        Each field is checked for its type first: these come from files people edit."""
+        if not isinstance(d, dict):
+            raise PlanError(f"{where}: {json.dumps(d)}; expected an object like "
+                            '{"mode": "affine", "bits": 4, "group_size": 64}')
+        if unknown := sorted(set(d) - {"mode", "bits", "group_size", "global_scale"}):
+            raise PlanError(f"{where}.{unknown[0]}: unknown field; expected mode, bits, group_size, global_scale")
+        for key, kind, what in (("mode", str, "a string"), ("bits", int, "a whole number"),
+                                ("group_size", int, "a whole number"), ("global_scale", bool, "true or false")):
+            if key in d and (not isinstance(d[key], kind) or kind is int and isinstance(d[key], bool)):
+                raise PlanError(f"{where}.{key}: {json.dumps(d[key])}; expected {what}")
         q = cls.make(d.get("mode", "affine"), d.get("bits"), d.get("group_size"), where)
-        return cls(q.mode, q.bits, q.group_size, bool(d.get("global_scale", False)))
+        return cls(q.mode, q.bits, q.group_size, d.get("global_scale", False))
 
     def __str__(self) -> str:
         return f"{self.mode.value}·{self.bits}·g{self.group_size}" + ("·gs" if self.global_scale else "")
@@ -158,6 +169,7 @@ class Module:
     source: Quant | None = None  # how SRC stores it, if SRC is MLX-quantized
     source_listed: bool = False  # SRC's config has a per-path entry for it
     origin: str = ""  # what SRC holds for it: format or dtype, and the expert layout
+    kind: str = ""  # its mlx-lm class, e.g. MoEGate
 
 
 def find_roles(model: nn.Module) -> list[Module]:
@@ -199,7 +211,8 @@ def find_roles(model: nn.Module) -> list[Module]:
         takes_global_scale = quantizable and "global_scale" in inspect.signature(m.to_quantized).parameters
         keeps = quantizable and model_predicate is not None and model_predicate(path, m) is False
         modules.append(Module(path, role, tuple(weight.shape), sum(a.size for a in arrays.values()),
-                              quantizable, takes_global_scale, keeps))
+                              quantizable, takes_global_scale, keeps,
+                              kind=f"{type(m).__module__.rpartition('.')[2]}.{type(m).__name__}"))
     return modules
 
 
@@ -211,6 +224,7 @@ class Rule:
     decide: Callable[[Module], Quant | None]
     why: str
     requested: bool = False  # a user's explicit request: if it cannot be done, that is an error
+    pattern: str = ""  # an override's glob on module paths
 
 
 @dataclass(frozen=True)
@@ -314,7 +328,7 @@ def plan_rules(options: Options, num_layers: int, allocation: dict[str, Quant] |
     for i, o in enumerate(options.overrides):
         rules.append(Rule(f"override {o.pattern}", 150 + i,
                           lambda m, o=o: fnmatch.fnmatchcase(m.path, o.pattern) and (m.quantizable or o.quant is None),
-                          lambda m, o=o: o.quant, f"--override {o.text!r}", requested=True))
+                          lambda m, o=o: o.quant, f"--override {o.text!r}", requested=True, pattern=o.pattern))
     return rules
 
 
@@ -451,15 +465,68 @@ class Plan:
         }
 
 
+def _field(data: dict, key: str, kinds: tuple[type, ...], what: str, where: str, default=None):
+    """data[key] if it has one of `kinds` (bool is never a number here), else a PlanError naming
+    the file and the JSON path; `default` if absent."""
+    if key not in data:
+        return default
+    value = data[key]
+    if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
+        raise PlanError(f"{where}.{key}: {json.dumps(value)}; expected {what}")
+    return value
+
+
+def _options_from_json(o, where: str) -> Options:
+    """The `options` object of a plan file, field by field."""
+    if not isinstance(o, dict):
+        raise PlanError(f"{where}: {json.dumps(o)}; expected an object")
+    quant = _field(o, "quant", (dict, type(None)), 'null or an object like {"mode": "affine", "bits": 4, '
+                   '"group_size": 64}', where)
+    gate_bits = _field(o, "gate_bits", (int, type(None)), "null (float) or 8", where)
+    if gate_bits not in (None, 8):
+        raise PlanError(f"{where}.gate_bits: {gate_bits}; expected null (float) or 8")
+    dtype = _field(o, "dtype", (str,), f"one of {', '.join(DTYPES)}", where, "bfloat16")
+    if dtype not in DTYPES:
+        raise PlanError(f"{where}.dtype: {json.dumps(dtype)}; expected one of {', '.join(DTYPES)}")
+    recipe = _field(o, "recipe", (str,), f"one of {', '.join(RECIPES)}", where, "uniform")
+    if recipe not in RECIPES:
+        raise PlanError(f"{where}.recipe: {json.dumps(recipe)}; expected one of {', '.join(RECIPES)}")
+    rounding = _field(o, "rounding", (str,), f"one of {', '.join(ROUNDINGS)}", where, "plain")
+    if rounding not in ROUNDINGS:
+        raise PlanError(f"{where}.rounding: {json.dumps(rounding)}; expected one of {', '.join(ROUNDINGS)}")
+    calib = _field(o, "calib", (str, type(None)), "null or the calibration file", where)
+    if rounding == "gptq" and not calib:
+        raise PlanError(f"{where}.rounding: gptq without options.calib; expected the calibration file")
+    _field(o, "target_bpw", (int, float, type(None)), "null or bits per weight", where)
+    overrides = _field(o, "overrides", (list,), "a list of PATTERN=SPEC strings", where, [])
+    if (bad := next((i for i, text in enumerate(overrides) if not isinstance(text, str)), None)) is not None:
+        raise PlanError(f"{where}.overrides[{bad}]: {json.dumps(overrides[bad])}; expected a PATTERN=SPEC string")
+    # target_bpw and overrides are history (the rows say what they decided): checked, not applied
+    return Options(Quant.from_dict(quant, f"{where}.quant") if quant is not None else None, gate_bits, dtype,
+                   _field(o, "global_scale", (bool,), "true or false", where, True), recipe,
+                   rounding=rounding, calib=calib)
+
+
 def plan_from_json(data: dict, modules: list[Module], model_type: str, source_itemsize: int = 2,
                    notes: list[str] | None = None, where: str = "plan.json") -> Plan:
-    """Exactly the decisions of a saved plan (`inspect --json`), refused at the first module that
-    does not fit SRC (unknown path, wrong shape, a quantization the module cannot take)."""
+    """Exactly the decisions of a saved plan (`inspect --json`), refused at the first field that
+    is not what `inspect --json` writes (naming the file and the JSON path) or the first module
+    that does not fit SRC (unknown path, wrong shape, a quantization the module cannot take)."""
     if not isinstance(data, dict) or data.get("moequant_plan") != 1 or not isinstance(data.get("modules"), list):
         raise PlanError(f"{where}: not a moequant plan; expected the JSON of `moequant inspect SRC --json`")
     if data.get("model_type") != model_type:
         raise PlanError(f"{where}: model_type {data.get('model_type')!r}; SRC is {model_type!r}")
-    saved = {row["path"]: row for row in data["modules"]}
+    saved: dict[str, tuple[str, dict]] = {}
+    for i, row in enumerate(data["modules"]):
+        here = f"{where}: modules[{i}]"
+        if not isinstance(row, dict):
+            raise PlanError(f"{here}: {json.dumps(row)}; expected an object with path, shape and quant")
+        path = _field(row, "path", (str,), "a module path", here)
+        if path is None:
+            raise PlanError(f"{here}: no path; expected the module path, e.g. {modules[0].path if modules else ''}")
+        if path in saved:
+            raise PlanError(f"{here}.path: {path} again (also {saved[path][0]}); expected one row per module")
+        saved[path] = (f"{here} ({path})", row)
     for m in modules:
         if m.path not in saved:
             raise PlanError(f"{where}: has no row for {m.path}; expected one per module of SRC")
@@ -467,28 +534,24 @@ def plan_from_json(data: dict, modules: list[Module], model_type: str, source_it
     for path in saved:
         if path not in known:
             raise PlanError(f"{where}: {path} is not a module of SRC")
-    o = data.get("options") or {}
-    options = Options(Quant.from_dict(o["quant"], f"{where}: options.quant") if o.get("quant") else None,
-                      o.get("gate_bits"), o.get("dtype", "bfloat16"), o.get("global_scale", True),
-                      o.get("recipe", "uniform"), rounding=o.get("rounding", "plain"), calib=o.get("calib"))
-    if options.rounding not in ROUNDINGS:
-        raise PlanError(f"{where}: options.rounding {options.rounding!r}; expected one of {', '.join(ROUNDINGS)}")
-    if options.rounding == "gptq" and not options.calib:
-        raise PlanError(f"{where}: options.rounding gptq without options.calib; expected the calibration file")
-    if options.dtype not in DTYPES:
-        raise PlanError(f"{where}: options.dtype {options.dtype!r}; expected one of {', '.join(DTYPES)}")
+    options = _options_from_json(data.get("options", {}), f"{where}: options")
     rows = []
     for m in modules:
-        row, here = saved[m.path], f"{where}: {m.path}"
-        if tuple(row.get("shape", ())) != m.shape:
-            raise PlanError(f"{here}: shape {row.get('shape')}; SRC has {list(m.shape)}")
-        quant = Quant.from_dict(row["quant"], here) if row.get("quant") else None
-        rule = Rule(row.get("rule", "plan-file"), 0, lambda _: True, lambda _, q=quant: q,
-                    row.get("reason", "plan file"), requested=True)
+        here, row = saved[m.path]
+        shape = _field(row, "shape", (list,), f"a list of whole numbers like {list(m.shape)}", here, [])
+        if tuple(shape) != m.shape:
+            raise PlanError(f"{here}.shape: {json.dumps(shape)}; SRC has {list(m.shape)}")
+        spec = _field(row, "quant", (dict, type(None)), 'null (keep) or an object like {"mode": "affine", '
+                      '"bits": 4, "group_size": 64}', here)
+        quant = Quant.from_dict(spec, f"{here}.quant") if spec is not None else None
+        rule_name = _field(row, "rule", (str,), "a string", here, "plan-file")
+        reason = _field(row, "reason", (str,), "a string", here, "plan file")
+        rule = Rule(rule_name, 0, lambda _: True, lambda _, q=quant: q, reason, requested=True)
         if quant is not None and not m.quantizable:
-            raise PlanError(f"{here}: {quant}, but the mlx-lm module has no to_quantized; expected null")
+            raise PlanError(f"{here}.quant: {quant}, but the mlx-lm module ({m.kind or 'it'}) has no "
+                            "to_quantized; expected null")
         if quant is not None and quant.global_scale and not m.takes_global_scale:
-            raise PlanError(f"{here}: global_scale, but the mlx-lm module takes none")
+            raise PlanError(f"{here}.quant.global_scale: true, but the mlx-lm module takes none; expected false")
         rows.append(decide(m, [rule], replace(options, global_scale=False), source_itemsize))
     return Plan(model_type, options, rows, list(notes or []))
 
@@ -498,8 +561,14 @@ def build_plan(modules: list[Module], model_type: str, options: Options, source_
     layers = [w[1] for m in modules if (w := layer_of(m.path))]
     rules = plan_rules(options, max(layers) + 1 if layers else 0, allocation)
     for rule in rules:
-        if rule.requested and not any(rule.applies(m) for m in modules):
-            raise PlanError(f"{rule.why}: matches no quantizable module of SRC (a typo?); "
-                            f"module paths look like {modules[len(modules) // 2].path}")
+        if not rule.requested or any(rule.applies(m) for m in modules):
+            continue
+        if matched := [m for m in modules if fnmatch.fnmatchcase(m.path, rule.pattern)]:
+            m = matched[0]
+            raise PlanError(f"{rule.why}: {m.path} exists but cannot be quantized (mlx-lm's {m.kind} has no "
+                            f"quantized form: no to_quantized), so it stays float; expected a pattern that "
+                            f"matches a quantizable module ({len(matched)} matched, none quantizable)")
+        raise PlanError(f"{rule.why}: matches no module of SRC (a typo?); "
+                        f"module paths look like {modules[len(modules) // 2].path}")
     rows = [decide(m, rules, options, source_itemsize) for m in modules]
     return Plan(model_type, options, rows, list(notes or []))

@@ -216,12 +216,23 @@ def _vocab_size(model: nn.Module, path: Path) -> int:
     return value
 
 
+def check_converted(dst: str | Path) -> Path:
+    """DST as a folder with a config.json, or a CheckpointError saying what is there instead."""
+    dst = Path(dst)
+    if not dst.is_dir():
+        raise CheckpointError(f"{dst}: {'a file' if dst.exists() else 'no such folder'}; expected a converted "
+                              "checkpoint folder")
+    if not (dst / "config.json").is_file():
+        raise CheckpointError(f"{dst / 'config.json'}: not found; expected a converted checkpoint folder")
+    return dst
+
+
 def tokens_for_prompt(path: str | Path, text: str) -> mx.array:
     """`text` as a [1, n] token batch, tokenized by the checkpoint's own tokenizer (mlx-lm's
     `load_tokenizer`, special tokens such as BOS added as the tokenizer does)."""
     from mlx_lm.utils import load_tokenizer
 
-    path = Path(path)
+    path = check_converted(path)
     try:
         tokenizer = load_tokenizer(path)
     except Exception as e:  # noqa: BLE001 - transformers raises many types for a missing tokenizer
@@ -283,12 +294,15 @@ def verify(dst: str | Path, reference: str | Path, tokens: mx.array | None = Non
     over DST's vocabulary (`evaluate.fixed_tokens`). The models are loaded one after the other.
     `against_transformers` also compares DST with SRC's own transformers forward pass.
     """
-    dst = Path(dst)
+    dst = check_converted(dst)
     model = load_float32(dst)
+    vocab = _vocab_size(model, dst)
     if tokens is None:
-        tokens = fixed_tokens(_vocab_size(model, dst), batch=BATCH, length=LENGTH)
+        tokens = fixed_tokens(vocab, batch=BATCH, length=LENGTH)
     if tokens.ndim == 1:
         tokens = tokens[None]
+    if tokens.size and (high := tokens.max().item()) >= vocab:  # mlx's embedding does not check: a native crash
+        raise CheckpointError(f"{dst}: its tokenizer gives token id {high}; expected ids below its vocab_size {vocab}")
     dst_logits, dst_routes = _run(model, tokens)
     del model
 

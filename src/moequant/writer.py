@@ -3,20 +3,24 @@ result against the plan, then rename it into place. Nothing half-written ever lo
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import os
 import shutil
+import signal
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
 
+from . import __version__
 from .checkpoint import (DTYPE_TAGS, INDEX_FILE, ITEMSIZE, SIDECAR_PATTERNS, Stacked, encode_header,
                          read_safetensors_header, tensor_bytes)
-from .errors import OutputError
+from .errors import OutputError, os_reason
 from .names import module_path
 from .plan import MODES, Plan
 
@@ -24,6 +28,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SHARD_SIZE = 5 << 30  # bytes, as mlx-lm
 PARTS_AT_ONCE = 8  # parts of a Stacked tensor (experts) evaluated together
+# moequant's mark on every output folder: {"written_by": "moequant", "version": …, "files": [every
+# file it wrote]}. `--force` replaces an existing DST only if it carries this mark and holds
+# nothing else (or is empty), so it can never delete a folder moequant did not write.
+MARK_FILE = "moequant.json"
+SPACE_MARGIN = 1 << 20  # bytes beyond the shards: index, config.json, tokenizer files
 
 
 def _alive(pid: str) -> bool:
@@ -36,12 +45,100 @@ def _alive(pid: str) -> bool:
     return True
 
 
-def check_destination(dst: Path, force: bool) -> None:
-    """Refuse an existing DST before any work is done."""
-    if dst.exists() and not force:
-        raise OutputError(f"{dst}: already exists; expected a new folder (or pass --force to replace it)")
+def _folder_names(folder: Path, limit: int = 3) -> str:
+    names = sorted(p.name for p in folder.iterdir())
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _marked_files(folder: Path) -> set[str] | None:
+    """The files a previous moequant run wrote into `folder` (its MARK_FILE lists them), or None
+    if the folder carries no readable mark."""
+    try:
+        mark = json.loads((folder / MARK_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(mark, dict) or mark.get("written_by") != "moequant" or not isinstance(mark.get("files"), list):
+        return None
+    return {str(f) for f in mark["files"]} | {MARK_FILE}
+
+
+def check_apart(dst: Path, src: Path) -> None:
+    """Refuse a DST that is SRC, holds SRC or lies inside it: writing there (let alone --force
+    replacing it) would destroy or mix into the source checkpoint."""
+    d, s = Path(dst).resolve(), Path(src).resolve()
+    if d == s:
+        raise OutputError(f"{dst}: is SRC itself; expected a different folder (the source checkpoint is never "
+                          "replaced)")
+    if d in s.parents:
+        raise OutputError(f"{dst}: contains SRC ({src}); expected a folder outside it (replacing it would delete "
+                          "the source)")
+    if s in d.parents:
+        raise OutputError(f"{dst}: lies inside SRC ({src}); expected a folder outside the source checkpoint")
+
+
+def check_destination(dst: Path, force: bool, src: Path | None = None) -> None:
+    """Refuse, before any work is done, a DST that cannot be written or must not be replaced.
+
+    Without --force DST must not exist. With --force an existing DST is replaced only if it is an
+    empty folder or a previous moequant output: a folder carrying MARK_FILE, holding nothing but
+    the files listed there. A file, a link or any other folder is named and left alone."""
+    dst = Path(dst)
+    if src is not None:
+        check_apart(dst, src)
+    if dst.is_symlink():
+        raise OutputError(f"{dst}: is a symbolic link; expected a new folder (moequant never replaces a link)")
+    if dst.exists():
+        if not dst.is_dir():
+            raise OutputError(f"{dst}: is a file; expected a new folder (moequant never replaces a file, "
+                              "even with --force)")
+        try:
+            present = {p.name for p in dst.iterdir()}
+        except OSError as e:
+            raise OutputError(f"{dst}: {os_reason(e)}; expected a new folder") from None
+        marked = _marked_files(dst)
+        if present and marked is None:
+            raise OutputError(f"{dst}: already exists and is not a moequant output (no {MARK_FILE}; holds "
+                              f"{_folder_names(dst)}); expected a new folder (--force replaces only a previous "
+                              "moequant output or an empty folder)")
+        if present and (extra := sorted(present - marked)):
+            raise OutputError(f"{dst}: a moequant output that also holds {', '.join(extra[:3])}, which moequant "
+                              f"did not write; expected a new folder (--force replaces only what moequant wrote)")
+        if not force:
+            raise OutputError(f"{dst}: already exists; expected a new folder (or pass --force to replace it)")
     if dst.parent.exists() and not dst.parent.is_dir():
         raise OutputError(f"{dst.parent}: not a folder; expected DST's parent to be one")
+
+
+@contextmanager
+def _signals_held():
+    """SIGINT and SIGTERM wait until the block is done (in the main thread, where Python runs
+    signal handlers); elsewhere a no-op."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    main = threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_sigmask")
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held) if main else None
+    try:
+        yield
+    finally:
+        if main:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def size_text(n: int) -> str:
+    """Bytes for a message: '5.37 GB (5,368,709,120 bytes)'."""
+    value, unit = float(n), "bytes"
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            break
+        value /= 1000
+    return f"{n:,} bytes" if unit == "bytes" else f"{value:.2f} {unit} ({n:,} bytes)"
+
+
+def free_space(folder: Path) -> int:
+    """Bytes free for writing in `folder` (its nearest existing ancestor's file system)."""
+    folder = Path(folder).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
 
 
 @dataclass(frozen=True)
@@ -67,25 +164,43 @@ class Output:
     offset the moment it is computed. Nothing waits for a shard to fill: memory stays bounded by
     the group being converted, whatever the shard size or the model size."""
 
-    def __init__(self, dst: Path, force: bool = False, shard_size: int = DEFAULT_SHARD_SIZE):
+    def __init__(self, dst: Path, force: bool = False, shard_size: int = DEFAULT_SHARD_SIZE,
+                 src: Path | None = None):
         self.dst = Path(dst)
         self.force = force
         self.shard_size = shard_size
+        self.src = src
         self.tmp = self.dst.parent / f".{self.dst.name}.moequant-partial-{os.getpid()}"
         self.slots: dict[str, Slot] = {}
         self.names: list[str] = []
         self.files: list[int] = []  # open file descriptors, one per shard
         self.written: set[str] = set()
+        self.nbytes = 0  # of all shards, once allocated
         self.lock = threading.Lock()  # `add` is called from several worker threads
 
+    @contextmanager
+    def _os(self, doing: str, path: Path | None = None):
+        """An OSError while writing as one OutputError naming DST (or `path`) and what was expected."""
+        try:
+            yield
+        except OSError as e:
+            where = path or self.dst
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                expected = f"{size_text(self.nbytes + SPACE_MARGIN)} free for DST" if self.nbytes else "free space"
+            else:
+                expected = f"a folder moequant can write ({where.parent if where == self.dst else where})"
+            raise OutputError(f"{where}: {os_reason(e)} ({doing}); expected {expected}") from None
+
     def __enter__(self) -> "Output":
-        check_destination(self.dst, self.force)
-        self.dst.parent.mkdir(parents=True, exist_ok=True)
+        check_destination(self.dst, self.force, self.src)
+        with self._os(f"creating {self.dst.parent}", self.dst.parent):
+            self.dst.parent.mkdir(parents=True, exist_ok=True)
         for stale in self.dst.parent.glob(f".{self.dst.name}.moequant-partial-*"):
             if not _alive(stale.name.rsplit("-", 1)[-1]):  # left by a run that was killed (SIGKILL)
                 log.info("removing %s, left by an interrupted run", stale)
                 shutil.rmtree(stale, ignore_errors=True)
-        self.tmp.mkdir()
+        with self._os(f"creating a temporary folder in {self.dst.parent}", self.dst.parent):
+            self.tmp.mkdir()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -94,12 +209,18 @@ class Output:
 
     def _close(self) -> None:
         for fd in self.files:
-            os.close(fd)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         self.files = []
 
     def allocate(self, manifest: list[tuple[str, str, tuple[int, ...]]]) -> None:
         """Cut the manifest (key, dtype tag, shape; in write order) into shards of at most
-        `shard_size` bytes (a larger tensor gets a shard of its own) and create the files."""
+        `shard_size` bytes (a larger tensor gets a shard of its own) and create the files — once
+        DST's file system is known to have room for all of them (shutil.disk_usage)."""
+        if self.shard_size <= 0:
+            raise OutputError(f"shard size {self.shard_size}: expected a size above 0 bytes")
         shards: list[list[tuple[str, str, tuple[int, ...]]]] = [[]]
         size = 0
         for entry in manifest:
@@ -111,16 +232,32 @@ class Output:
             size += nbytes
         n = len(shards)
         self.names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-        for i, (entries, name) in enumerate(zip(shards, self.names)):
+        headers, ends = [], []
+        for i, entries in enumerate(shards):
             header = encode_header(entries, {"format": "mlx"})
             offset = len(header)
             for key, tag, shape in entries:
                 self.slots[key] = slot = Slot(key, tag, tuple(shape), i, offset)
                 offset += slot.nbytes
-            fd = os.open(self.tmp / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            self.files.append(fd)
-            os.pwrite(fd, header, 0)
-            os.ftruncate(fd, offset)
+            headers.append(header)
+            ends.append(offset)
+        self.nbytes = sum(ends)
+        need = self.nbytes + SPACE_MARGIN + self._sidecar_bytes()
+        if (free := free_space(self.dst.parent)) < need:
+            raise OutputError(f"{self.dst.parent}: {size_text(free)} free; expected at least {size_text(need)} "
+                              f"for DST ({n} shard{'s' * (n > 1)} and its config and tokenizer files)")
+        for name, header, end in zip(self.names, headers, ends):
+            with self._os(f"creating {name}"):
+                fd = os.open(self.tmp / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                self.files.append(fd)
+                os.pwrite(fd, header, 0)
+                os.ftruncate(fd, end)
+
+    def _sidecar_bytes(self) -> int:
+        if self.src is None:
+            return 0
+        return sum(f.stat().st_size for pattern in SIDECAR_PATTERNS for f in Path(self.src).glob(pattern)
+                   if f.is_file())
 
     def add(self, tensors: dict[str, mx.array | Stacked]) -> None:
         """Evaluate tensors one module at a time and write each at its place (any mismatch with
@@ -136,7 +273,8 @@ class Output:
             whole = {k: v for k, v in batch.items() if not isinstance(v, Stacked)}
             mx.eval(list(whole.values()))
             for k, v in whole.items():
-                os.pwrite(self.files[slots[k].shard], tensor_bytes(v), slots[k].offset)
+                with self._os(f"writing {self.names[slots[k].shard]}"):
+                    os.pwrite(self.files[slots[k].shard], tensor_bytes(v), slots[k].offset)
             stacked = {k: v.parts for k, v in batch.items() if isinstance(v, Stacked)}
             del batch, whole
             n = min((len(parts) for parts in stacked.values()), default=0)
@@ -147,7 +285,8 @@ class Output:
                     slot = slots[k]
                     for i in chunk:
                         data = tensor_bytes(parts[i])
-                        os.pwrite(self.files[slot.shard], data, slot.offset + i * data.nbytes)
+                        with self._os(f"writing {self.names[slot.shard]}"):
+                            os.pwrite(self.files[slot.shard], data, slot.offset + i * data.nbytes)
                         parts[i] = None  # written: free it
 
     def _claim(self, key: str, value: mx.array | Stacked) -> Slot:
@@ -169,18 +308,38 @@ class Output:
         self._close()
         index = {"metadata": {"total_size": sum(s.nbytes for s in self.slots.values()), "total_parameters": plan.params},
                  "weight_map": {k: self.names[s.shard] for k, s in sorted(self.slots.items())}}
-        (self.tmp / INDEX_FILE).write_text(json.dumps(index, indent=4))
-        for pattern in SIDECAR_PATTERNS:
-            for file in source.glob(pattern):
-                if file.is_file() and not (self.tmp / file.name).exists():
-                    shutil.copy(file, self.tmp / file.name)
-        (self.tmp / "config.json").write_text(json.dumps(dict(sorted(config.items())), indent=4))
+        with self._os("writing its index, config.json and tokenizer files"):
+            (self.tmp / INDEX_FILE).write_text(json.dumps(index, indent=4))
+            for pattern in SIDECAR_PATTERNS:
+                for file in source.glob(pattern):
+                    if file.is_file() and not (self.tmp / file.name).exists():
+                        shutil.copy(file, self.tmp / file.name)
+            (self.tmp / "config.json").write_text(json.dumps(dict(sorted(config.items())), indent=4))
+            files = sorted(p.name for p in self.tmp.iterdir())
+            mark = {"written_by": "moequant", "version": __version__, "files": [*files, MARK_FILE]}
+            (self.tmp / MARK_FILE).write_text(json.dumps(mark, indent=4))
         verify_output(self.tmp, plan)
-        if self.dst.exists():  # --force: the old DST goes only once the new one is complete
-            old = self.dst.parent / f".{self.dst.name}.moequant-old-{os.getpid()}"
+        with self._os("moving the finished output into place"):
+            self._replace()
+
+    def _replace(self) -> None:
+        """Rename the finished temporary folder to DST. An existing DST (--force) is checked once
+        more (it may have changed during the run), set aside, and deleted only once the new DST is
+        in place; if that rename fails the old DST is put back, so no user folder is ever left
+        renamed."""
+        if not (self.dst.exists() or self.dst.is_symlink()):
+            self.tmp.rename(self.dst)
+            return
+        check_destination(self.dst, True, self.src)
+        old = self.dst.parent / f".{self.dst.name}.moequant-old-{os.getpid()}"
+        with _signals_held():  # a Ctrl-C between the two renames must not leave the old DST set aside
             self.dst.rename(old)
-            shutil.rmtree(old)
-        self.tmp.rename(self.dst)
+            try:
+                self.tmp.rename(self.dst)
+            except OSError:
+                old.rename(self.dst)
+                raise
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def output_config(resolved_config: dict, plan: Plan) -> dict:
