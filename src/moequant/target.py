@@ -17,16 +17,19 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import importlib
 import importlib.util
 import inspect
 import logging
+import re
 import sys
 
 import mlx.nn as nn
 
 from .configmap import apply_renames
 from .errors import CheckpointError
-from .families import CONFIG_ALIASES, MODEL_ARCHITECTURES, MODEL_TYPES, PLAIN_ROPE_TYPES, TRANSFORMERS_BOOKKEEPING, VISION_LANGUAGE
+from .families import (ABSENT_AS_ZEROS, CONFIG_ALIASES, MODEL_ARCHITECTURES, MODEL_TYPES, PLAIN_ROPE_TYPES, TEXT_ARGS,
+                       TRANSFORMERS_BOOKKEEPING, VISION_LANGUAGE, WRAPPED)
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +172,11 @@ def choose_runner(config: dict, runner: str | None = None) -> tuple[str, str | N
     return MLX_LM, None
 
 
-def _fill_aliases(resolved: dict, takes, where: str = "") -> list[str]:
-    """Aliased keys filled in `resolved` (in place) for a config class taking `takes`: the
-    model_type's renames (configmap), then the aliases every model_type has; one note each."""
-    notes = apply_renames(resolved, takes, resolved.get("model_type"), where)
+def _fill_aliases(resolved: dict, takes, where: str = "", model_type: str | None = None) -> list[str]:
+    """Aliased keys filled in `resolved` (in place) for a config class taking `takes`: the renames
+    of `model_type` (mlx-lm's; default resolved's own) (configmap), then the aliases every
+    model_type has; one note each."""
+    notes = apply_renames(resolved, takes, model_type or resolved.get("model_type"), where)
     for alias in CONFIG_ALIASES:
         if alias.key in resolved or alias.key not in takes:
             continue
@@ -260,10 +264,25 @@ def fill_defaults(config: dict) -> tuple[dict, list[str]]:
         resolved["model_type"] = MODEL_ARCHITECTURES[model_type, architecture]
         notes.append(f"config: model_type {model_type!r} with architectures [{architecture!r}] is mlx-lm's "
                      f"{resolved['model_type']!r}")
+    elif model_type in WRAPPED:
+        resolved = {"model_type": MODEL_TYPES[model_type], "text_config": resolved}
+        notes.append(f"config: model_type {model_type!r} is the language model of mlx-lm's "
+                     f"{MODEL_TYPES[model_type]!r}: its keys under text_config, its tensors under "
+                     + ", ".join(new for _, new in WRAPPED[model_type].prefixes))
     elif model_type in MODEL_TYPES:
         resolved["model_type"] = MODEL_TYPES[model_type]
         notes.append(f"config: model_type {model_type!r} is mlx-lm's {MODEL_TYPES[model_type]!r}")
     return resolved, notes
+
+
+def text_args_class(model_type: str):
+    """The class mlx-lm's `model_type` reads its language model's keys with (TEXT_ARGS)."""
+    module, _, name = TEXT_ARGS[model_type].rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _text_args_fields(model_type: str) -> set[str]:
+    return _config_fields(text_args_class(model_type))
 
 
 def resolve_config(config: dict, runner: str | None = None) -> tuple[dict, list[str]]:
@@ -286,9 +305,27 @@ def resolve_config(config: dict, runner: str | None = None) -> tuple[dict, list[
             resolved.pop(key)
         _, args_class = model_classes(config)
         notes += _fill_aliases(resolved, inspect.signature(args_class).parameters)
+        if resolved["model_type"] in TEXT_ARGS:  # the language model's keys: in text_config, or flat
+            text = resolved.get("text_config")
+            nested = isinstance(text, dict)
+            notes += _fill_aliases(text if nested else resolved, _text_args_fields(resolved["model_type"]),
+                                   "text_config." if nested else "", resolved["model_type"])
+        notes += [f"{row.flag} is false: {row.what} written as zeros (mlx-lm's {resolved['model_type']} always has "
+                  "them; zeros compute what transformers computes without them)" for row in _zero_rows(resolved)]
     for line in notes:
         log.info("config: %s", line)
     return resolved, notes
+
+
+def _zero_rows(config: dict):
+    return [row for row in ABSENT_AS_ZEROS.get(config.get("model_type"), ()) if config.get(row.flag) is False]
+
+
+def absent_as_zeros(config: dict, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """The parameters (key -> shape) of a resolved config's model written as zeros: those of an
+    ABSENT_AS_ZEROS row whose flag transformers reads as false."""
+    rows = _zero_rows(config)
+    return {k: shape for k, shape in shapes.items() if any(re.search(row.keys, k) for row in rows)}
 
 
 def reads_as_is(config: dict) -> bool:
