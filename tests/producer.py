@@ -68,7 +68,7 @@ PRODUCED: dict[str, Produced] = {p.model_type: p for p in (
     Produced("qwen3_moe"),
     Produced("qwen3_next", {"layer_types": _HYBRID}),
     Produced("olmoe"),
-    Produced("phimoe"),
+    Produced("phimoe", {"sliding_window": None}),  # mlx-lm's phimoe has no sliding window (a plan note: ignored.py)
     Produced("deepseek_v2", _MLA),
     Produced("deepseek_v3", _MLA),
     Produced("deepseek_v32", _MLA),
@@ -81,12 +81,21 @@ PRODUCED: dict[str, Produced] = {p.model_type: p for p in (
     Produced("granitemoe"),
     Produced("granitemoehybrid", {"layer_types": ["mamba", "attention", "mamba"]}),
     Produced("jamba", {"attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2, "expert_layer_offset": 1}),
-    Produced("gpt_oss"),
-    Produced("llama4_text"),
-    Produced("hunyuan_v1_moe"),
+    # YaRN truncated: mlx-lm always truncates (a plan note for the releases' truncate false: ignored.py)
+    Produced("gpt_oss", {"rope_parameters": {"rope_type": "yarn", "rope_theta": 150000.0, "factor": 32.0,
+                                             "beta_fast": 32.0, "beta_slow": 1.0, "truncate": True,
+                                             "original_max_position_embeddings": 4096}}),
+    # top-1 routing as the releases (mlx-lm's llama4 asserts it); 4 layers, the 4th NoPE + global attention
+    # (mlx-lm's llama4 hard-codes that period), MoE every other layer as Maverick
+    Produced("llama4_text", {"num_experts_per_tok": 1, "num_hidden_layers": 4, "moe_layers": [1, 3]}),
+    # tied (mlx-lm's hunyuan has no lm_head); every expert chosen, the one routing where transformers'
+    # renormalized top-k weights equal mlx-lm's softmax weights (a plan note otherwise: ignored.py)
+    Produced("hunyuan_v1_moe", {"tie_word_embeddings": True, "moe_topk": E}),
     Produced("minimax"),
     Produced("minimax_m2"),
-    Produced("lfm2_moe", {"layer_types": ["conv", "full_attention", "conv"], "num_dense_layers": 1}),
+    # tied, as the release and transformers' default are: mlx-lm's lfm2_moe has no lm_head of its own
+    Produced("lfm2_moe", {"layer_types": ["conv", "full_attention", "conv"], "num_dense_layers": 1,
+                          "tie_word_embeddings": True}),
     # num_layers counts LongCat's double layers (two attentions and MLPs and one MoE each); the FFN sizes have
     # their own names (transformers' attribute_map hides intermediate_size / moe_intermediate_size)
     Produced("longcat_flash", {**_MLA, "num_layers": 2, "ffn_hidden_size": I_DENSE, "expert_ffn_hidden_size": I_MOE,
@@ -96,7 +105,11 @@ PRODUCED: dict[str, Produced] = {p.model_type: p for p in (
     Produced("mistral4", {**_MLA, "head_dim": None}, model_class="Mistral4ForCausalLM"),
     Produced("nemotron_h"),
     Produced("afmoe", {"layer_types": _SLIDING}),
-    Produced("dbrx", {"d_model": H, "n_heads": HEADS, "n_layers": LAYERS, "attn_config": {"kv_n_heads": KV_HEADS}, "ffn_config": {"ffn_hidden_size": I_MOE, "moe_num_experts": E, "moe_top_k": TOP_K}}),
+    # attn_config as DBRX's release states it: transformers 5.25's DbrxAttention reads attn_config.rope_theta and
+    # clamps with attn_config.clip_qkv (its defaults, absent / None, fail)
+    Produced("dbrx", {"d_model": H, "n_heads": HEADS, "n_layers": LAYERS,
+                      "attn_config": {"kv_n_heads": KV_HEADS, "rope_theta": 500000.0, "clip_qkv": 8.0},
+                      "ffn_config": {"ffn_hidden_size": I_MOE, "moe_num_experts": E, "moe_top_k": TOP_K}}),
     Produced("laguna", {"mlp_layer_types": ["dense", "sparse", "sparse"]}),
     Produced("mellum"),
     Produced("kimi_linear", _KDA),
@@ -104,7 +117,8 @@ PRODUCED: dict[str, Produced] = {p.model_type: p for p in (
     Produced("bailing_hybrid", {**_KDA, "layer_types": ["linear_attention", "linear_attention", "full_attention"],
                                 "layer_group_size": 3}),
     Produced("solar_open"),
-    Produced("step3p5", {"pad_token_id": 0, "layer_types": _SLIDING, "mlp_layer_types": ["dense", "sparse", "sparse"]}),
+    # no step3p5: transformers 5.25 reads model_type step3p5 only as step3p7's text_config (Step3p7TextConfig); its
+    # one model for it, Step3p7TextModel, has no lm_head, and no causal-LM class takes it (the release is custom code)
     Produced("gemma4_text", {"layer_types": _SLIDING}),
     Produced("qwen3_5_moe_text", {"layer_types": _HYBRID}),
     Produced("flex_olmo"),

@@ -20,7 +20,8 @@ transformers = pytest.importorskip("transformers", minversion="5.0")
 pytest.importorskip("torch")
 
 from moequant.configmap import COMMON, CONVERTERS, RENAMES, lookup  # noqa: E402
-from moequant.target import model_classes, resolve_config  # noqa: E402
+from moequant.families import TEXT_ARGS  # noqa: E402
+from moequant.target import model_classes, resolve_config, text_args_class  # noqa: E402
 
 from producer import PRODUCED, tiny_config  # noqa: E402
 from test_producer import SUPPORTED  # noqa: E402
@@ -33,6 +34,7 @@ DIFFERENT_MEANING = {
     "rope_scaling",  # transformers 5 keeps it in rope_parameters; checked through rope_theta and the logits
     "rope_parameters",
     "layer_types", "mlp_layer_types",  # mlx-lm may spell the values differently; RENAMES rows convert them
+    "position_embedding_type",  # granitemoehybrid: transformers' None (no RoPE) is mlx-lm's "nope" (a RENAMES row)
 }
 
 
@@ -71,6 +73,8 @@ def test_every_model_args_field_holds_transformers_value(tmp_path, model_type):
     theirs = type(config).from_pretrained(tmp_path)
     resolved, _ = resolve_config(written, "mlx-lm")
     args = model_classes(resolved)[1].from_dict(resolved)
+    if resolved["model_type"] in TEXT_ARGS:  # the language model's keys reach another class (text_config or flat)
+        args = text_args_class(resolved).from_dict(resolved.get("text_config") or resolved)
     full = theirs.to_dict()
     checked, differ = [], []
     for f in dataclasses.fields(args):

@@ -61,7 +61,7 @@ ARCHITECTURES: tuple[Arch, ...] = (
          "MLA without q_lora, YaRN, greedy softmax routing"),
     Arch("olmoe", _LM, "olmoe", S, "allenai/OLMoE-1B-7B-0924", "q_norm/k_norm over all heads"),
     Arch("phimoe", _LM, "phimoe", S, "microsoft/Phi-3.5-MoE-instruct",
-         "block_sparse_moe w1/w2/w3, LayerNorm with bias, attention and lm_head biases, longrope; mlx-lm's phimoe has no sliding window: where config.json sets one shorter than the context, mlx-lm attends to every earlier token and outputs differ from transformers' on prompts longer than the window (the plan notes it)"),
+         "block_sparse_moe w1/w2/w3, LayerNorm with bias, attention and lm_head biases, longrope; mlx-lm's phimoe has no sliding window: where config.json sets one shorter than the context, mlx-lm attends to every earlier token and outputs differ from transformers' on prompts longer than the window (the plan notes it). A transformers save with attention_bias / lm_head_bias false gets zero biases (the same function)"),
     Arch("minimax_m2", _LM, "minimax", S, "MiniMaxAI/MiniMax-M2",
          "block_sparse_moe w1/w2/w3, sigmoid router + e_score_correction_bias, qk norm, partial rotary"),
     Arch("Klear", _LM, "Klear", S, "Kwai-Klear/Klear-46B-A2.5B-Instruct",
@@ -81,7 +81,11 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("granitemoe", _LM, "granitemoe", S, "ibm-granite/granite-3.1-3b-a800m-instruct",
          "fused input_linear [E, 2I, H] / output_linear, nested router.layer gate, muP multipliers, tied"),
     Arch("hunyuan", _LM, "hunyuan", S, "tencent/Tencent-Hunyuan-Large",
-         "cross-layer KV sharing, nested gate.wg, shared_mlp, NTK-alpha rope, tied embeddings"),
+         "cross-layer KV sharing, nested gate.wg, shared_mlp, NTK-alpha rope, tied embeddings. transformers' "
+         "HunYuanMoEV1 (model_type hunyuan_v1_moe, e.g. a Hunyuan-A13B fine-tune saved by transformers) converts "
+         "too, but mlx-lm's hunyuan does not renormalize the top-k routing weights as transformers does, so its "
+         "logits differ (a plan note; equal only when moe_topk = num_experts); an untied lm_head is refused "
+         "(mlx-lm's hunyuan has none)"),
     Arch("bailing_moe", _LM, "bailing_moe", S, "inclusionAI/Ling-mini-2.0",
          "word_embeddings, query_key_value, gate renamed by sanitize (gate.gate_proj), expert_bias, group routing"),
     Arch("afmoe", _LM, "afmoe", S, "Arcee Trinity Mini",
@@ -93,9 +97,12 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch("llama4", _LM, "llama4", S, "meta-llama/Llama-4-Scout-17B-16E-Instruct",
          "fused transposed experts gate_up_proj [E, H, 2I], router, shared expert, dense + MoE layers, for mlx-lm "
          "(text only); and the whole release (vision_model with its pixel-shuffle adapter, multi_modal_projector) "
-         "for mlx-vlm's llama4: " + VLM_DONE),
+         "for mlx-vlm's llama4: " + VLM_DONE + ". transformers' text-only Llama4ForCausalLM (model_type llama4_text) "
+         "converts for mlx-lm's llama4 (config under text_config, tensors under language_model.*) when its layers "
+         "follow mlx-lm's hard-coded pattern (RoPE + chunked attention except every 4th layer, 4 layers or more)"),
     Arch("lfm2_moe", _LM, "lfm2_moe", S, "LiquidAI/LFM2-8B-A1B",
-         "short conv + attention, w1/w2/w3 renamed by sanitize, conv weights transposed, expert_bias, tied"),
+         "short conv + attention, w1/w2/w3 renamed by sanitize, conv weights transposed, expert_bias, tied "
+         "(tie_word_embeddings false is refused: mlx-lm's lfm2_moe has no lm_head of its own)"),
     Arch("jamba", _LM, "jamba", S, "ai21labs/AI21-Jamba-Mini-1.5",
          ("Mamba + attention, MoE every other layer, conv1d transposed. mlx-lm's jamba weighs the chosen experts by a "
          "softmax over their logits only (weights sum to 1), transformers by the softmax over all experts (unnormalized): "
@@ -151,7 +158,8 @@ ARCHITECTURES: tuple[Arch, ...] = (
          "Gated DeltaNet + attention, shared expert gate, (1 + w) norms: per-expert handoff to sanitize"),
     Arch("qwen3_5_moe", _LM, "qwen3_5_moe", S, "Qwen3.5-35B-A3B",
          "fused experts under model.language_model, Gated DeltaNet, (1 + w) norms, for mlx-lm (text only); and the "
-         "whole release (model.visual, no deepstack) for mlx-vlm's qwen3_5_moe: " + VLM_DONE),
+         "whole release (model.visual, no deepstack) for mlx-vlm's qwen3_5_moe: " + VLM_DONE + ". transformers' "
+         "text-only Qwen3_5MoeForCausalLM (model_type qwen3_5_moe_text) converts for mlx-lm's qwen3_5_moe"),
     Arch("qwen3_vl_moe", _LM, "qwen3_vl_moe", S, "Qwen/Qwen3-VL-30B-A3B-Instruct",
          "fused in x out experts under model.language_model, for mlx-lm (text only); and the whole release (model.visual "
          "+ deepstack mergers) for mlx-vlm's qwen3_vl_moe: " + VLM_DONE),
@@ -167,7 +175,10 @@ ARCHITECTURES: tuple[Arch, ...] = (
          "which renames them and adds 1 to every zero-centred norm on seeing them; router_bias, share_expert, "
          "full + sliding layers with their own heads, per-layer rope theta, head-wise attention gate, clamped SwiGLU"),
     Arch("gpt_oss", _LM, "gpt_oss", S, "openai/gpt-oss-20b",
-         "MXFP4 fused experts (gate/up rows interleaved) read as MLX mxfp4, fused biases, router bias, sinks"),
+         "MXFP4 fused experts (gate/up rows interleaved) read as MLX mxfp4, fused biases, router bias, sinks; and "
+         "transformers' own float save (gate_up_proj [E, H, 2I], columns interleaved). mlx-lm's YaRN always "
+         "truncates the correction range, the releases say truncate false: logits differ slightly from "
+         "transformers' (a plan note)"),
     # ---- not yet ----
     Arch("minimax", _LM, "minimax", N, "MiniMaxAI/MiniMax-Text-01",
          "model_type minimax is MiniMax-Text-01/M1 in transformers: lightning (linear) attention layers beside "
@@ -176,8 +187,21 @@ ARCHITECTURES: tuple[Arch, ...] = (
          "every layer, sigmoid router with e_score_correction_bias), so mlx-lm cannot run MiniMax-Text-01"),
     Arch("dbrx", _LM, "dbrx", N, "databricks/dbrx-instruct",
          "mlx-lm keeps DBRX's experts as a list of per-expert Linear modules (no SwitchLinear): the plan "
-         "cannot see them as routed experts nor find the router, and the release fuses them as "
-         "ffn.experts.mlp.w1/v1/w2 [E·I, H] (w2 transposed); needs a per-expert handoff for that layout"),
+         "cannot see them as routed experts nor find the router, and the release (as transformers 5 saves it too: "
+         "transformer.blocks.{l}.ffn.experts.mlp.w1/v1/w2 [E·I, H], w2 transposed per expert) fuses them; needs "
+         "the plan's roles to take a list of expert Linears and a per-expert handoff for that layout. Until then "
+         "mlx_lm.convert converts it (experts quantized like any Linear)"),
+    Arch("flex_olmo", _LM, "flex_olmo", N, "allenai/FlexOlmo-7x7B-1T",
+         "mlx-lm 0.32.2 has no model for it (FlexOlmo normalizes after attention and after the MoE block, OLMo-2 "
+         "style; mlx-lm's olmoe normalizes before them, so it cannot run FlexOlmo's weights): run it with "
+         "transformers, or convert once mlx-lm has a flex_olmo model"),
+    Arch("granitemoeshared", _LM, "granitemoeshared", N, "ibm-research/moe-7b-1b-active-shared-experts",
+         "mlx-lm 0.32.2 has no model for it (GraniteMoE with a shared MLP beside the experts; mlx-lm's granitemoe "
+         "has no shared MLP): run it with transformers, or convert once mlx-lm has a granitemoeshared model"),
+    Arch("jetmoe", _LM, "jetmoe", N, "jetmoe/jetmoe-8b",
+         "mlx-lm 0.32.2 has no model for it (JetMoE routes attention heads too: a mixture of attention heads, "
+         "experts.input_linear / output_linear per attention layer): run it with transformers, or convert once "
+         "mlx-lm has a jetmoe model"),
     Arch("phixtral", _LM, "phixtral", N, "mlabonne/phixtral-4x2_8",
          "tried: mlx-lm's phixtral ModelArgs reads model_dim / num_heads / num_layers / num_vocab, which the release's "
          "config.json (model_type phi-msft: n_embd, n_head, n_layer, vocab_size) does not carry, so mlx-lm runs it "

@@ -17,6 +17,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from .errors import CheckpointError
+from .families import WRAPPED
 from .names import layer_of
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ class Checkpoint:
         out = {}
         for file, names in by_file.items():
             arrays = mx.load(str(file))
-            out.update((k, arrays[k]) for k in names)
+            out.update((k, arrays[self.tensors[k].key]) for k in names)  # a WRAPPED source's keys are renamed
         return out
 
 
@@ -269,4 +270,13 @@ def read_checkpoint(src: str | os.PathLike) -> Checkpoint:
         for file in files:
             tensors.update(read_safetensors_header(file))
     log.debug("read %d tensors from %s", len(tensors), path)
+    if wrapped := WRAPPED.get(config["model_type"]):  # a language model alone: its keys as its wrapper's
+        tensors = {_wrapped_key(key, wrapped.prefixes): info for key, info in tensors.items()}
     return Checkpoint(path, config, tensors)
+
+
+def _wrapped_key(key: str, prefixes: tuple[tuple[str, str], ...]) -> str:
+    for old, new in prefixes:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key

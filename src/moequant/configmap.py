@@ -229,6 +229,76 @@ def _block_pattern(layers_block_type, _: dict) -> str | None:
     return "".join(table[t] for t in layers_block_type)
 
 
+@converter("full_attention_interval")
+def _full_attention_interval(layer_types, _: dict) -> int:
+    """layer_types -> the n of mlx-lm's rule "layer l is full attention iff (l + 1) % n == 0"
+    (qwen3_next, qwen3_5: full_attention_interval), or a one-line error for another pattern."""
+    types = _layer_types(layer_types, "layer_types")
+    full = [t == "full_attention" for t in types]
+    for n in range(1, len(types) + 1):
+        if full == [(i + 1) % n == 0 for i in range(len(types))]:
+            return n
+    raise CheckpointError(
+        f"config.json: layer_types {types!r} is not full attention every n-th layer; expected a pattern mlx-lm's "
+        "full_attention_interval can say (layer l full iff (l + 1) % n == 0)")
+
+
+# transformers' layer type names -> mlx-lm's granitemoehybrid (modeling_granitemoehybrid: a layer is Mamba iff
+# its type is "linear_attention", else attention; mlx-lm's GraniteMoeHybridLayer takes "mamba" / "attention")
+_GRANITE_LAYER_TYPES = {"linear_attention": "mamba", "mamba": "mamba", "full_attention": "attention",
+                        "attention": "attention"}
+
+
+@converter("granite_layer_types")
+def _granite_layer_types(layer_types, _: dict) -> list[str]:
+    types = _layer_types(layer_types, "layer_types")
+    if bad := [t for t in types if t not in _GRANITE_LAYER_TYPES]:
+        raise CheckpointError(
+            f"config.json: layer_types has {bad[0]!r}; expected linear_attention (mamba) or full_attention "
+            "(attention), the layers mlx-lm's granitemoehybrid runs")
+    return [_GRANITE_LAYER_TYPES[t] for t in types]
+
+
+@converter("rope_or_nope")
+def _rope_or_nope(position_embedding_type, _: dict) -> str:
+    """transformers' GraniteMoeHybridModel builds RoPE only when position_embedding_type == "rope" (None:
+    no position embedding); mlx-lm's applies RoPE unless it is "nope"."""
+    return "rope" if position_embedding_type == "rope" else "nope"
+
+
+@converter("ntk_alpha_rope_scaling")
+def _ntk_alpha_rope_scaling(rope: dict, _: dict) -> dict | None:
+    """rope_parameters -> mlx-lm's hunyuan rope_scaling, which it always reads (DynamicNTKAlphaRoPE:
+    base * alpha ** (d / (d - 2))). transformers' HunYuanMoEV1RotaryEmbedding runs plain RoPE for
+    rope_type "default" (alpha 1.0 in mlx-lm's terms) and that NTK-alpha base for a "dynamic" type
+    with an alpha; any other scaling mlx-lm cannot say."""
+    if not isinstance(rope, dict):
+        return None
+    kind = rope.get("rope_type", rope.get("type"))
+    if kind in (None, "default"):
+        return {"type": "dynamic", "factor": 1.0, "alpha": 1.0}
+    if kind == "dynamic" and rope.get("alpha"):
+        return {"type": "dynamic", "factor": rope.get("factor", 1.0), "alpha": rope["alpha"]}
+    raise CheckpointError(
+        f"config.json: rope_parameters {rope!r}; expected rope_type default, or dynamic with an alpha (mlx-lm's "
+        "hunyuan runs NTK-alpha RoPE only)")
+
+
+@converter("interleave_moe_layer_step")
+def _interleave_moe_layer_step(moe_layers, config: dict) -> int | None:
+    """moe_layers (transformers' Llama4TextConfig: the MoE layer indices) -> the step of mlx-lm's rule
+    "layer l is MoE iff l % step == step - 1", or a one-line error for another pattern."""
+    n = config.get("num_hidden_layers")
+    if not isinstance(moe_layers, list) or not isinstance(n, int):
+        return None
+    for step in range(1, n + 1):
+        if sorted(moe_layers) == list(range(step - 1, n, step)):
+            return step
+    raise CheckpointError(
+        f"config.json: moe_layers {moe_layers!r} is not every step-th layer; expected a pattern mlx-lm's "
+        "interleave_moe_layer_step can say (layer l MoE iff l % step == step - 1)")
+
+
 # Renames every model_type gets (tried in order; the first source found wins).
 COMMON: tuple[Rename, ...] = (
     Rename("head_dim", "", "head_dim"),
@@ -275,6 +345,23 @@ RENAMES: dict[str, tuple[Rename, ...]] = {
         Rename("first_k_dense_replace", "mlp_layer_types", "first_k_dense_replace", overrides=True),
         Rename("moe_layer_freq", "mlp_layer_types", "moe_layer_freq", overrides=True),
     ),
+    # transformers' GraniteMoeHybrid spells its layer types linear_attention / full_attention (it remaps a
+    # release's mamba / attention on reading); mlx-lm's takes mamba / attention
+    "granitemoehybrid": (
+        Rename("layer_types", "layer_types", "granite_layer_types", overrides=True),
+        Rename("position_embedding_type", "position_embedding_type", "rope_or_nope", overrides=True),
+    ),
+    # transformers' HunYuanMoEV1 (model_type hunyuan_v1_moe, run by mlx-lm's hunyuan): every layer has one
+    # shared MLP beside the experts and q/k RMSNorm after RoPE, no cross-layer KV sharing; experts and shared MLP
+    # are intermediate_size wide (mlx-lm: moe_intermediate_size when set, else intermediate_size)
+    "hunyuan": (
+        Rename("use_mixed_mlp_moe", "", fixed(True)),
+        Rename("num_shared_expert", "", fixed(1)),
+        Rename("use_qk_norm", "", fixed(True)),
+        Rename("use_cla", "", fixed(False)),
+        Rename("cla_share_factor", "", fixed(1)),
+        Rename("rope_scaling", "rope_parameters", "ntk_alpha_rope_scaling"),
+    ),
     # transformers' KimiLinear: KDA dims and layer kinds in their own keys (mlx-lm: linear_attn_config), MLA
     # without RoPE (no rope_theta), sigmoid group-limited routing, MoE iff mlp_layer_types[l] == "sparse"
     "kimi_linear": (
@@ -284,6 +371,10 @@ RENAMES: dict[str, tuple[Rename, ...]] = {
         Rename("moe_layer_freq", "mlp_layer_types", "moe_layer_freq", overrides=True),
         Rename("moe_router_activation_func", "", fixed("sigmoid"), overrides=True),
         Rename("use_grouped_topk", "", fixed(True), overrides=True),
+    ),
+    # transformers' Llama4TextConfig: the MoE layers are moe_layers (interleave_moe_layer_step only builds its default)
+    "llama4": (
+        Rename("interleave_moe_layer_step", "moe_layers", "interleave_moe_layer_step", overrides=True),
     ),
     # transformers' LongcatFlash: MLA that always scales q and kv latents by sqrt(hidden / rank), routing that
     # sends the zero experts' share through unchanged (identity)
@@ -325,6 +416,14 @@ RENAMES: dict[str, tuple[Rename, ...]] = {
     # transformers' NemotronH: layers_block_type (a release's hybrid_override_pattern, read into it)
     "nemotron_h": (
         Rename("hybrid_override_pattern", "layers_block_type", "block_pattern"),
+    ),
+    # transformers' Qwen3_5Moe (text_config): layer_types (full_attention_interval is only read to build it)
+    "qwen3_5_moe": (
+        Rename("full_attention_interval", "layer_types", "full_attention_interval"),
+    ),
+    # transformers' Qwen3Next: layer_types (full_attention_interval is only read to build it)
+    "qwen3_next": (
+        Rename("full_attention_interval", "layer_types", "full_attention_interval"),
     ),
     # transformers' SolarOpen: every layer MoE (no dense layer, so no intermediate_size is read), partial
     # rotary from rope_parameters

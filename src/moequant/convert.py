@@ -27,7 +27,7 @@ from .names import canonical_name, layer_of, renamed
 from .plan import DTYPES, Mode, Options, Quant, build_plan, find_roles, plan_from_json
 from .stored import infer_fp_quant, infer_quant, read_stored, stale_notes
 from .quantize import Quantizer, check_complete, check_weights, parameter_shapes
-from .target import build_model, resolve_config
+from .target import absent_as_zeros, build_model, resolve_config
 from .writer import DEFAULT_SHARD_SIZE, Output, check_destination, output_config
 
 log = logging.getLogger(__name__)
@@ -238,7 +238,10 @@ class Conversion:
         weights: dict[str, mx.array] = {}
         for group in self.ckpt.groups():
             weights.update(self._unpacked(group, stacks))
-        return self.model.sanitize(weights) if hasattr(self.model, "sanitize") else weights
+        weights = self.model.sanitize(weights) if hasattr(self.model, "sanitize") else weights
+        for key, shape in absent_as_zeros(self.config, parameter_shapes(self.model)).items():
+            weights.setdefault(key, mx.zeros(shape))  # a bias transformers' config says the model has not
+        return weights
 
     def _normalized_groups(self, stacks: dict | None = None) -> list[dict[str, mx.array]]:
         """The target's tensors (lazy) for each group of self.ckpt.groups(), in order: float, or

@@ -71,18 +71,42 @@ def _bare(name: str) -> str:
     return name[: -len(".weight")] if name.endswith(".weight") else name
 
 
-def _fused_pattern(family: Family) -> re.Pattern:
-    """The family's fused tensors inside `<layer>.<experts>`, named exactly as the row says, and its
-    fused biases. Names ending in `.weight` (GraniteMoE's input_linear.weight, gpt-oss's MXFP4
-    blocks once read) also take the packed siblings `.scales` / `.biases`; bare names (Qwen3.5's
-    and Llama-4's float parameters) are taken bare only: a `down_proj.weight` beside them is
-    mlx-lm's own stacked tensor (an MLX source), and gpt-oss's bare gate_up_proj is transformers'
-    in x out layout, which its row does not describe — it must fail, not split the wrong axis."""
-    names = "|".join(re.escape(_bare(n)) for n in family.fused_names)
-    suffix = r"(?P<suffix>\.weight|\.scales|\.biases)" if family.fused_names[0].endswith(".weight") else ""
-    biases = "|".join(re.escape(n) for n in family.fused_bias_names) or "(?!)"
+@dataclass(frozen=True)
+class _Fused:
+    """One publication of a family's fused experts: the keys it matches, how they split, its down name."""
+
+    pattern: re.Pattern
+    layout: FusedLayout
+    down: str  # the down tensor's name inside `experts`, bare
+
+
+def _fused_pattern(family: Family, names: tuple[str, str], biases: tuple[str, ...]) -> re.Pattern:
+    """Fused tensors inside `<layer>.<experts>`, named exactly as the row says, and fused biases.
+    Names ending in `.weight` (GraniteMoE's input_linear.weight, gpt-oss's MXFP4 blocks once read)
+    also take the packed siblings `.scales` / `.biases`; bare names (Qwen3.5's and Llama-4's float
+    parameters) are taken bare only: a `down_proj.weight` beside them is mlx-lm's own stacked tensor
+    (an MLX source). gpt-oss's bare gate_up_proj (transformers' in x out) is another publication
+    (Family.fused_also), split its own way."""
+    alternatives = "|".join(re.escape(_bare(n)) for n in names)
+    suffix = r"(?P<suffix>\.weight|\.scales|\.biases)" if names[0].endswith(".weight") else ""
+    bias = "|".join(re.escape(n) for n in biases) or "(?!)"
     experts = re.escape(family.experts)
-    return re.compile(rf"^(?P<layer>.+)\.{experts}\.(?:(?P<proj>{names}){suffix}|(?P<bias>{biases}))$")
+    return re.compile(rf"^(?P<layer>.+)\.{experts}\.(?:(?P<proj>{alternatives}){suffix}|(?P<bias>{bias}))$")
+
+
+def _fused_publications(family: Family) -> tuple[_Fused, ...]:
+    """The row's fused names (with its fused biases), then each of Family.fused_also."""
+    rows = [(family.fused_names, family.fused_bias_names, family.fused)]
+    rows += [(also.names, (), also.fused) for also in family.fused_also]
+    return tuple(_Fused(_fused_pattern(family, names, biases), FUSED_SPLITTERS[fused], _bare(names[1]))
+                 for names, biases, fused in rows)
+
+
+def _match_fused(publications: tuple[_Fused, ...], key: str) -> tuple[re.Match, _Fused] | None:
+    for fused in publications:
+        if m := fused.pattern.match(key):
+            return m, fused
+    return None
 
 
 def _per_expert_pattern(family: Family) -> re.Pattern:
@@ -94,13 +118,14 @@ def _per_expert_pattern(family: Family) -> re.Pattern:
 
 def expert_sources(family: Family, keys) -> dict[str, tuple[str, str]]:
     """Target expert stack path -> (layout SRC publishes it in, one SRC key of it), for `inspect`."""
-    pattern, fused = _per_expert_pattern(family), _fused_pattern(family)
+    pattern, fused = _per_expert_pattern(family), _fused_publications(family)
     out: dict[str, tuple[str, str]] = {}
     for key in keys:
         if (m := pattern.match(key)) and m["suffix"] == "weight":
             out.setdefault(f"{m['layer']}.{family.stacked}.{family.projections[m['proj']]}", ("per-expert", key))
-        elif (f := fused.match(key)) and not f["bias"]:
-            projections = ("down_proj",) if f["proj"] == _bare(family.fused_names[1]) else ("gate_proj", "up_proj")
+        elif (found := _match_fused(fused, key)) and not found[0]["bias"]:
+            f, publication = found
+            projections = ("down_proj",) if f["proj"] == publication.down else ("gate_proj", "up_proj")
             for p in projections:
                 out.setdefault(f"{f['layer']}.{family.stacked}.{p}", ("fused", key))
     return out
@@ -124,12 +149,12 @@ def to_stacked(family: Family, weights: dict[str, mx.array], n_experts: int,
     sanitize stacks them itself and keys other conversions on seeing them (`handoff="per_expert"`)
     — per expert, in the published names (fused tensors split into them). `stacks`, if given,
     receives id(stack) -> (stack, its per-expert parts) for each stack made here."""
-    pattern, fused = _per_expert_pattern(family), _fused_pattern(family)
+    pattern, fused = _per_expert_pattern(family), _fused_publications(family)
     found: dict[tuple[str, str, str], dict[int, mx.array]] = {}
     out: dict[str, mx.array] = {}
     for key, value in weights.items():
-        if f := fused.match(key):
-            out.update(_unfuse(family, key, f, value, n_experts))
+        if publication := _match_fused(fused, key):
+            out.update(_unfuse(family, key, *publication, value, n_experts))
             continue
         m = pattern.match(key)
         if m is None:
@@ -163,16 +188,17 @@ def to_stacked(family: Family, weights: dict[str, mx.array], n_experts: int,
     return out
 
 
-def _unfuse(family: Family, key: str, match: re.Match, value: mx.array, n_experts: int) -> dict[str, mx.array]:
+def _unfuse(family: Family, key: str, match: re.Match, publication: _Fused, value: mx.array,
+            n_experts: int) -> dict[str, mx.array]:
     """One fused tensor as the stacked (or per-expert) tensors of gate, up and down."""
-    layout = FUSED_SPLITTERS[family.fused]
+    layout = publication.layout
     if match["bias"]:
         suffix, is_down = "bias", match["bias"] == family.fused_bias_names[1]
         if value.ndim != 2 or value.shape[0] != n_experts:
             raise LayoutError(f"{key}: shape {tuple(value.shape)}; expected [E={n_experts}, out]")
     else:
         suffix = (match.groupdict().get("suffix") or ".weight")[1:]
-        is_down = match["proj"] == _bare(family.fused_names[1])
+        is_down = match["proj"] == publication.down
         if value.ndim != 3 or value.shape[0] != n_experts:
             raise LayoutError(f"{key}: shape {tuple(value.shape)}; expected [E={n_experts}, out, in]")
     rows = 1 if suffix != "weight" else layout.rows_axis

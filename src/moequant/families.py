@@ -11,6 +11,15 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class FusedAlso:
+    """The same fused experts published under other names, split another way (gpt-oss: the MXFP4
+    release's rows vs transformers' own in x out float save)."""
+
+    names: tuple[str, str]  # fused (gate_up, down) inside `experts`, bare (float parameters)
+    fused: str  # how gate_up splits: a key of experts.FUSED_SPLITTERS
+
+
+@dataclass(frozen=True)
 class Family:
     experts: str  # per-expert container inside a decoder layer (source layout)
     stacked: str  # what the mlx-lm class loads: [E, out, in] per projection
@@ -23,6 +32,9 @@ class Family:
     # what mlx-lm's sanitize is handed: "stacked" (moequant stacks), or "per_expert" for a sanitize
     # that stacks them itself and keys other conversions on seeing them (Qwen3-Next's norm offsets)
     handoff: str = "stacked"
+    # other names the same fused experts are published under, each with its own orientation; the fused
+    # biases (fused_bias_names) are the same rows in every publication
+    fused_also: tuple[FusedAlso, ...] = ()
 
 
 _GLU = {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"}
@@ -151,11 +163,14 @@ FAMILIES: dict[str, Family] = {
     # openai/gpt-oss-20b: mlp.experts.gate_up_proj_blocks [E, 2I, H/32, 16] (gate and up rows
     # interleaved) + _scales, down_proj_blocks/_scales — read as gate_up_proj.weight/.scales (MLX
     # mxfp4) — and fused biases gate_up_proj_bias [E, 2I], down_proj_bias [E, H]; mlx-lm stacks in
-    # place (mlp.experts.{proj}). A bare gate_up_proj (transformers' [E, H, 2I]; I == H in gpt-oss, so
-    # shapes cannot tell) is not this row's layout and fails the shape/name check
+    # place (mlp.experts.{proj}). transformers 5's save_pretrained (and the BF16 re-releases) write the
+    # float parameters bare: gate_up_proj [E, H, 2I] (gate and up columns interleaved: gate_up[..., ::2]
+    # is gate, modeling_gpt_oss.GptOssExperts._apply_gate) and down_proj [E, I, H]; I == H in gpt-oss, so
+    # the names, not the shapes, tell the two apart
     "gpt_oss": Family("mlp.experts", "mlp.experts", _GLU, ("num_local_experts",), fused="interleaved",
                       fused_names=("gate_up_proj.weight", "down_proj.weight"), layout="fused",
-                      fused_bias_names=("gate_up_proj_bias", "down_proj_bias")),
+                      fused_bias_names=("gate_up_proj_bias", "down_proj_bias"),
+                      fused_also=(FusedAlso(("gate_up_proj", "down_proj"), "interleaved_transposed"),)),
     # nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B: non-gated experts, up_proj -> fc1, down_proj -> fc2
     "nemotron_h": Family("mixer.experts", "mixer.switch_mlp", {"up_proj": "fc1", "down_proj": "fc2"},
                          ("n_routed_experts",)),
@@ -232,6 +247,54 @@ CONFIG_ALIASES: tuple[Alias, ...] = (
 # carries mlx-lm's (mlx-lm's own MODEL_REMAPPING aliases, e.g. kimi_k2 -> deepseek_v3, need no row)
 MODEL_TYPES: dict[str, str] = {
     "hunyuan_v1_moe": "hunyuan",  # transformers' HunYuanMoEV1Config; mlx-lm's hunyuan module
+    # transformers' Qwen3_5MoeForCausalLM (the language model alone, model.layers.*): mlx-lm's qwen3_5_moe reads a
+    # flat config as its text_config and prefixes the tensors with language_model. itself (sanitize)
+    "qwen3_5_moe_text": "qwen3_5_moe",
+    "llama4_text": "llama4",  # transformers' Llama4ForCausalLM, inside mlx-lm's llama4 (WRAPPED)
+}
+
+
+@dataclass(frozen=True)
+class Wrapped:
+    """A transformers text-only class of a model mlx-lm runs only inside its multimodal wrapper: the
+    output is the wrapper's, config.json nested under text_config and tensors under its prefix."""
+
+    prefixes: tuple[tuple[str, str], ...]  # source tensor-key prefix -> mlx-lm's, first match wins
+
+
+# transformers model_type -> how its tensors sit in the wrapper (mlx-lm's model_type: MODEL_TYPES)
+WRAPPED: dict[str, Wrapped] = {
+    # transformers' Llama4ForCausalLM (model_type llama4_text: model.layers.*, lm_head): mlx-lm's llama4 reads
+    # text_config and holds language_model.model.*, language_model.lm_head (its llama4_text module is the dense
+    # Llama-4-architecture model, no experts)
+    "llama4_text": Wrapped((("model.", "language_model.model."), ("lm_head.", "language_model.lm_head."))),
+}
+
+@dataclass(frozen=True)
+class AbsentAsZeros:
+    """Tensors mlx-lm's model always has and transformers' only when a config flag is on (biases):
+    with the flag off, SRC has none and they are written as zeros, which compute the same function."""
+
+    flag: str  # transformers' config key
+    keys: str  # regex over mlx-lm's parameter keys
+    what: str  # the tensors, in the user's words
+
+
+# mlx-lm model_type -> its rows, in alphabetical order of model_type
+ABSENT_AS_ZEROS: dict[str, tuple[AbsentAsZeros, ...]] = {
+    # mlx-lm's phimoe builds q/k/v/o_proj and lm_head with bias=True (mlx_lm/models/phimoe.py Attention, Model);
+    # transformers' PhimoeConfig has attention_bias and lm_head_bias (default false; Phi-3.5-MoE says true)
+    "phimoe": (
+        AbsentAsZeros("attention_bias", r"\.self_attn\.[qkvo]_proj\.bias$", "attention q/k/v/o_proj biases"),
+        AbsentAsZeros("lm_head_bias", r"^lm_head\.bias$", "the lm_head bias"),
+    ),
+}
+
+# mlx-lm model_types whose ModelArgs holds the language model's keys in another class (a text_config, or a flat
+# config read as one): that class, so renames and aliases fill the keys it reads
+TEXT_ARGS: dict[str, str] = {
+    "llama4": "mlx_lm.models.llama4.TextArgs",
+    "qwen3_5_moe": "mlx_lm.models.qwen3_5.TextModelArgs",
 }
 
 # (transformers model_type, architectures[0]) whose model mlx-lm runs under another model_type than the

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from .configmap import MISSING, lookup
+from .errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,9 @@ class Ignored:
     matters: Callable[[Any, dict], bool]  # (value, resolved config) -> whether mlx-lm's output differs
     message: str  # for the user: what transformers does, what mlx-lm does, when it shows
     tensor: bool = False
+    # what mlx-lm's model can hold, where it cannot hold the source at all (a lm_head it has no place for):
+    # converting is then refused in one line instead of noted
+    expected: str = ""
 
 
 def _window_shorter_than_context(window, config: dict) -> bool:
@@ -40,6 +44,23 @@ def _window_shorter_than_context(window, config: dict) -> bool:
 def _has_sliding_layers(layer_types, config: dict) -> bool:
     return isinstance(layer_types, list) and "sliding_attention" in layer_types and \
         _window_shorter_than_context(config.get("sliding_window"), config)
+
+
+def _untied(tied, config: dict) -> bool:
+    return tied is False
+
+
+def _every_fourth_nope(no_rope_layers, config: dict) -> bool:
+    """Whether transformers' Llama-4 layers are other than mlx-lm's: RoPE + chunked attention in every
+    layer but each 4th (NoPE, global attention), 4 layers or more."""
+    text = config.get("text_config") or {}
+    n = text.get("num_hidden_layers")
+    if not isinstance(n, int):
+        return False
+    pattern = [int((i + 1) % 4 != 0) for i in range(n)]
+    chunked = ["chunked_attention" if p and text.get("attention_chunk_size") is not None else "full_attention"
+               for p in pattern]
+    return not (n >= 4 and list(no_rope_layers or pattern) == pattern and text.get("layer_types") in (None, chunked))
 
 
 def _sliding(where: str) -> str:
@@ -56,11 +77,37 @@ IGNORED_BY_MLX_LM: dict[str, tuple[Ignored, ...]] = {
         "experts (modeling_ernie4_5_moe.py:351); mlx-lm's ernie4_5_moe drops that tensor in sanitize "
         "(mlx_lm/models/ernie4_5_moe.py:269) and chooses by the scores alone, so expert choice (and output) "
         "differs wherever the bias is not zero"), tensor=True),),
+    # gpt-oss releases (and transformers' GptOssConfig) say truncate false
+    "gpt_oss": (Ignored("rope_parameters.truncate", lambda v, c: v is False, (
+        "transformers' YaRN keeps the correction range unrounded (modeling_rope_utils.py:473, `if truncate`), "
+        "mlx-lm's always floors and ceils it (mlx_lm/models/gpt_oss.py builds it with initialize_rope; "
+        "mlx_lm/models/rope_utils.py:151-152), so every rotary frequency in "
+        "the blend range differs slightly and so do the logits (6e-3 at most on a tiny gpt-oss)")),),
+    "hunyuan": (
+        Ignored("tie_word_embeddings", _untied, (
+            "an lm_head of its own (transformers' model uses it), but mlx-lm's hunyuan computes logits with embed_tokens (mlx_lm/models/hunyuan.py "
+            "Model.__call__: embed_tokens.as_linear) and has no lm_head"), expected="tie_word_embeddings true"),
+        # transformers' HunYuanMoEV1 (model_type hunyuan_v1_moe), which mlx-lm runs as hunyuan
+        Ignored("moe_topk", lambda k, c: "HunYuanMoEV1ForCausalLM" in (c.get("architectures") or ()) and
+                k != c.get("num_experts"), (
+            "transformers' HunYuanMoEV1 renormalizes the chosen experts' softmax weights to sum to 1 "
+            "(modeling_hunyuan_v1_moe.py:241), mlx-lm's hunyuan weighs them by their softmax over all experts "
+            "(mlx_lm/models/hunyuan.py MoeBlock.__call__), so every MoE layer's output differs")),
+    ),
     "jamba": (Ignored("num_experts_per_tok", lambda k, c: k < (c.get("num_experts") or 0), (
         "transformers weighs each chosen expert by its softmax over all experts, unnormalized "
         "(modeling_jamba.py:808-809); mlx-lm's jamba takes the softmax over the chosen top-k logits only "
         "(mlx_lm/models/jamba.py:241-244), which renormalizes the weights to sum to 1, so every MoE layer's "
         "output differs")),),
+    "lfm2_moe": (Ignored("tie_word_embeddings", _untied, (
+        "an lm_head of its own (transformers' model uses it), but mlx-lm's lfm2_moe computes logits with embed_tokens (mlx_lm/models/lfm2_moe.py "
+        "Model.__call__: embed_tokens.as_linear) and has no lm_head"),
+        expected="tie_word_embeddings true, as LiquidAI/LFM2-8B-A1B (and transformers' default)"),),
+    "llama4": (Ignored("text_config.no_rope_layers", _every_fourth_nope, (
+        "transformers' Llama4 uses RoPE and chunked attention where no_rope_layers (and layer_types) say, mlx-lm's "
+        "llama4 in every layer but each 4th, which is NoPE with global attention (mlx_lm/models/llama4.py:59, 230), "
+        "and needs 4 layers or more"),
+        expected="no_rope_layers 1, 1, 1, 0 repeated over 4 layers or more, as the Llama-4 releases"),),
     "mixtral": (Ignored("sliding_window", _window_shorter_than_context, _sliding(
         "sliding_window, modeling_mixtral.py:444; mlx_lm/models/mixtral.py")),),
     "phimoe": (Ignored("sliding_window", _window_shorter_than_context, _sliding(
@@ -91,6 +138,8 @@ def ignored_notes(config: dict, tensor_keys: Iterable[str] = ()) -> list[str]:
             if value is MISSING or not row.matters(value, config):
                 continue
             what = f"{row.key} = {value!r}"
+        if row.expected:
+            raise CheckpointError(f"config.json: {what}: {row.message}; expected {row.expected}")
         note = f"mlx-lm's {model_type} differs from transformers: {what}: {row.message}"
         log.warning("%s", note)
         notes.append(note)

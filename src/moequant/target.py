@@ -17,16 +17,19 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import importlib
 import importlib.util
 import inspect
 import logging
+import re
 import sys
 
 import mlx.nn as nn
 
 from .configmap import apply_renames
 from .errors import CheckpointError
-from .families import CONFIG_ALIASES, MODEL_ARCHITECTURES, MODEL_TYPES, PLAIN_ROPE_TYPES, TRANSFORMERS_BOOKKEEPING, VISION_LANGUAGE
+from .families import (ABSENT_AS_ZEROS, CONFIG_ALIASES, MODEL_ARCHITECTURES, MODEL_TYPES, PLAIN_ROPE_TYPES, TEXT_ARGS,
+                       TRANSFORMERS_BOOKKEEPING, VISION_LANGUAGE, WRAPPED)
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +143,15 @@ def model_classes(config: dict):
         ) from None
 
 
-def _text_args_class(text_config: dict):
-    """mlx-lm's ModelArgs for a text_config whose model_type is one of mlx-lm's (gemma4's
-    gemma4_text), or None."""
-    model_type = MODEL_TYPES.get(text_config.get("model_type"), text_config.get("model_type"))
+def text_args_class(config: dict):
+    """The class mlx-lm's model for `config` reads its language model's keys with: a TEXT_ARGS row
+    (llama4's TextArgs, qwen3_5_moe's flat TextModelArgs), else the ModelArgs of text_config's own
+    mlx-lm model_type (gemma4's gemma4_text); None for a model without one."""
+    if config.get("model_type") in TEXT_ARGS:
+        module, _, name = TEXT_ARGS[config["model_type"]].rpartition(".")
+        return getattr(importlib.import_module(module), name)
+    text = config.get("text_config")
+    model_type = isinstance(text, dict) and MODEL_TYPES.get(text.get("model_type"), text.get("model_type"))
     try:
         return model_classes({"model_type": model_type})[1] if model_type else None
     except CheckpointError:
@@ -179,10 +187,11 @@ def choose_runner(config: dict, runner: str | None = None) -> tuple[str, str | N
     return MLX_LM, None
 
 
-def _fill_aliases(resolved: dict, takes, where: str = "") -> list[str]:
-    """Aliased keys filled in `resolved` (in place) for a config class taking `takes`: the
-    model_type's renames (configmap), then the aliases every model_type has; one note each."""
-    notes = apply_renames(resolved, takes, resolved.get("model_type"), where)
+def _fill_aliases(resolved: dict, takes, where: str = "", model_type: str | None = None) -> list[str]:
+    """Aliased keys filled in `resolved` (in place) for a config class taking `takes`: the renames
+    of `model_type` (mlx-lm's; default resolved's own) (configmap), then the aliases every
+    model_type has; one note each."""
+    notes = apply_renames(resolved, takes, model_type or resolved.get("model_type"), where)
     for alias in CONFIG_ALIASES:
         if alias.key in resolved or alias.key not in takes:
             continue
@@ -301,6 +310,11 @@ def fill_defaults(config: dict) -> tuple[dict, list[str]]:
         resolved["model_type"] = remapped[model_type, architecture]
         notes.append(f"config: model_type {model_type!r} with architectures [{architecture!r}] is mlx-lm's "
                      f"{resolved['model_type']!r}")
+    elif model_type in WRAPPED:
+        resolved = {"model_type": MODEL_TYPES[model_type], "text_config": resolved}
+        notes.append(f"config: model_type {model_type!r} is the language model of mlx-lm's "
+                     f"{MODEL_TYPES[model_type]!r}: its keys under text_config, its tensors under "
+                     + ", ".join(new for _, new in WRAPPED[model_type].prefixes))
     elif model_type in MODEL_TYPES:
         resolved["model_type"] = MODEL_TYPES[model_type]
         notes.append(f"config: model_type {model_type!r} is mlx-lm's {MODEL_TYPES[model_type]!r}")
@@ -328,17 +342,35 @@ def resolve_config(config: dict, runner: str | None = None) -> tuple[dict, list[
         _, args_class = model_classes(config)
         notes += _fill_aliases(resolved, inspect.signature(args_class).parameters)
         text = resolved.get("text_config")
-        text_args = _text_args_class(text) if isinstance(text, dict) else None
-        if text_args is not None:  # mlx-lm builds this model_type's own ModelArgs from text_config (gemma4)
-            takes = inspect.signature(text_args).parameters
-            notes += _fill_aliases(text, takes, "text_config.")
-            # transformers 5 writes its bookkeeping (dtype) into sub-configs too; mlx-lm's text
-            # ModelArgs never reads it, and the outer ModelArgs keeps text_config as a dict
-            for key in [k for k in text if k in TRANSFORMERS_BOOKKEEPING and k not in takes and k != "model_type"]:
-                del text[key]
+        nested = isinstance(text, dict)
+        text_args = text_args_class(resolved)
+        if text_args is not None:  # the language model's keys: in text_config (gemma4, llama4), or flat (qwen3_5_moe)
+            takes = _config_fields(text_args)
+            # renames of mlx-lm's model_type where a TEXT_ARGS row says how it reads them, else of
+            # text_config's own model_type (gemma4's gemma4_text)
+            renames_of = resolved["model_type"] if resolved["model_type"] in TEXT_ARGS else None
+            notes += _fill_aliases(text if nested else resolved, takes, "text_config." if nested else "", renames_of)
+            if nested:
+                # transformers 5 writes its bookkeeping (dtype) into sub-configs too; mlx-lm's text
+                # ModelArgs never reads it, and the outer ModelArgs may keep text_config as a dict
+                for key in [k for k in text if k in TRANSFORMERS_BOOKKEEPING and k not in takes and k != "model_type"]:
+                    del text[key]
+        notes += [f"{row.flag} is false: {row.what} written as zeros (mlx-lm's {resolved['model_type']} always has "
+                  "them; zeros compute what transformers computes without them)" for row in _zero_rows(resolved)]
     for line in notes:
         log.info("config: %s", line)
     return resolved, notes
+
+
+def _zero_rows(config: dict):
+    return [row for row in ABSENT_AS_ZEROS.get(config.get("model_type"), ()) if config.get(row.flag) is False]
+
+
+def absent_as_zeros(config: dict, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """The parameters (key -> shape) of a resolved config's model written as zeros: those of an
+    ABSENT_AS_ZEROS row whose flag transformers reads as false."""
+    rows = _zero_rows(config)
+    return {k: shape for k, shape in shapes.items() if any(re.search(row.keys, k) for row in rows)}
 
 
 def reads_as_is(config: dict) -> bool:
