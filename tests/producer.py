@@ -138,7 +138,13 @@ def tiny_config(model_type: str) -> transformers.PretrainedConfig:
             kwargs.pop(k, None)
         else:
             kwargs[k] = v
-    return config_class(**kwargs)
+    config = config_class(**kwargs)
+    # what save_pretrained of the model writes: the class that wrote it (mlx-lm picks a module by it)
+    name = row.model_class
+    if name.startswith("Auto"):
+        name = transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]
+    config.architectures = [name]
+    return config
 
 
 def redraw(model: torch.nn.Module, seed: int = 0) -> None:

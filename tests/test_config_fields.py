@@ -19,14 +19,18 @@ import pytest
 transformers = pytest.importorskip("transformers", minversion="5.0")
 pytest.importorskip("torch")
 
-from moequant.configmap import COMMON, CONVERTERS, RENAMES, lookup  # noqa: E402
+from transformers.integrations.heterogeneity.configuration_utils import (  # noqa: E402
+    AmbiguousGlobalPerLayerAttributeError,
+)
+
+from moequant.configmap import COMMON, CONVERTERS, MISSING, NONE, RENAMES, lookup  # noqa: E402
 from moequant.families import TEXT_ARGS  # noqa: E402
 from moequant.target import model_classes, resolve_config, text_args_class  # noqa: E402
 
 from producer import PRODUCED, tiny_config  # noqa: E402
 from test_producer import SUPPORTED  # noqa: E402
 
-_MISSING = object()
+_MISSING = MISSING
 
 # ModelArgs fields whose transformers namesake means something else (checked by the logit tests)
 DIFFERENT_MEANING = {
@@ -40,16 +44,18 @@ DIFFERENT_MEANING = {
 
 def _counterpart(field: str, ours: dict, theirs, full: dict):
     for rename in RENAMES.get(ours.get("model_type"), ()) + COMMON:
-        if rename.key == field:
+        # a rename fills what transformers' config lacks, or (overrides) replaces what it reads instead
+        if rename.key == field and (rename.overrides or field not in full):
             value = full if rename.source == "" else lookup(full, rename.source)
-            if value is _MISSING or value is None and rename.convert:
+            if value is MISSING or value is None and rename.convert:
                 continue
-            return CONVERTERS[rename.convert](value, full) if rename.convert else value
+            value = CONVERTERS[rename.convert](value, full) if rename.convert else value
+            return None if value is NONE else value
     if field in DIFFERENT_MEANING:
         return _MISSING
     try:
         return getattr(theirs, field)
-    except AttributeError:
+    except (AttributeError, AmbiguousGlobalPerLayerAttributeError):  # none, or one per layer (gemma4's per_layer_config: checked through a RENAMES row)
         return _MISSING
 
 
