@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -198,11 +199,25 @@ def _is_router(name: str, p: torch.Tensor, num_experts: int) -> bool:
         s in name for s in ("gate", "router"))
 
 
-def simulated_logits(model_type: str, src: Path, bits: int, group_size: int = 64) -> np.ndarray:
+def _kept(name: str, keep: frozenset[str]) -> bool:
+    """Whether transformers' parameter `name` belongs to a module the plan keeps: `keep` holds
+    plan paths (mlx-lm's names) and "embedding" / "lm_head"; a decoder-layer module matches by
+    its layer and its own name (mlx-lm's attention vs transformers' self_attn, …)."""
+    path = name.rsplit(".", 1)[0]
+    if "embedding" in keep and "embed" in path or "lm_head" in keep and path.endswith("lm_head"):
+        return True
+    layer = re.search(r"layers\.(\d+)\.", path)
+    leaf = path.rsplit(".", 1)[-1]
+    return path in keep or layer is not None and any(
+        f"layers.{layer[1]}." in k and k.rsplit(".", 1)[-1] == leaf for k in keep)
+
+
+def simulated_logits(model_type: str, src: Path, bits: int, group_size: int = 64,
+                     keep: frozenset[str] = frozenset()) -> np.ndarray:
     """transformers' forward of SRC's weights after an MLX affine round trip of every matrix a
     uniform plan quantizes (linear and expert weights and embeddings whose input dimension the
-    group divides; router gates, norms, convolutions and vectors kept): what a correct quantized
-    conversion computes, up to which few modules the real plan keeps."""
+    group divides; router gates, norms, convolutions and vectors kept, and what `keep` names,
+    see _kept): what a correct quantized conversion computes."""
     config = transformers.AutoConfig.from_pretrained(src)
     model_class = getattr(transformers, PRODUCED[model_type].model_class)
     model = model_class.from_pretrained(src, dtype=torch.float32).eval()
@@ -213,6 +228,8 @@ def simulated_logits(model_type: str, src: Path, bits: int, group_size: int = 64
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim < 2 or "norm" in name or "conv" in name or _is_router(name, p, num_experts):
+                continue
+            if _kept(name, keep):
                 continue
             # input dimension: the last one (nn.Linear, F.linear experts), else the one of size hidden
             # for up/gate stacks stored [E, H, out] (x @ w)
