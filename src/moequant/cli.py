@@ -15,7 +15,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .convert import DEFAULT_WORKERS
 from .errors import CheckpointError, MoequantError
 from .names import layer_of
 from .plan import DTYPES, RECIPES, ROUNDINGS, Mode, Override, Plan, Quant
@@ -167,7 +166,8 @@ def convert(
     plan_file: Annotated[Optional[Path], typer.Option("--plan", help="Convert exactly this plan (the JSON of `inspect --json`); plan options are then ignored.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")] = False,
     shard_size: Annotated[str, typer.Option("--shard-size", help="Largest output shard.")] = "5GB",
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Decoder layers converted at once, one thread each (default: 2, or 1 on one core).")] = DEFAULT_WORKERS,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Decoder layers converted at once, one process each (default: one per core, fewer if memory is short).")] = None,
+    pool: Annotated[str, typer.Option("--pool", help="Workers as `processes` (default) or `threads` (one process; the GIL serializes them).")] = "processes",
     json_out: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
     """Convert SRC into a quantized MLX checkpoint in DST."""
@@ -182,7 +182,9 @@ def convert(
                            rounding, target_bpw, calib)
         conversion = (Conversion(src, plan=_read_plan(plan_file), runner=runner, **choices) if plan_file
                       else Conversion(src, runner=runner, **choices))
-        steps = conversion.run(dst, force=force, shard_size=_parse_size(shard_size), workers=workers)
+        if pool not in ("processes", "threads"):
+            raise MoequantError(f"--pool {pool}: expected processes or threads")
+        steps = conversion.run(dst, force=force, shard_size=_parse_size(shard_size), workers=workers, pool=pool)
         total = conversion.ckpt.nbytes
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),
                       TimeRemainingColumn(), console=err, disable=quiet, transient=True) as progress:

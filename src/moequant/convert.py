@@ -6,6 +6,7 @@ import logging
 import os
 import queue
 import threading
+from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
@@ -26,6 +27,7 @@ from .stored import infer_fp_quant, infer_quant, read_stored
 from .quantize import Quantizer, check_complete, check_weights, parameter_shapes
 from .target import build_model, resolve_config
 from .writer import DEFAULT_SHARD_SIZE, Output, check_destination, output_config
+from . import procpool
 
 log = logging.getLogger(__name__)
 
@@ -251,20 +253,26 @@ class Conversion:
         return entries
 
     def run(self, dst: Path, force: bool = False, shard_size: int = DEFAULT_SHARD_SIZE,
-            workers: int = DEFAULT_WORKERS) -> Iterator[Step]:
+            workers: int | None = None, pool: str = "processes") -> Iterator[Step]:
         """Convert into DST, yielding a Step per finished group. `workers` threads each take the
         next decoder layer (each with its own mlx stream and target model), so reading, stacking,
         quantizing and writing run on every core while at most `workers` layers are in memory."""
         dst = Path(dst)
         check_destination(dst, force)
+        if pool == "processes":
+            procpool.start_server()  # its imports overlap the manifest
         manifest = self.manifest()
         groups = self.ckpt.groups()
         moments = self._moments() if self.plan.options.rounding == "gptq" else None
         with Output(dst, force, shard_size) as out:
             out.allocate(manifest)
-            for i in self._convert_groups(out, groups, max(1, workers), moments):
-                group = groups[i]
-                yield Step(group.name, i + 1, len(groups), sum(self.ckpt.tensors[k].nbytes for k in group.keys))
+            if workers is None:  # as many as the cores and the memory available allow
+                workers = procpool.default_workers(len(groups), max(t.nbytes for t in self.ckpt.tensors.values()))
+            convert = procpool.convert_groups if pool == "processes" else Conversion._convert_groups
+            with closing(convert(self, out, groups, max(1, workers), moments)) as done:  # workers stop first
+                for i in done:
+                    group = groups[i]
+                    yield Step(group.name, i + 1, len(groups), sum(self.ckpt.tensors[k].nbytes for k in group.keys))
             out.finish(output_config(self.config, self.plan), self.ckpt.path, self.plan)
 
     def _moments(self) -> dict[str, mx.array]:
