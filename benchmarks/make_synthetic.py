@@ -26,6 +26,7 @@ import shutil
 import sys
 import time
 import zlib
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import mlx.core as mx
@@ -154,6 +155,34 @@ def plan_shards(tensors, itemsize: int, shard_size: int) -> list[list]:
     return shards
 
 
+def write_shard(path: str, shard: list, dtype_name: str, seed: int) -> int:
+    """One shard file; returns its tensor bytes. Runs in a worker process with --jobs > 1."""
+    dtype = DTYPES[dtype_name][0]
+    arrays = {name: make_tensor(name, tuple(shape), dtype, seed) for name, shape in shard}
+    mx.eval(list(arrays.values()))
+    mx.save_safetensors(path, arrays, metadata={"format": "pt"})
+    written = sum(v.nbytes for v in arrays.values())
+    del arrays
+    mx.clear_cache()
+    return written
+
+
+class _Serial:
+    """ProcessPoolExecutor's submit/result, run in this process one call at a time (lazily)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, *args):
+        class Later:
+            def result(self):
+                return fn(*args)
+        return Later()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -179,6 +208,9 @@ def main(argv=None) -> int:
                     help="largest shard (e.g. 2GB, 500MB)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true", help="replace DST if it exists")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="shards written at once, one process each (each holds one shard in memory); "
+                         "the bytes are the same whatever the number")
     ap.add_argument("--dry-run", action="store_true", help="print the layout and size, write nothing")
     a = ap.parse_args(argv)
 
@@ -215,16 +247,13 @@ def main(argv=None) -> int:
 
     start = time.time()
     weight_map = {}
-    for i, (shard, file) in enumerate(zip(shards, files)):
-        arrays = {name: make_tensor(name, shape, dtype, a.seed) for name, shape in shard}
-        mx.eval(list(arrays.values()))
-        mx.save_safetensors(str(tmp / file), arrays, metadata={"format": "pt"})
-        weight_map.update((name, file) for name, _ in shard)
-        written = sum(v.nbytes for v in arrays.values())
-        del arrays
-        mx.clear_cache()
-        print(f"  {file}: {len(shard)} tensors, {written / 1e9:.3f} GB ({time.time() - start:.0f} s)",
-              file=sys.stderr)
+    with ProcessPoolExecutor(max(1, a.jobs)) if a.jobs > 1 else _Serial() as pool:
+        futures = [pool.submit(write_shard, str(tmp / file), shard, a.dtype, a.seed) for shard, file in zip(shards, files)]
+        for shard, file, future in zip(shards, files, futures):
+            written = future.result()
+            weight_map.update((name, file) for name, _ in shard)
+            print(f"  {file}: {len(shard)} tensors, {written / 1e9:.3f} GB ({time.time() - start:.0f} s)",
+                  file=sys.stderr)
 
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2))

@@ -165,7 +165,7 @@ def test_output_that_does_not_match_the_plan_fails_the_convert(tmp_path, cli, mo
 
     monkeypatch.setattr(quantize.Quantizer, "run", run_that_drops_one_quantization)
     src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe")
-    result = cli("convert", src, tmp_path / "dst", "--mode", "nvfp4", "--quiet")
+    result = cli("convert", src, tmp_path / "dst", "--mode", "nvfp4", "--quiet", "--pool", "threads")  # patched here
     assert result.exit_code == 1
     assert result.output.startswith(f"error: {victim}: stored as BF16 [4, 64, 128], no scales; expected uint32 "
                                     "[4, 64, 16] with scales [4, 64, 8] for nvfp4·4·g16·gs (plan)")

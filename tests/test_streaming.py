@@ -100,11 +100,14 @@ def test_expert_stacks_written_expert_by_expert_equal_the_stacked_quantization(t
 
     monkeypatch.setattr(writer, "PARTS_AT_ONCE", 3)  # tiny checkpoints have 4 experts: chunks of 3 + 1
     monkeypatch.setattr(convert, "_quantized", counting)
-    assert cli("convert", src, tmp_path / "parts", "--mode", mode, "--shard-size", "100KB", "--quiet").exit_code == 0
+    # --pool threads: the patches above live in this process, not in worker processes
+    assert cli("convert", src, tmp_path / "parts", "--mode", mode, "--shard-size", "100KB", "--quiet",
+               "--pool", "threads").exit_code == 0
     assert seen and all(k.split(".")[-1] in ("weight", "scales", "biases", "global_scale") for k in seen)
     assert any(k.endswith(".global_scale") for k in seen) == (mode == "nvfp4")
     monkeypatch.setattr(convert, "_quantized", lambda quantizer, weights, stacks: quantizer.run(weights))
-    assert cli("convert", src, tmp_path / "whole", "--mode", mode, "--shard-size", "100KB", "--quiet").exit_code == 0
+    assert cli("convert", src, tmp_path / "whole", "--mode", mode, "--shard-size", "100KB", "--quiet",
+               "--pool", "threads").exit_code == 0
     names = sorted(p.name for p in (tmp_path / "whole").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "parts").iterdir()) and len(names) > 4
     for name in names:

@@ -21,7 +21,6 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .convert import DEFAULT_WORKERS
 from .errors import CheckpointError, MoequantError, os_reason
 from .names import layer_of
 from .plan import DTYPES, RECIPES, ROUNDINGS, Mode, Override, Plan, Quant
@@ -284,7 +283,8 @@ def convert(
     plan_file: Annotated[Optional[Path], typer.Option("--plan", help="Convert exactly this plan (the JSON of `inspect --json`); no other plan option may be given.")] = None,
     force: Annotated[bool, typer.Option("--force", help=f"Replace DST if it is a previous moequant output (it holds {MARK_FILE} and only the files listed there) or an empty folder; never a file or any other folder.")] = False,
     shard_size: Annotated[str, typer.Option("--shard-size", help="Largest output shard.")] = "5GB",
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Decoder layers converted at once, one thread each (default: 2, or 1 on one core).")] = DEFAULT_WORKERS,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Decoder layers converted at once, one process each (default: one per core, fewer if memory is short).")] = None,
+    pool: Annotated[str, typer.Option("--pool", help="Workers as `processes` (default) or `threads` (one process; the GIL serializes them).")] = "processes",
     json_out: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
     """Convert SRC into a quantized MLX checkpoint in DST."""
@@ -306,8 +306,10 @@ def convert(
         conversion = Conversion(src, runner=runner, **_choices(
             no_quantize, mode, bits, group_size, gate_bits, dtype, global_scale, recipe, override, rounding,
             target_bpw, calib))
+    if pool not in ("processes", "threads"):
+        raise MoequantError(f"--pool {pool}: expected processes or threads")
     total = conversion.ckpt.nbytes
-    with closing(conversion.run(dst, force=force, shard_size=size, workers=workers)) as steps, \
+    with closing(conversion.run(dst, force=force, shard_size=size, workers=workers, pool=pool)) as steps, \
             Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),
                      TimeRemainingColumn(), console=err, disable=quiet, transient=True) as progress:
         task = progress.add_task("converting", total=total, done="")

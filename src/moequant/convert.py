@@ -29,6 +29,7 @@ from .stored import infer_fp_quant, infer_quant, read_stored, stale_notes
 from .quantize import Quantizer, check_complete, check_weights, parameter_shapes
 from .target import absent_as_zeros, build_model, resolve_config
 from .writer import DEFAULT_SHARD_SIZE, Output, check_destination, output_config
+from . import procpool
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +280,7 @@ class Conversion:
         return entries
 
     def run(self, dst: Path, force: bool = False, shard_size: int = DEFAULT_SHARD_SIZE,
-            workers: int = DEFAULT_WORKERS) -> Iterator[Step]:
+            workers: int | None = None, pool: str = "processes") -> Iterator[Step]:
         """Convert into DST, yielding a Step per finished group. `workers` threads each take the
         next decoder layer (each with its own mlx stream and target model), so reading, stacking,
         quantizing and writing run on every core while at most `workers` layers are in memory."""
@@ -287,14 +288,19 @@ class Conversion:
         check_destination(dst, force, self.ckpt.path)
         if shard_size <= 0:
             raise PlanError(f"shard_size {shard_size}: expected a size above 0 bytes")
+        if pool == "processes":
+            procpool.start_server()  # its imports overlap the manifest
         manifest = self.manifest()
         groups = self.ckpt.groups()
         with Output(dst, force, shard_size, self.ckpt.path) as out:
             out.allocate(manifest)  # refuses a DST without room for it before any slow work
             moments = self._moments() if self.plan.options.rounding == "gptq" else None
-            # closed (its threads joined) before Output cleans up, however this generator ends
-            with closing(self._convert_groups(out, groups, max(1, workers), moments)) as written:
-                for i in written:
+            if workers is None:  # as many as the cores and the memory available allow
+                workers = procpool.default_workers(len(groups), max(t.nbytes for t in self.ckpt.tensors.values()))
+            convert = procpool.convert_groups if pool == "processes" else Conversion._convert_groups
+            # closed (its workers stopped, threads joined) before Output cleans up, however this generator ends
+            with closing(convert(self, out, groups, max(1, workers), moments)) as done:
+                for i in done:
                     group = groups[i]
                     yield Step(group.name, i + 1, len(groups), sum(self.ckpt.tensors[k].nbytes for k in group.keys))
             out.finish(output_config(self.config, self.plan), self.ckpt.path, self.plan)

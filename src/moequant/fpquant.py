@@ -55,6 +55,7 @@ import mlx.core as mx
 import numpy as np
 
 MODES = {"mxfp4": (32, 4), "nvfp4": (16, 4), "mxfp8": (32, 8)}  # mode -> (group size, bits)
+THREADS: int | None = None  # threads per call when not given (None: up to 2); procpool's workers set 1
 
 _MIDPOINTS = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)  # between consecutive e2m1 magnitudes
 _MAXVAL = {"mxfp4": 6.0, "nvfp4": 6.0, "mxfp8": 448.0}
@@ -670,7 +671,7 @@ def _quantize(w: mx.array, mode: str, gvals: np.ndarray | None, block_elems: int
             return r0 + _block(mode, fmt, tables, local.ws, u[r0:r1], wq[r0:r1], sc[r0:r1])
         return r0 + _block_gs(fmt, tables, ctx[i], local.ws, u[r0:r1], wq[r0:r1], sc[r0:r1])
 
-    nthreads = threads or min(2, os.cpu_count() or 1)
+    nthreads = threads or THREADS or min(2, os.cpu_count() or 1)
     if nthreads > 1 and len(jobs) > 1:
         with ThreadPoolExecutor(nthreads) as pool:
             bad = list(pool.map(run, jobs))

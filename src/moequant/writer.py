@@ -273,8 +273,7 @@ class Output:
             whole = {k: v for k, v in batch.items() if not isinstance(v, Stacked)}
             mx.eval(list(whole.values()))
             for k, v in whole.items():
-                with self._os(f"writing {self.names[slots[k].shard]}"):
-                    os.pwrite(self.files[slots[k].shard], tensor_bytes(v), slots[k].offset)
+                self._pwrite(slots[k].shard, tensor_bytes(v), slots[k].offset)
             stacked = {k: v.parts for k, v in batch.items() if isinstance(v, Stacked)}
             del batch, whole
             n = min((len(parts) for parts in stacked.values()), default=0)
@@ -285,9 +284,35 @@ class Output:
                     slot = slots[k]
                     for i in chunk:
                         data = tensor_bytes(parts[i])
-                        with self._os(f"writing {self.names[slot.shard]}"):
-                            os.pwrite(self.files[slot.shard], data, slot.offset + i * data.nbytes)
+                        self._pwrite(slot.shard, data, slot.offset + i * data.nbytes)
                         parts[i] = None  # written: free it
+
+    def _pwrite(self, shard: int, data: memoryview, offset: int) -> None:
+        """Write one tensor's bytes at their place (a worker process writes from a thread of its own)."""
+        done = 0
+        with self._os(f"writing {self.names[shard]}"):
+            while done < data.nbytes:  # pwrite may write less than asked (buffers over 2 GiB)
+                done += os.pwrite(self.files[shard], data[done:], offset + done)
+
+    @classmethod
+    def attached(cls, slots: dict[str, Slot], paths: list[Path]) -> "Output":
+        """An Output that writes into shard files another process created with `allocate` (a
+        worker process of procpool): same `add`, no folder of its own, nothing to finish."""
+        self = cls.__new__(cls)
+        self.slots, self.written, self.lock = slots, set(), threading.Lock()
+        self.files = [os.open(path, os.O_WRONLY) for path in paths]
+        # what _os names in a one-line error: the temporary folder the shards are in
+        self.dst, self.nbytes, self.names = Path(paths[0]).parent, 0, [Path(p).name for p in paths]
+        return self
+
+    def adopt(self, keys: list[str]) -> None:
+        """Record tensors another process wrote (procpool's workers), each once."""
+        with self.lock:
+            if twice := sorted(self.written.intersection(keys)):
+                raise OutputError(f"{twice[0]}: written twice; expected each output tensor once")
+            if odd := sorted(set(keys) - set(self.slots)):
+                raise OutputError(f"{odd[0]}: written but not in the manifest")
+            self.written.update(keys)
 
     def _claim(self, key: str, value: mx.array | Stacked) -> Slot:
         """The slot of an output tensor about to be written, checked against the manifest."""

@@ -1,0 +1,415 @@
+"""Worker processes for `convert`: each takes the next group (decoder layer), reads, dequantizes,
+quantizes and writes it at its place in the shard files that the main process created.
+
+Why processes: with worker threads, 16 threads on 16 cores converted only 1.9x faster than one
+(BENCHMARKS.md, issue 16): the GIL and mlx's per-process state serialize them. A process has its
+own of both. The dry-run manifest already fixes every output tensor's offset, so each worker
+`pwrite`s into the same files and nothing is sent back but the names it wrote.
+
+* Workers come from a `forkserver` that imports mlx, numpy and moequant once, but not mlx-lm's
+  package (whose `__init__` imports transformers and torch: ~0.3 GB and seconds per process); each
+  worker rebuilds the target model from its class and ModelArgs, sent pickled.
+* Each worker reads ahead: when it starts group i it asks the kernel for group i's and group
+  i + workers' bytes (`posix_fadvise WILLNEED`), so the next layer's reads overlap this one's work.
+* It never waits on a write: evaluated tensors go to a writer thread (at most WRITE_AHEAD bytes in
+  flight), so quantizing the next module overlaps the `pwrite` of the last.
+* SIGINT is the main process's business: workers ignore it and are terminated (SIGTERM) and
+  joined by the main process before it removes the temporary folder; a worker whose main process
+  died finds its task queue closed and exits.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import multiprocessing as mp
+import os
+import pickle
+import queue
+import signal
+import struct
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import mlx.core as mx
+import numpy as np
+
+from .errors import MoequantError, OutputError
+
+WRITE_AHEAD = 256 << 20  # bytes of evaluated tensors queued for writing, per worker
+WORKER_BASE = 256 << 20  # a worker's memory besides the tensors it converts (python, mlx, graph)
+TIMELINE = "MOEQUANT_TIMELINE"  # set to 1: print a per-worker timeline table to stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# how many workers
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new work (MemAvailable; cgroup limit if lower)."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if avail is None:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            if limit != "max" and int(limit) < 1 << 60:
+                avail = min(avail, int(limit) - int(Path(usage_file).read_text().strip()))
+            break
+        except (OSError, ValueError):
+            continue
+    return max(avail, 0)
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def worker_memory(largest_tensor: int) -> int:
+    """A worker's peak estimate: its base, plus the largest source tensor in float32 three times
+    over (its float copy, the quantizer's temporaries, the packed output being written)."""
+    return WORKER_BASE + 3 * 2 * largest_tensor
+
+
+def default_workers(groups: int, largest_tensor: int) -> int:
+    """As many workers as cores, no more than groups, and as many as half the available memory
+    holds at worker_memory each."""
+    by_memory = int(available_memory() * 0.5 // worker_memory(largest_tensor))
+    return max(1, min(cores(), groups, by_memory))
+
+
+# ---------------------------------------------------------------------------------------------
+# main process side
+
+
+@dataclass
+class Spec:
+    """What a worker needs, pickled once per worker: the Conversion's state (no mlx objects), how
+    to rebuild its target model without importing mlx-lm's package, and where to write."""
+
+    state: dict
+    model_class: type | None
+    model_args: object
+    shapes: dict  # the target's parameter shapes, to check the rebuilt model against
+    slots: dict
+    paths: list
+    groups: list  # the keys of each group, for read-ahead
+    workers: int
+    moments: dict | None = None  # path -> numpy float32 (--rounding gptq)
+    timeline: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def _context():
+    ctx = mp.get_context("forkserver")
+    # the forkserver imports these once; every worker is a fork of it (no mlx threads yet at fork)
+    ctx.set_forkserver_preload(["moequant._workerboot"])
+    return ctx
+
+
+def start_server() -> None:
+    """Start the forkserver (its imports take a second or more) in the background, so that it is
+    ready by the time the manifest is done."""
+    def start():
+        try:
+            _context()
+            from multiprocessing import forkserver
+            forkserver.ensure_running()
+        except Exception:  # convert_groups starts it again and reports what fails
+            pass
+    threading.Thread(target=start, daemon=True, name="moequant-forkserver").start()
+
+
+def _spec(conv, out, groups, workers: int, moments) -> Spec:
+    from .quantize import parameter_shapes
+
+    state = {k: v for k, v in conv.__dict__.items() if k not in ("model", "format")}
+    model = conv.model
+    args = getattr(model, "args", None)
+    model_class = type(model) if args is not None else None
+    try:
+        pickle.dumps((model_class, args))
+    except Exception:  # a class or args that do not pickle: the worker builds from the config
+        model_class, args = None, None
+    return Spec(state, model_class, args, parameter_shapes(model), dict(out.slots),
+                [str(out.tmp / name) for name in out.names], [list(g.keys) for g in groups], workers,
+                {k: np.array(v.astype(mx.float32)) for k, v in moments.items()} if moments else None,
+                os.environ.get(TIMELINE, "") not in ("", "0"))
+
+
+def convert_groups(conv, out, groups, workers: int, moments=None) -> Iterator[int]:
+    """Indices of groups as they are written, by `workers` processes (see the module docstring).
+    Output `out` has allocated the shard files; each worker's written tensors are adopted into it."""
+    ctx = _context()
+    spec = _spec(conv, out, groups, workers, moments)
+    tasks, results = ctx.Queue(), ctx.Queue()
+    for i in range(len(groups)):
+        tasks.put(i)
+    for _ in range(workers):
+        tasks.put(None)
+    start = time.perf_counter()
+    procs = [ctx.Process(target=_worker, args=(n, spec, tasks, results), name=f"moequant-{n}", daemon=True)
+             for n in range(workers)]
+    for p in procs:
+        p.start()
+    pending, running, clean, rows = len(groups), workers, False, []
+    try:
+        while pending or running:
+            try:
+                kind, n, payload = results.get(timeout=0.2)
+            except queue.Empty:
+                for p in procs:
+                    if p.exitcode not in (None, 0):
+                        raise OutputError(f"worker {p.name}: exited with {_exit(p.exitcode)} before finishing "
+                                          "its group; nothing was written to DST")
+                continue
+            if kind == "error":
+                raise payload
+            if kind == "done":
+                i, keys, row = payload
+                out.adopt(keys)
+                rows.append(row)
+                pending -= 1
+                yield i
+            elif kind == "bye":
+                running -= 1
+                rows.extend(payload)
+        clean = True
+    finally:
+        if not clean:
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+        for p in procs:
+            p.join()
+        tasks.close()
+        results.close()
+    if spec.timeline:
+        print_timeline(rows, start, workers)
+
+
+def _exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit status {code}"
+
+
+def print_timeline(rows: list[dict], start: float, workers: int) -> None:
+    """Per worker: its setup, then each group with the seconds spent building the lazy graph,
+    evaluating (read + dequantize + quantize, fused by mlx), waiting for the writer, and idle."""
+    err = sys.stderr
+    print(f"timeline ({workers} worker processes; seconds from pool start):", file=err)
+    print(f"{'worker':>6} {'group':>22} {'start':>7} {'end':>7} {'graph':>7} {'eval':>7} {'write-wait':>10} "
+          f"{'written MB':>10}", file=err)
+    for r in sorted(rows, key=lambda r: (r["worker"], r["t0"])):
+        print(f"{r['worker']:>6} {r['group']:>22} {r['t0'] - start:7.2f} {r['t1'] - start:7.2f} {r['graph']:7.2f} "
+              f"{r['eval']:7.2f} {r['wait']:10.2f} {r['bytes'] / 1e6:10.1f}", file=err)
+    busy = {}
+    for r in rows:
+        busy[r["worker"]] = busy.get(r["worker"], 0.0) + r["t1"] - r["t0"]
+    end = max((r["t1"] for r in rows), default=start)
+    print(f"pool wall {end - start:.2f} s; busy per worker: " +
+          ", ".join(f"{w}: {b:.2f}" for w, b in sorted(busy.items())), file=err)
+
+
+# ---------------------------------------------------------------------------------------------
+# worker side
+
+
+class _Writes:
+    """A writer thread: `put` queues (shard, bytes, offset) and returns at once unless WRITE_AHEAD
+    bytes are already queued; the bytes' owner (an mlx array's buffer) stays alive until written."""
+
+    def __init__(self, out):
+        self.out, self.queue, self.error = out, queue.Queue(), None
+        self.inflight, self.cond, self.wait_s, self.bytes = 0, threading.Condition(), 0.0, 0
+        self.thread = threading.Thread(target=self._run, daemon=True, name="moequant-writer")
+        self.thread.start()
+
+    def put(self, shard: int, data: memoryview, offset: int) -> None:
+        t = time.perf_counter()
+        with self.cond:
+            while self.inflight and self.inflight + data.nbytes > WRITE_AHEAD and self.error is None:
+                self.cond.wait()
+            self.inflight += data.nbytes
+        self.wait_s += time.perf_counter() - t
+        self._raise()
+        self.queue.put((shard, data, offset))
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            shard, data, offset = item
+            try:
+                if self.error is None:
+                    type(self.out)._pwrite(self.out, shard, data, offset)
+            except BaseException as e:
+                self.error = e
+            n = data.nbytes
+            del item, data
+            with self.cond:
+                self.inflight -= n
+                self.bytes += n
+                self.cond.notify_all()
+
+    def drain(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise OutputError(f"writing DST: {self.error}") from self.error
+
+
+def _ranges(paths: set[str]) -> dict[str, tuple[str, int, int]]:
+    """key -> (file, absolute start, length) of every tensor in the safetensors files named."""
+    out = {}
+    for path in paths:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        for key, info in header.items():
+            if key != "__metadata__":
+                a, b = info["data_offsets"]
+                out[key] = (path, 8 + n + a, b - a)
+    return out
+
+
+def _advise(ranges: dict, keys) -> None:
+    """Ask the kernel to read these tensors' bytes now, in the background (read-ahead)."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    by_file: dict[str, list] = {}
+    for key in keys:
+        if key in ranges:
+            path, start, length = ranges[key]
+            by_file.setdefault(path, []).append((start, length))
+    for path, spans in by_file.items():
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            for start, length in spans:
+                os.posix_fadvise(fd, start, length, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def _picklable(e: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(e))
+        return e
+    except Exception:
+        cls = MoequantError if isinstance(e, MoequantError) else RuntimeError
+        return cls(f"{type(e).__name__}: {e}")
+
+
+def _setup(spec: Spec):
+    from . import convert as convert_module
+    from . import fpquant
+    from .convert import Conversion
+    from .dequant import source_format
+    from .quantize import Quantizer, parameter_shapes
+    from .target import build_model
+    from .writer import Output
+
+    fpquant.THREADS = 1  # the processes are the parallelism
+    conv = Conversion.__new__(Conversion)
+    conv.__dict__.update(spec.state)
+    conv.format, _ = source_format(conv.ckpt.config)
+
+    def rebuild(config):
+        if spec.model_class is not None:
+            model = spec.model_class(spec.model_args)
+            if parameter_shapes(model) == spec.shapes:
+                return model
+        return build_model(config)  # imports mlx-lm's package: slower, same model
+
+    conv.model = rebuild(conv.config)
+    convert_module.build_model = rebuild  # this process's Conversion._target builds with it
+    moments = {k: mx.array(v) for k, v in spec.moments.items()} if spec.moments else None
+    quantizer = Quantizer(conv._target(), conv.plan, moments=moments)
+    stacks: dict = {}
+    normalized = dict(enumerate(conv._normalized_groups(stacks)))
+    out = Output.attached(spec.slots, spec.paths)
+    files = {str(conv.ckpt.tensors[k].file) for keys in spec.groups for k in keys}
+    return conv, quantizer, stacks, normalized, out, _ranges(files)
+
+
+def _worker(n: int, spec: Spec, tasks, results) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process stops us (SIGTERM)
+    from .convert import _quantized
+
+    rows, i = [], None
+    try:
+        t_setup = time.perf_counter()
+        with mx.stream(mx.new_stream(mx.cpu)):
+            conv, quantizer, stacks, normalized, out, ranges = _setup(spec)
+            writes = _Writes(out)
+            out._pwrite = writes.put  # Output.add hands each evaluated tensor to the writer thread
+            rows.append({"worker": n, "group": "(setup)", "t0": t_setup, "t1": time.perf_counter(),
+                         "graph": 0.0, "eval": 0.0, "wait": 0.0, "bytes": 0})
+            while True:
+                try:
+                    i = tasks.get()
+                except (EOFError, OSError):  # the main process is gone
+                    return
+                if i is None:
+                    break
+                t0 = time.perf_counter()
+                _advise(ranges, spec.groups[i])
+                if i + spec.workers < len(spec.groups):
+                    _advise(ranges, spec.groups[i + spec.workers])
+                tensors = _quantized(quantizer, normalized.pop(i), stacks)
+                keys = list(tensors)
+                t1 = time.perf_counter()
+                wait0, bytes0 = writes.wait_s, writes.bytes
+                out.add(tensors)
+                mx.clear_cache()
+                t2 = time.perf_counter()
+                row = {"worker": n, "group": conv.ckpt.groups()[i].name if spec.timeline else str(i), "t0": t0,
+                       "t1": t2, "graph": t1 - t0, "eval": t2 - t1 - (writes.wait_s - wait0),
+                       "wait": writes.wait_s - wait0, "bytes": writes.bytes - bytes0}
+                results.put(("done", n, (i, keys, row)))
+            t = time.perf_counter()
+            writes.drain()
+            rows.append({"worker": n, "group": "(drain writes)", "t0": t, "t1": time.perf_counter(),
+                         "graph": 0.0, "eval": 0.0, "wait": time.perf_counter() - t, "bytes": 0})
+        results.put(("bye", n, rows[:1] + rows[-1:]))
+    except BaseException as e:
+        results.put(("error", n, _picklable(e)))
+
+
+def install_bare_mlx_lm() -> None:
+    """Make `mlx_lm` importable without running its `__init__` (which imports mlx_lm.convert ->
+    transformers -> torch): submodules such as mlx_lm.models.qwen3_moe import as usual. Only in
+    worker processes (see _workerboot); a module that needs the rest imports it by name."""
+    if "mlx_lm" in sys.modules:
+        return
+    spec = importlib.util.find_spec("mlx_lm")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["mlx_lm"] = module

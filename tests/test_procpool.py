@@ -1,0 +1,77 @@
+"""Worker processes (procpool): the same bytes whatever the workers, and an interrupted
+multi-process run leaves no DST, no temporary folder and no process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from moequant.tiny import write_tiny_checkpoint
+
+from test_streaming import _slow_checkpoint
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("arch,mode", [("qwen3_moe", "affine"), ("deepseek_v3", "mxfp4")])
+def test_one_two_and_many_workers_write_the_same_bytes(tmp_path, cli, arch, mode):
+    src = write_tiny_checkpoint(tmp_path / "src", arch, shards=2)
+    runs = {"p1": ("--workers", "1"), "p2": ("--workers", "2"), "p5": ("--workers", "5"),
+            "t3": ("--workers", "3", "--pool", "threads")}
+    for name, args in runs.items():
+        result = cli("convert", src, tmp_path / name, "--mode", mode, "--shard-size", "200KB", "--quiet", *args)
+        assert result.exit_code == 0, result.output
+    first = _files(tmp_path / "p1")
+    assert len(first) > 4
+    for name in runs:
+        assert _files(tmp_path / name) == first, name
+
+
+def _session(pgid: int) -> list[int]:
+    """Processes whose process group is pgid (the run and everything it started)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[2]) == pgid and fields[0] != "Z":
+                    out.append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("how", ["SIGINT to the group (Ctrl-C)", "SIGINT", "SIGTERM"])
+def test_interrupted_multiprocess_run_leaves_no_dst_folder_or_process(tmp_path, how):
+    src = _slow_checkpoint(tmp_path / "src")
+    dst = tmp_path / "dst"
+    proc = subprocess.Popen([sys.executable, "-m", "moequant", "convert", str(src), str(dst), "--rounding", "mse",
+                             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 90
+    # wait until the workers run: the main process, the forkserver and two workers
+    while not (list(tmp_path.glob(".dst.moequant-partial-*")) and len(_session(proc.pid)) >= 4):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(0.3)
+    if how.startswith("SIGINT to the group"):
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(getattr(signal, how))
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1, stderr
+    assert "error: interrupted; DST was not written" in stderr
+    assert not dst.exists() and not list(tmp_path.glob(".dst.moequant-*"))
+    deadline = time.time() + 10
+    while (left := _session(proc.pid)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not left, f"processes left running: {left}"
