@@ -7,3 +7,14 @@ from .procpool import install_bare_mlx_lm
 install_bare_mlx_lm()
 
 from . import convert, fpquant, procpool  # noqa: E402,F401  (imported for the forked workers)
+
+import sys  # noqa: E402
+
+
+def _silent(kind, value, traceback) -> None:
+    """A worker that fails before its task starts (forked while the run is being interrupted, its
+    parent's queues already gone) dies quietly: the parent says what happened, in one line
+    (interrupted, or procpool's "worker exited with … before finishing its group")."""
+
+
+sys.excepthook = _silent  # the forkserver reports a failed fork through it; every worker inherits it

@@ -33,7 +33,6 @@ from . import procpool
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WORKERS = min(2, os.cpu_count() or 1)  # decoder layers converted at once (one thread each)
 
 
 def family_of(config: dict) -> Family:

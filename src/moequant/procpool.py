@@ -150,7 +150,7 @@ def _spec(conv, out, groups, workers: int, moments) -> Spec:
     return Spec(state, model_class, args, parameter_shapes(model), dict(out.slots),
                 [str(out.tmp / name) for name in out.names], [list(g.keys) for g in groups], workers,
                 {k: np.array(v.astype(mx.float32)) for k, v in moments.items()} if moments else None,
-                os.environ.get(TIMELINE, "") not in ("", "0"))
+                os.environ.get(TIMELINE, "") not in ("", "0"), {"dst": str(out.dst), "nbytes": out.nbytes})
 
 
 def convert_groups(conv, out, groups, workers: int, moments=None) -> Iterator[int]:
@@ -276,6 +276,8 @@ class _Writes:
         self._raise()
 
     def _raise(self) -> None:
+        if isinstance(self.error, MoequantError):  # already one line naming DST (writer.Output._os)
+            raise self.error
         if self.error is not None:
             raise OutputError(f"writing DST: {self.error}") from self.error
 
@@ -353,7 +355,7 @@ def _setup(spec: Spec):
     quantizer = Quantizer(conv._target(), conv.plan, moments=moments)
     stacks: dict = {}
     normalized = dict(enumerate(conv._normalized_groups(stacks)))
-    out = Output.attached(spec.slots, spec.paths)
+    out = Output.attached(spec.slots, spec.paths, spec.extra.get("dst"), spec.extra.get("nbytes", 0))
     files = {str(conv.ckpt.tensors[k].file) for keys in spec.groups for k in keys}
     return conv, quantizer, stacks, normalized, out, _ranges(files)
 

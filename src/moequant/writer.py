@@ -295,14 +295,15 @@ class Output:
                 done += os.pwrite(self.files[shard], data[done:], offset + done)
 
     @classmethod
-    def attached(cls, slots: dict[str, Slot], paths: list[Path]) -> "Output":
+    def attached(cls, slots: dict[str, Slot], paths: list[Path], dst: str | None = None, nbytes: int = 0) -> "Output":
         """An Output that writes into shard files another process created with `allocate` (a
         worker process of procpool): same `add`, no folder of its own, nothing to finish."""
         self = cls.__new__(cls)
         self.slots, self.written, self.lock = slots, set(), threading.Lock()
         self.files = [os.open(path, os.O_WRONLY) for path in paths]
-        # what _os names in a one-line error: the temporary folder the shards are in
-        self.dst, self.nbytes, self.names = Path(paths[0]).parent, 0, [Path(p).name for p in paths]
+        # what _os names in a one-line error: DST (else the folder the shards are in) and its size
+        self.dst, self.nbytes = Path(dst) if dst else Path(paths[0]).parent, nbytes
+        self.names = [Path(p).name for p in paths]
         return self
 
     def adopt(self, keys: list[str]) -> None:
