@@ -49,6 +49,7 @@ import os
 import shutil
 import struct
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,10 @@ import mlx.nn as nn
 import numpy as np
 
 SRC = Path("/work/shared/models/tiny-qwen3-moe-pycode")
-CALIB = Path("/work/shared/data/pycode-calib.bin")
+CALIB_TEXT = Path("/work/shared/data/pycode-calib.bin")
+# The model's tokenizer is byte-level (token id = byte value) and the file is Python source that is not
+# all UTF-8 (a stray Latin-1 byte): its token ids are its bytes, written once as .npy for --calib
+CALIB = Path(tempfile.gettempdir()) / "moequant-quality-pycode-calib.npy"
 DEV = Path("/work/shared/data/pycode-dev.bin")
 HERE = Path(__file__).resolve().parent
 BUDGETS = (3.5, 4.0, 4.25, 4.5, 5.0)
@@ -367,7 +371,7 @@ class Dynamic:
             # mlx on a Linux CPU runs gather_mm (the MoE matmul) in float32 only
             model.update(tree_map(lambda a: a.astype(mx.float32) if mx.issubdtype(a.dtype, mx.floating) else a,
                                   model.parameters()))
-            data = read_calibration(CALIB, WINDOW, CALIB_WINDOWS)  # the windows moequant's --calib uses
+            data = read_calibration(CALIB, None, WINDOW, CALIB_WINDOWS)  # the windows moequant's --calib uses
             mx.random.seed(123)  # main()'s default seed
             sens = estimate_sensitivities(model, data, lb, lg, hb, hg)
             del model
@@ -649,7 +653,7 @@ def report(results: list[dict], meta: dict, args, params: int, out_md: Path, out
         f"Model: `{SRC}` (Qwen3-MoE, 4 layers, 16 experts top-4, byte-level, {params:,} parameters, bf16). "
         f"Scored on `{DEV}` (never used for calibration): {args.windows} windows × {WINDOW} bytes at "
         f"non-overlapping positions drawn with seed {args.seed}. Calibration (moequant `--calib`, "
-        f"dynamic_quant's sensitivities): `{CALIB}`, the {CALIB_WINDOWS} × {WINDOW}-byte windows "
+        f"dynamic_quant's sensitivities): `{CALIB_TEXT}` (as byte ids), the {CALIB_WINDOWS} × {WINDOW}-byte windows "
         "`moequant.calibrate.read_calibration` takes.",
         "",
         "* **bits/weight**: total bytes of the output's `*.safetensors` × 8 / the float model's parameter "
@@ -753,6 +757,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=HERE, help="folder for QUALITY.md and quality.png")
     args = p.parse_args()
     args.work = args.work.resolve()
+    if not CALIB.is_file():
+        np.save(CALIB, np.frombuffer(CALIB_TEXT.read_bytes(), np.uint8).astype(np.int32))
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.time()
     import mlx_lm

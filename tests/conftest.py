@@ -17,6 +17,8 @@ from moequant.evaluate import fixed_tokens, load_float32
 from moequant.tiny import write_tiny_checkpoint
 
 TOKENS = fixed_tokens(256)
+# 2,048 characters of text: the tiny checkpoints' byte-level tokenizer makes each one a token
+CALIB_TEXT = "".join(chr(32 + i % 95) for i in range(2048))
 
 
 def assert_no_traceback(*outputs: str) -> None:

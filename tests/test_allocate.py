@@ -13,6 +13,8 @@ from moequant.convert import Conversion
 from moequant.plan import GATE_ROLES, Quant, Role
 from moequant.tiny import ARCHS, write_tiny_checkpoint
 
+from conftest import CALIB_TEXT
+
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_target_bpw_lands_within_002_of_the_budget(tmp_path, arch):
@@ -90,7 +92,7 @@ def test_channel_energy_covers_every_quantizable_linear_of_the_model(tmp_path):
 def test_calibrated_allocation_says_so_in_the_plan(tmp_path):
     src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe")
     calib = tmp_path / "calib.txt"
-    calib.write_bytes(bytes(range(256)) * 8)
+    calib.write_text(CALIB_TEXT)
     plan = Conversion(src, Quant.make("affine", 4), target_bpw=4.0, calib=str(calib)).plan
     assert abs(plan.bits_per_weight - 4.0) <= 0.02
     assert any("calibrated on" in n and "2,048 tokens" in n for n in plan.notes)

@@ -11,7 +11,7 @@ from moequant.plan import Quant
 from moequant.rounding import quantize_searched, reconstruction_error
 from moequant.tiny import write_tiny_checkpoint
 
-from conftest import logits_of
+from conftest import CALIB_TEXT, logits_of
 
 QUANTS = [Quant.make("affine", 2), Quant.make("affine", 3), Quant.make("affine", 4), Quant.make("affine", 4, 128),
           Quant.make("affine", 8, 32), Quant.make("mxfp4"), Quant.make("nvfp4"), Quant.make("mxfp8")]
@@ -92,7 +92,7 @@ def test_gptq_rounding_lowers_each_modules_error_on_the_calibration_inputs(tmp_p
 
     src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe", dtype="float32")
     calib = tmp_path / "calib.txt"
-    calib.write_bytes(bytes(range(256)) * 8)
+    calib.write_text(CALIB_TEXT)
     assert cli("convert", src, tmp_path / "gptq", "--rounding", "gptq", "--calib", calib, "--quiet").exit_code == 0
     assert cli("convert", src, tmp_path / "plain", "--quiet").exit_code == 0
     a = mx.load(str(tmp_path / "gptq" / "model.safetensors"))
@@ -102,7 +102,7 @@ def test_gptq_rounding_lowers_each_modules_error_on_the_calibration_inputs(tmp_p
     conversion = Conversion(src, Quant.make("affine", 4), rounding="gptq", calib=str(calib))
     assert any("--rounding gptq" in note for note in conversion.plan.notes)
     paths = {r.path for r in conversion.plan.rows if r.quant is not None and r.role.value != "embedding"}
-    moments = input_moments(src, read_calibration(calib), paths)
+    moments = input_moments(src, read_calibration(calib, src), paths)
     q, lower = Quant.make("affine", 4), 0
     for path in ["lm_head", "model.layers.1.self_attn.q_proj", "model.layers.0.mlp.switch_mlp.down_proj"]:
         if "switch_mlp" in path:  # per-expert tensors in SRC

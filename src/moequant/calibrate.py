@@ -31,18 +31,76 @@ PROBE = Quant.make(Mode.AFFINE, 3, 64)  # the setting each module's output sensi
 SENSITIVITY_SEQUENCES = 2  # calibration sequences per sensitivity forward pass
 
 
-def read_calibration(file: str | Path, length: int = 512, max_sequences: int = 8,
-                     vocab_size: int | None = None) -> mx.array:
-    """Token batch [n, length] from a file: `.npy` of integer token ids (read without pickle), or
-    any other file's bytes (the byte tokenizer of the trained tiny model: token id = byte value).
-    Every id must lie in [0, vocab_size): mlx's embedding does not check, and an id past the end
-    reads outside the table (a segmentation fault, not an error)."""
+CALIB_SEQUENCES, CALIB_LENGTH = 8, 512  # defaults: sequences of tokens read from a calibration file
+
+
+def _tokenizer(path: Path | None, where: str):
+    """The checkpoint's own tokenizer (mlx-lm's load_tokenizer), or a one-line error."""
+    from mlx_lm.utils import load_tokenizer
+
+    if path is None:
+        raise CheckpointError(f"{where}: text needs the checkpoint's tokenizer; expected SRC with tokenizer files, "
+                              "or token ids as .npy")
+    files = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+    try:
+        if not any((Path(path) / f).is_file() for f in files):
+            raise FileNotFoundError(" / ".join(files))
+        return load_tokenizer(Path(path))
+    except Exception as e:  # noqa: BLE001 - transformers raises many types for a missing tokenizer
+        raise CheckpointError(f"{where}: SRC {path} has no tokenizer mlx-lm can load ({type(e).__name__}); expected "
+                              "tokenizer.json or tokenizer.model in SRC, or token ids as .npy") from None
+
+
+def _jsonl_texts(path: Path, where: str, tokenizer) -> list[str]:
+    """Each line's `text`, or its chat `messages` rendered with the model's chat template."""
+    import json
+
+    texts = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise CheckpointError(f"{where}: line {n} is not JSON; expected one object per line") from None
+        if isinstance(record, dict) and isinstance(record.get("text"), str):
+            texts.append(record["text"])
+        elif isinstance(record, dict) and isinstance(record.get("messages"), list):
+            if not getattr(tokenizer, "chat_template", None):
+                raise CheckpointError(f"{where}: line {n} has chat messages and SRC's tokenizer has no chat template; "
+                                      "expected {\"text\": …} lines")
+            texts.append(tokenizer.apply_chat_template(record["messages"], tokenize=False))
+        else:
+            raise CheckpointError(f"{where}: line {n} has neither a text string nor a messages list; expected "
+                                  '{"text": …} or {"messages": [{"role": …, "content": …}, …]}')
+    return texts
+
+
+def read_calibration(file: str | Path, tokenizer: str | Path | None = None, length: int = CALIB_LENGTH,
+                     sequences: int = CALIB_SEQUENCES, vocab_size: int | None = None) -> mx.array:
+    """Token batch [n ≤ sequences, length] from a calibration file, spread evenly over it:
+    `.npy` integer token ids (read without pickle); `.jsonl` lines of {"text": …} or chat
+    {"messages": […]} (rendered with the model's chat template); any other file as UTF-8 text.
+    Text is tokenized by the checkpoint's own tokenizer (the folder `tokenizer`, mlx-lm's
+    load_tokenizer): a real model's ids are its BPE vocabulary's, never bytes. Every id must lie
+    in [0, vocab_size): mlx's embedding does not check, and an id past the end reads outside the
+    table (a segmentation fault, not an error)."""
     path = Path(file)
     where = f"--calib {file}"
+    if length < 1 or sequences < 1:
+        raise CheckpointError(f"{where}: {sequences} sequences of {length} tokens; expected at least one of one")
     try:
-        ids = np.load(path, allow_pickle=False) if path.suffix == ".npy" else np.frombuffer(path.read_bytes(), np.uint8)
+        if path.suffix == ".npy":
+            ids = np.load(path, allow_pickle=False)
+        else:
+            tok = _tokenizer(tokenizer, where)
+            texts = _jsonl_texts(path, where, tok) if path.suffix == ".jsonl" else [path.read_text(encoding="utf-8")]
+            ids = np.array([i for text in texts for i in tok.encode(text)], dtype=np.int64)
     except OSError as e:
-        raise CheckpointError(f"{where}: {os_reason(e)}; expected a readable text or .npy token file") from None
+        raise CheckpointError(f"{where}: {os_reason(e)}; expected a readable text, .jsonl or .npy file") from None
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{where}: not UTF-8 text (byte {e.start}); expected text, .jsonl or .npy token ids") \
+            from None
     except (ValueError, EOFError) as e:  # pickled, object, truncated or not .npy at all
         reason = str(e).split(". ")[0].rstrip(".") or type(e).__name__
         raise CheckpointError(f"{where}: not a .npy array numpy reads without pickle ({reason}); expected integer "
@@ -54,12 +112,13 @@ def read_calibration(file: str | Path, length: int = 512, max_sequences: int = 8
         raise CheckpointError(f"{where}: token id {low} at position {int(ids.argmin())}; expected ids from 0")
     if vocab_size is not None and ids.size and (outside := ids >= vocab_size).any():
         first = int(outside.argmax())
-        what = "byte" if path.suffix != ".npy" else "token id"
-        raise CheckpointError(f"{where}: {what} {int(ids[first])} at position {first} ({int(outside.sum())} in all, "
-                              f"the largest {int(ids.max())}); expected ids below the model's vocab_size {vocab_size}")
-    n = min(len(ids) // length, max_sequences)
+        raise CheckpointError(f"{where}: token id {int(ids[first])} at position {first} ({int(outside.sum())} in "
+                              f"all, the largest {int(ids.max())}); expected ids below the model's vocab_size {vocab_size}")
+    n = min(len(ids) // length, sequences)
     if n == 0:
-        raise CheckpointError(f"{where}: {len(ids)} tokens; expected at least {length}")
+        raise CheckpointError(f"{where}: {len(ids)} tokens; expected at least {length} (--calib-length)")
+    if n < sequences:
+        log.warning("%s: %d tokens give %d of %d sequences of %d", where, len(ids), n, sequences, length)
     starts = np.linspace(0, len(ids) - length, n).astype(int)
     return mx.array(np.stack([ids[s:s + length] for s in starts]).astype(np.int32))
 

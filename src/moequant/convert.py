@@ -129,7 +129,9 @@ class Conversion:
 
     def calibration(self) -> mx.array:
         """The --calib token batch, every id checked against the model's vocabulary."""
-        return read_calibration(self.plan.options.calib, vocab_size=vocab_size(self.config))
+        options = self.plan.options
+        return read_calibration(options.calib, self.ckpt.path, options.calib_length, options.calib_sequences,
+                                vocab_size(self.config))
 
     def _origin(self, path: str, packed: dict[str, Quant]) -> str:
         """What SRC holds for a target module, for `inspect`: `BF16`, `F8_E4M3 (fp8) per-expert`,

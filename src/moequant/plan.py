@@ -119,6 +119,8 @@ class Options:
     rounding: str = "plain"  # a key of ROUNDINGS
     target_bpw: float | None = None  # size budget in bits per weight (allocate.py chooses per module)
     calib: str | None = None  # calibration text for --target-bpw (else a data-free proxy) and --rounding gptq
+    calib_sequences: int = 8  # sequences of calib_length tokens read from calib
+    calib_length: int = 512
 
 
 class Role(str, Enum):
@@ -450,6 +452,8 @@ class Plan:
                 "rounding": self.options.rounding,
                 "target_bpw": self.options.target_bpw,
                 "calib": self.options.calib,
+                "calib_sequences": self.options.calib_sequences,
+                "calib_length": self.options.calib_length,
                 "overrides": [str(o) for o in self.options.overrides],
             },
             "totals": {"params": self.params, "bytes_before": self.bytes_before,
@@ -504,7 +508,9 @@ def _options_from_json(o, where: str) -> Options:
     # target_bpw and overrides are history (the rows say what they decided): checked, not applied
     return Options(Quant.from_dict(quant, f"{where}.quant") if quant is not None else None, gate_bits, dtype,
                    _field(o, "global_scale", (bool,), "true or false", where, True), recipe,
-                   rounding=rounding, calib=calib)
+                   rounding=rounding, calib=calib,
+                   calib_sequences=_field(o, "calib_sequences", (int,), "a number of sequences", where, 8),
+                   calib_length=_field(o, "calib_length", (int,), "tokens per sequence", where, 512))
 
 
 def plan_from_json(data: dict, modules: list[Module], model_type: str, source_itemsize: int = 2,
