@@ -128,24 +128,105 @@ PRODUCED: dict[str, Produced] = {p.model_type: p for p in (
 )}
 
 
-def tiny_config(model_type: str) -> transformers.PretrainedConfig:
-    """The model_type's config class with TINY's keys it has, then the row's extra."""
-    row = PRODUCED[model_type]
-    config_class = transformers.CONFIG_MAPPING[model_type]
+# Vision-language releases converted for mlx-vlm (moequant.families.VISION_LANGUAGE): the text vocabulary
+# has room for the image tokens (ids VOCAB.., as tiny.py's releases); TOKENS stay below VOCAB, text only
+VOCAB_VLM = VOCAB + 8
+_IMAGE_TOKENS = {"image_token_id": VOCAB + 2, "video_token_id": VOCAB + 3, "vision_start_token_id": VOCAB,
+                 "vision_end_token_id": VOCAB + 1}
+# Qwen-VL's multimodal RoPE: the sections (temporal, height, width) add up to the rotary dimension / 2
+_QWEN_VISION = {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2, "out_hidden_size": H,
+                "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 64}
+
+
+@dataclass(frozen=True)
+class ProducedVLM:
+    """A vision-language model_type written whole by its ...ForConditionalGeneration class:
+    text_config is TINY (vocab_size VOCAB_VLM) with `text` over it as for a Produced row, vision_config
+    is `vision` (tiny, over the class's defaults), `extra` the top-level keys (image token ids);
+    `files` names tiny.py's processor files for the release (mlx_vlm.load reads them)."""
+
+    model_type: str
+    text: dict = field(default_factory=dict)
+    vision: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    model_class: str = "AutoModelForImageTextToText"
+    files: str = ""
+
+
+PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
+    ProducedVLM("qwen3_vl_moe", {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                                     "mrope_section": [6, 5, 5], "mrope_interleaved": True}},
+                {**_QWEN_VISION, "deepstack_visual_indexes": [0]}, _IMAGE_TOKENS, files="_qwen_vl_files"),
+    ProducedVLM("qwen3_5_moe", {"layer_types": _HYBRID,
+                                "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                                    "partial_rotary_factor": 0.25, "mrope_section": [2, 1, 1],
+                                                    "mrope_interleaved": True}},
+                _QWEN_VISION, _IMAGE_TOKENS, files="_qwen_vl_files"),
+    # the language model as the llama4_text row's, its dense layers' MLP tiny too (intermediate_size_mlp)
+    ProducedVLM("llama4", {**PRODUCED["llama4_text"].extra, "intermediate_size_mlp": I_DENSE},
+                {"hidden_size": 64, "image_size": 64, "patch_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+                 "intermediate_size": 256, "projector_input_dim": 128, "projector_output_dim": 128,
+                 "vision_output_dim": 128},
+                {"image_token_index": VOCAB + 2, "boi_token_index": VOCAB, "eoi_token_index": VOCAB + 1},
+                files="_llama4_files"),
+    ProducedVLM("glm4v_moe", {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                                  "partial_rotary_factor": 0.5, "mrope_section": [2, 3, 3]}},
+                {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2, "patch_size": 14,
+                 "image_size": 56, "out_hidden_size": H, "spatial_merge_size": 2, "temporal_patch_size": 2},
+                {"image_token_id": VOCAB + 2, "video_token_id": VOCAB + 3, "image_start_token_id": VOCAB,
+                 "image_end_token_id": VOCAB + 1, "video_start_token_id": VOCAB + 4, "video_end_token_id": VOCAB + 5},
+                files="_glm4v_files"),
+    # google/gemma-4-26B-A4B-it's language model: MoE blocks beside the dense MLP, no per-layer inputs, the
+    # full-attention layers' own head_dim and shared keys / values (attention_k_eq_v), logit soft-capping, tied
+    # as Gemma4Config (whose flag transformers' model reads) is; pad_token_id masks image tokens (transformers)
+    ProducedVLM("gemma4", {"layer_types": _SLIDING, "enable_moe_block": True, "top_k_experts": TOP_K,
+                           "hidden_size_per_layer_input": 0, "vocab_size_per_layer_input": VOCAB_VLM,
+                           "global_head_dim": 64, "num_global_key_value_heads": 1, "attention_k_eq_v": True,
+                           "final_logit_softcapping": 30.0, "pad_token_id": 0, "tie_word_embeddings": True},
+                {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
+                 "num_key_value_heads": 2, "head_dim": 32, "global_head_dim": 32, "patch_size": 16,
+                 "position_embedding_size": 64, "pooling_kernel_size": 2, "default_output_length": 4},
+                {"image_token_id": VOCAB + 2, "boi_token_id": VOCAB, "eoi_token_id": VOCAB + 1, "audio_config": None},
+                files="_llama4_files"),
+)}
+
+
+def _tiny_kwargs(config_class, extra: dict, base: dict = TINY) -> dict:
+    """`base`'s keys the config class has, then `extra` (None drops a key)."""
     has = set(config_class().to_dict())
-    kwargs = {k: v for k, v in TINY.items() if k in has}
-    for k, v in row.extra.items():
+    kwargs = {k: v for k, v in base.items() if k in has}
+    for k, v in extra.items():
         if v is None:
             kwargs.pop(k, None)
         else:
             kwargs[k] = v
-    config = config_class(**kwargs)
+    return kwargs
+
+
+def tiny_config(model_type: str) -> transformers.PretrainedConfig:
+    """The model_type's config class with TINY's keys it has, then the row's extra (a PRODUCED_VLM
+    row: text_config so, vision_config the row's)."""
+    from transformers.models.auto import modeling_auto
+
+    config_class = transformers.CONFIG_MAPPING[model_type]
+    if model_type in PRODUCED_VLM:
+        row = PRODUCED_VLM[model_type]
+        text = _tiny_kwargs(config_class.sub_configs["text_config"], row.text, {**TINY, "vocab_size": VOCAB_VLM})
+        config = config_class(text_config=text, vision_config=row.vision, **row.extra)
+        mapping = modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    else:
+        row = PRODUCED[model_type]
+        config = config_class(**_tiny_kwargs(config_class, row.extra))
+        mapping = modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     # what save_pretrained of the model writes: the class that wrote it (mlx-lm picks a module by it)
     name = row.model_class
-    if name.startswith("Auto"):
-        name = transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]
-    config.architectures = [name]
+    config.architectures = [mapping[model_type] if name.startswith("Auto") else name]
     return config
+
+
+def model_class(model_type: str) -> type:
+    """The transformers class that writes (and runs) the model_type's row."""
+    return getattr(transformers, (PRODUCED_VLM.get(model_type) or PRODUCED[model_type]).model_class)
 
 
 def redraw(model: torch.nn.Module, seed: int = 0) -> None:
@@ -168,15 +249,22 @@ def write_produced(dst: Path, model_type: str, dtype: torch.dtype = torch.float3
     """Writes the tiny checkpoint with save_pretrained; returns transformers' float32 logits on TOKENS."""
     torch.manual_seed(seed)
     config = tiny_config(model_type)
-    model_class = getattr(transformers, PRODUCED[model_type].model_class)
+    cls = model_class(model_type)
     # Auto classes build from a config with from_config; a concrete class (no Auto mapping, e.g.
     # Mistral4ForCausalLM) with PreTrainedModel._from_config, which from_config itself calls
-    build = getattr(model_class, "from_config", None) or model_class._from_config
+    build = getattr(cls, "from_config", None) or cls._from_config
     model = build(config, dtype=torch.float32).eval()
     redraw(model, seed)
-    with torch.inference_mode():
+    with torch.inference_mode():  # a vision-language model too: token ids only, no pixels
         logits = model(torch.from_numpy(TOKENS), use_cache=False).logits.float().numpy()
     model.to(dtype).save_pretrained(dst)
+    if model_type in PRODUCED_VLM and PRODUCED_VLM[model_type].files:
+        from moequant import tiny
+
+        # the release's tokenizer and processor files, as tiny.py writes them (image tokens from id VOCAB)
+        assert tiny.V == VOCAB
+        for name, content in getattr(tiny, PRODUCED_VLM[model_type].files)().items():
+            (Path(dst) / name).write_text(content if isinstance(content, str) else json.dumps(content, indent=2))
     return logits
 
 
@@ -219,8 +307,7 @@ def simulated_logits(model_type: str, src: Path, bits: int, group_size: int = 64
     group divides; router gates, norms, convolutions and vectors kept, and what `keep` names,
     see _kept): what a correct quantized conversion computes."""
     config = transformers.AutoConfig.from_pretrained(src)
-    model_class = getattr(transformers, PRODUCED[model_type].model_class)
-    model = model_class.from_pretrained(src, dtype=torch.float32).eval()
+    model = model_class(model_type).from_pretrained(src, dtype=torch.float32).eval()
     text = getattr(config, "text_config", None) or config
     num_experts = next((getattr(text, k) for k in ("num_experts", "num_local_experts", "n_routed_experts",
                                                    "moe_num_experts") if getattr(text, k, None)), 0)

@@ -304,7 +304,8 @@ COMMON: tuple[Rename, ...] = (
     Rename("head_dim", "", "head_dim"),
 )
 
-# model_type (mlx-lm's) -> its renames, in alphabetical order of model_type.
+# model_type (mlx-lm's; for mlx-vlm's sub-configs, text_config's and vision_config's own, see
+# target.resolve_config) -> its renames, in alphabetical order of model_type.
 RENAMES: dict[str, tuple[Rename, ...]] = {
     # transformers' BailingHybrid (Ling 3.0; mlx-lm's bailing_moe_v3): the attribute_map names, KDA heads of
     # linear_head_dim (config.json's head_dim is qk_rope_head_dim), shared experts of moe_intermediate_size,
@@ -332,10 +333,20 @@ RENAMES: dict[str, tuple[Rename, ...]] = {
     "exaone_moe": (
         Rename("is_moe_layer", "mlp_layer_types", "sparse_flags"),
     ),
+    # transformers' Gemma4Config keeps vocab_size in text_config only; mlx-lm's gemma4 reads the outer one (default
+    # 262144) and writes it into text_config (mlx_lm/models/gemma4.py ModelArgs.__post_init__)
+    "gemma4": (
+        Rename("vocab_size", "text_config.vocab_size"),
+    ),
     # transformers' Gemma4Text: the full-attention layers' head_dim / kv heads in per_layer_config
     "gemma4_text": (
         Rename("global_head_dim", "per_layer_config", "full_attention_head_dim"),
         Rename("num_global_key_value_heads", "per_layer_config", "full_attention_kv_heads"),
+    ),
+    # transformers' Glm4vMoeText has no q/k norm (modeling_glm4v_moe.py Glm4vMoeTextAttention); mlx-vlm's
+    # glm4v_moe TextConfig requires use_qk_norm
+    "glm4v_moe_text": (
+        Rename("use_qk_norm", "", fixed(False)),
     ),
     # transformers' GlmMoeDsa: sigmoid router with e_score_correction_bias and group-limited top-k (DeepSeek-V3's
     # noaux_tc), MoE iff mlp_layer_types[l] == "sparse" (first_k_dense_replace is only its default)
@@ -375,6 +386,11 @@ RENAMES: dict[str, tuple[Rename, ...]] = {
     # transformers' Llama4TextConfig: the MoE layers are moe_layers (interleave_moe_layer_step only builds its default)
     "llama4": (
         Rename("interleave_moe_layer_step", "moe_layers", "interleave_moe_layer_step", overrides=True),
+    ),
+    # transformers' Llama4 projects the vision model's last hidden state (modeling_llama4.py get_image_features);
+    # mlx-vlm's llama4 VisionConfig requires vision_feature_layer (the model reads its own argument, -1)
+    "llama4_vision_model": (
+        Rename("vision_feature_layer", "", fixed(-1)),
     ),
     # transformers' LongcatFlash: MLA that always scales q and kv latents by sqrt(hidden / rank), routing that
     # sends the zero experts' share through unchanged (identity)
@@ -424,6 +440,17 @@ RENAMES: dict[str, tuple[Rename, ...]] = {
     # transformers' Qwen3Next: layer_types (full_attention_interval is only read to build it)
     "qwen3_next": (
         Rename("full_attention_interval", "layer_types", "full_attention_interval"),
+    ),
+    # transformers' Qwen3VLMoeText always renormalizes the top-k routing weights (modeling_qwen3_vl_moe.py:166,
+    # Qwen3VLMoeTextTopKRouter) and has no norm_topk_prob; mlx-lm's qwen3_moe (qwen3_vl_moe's language model)
+    # requires it
+    "qwen3_vl_moe": (
+        Rename("norm_topk_prob", "", fixed(True)),
+    ),
+    # transformers 5 names Qwen3-VL-MoE's vision_config qwen3_vl_moe_vision; mlx-vlm's VisionModel takes only the
+    # releases' qwen3_vl_moe (mlx_vlm/models/qwen3_vl_moe/vision.py:195), the same tower
+    "qwen3_vl_moe_vision": (
+        Rename("model_type", "", fixed("qwen3_vl_moe"), overrides=True),
     ),
     # transformers' SolarOpen: every layer MoE (no dense layer, so no intermediate_size is read), partial
     # rotary from rope_parameters

@@ -7,7 +7,7 @@ error naming the layer and the expert, never a silent skip.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import mlx.core as mx
 
@@ -24,6 +24,10 @@ class FusedLayout:
 
     interleaved: bool = False  # gate and up rows alternate (else: all gate rows, then all up rows)
     transposed: bool = False  # stored in x out: gate_up [E, H, 2I], down [E, I, H]
+    # also stored out x in under the same names: transformers' loader takes either (it transposes a tensor only
+    # where its shape is not the model's, core_model_loading.Transpose(check_dims=True)) and its save_pretrained
+    # writes the model's out x in; each layer's pair of shapes tells which (see _oriented)
+    either: bool = False
 
     def split_rows(self, t: mx.array) -> tuple[mx.array, mx.array]:
         if self.interleaved:
@@ -62,6 +66,8 @@ FUSED_SPLITTERS: dict[str, FusedLayout] = {
     "halves": FusedLayout(),  # Qwen3.5/3.6, GraniteMoE input_linear: [E, 2I, H], gate rows then up rows
     "interleaved": FusedLayout(interleaved=True),  # gpt-oss MXFP4 _blocks: [E, 2I, H], even rows gate
     "halves_transposed": FusedLayout(transposed=True),  # Llama-4: [E, H, 2I], gate columns then up
+    # Qwen3-VL-MoE: the release's [E, H, 2I] (gate columns then up), or transformers 5's save of it: [E, 2I, H]
+    "halves_transposed_or_rows": FusedLayout(transposed=True, either=True),
     # gpt-oss in transformers' own layout (BF16 re-releases): [E, H, 2I], even columns gate
     "interleaved_transposed": FusedLayout(interleaved=True, transposed=True),
 }
@@ -78,6 +84,7 @@ class _Fused:
     pattern: re.Pattern
     layout: FusedLayout
     down: str  # the down tensor's name inside `experts`, bare
+    gate_up: str = ""  # the gate_up tensor's name inside `experts`, bare
 
 
 def _fused_pattern(family: Family, names: tuple[str, str], biases: tuple[str, ...]) -> re.Pattern:
@@ -98,7 +105,7 @@ def _fused_publications(family: Family) -> tuple[_Fused, ...]:
     """The row's fused names (with its fused biases), then each of Family.fused_also."""
     rows = [(family.fused_names, family.fused_bias_names, family.fused)]
     rows += [(also.names, (), also.fused) for also in family.fused_also]
-    return tuple(_Fused(_fused_pattern(family, names, biases), FUSED_SPLITTERS[fused], _bare(names[1]))
+    return tuple(_Fused(_fused_pattern(family, names, biases), FUSED_SPLITTERS[fused], _bare(names[1]), _bare(names[0]))
                  for names, biases, fused in rows)
 
 
@@ -154,7 +161,9 @@ def to_stacked(family: Family, weights: dict[str, mx.array], n_experts: int,
     out: dict[str, mx.array] = {}
     for key, value in weights.items():
         if publication := _match_fused(fused, key):
-            out.update(_unfuse(family, key, *publication, value, n_experts))
+            m, found_in = publication
+            found_in = replace(found_in, layout=_oriented(family, m, found_in, weights))
+            out.update(_unfuse(family, key, m, found_in, value, n_experts))
             continue
         m = pattern.match(key)
         if m is None:
@@ -186,6 +195,20 @@ def to_stacked(family: Family, weights: dict[str, mx.array], n_experts: int,
             if stacks is not None:
                 stacks[id(stacked)] = (stacked, parts)
     return out
+
+
+def _oriented(family: Family, match: re.Match, publication: _Fused, weights: dict[str, mx.array]) -> FusedLayout:
+    """The layout a fused tensor splits by: for one stored either way (FusedLayout.either), out x in where its
+    layer's pair is gate_up [E, 2I, H] beside down [E, H, I] (gate_up's last dimension is down's rows, and its
+    rows twice down's last); the in x out pair, [E, H, 2I] beside [E, I, H], never is (it would make I zero)."""
+    layout = publication.layout
+    suffix = match.groupdict().get("suffix") or ""
+    where = f"{match['layer']}.{family.experts}."
+    gate_up, down = weights.get(where + publication.gate_up + suffix), weights.get(where + publication.down + suffix)
+    if not layout.either or gate_up is None or down is None or gate_up.ndim != 3 or down.ndim != 3:
+        return layout
+    rows = gate_up.shape[2] == down.shape[1] and gate_up.shape[1] == 2 * down.shape[2]
+    return replace(layout, transposed=False, either=False) if rows else layout
 
 
 def _unfuse(family: Family, key: str, match: re.Match, publication: _Fused, value: mx.array,

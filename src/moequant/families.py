@@ -137,9 +137,10 @@ FAMILIES: dict[str, Family] = {
     "qwen3_5_moe": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("num_experts", "num_local_experts"),
                           layout="fused"),
     # Qwen/Qwen3-VL-30B-A3B: model.language_model.layers.{l}.mlp.experts.gate_up_proj [E, H, 2I]
-    # (gate columns first) and down_proj [E, I, H]
-    "qwen3_vl_moe": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("num_experts",), fused="halves_transposed",
-                           layout="fused"),
+    # (gate columns first) and down_proj [E, I, H]; transformers 5's save_pretrained writes them out x in,
+    # [E, 2I, H] and [E, H, I] (its loader transposes only a shape that is not its model's)
+    "qwen3_vl_moe": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("num_experts",),
+                           fused="halves_transposed_or_rows", layout="fused"),
     # MiniMaxAI/MiniMax-M3: language_model.model.layers.{l}.block_sparse_moe.experts.{e}.w1/w2/w3 (mlx-lm runs
     # the language model; the vision tower is dropped), shared_experts and dense layers' mlp.{gate,up,down}_proj
     "minimax_m3_vl": Family("block_sparse_moe.experts", "block_sparse_moe.switch_mlp", _W123, ("num_local_experts",)),
@@ -295,6 +296,7 @@ ABSENT_AS_ZEROS: dict[str, tuple[AbsentAsZeros, ...]] = {
 TEXT_ARGS: dict[str, str] = {
     "llama4": "mlx_lm.models.llama4.TextArgs",
     "qwen3_5_moe": "mlx_lm.models.qwen3_5.TextModelArgs",
+    "qwen3_vl_moe": "mlx_lm.models.qwen3_moe.ModelArgs",  # its text_config's model_type (qwen3_vl_moe_text) has none
 }
 
 # (transformers model_type, architectures[0]) whose model mlx-lm runs under another model_type than the

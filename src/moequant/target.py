@@ -333,9 +333,14 @@ def resolve_config(config: dict, runner: str | None = None) -> tuple[dict, list[
     if runner == MLX_VLM:
         arch = _vlm_arch(config)
         notes += _fill_aliases(resolved, _config_fields(arch.ModelConfig))
-        text = resolved.get("text_config")
-        if isinstance(text, dict) and hasattr(arch, "TextConfig"):
-            notes += _fill_aliases(text, _config_fields(arch.TextConfig), "text_config.")
+        # the sub-configs as mlx-vlm's classes read them: text_config by the renames of mlx-lm's model_type
+        # where a TEXT_ARGS row says its language model reads them (as for mlx-lm, below), else of its own
+        # model_type; vision_config by those of its own model_type
+        renames_of = resolved["model_type"] if resolved["model_type"] in TEXT_ARGS else None
+        for key, part, of in (("text_config", "TextConfig", renames_of), ("vision_config", "VisionConfig", None)):
+            sub = resolved.get(key)
+            if isinstance(sub, dict) and hasattr(arch, part):
+                notes += _fill_aliases(sub, _config_fields(getattr(arch, part)), f"{key}.", of)
     else:
         for key in VISION_LANGUAGE[config["model_type"]].vision_keys if is_vision_language(config) else ():
             resolved.pop(key)
