@@ -214,3 +214,14 @@ def test_tiny_release_is_the_layout_transformers_loads(tmp_path, arch):
     model, info = model_class.from_pretrained(src, dtype=torch.float32, output_loading_info=True)
     assert type(model).__name__ == TRANSFORMERS_CLASS[arch]
     assert {k: v for k, v in info.items() if v} == {}  # no missing, unexpected or mismatched key
+
+
+def test_verify_finds_the_routers_of_an_mlx_vlm_output(tmp_path):
+    """mlx-vlm's models hold their experts in mlx-vlm's own SwitchLinear: verify's router
+    agreement must find them (it once knew mlx-lm's class only and reported no MoE layer)."""
+    from moequant.verify import verify
+
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_vl_moe", vision=True)
+    list(Conversion(src, Quant.make("affine", 8)).run(tmp_path / "q8", pool="threads"))
+    report = verify(tmp_path / "q8", src)
+    assert len(report.router_agreement) == 2 and all(v > 0.5 for v in report.router_agreement.values())

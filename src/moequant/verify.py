@@ -101,13 +101,15 @@ class _Recorder(nn.Module):
 
 def expert_containers(model: nn.Module) -> dict[str, str]:
     """MoE block path -> path of the module it calls with the selected experts' indices: every
-    module with a `SwitchLinear` child (mlx-lm's `SwitchGLU` / `SwitchMLP`), keyed by its parent."""
-    from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchLinear
+    module with a `SwitchLinear` child (mlx-lm's or mlx-vlm's `SwitchGLU` / `SwitchMLP`), keyed by
+    its parent."""
+    from .target import switch_linear_types
 
+    stacks = switch_linear_types() + switch_linear_types(quantized=True)  # mlx-lm's and, if loaded, mlx-vlm's
     containers = {}
     for path, module in model.named_modules():
         children = [v for v in module.values() if isinstance(v, nn.Module)]
-        if path and any(isinstance(c, (SwitchLinear, QuantizedSwitchLinear)) for c in children):
+        if path and any(isinstance(c, stacks) for c in children):
             containers[path.rpartition(".")[0]] = path
     return dict(sorted(containers.items(), key=lambda kv: _natural(kv[0])))
 
