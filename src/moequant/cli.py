@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -148,6 +149,15 @@ def _given(**options) -> list[str]:
         else:
             shown.append(f"{option} {value.value if isinstance(value, Mode) else value}")
     return shown
+
+
+def _command_line(command: str, *args: str, **options) -> str:
+    """The command as a user would type it again (shell-quoted): `moequant convert SRC DST --bits 3`,
+    for the model card; only the options given (see _given)."""
+    words = ["moequant", command, *map(str, args)]
+    for option in _given(**options):
+        words += option.split(" ", 1)
+    return shlex.join(words)
 
 
 def _choices(no_quantize: bool, mode: Mode | None, bits: int | None, group_size: int | None, gate_bits: str | None,
@@ -308,8 +318,14 @@ def convert(
             target_bpw, calib))
     if pool not in ("processes", "threads"):
         raise MoequantError(f"--pool {pool}: expected processes or threads")
+    command = _command_line(
+        "convert", src, dst, bits=bits, group_size=group_size, mode=mode, gate_bits=gate_bits, no_quantize=no_quantize,
+        dtype=dtype, global_scale=global_scale, recipe=recipe, override=override, rounding=rounding,
+        target_bpw=target_bpw, calib=calib, plan=plan_file, **{"for": runner},
+        shard_size=shard_size if shard_size != "5GB" else None)
     total = conversion.ckpt.nbytes
-    with closing(conversion.run(dst, force=force, shard_size=size, workers=workers, pool=pool)) as steps, \
+    with closing(conversion.run(dst, force=force, shard_size=size, workers=workers, pool=pool,
+                                command=command)) as steps, \
             Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),
                      TimeRemainingColumn(), console=err, disable=quiet, transient=True) as progress:
         task = progress.add_task("converting", total=total, done="")
