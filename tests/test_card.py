@@ -95,3 +95,44 @@ def test_hub_id_source_is_the_base_model(tmp_path):
     assert result.returncode == 0, result.stderr
     card = ModelCard.load(tmp_path / "dst" / CARD_FILE)
     assert card.data.base_model == "tiny-org/tiny-moe" and card.data.license == "mit"
+
+
+# --- convert --verify ------------------------------------------------------------------------
+
+
+def test_convert_verify_records_the_figures_in_the_card_and_json(tmp_path, cli):
+    src = write_tiny_checkpoint(tmp_path / "src", "mixtral")
+    result = cli("convert", src, tmp_path / "dst", "--verify", "--min-top1", "0.5", "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout)["verify"]
+    assert figures["failed"] == [] and 0.5 <= figures["closeness"]["top1"] <= 1
+    text = (tmp_path / "dst" / CARD_FILE).read_text()
+    assert "## Quality" in text and f"| top-1 agreement | {figures['closeness']['top1']:.4f} |" in text
+    ModelCard.load(tmp_path / "dst" / CARD_FILE)  # still parses
+
+
+def test_convert_verify_below_the_bar_exits_1_and_keeps_the_output(tmp_path, cli):
+    src = write_tiny_checkpoint(tmp_path / "src", "mixtral")
+    result = cli("convert", src, tmp_path / "dst", "--verify", "--max-kl", "0.000001", "--quiet")
+    assert result.exit_code == 1
+    error = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and error[0].startswith(f"error: {tmp_path / 'dst'}: KL ") and \
+        error[0].endswith("> 1e-06; the output is written and valid, just below the bar (its model card records "
+                          "the figures)"), result.output
+    assert (tmp_path / "dst" / MARK_FILE).exists()
+    assert "Below the bar asked for: KL" in (tmp_path / "dst" / CARD_FILE).read_text()
+
+
+def test_convert_verify_below_the_bar_with_json_lists_what_failed(tmp_path, cli):
+    src = write_tiny_checkpoint(tmp_path / "src", "mixtral")
+    result = cli("convert", src, tmp_path / "dst", "--verify", "--min-top1", "1.01", "--json", "--quiet")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["verify"]["failed"][0].startswith("top-1 agreement ")
+
+
+def test_a_threshold_without_verify_is_refused_before_any_work(tmp_path, cli):
+    src = write_tiny_checkpoint(tmp_path / "src", "mixtral")
+    result = cli("convert", src, tmp_path / "dst", "--min-top1", "0.9")
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: --min-top1 0.9: a threshold on `verify`'s figures; expected --verify with it"
+    assert not (tmp_path / "dst").exists()

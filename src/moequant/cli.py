@@ -66,6 +66,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or info on stderr.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging on stderr.")]
 
+MinTop1Opt = Annotated[Optional[float], typer.Option("--min-top1", help="Exit 1 if top-1 agreement is below this.")]
+MaxKlOpt = Annotated[Optional[float], typer.Option("--max-kl", help="Exit 1 if the mean KL (nats/token) is above this.")]
+MinRouterOpt = Annotated[Optional[float], typer.Option("--min-router", help="Exit 1 if any MoE layer's router top-k agreement is below this.")]
+
 MAX_TINY_SHARDS = 8  # make-tiny: every shard of a tiny checkpoint holds tensors
 
 
@@ -192,6 +196,20 @@ def _choices(no_quantize: bool, mode: Mode | None, bits: int | None, group_size:
                 overrides=tuple(Override.parse(o) for o in overrides or ()))
 
 
+def _failures(report, min_top1: float | None, max_kl: float | None, min_router: float | None) -> list[str]:
+    """The thresholds `verify`'s report misses, one phrase each ('top-1 agreement 0.6875 < 0.9')."""
+    c, t = report.closeness, report.transformers
+    return [f"{name} {value:.4g} {op} {limit}" for name, value, op, limit, bad in (
+        ("top-1 agreement", c.top1, "<", min_top1, min_top1 is not None and c.top1 < min_top1),
+        ("KL", c.kl, ">", max_kl, max_kl is not None and c.kl > max_kl),
+        ("top-1 agreement with transformers", t.top1 if t else 1.0, "<", min_top1,
+         t is not None and min_top1 is not None and t.top1 < min_top1),
+        ("KL against transformers", t.kl if t else 0.0, ">", max_kl, t is not None and max_kl is not None and t.kl > max_kl),
+        ("router agreement", report.min_router_agreement, "<", min_router, min_router is not None
+         and report.min_router_agreement is not None and report.min_router_agreement < min_router),
+    ) if bad]
+
+
 def _print_json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
@@ -295,6 +313,8 @@ def convert(
     shard_size: Annotated[str, typer.Option("--shard-size", help="Largest output shard.")] = "5GB",
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Decoder layers converted at once, one process each (default: one per core, fewer if memory is short).")] = None,
     pool: Annotated[str, typer.Option("--pool", help="Workers as `processes` (default) or `threads` (one process; the GIL serializes them).")] = "processes",
+    verify_after: Annotated[bool, typer.Option("--verify", help="Then run `verify` against SRC: its figures go into the model card and --json.")] = False,
+    min_top1: MinTop1Opt = None, max_kl: MaxKlOpt = None, min_router: MinRouterOpt = None,
     json_out: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
     """Convert SRC into a quantized MLX checkpoint in DST."""
@@ -302,6 +322,8 @@ def convert(
     from .writer import check_destination
 
     _logging(quiet, verbose)
+    if not verify_after and (given := _given(min_top1=min_top1, max_kl=max_kl, min_router=min_router)):
+        raise MoequantError(f"{given[0]}: a threshold on `verify`'s figures; expected --verify with it")
     local = Path(src).expanduser()
     check_destination(dst, force, local if local.is_dir() else None)
     size = _shard_size(shard_size)
@@ -332,11 +354,31 @@ def convert(
         for step in steps:
             progress.update(task, advance=step.bytes_read, description=f"{step.group} ({step.index}/{step.total})",
                             done=f"{_size(progress.tasks[0].completed + step.bytes_read)} of {_size(total)}")
-    plan = conversion.plan
+    plan, quality = conversion.plan, None
+    if verify_after:
+        from .verify import verify as run_verify
+
+        if not quiet:
+            err.print(f"verifying {dst} against {src}", highlight=False)
+        report = run_verify(dst, src)
+        quality = {**report.to_dict(), "reference": src, "failed": _failures(report, min_top1, max_kl, min_router)}
+        conversion.update_card(dst, command, quality)
     if json_out:
-        _print_json({"dst": str(dst), **plan.to_json()["totals"], "counts": plan.counts()})
+        _print_json({"dst": str(dst), **plan.to_json()["totals"], "counts": plan.counts(),
+                     **({"verify": quality} if quality else {})})
     else:
         out.print(summary_line(plan, str(dst)), highlight=False, soft_wrap=True)
+        if quality:
+            c = report.closeness
+            out.print(f"{dst} vs {src}: top-1 agreement {c.top1:.4f}, KL {c.kl:.5f} nats/token, logit cosine "
+                      f"{c.cosine:.5f}" + (f", router agreement ≥ {report.min_router_agreement:.4f}"
+                                           if report.min_router_agreement is not None else ""),
+                      highlight=False, soft_wrap=True)
+    if quality and quality["failed"]:
+        if json_out:
+            raise typer.Exit(1)  # the JSON above lists them under verify.failed
+        _fail(f"{dst}: {'; '.join(quality['failed'])}; the output is written and valid, just below the bar "
+              "(its model card records the figures)")
 
 
 def _read_plan(file: Path) -> dict:
@@ -415,9 +457,7 @@ def verify(
     dst: Annotated[Path, typer.Argument(help="A converted checkpoint.")],
     reference: Annotated[str, typer.Option("--reference", help="The source it was converted from (folder or hub id).")],
     prompt: Annotated[Optional[str], typer.Option("--prompt", help="Text to run (tokenized with DST's tokenizer) instead of a fixed random batch.")] = None,
-    min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Exit 1 if top-1 agreement is below this.")] = None,
-    max_kl: Annotated[Optional[float], typer.Option("--max-kl", help="Exit 1 if the mean KL (nats/token) is above this.")] = None,
-    min_router: Annotated[Optional[float], typer.Option("--min-router", help="Exit 1 if any MoE layer's router top-k agreement is below this.")] = None,
+    min_top1: MinTop1Opt = None, max_kl: MaxKlOpt = None, min_router: MinRouterOpt = None,
     against: Annotated[Optional[str], typer.Option("--against", help="'transformers': also compare with SRC's own transformers forward pass (needs torch); the thresholds then apply to both references.")] = None,
     json_out: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
@@ -431,15 +471,7 @@ def verify(
     tokens = tokens_for_prompt(dst, prompt) if prompt is not None else None
     report = run_verify(dst, reference, tokens, against_transformers=against == "transformers")
     c, t = report.closeness, report.transformers
-    failed = [f"{name} {value:.4g} {op} {limit}" for name, value, op, limit, bad in (
-        ("top-1 agreement", c.top1, "<", min_top1, min_top1 is not None and c.top1 < min_top1),
-        ("KL", c.kl, ">", max_kl, max_kl is not None and c.kl > max_kl),
-        ("top-1 agreement with transformers", t.top1 if t else 1.0, "<", min_top1,
-         t is not None and min_top1 is not None and t.top1 < min_top1),
-        ("KL against transformers", t.kl if t else 0.0, ">", max_kl, t is not None and max_kl is not None and t.kl > max_kl),
-        ("router agreement", report.min_router_agreement, "<", min_router, min_router is not None
-         and report.min_router_agreement is not None and report.min_router_agreement < min_router),
-    ) if bad]
+    failed = _failures(report, min_top1, max_kl, min_router)
     if json_out:
         _print_json({**report.to_dict(), "failed": failed})
     else:

@@ -300,6 +300,11 @@ class Conversion:
         return model_card(self.plan, src=self.src, src_folder=self.ckpt.path, runner=self.runner, command=command,
                           name=name, quality=quality)
 
+    def update_card(self, dst: Path, command: str | None = None, quality: dict | None = None) -> None:
+        """Rewrite DST's model card, e.g. with `verify`'s figures (`quality`) once measured."""
+        dst = Path(dst)
+        (dst / CARD_FILE).write_text(self.card(dst.name, command, quality))
+
     def run(self, dst: Path, force: bool = False, shard_size: int = DEFAULT_SHARD_SIZE,
             workers: int | None = None, pool: str = "processes", command: str | None = None) -> Iterator[Step]:
         """Convert into DST, yielding a Step per finished group. `workers` threads each take the
