@@ -358,7 +358,7 @@ def resolve_config(config: dict, runner: str | None = None) -> tuple[dict, list[
         notes += [f"{row.flag} is false: {row.what} written as zeros (mlx-lm's {resolved['model_type']} always has "
                   "them; zeros compute what transformers computes without them)" for row in _zero_rows(resolved)]
     for line in notes:
-        log.info("config: %s", line)
+        log.debug("config: %s", line)  # how config.json was read: with -v (the plan's notes keep them)
     return resolved, notes
 
 
