@@ -10,7 +10,7 @@ import pytest
 from moequant import __version__
 from moequant.tiny import write_tiny_checkpoint
 
-COMMANDS = ["convert", "inspect", "verify", "archs", "make-tiny", "demo"]
+COMMANDS = ["convert", "inspect", "verify", "upload", "archs", "make-tiny", "demo"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

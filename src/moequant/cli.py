@@ -118,6 +118,8 @@ MinTop1Opt = Annotated[Optional[float], typer.Option("--min-top1", metavar="X", 
 MaxKlOpt = Annotated[Optional[float], typer.Option("--max-kl", metavar="X", rich_help_panel="Quality", help="Exit 1 if the mean KL (nats/token) is above this.")]
 MinRouterOpt = Annotated[Optional[float], typer.Option("--min-router", metavar="X", rich_help_panel="Quality", help="Exit 1 if any MoE layer's router top-k agreement is below this.")]
 
+PrivateOpt = Annotated[bool, typer.Option("--private", rich_help_panel="Output", help="Upload: create the hub repo private.")]
+
 MAX_TINY_SHARDS = 8  # make-tiny: every shard of a tiny checkpoint holds tensors
 
 
@@ -375,6 +377,8 @@ def convert(
     shard_size: Annotated[str, typer.Option("--shard-size", metavar="SIZE", rich_help_panel="Output", help="Largest output shard.")] = "5GB",
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, metavar="N", rich_help_panel="Run", help="Decoder layers converted at once, one process each (default: one per core, fewer if memory is short).")] = None,
     pool: Annotated[str, typer.Option("--pool", metavar="processes|threads", rich_help_panel="Run", help="Workers as `processes` (default) or `threads` (one process; the GIL serializes them).")] = "processes",
+    upload_repo: Annotated[Optional[str], typer.Option("--upload-repo", metavar="ORG/NAME", rich_help_panel="Output", help="Then upload DST to this hub repo (after --verify passes, if given); checked before any work.")] = None,
+    private: PrivateOpt = False,
     verify_after: Annotated[bool, typer.Option("--verify", rich_help_panel="Quality", help="Then run `verify` against SRC: its figures go into the model card and --json.")] = False,
     min_top1: MinTop1Opt = None, max_kl: MaxKlOpt = None, min_router: MinRouterOpt = None,
     json_out: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
@@ -386,6 +390,12 @@ def convert(
     _logging(quiet, verbose, notices_later=True)
     if not verify_after and (given := _given(min_top1=min_top1, max_kl=max_kl, min_router=min_router)):
         raise MoequantError(f"{given[0]}: a threshold on `verify`'s figures; expected --verify with it")
+    if private and upload_repo is None:
+        raise MoequantError("--private: only used with --upload-repo; expected --upload-repo ORG/NAME with it")
+    if upload_repo is not None:
+        from .publish import check_can_upload
+
+        check_can_upload(upload_repo)  # offline, no token, a bad repo id: refused before any work
     local = Path(src).expanduser()
     check_destination(dst, force, local if local.is_dir() else None)
     size = _shard_size(shard_size)
@@ -441,7 +451,12 @@ def convert(
         if json_out:
             raise typer.Exit(1)  # the JSON above lists them under verify.failed
         _fail(f"{dst}: {'; '.join(quality['failed'])}; the output is written and valid, just below the bar "
-              "(its model card records the figures)")
+              "(its model card records the figures)" + ("; not uploaded" if upload_repo else ""))
+    if upload_repo is not None:
+        from .publish import upload as run_upload
+
+        url = run_upload(dst, upload_repo, private)
+        err.print(f"uploaded {dst} to {url}", highlight=False, soft_wrap=True)
 
 
 def _read_plan(file: Path) -> dict:
@@ -562,6 +577,21 @@ def verify(
         raise typer.Exit(1)  # the JSON above lists them under "failed"
     if failed:
         _fail("; ".join(failed))
+
+
+@app.command(cls=_Command, epilog=_examples("moequant upload qwen3-30b-4bit my-org/Qwen3-30B-A3B-4bit",
+                                            "moequant upload mixtral-mxfp4 my-org/tiny-mixtral-mxfp4 --private"))
+@_command()
+def upload(
+    dst: Annotated[Path, typer.Argument(help="A moequant output (its model card, README.md, is checked first).")],
+    repo: Annotated[str, typer.Argument(metavar="ORG/NAME", help="Hub model repo to upload to (created if missing).")],
+    private: PrivateOpt = False,
+) -> None:
+    """Upload a moequant output to the Hugging Face hub (huggingface_hub's upload_folder)."""
+    from .publish import upload as run_upload
+
+    url = run_upload(dst, repo, private)
+    out.print(f"uploaded {dst} to {url}", highlight=False, soft_wrap=True)
 
 
 @app.command(cls=_Command, epilog=_examples("moequant archs --status supported", "moequant archs --json"))
