@@ -111,7 +111,7 @@ def test_expert_stacks_written_expert_by_expert_equal_the_stacked_quantization(t
                "--pool", "threads").exit_code == 0
     names = sorted(p.name for p in (tmp_path / "whole").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "parts").iterdir()) and len(names) > 4
-    for name in names:
+    for name in set(names) - {CARD_FILE}:  # the model card names DST
         assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "parts" / name).read_bytes(), name
 
 
