@@ -100,10 +100,21 @@ def test_source_dtypes_convert_and_dtype_option_sets_float_tensors(tmp_path, cli
     assert weights["lm_head.scales"].dtype == mx.float16
 
 
-def test_demo_runs_and_reports_closeness(cli):
-    result = cli("demo")
+def test_demo_runs_and_reports_closeness(tmp_path, cli):
+    result = cli("demo", "--out", tmp_path / "demo")
     assert result.exit_code == 0, result.output
     assert "4-bit vs float logits: top-1 agreement" in result.output
+
+
+def test_demo_ends_with_its_output_and_three_commands_that_work(tmp_path, cli):
+    demo = tmp_path / "demo"
+    lines = cli("demo", "--out", demo, "--arch", "mixtral").output.splitlines()
+    assert lines[-5].startswith(f"output: {demo / 'mixtral-4bit'} ") and lines[-4] == "next, try:"
+    assert [line.split()[:2] for line in lines[-3:]] == [["moequant", "inspect"], ["moequant", "verify"],
+                                                        ["moequant", "convert"]]
+    for line in lines[-3:]:
+        result = cli(*line.split()[1:])
+        assert result.exit_code == 0, (line, result.output)
 
 
 def test_shard_size_limit_splits_output_into_an_indexed_set_with_the_same_tensors(tmp_path, cli):

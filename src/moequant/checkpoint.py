@@ -41,10 +41,12 @@ SIDECAR_PATTERNS = (
     "tokenizer.model", "*.tiktoken", "tiktoken.model", "vocab.json", "merges.txt", "vocab.txt",
     "generation_config.json", "chat_template.json", "chat_template.jinja", "*.jinja",
     "preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json",
+    # the license and use-policy files a release ships (DST is a derivative: they travel with it)
+    "LICENSE", "LICENSE.txt", "LICENSE.md", "NOTICE", "NOTICE.txt", "NOTICE.md", "USE_POLICY", "USE_POLICY.md",
 )
 
 # What a hub snapshot needs for a conversion (everything else in a repo is left on the hub)
-HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", *SIDECAR_PATTERNS]
+HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "README.md", *SIDECAR_PATTERNS]  # README: its card metadata
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 

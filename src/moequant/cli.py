@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -20,7 +21,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
+from . import __version__
 from .errors import CheckpointError, MoequantError, os_reason
 from .names import layer_of
 from .plan import DTYPES, RECIPES, ROUNDINGS, Mode, Override, Plan, Quant
@@ -43,27 +46,79 @@ class _App(typer.Typer):
                 signal.signal(sig, signal.SIG_IGN)
 
 
-app = _App(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+def _tidy(params: list) -> list:
+    """Help that reads like the README: flags without a `<bool>` type, arguments named in capitals
+    (SRC, DST) without `<str>`."""
+    for p in params:
+        if getattr(p, "is_flag", False):
+            p.metavar = ""
+        elif isinstance(p, TyperArgument):
+            p.metavar = p.metavar or p.name.upper()
+            p.display_type_rich = lambda ctx: None  # the name says it
+    return params
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx):
+        return _tidy(super().get_params(ctx))
+
+
+class _Command(TyperCommand):
+    """A command whose usage line is `moequant convert [OPTIONS] SRC DST` (see _tidy)."""
+
+    def get_params(self, ctx):
+        return _tidy(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        args = [p for p in self.get_params(ctx) if isinstance(p, TyperArgument)]
+        return [self.options_metavar, *(p.metavar if p.required else f"[{p.metavar}]" for p in args)]
+
+
+app = _App(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+           context_settings={"help_option_names": ["-h", "--help"]},
            help="Convert Mixture-of-Experts checkpoints into quantized MLX checkpoints.")
+
+
+def _examples(*lines: str) -> str:
+    """A command's epilog: examples, one per line."""
+    return "[bold]Examples[/bold]\n\n" + "\n".join(f"  $ {line}" for line in lines)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"moequant {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print moequant's version and exit.")] = False) -> None:
+    """Convert Mixture-of-Experts checkpoints into quantized MLX checkpoints."""
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
-BitsOpt = Annotated[Optional[int], typer.Option("--bits", help="Bits per weight (default: 4; 8 for mxfp8).")]
-GroupOpt = Annotated[Optional[int], typer.Option("--group-size", help="Group size (default per mode: affine 64, mxfp4 32, nvfp4 16, mxfp8 32).")]
-ModeOpt = Annotated[Optional[Mode], typer.Option("--mode", help="Quantization mode (default: affine).", show_default=False)]
-GateOpt = Annotated[Optional[str], typer.Option("--gate-bits", help="Router gates: 'float' (default) or 8 (affine, group 64).")]
-NoQuantOpt = Annotated[bool, typer.Option("--no-quantize", help="Layout and dtype conversion only.")]
-DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="dtype of unquantized tensors: bfloat16, float16, float32 (default: the checkpoint's).")]
-GlobalScaleOpt = Annotated[Optional[bool], typer.Option("--global-scale/--no-global-scale", help="nvfp4: a per-expert tensor scale on expert stacks (default: on; Apple GPU; mlx's CPU gather_qmm refuses it).", show_default=False)]
-RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", help="uniform (default), moe, mixed_2_6, mixed_3_4, mixed_3_6 or mixed_4_6 (see README).")]
-RoundingOpt = Annotated[Optional[str], typer.Option("--rounding", help="plain (default: mx.quantize's min/max); mse: per group, the clipped range with the least error (slower); gptq: affine modules rounded with GPTQ on --calib data (slowest).")]
-TargetOpt = Annotated[Optional[float], typer.Option("--target-bpw", help="Size budget in bits per weight: bits and group size chosen per module (reads the weights).")]
-CalibOpt = Annotated[Optional[Path], typer.Option("--calib", help="Calibration text (or .npy token ids) for --target-bpw (without it a data-free proxy is used) and --rounding gptq.")]
-OverrideOpt = Annotated[Optional[list[str]], typer.Option("--override", help="PATTERN=SPEC, repeatable: '*.shared_expert.*=bits=8,group=64' or '*.mlp.gate=keep'.")]
-RunnerOpt = Annotated[Optional[str], typer.Option("--for", help="mlx-lm (text only) or mlx-vlm (vision tower kept); default: mlx-vlm for a vision-language SRC when mlx-vlm is installed.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or info on stderr.")]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging on stderr.")]
+BitsOpt = Annotated[Optional[int], typer.Option("--bits", metavar="N", rich_help_panel="Plan", help="Bits per weight (default: 4; 8 for mxfp8).")]
+GroupOpt = Annotated[Optional[int], typer.Option("--group-size", metavar="G", rich_help_panel="Plan", help="Group size (default per mode: affine 64, mxfp4 32, nvfp4 16, mxfp8 32).")]
+ModeOpt = Annotated[Optional[Mode], typer.Option("--mode", metavar="affine|mxfp4|nvfp4|mxfp8", rich_help_panel="Plan", help="Quantization mode (default: affine).", show_default=False)]
+GateOpt = Annotated[Optional[str], typer.Option("--gate-bits", metavar="float|8", rich_help_panel="Plan", help="Router gates: 'float' (default) or 8 (affine, group 64).")]
+NoQuantOpt = Annotated[bool, typer.Option("--no-quantize", rich_help_panel="Plan", help="Layout and dtype conversion only.")]
+DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", metavar="bfloat16|float16|float32", rich_help_panel="Plan", help="dtype of unquantized tensors: bfloat16, float16, float32 (default: the checkpoint's).")]
+GlobalScaleOpt = Annotated[Optional[bool], typer.Option("--global-scale/--no-global-scale", rich_help_panel="Plan", help="nvfp4: a per-expert tensor scale on expert stacks (default: on; Apple GPU; mlx's CPU gather_qmm refuses it).", show_default=False)]
+RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", metavar="NAME", rich_help_panel="Plan", help="uniform (default), moe, mixed_2_6, mixed_3_4, mixed_3_6 or mixed_4_6 (see README).")]
+RoundingOpt = Annotated[Optional[str], typer.Option("--rounding", metavar="plain|mse|gptq", rich_help_panel="Plan", help="plain (default: mx.quantize's min/max); mse: per group, the clipped range with the least error (slower); gptq: affine modules rounded with GPTQ on --calib data (slowest).")]
+TargetOpt = Annotated[Optional[float], typer.Option("--target-bpw", metavar="BPW", rich_help_panel="Plan", help="Size budget in bits per weight: bits and group size chosen per module (reads the weights).")]
+CalibOpt = Annotated[Optional[Path], typer.Option("--calib", metavar="FILE", rich_help_panel="Plan", help="Calibration text (or .npy token ids) for --target-bpw (without it a data-free proxy is used) and --rounding gptq.")]
+OverrideOpt = Annotated[Optional[list[str]], typer.Option("--override", metavar="PATTERN=SPEC", rich_help_panel="Plan", help="Repeatable: '*.shared_expert.*=bits=8,group=64' or '*.mlp.gate=keep'.")]
+RunnerOpt = Annotated[Optional[str], typer.Option("--for", metavar="mlx-lm|mlx-vlm", rich_help_panel="Plan", help="mlx-lm (text only) or mlx-vlm (vision tower kept); default: mlx-vlm for a vision-language SRC when mlx-vlm is installed.")]
+JsonOpt = Annotated[bool, typer.Option("--json", rich_help_panel="Output", help="Print JSON instead of a table.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel="Run", help="No progress or info on stderr.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", rich_help_panel="Run", help="Debug logging on stderr (and how config.json was read).")]
+
+MinTop1Opt = Annotated[Optional[float], typer.Option("--min-top1", metavar="X", rich_help_panel="Quality", help="Exit 1 if top-1 agreement is below this.")]
+MaxKlOpt = Annotated[Optional[float], typer.Option("--max-kl", metavar="X", rich_help_panel="Quality", help="Exit 1 if the mean KL (nats/token) is above this.")]
+MinRouterOpt = Annotated[Optional[float], typer.Option("--min-router", metavar="X", rich_help_panel="Quality", help="Exit 1 if any MoE layer's router top-k agreement is below this.")]
+
+PrivateOpt = Annotated[bool, typer.Option("--private", rich_help_panel="Output", help="Upload: create the hub repo private.")]
 
 MAX_TINY_SHARDS = 8  # make-tiny: every shard of a tiny checkpoint holds tensors
 
@@ -128,9 +183,20 @@ def _command(interrupted: str = "interrupted"):
     return wrap
 
 
-def _logging(quiet: bool, verbose: bool) -> None:
+def _logging(quiet: bool, verbose: bool, notices_later: bool = False) -> None:
+    """Log lines on stderr; with `notices_later`, the notes that change the result (logged with
+    extra={"notice": True}) are held back: the command prints them once, after its summary line."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr, force=True)
+    if notices_later:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(lambda record: not getattr(record, "notice", False))
+
+
+def _print_notices(notices: list[str]) -> None:
+    """The notes that change the result, once each, on stderr (after the summary line)."""
+    for note in dict.fromkeys(notices):
+        err.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
 
 
 def _given(**options) -> list[str]:
@@ -148,6 +214,15 @@ def _given(**options) -> list[str]:
         else:
             shown.append(f"{option} {value.value if isinstance(value, Mode) else value}")
     return shown
+
+
+def _command_line(command: str, *args: str, **options) -> str:
+    """The command as a user would type it again (shell-quoted): `moequant convert SRC DST --bits 3`,
+    for the model card; only the options given (see _given)."""
+    words = ["moequant", command, *map(str, args)]
+    for option in _given(**options):
+        words += option.split(" ", 1)
+    return shlex.join(words)
 
 
 def _choices(no_quantize: bool, mode: Mode | None, bits: int | None, group_size: int | None, gate_bits: str | None,
@@ -180,6 +255,20 @@ def _choices(no_quantize: bool, mode: Mode | None, bits: int | None, group_size:
                 global_scale=True if global_scale is None else global_scale, recipe=recipe, rounding=rounding,
                 target_bpw=target_bpw, calib=str(calib) if calib else None,
                 overrides=tuple(Override.parse(o) for o in overrides or ()))
+
+
+def _failures(report, min_top1: float | None, max_kl: float | None, min_router: float | None) -> list[str]:
+    """The thresholds `verify`'s report misses, one phrase each ('top-1 agreement 0.6875 < 0.9')."""
+    c, t = report.closeness, report.transformers
+    return [f"{name} {value:.4g} {op} {limit}" for name, value, op, limit, bad in (
+        ("top-1 agreement", c.top1, "<", min_top1, min_top1 is not None and c.top1 < min_top1),
+        ("KL", c.kl, ">", max_kl, max_kl is not None and c.kl > max_kl),
+        ("top-1 agreement with transformers", t.top1 if t else 1.0, "<", min_top1,
+         t is not None and min_top1 is not None and t.top1 < min_top1),
+        ("KL against transformers", t.kl if t else 0.0, ">", max_kl, t is not None and max_kl is not None and t.kl > max_kl),
+        ("router agreement", report.min_router_agreement, "<", min_router, min_router is not None
+         and report.min_router_agreement is not None and report.min_router_agreement < min_router),
+    ) if bad]
 
 
 def _print_json(data) -> None:
@@ -271,7 +360,10 @@ def role_table(plan: Plan) -> Table:
     return table
 
 
-@app.command()
+@app.command(cls=_Command, epilog=_examples(
+    "moequant convert Qwen/Qwen3-30B-A3B qwen3-30b-4bit",
+    "moequant convert tiny-mixtral mixtral-mxfp4 --mode mxfp4 --gate-bits 8 --verify --min-top1 0.6",
+    "moequant convert SRC DST2 --plan DST/moequant_plan.json      (the same weights again)"))
 @_command(interrupted="interrupted; DST was not written")
 def convert(
     src: Annotated[str, typer.Argument(help="Checkpoint folder or hub id (resolved through the local cache).")],
@@ -280,18 +372,30 @@ def convert(
     no_quantize: NoQuantOpt = False, dtype: DtypeOpt = None, global_scale: GlobalScaleOpt = None,
     recipe: RecipeOpt = None, override: OverrideOpt = None, rounding: RoundingOpt = None,
     target_bpw: TargetOpt = None, calib: CalibOpt = None, runner: RunnerOpt = None,
-    plan_file: Annotated[Optional[Path], typer.Option("--plan", help="Convert exactly this plan (the JSON of `inspect --json`); no other plan option may be given.")] = None,
-    force: Annotated[bool, typer.Option("--force", help=f"Replace DST if it is a previous moequant output (it holds {MARK_FILE} and only the files listed there) or an empty folder; never a file or any other folder.")] = False,
-    shard_size: Annotated[str, typer.Option("--shard-size", help="Largest output shard.")] = "5GB",
-    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Decoder layers converted at once, one process each (default: one per core, fewer if memory is short).")] = None,
-    pool: Annotated[str, typer.Option("--pool", help="Workers as `processes` (default) or `threads` (one process; the GIL serializes them).")] = "processes",
+    plan_file: Annotated[Optional[Path], typer.Option("--plan", metavar="FILE", rich_help_panel="Plan", help="Convert exactly this plan (the JSON of `inspect --json`); no other plan option may be given.")] = None,
+    force: Annotated[bool, typer.Option("--force", rich_help_panel="Output", help=f"Replace DST if it is a previous moequant output (it holds {MARK_FILE} and only the files listed there) or an empty folder; never a file or any other folder.")] = False,
+    shard_size: Annotated[str, typer.Option("--shard-size", metavar="SIZE", rich_help_panel="Output", help="Largest output shard.")] = "5GB",
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, metavar="N", rich_help_panel="Run", help="Decoder layers converted at once, one process each (default: one per core, fewer if memory is short).")] = None,
+    pool: Annotated[str, typer.Option("--pool", metavar="processes|threads", rich_help_panel="Run", help="Workers as `processes` (default) or `threads` (one process; the GIL serializes them).")] = "processes",
+    upload_repo: Annotated[Optional[str], typer.Option("--upload-repo", metavar="ORG/NAME", rich_help_panel="Output", help="Then upload DST to this hub repo (after --verify passes, if given); checked before any work.")] = None,
+    private: PrivateOpt = False,
+    verify_after: Annotated[bool, typer.Option("--verify", rich_help_panel="Quality", help="Then run `verify` against SRC: its figures go into the model card and --json.")] = False,
+    min_top1: MinTop1Opt = None, max_kl: MaxKlOpt = None, min_router: MinRouterOpt = None,
     json_out: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
     """Convert SRC into a quantized MLX checkpoint in DST."""
     from .convert import Conversion
     from .writer import check_destination
 
-    _logging(quiet, verbose)
+    _logging(quiet, verbose, notices_later=True)
+    if not verify_after and (given := _given(min_top1=min_top1, max_kl=max_kl, min_router=min_router)):
+        raise MoequantError(f"{given[0]}: a threshold on `verify`'s figures; expected --verify with it")
+    if private and upload_repo is None:
+        raise MoequantError("--private: only used with --upload-repo; expected --upload-repo ORG/NAME with it")
+    if upload_repo is not None:
+        from .publish import check_can_upload
+
+        check_can_upload(upload_repo)  # offline, no token, a bad repo id: refused before any work
     local = Path(src).expanduser()
     check_destination(dst, force, local if local.is_dir() else None)
     size = _shard_size(shard_size)
@@ -308,19 +412,51 @@ def convert(
             target_bpw, calib))
     if pool not in ("processes", "threads"):
         raise MoequantError(f"--pool {pool}: expected processes or threads")
+    command = _command_line(
+        "convert", src, dst, bits=bits, group_size=group_size, mode=mode, gate_bits=gate_bits, no_quantize=no_quantize,
+        dtype=dtype, global_scale=global_scale, recipe=recipe, override=override, rounding=rounding,
+        target_bpw=target_bpw, calib=calib, plan=plan_file, **{"for": runner},
+        shard_size=shard_size if shard_size != "5GB" else None)
     total = conversion.ckpt.nbytes
-    with closing(conversion.run(dst, force=force, shard_size=size, workers=workers, pool=pool)) as steps, \
+    with closing(conversion.run(dst, force=force, shard_size=size, workers=workers, pool=pool,
+                                command=command)) as steps, \
             Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),
                      TimeRemainingColumn(), console=err, disable=quiet, transient=True) as progress:
         task = progress.add_task("converting", total=total, done="")
         for step in steps:
             progress.update(task, advance=step.bytes_read, description=f"{step.group} ({step.index}/{step.total})",
                             done=f"{_size(progress.tasks[0].completed + step.bytes_read)} of {_size(total)}")
-    plan = conversion.plan
+    plan, quality = conversion.plan, None
+    if verify_after:
+        from .verify import verify as run_verify
+
+        if not quiet:
+            err.print(f"verifying {dst} against {src}", highlight=False)
+        report = run_verify(dst, src)
+        quality = {**report.to_dict(), "reference": src, "failed": _failures(report, min_top1, max_kl, min_router)}
+        conversion.update_card(dst, command, quality)
     if json_out:
-        _print_json({"dst": str(dst), **plan.to_json()["totals"], "counts": plan.counts()})
+        _print_json({"dst": str(dst), **plan.to_json()["totals"], "counts": plan.counts(),
+                     "notices": conversion.notices, **({"verify": quality} if quality else {})})
     else:
         out.print(summary_line(plan, str(dst)), highlight=False, soft_wrap=True)
+        if quality:
+            c = report.closeness
+            out.print(f"{dst} vs {src}: top-1 agreement {c.top1:.4f}, KL {c.kl:.5f} nats/token, logit cosine "
+                      f"{c.cosine:.5f}" + (f", router agreement ≥ {report.min_router_agreement:.4f}"
+                                           if report.min_router_agreement is not None else ""),
+                      highlight=False, soft_wrap=True)
+    _print_notices(conversion.notices)
+    if quality and quality["failed"]:
+        if json_out:
+            raise typer.Exit(1)  # the JSON above lists them under verify.failed
+        _fail(f"{dst}: {'; '.join(quality['failed'])}; the output is written and valid, just below the bar "
+              "(its model card records the figures)" + ("; not uploaded" if upload_repo else ""))
+    if upload_repo is not None:
+        from .publish import upload as run_upload
+
+        url = run_upload(dst, upload_repo, private)
+        err.print(f"uploaded {dst} to {url}", highlight=False, soft_wrap=True)
 
 
 def _read_plan(file: Path) -> dict:
@@ -336,7 +472,10 @@ def _read_plan(file: Path) -> dict:
         raise MoequantError(f"--plan {file}: not JSON ({e}); expected the output of `moequant inspect SRC --json`") from None
 
 
-@app.command()
+@app.command(cls=_Command, epilog=_examples(
+    "moequant inspect Qwen/Qwen3-30B-A3B --recipe mixed_3_6",
+    "moequant inspect tiny-mixtral --json > plan.json       (edit it, then convert --plan plan.json)",
+    "moequant inspect mixtral-4bit --check                  (an MLX-quantized checkpoint: config vs tensors)"))
 @_command()
 def inspect(
     path: Annotated[str, typer.Argument(help="Checkpoint folder or hub id.")],
@@ -344,9 +483,9 @@ def inspect(
     no_quantize: NoQuantOpt = False, dtype: DtypeOpt = None, global_scale: GlobalScaleOpt = None,
     recipe: RecipeOpt = None, override: OverrideOpt = None, rounding: RoundingOpt = None,
     target_bpw: TargetOpt = None, calib: CalibOpt = None, runner: RunnerOpt = None, json_out: JsonOpt = False,
-    expand: Annotated[bool, typer.Option("--all", help="One row per module (no collapsing across layers).")] = False,
-    check: Annotated[bool, typer.Option("--check", help="MLX-quantized PATH: exit 1 if config and tensors disagree.")] = False,
-    as_source: Annotated[bool, typer.Option("--as-source", help="MLX-quantized PATH: print its conversion plan instead of what it stores.")] = False,
+    expand: Annotated[bool, typer.Option("--all", rich_help_panel="Output", help="One row per module (no collapsing across layers).")] = False,
+    check: Annotated[bool, typer.Option("--check", rich_help_panel="Quality", help="MLX-quantized PATH: exit 1 if config and tensors disagree.")] = False,
+    as_source: Annotated[bool, typer.Option("--as-source", rich_help_panel="Output", help="MLX-quantized PATH: print its conversion plan instead of what it stores.")] = False,
     quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
     """Print the plan for PATH (headers only, nothing converted); for an MLX-quantized PATH, what it stores."""
@@ -356,7 +495,7 @@ def inspect(
     from .stored import read_stored
     from .target import build_model, resolve_config
 
-    _logging(quiet, verbose)
+    _logging(quiet, verbose, notices_later=True)
     ckpt = read_checkpoint(path)
     if (quantization := mlx_quantization(ckpt.config)) is not None and not as_source:
         rows = read_stored(ckpt, find_roles(build_model(resolve_config(ckpt.config)[0])), quantization)
@@ -371,10 +510,11 @@ def inspect(
     plan = conversion.plan
     if json_out:
         _print_json(plan.to_json())
-        return
-    out.print(plan_table(plan, expand))
-    out.print(role_table(plan))
-    out.print(f"{plan.params:,} parameters; " + summary_line(plan, "output"), highlight=False, soft_wrap=True)
+    else:
+        out.print(plan_table(plan, expand))
+        out.print(role_table(plan))
+        out.print(f"{plan.params:,} parameters; " + summary_line(plan, "output"), highlight=False, soft_wrap=True)
+    _print_notices(conversion.notices)
 
 
 def _print_stored(rows, json_out: bool) -> None:
@@ -393,16 +533,16 @@ def _print_stored(rows, json_out: bool) -> None:
     out.print(f"{len(rows)} modules; {bad} disagree with config.json", highlight=False)
 
 
-@app.command()
+@app.command(cls=_Command, epilog=_examples(
+    "moequant verify mixtral-4bit --reference tiny-mixtral --min-top1 0.6",
+    "moequant verify mixtral-4bit --reference tiny-mixtral --prompt 'def fib(n):' --json"))
 @_command()
 def verify(
     dst: Annotated[Path, typer.Argument(help="A converted checkpoint.")],
-    reference: Annotated[str, typer.Option("--reference", help="The source it was converted from (folder or hub id).")],
-    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Text to run (tokenized with DST's tokenizer) instead of a fixed random batch.")] = None,
-    min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Exit 1 if top-1 agreement is below this.")] = None,
-    max_kl: Annotated[Optional[float], typer.Option("--max-kl", help="Exit 1 if the mean KL (nats/token) is above this.")] = None,
-    min_router: Annotated[Optional[float], typer.Option("--min-router", help="Exit 1 if any MoE layer's router top-k agreement is below this.")] = None,
-    against: Annotated[Optional[str], typer.Option("--against", help="'transformers': also compare with SRC's own transformers forward pass (needs torch); the thresholds then apply to both references.")] = None,
+    reference: Annotated[str, typer.Option("--reference", metavar="SRC", help="The source it was converted from (folder or hub id).")],
+    prompt: Annotated[Optional[str], typer.Option("--prompt", metavar="TEXT", help="Text to run (tokenized with DST's tokenizer) instead of a fixed random batch.")] = None,
+    min_top1: MinTop1Opt = None, max_kl: MaxKlOpt = None, min_router: MinRouterOpt = None,
+    against: Annotated[Optional[str], typer.Option("--against", metavar="transformers", help="'transformers': also compare with SRC's own transformers forward pass (needs torch); the thresholds then apply to both references.")] = None,
     json_out: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
     """Run the same tokens through DST and SRC with mlx-lm; compare logits and expert choices."""
@@ -415,15 +555,7 @@ def verify(
     tokens = tokens_for_prompt(dst, prompt) if prompt is not None else None
     report = run_verify(dst, reference, tokens, against_transformers=against == "transformers")
     c, t = report.closeness, report.transformers
-    failed = [f"{name} {value:.4g} {op} {limit}" for name, value, op, limit, bad in (
-        ("top-1 agreement", c.top1, "<", min_top1, min_top1 is not None and c.top1 < min_top1),
-        ("KL", c.kl, ">", max_kl, max_kl is not None and c.kl > max_kl),
-        ("top-1 agreement with transformers", t.top1 if t else 1.0, "<", min_top1,
-         t is not None and min_top1 is not None and t.top1 < min_top1),
-        ("KL against transformers", t.kl if t else 0.0, ">", max_kl, t is not None and max_kl is not None and t.kl > max_kl),
-        ("router agreement", report.min_router_agreement, "<", min_router, min_router is not None
-         and report.min_router_agreement is not None and report.min_router_agreement < min_router),
-    ) if bad]
+    failed = _failures(report, min_top1, max_kl, min_router)
     if json_out:
         _print_json({**report.to_dict(), "failed": failed})
     else:
@@ -447,10 +579,25 @@ def verify(
         _fail("; ".join(failed))
 
 
-@app.command()
+@app.command(cls=_Command, epilog=_examples("moequant upload qwen3-30b-4bit my-org/Qwen3-30B-A3B-4bit",
+                                            "moequant upload mixtral-mxfp4 my-org/tiny-mixtral-mxfp4 --private"))
+@_command()
+def upload(
+    dst: Annotated[Path, typer.Argument(help="A moequant output (its model card, README.md, is checked first).")],
+    repo: Annotated[str, typer.Argument(metavar="ORG/NAME", help="Hub model repo to upload to (created if missing).")],
+    private: PrivateOpt = False,
+) -> None:
+    """Upload a moequant output to the Hugging Face hub (huggingface_hub's upload_folder)."""
+    from .publish import upload as run_upload
+
+    url = run_upload(dst, repo, private)
+    out.print(f"uploaded {dst} to {url}", highlight=False, soft_wrap=True)
+
+
+@app.command(cls=_Command, epilog=_examples("moequant archs --status supported", "moequant archs --json"))
 @_command()
 def archs(
-    status: Annotated[Optional[str], typer.Option("--status", help="Only rows with this status: supported, blocked, 'not yet'.")] = None,
+    status: Annotated[Optional[str], typer.Option("--status", metavar="STATUS", help="Only rows with this status: supported, blocked, 'not yet'.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """List the MoE architectures of mlx-lm / mlx-vlm and whether moequant supports each."""
@@ -472,14 +619,15 @@ def archs(
     out.print(", ".join(f"{n} {s}" for s, n in counts.items() if n), highlight=False)
 
 
-@app.command("make-tiny")
+@app.command("make-tiny", cls=_Command, epilog=_examples("moequant make-tiny mixtral tiny-mixtral",
+                                                           "moequant make-tiny qwen3_moe tiny-qwen --shards 2"))
 @_command(interrupted="interrupted; DST was not written")
 def make_tiny(
     arch: Annotated[str, typer.Argument(help="Architecture: a supported model_type (see `moequant archs`).")],
     dst: Annotated[Path, typer.Argument(help="Folder to write (created; an existing one must be empty).")],
-    dtype: Annotated[str, typer.Option(help="bfloat16, float16 or float32.")] = "bfloat16",
-    shards: Annotated[int, typer.Option(help="Number of safetensors shards.")] = 1,
-    seed: Annotated[int, typer.Option(help="Seed for the random weights.")] = 0,
+    dtype: Annotated[str, typer.Option(metavar="bfloat16|float16|float32", help="bfloat16, float16 or float32.")] = "bfloat16",
+    shards: Annotated[int, typer.Option(metavar="N", help="Number of safetensors shards.")] = 1,
+    seed: Annotated[int, typer.Option(metavar="S", help="Seed for the random weights.")] = 0,
 ) -> None:
     """Write a tiny random checkpoint in the real published layout of ARCH."""
     from .tiny import ALL_ARCHS, write_tiny_checkpoint
@@ -509,9 +657,12 @@ def make_tiny(
     out.print(f"{dst}: tiny {arch} ({ALL_ARCHS[arch].about})", highlight=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=_Command, epilog=_examples("moequant demo", "moequant demo --arch mixtral --out my-demo"))
 @_command()
-def demo(arch: Annotated[str, typer.Option(help="Tiny architecture to use.")] = "qwen3_moe") -> None:
+def demo(
+    arch: Annotated[str, typer.Option("--arch", metavar="MODEL_TYPE", help="Tiny architecture to use (see `moequant archs`).")] = "qwen3_moe",
+    out_dir: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Folder for the tiny checkpoint and its 4-bit output, new or empty (default: a new folder in the system's temporary folder).")] = None,
+) -> None:
     """Build a tiny MoE, convert it at 4 bits, load it with mlx-lm and compare with float."""
     from .convert import Conversion
     from .evaluate import compare_logits, fixed_tokens, load_float32
@@ -519,18 +670,27 @@ def demo(arch: Annotated[str, typer.Option(help="Tiny architecture to use.")] = 
 
     if arch not in ALL_ARCHS:
         _fail(f"--arch {arch!r}: expected one of {', '.join(ALL_ARCHS)}")
+    if out_dir is not None and (out_dir.is_symlink() or out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir()))):
+        _fail(f"--out {out_dir}: already exists and is not an empty folder; expected a new or empty folder")
     _logging(True, False)
-    with tempfile.TemporaryDirectory(prefix="moequant-demo-") as tmp:
-        src = write_tiny_checkpoint(Path(tmp) / "src", arch)
-        err.print(f"1. wrote a tiny random {arch} checkpoint ({ALL_ARCHS[arch].about})", highlight=False)
-        quantized = Conversion(src, Quant.make("affine", 4, 64))
-        list(quantized.run(Path(tmp) / "q4"))
-        reference = Conversion(src)
-        list(reference.run(Path(tmp) / "float"))
+    root = out_dir if out_dir is not None else Path(tempfile.mkdtemp(prefix="moequant-demo-"))
+    src, q4 = root / f"tiny-{arch}", root / f"{arch}-4bit"
+    write_tiny_checkpoint(src, arch)
+    err.print(f"1. wrote a tiny random {arch} checkpoint ({ALL_ARCHS[arch].about})", highlight=False)
+    quantized = Conversion(src, Quant.make("affine", 4, 64))
+    list(quantized.run(q4, command=shlex.join(["moequant", "convert", str(src), str(q4), "--bits", "4"])))
+    with tempfile.TemporaryDirectory(prefix="moequant-demo-float-") as tmp:
+        list(Conversion(src).run(Path(tmp) / "float"))
         err.print("2. converted it at 4 bits (and once unquantized, as the float reference):", highlight=False)
         out.print(role_table(quantized.plan))
         out.print(summary_line(quantized.plan, "4-bit output"), highlight=False, soft_wrap=True)
         tokens = fixed_tokens(quantized.config["vocab_size"])
-        closeness = compare_logits(load_float32(Path(tmp) / "float")(tokens), load_float32(Path(tmp) / "q4")(tokens))
-        err.print("3. loaded both with mlx-lm and ran the same tokens through them:", highlight=False)
-        out.print(f"4-bit vs float logits: {closeness}", highlight=False, soft_wrap=True)
+        closeness = compare_logits(load_float32(Path(tmp) / "float")(tokens), load_float32(q4)(tokens))
+    err.print("3. loaded both with mlx-lm and ran the same tokens through them:", highlight=False)
+    out.print(f"4-bit vs float logits: {closeness}", highlight=False, soft_wrap=True)
+    q = shlex.quote
+    out.print(f"\noutput: {q4} (with its model card, README.md, and plan, moequant_plan.json)\nnext, try:\n"
+              f"  moequant inspect {q(str(src))} --recipe mixed_3_6\n"
+              f"  moequant verify {q(str(q4))} --reference {q(str(src))}\n"
+              f"  moequant convert {q(str(src))} {q(str(root / f'{arch}-mxfp4'))} --mode mxfp4 --verify",
+              highlight=False, soft_wrap=True, markup=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -27,7 +28,8 @@ from .names import canonical_name, layer_of, renamed
 from .plan import DTYPES, Mode, Options, Quant, build_plan, find_roles, plan_from_json
 from .stored import infer_fp_quant, infer_quant, read_stored, stale_notes
 from .quantize import Quantizer, check_complete, check_weights, parameter_shapes
-from .target import absent_as_zeros, build_model, resolve_config
+from .target import absent_as_zeros, build_model, resolve_config, runner_of
+from .card import CARD_FILE, PLAN_FILE, model_card
 from .writer import DEFAULT_SHARD_SIZE, Output, check_destination, output_config
 from . import procpool
 
@@ -82,9 +84,15 @@ class Conversion:
         `plan` is a saved plan (the JSON of `inspect --json`, read from the file `plan_where`) to
         follow instead; `runner` is "mlx-lm" or "mlx-vlm" (default: target.choose_runner decides
         from the config)."""
+        self.src = str(src)
         self.ckpt = read_checkpoint(src)
         self.config, notes = resolve_config(self.ckpt.config, runner)  # first: is it a model the runner has
-        notes += ignored_notes(self.config, self.ckpt.tensors)  # where mlx-lm's model differs from transformers'
+        self.runner = runner_of(self.config)
+        # notes that change the result (the CLI prints them after its summary line): where mlx-lm's
+        # model differs from transformers', stale config entries, a data-free allocation, nvfp4
+        # global scales mlx's CPU kernel refuses
+        self.notices = ignored_notes(self.config, self.ckpt.tensors)
+        notes += self.notices
         self.family = family_of(self.config)
         self.num_experts = num_experts(self.family, self.config)
         self.format, qconfig = source_format(self.ckpt.config)
@@ -101,7 +109,9 @@ class Conversion:
             if bad := next((r for r in rows if r.mismatch), None):
                 raise CheckpointError(f"config.json: quantization[{bad.path!r}]: {bad.problem}")
             listed = {r.path for r in rows if r.listed and not r.stale}
-            notes = [*notes, *stale_notes(rows)]
+            stale = stale_notes(rows)
+            self.notices += stale
+            notes = [*notes, *stale]
         if self.format.packed:
             packed = self._packed_modules({m.path: m.shape[-1] for m in modules})
             modules = [replace(m, source=packed.get(m.path), source_listed=m.path in listed) for m in modules]
@@ -121,6 +131,13 @@ class Conversion:
                 allocation = self._allocate(modules, packed)
                 self.plan = build_plan(modules, self.ckpt.model_type, options, _source_itemsize(self.ckpt),
                                        [*notes, *self.allocation_notes], allocation)
+            if options.target_bpw is not None and not options.calib:
+                self.notices += self.allocation_notes  # the one "data-free proxy" note
+        if any(r.quant is not None and r.quant.global_scale for r in self.plan.rows):
+            note = ("nvfp4 expert stacks carry a per-expert global scale: Apple GPUs run them, mlx's CPU gather_qmm "
+                    "refuses them (--no-global-scale for an output that runs on a CPU)")
+            self.plan.notes.append(note)
+            self.notices.append(note)
         self.options = self.plan.options
         if self.options.calib:  # read now, so a bad file is refused before any work
             self.calibration()
@@ -280,11 +297,22 @@ class Conversion:
         check_complete(expected, seen, self.ckpt.model_type)
         return entries
 
+    def card(self, name: str | None = None, command: str | None = None, quality: dict | None = None) -> str:
+        """DST's model card (README.md): see card.model_card."""
+        return model_card(self.plan, src=self.src, src_folder=self.ckpt.path, runner=self.runner, command=command,
+                          name=name, quality=quality)
+
+    def update_card(self, dst: Path, command: str | None = None, quality: dict | None = None) -> None:
+        """Rewrite DST's model card, e.g. with `verify`'s figures (`quality`) once measured."""
+        dst = Path(dst)
+        (dst / CARD_FILE).write_text(self.card(dst.name, command, quality))
+
     def run(self, dst: Path, force: bool = False, shard_size: int = DEFAULT_SHARD_SIZE,
-            workers: int | None = None, pool: str = "processes") -> Iterator[Step]:
+            workers: int | None = None, pool: str = "processes", command: str | None = None) -> Iterator[Step]:
         """Convert into DST, yielding a Step per finished group. `workers` threads each take the
         next decoder layer (each with its own mlx stream and target model), so reading, stacking,
-        quantizing and writing run on every core while at most `workers` layers are in memory."""
+        quantizing and writing run on every core while at most `workers` layers are in memory.
+        DST gets a model card (naming `command`, the command line, if given) and the plan."""
         dst = Path(dst)
         check_destination(dst, force, self.ckpt.path)
         if shard_size <= 0:
@@ -304,7 +332,9 @@ class Conversion:
                 for i in done:
                     group = groups[i]
                     yield Step(group.name, i + 1, len(groups), sum(self.ckpt.tensors[k].nbytes for k in group.keys))
-            out.finish(output_config(self.config, self.plan), self.ckpt.path, self.plan)
+            files = {CARD_FILE: self.card(dst.name, command),
+                     PLAN_FILE: json.dumps(self.plan.to_json(), indent=2) + "\n"}
+            out.finish(output_config(self.config, self.plan), self.ckpt.path, self.plan, files)
 
     def _moments(self) -> dict[str, mx.array]:
         """--rounding gptq: E[x xᵀ] of the inputs of each affine module, on the calibration text."""

@@ -141,6 +141,6 @@ def ignored_notes(config: dict, tensor_keys: Iterable[str] = ()) -> list[str]:
         if row.expected:
             raise CheckpointError(f"config.json: {what}: {row.message}; expected {row.expected}")
         note = f"mlx-lm's {model_type} differs from transformers: {what}: {row.message}"
-        log.warning("%s", note)
+        log.warning("%s", note, extra={"notice": True})  # the CLI prints it after its summary line
         notes.append(note)
     return notes

@@ -103,5 +103,5 @@ def stale_notes(rows: list[Stored]) -> list[str]:
              f"{r.stored} and mlx-lm's module has no to_quantized; read as stored ({r.stored}), entry not written"
              for r in rows if r.stale]
     for note in notes:
-        log.warning("%s", note)
+        log.warning("%s", note, extra={"notice": True})  # the CLI prints it after its summary line
     return notes

@@ -362,8 +362,8 @@ def resolve_config(config: dict, runner: str | None = None) -> tuple[dict, list[
                     del text[key]
         notes += [f"{row.flag} is false: {row.what} written as zeros (mlx-lm's {resolved['model_type']} always has "
                   "them; zeros compute what transformers computes without them)" for row in _zero_rows(resolved)]
-    for line in notes:
-        log.info("config: %s", line)
+    for line in notes:  # which runner the output is for is said; how config.json was read only with -v
+        log.log(logging.INFO if line == note else logging.DEBUG, "config: %s", line)
     return resolved, notes
 
 

@@ -328,19 +328,23 @@ class Output:
                               f"{' (written twice)' if twice else ''}")
         return slot
 
-    def finish(self, config: dict, source: Path, plan: Plan) -> None:
+    def finish(self, config: dict, source: Path, plan: Plan, files: dict[str, str] | None = None) -> None:
+        """Index, config.json, SRC's tokenizer and license files, `files` (name -> text: the model
+        card, the plan) and the mark listing all of them; checked against the plan, then renamed."""
         if missing := sorted(set(self.slots) - self.written):
             raise OutputError(f"{missing[0]}: in the manifest but never computed ({len(missing)} in all)")
         self._close()
         index = {"metadata": {"total_size": sum(s.nbytes for s in self.slots.values()), "total_parameters": plan.params},
                  "weight_map": {k: self.names[s.shard] for k, s in sorted(self.slots.items())}}
-        with self._os("writing its index, config.json and tokenizer files"):
+        with self._os("writing its index, config.json, tokenizer files and model card"):
             (self.tmp / INDEX_FILE).write_text(json.dumps(index, indent=4))
             for pattern in SIDECAR_PATTERNS:
                 for file in source.glob(pattern):
                     if file.is_file() and not (self.tmp / file.name).exists():
                         shutil.copy(file, self.tmp / file.name)
             (self.tmp / "config.json").write_text(json.dumps(dict(sorted(config.items())), indent=4))
+            for name, text in (files or {}).items():
+                (self.tmp / name).write_text(text)
             files = sorted(p.name for p in self.tmp.iterdir())
             mark = {"written_by": "moequant", "version": __version__, "files": [*files, MARK_FILE]}
             (self.tmp / MARK_FILE).write_text(json.dumps(mark, indent=4))
