@@ -90,3 +90,16 @@ def test_text_without_a_tokenizer_is_refused(tmp_path):
     calib.write_text(TEXT)
     with pytest.raises(CheckpointError, match="has no tokenizer mlx-lm can load"):
         read_calibration(calib, src)
+
+
+def test_sequences_and_length_are_options_recorded_in_the_plan(tmp_path, cli):
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe")
+    calib = tmp_path / "calib.txt"
+    calib.write_text(TEXT)
+    result = cli("convert", src, tmp_path / "dst", "--target-bpw", "4", "--calib", calib, "--calib-sequences", "3",
+                 "--calib-length", "128", "--quiet")
+    assert result.exit_code == 0, result.output
+    options = json.loads((tmp_path / "dst" / "moequant_plan.json").read_text())["options"]
+    assert (options["calib_sequences"], options["calib_length"]) == (3, 128)
+    refused = cli("convert", src, tmp_path / "dst2", "--calib-length", "128")
+    assert refused.exit_code == 1 and "--calib-length 128: only used with --calib" in refused.output

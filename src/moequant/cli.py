@@ -107,7 +107,9 @@ GlobalScaleOpt = Annotated[Optional[bool], typer.Option("--global-scale/--no-glo
 RecipeOpt = Annotated[Optional[str], typer.Option("--recipe", metavar="NAME", rich_help_panel="Plan", help="uniform (default), moe, mixed_2_6, mixed_3_4, mixed_3_6 or mixed_4_6 (see README).")]
 RoundingOpt = Annotated[Optional[str], typer.Option("--rounding", metavar="plain|mse|gptq", rich_help_panel="Plan", help="plain (default: mx.quantize's min/max); mse: per group, the clipped range with the least error (slower); gptq: affine modules rounded with GPTQ on --calib data (slowest).")]
 TargetOpt = Annotated[Optional[float], typer.Option("--target-bpw", metavar="BPW", rich_help_panel="Plan", help="Size budget in bits per weight: bits and group size chosen per module (reads the weights).")]
-CalibOpt = Annotated[Optional[Path], typer.Option("--calib", metavar="FILE", rich_help_panel="Plan", help="Calibration text (or .npy token ids) for --target-bpw (without it a data-free proxy is used) and --rounding gptq.")]
+CalibOpt = Annotated[Optional[Path], typer.Option("--calib", metavar="FILE", rich_help_panel="Plan", help="Calibration data for --target-bpw (without it a data-free proxy is used) and --rounding gptq: text or .jsonl ({\"text\"} or chat {\"messages\"}) tokenized by SRC's own tokenizer, or .npy token ids.")]
+CalibSeqOpt = Annotated[Optional[int], typer.Option("--calib-sequences", metavar="N", rich_help_panel="Plan", help="Sequences read from --calib, spread over the file (default 8).")]
+CalibLenOpt = Annotated[Optional[int], typer.Option("--calib-length", metavar="TOKENS", rich_help_panel="Plan", help="Tokens per calibration sequence (default 512).")]
 OverrideOpt = Annotated[Optional[list[str]], typer.Option("--override", metavar="PATTERN=SPEC", rich_help_panel="Plan", help="Repeatable: '*.shared_expert.*=bits=8,group=64' or '*.mlp.gate=keep'.")]
 RunnerOpt = Annotated[Optional[str], typer.Option("--for", metavar="mlx-lm|mlx-vlm", rich_help_panel="Plan", help="mlx-lm (text only) or mlx-vlm (vision tower kept); default: mlx-vlm for a vision-language SRC when mlx-vlm is installed.")]
 JsonOpt = Annotated[bool, typer.Option("--json", rich_help_panel="Output", help="Print JSON instead of a table.")]
@@ -227,7 +229,8 @@ def _command_line(command: str, *args: str, **options) -> str:
 
 def _choices(no_quantize: bool, mode: Mode | None, bits: int | None, group_size: int | None, gate_bits: str | None,
              dtype: str | None, global_scale: bool | None, recipe: str | None, overrides: list[str] | None,
-             rounding: str | None, target_bpw: float | None = None, calib: Path | None = None) -> dict:
+             rounding: str | None, target_bpw: float | None = None, calib: Path | None = None,
+             calib_sequences: int | None = None, calib_length: int | None = None) -> dict:
     """Conversion(...) keyword arguments from the plan options shared by convert and inspect;
     options that contradict each other are refused, never silently ignored."""
     if no_quantize and (given := _given(bits=bits, group_size=group_size, mode=mode, gate_bits=gate_bits,
@@ -243,6 +246,11 @@ def _choices(no_quantize: bool, mode: Mode | None, bits: int | None, group_size:
         raise MoequantError("--calib: only used with --target-bpw or --rounding gptq; expected one of them")
     if rounding == "gptq" and calib is None:
         raise MoequantError("--rounding gptq: needs calibration data; expected --calib FILE")
+    for name, value in (("--calib-sequences", calib_sequences), ("--calib-length", calib_length)):
+        if value is not None and calib is None:
+            raise MoequantError(f"{name} {value}: only used with --calib; expected --calib FILE too")
+        if value is not None and value < 1:
+            raise MoequantError(f"{name} {value}: expected 1 or more")
     if calib is not None and not calib.is_file():
         raise MoequantError(f"--calib {calib}: {'a folder' if calib.is_dir() else 'not found'}; expected a text "
                             "or .npy token file")
@@ -254,6 +262,7 @@ def _choices(no_quantize: bool, mode: Mode | None, bits: int | None, group_size:
                 gate_bits=_gate_bits(gate_bits or "float"), dtype=dtype,
                 global_scale=True if global_scale is None else global_scale, recipe=recipe, rounding=rounding,
                 target_bpw=target_bpw, calib=str(calib) if calib else None,
+                calib_sequences=calib_sequences or 8, calib_length=calib_length or 512,
                 overrides=tuple(Override.parse(o) for o in overrides or ()))
 
 
@@ -371,7 +380,8 @@ def convert(
     bits: BitsOpt = None, group_size: GroupOpt = None, mode: ModeOpt = None, gate_bits: GateOpt = None,
     no_quantize: NoQuantOpt = False, dtype: DtypeOpt = None, global_scale: GlobalScaleOpt = None,
     recipe: RecipeOpt = None, override: OverrideOpt = None, rounding: RoundingOpt = None,
-    target_bpw: TargetOpt = None, calib: CalibOpt = None, runner: RunnerOpt = None,
+    target_bpw: TargetOpt = None, calib: CalibOpt = None, calib_sequences: CalibSeqOpt = None,
+    calib_length: CalibLenOpt = None, runner: RunnerOpt = None,
     plan_file: Annotated[Optional[Path], typer.Option("--plan", metavar="FILE", rich_help_panel="Plan", help="Convert exactly this plan (the JSON of `inspect --json`); no other plan option may be given.")] = None,
     force: Annotated[bool, typer.Option("--force", rich_help_panel="Output", help=f"Replace DST if it is a previous moequant output (it holds {MARK_FILE} and only the files listed there) or an empty folder; never a file or any other folder.")] = False,
     shard_size: Annotated[str, typer.Option("--shard-size", metavar="SIZE", rich_help_panel="Output", help="Largest output shard.")] = "5GB",
@@ -402,20 +412,22 @@ def convert(
     if plan_file is not None:
         if given := _given(bits=bits, group_size=group_size, mode=mode, gate_bits=gate_bits, no_quantize=no_quantize,
                            dtype=dtype, global_scale=global_scale, recipe=recipe, override=override,
-                           rounding=rounding, target_bpw=target_bpw, calib=calib):
+                           rounding=rounding, target_bpw=target_bpw, calib=calib,
+                           calib_sequences=calib_sequences, calib_length=calib_length):
             raise MoequantError(f"--plan {plan_file} {given[0]}: the plan file decides every module and its "
                                 f"options; expected no plan option beside --plan (edit the plan instead)")
         conversion = Conversion(src, plan=_read_plan(plan_file), plan_where=str(plan_file), runner=runner)
     else:
         conversion = Conversion(src, runner=runner, **_choices(
             no_quantize, mode, bits, group_size, gate_bits, dtype, global_scale, recipe, override, rounding,
-            target_bpw, calib))
+            target_bpw, calib, calib_sequences, calib_length))
     if pool not in ("processes", "threads"):
         raise MoequantError(f"--pool {pool}: expected processes or threads")
     command = _command_line(
         "convert", src, dst, bits=bits, group_size=group_size, mode=mode, gate_bits=gate_bits, no_quantize=no_quantize,
         dtype=dtype, global_scale=global_scale, recipe=recipe, override=override, rounding=rounding,
-        target_bpw=target_bpw, calib=calib, plan=plan_file, **{"for": runner},
+        target_bpw=target_bpw, calib=calib, calib_sequences=calib_sequences, calib_length=calib_length,
+        plan=plan_file, **{"for": runner},
         shard_size=shard_size if shard_size != "5GB" else None)
     total = conversion.ckpt.nbytes
     with closing(conversion.run(dst, force=force, shard_size=size, workers=workers, pool=pool,

@@ -308,11 +308,14 @@ class Conversion:
         (dst / CARD_FILE).write_text(self.card(dst.name, command, quality))
 
     def run(self, dst: Path, force: bool = False, shard_size: int = DEFAULT_SHARD_SIZE,
-            workers: int | None = None, pool: str = "processes", command: str | None = None) -> Iterator[Step]:
-        """Convert into DST, yielding a Step per finished group. `workers` threads each take the
-        next decoder layer (each with its own mlx stream and target model), so reading, stacking,
-        quantizing and writing run on every core while at most `workers` layers are in memory.
-        DST gets a model card (naming `command`, the command line, if given) and the plan."""
+            workers: int | None = None, pool: str = "threads", command: str | None = None) -> Iterator[Step]:
+        """Convert into DST, yielding a Step per finished group. `workers` each take the next
+        decoder layer, so reading, stacking, quantizing and writing run on every core while at
+        most `workers` layers are in memory. `pool="processes"` (the CLI's default) runs them as
+        worker processes (procpool); the default here is threads of this process, since worker
+        processes re-import the caller's __main__ module (a script without an
+        `if __name__ == "__main__":` guard would run again in each). DST gets a model card
+        (naming `command`, the command line, if given) and the plan."""
         dst = Path(dst)
         check_destination(dst, force, self.ckpt.path)
         if shard_size <= 0:
