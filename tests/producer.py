@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import transformers
 
@@ -268,8 +269,18 @@ def write_produced(dst: Path, model_type: str, dtype: torch.dtype = torch.float3
     return logits
 
 
-def config_written(dst: Path) -> dict:
-    return json.loads((Path(dst) / "config.json").read_text())
+@pytest.fixture(scope="module")
+def produced(tmp_path_factory):
+    """model_type -> (SRC written by write_produced, transformers' logits), once per test module."""
+    cache: dict[str, tuple] = {}
+
+    def get(model_type: str):
+        if model_type not in cache:
+            src = tmp_path_factory.mktemp(model_type) / "src"
+            cache[model_type] = (src, write_produced(src, model_type))
+        return cache[model_type]
+
+    return get
 
 
 def _round_trip(w: torch.Tensor, bits: int, group_size: int, axis: int) -> torch.Tensor:

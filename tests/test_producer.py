@@ -27,7 +27,7 @@ from moequant.evaluate import compare_logits, load_float32  # noqa: E402
 from moequant.families import MODEL_TYPES  # noqa: E402
 from moequant.plan import Quant  # noqa: E402
 
-from producer import PRODUCED, TOKENS, simulated_logits, write_produced  # noqa: E402
+from producer import PRODUCED, TOKENS, produced, simulated_logits  # noqa: E402,F401  (produced: a fixture)
 
 STATUS = {a.model_type: a.status for a in ARCHITECTURES}
 
@@ -42,19 +42,6 @@ REFUSED = [m for m in PRODUCED if _status(m) != Status.SUPPORTED]
 # Both sides compute in float32 from the same float32 weights: only summation order differs
 # (measured max |difference| 2.5e-6 .. 4e-5 over the supported model_types).
 MAX_ABS = 1e-4
-
-
-@pytest.fixture(scope="module")
-def produced(tmp_path_factory):
-    cache: dict[str, tuple] = {}
-
-    def get(model_type: str):
-        if model_type not in cache:
-            src = tmp_path_factory.mktemp(model_type) / "src"
-            cache[model_type] = (src, write_produced(src, model_type))
-        return cache[model_type]
-
-    return get
 
 
 def _logits(dst) -> np.ndarray:

@@ -30,25 +30,12 @@ from moequant.evaluate import compare_logits, load_float32  # noqa: E402
 from moequant.families import VISION_LANGUAGE  # noqa: E402
 from moequant.plan import Quant, Role  # noqa: E402
 
-from producer import PRODUCED_VLM, TOKENS, simulated_logits, write_produced  # noqa: E402
+from producer import PRODUCED_VLM, TOKENS, produced, simulated_logits  # noqa: E402,F401  (produced: a fixture)
 
 MAX_ABS = 1e-4  # as test_producer: float32 both sides, only summation order differs
 
 # text-only outputs mlx-lm 0.32.2 has no model for: refused in one line
 MLX_LM_HAS_NONE = {"glm4v_moe"}  # no mlx_lm.models.glm4v_moe (mlx-vlm runs it)
-
-
-@pytest.fixture(scope="module")
-def produced(tmp_path_factory):
-    cache: dict[str, tuple] = {}
-
-    def get(model_type: str):
-        if model_type not in cache:
-            src = tmp_path_factory.mktemp(model_type) / "src"
-            cache[model_type] = (src, write_produced(src, model_type))
-        return cache[model_type]
-
-    return get
 
 
 def _ids() -> mx.array:

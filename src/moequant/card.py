@@ -47,7 +47,8 @@ def quant_tags(plan: Plan) -> list[str]:
     return [f"{q.bits}-bit" if q.mode == Mode.AFFINE else q.mode.value]
 
 
-def _size(n: float) -> str:
+def short_size(n: float) -> str:
+    """Bytes for a table or summary line: '206.34 KB'."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
@@ -66,7 +67,7 @@ def role_rows(plan: Plan) -> list[tuple[str, ...]]:
         params, after = sum(r.params for r in members), sum(r.bytes_after for r in members)
         decisions = ", ".join(sorted({f"{r.action} ({r.rule})" for r in members}))
         rows.append((role.value, str(len(members)), f"{params:,}", decisions, f"{8 * after / max(params, 1):.2f}",
-                     _size(after)))
+                     short_size(after)))
     return rows
 
 
@@ -109,7 +110,7 @@ def model_card(plan: Plan, *, src: str, src_folder: Path, runner: str, command: 
         f"{plan.model_type} converted to MLX from {origin} with moequant "
         f"{__version__}" + (":" if command else "."), "",
         *([f"```bash\n{command}\n```", ""] if command else []),
-        f"- {plan.bits_per_weight:.2f} bits/weight, {_size(plan.bytes_after)} (from {_size(plan.bytes_before)}), "
+        f"- {plan.bits_per_weight:.2f} bits/weight, {short_size(plan.bytes_after)} (from {short_size(plan.bytes_before)}), "
         f"{plan.params:,} parameters",
         f"- for {runner}; the whole plan, one row per module, is in `{PLAN_FILE}` "
         f"(`moequant convert SRC DST --plan {PLAN_FILE}` reproduces these weights)", "",

@@ -24,6 +24,7 @@ from rich.table import Table
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from . import __version__
+from .card import short_size
 from .errors import CheckpointError, MoequantError, os_reason
 from .names import layer_of
 from .plan import DTYPES, RECIPES, ROUNDINGS, Mode, Override, Plan, Quant
@@ -292,14 +293,6 @@ def _gate_bits(value: str) -> int | None:
     raise MoequantError(f"--gate-bits {value}: expected 'float' or 8 (router gates never go below 8 bits)")
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return ""
-
-
 def _parse_size(value: str) -> int:
     units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "K": 10**3, "M": 10**6, "G": 10**9, "B": 1}
     text = value.strip().upper()
@@ -324,8 +317,8 @@ def _shard_size(value: str) -> int:
 
 def summary_line(plan: Plan, where: str) -> str:
     counts = ", ".join(f"{n} {k}" for k, n in sorted(plan.counts().items()))
-    return (f"{where}: {plan.bits_per_weight:.2f} bits/weight, {_size(plan.bytes_after)} "
-            f"(from {_size(plan.bytes_before)}); modules: {counts}")
+    return (f"{where}: {plan.bits_per_weight:.2f} bits/weight, {short_size(plan.bytes_after)} "
+            f"(from {short_size(plan.bytes_before)}); modules: {counts}")
 
 
 def _ranges(ids: list[int]) -> str:
@@ -353,7 +346,7 @@ def plan_table(plan: Plan, expand: bool = False) -> Table:
         path = pattern if members[0][0] is None else pattern.replace(
             "{}", "{" + _ranges([w[1] for w, _ in members]) + "}" if len(members) > 1 else str(members[0][0][1]), 1)
         table.add_row(path, role.value, "×".join(map(str, shape)), origin, action, rule,
-                      _size(sum(r.bytes_before for _, r in members)), _size(sum(r.bytes_after for _, r in members)))
+                      short_size(sum(r.bytes_before for _, r in members)), short_size(sum(r.bytes_after for _, r in members)))
     return table
 
 
@@ -365,7 +358,7 @@ def role_table(plan: Plan) -> Table:
         params, after = sum(r.params for r in rows), sum(r.bytes_after for r in rows)
         decisions = sorted({f"{r.action} ({r.rule})" for r in rows})
         table.add_row(role.value, str(len(rows)), f"{params:,}", ", ".join(decisions),
-                      _size(sum(r.bytes_before for r in rows)), _size(after), f"{8 * after / params:.2f}")
+                      short_size(sum(r.bytes_before for r in rows)), short_size(after), f"{8 * after / params:.2f}")
     return table
 
 
@@ -437,7 +430,7 @@ def convert(
         task = progress.add_task("converting", total=total, done="")
         for step in steps:
             progress.update(task, advance=step.bytes_read, description=f"{step.group} ({step.index}/{step.total})",
-                            done=f"{_size(progress.tasks[0].completed + step.bytes_read)} of {_size(total)}")
+                            done=f"{short_size(progress.tasks[0].completed + step.bytes_read)} of {short_size(total)}")
     plan, quality = conversion.plan, None
     if verify_after:
         from .verify import verify as run_verify

@@ -26,14 +26,13 @@ import sys
 
 import mlx.nn as nn
 
-from .configmap import apply_renames
+from .configmap import MISSING, apply_renames, lookup
 from .errors import CheckpointError
 from .families import (ABSENT_AS_ZEROS, CONFIG_ALIASES, MODEL_ARCHITECTURES, MODEL_TYPES, PLAIN_ROPE_TYPES, TEXT_ARGS,
                        TRANSFORMERS_BOOKKEEPING, VISION_LANGUAGE, WRAPPED)
 
 log = logging.getLogger(__name__)
 
-_MISSING = object()
 
 MLX_LM, MLX_VLM = "mlx-lm", "mlx-vlm"
 RUNNERS = (MLX_LM, MLX_VLM)
@@ -64,15 +63,6 @@ def switch_linear_types(quantized: bool = False) -> tuple[type, ...]:
     name = "QuantizedSwitchLinear" if quantized else "SwitchLinear"
     vlm = sys.modules.get("mlx_vlm.models.switch_layers")
     return (getattr(switch_layers, name),) + ((getattr(vlm, name),) if vlm is not None else ())
-
-
-def _lookup(config: dict, dotted: str):
-    value = config
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return _MISSING
-        value = value[part]
-    return value
 
 
 def _vlm_arch(config: dict):
@@ -196,8 +186,8 @@ def _fill_aliases(resolved: dict, takes, where: str = "", model_type: str | None
         if alias.key in resolved or alias.key not in takes:
             continue
         for source in alias.sources:
-            value = _lookup(resolved, source)
-            if value is not _MISSING:
+            value = lookup(resolved, source)
+            if value is not MISSING:
                 resolved[alias.key] = value
                 notes.append(f"{where}{alias.key} = {value!r} (from {where}{source}, {alias.note})")
                 break
