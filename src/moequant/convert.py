@@ -230,8 +230,9 @@ class Conversion:
         weights = self.format.unpack(self.ckpt.load(group.keys), self.context)
         weights = {canonical_name(k): v for k, v in weights.items()}
         if rows := TENSOR_RENAMES.get(self.config["model_type"]):
-            targets = frozenset(parameter_shapes(self.model))
-            weights = {renamed(k, rows, targets): v for k, v in weights.items()}
+            if not hasattr(self, "_targets"):  # the target's parameter names, once (not per group)
+                self._targets = frozenset(parameter_shapes(self.model))
+            weights = {renamed(k, rows, self._targets): v for k, v in weights.items()}
         weights = to_stacked(self.family, weights, self.num_experts, stacks)
         if not hasattr(self.model, "sanitize"):
             return weights
