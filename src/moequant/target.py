@@ -14,6 +14,7 @@ output, tells the two apart from the config alone.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -209,6 +210,19 @@ def _fill_aliases(resolved: dict, takes, where: str = "", model_type: str | None
     return notes
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' warnings (deprecated keys, slow fallbacks) held back while moequant reads a
+    config or runs a reference; its logger's level is put back afterwards."""
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _transformers_config(config: dict):
     """transformers' own reading of config.json (its model_type's config class), or None when
     transformers has no such model_type (custom-code releases) or cannot read it."""
@@ -220,9 +234,9 @@ def _transformers_config(config: dict):
     if model_type not in CONFIG_MAPPING:
         return None
     config_class = CONFIG_MAPPING[model_type]
-    logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
-        return config_class.from_dict({k: v for k, v in config.items() if k != "model_type"})
+        with quiet_transformers():
+            return config_class.from_dict({k: v for k, v in config.items() if k != "model_type"})
     except Exception as e:  # transformers' validation: anything it raises means "cannot read it"
         log.debug("config: transformers' %s cannot read config.json (%s)", config_class.__name__, e)
         return None

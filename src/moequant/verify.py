@@ -277,14 +277,16 @@ def transformers_logits(src: str | Path, tokens: mx.array) -> mx.array:
             f"--against transformers: {src} needs about {weights / 1e9:.1f} GB as a float32 transformers model "
             f"and {free / 1e9:.1f} GB are free; comparing it whole is not possible on this machine, and a "
             f"layer-by-layer comparison is not built yet")
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=torch.float32).eval()
-    except Exception as e:  # noqa: BLE001 - transformers raises many types for a model it cannot build
-        raise CheckpointError(f"--against transformers: transformers {transformers.__version__} cannot load "
-                              f"{src} ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})") from None
-    with torch.inference_mode():
-        logits = model(torch.from_numpy(np.array(tokens, dtype=np.int64)), use_cache=False).logits
+    from .target import quiet_transformers
+
+    with quiet_transformers():
+        try:
+            model = transformers.AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=torch.float32).eval()
+        except Exception as e:  # noqa: BLE001 - transformers raises many types for a model it cannot build
+            raise CheckpointError(f"--against transformers: transformers {transformers.__version__} cannot load "
+                                  f"{src} ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})") from None
+        with torch.inference_mode():
+            logits = model(torch.from_numpy(np.array(tokens, dtype=np.int64)), use_cache=False).logits
     return mx.array(logits.float().numpy())
 
 
