@@ -23,6 +23,7 @@ import numpy as np
 from .errors import CheckpointError, os_reason
 from .evaluate import compare_logits
 from .plan import Mode, Quant
+from .target import quiet_transformers
 from .verify import _parent_and_key, expert_containers, reference_model
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,8 @@ def read_calibration(file: str | Path, tokenizer: str | Path | None = None, leng
         else:
             tok = _tokenizer(tokenizer, where)
             texts = _jsonl_texts(path, where, tok) if path.suffix == ".jsonl" else [path.read_text(encoding="utf-8")]
-            ids = np.array([i for text in texts for i in tok.encode(text)], dtype=np.int64)
+            with quiet_transformers():  # "longer than the maximum sequence length": it is cut into sequences below
+                ids = np.array([i for text in texts for i in tok.encode(text)], dtype=np.int64)
     except OSError as e:
         raise CheckpointError(f"{where}: {os_reason(e)}; expected a readable text, .jsonl or .npy file") from None
     except UnicodeDecodeError as e:
