@@ -86,9 +86,7 @@ def plan_png(plan: Plan) -> bytes:
     columns, roles, bits = plan_grid(plan)
     grid = np.ma.masked_invalid(np.array(bits, dtype=float))
     fig, (heat, bars) = plt.subplots(2, 1, figsize=PLAN_SIZE, height_ratios=(3, 2), layout="constrained")
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("#eeeeee")  # no module of that role in that column
-    cmap.set_over(FLOAT_COLOUR)
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#eeeeee", over=FLOAT_COLOUR)  # bad: no such module
     image = heat.imshow(grid, aspect="auto", cmap=cmap, interpolation="nearest", vmin=LOW_BITS, vmax=HIGH_BITS)
     heat.set_yticks(range(len(roles)), [r.value for r in roles])
     step = max(1, len(columns) // 32)
