@@ -25,7 +25,8 @@ ANNOTATE_UP_TO = 32  # layers: above this the heat map's cells carry no numbers
 # The heat map's colour scale spans quantized bits per weight (2-bit at group 128 is 2.25, 8-bit
 # at group 32 is 9); modules kept float (16 or 32) take one colour above it.
 LOW_BITS, HIGH_BITS, FLOAT_COLOUR = 2.0, 9.0, "#f4a261"
-OUTSIDE = "outside layers"  # the heat map's column for embeddings, lm_head, final norm, vision tower
+OUTSIDE = "other"  # the heat map's column for modules outside the decoder layers: embeddings, lm_head, …
+TICKS = 16  # at most this many layer numbers on an axis
 
 
 def _pyplot(option: str = "--plot"):
@@ -89,9 +90,11 @@ def plan_png(plan: Plan) -> bytes:
     cmap = plt.get_cmap("viridis").with_extremes(bad="#eeeeee", over=FLOAT_COLOUR)  # bad: no such module
     image = heat.imshow(grid, aspect="auto", cmap=cmap, interpolation="nearest", vmin=LOW_BITS, vmax=HIGH_BITS)
     heat.set_yticks(range(len(roles)), [r.value for r in roles])
-    step = max(1, len(columns) // 32)
-    heat.set_xticks(range(0, len(columns), step), columns[::step])
-    heat.set_xlabel("decoder layer")
+    layers = len(columns) - (columns[-1] == OUTSIDE)
+    ticks = [*range(0, layers, math.ceil(layers / TICKS)), *([layers] if layers < len(columns) else [])]
+    heat.set_xticks(ticks, [columns[t] for t in ticks])
+    heat.set_xlabel(f"decoder layer ({OUTSIDE}: modules outside the layers)" if layers < len(columns) else
+                    "decoder layer")
     heat.set_title(f"{plan.model_type}: bits per weight by layer and role "
                    f"({plan.bits_per_weight:.2f} overall, {short_size(plan.bytes_after)})")
     fig.colorbar(image, ax=heat, extend="max", label=f"bits per weight (above {HIGH_BITS:g}: float)")
@@ -134,7 +137,7 @@ def verify_png(report: Report, title: str = "") -> bytes:
         agreement = router.bar(xs, [report.router_agreement[b] for b in blocks], color="#3b528b", width=0.8)
         if len(blocks) <= ANNOTATE_UP_TO:
             router.bar_label(agreement, fmt="%.3f", fontsize=8)
-        router.set_xticks(xs[::max(1, len(xs) // 32)])
+        router.set_xticks(xs[::math.ceil(len(xs) / TICKS)])
         router.set_xlabel("decoder layer")
         ks = sorted(set(report.top_k.values()))
         router.set_title(f"router top-{'/'.join(map(str, ks)) or 'k'} agreement by layer "
