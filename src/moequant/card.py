@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 CARD_FILE = "README.md"
 PLAN_FILE = "moequant_plan.json"
+PLOT_FILE = "moequant_plan.png"  # the plan's picture (convert --plot), embedded in the card when made
 PIPELINE_TAGS = {"mlx-lm": "text-generation", "mlx-vlm": "image-text-to-text"}
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -89,10 +90,11 @@ def quality_lines(quality: dict) -> list[str]:
 
 
 def model_card(plan: Plan, *, src: str, src_folder: Path, runner: str, command: str | None = None,
-               name: str | None = None, quality: dict | None = None) -> str:
+               name: str | None = None, quality: dict | None = None, picture: str | None = None) -> str:
     """README.md for DST. `src` is SRC as given (a hub id becomes base_model), `src_folder` where
     it was read (its README's front matter gives base_model and license otherwise), `quality` the
-    figures of `verify` (with "reference" and "failed" added), if measured."""
+    figures of `verify` (with "reference" and "failed" added), if measured; `picture` the plan's
+    picture in DST (PLOT_FILE), if one was made."""
     from huggingface_hub import ModelCard, ModelCardData
 
     theirs = source_card(src_folder)
@@ -119,6 +121,7 @@ def model_card(plan: Plan, *, src: str, src_folder: Path, runner: str, command: 
         f"```python\nfrom {loader} import load, generate\n\nmodel, {'processor' if loader == 'mlx_vlm' else 'tokenizer'}"
         f" = load(\"{where}\")\n```", "",
         "## The plan", "",
+        *([f"![bits per weight by layer and role, and bytes by role]({picture})", ""] if picture else []),
         "| role | modules | parameters | decisions | bits/weight | size |",
         "| --- | ---: | ---: | --- | ---: | ---: |",
         *("| " + " | ".join(map(_cell, row)) + " |" for row in role_rows(plan)), "",

@@ -24,7 +24,7 @@ from rich.table import Table
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from . import __version__
-from .card import short_size
+from .card import PLOT_FILE, short_size
 from .errors import CheckpointError, MoequantError, os_reason
 from .names import layer_of
 from .plan import DTYPES, RECIPES, ROUNDINGS, Mode, Override, Plan, Quant
@@ -384,6 +384,7 @@ def convert(
     private: PrivateOpt = False,
     verify_after: Annotated[bool, typer.Option("--verify", rich_help_panel="Quality", help="Then run `verify` against SRC: its figures go into the model card and --json.")] = False,
     min_top1: MinTop1Opt = None, max_kl: MaxKlOpt = None, min_router: MinRouterOpt = None,
+    plot: Annotated[bool, typer.Option("--plot", rich_help_panel="Output", help=f"Also draw the plan into DST ({PLOT_FILE}: bits per weight by layer and role, bytes by role), shown in the model card; needs matplotlib.")] = False,
     json_out: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
     """Convert SRC into a quantized MLX checkpoint in DST."""
@@ -391,6 +392,10 @@ def convert(
     from .writer import check_destination
 
     _logging(quiet, verbose, notices_later=True)
+    if plot:
+        from .plot import check_target
+
+        check_target(None)  # matplotlib missing: refused before any work
     if not verify_after and (given := _given(min_top1=min_top1, max_kl=max_kl, min_router=min_router)):
         raise MoequantError(f"{given[0]}: a threshold on `verify`'s figures; expected --verify with it")
     if private and upload_repo is None:
@@ -420,11 +425,11 @@ def convert(
         "convert", src, dst, bits=bits, group_size=group_size, mode=mode, gate_bits=gate_bits, no_quantize=no_quantize,
         dtype=dtype, global_scale=global_scale, recipe=recipe, override=override, rounding=rounding,
         target_bpw=target_bpw, calib=calib, calib_sequences=calib_sequences, calib_length=calib_length,
-        plan=plan_file, **{"for": runner},
+        plan=plan_file, plot=plot, **{"for": runner},
         shard_size=shard_size if shard_size != "5GB" else None)
     total = conversion.ckpt.nbytes
     with closing(conversion.run(dst, force=force, shard_size=size, workers=workers, pool=pool,
-                                command=command)) as steps, \
+                                command=command, plot=plot)) as steps, \
             Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),
                      TimeRemainingColumn(), console=err, disable=quiet, transient=True) as progress:
         task = progress.add_task("converting", total=total, done="")
@@ -491,6 +496,7 @@ def inspect(
     expand: Annotated[bool, typer.Option("--all", rich_help_panel="Output", help="One row per module (no collapsing across layers).")] = False,
     check: Annotated[bool, typer.Option("--check", rich_help_panel="Quality", help="MLX-quantized PATH: exit 1 if config and tensors disagree.")] = False,
     as_source: Annotated[bool, typer.Option("--as-source", rich_help_panel="Output", help="MLX-quantized PATH: print its conversion plan instead of what it stores.")] = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", metavar="FILE", rich_help_panel="Output", help="Also draw the plan as a PNG: bits per weight by layer and role, bytes by role (needs matplotlib).")] = None,
     quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
     """Print the plan for PATH (headers only, nothing converted); for an MLX-quantized PATH, what it stores."""
@@ -501,8 +507,15 @@ def inspect(
     from .target import build_model, resolve_config
 
     _logging(quiet, verbose, notices_later=True)
+    if plot is not None:
+        from .plot import check_target
+
+        check_target(plot)
     ckpt = read_checkpoint(path)
     if (quantization := mlx_quantization(ckpt.config)) is not None and not as_source:
+        if plot is not None:
+            raise MoequantError(f"--plot {plot}: {path} is MLX-quantized and the picture is of a conversion plan; "
+                                "expected --as-source with it")
         rows = read_stored(ckpt, find_roles(build_model(resolve_config(ckpt.config)[0])), quantization)
         _print_stored(rows, json_out)
         if check and any(r.problem for r in rows):
@@ -519,7 +532,17 @@ def inspect(
         out.print(plan_table(plan, expand))
         out.print(role_table(plan))
         out.print(f"{plan.params:,} parameters; " + summary_line(plan, "output"), highlight=False, soft_wrap=True)
+    if plot is not None:
+        from .plot import plan_png
+
+        _write_picture(plot, plan_png(plan), quiet)
     _print_notices(conversion.notices)
+
+
+def _write_picture(file: Path, png: bytes, quiet: bool) -> None:
+    file.write_bytes(png)
+    if not quiet:
+        err.print(f"wrote {file}", highlight=False, soft_wrap=True)
 
 
 def _print_stored(rows, json_out: bool) -> None:
@@ -548,6 +571,7 @@ def verify(
     prompt: Annotated[Optional[str], typer.Option("--prompt", metavar="TEXT", help="Text to run (tokenized with DST's tokenizer) instead of a fixed random batch.")] = None,
     min_top1: MinTop1Opt = None, max_kl: MaxKlOpt = None, min_router: MinRouterOpt = None,
     against: Annotated[Optional[str], typer.Option("--against", metavar="transformers", help="'transformers': also compare with SRC's own transformers forward pass (needs torch); the thresholds then apply to both references.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", metavar="FILE", rich_help_panel="Output", help="Also draw a PNG: router top-k agreement by layer, KL by token position (needs matplotlib).")] = None,
     json_out: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
     """Run the same tokens through DST and SRC with mlx-lm; compare logits and expert choices."""
@@ -555,6 +579,10 @@ def verify(
     from .verify import verify as run_verify
 
     _logging(quiet, verbose)
+    if plot is not None:
+        from .plot import check_target
+
+        check_target(plot)
     if against not in (None, "transformers", "mlx-lm"):
         raise CheckpointError(f"--against {against}: expected transformers (or mlx-lm, the default)")
     tokens = tokens_for_prompt(dst, prompt) if prompt is not None else None
@@ -578,6 +606,10 @@ def verify(
         for block, agreement in report.router_agreement.items():
             table.add_row(f"router top-{report.top_k.get(block, '?')} agreement {block}", f"{agreement:.4f}")
         out.print(table)
+    if plot is not None:
+        from .plot import verify_png
+
+        _write_picture(plot, verify_png(report, f"{dst} vs {reference} ({report.tokens} tokens)"), quiet)
     if failed and json_out:
         raise typer.Exit(1)  # the JSON above lists them under "failed"
     if failed:

@@ -29,7 +29,7 @@ from .plan import DTYPES, Mode, Options, Quant, build_plan, find_roles, plan_fro
 from .stored import infer_fp_quant, infer_quant, read_stored, stale_notes
 from .quantize import Quantizer, check_complete, check_weights, parameter_shapes
 from .target import absent_as_zeros, build_model, resolve_config, runner_of
-from .card import CARD_FILE, PLAN_FILE, model_card
+from .card import CARD_FILE, PLAN_FILE, PLOT_FILE, model_card
 from .writer import DEFAULT_SHARD_SIZE, Output, check_destination, output_config
 from . import procpool
 
@@ -298,25 +298,29 @@ class Conversion:
         check_complete(expected, seen, self.ckpt.model_type)
         return entries
 
-    def card(self, name: str | None = None, command: str | None = None, quality: dict | None = None) -> str:
+    def card(self, name: str | None = None, command: str | None = None, quality: dict | None = None,
+             picture: str | None = None) -> str:
         """DST's model card (README.md): see card.model_card."""
         return model_card(self.plan, src=self.src, src_folder=self.ckpt.path, runner=self.runner, command=command,
-                          name=name, quality=quality)
+                          name=name, quality=quality, picture=picture)
 
     def update_card(self, dst: Path, command: str | None = None, quality: dict | None = None) -> None:
         """Rewrite DST's model card, e.g. with `verify`'s figures (`quality`) once measured."""
         dst = Path(dst)
-        (dst / CARD_FILE).write_text(self.card(dst.name, command, quality))
+        picture = PLOT_FILE if (dst / PLOT_FILE).is_file() else None
+        (dst / CARD_FILE).write_text(self.card(dst.name, command, quality, picture))
 
     def run(self, dst: Path, force: bool = False, shard_size: int = DEFAULT_SHARD_SIZE,
-            workers: int | None = None, pool: str = "threads", command: str | None = None) -> Iterator[Step]:
+            workers: int | None = None, pool: str = "threads", command: str | None = None,
+            plot: bool = False) -> Iterator[Step]:
         """Convert into DST, yielding a Step per finished group. `workers` each take the next
         decoder layer, so reading, stacking, quantizing and writing run on every core while at
         most `workers` layers are in memory. `pool="processes"` (the CLI's default) runs them as
         worker processes (procpool); the default here is threads of this process, since worker
         processes re-import the caller's __main__ module (a script without an
         `if __name__ == "__main__":` guard would run again in each). DST gets a model card
-        (naming `command`, the command line, if given) and the plan."""
+        (naming `command`, the command line, if given) and the plan; with `plot`, the plan's picture
+        too (plot.plan_png, embedded in the card)."""
         dst = Path(dst)
         check_destination(dst, force, self.ckpt.path)
         if shard_size <= 0:
@@ -336,8 +340,12 @@ class Conversion:
                 for i in done:
                     group = groups[i]
                     yield Step(group.name, i + 1, len(groups), sum(self.ckpt.tensors[k].nbytes for k in group.keys))
-            files = {CARD_FILE: self.card(dst.name, command),
+            files = {CARD_FILE: self.card(dst.name, command, picture=PLOT_FILE if plot else None),
                      PLAN_FILE: json.dumps(self.plan.to_json(), indent=2) + "\n"}
+            if plot:
+                from .plot import plan_png
+
+                files[PLOT_FILE] = plan_png(self.plan)
             out.finish(output_config(self.config, self.plan), self.ckpt.path, self.plan, files)
 
     def _moments(self) -> dict[str, mx.array]:

@@ -59,6 +59,7 @@ class Report:
     reference_converted: bool = False  # SRC went through moequant's float32 conversion first
     # DST's logits against SRC's own transformers forward pass (verify(..., against_transformers=True))
     transformers: Closeness | None = None
+    kl_by_position: tuple[float, ...] = ()  # KL at each token position, mean over the batch
 
     @property
     def mean_router_agreement(self) -> float | None:
@@ -79,6 +80,7 @@ class Report:
             "top_k": dict(self.top_k),
             "reference_converted": self.reference_converted,
             "transformers": self.transformers.to_dict() if self.transformers else None,
+            "kl_by_position": list(self.kl_by_position),
         }
 
 
@@ -331,4 +333,6 @@ def verify(dst: str | Path, reference: str | Path, tokens: mx.array | None = Non
     theirs = None
     if against_transformers:
         theirs = compare_logits(transformers_logits(reference, tokens), dst_logits)
-    return Report(compare_logits(ref_logits, dst_logits), agreement, tokens.size, top_k, converted, theirs)
+    by_position = tuple(compare_logits(ref_logits[:, i], dst_logits[:, i]).kl for i in range(ref_logits.shape[1]))
+    return Report(compare_logits(ref_logits, dst_logits), agreement, tokens.size, top_k, converted, theirs,
+                  by_position)

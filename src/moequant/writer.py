@@ -328,9 +328,10 @@ class Output:
                               f"{' (written twice)' if twice else ''}")
         return slot
 
-    def finish(self, config: dict, source: Path, plan: Plan, files: dict[str, str] | None = None) -> None:
-        """Index, config.json, SRC's tokenizer and license files, `files` (name -> text: the model
-        card, the plan) and the mark listing all of them; checked against the plan, then renamed."""
+    def finish(self, config: dict, source: Path, plan: Plan, files: dict[str, str | bytes] | None = None) -> None:
+        """Index, config.json, SRC's tokenizer and license files, `files` (name -> text or bytes: the
+        model card, the plan, its picture) and the mark listing all of them; checked against the plan,
+        then renamed."""
         if missing := sorted(set(self.slots) - self.written):
             raise OutputError(f"{missing[0]}: in the manifest but never computed ({len(missing)} in all)")
         self._close()
@@ -343,8 +344,11 @@ class Output:
                     if file.is_file() and not (self.tmp / file.name).exists():
                         shutil.copy(file, self.tmp / file.name)
             (self.tmp / "config.json").write_text(json.dumps(dict(sorted(config.items())), indent=4))
-            for name, text in (files or {}).items():
-                (self.tmp / name).write_text(text)
+            for name, content in (files or {}).items():
+                if isinstance(content, bytes):
+                    (self.tmp / name).write_bytes(content)
+                else:
+                    (self.tmp / name).write_text(content)
             files = sorted(p.name for p in self.tmp.iterdir())
             mark = {"written_by": "moequant", "version": __version__, "files": [*files, MARK_FILE]}
             (self.tmp / MARK_FILE).write_text(json.dumps(mark, indent=4))
