@@ -205,7 +205,10 @@ def image_inputs(model_type: str) -> dict[str, np.ndarray]:
     """One prompt with one image for a PRODUCED_VLM row, as transformers' processor gives its model:
     input_ids (text, the image's start token VOCAB, its 4 image tokens, its end token VOCAB + 1, text),
     pixel_values drawn N(0, 1) in the row's `image` layout, the row's other image arrays (grid sizes,
-    patch places), and mm_token_type_ids (1 at image tokens: transformers' 3-D positions need it)."""
+    patch places), and mm_token_type_ids (1 at image tokens: transformers' 3-D positions need it).
+    The start token matters as a processor writes it: mlx-vlm's Qwen-VL and GLM-4.5V models find an
+    image by it for its 3-D positions (transformers by mm_token_type_ids); without it mlx-vlm gives the
+    image tokens text positions (1.5 max abs logit difference on qwen3_vl_moe)."""
     row = PRODUCED_VLM[model_type]
     image = row.extra.get("image_token_id", row.extra.get("image_token_index"))
     ids = np.array([[5, 9, 17, VOCAB] + [image] * 4 + [VOCAB + 1, 33, 40, 41, 7, 8, 100, 3]], dtype=np.int64)
