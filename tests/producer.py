@@ -138,13 +138,18 @@ _IMAGE_TOKENS = {"image_token_id": VOCAB + 2, "video_token_id": VOCAB + 3, "visi
 _QWEN_VISION = {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2, "out_hidden_size": H,
                 "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 64}
 
+# One image of 4x4 patches (each 2 frames x 16x16 pixels x 3 channels, flattened: transformers' Qwen2VLImageProcessor
+# layout), merged 2x2 into 4 image tokens
+_QWEN_IMAGE = {"pixel_values": (16, 3 * 2 * 16 * 16), "image_grid_thw": [[1, 4, 4]]}
+
 
 @dataclass(frozen=True)
 class ProducedVLM:
     """A vision-language model_type written whole by its ...ForConditionalGeneration class:
     text_config is TINY (vocab_size VOCAB_VLM) with `text` over it as for a Produced row, vision_config
     is `vision` (tiny, over the class's defaults), `extra` the top-level keys (image token ids);
-    `files` names tiny.py's processor files for the release (mlx_vlm.load reads them)."""
+    `files` names tiny.py's processor files for the release (mlx_vlm.load reads them); `image` the
+    shapes (or values) of one image's inputs as transformers' image processor gives them (image_inputs)."""
 
     model_type: str
     text: dict = field(default_factory=dict)
@@ -152,31 +157,32 @@ class ProducedVLM:
     extra: dict = field(default_factory=dict)
     model_class: str = "AutoModelForImageTextToText"
     files: str = ""
+    image: dict = field(default_factory=dict)
 
 
 PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
     ProducedVLM("qwen3_vl_moe", {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
                                                      "mrope_section": [6, 5, 5], "mrope_interleaved": True}},
-                {**_QWEN_VISION, "deepstack_visual_indexes": [0]}, _IMAGE_TOKENS, files="_qwen_vl_files"),
+                {**_QWEN_VISION, "deepstack_visual_indexes": [0]}, _IMAGE_TOKENS, files="_qwen_vl_files", image=_QWEN_IMAGE),
     ProducedVLM("qwen3_5_moe", {"layer_types": _HYBRID,
                                 "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
                                                     "partial_rotary_factor": 0.25, "mrope_section": [2, 1, 1],
                                                     "mrope_interleaved": True}},
-                _QWEN_VISION, _IMAGE_TOKENS, files="_qwen_vl_files"),
+                _QWEN_VISION, _IMAGE_TOKENS, files="_qwen_vl_files", image=_QWEN_IMAGE),
     # the language model as the llama4_text row's, its dense layers' MLP tiny too (intermediate_size_mlp)
     ProducedVLM("llama4", {**PRODUCED["llama4_text"].extra, "intermediate_size_mlp": I_DENSE},
                 {"hidden_size": 64, "image_size": 64, "patch_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
                  "intermediate_size": 256, "projector_input_dim": 128, "projector_output_dim": 128,
                  "vision_output_dim": 128},
                 {"image_token_index": VOCAB + 2, "boi_token_index": VOCAB, "eoi_token_index": VOCAB + 1},
-                files="_llama4_files"),
+                files="_llama4_files", image={"pixel_values": (1, 3, 64, 64)}),  # 4x4 patches, pixel shuffle 0.5
     ProducedVLM("glm4v_moe", {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
                                                   "partial_rotary_factor": 0.5, "mrope_section": [2, 3, 3]}},
                 {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2, "patch_size": 14,
                  "image_size": 56, "out_hidden_size": H, "spatial_merge_size": 2, "temporal_patch_size": 2},
                 {"image_token_id": VOCAB + 2, "video_token_id": VOCAB + 3, "image_start_token_id": VOCAB,
                  "image_end_token_id": VOCAB + 1, "video_start_token_id": VOCAB + 4, "video_end_token_id": VOCAB + 5},
-                files="_glm4v_files"),
+                files="_glm4v_files", image={"pixel_values": (16, 3 * 2 * 14 * 14), "image_grid_thw": [[1, 4, 4]]}),
     # google/gemma-4-26B-A4B-it's language model: MoE blocks beside the dense MLP, no per-layer inputs, the
     # full-attention layers' own head_dim and shared keys / values (attention_k_eq_v), logit soft-capping, tied
     # as Gemma4Config (whose flag transformers' model reads) is; pad_token_id masks image tokens (transformers)
@@ -188,8 +194,28 @@ PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
                  "num_key_value_heads": 2, "head_dim": 32, "global_head_dim": 32, "patch_size": 16,
                  "position_embedding_size": 64, "pooling_kernel_size": 2, "default_output_length": 4},
                 {"image_token_id": VOCAB + 2, "boi_token_id": VOCAB, "eoi_token_id": VOCAB + 1, "audio_config": None},
-                files="_llama4_files"),
+                files="_llama4_files",
+                # patches flattened, each with its (x, y) place (transformers' Gemma4ImageProcessor), pooled 2x2
+                image={"pixel_values": (1, 16, 3 * 16 * 16),
+                       "image_position_ids": [[[x, y] for y in range(4) for x in range(4)]]}),
 )}
+
+
+def image_inputs(model_type: str) -> dict[str, np.ndarray]:
+    """One prompt with one image for a PRODUCED_VLM row, as transformers' processor gives its model:
+    input_ids (text, the image's start token VOCAB, its 4 image tokens, its end token VOCAB + 1, text),
+    pixel_values drawn N(0, 1) in the row's `image` layout, the row's other image arrays (grid sizes,
+    patch places), and mm_token_type_ids (1 at image tokens: transformers' 3-D positions need it).
+    The start token matters as a processor writes it: mlx-vlm's Qwen-VL and GLM-4.5V models find an
+    image by it for its 3-D positions (transformers by mm_token_type_ids); without it mlx-vlm gives the
+    image tokens text positions (1.5 max abs logit difference on qwen3_vl_moe)."""
+    row = PRODUCED_VLM[model_type]
+    image = row.extra.get("image_token_id", row.extra.get("image_token_index"))
+    ids = np.array([[5, 9, 17, VOCAB] + [image] * 4 + [VOCAB + 1, 33, 40, 41, 7, 8, 100, 3]], dtype=np.int64)
+    rng = np.random.default_rng(0)
+    return {"input_ids": ids, "pixel_values": rng.standard_normal(row.image["pixel_values"]).astype(np.float32),
+            **{k: np.array(v, dtype=np.int64) for k, v in row.image.items() if k != "pixel_values"},
+            "mm_token_type_ids": (ids == image).astype(np.int64)}
 
 
 def _tiny_kwargs(config_class, extra: dict, base: dict = TINY) -> dict:

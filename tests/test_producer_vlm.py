@@ -9,11 +9,16 @@ Each must:
 - convert at 4 bits for mlx-vlm to logits no further from transformers' than a simulated round trip
   of the same weights (producer.simulated_logits) is, and run quantized in mlx-vlm;
 - convert text only for mlx-lm (`--for mlx-lm`) to logits within 1e-4 of transformers' too, where
-  mlx-lm has the language model (else be refused in one line).
+  mlx-lm has the language model (else be refused in one line);
+- with one image (both sides given the very same input_ids, pixel_values and grid arrays, in the
+  layout transformers' image processor gives: producer.image_inputs), convert with --no-quantize for
+  mlx-vlm to logits within 1e-4 of transformers', or the plan must say where mlx-vlm's model differs
+  (ignored.IGNORED_BY_MLX_VLM), and with that difference undone on the loaded model, match.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import numpy as np
@@ -23,14 +28,17 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers", minversion="5.0")
 
 import mlx.core as mx  # noqa: E402
+import mlx.nn as nn  # noqa: E402
 
 from moequant.convert import Conversion  # noqa: E402
 from moequant.errors import CheckpointError  # noqa: E402
 from moequant.evaluate import compare_logits, load_float32  # noqa: E402
 from moequant.families import VISION_LANGUAGE  # noqa: E402
+from moequant.ignored import IGNORED_BY_MLX_VLM  # noqa: E402
 from moequant.plan import Quant, Role  # noqa: E402
 
-from producer import PRODUCED_VLM, TOKENS, produced, simulated_logits  # noqa: E402,F401  (produced: a fixture)
+from producer import (PRODUCED_VLM, TOKENS, image_inputs, model_class, produced,  # noqa: E402,F401  (a fixture)
+                      simulated_logits)
 
 MAX_ABS = 1e-4  # as test_producer: float32 both sides, only summation order differs
 
@@ -42,8 +50,29 @@ def _ids() -> mx.array:
     return mx.array(TOKENS.astype(np.int32))
 
 
-def _differs(conversion: Conversion) -> list[str]:
-    return [n for n in conversion.plan.notes if "differs from transformers" in n]
+def _differs(conversion: Conversion, runner: str = "mlx-lm") -> list[str]:
+    """The plan's notes saying the runner's model differs from transformers' (mlx-lm's: the language
+    model; mlx-vlm's: its vision tower, on prompts with an image)."""
+    return [n for n in conversion.plan.notes if n.startswith(f"{runner}'s ") and "differs from transformers" in n]
+
+
+def _vision_as_transformers(model) -> None:
+    """What IGNORED_BY_MLX_VLM says mlx-vlm's vision tower computes differently, undone on a loaded
+    model: transformers' activations in place of mlx-vlm's."""
+    inner = model.model
+    if inner.config.model_type == "qwen3_vl_moe":  # blocks: hidden_act gelu_pytorch_tanh; mergers: exact GELU
+        tower = inner.vision_tower
+        for block in tower.blocks:
+            block.mlp.act_fn = nn.GELU(approx="tanh")
+        for merger in [tower.merger, *tower.deepstack_merger_list]:
+            merger.act_fn = nn.GELU()
+    elif inner.config.model_type == "llama4":  # exact GELU in the encoder MLPs and the pixel-shuffle MLP
+        tower = inner.vision_model
+        for layer in tower.model.layers:
+            layer.mlp.activation_fn = nn.GELU()
+        tower.vision_adapter.mlp.activation_fn = nn.GELU()
+    else:
+        raise AssertionError(f"no undoing for {inner.config.model_type}")
 
 
 def test_every_vision_language_row_transformers_has_is_produced():
@@ -65,6 +94,7 @@ def test_no_quantize_matches_transformers_or_says_why_not(tmp_path, produced, mo
     out = json.loads((tmp_path / "dst" / "config.json").read_text())
     vision_kept = all(out.get(k) for k in VISION_LANGUAGE[model_type].vision_keys)
     assert vision_kept == (runner == "mlx-vlm")
+    assert runner == "mlx-vlm" or not _differs(conversion, "mlx-vlm")  # no vision tower, no note about one
     closeness = compare_logits(mx.array(reference), load_float32(tmp_path / "dst")(_ids()))
     if _differs(conversion):  # said, and true
         assert closeness.max_abs > 100 * MAX_ABS, closeness
@@ -95,3 +125,38 @@ def test_quantized_for_mlx_vlm_is_within_a_simulated_round_trip(tmp_path, produc
     logits = getattr(out, "logits", out)
     mx.eval(logits)
     assert logits.shape[:2] == TOKENS.shape and np.isfinite(np.array(logits)).all()
+
+
+def test_every_mlx_vlm_row_names_code_on_both_sides():
+    for model_type, rows in IGNORED_BY_MLX_VLM.items():
+        for row in rows:
+            assert "transformers" in row.message and f"mlx_vlm/models/{model_type}/" in row.message, row
+
+
+@pytest.mark.parametrize("model_type", list(PRODUCED_VLM))
+def test_image_input_matches_transformers_or_says_why_not(tmp_path, produced, model_type):
+    src, _ = produced(model_type)
+    inputs = image_inputs(model_type)
+    model = model_class(model_type).from_pretrained(src, dtype=torch.float32).eval()
+    takes = inspect.signature(model.forward).parameters
+    with torch.inference_mode():
+        def forward(pixel_values):
+            kwargs = {k: torch.from_numpy(v) for k, v in inputs.items() if k in takes}
+            return model(**{**kwargs, "pixel_values": torch.from_numpy(pixel_values)}, use_cache=False).logits.numpy()
+
+        reference = mx.array(forward(inputs["pixel_values"]))
+        other_image = mx.array(forward(-inputs["pixel_values"]))
+    assert mx.abs(reference - other_image).max().item() > 0.01  # the image reaches the logits
+
+    conversion = Conversion(src, None, dtype="float32", runner="mlx-vlm")
+    list(conversion.run(tmp_path / "dst", pool="threads"))
+    ours = load_float32(tmp_path / "dst")
+    mlx_inputs = {k: mx.array(v) for k, v in inputs.items() if k != "mm_token_type_ids"}
+    ids = mlx_inputs.pop("input_ids")
+    closeness = compare_logits(reference, ours(ids, **mlx_inputs))
+    if notes := _differs(conversion, "mlx-vlm"):  # said, located, and the whole difference
+        assert len(notes) == 1 and "on prompts with an image" in notes[0], notes
+        assert closeness.max_abs > 3 * MAX_ABS, closeness
+        _vision_as_transformers(ours)
+        closeness = compare_logits(reference, ours(ids, **mlx_inputs))
+    assert closeness.max_abs <= MAX_ABS and closeness.top1 == 1.0, closeness

@@ -97,7 +97,9 @@ ARCHITECTURES: tuple[Arch, ...] = (
          "(text only); and the whole release (vision_model with its pixel-shuffle adapter, multi_modal_projector) "
          "for mlx-vlm's llama4: " + VLM_DONE + ". transformers' text-only Llama4ForCausalLM (model_type llama4_text) "
          "converts for mlx-lm's llama4 (config under text_config, tensors under language_model.*) when its layers "
-         "follow mlx-lm's hard-coded pattern (RoPE + chunked attention except every 4th layer, 4 layers or more)"),
+         "follow mlx-lm's hard-coded pattern (RoPE + chunked attention except every 4th layer, 4 layers or more). "
+         "mlx-vlm's vision tower applies a fast GELU approximation where transformers' applies exact GELU, so logits "
+         "of prompts with an image differ from transformers' (0.08 on a tiny model; the plan notes it)"),
     Arch("lfm2_moe", _LM, "lfm2_moe", S, "LiquidAI/LFM2-8B-A1B",
          "short conv + attention, w1/w2/w3 renamed by sanitize, conv weights transposed, expert_bias, tied "
          "(tie_word_embeddings false is refused: mlx-lm's lfm2_moe has no lm_head of its own)"),
@@ -161,7 +163,9 @@ ARCHITECTURES: tuple[Arch, ...] = (
          "text-only Qwen3_5MoeForCausalLM (model_type qwen3_5_moe_text) converts for mlx-lm's qwen3_5_moe"),
     Arch("qwen3_vl_moe", _LM, "qwen3_vl_moe", S, "Qwen/Qwen3-VL-30B-A3B-Instruct",
          "fused in x out experts under model.language_model, for mlx-lm (text only); and the whole release (model.visual "
-         "+ deepstack mergers) for mlx-vlm's qwen3_vl_moe: " + VLM_DONE),
+         "+ deepstack mergers) for mlx-vlm's qwen3_vl_moe: " + VLM_DONE + ". mlx-vlm's vision tower swaps "
+         "transformers' two GELUs (exact in its blocks, the tanh approximation in its mergers), so logits of prompts "
+         "with an image differ from transformers' slightly (5e-4 on a tiny model; the plan notes it)"),
     Arch("minimax_m3_vl", _LM, "minimax_m3_vl", S, "MiniMaxAI/MiniMax-M3",
          "language model under language_model.model, for mlx-lm (text only; mlx-lm drops the vision tower): "
          "block_sparse_moe.experts.{e}.w1/w2/w3, shared experts, dense first layer (mlp.*), e_score_correction_bias, "

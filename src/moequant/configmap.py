@@ -343,6 +343,13 @@ RENAMES: dict[str, tuple[Rename, ...]] = {
         Rename("global_head_dim", "per_layer_config", "full_attention_head_dim"),
         Rename("num_global_key_value_heads", "per_layer_config", "full_attention_kv_heads"),
     ),
+    # transformers' Glm4vMoeConfig names the token before an image image_start_token_id; mlx-vlm's glm4v_moe
+    # ModelConfig reads vision_start_token_id (default 151339, GLM-4.5V's) to find images for their 3-D positions
+    # (mlx_vlm/models/glm4v_moe/language.py get_rope_index), else gives image tokens text positions
+    "glm4v_moe": (
+        Rename("vision_start_token_id", "image_start_token_id"),
+        Rename("vision_end_token_id", "image_end_token_id"),
+    ),
     # transformers' Glm4vMoeText has no q/k norm (modeling_glm4v_moe.py Glm4vMoeTextAttention); mlx-vlm's
     # glm4v_moe TextConfig requires use_qk_norm
     "glm4v_moe_text": (

@@ -1,5 +1,5 @@
 """Where mlx-lm's model computes something other than transformers' for the same checkpoint: a
-config value it ignores, a tensor it drops, a routing step it does differently. One table.
+config value it ignores, a tensor it drops, a routing step it does differently. One table per runner.
 
 moequant feeds mlx-lm's model the checkpoint's weights exactly (a `--no-quantize` output is the
 source's function as mlx-lm computes it); where mlx-lm's model itself differs from transformers'
@@ -10,7 +10,8 @@ same in its note for the model_type.
 
 A row is keyed by the model_type mlx-lm runs (target.resolve_config's) and reads the resolved
 config (config.json with transformers' defaults filled in, so a key the file leaves out reads as
-transformers reads it), or SRC's tensor names.
+transformers reads it), or SRC's tensor names. IGNORED_BY_MLX_VLM's rows say the same of mlx-vlm's
+models (0.7.10; their vision towers), for an output for mlx-vlm.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, Callable, Iterable
 
 from .configmap import MISSING, lookup
 from .errors import CheckpointError
+from .target import MLX_VLM, runner_of
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +123,36 @@ IGNORED_BY_MLX_LM: dict[str, tuple[Ignored, ...]] = {
 }
 
 
+# mlx-vlm model_type -> what its model (vision tower, projector) computes differently from transformers' for
+# the same weights; a row is read as an IGNORED_BY_MLX_LM row, for an output for mlx-vlm. Measured on the
+# producer's tiny checkpoints (tests/test_producer_vlm.py), one image, float32: max abs logit difference.
+IGNORED_BY_MLX_VLM: dict[str, tuple[Ignored, ...]] = {
+    "llama4": (Ignored("vision_config.hidden_act", lambda v, c: True, (
+        "on prompts with an image: transformers' Llama-4 vision encoder MLPs and pixel-shuffle MLP apply exact GELU "
+        "(modeling_llama4.py Llama4VisionMLP, Llama4VisionMLP2: nn.GELU(), vision_config.hidden_act unread); "
+        "mlx-vlm's llama4 applies mlx's fast approximation, x * sigmoid(1.702 x) (mlx_vlm/models/llama4/vision.py "
+        "Llama4VisionMLP: nn.GELU(approx='fast')), so image features and the logits of prompts with an image "
+        "differ (0.08 on a tiny Llama-4); text-only prompts are unaffected")),),
+    "qwen3_vl_moe": (Ignored("vision_config.hidden_act", lambda v, c: True, (
+        "on prompts with an image: transformers' Qwen3-VL vision blocks apply vision_config.hidden_act (the releases' "
+        "gelu_pytorch_tanh, GELU's tanh approximation) and its patch mergers exact GELU (modeling_qwen3_vl_moe.py "
+        "Qwen3VLMoeVisionMLP, Qwen3VLMoeVisionPatchMerger); mlx-vlm's qwen3_vl_moe applies exact GELU in the blocks "
+        "and the tanh approximation in the mergers (mlx_vlm/models/qwen3_vl_moe/vision.py MLP, PatchMerger), so "
+        "image features and the logits of prompts with an image differ (5e-4 on a tiny Qwen3-VL-MoE); text-only "
+        "prompts are unaffected")),),
+}
+
+
 def ignored_notes(config: dict, tensor_keys: Iterable[str] = ()) -> list[str]:
-    """One note (and one warning line) per IGNORED_BY_MLX_LM row that SRC triggers, for the
-    resolved `config` (its model_type is mlx-lm's) and SRC's tensor names."""
+    """One note (and one warning line) per IGNORED_BY_MLX_LM row that SRC triggers, and per
+    IGNORED_BY_MLX_VLM row for an output for mlx-vlm, for the resolved `config` (its model_type is
+    the runner's) and SRC's tensor names."""
     model_type = config.get("model_type")
     keys = list(tensor_keys)
     notes = []
-    for row in IGNORED_BY_MLX_LM.get(model_type, ()):
+    rows = [("mlx-lm", row) for row in IGNORED_BY_MLX_LM.get(model_type, ())] + [
+        ("mlx-vlm", row) for row in IGNORED_BY_MLX_VLM.get(model_type, ()) if runner_of(config) == MLX_VLM]
+    for runner, row in rows:
         if row.tensor:
             found = [k for k in keys if fnmatch.fnmatchcase(k, row.key)]
             if not found or not row.matters(found, config):
@@ -140,7 +165,7 @@ def ignored_notes(config: dict, tensor_keys: Iterable[str] = ()) -> list[str]:
             what = f"{row.key} = {value!r}"
         if row.expected:
             raise CheckpointError(f"config.json: {what}: {row.message}; expected {row.expected}")
-        note = f"mlx-lm's {model_type} differs from transformers: {what}: {row.message}"
+        note = f"{runner}'s {model_type} differs from transformers: {what}: {row.message}"
         log.warning("%s", note, extra={"notice": True})  # the CLI prints it after its summary line
         notes.append(note)
     return notes
