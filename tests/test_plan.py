@@ -10,7 +10,8 @@ from mlx_lm.convert import mixed_quant_predicate_builder
 
 from moequant.convert import Conversion
 from moequant.errors import PlanError
-from moequant.plan import GATE_ROLES, MIXED_RECIPES, Options, Override, Quant, Role, build_plan, find_roles
+from moequant.formats import Quant
+from moequant.plan import GATE_ROLES, MIXED_RECIPES, Options, Override, Role, build_plan, find_roles
 from moequant.target import build_model, resolve_config
 from moequant.tiny import ARCHS, write_tiny_checkpoint
 

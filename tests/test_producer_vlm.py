@@ -28,7 +28,8 @@ from moequant.convert import Conversion  # noqa: E402
 from moequant.errors import CheckpointError  # noqa: E402
 from moequant.evaluate import compare_logits, load_float32  # noqa: E402
 from moequant.families import VISION_LANGUAGE  # noqa: E402
-from moequant.plan import Quant, Role  # noqa: E402
+from moequant.formats import Quant  # noqa: E402
+from moequant.plan import Role  # noqa: E402
 
 from producer import PRODUCED_VLM, TOKENS, produced, simulated_logits  # noqa: E402,F401  (produced: a fixture)
 

@@ -23,10 +23,11 @@ from .archs import ARCHITECTURES, Status
 from .errors import CheckpointError, PlanError
 from .experts import expert_sources, num_experts, to_stacked
 from .families import FAMILIES, TENSOR_RENAMES, Family
+from .formats import DTYPES, Mode, Quant, infer_fp_quant, infer_quant
 from .ignored import ignored_notes
 from .names import canonical_name, layer_of, renamed
-from .plan import DTYPES, Mode, Options, Quant, build_plan, find_roles, plan_from_json
-from .stored import infer_fp_quant, infer_quant, read_stored, stale_notes
+from .plan import Options, build_plan, find_roles, plan_from_json
+from .stored import read_stored, stale_notes
 from .quantize import Quantizer, check_complete, check_weights, parameter_shapes
 from .target import absent_as_zeros, build_model, resolve_config, runner_of
 from .card import CARD_FILE, PLAN_FILE, PLOT_FILE, model_card

@@ -13,9 +13,9 @@ from mlx.utils import tree_flatten
 from .checkpoint import Stacked
 from .errors import LayoutError
 from .names import module_path
-from .plan import DTYPES, Plan
-from .fpquant import MODES as FP_MODES
+from .formats import DTYPES, FP_MODES
 from .fpquant import quantize_fp, quantize_fp_experts
+from .plan import Plan
 from .gptq import quantize_gptq
 from .rounding import quantize_searched
 
