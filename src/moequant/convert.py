@@ -178,8 +178,7 @@ class Conversion:
         options = self.plan.options
         if options.quant is None:
             raise PlanError("--target-bpw with --no-quantize: expected one of them")
-        free = {r.path for r in self.plan.rows
-                if r.quantizable and (r.rule in ("default", "indivisible") or r.rule.startswith("recipe-"))}
+        free = {r.path for r in self.plan.rows if r.quantizable and r.free}
         energy, sensitivity, self.allocation_notes = {}, {}, []
         if options.calib:
             tokens = self.calibration()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import mlx.core as mx
 
 from .errors import LayoutError
-from .families import Family
+from .families import Family, Handoff
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ def to_stacked(family: Family, weights: dict[str, mx.array], n_experts: int,
                stacks: dict[int, tuple[mx.array, list[mx.array]]] | None = None) -> dict[str, mx.array]:
     """Every expert of one layer checked, then handed over as the target's sanitize expects it:
     stacked into `<layer>.<family.stacked>.<proj>.<suffix>` [E, out, in], or — for a family whose
-    sanitize stacks them itself and keys other conversions on seeing them (`handoff="per_expert"`)
+    sanitize stacks them itself and keys other conversions on seeing them (Handoff.PER_EXPERT)
     — per expert, in the published names (fused tensors split into them). `stacks`, if given,
     receives id(stack) -> (stack, its per-expert parts) for each stack made here."""
     pattern, fused = _per_expert_pattern(family), _fused_publications(family)
@@ -187,7 +187,7 @@ def to_stacked(family: Family, weights: dict[str, mx.array], n_experts: int,
                     f"{where}.{e}.{proj}.{suffix}: shape {tuple(by_expert[e].shape)}; "
                     f"expected {tuple(shape0)} like expert 0"
                 )
-        if family.handoff == "per_expert":
+        if family.handoff == Handoff.PER_EXPERT:
             out.update((f"{where}.{e}.{proj}.{suffix}", by_expert[e]) for e in range(n_experts))
         else:
             parts = [by_expert[e] for e in range(n_experts)]
@@ -232,7 +232,7 @@ def _unfuse(family: Family, key: str, match: re.Match, publication: _Fused, valu
     else:
         gate, up = layout.split(value) if suffix == "weight" else layout.split_rows(value)
         parts = {"gate_proj": gate, "up_proj": up}
-    if family.handoff == "per_expert":
+    if family.handoff == Handoff.PER_EXPERT:
         source = {target: name for name, target in family.projections.items()}
         return {f"{match['layer']}.{family.experts}.{e}.{source[p]}.{suffix}": t[e] for p, t in parts.items()
                 for e in range(n_experts)}

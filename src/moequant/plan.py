@@ -143,6 +143,7 @@ class Rule:
     why: str
     requested: bool = False  # a user's explicit request: if it cannot be done, that is an error
     pattern: str = ""  # an override's glob on module paths
+    free: bool = False  # a default choice (--mode/--bits/--group-size, a recipe): --target-bpw may choose instead
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,7 @@ def _recipe_rules(options: Options, num_layers: int) -> list[Rule]:
     if options.recipe == "moe":
         high = Quant.make(Mode.AFFINE, min(q.bits + 2, 8), 64)
         return [Rule("recipe-moe", 10, lambda m: m.role in MOE_RECIPE_ROLES, lambda m: high,
-                     f"--recipe moe: everything but the routed experts at {high}")]
+                     f"--recipe moe: everything but the routed experts at {high}", free=True)]
     if q.mode != Mode.AFFINE:
         raise PlanError(f"--recipe {options.recipe} --mode {q.mode.value}: mlx-lm's mixed recipes are affine only; "
                         "expected --mode affine")
@@ -211,10 +212,11 @@ def _recipe_rules(options: Options, num_layers: int) -> list[Rule]:
         return sensitive and more_bits(m) or "lm_head" in m.path
 
     return [
-        Rule(f"recipe-{options.recipe}", 10, lambda m: True, lambda m: low, f"--recipe {options.recipe}: {low}"),
+        Rule(f"recipe-{options.recipe}", 10, lambda m: True, lambda m: low, f"--recipe {options.recipe}: {low}",
+             free=True),
         Rule(f"recipe-{options.recipe}-high", 11, high_applies, lambda m: high,
              f"--recipe {options.recipe}: {high} for lm_head, and v/down projections of every third layer "
-             "and the first and last eighth"),
+             "and the first and last eighth", free=True),
     ]
 
 
@@ -240,7 +242,7 @@ def plan_rules(options: Options, num_layers: int, allocation: dict[str, Quant] |
         *_recipe_rules(options, num_layers),
         Rule("target-bpw", 12, lambda m: m.path in allocation, lambda m: allocation[m.path],
              f"--target-bpw {options.target_bpw}: least estimated output error within the budget ({proxy})"),
-        Rule("default", 0, lambda m: True, lambda m: options.quant, "--mode/--bits/--group-size"),
+        Rule("default", 0, lambda m: True, lambda m: options.quant, "--mode/--bits/--group-size", free=True),
     ]
     for i, o in enumerate(options.overrides):
         rules.append(Rule(f"override {o.pattern}", 150 + i,
@@ -263,6 +265,9 @@ class Decision:
     bytes_after: int
     source: Quant | None = None  # how SRC stores it (MLX-quantized sources)
     origin: str = ""  # what SRC holds for it: format or dtype, and the expert layout
+    # decided by a default choice, or left float where that choice's groups do not divide the input
+    # (Rule.free): what --target-bpw chooses for instead; not written to plan files
+    free: bool = False
 
     @property
     def action(self) -> str:
@@ -276,7 +281,7 @@ class Decision:
 
 def decide(module: Module, rules: list[Rule], options: Options, source_itemsize: int) -> Decision:
     rule = max((r for r in rules if r.applies(module)), key=lambda r: r.precedence)
-    quant, name, reason = rule.decide(module), rule.name, rule.why
+    quant, name, reason, free = rule.decide(module), rule.name, rule.why, rule.free
     if rule.requested and quant is not None and module.role in GATE_ROLES and quant.bits < 8:
         raise PlanError(f"{rule.why}: router gate {module.path} would get {quant}; gates take float or ≥ 8 bits")
     if quant and quant.mode == Mode.NVFP4 and module.takes_global_scale and options.global_scale and not quant.global_scale:
@@ -289,7 +294,7 @@ def decide(module: Module, rules: list[Rule], options: Options, source_itemsize:
         reason = f"{rule.name} asked {quant}, but in={module.shape[-1]} is not a multiple of {quant.group_size}"
         if rule.requested:
             raise PlanError(f"{rule.why}: {module.path}: {reason}")
-        quant, name = None, "indivisible"
+        quant, name, free = None, "indivisible", True
     out_itemsize = DTYPES[options.dtype].size
     weight = math.prod(module.shape)
     after = (module.params - weight) * out_itemsize
@@ -300,7 +305,7 @@ def decide(module: Module, rules: list[Rule], options: Options, source_itemsize:
     if quant is not None and quant == module.source:
         reason += "; SRC stores it so already: copied as stored"
     return Decision(module.path, module.role, module.shape, module.params, module.quantizable, quant, name,
-                    reason, before, after, module.source, module.origin)
+                    reason, before, after, module.source, module.origin, free)
 
 
 @dataclass
@@ -375,7 +380,7 @@ class Plan:
                        "bytes_after": self.bytes_after, "bits_per_weight": round(self.bits_per_weight, 4)},
             "notes": self.notes,
             "modules": [
-                {**{k: v for k, v in asdict(r).items() if k not in ("quant", "role", "source")},
+                {**{k: v for k, v in asdict(r).items() if k not in ("quant", "role", "source", "free")},
                  "role": r.role.value, "shape": list(r.shape),
                  "quant": r.quant.to_dict() if r.quant else None,
                  "source": r.source.to_dict() if r.source else None}
