@@ -149,16 +149,28 @@ def num_experts(family: Family, config: dict) -> int:
                       "expected the expert count")
 
 
-def to_stacked(family: Family, weights: dict[str, mx.array], n_experts: int,
-               stacks: dict[int, tuple[mx.array, list[mx.array]]] | None = None) -> dict[str, mx.array]:
+@dataclass(frozen=True, eq=False)
+class ExpertStack:
+    """One stack to_stacked made: `stack`, the lazy mx.stack of `parts` that mlx-lm's sanitize is
+    handed, and the per-expert `parts`. Where the target gets `stack` itself (neither sanitize nor
+    dequantization replaced it), the conversion hands the quantizer the parts instead, so that the
+    stack is never built."""
+
+    stack: mx.array
+    parts: list[mx.array]
+
+
+def to_stacked(family: Family, weights: dict[str, mx.array], n_experts: int
+               ) -> tuple[dict[str, mx.array], list[ExpertStack]]:
     """Every expert of one layer checked, then handed over as the target's sanitize expects it:
     stacked into `<layer>.<family.stacked>.<proj>.<suffix>` [E, out, in], or — for a family whose
     sanitize stacks them itself and keys other conversions on seeing them (Handoff.PER_EXPERT)
-    — per expert, in the published names (fused tensors split into them). `stacks`, if given,
-    receives id(stack) -> (stack, its per-expert parts) for each stack made here."""
+    — per expert, in the published names (fused tensors split into them). Also returns each stack
+    made here with its parts."""
     pattern, fused = _per_expert_pattern(family), _fused_publications(family)
     found: dict[tuple[str, str, str], dict[int, mx.array]] = {}
     out: dict[str, mx.array] = {}
+    stacks: list[ExpertStack] = []
     for key, value in weights.items():
         if publication := _match_fused(fused, key):
             m, found_in = publication
@@ -191,10 +203,9 @@ def to_stacked(family: Family, weights: dict[str, mx.array], n_experts: int,
             out.update((f"{where}.{e}.{proj}.{suffix}", by_expert[e]) for e in range(n_experts))
         else:
             parts = [by_expert[e] for e in range(n_experts)]
-            stacked = out[f"{layer}.{family.stacked}.{family.projections[proj]}.{suffix}"] = mx.stack(parts)
-            if stacks is not None:
-                stacks[id(stacked)] = (stacked, parts)
-    return out
+            stacks.append(ExpertStack(mx.stack(parts), parts))
+            out[f"{layer}.{family.stacked}.{family.projections[proj]}.{suffix}"] = stacks[-1].stack
+    return out, stacks
 
 
 def _oriented(family: Family, match: re.Match, publication: _Fused, weights: dict[str, mx.array]) -> FusedLayout:
