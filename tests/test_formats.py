@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
 
+import moequant
 from moequant.errors import PlanError
 from moequant.formats import (DTYPES, FP_MODES, MODES, Mode, Quant, Rounding, defaults, divides, infer_fp_quant,
                               infer_quant, packed_shape, scales_shape)
 
+PACKAGE = Path(moequant.__file__).parent
 SETTINGS = [(mode, bits, group) for mode, spec in MODES.items() for bits in spec.bits for group in spec.group_sizes]
 
 
@@ -96,3 +100,23 @@ def test_cli_help_gives_each_modes_defaults_from_the_table(command):
         assert f"{mode.value} {spec.default_group_size}" in options["group_size"].help
         assert mode.value in options["mode"].metavar.split("|")
     assert options["bits"].help == "Bits per weight (default: 4; 8 for mxfp8)."
+
+
+def _imports(path: Path) -> list[ast.ImportFrom]:
+    return [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom)]
+
+
+def test_formats_imports_nothing_of_moequant_but_errors():
+    assert {n.module for n in _imports(PACKAGE / "formats.py") if n.level} == {"errors"}
+
+
+def test_no_module_takes_a_value_type_from_the_planner():
+    """Mode, Quant and the mode table come from formats.py, never by way of plan.py (which imports them)."""
+    plan = ast.parse((PACKAGE / "plan.py").read_text()).body
+    own = {n.name for n in plan if isinstance(n, (ast.ClassDef, ast.FunctionDef))}
+    own |= {t.id for n in plan if isinstance(n, (ast.Assign, ast.AnnAssign))
+            for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)}
+    for path in [*PACKAGE.glob("*.py"), *Path(__file__).parent.glob("*.py")]:
+        for n in _imports(path):
+            if n.level == 1 and n.module == "plan" or n.module == "moequant.plan":
+                assert {a.name for a in n.names} <= own, (path.name, n.lineno)

@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import Callable
 
-import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
