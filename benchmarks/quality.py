@@ -271,7 +271,7 @@ class Config:
 
 def moequant_configs() -> list[Config]:
     from moequant.convert import Conversion
-    from moequant.plan import Quant
+    from moequant.formats import Quant
 
     def make(bits=4, recipe="uniform", rounding="plain", target=None, calib=None):
         def build(dst: Path) -> dict:

@@ -10,7 +10,8 @@ import pytest
 
 from moequant.calibrate import channel_energy
 from moequant.convert import Conversion
-from moequant.plan import GATE_ROLES, Quant, Role
+from moequant.formats import Quant
+from moequant.plan import GATE_ROLES, Role
 from moequant.tiny import ARCHS, write_tiny_checkpoint
 
 from conftest import CALIB_TEXT

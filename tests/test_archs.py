@@ -23,7 +23,8 @@ from moequant.convert import Conversion
 from moequant.evaluate import compare_logits, load_float32
 from moequant.experts import FUSED_SPLITTERS
 from moequant.families import FAMILIES, PENDING
-from moequant.plan import GATE_ROLES, Quant, Role, find_roles
+from moequant.formats import Quant
+from moequant.plan import GATE_ROLES, Role, find_roles
 from moequant.target import build_model, resolve_config
 from moequant.tiny import ALL_ARCHS, ARCHS, TinyArch, published_tensors, write_tiny_checkpoint
 

@@ -11,7 +11,7 @@ from mlx_lm.utils import load_model, quantize_model
 
 from moequant.convert import Conversion
 from moequant.evaluate import compare_logits
-from moequant.plan import Quant
+from moequant.formats import Quant
 from moequant.tiny import ARCHS, write_tiny_checkpoint
 
 from conftest import TOKENS, logits_of

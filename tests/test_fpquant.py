@@ -4,7 +4,10 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from moequant.fpquant import MODES, quantize_chunked, quantize_fp
+from moequant.formats import FP_MODES, MODES as SPECS
+from moequant.fpquant import quantize_chunked, quantize_fp
+
+MODES = {m.value: (SPECS[m].default_group_size, SPECS[m].default_bits) for m in FP_MODES}  # mode -> (group, bits)
 
 DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
 TINY = {"bfloat16": 1e-39, "float16": 3e-6, "float32": 1e-39}  # subnormal range of each dtype

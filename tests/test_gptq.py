@@ -8,7 +8,7 @@ import pytest
 
 from moequant.errors import LayoutError, PlanError
 from moequant.gptq import _feedback, _gptq, _grid, _pack, _rounded, calibration_error, quantize_gptq
-from moequant.plan import Quant
+from moequant.formats import Quant
 
 BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)

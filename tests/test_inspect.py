@@ -7,7 +7,8 @@ import json
 import pytest
 
 from moequant.convert import Conversion
-from moequant.plan import Options, Override, Quant, find_roles, plan_rules
+from moequant.formats import Quant
+from moequant.plan import Options, Override, find_roles, plan_rules
 from moequant.tiny import ARCHS, write_tiny_checkpoint
 
 

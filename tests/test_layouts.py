@@ -13,7 +13,7 @@ from moequant.checkpoint import read_safetensors_header
 from moequant.convert import Conversion
 from moequant.evaluate import compare_logits
 from moequant.names import AUX_RENAMES
-from moequant.plan import Quant
+from moequant.formats import Quant
 from moequant.tiny import ARCHS, save_safetensors, tiny_tensor, write_tiny_checkpoint
 
 from conftest import logits_of

@@ -10,7 +10,7 @@ from mlx_lm.utils import load_model
 
 from moequant.convert import Conversion
 from moequant.evaluate import compare_logits
-from moequant.plan import Quant
+from moequant.formats import Quant
 from moequant.tiny import write_tiny_checkpoint
 
 from conftest import logits_of

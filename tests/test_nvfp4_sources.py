@@ -11,7 +11,7 @@ import pytest
 from moequant.convert import Conversion
 from moequant.dequant import mlx_global_scale
 from moequant.evaluate import compare_logits
-from moequant.plan import Quant
+from moequant.formats import Quant
 from moequant.tiny import ARCHS, write_tiny_checkpoint
 
 from conftest import logits_of

@@ -10,7 +10,8 @@ from mlx_lm.convert import mixed_quant_predicate_builder
 
 from moequant.convert import Conversion
 from moequant.errors import PlanError
-from moequant.plan import GATE_ROLES, MIXED_RECIPES, Options, Override, Quant, Role, build_plan, find_roles
+from moequant.formats import Quant
+from moequant.plan import GATE_ROLES, MIXED_RECIPES, Options, Override, Role, build_plan, find_roles
 from moequant.target import build_model, resolve_config
 from moequant.tiny import ARCHS, write_tiny_checkpoint
 
@@ -153,15 +154,15 @@ def test_output_that_does_not_match_the_plan_fails_the_convert(tmp_path, cli, mo
     real_run = quantize.Quantizer.run
     victim = "model.layers.1.mlp.switch_mlp.up_proj"
 
-    def run_that_drops_one_quantization(self, weights, parts=None):
+    def run_that_drops_one_quantization(self, weights):
         if f"{victim}.weight" in weights:
             float_weight = weights[f"{victim}.weight"]
-            out = real_run(self, weights, parts)
+            out = real_run(self, weights)
             for suffix in ("scales", "biases", "global_scale"):
                 out.pop(f"{victim}.{suffix}", None)
             out[f"{victim}.weight"] = float_weight
             return out
-        return real_run(self, weights, parts)
+        return real_run(self, weights)
 
     monkeypatch.setattr(quantize.Quantizer, "run", run_that_drops_one_quantization)
     src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe")

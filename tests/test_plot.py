@@ -16,7 +16,8 @@ from matplotlib.image import imread
 
 from moequant.card import CARD_FILE, PLOT_FILE
 from moequant.convert import Conversion
-from moequant.plan import Quant, Role
+from moequant.formats import Quant
+from moequant.plan import Role
 from moequant.plot import OUTSIDE, plan_grid
 from moequant.tiny import write_tiny_checkpoint
 from moequant.writer import MARK_FILE

@@ -7,7 +7,7 @@ import pytest
 
 from moequant.convert import Conversion
 from moequant.evaluate import compare_logits
-from moequant.plan import Quant
+from moequant.formats import Quant
 from moequant.rounding import quantize_searched, reconstruction_error
 from moequant.tiny import write_tiny_checkpoint
 

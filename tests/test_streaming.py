@@ -87,26 +87,29 @@ def test_expert_stacks_written_expert_by_expert_equal_the_stacked_quantization(t
                                                                                 mode):
     """Per-expert SRC tensors are quantized and written expert by expert, a few at a time (never
     stacked in memory): the bytes equal those of quantizing the stacked tensor."""
-    import moequant.convert as convert
+    import moequant.quantize as quantize
     import moequant.writer as writer
 
     src = write_tiny_checkpoint(tmp_path / "src", arch)
     seen = []
-    real = convert._quantized
+    real = quantize.Quantizer.run
 
-    def counting(quantizer, weights, stacks):
-        out = real(quantizer, weights, stacks)
+    def counting(quantizer, weights):
+        out = real(quantizer, weights)
         seen.extend(k for k, v in out.items() if isinstance(v, Stacked))
         return out
 
+    def stacked(quantizer, weights):  # every expert stack built before it is quantized
+        return real(quantizer, {k: mx.stack(v.parts) if isinstance(v, Stacked) else v for k, v in weights.items()})
+
     monkeypatch.setattr(writer, "PARTS_AT_ONCE", 3)  # tiny checkpoints have 4 experts: chunks of 3 + 1
-    monkeypatch.setattr(convert, "_quantized", counting)
+    monkeypatch.setattr(quantize.Quantizer, "run", counting)
     # --pool threads: the patches above live in this process, not in worker processes
     assert cli("convert", src, tmp_path / "parts", "--mode", mode, "--shard-size", "100KB", "--quiet",
                "--pool", "threads").exit_code == 0
     assert seen and all(k.split(".")[-1] in ("weight", "scales", "biases", "global_scale") for k in seen)
     assert any(k.endswith(".global_scale") for k in seen) == (mode == "nvfp4")
-    monkeypatch.setattr(convert, "_quantized", lambda quantizer, weights, stacks: quantizer.run(weights))
+    monkeypatch.setattr(quantize.Quantizer, "run", stacked)
     assert cli("convert", src, tmp_path / "whole", "--mode", mode, "--shard-size", "100KB", "--quiet",
                "--pool", "threads").exit_code == 0
     names = sorted(p.name for p in (tmp_path / "whole").iterdir())

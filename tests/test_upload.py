@@ -16,7 +16,7 @@ from conftest import moequant
 def output(tmp_path_factory):
     """A finished moequant output (shared: the tests only read it)."""
     from moequant.convert import Conversion
-    from moequant.plan import Quant
+    from moequant.formats import Quant
 
     root = tmp_path_factory.mktemp("upload")
     src = write_tiny_checkpoint(root / "src", "mixtral")

@@ -13,7 +13,7 @@ import pytest
 from moequant.convert import Conversion
 from moequant.errors import LayoutError
 from moequant.evaluate import load_float32
-from moequant.plan import Quant
+from moequant.formats import Quant
 from moequant.tiny import ARCHS, write_tiny_checkpoint
 from moequant.verify import expert_containers, recording_routes, tokens_for_prompt, verify
 

@@ -14,7 +14,8 @@ from moequant.convert import Conversion
 from moequant.errors import CheckpointError, LayoutError
 from moequant.evaluate import compare_logits, load_float32
 from moequant.families import VISION_LANGUAGE
-from moequant.plan import GATE_ROLES, Quant, Role
+from moequant.formats import Quant
+from moequant.plan import GATE_ROLES, Role
 from moequant.tiny import VLM_ARCHS, write_tiny_checkpoint
 
 from conftest import TOKENS

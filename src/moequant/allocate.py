@@ -31,7 +31,8 @@ import mlx.core as mx
 import numpy as np
 
 from .errors import PlanError
-from .plan import Mode, Module, Quant
+from .formats import Mode, Quant
+from .plan import Module
 
 # What --target-bpw chooses from (affine: the one mode every bit width and group size exists in)
 CANDIDATES: tuple[Quant, ...] = tuple(Quant.make(Mode.AFFINE, b, g) for b in (2, 3, 4, 5, 6, 8) for g in (128, 64, 32))

@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import CheckpointError, os_reason
 from .evaluate import compare_logits
-from .plan import Mode, Quant
+from .formats import Mode, Quant
 from .target import quiet_transformers
 from .verify import _parent_and_key, expert_containers, reference_model
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from . import __version__
 from .errors import OutputError
-from .plan import Mode, Plan
+from .formats import Mode
+from .plan import Plan
 
 log = logging.getLogger(__name__)
 

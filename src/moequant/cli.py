@@ -27,7 +27,8 @@ from . import __version__
 from .card import PLOT_FILE, short_size
 from .errors import CheckpointError, MoequantError, os_reason
 from .names import layer_of
-from .plan import DTYPES, RECIPES, ROUNDINGS, Mode, Override, Plan, Quant
+from .formats import DTYPES, MODES, Mode, Quant
+from .plan import RECIPES, ROUNDINGS, Override, Plan
 from .writer import MARK_FILE
 
 
@@ -98,9 +99,13 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
-BitsOpt = Annotated[Optional[int], typer.Option("--bits", metavar="N", rich_help_panel="Plan", help="Bits per weight (default: 4; 8 for mxfp8).")]
-GroupOpt = Annotated[Optional[int], typer.Option("--group-size", metavar="G", rich_help_panel="Plan", help="Group size (default per mode: affine 64, mxfp4 32, nvfp4 16, mxfp8 32).")]
-ModeOpt = Annotated[Optional[Mode], typer.Option("--mode", metavar="affine|mxfp4|nvfp4|mxfp8", rich_help_panel="Plan", help="Quantization mode (default: affine).", show_default=False)]
+# the defaults in --bits and --group-size's help, from the one mode table
+_BITS_DEFAULTS = "; ".join([str(MODES[Mode.AFFINE].default_bits)] + [
+    f"{spec.default_bits} for {mode.value}" for mode, spec in MODES.items() if spec.default_bits != MODES[Mode.AFFINE].default_bits])
+_GROUP_DEFAULTS = ", ".join(f"{mode.value} {spec.default_group_size}" for mode, spec in MODES.items())
+BitsOpt = Annotated[Optional[int], typer.Option("--bits", metavar="N", rich_help_panel="Plan", help=f"Bits per weight (default: {_BITS_DEFAULTS}).")]
+GroupOpt = Annotated[Optional[int], typer.Option("--group-size", metavar="G", rich_help_panel="Plan", help=f"Group size (default per mode: {_GROUP_DEFAULTS}).")]
+ModeOpt = Annotated[Optional[Mode], typer.Option("--mode", metavar="|".join(m.value for m in Mode), rich_help_panel="Plan", help=f"Quantization mode (default: {Mode.AFFINE.value}).", show_default=False)]
 GateOpt = Annotated[Optional[str], typer.Option("--gate-bits", metavar="float|8", rich_help_panel="Plan", help="Router gates: 'float' (default) or 8 (affine, group 64).")]
 NoQuantOpt = Annotated[bool, typer.Option("--no-quantize", rich_help_panel="Plan", help="Layout and dtype conversion only.")]
 DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", metavar="bfloat16|float16|float32", rich_help_panel="Plan", help="dtype of unquantized tensors: bfloat16, float16, float32 (default: the checkpoint's).")]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import threading
 from contextlib import closing
@@ -15,18 +14,19 @@ from typing import Iterator
 import mlx.core as mx
 import mlx.nn as nn
 
-from .checkpoint import DTYPE_TAGS, ITEMSIZE, Checkpoint, Group, read_checkpoint
+from .checkpoint import DTYPE_TAGS, ITEMSIZE, Checkpoint, Group, Stacked, read_checkpoint
 from .allocate import allocate, candidate_errors, model_errors
 from .calibrate import PROBE, channel_energy, input_moments, output_sensitivity, read_calibration
 from .dequant import MLX, SourceContext, dequantize_packed, source_format
 from .archs import ARCHITECTURES, Status
 from .errors import CheckpointError, PlanError
-from .experts import expert_sources, num_experts, to_stacked
+from .experts import ExpertStack, expert_sources, num_experts, to_stacked
 from .families import FAMILIES, TENSOR_RENAMES, Family
+from .formats import DTYPES, Mode, Quant, Rounding, infer_fp_quant, infer_quant
 from .ignored import ignored_notes
 from .names import canonical_name, layer_of, renamed
-from .plan import DTYPES, Mode, Options, Quant, build_plan, find_roles, plan_from_json
-from .stored import infer_fp_quant, infer_quant, read_stored, stale_notes
+from .plan import Options, build_plan, find_roles, plan_from_json
+from .stored import read_stored, stale_notes
 from .quantize import Quantizer, check_complete, check_weights, parameter_shapes
 from .target import absent_as_zeros, build_model, resolve_config, runner_of
 from .card import CARD_FILE, PLAN_FILE, PLOT_FILE, model_card
@@ -177,8 +177,7 @@ class Conversion:
         options = self.plan.options
         if options.quant is None:
             raise PlanError("--target-bpw with --no-quantize: expected one of them")
-        free = {r.path for r in self.plan.rows
-                if r.quantizable and (r.rule in ("default", "indivisible") or r.rule.startswith("recipe-"))}
+        free = {r.path for r in self.plan.rows if r.quantizable and r.free}
         energy, sensitivity, self.allocation_notes = {}, {}, []
         if options.calib:
             tokens = self.calibration()
@@ -207,7 +206,7 @@ class Conversion:
         """Target module path -> how SRC stores it packed, read from the shapes of the unpacked,
         stacked tensors (lazy: no data is read)."""
         packed = {}
-        weights = self._sanitized()
+        weights, _ = self._sanitized()
         for key, scales in weights.items():
             path = key[: -len(".scales")]
             if key.endswith(".scales") and path in n_in and f"{path}.weight" in weights:
@@ -224,18 +223,18 @@ class Conversion:
             nn.quantize(model, class_predicate=lambda p, m: p in self.as_stored and rows[p].quant.to_dict())
         return model
 
-    def _unpacked(self, group: Group, stacks: dict | None = None) -> dict[str, mx.array]:
-        """One group's tensors (lazy), unpacked from the source format, renamed and stacked (see
-        to_stacked for `stacks`); packed modules still packed."""
+    def _unpacked(self, group: Group) -> tuple[dict[str, mx.array], list[ExpertStack]]:
+        """One group's tensors (lazy), unpacked from the source format, renamed and stacked (and the
+        expert stacks made, see to_stacked); packed modules still packed."""
         weights = self.format.unpack(self.ckpt.load(group.keys), self.context)
         weights = {canonical_name(k): v for k, v in weights.items()}
         if rows := TENSOR_RENAMES.get(self.config["model_type"]):
             if not hasattr(self, "_targets"):  # the target's parameter names, once (not per group)
                 self._targets = frozenset(parameter_shapes(self.model))
             weights = {renamed(k, rows, self._targets): v for k, v in weights.items()}
-        weights = to_stacked(self.family, weights, self.num_experts, stacks)
+        weights, stacks = to_stacked(self.family, weights, self.num_experts)
         if not hasattr(self.model, "sanitize"):
-            return weights
+            return weights, stacks
         # Packed fp-mode modules that sanitize reshapes into other modules (DeepSeek's kv_b_proj ->
         # embed_q/unembed_out) are dequantized first: sanitize only knows affine packing.
         stray = {}
@@ -247,40 +246,46 @@ class Conversion:
                     stray[path] = q
         if stray:
             weights = dequantize_packed(weights, replace(self.context, stored=stray, as_stored=frozenset()))
-        return weights
+        return weights, stacks
 
-    def _sanitized(self, stacks: dict | None = None) -> dict[str, mx.array]:
+    def _sanitized(self) -> tuple[dict[str, mx.array], list[ExpertStack]]:
         """Every tensor (lazy) in the target's names: unpacked, renamed and stacked group by group,
         then through mlx-lm's sanitize at once, as it is written for: several decide what to
         convert from one probe (Qwen3-Next adds 1 to every RMSNorm only if layer 0's experts are
         per-expert, Qwen3.5 if any conv1d is unconverted; Qwen3-VL-MoE rebuilds the language model
-        around lm_head), which one layer's tensors cannot answer. No tensor data is read."""
+        around lm_head), which one layer's tensors cannot answer. No tensor data is read. Also
+        returns the expert stacks to_stacked made."""
         weights: dict[str, mx.array] = {}
+        stacks: list[ExpertStack] = []
         for group in self.ckpt.groups():
-            weights.update(self._unpacked(group, stacks))
+            unpacked, made = self._unpacked(group)
+            weights.update(unpacked)
+            stacks += made
         weights = self.model.sanitize(weights) if hasattr(self.model, "sanitize") else weights
         for key, shape in absent_as_zeros(self.config, parameter_shapes(self.model)).items():
             weights.setdefault(key, mx.zeros(shape))  # a bias transformers' config says the model has not
-        return weights
+        return weights, stacks
 
-    def _normalized_groups(self, stacks: dict | None = None) -> list[dict[str, mx.array]]:
+    def _normalized_groups(self, as_parts: bool = False) -> list[dict[str, mx.array | Stacked]]:
         """The target's tensors (lazy) for each group of self.ckpt.groups(), in order: float, or
         packed where copied as stored. An output tensor belongs to the group of its decoder layer
         (by name, else by layer index: sanitize may rename the prefix), the rest to "rest". Build
         it in the thread that evaluates it (mlx runs an op only on the thread whose stream made
         it), and drop each group once used: an evaluated group still listed stays in memory.
-        `stacks`, if given, receives id -> (stack, per-expert parts) of each expert stack that
-        reaches the target as to_stacked made it (not changed by sanitize or dequantization)."""
+        `as_parts`: each expert stack that reaches the target as to_stacked made it (neither
+        sanitize nor dequantization replaced it; sanitize may rename it) comes as its per-expert
+        parts, a Stacked, for the quantizer to take expert by expert."""
         groups = self.ckpt.groups()
         position = {g.name: i for i, g in enumerate(groups)}
         by_index = {}
         for i, g in enumerate(groups):
             by_index.setdefault(g.name.rsplit(".", 1)[-1], i)
         out: list[dict[str, mx.array]] = [{} for _ in groups]
-        made: dict[int, tuple[mx.array, list[mx.array]]] = {}
-        for key, value in dequantize_packed(self._sanitized(made), self.context).items():
-            if stacks is not None and made.get(id(value), (None,))[0] is value:
-                stacks[id(value)] = made[id(value)]
+        weights, stacks = self._sanitized()
+        parts = {s.stack: s.parts for s in stacks} if as_parts else {}  # mlx arrays hash by identity
+        for key, value in dequantize_packed(weights, self.context).items():
+            if value in parts:
+                value = Stacked(parts[value])
             where = layer_of(key)
             name = f"{where[0]}.{where[1]}" if where else "rest"
             i = position.get(name, by_index.get(str(where[1])) if where else None)
@@ -331,7 +336,7 @@ class Conversion:
         groups = self.ckpt.groups()
         with Output(dst, force, shard_size, self.ckpt.path) as out:
             out.allocate(manifest)  # refuses a DST without room for it before any slow work
-            moments = self._moments() if self.plan.options.rounding == "gptq" else None
+            moments = self._moments() if self.plan.options.rounding == Rounding.GPTQ else None
             if workers is None:  # as many as the cores and the memory available allow
                 workers = procpool.default_workers(len(groups), max(t.nbytes for t in self.ckpt.tensors.values()))
             convert = procpool.convert_groups if pool == "processes" else Conversion._convert_groups
@@ -363,9 +368,9 @@ class Conversion:
         done: queue.Queue = queue.Queue()
 
         def convert() -> None:
-            quantizer, stacks = Quantizer(self._target(), self.plan, moments=moments), {}
+            quantizer = Quantizer(self._target(), self.plan, moments=moments)
             with mx.stream(mx.new_stream(mx.cpu)):  # mlx streams belong to their thread
-                normalized = dict(enumerate(self._normalized_groups(stacks)))  # this thread's lazy graph
+                normalized = dict(enumerate(self._normalized_groups(as_parts=True)))  # this thread's lazy graph
                 while not stop.is_set():
                     with lock:
                         i = next(todo, None)
@@ -373,7 +378,7 @@ class Conversion:
                         break
                     # no name may hold a group's inputs while its outputs are written: each
                     # evaluated input would stay in memory until the whole group is done
-                    out.add(_quantized(quantizer, normalized.pop(i), stacks))
+                    out.add(quantizer.run(normalized.pop(i)))
                     mx.clear_cache()
                     done.put(i)
 
@@ -407,11 +412,3 @@ class Conversion:
             stop.set()
             for t in threads:  # each finishes the group it is on; Output cleans up after
                 t.join()
-
-
-def _quantized(quantizer: Quantizer, weights: dict[str, mx.array], stacks: dict) -> dict:
-    """One group through the quantizer, each expert stack that to_stacked made handed over as its
-    parts too (and its entry dropped from `stacks`). Returns only the outputs: once this returns
-    nothing holds the group's float tensors, so the writer frees each part as it is written."""
-    parts = {k: stacks.pop(id(v))[1] for k, v in weights.items() if stacks.get(id(v), (None,))[0] is v}
-    return quantizer.run(weights, parts)

@@ -12,7 +12,7 @@ import numpy as np
 
 from .checkpoint import TensorInfo, mlx_quantization
 from .errors import CheckpointError, LayoutError
-from .plan import Quant
+from .formats import Quant
 
 FP8_MAX_BLOCK = (128, 128)  # weight_block_size when the config omits it (DeepSeek-V3, Qwen3-FP8)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import mlx.core as mx
 
 from .errors import LayoutError
-from .families import Family
+from .families import Family, Handoff
 
 
 @dataclass(frozen=True)
@@ -149,16 +149,28 @@ def num_experts(family: Family, config: dict) -> int:
                       "expected the expert count")
 
 
-def to_stacked(family: Family, weights: dict[str, mx.array], n_experts: int,
-               stacks: dict[int, tuple[mx.array, list[mx.array]]] | None = None) -> dict[str, mx.array]:
+@dataclass(frozen=True, eq=False)
+class ExpertStack:
+    """One stack to_stacked made: `stack`, the lazy mx.stack of `parts` that mlx-lm's sanitize is
+    handed, and the per-expert `parts`. Where the target gets `stack` itself (neither sanitize nor
+    dequantization replaced it), the conversion hands the quantizer the parts instead, so that the
+    stack is never built."""
+
+    stack: mx.array
+    parts: list[mx.array]
+
+
+def to_stacked(family: Family, weights: dict[str, mx.array], n_experts: int
+               ) -> tuple[dict[str, mx.array], list[ExpertStack]]:
     """Every expert of one layer checked, then handed over as the target's sanitize expects it:
     stacked into `<layer>.<family.stacked>.<proj>.<suffix>` [E, out, in], or — for a family whose
-    sanitize stacks them itself and keys other conversions on seeing them (`handoff="per_expert"`)
-    — per expert, in the published names (fused tensors split into them). `stacks`, if given,
-    receives id(stack) -> (stack, its per-expert parts) for each stack made here."""
+    sanitize stacks them itself and keys other conversions on seeing them (Handoff.PER_EXPERT)
+    — per expert, in the published names (fused tensors split into them). Also returns each stack
+    made here with its parts."""
     pattern, fused = _per_expert_pattern(family), _fused_publications(family)
     found: dict[tuple[str, str, str], dict[int, mx.array]] = {}
     out: dict[str, mx.array] = {}
+    stacks: list[ExpertStack] = []
     for key, value in weights.items():
         if publication := _match_fused(fused, key):
             m, found_in = publication
@@ -187,14 +199,13 @@ def to_stacked(family: Family, weights: dict[str, mx.array], n_experts: int,
                     f"{where}.{e}.{proj}.{suffix}: shape {tuple(by_expert[e].shape)}; "
                     f"expected {tuple(shape0)} like expert 0"
                 )
-        if family.handoff == "per_expert":
+        if family.handoff == Handoff.PER_EXPERT:
             out.update((f"{where}.{e}.{proj}.{suffix}", by_expert[e]) for e in range(n_experts))
         else:
             parts = [by_expert[e] for e in range(n_experts)]
-            stacked = out[f"{layer}.{family.stacked}.{family.projections[proj]}.{suffix}"] = mx.stack(parts)
-            if stacks is not None:
-                stacks[id(stacked)] = (stacked, parts)
-    return out
+            stacks.append(ExpertStack(mx.stack(parts), parts))
+            out[f"{layer}.{family.stacked}.{family.projections[proj]}.{suffix}"] = stacks[-1].stack
+    return out, stacks
 
 
 def _oriented(family: Family, match: re.Match, publication: _Fused, weights: dict[str, mx.array]) -> FusedLayout:
@@ -232,7 +243,7 @@ def _unfuse(family: Family, key: str, match: re.Match, publication: _Fused, valu
     else:
         gate, up = layout.split(value) if suffix == "weight" else layout.split_rows(value)
         parts = {"gate_proj": gate, "up_proj": up}
-    if family.handoff == "per_expert":
+    if family.handoff == Handoff.PER_EXPERT:
         source = {target: name for name, target in family.projections.items()}
         return {f"{match['layer']}.{family.experts}.{e}.{source[p]}.{suffix}": t[e] for p, t in parts.items()
                 for e in range(n_experts)}

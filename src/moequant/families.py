@@ -9,6 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .formats import StrEnum
+
+
+class Handoff(StrEnum):
+    """What mlx-lm's sanitize is handed: moequant's stacks, or each expert in the published names
+    for a sanitize that stacks them itself and keys other conversions on seeing them (Qwen3-Next's
+    norm offsets)."""
+
+    STACKED = "stacked"
+    PER_EXPERT = "per_expert"
+
 
 @dataclass(frozen=True)
 class FusedAlso:
@@ -29,9 +40,7 @@ class Family:
     fused_names: tuple[str, str] = ("gate_up_proj", "down_proj")  # fused (gate_up, down) inside `experts`
     fused_bias_names: tuple[str, ...] = ()  # fused (gate_up, down) biases [E, out], if the release has them
     layout: str = "per_expert"  # how the release publishes its experts: per_expert, fused or stacked
-    # what mlx-lm's sanitize is handed: "stacked" (moequant stacks), or "per_expert" for a sanitize
-    # that stacks them itself and keys other conversions on seeing them (Qwen3-Next's norm offsets)
-    handoff: str = "stacked"
+    handoff: Handoff = Handoff.STACKED
     # other names the same fused experts are published under, each with its own orientation; the fused
     # biases (fused_bias_names) are the same rows in every publication
     fused_also: tuple[FusedAlso, ...] = ()
@@ -131,7 +140,7 @@ FAMILIES: dict[str, Family] = {
                                fused_names=("input_linear.weight", "output_linear.weight"), layout="fused"),
     # Qwen/Qwen3-Next-80B-A3B
     "qwen3_next": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("num_experts", "num_local_experts"),
-                         handoff="per_expert"),
+                         handoff=Handoff.PER_EXPERT),
     # Qwen/Qwen3.5-35B-A3B: model.language_model.layers.{l}.mlp.experts.gate_up_proj [E, 2I, H]
     # (gate rows first) and mlp.experts.down_proj [E, H, I]
     "qwen3_5_moe": Family("mlp.experts", "mlp.switch_mlp", _GLU, ("num_experts", "num_local_experts"),

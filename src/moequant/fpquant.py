@@ -54,7 +54,8 @@ from concurrent.futures import ThreadPoolExecutor
 import mlx.core as mx
 import numpy as np
 
-MODES = {"mxfp4": (32, 4), "nvfp4": (16, 4), "mxfp8": (32, 8)}  # mode -> (group size, bits)
+from .formats import FP_MODES, Quant, defaults, divides, packed_shape, scales_shape
+
 THREADS: int | None = None  # threads per call when not given (None: up to 2); procpool's workers set 1
 
 _MIDPOINTS = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)  # between consecutive e2m1 magnitudes
@@ -113,7 +114,7 @@ _TABLES_LOCK = threading.Lock()
 
 def _oracle_scales(mode: str, fmt: _Fmt, mags: np.ndarray) -> np.ndarray:
     """The scale byte mx.quantize gives a group whose largest magnitude has bits ``mags``."""
-    group, bits = MODES[mode]
+    bits, group = defaults(mode)
     rows = np.zeros((len(mags) + len(mags) % 2, group), fmt.uint)  # even count: nvfp4 packs by 32
     rows[: len(mags), 0] = mags
     _, scales = mx.quantize(mx.array(rows).view(fmt.dtype), group, bits, mode=mode)
@@ -485,7 +486,7 @@ def _block(mode: str, fmt: _Fmt, tables: dict, ws: _Work, u: np.ndarray, wq: np.
            sc: np.ndarray) -> np.ndarray:
     """Quantize rows ``u`` (raw bits, [rows, in]) into ``wq`` (bytes) and ``sc``; return the
     indices of rows the fast path does not model."""
-    group, bits = MODES[mode]
+    bits, group = defaults(mode)
     rows, n = u.shape
     ug = u.reshape(-1, group)
     shape = ug.shape
@@ -612,12 +613,13 @@ def _expert_maxima(w: mx.array) -> mx.array:
 
 
 def _check_args(name: str, w: mx.array, mode: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"{name}: mode {mode!r}; expected one of {', '.join(MODES)}")
+    if mode not in FP_MODES:
+        raise ValueError(f"{name}: mode {mode!r}; expected one of {', '.join(FP_MODES)}")
     if w.dtype not in _FMTS:
         raise ValueError(f"{name}: dtype {w.dtype}; expected bfloat16, float16 or float32")
-    if w.ndim < 2 or w.shape[-1] % MODES[mode][0]:
-        raise ValueError(f"{name}: shape {tuple(w.shape)}; expected [..., in] with in a multiple of {MODES[mode][0]}")
+    q = Quant.make(mode)
+    if w.ndim < 2 or not divides(w.shape[-1], q):
+        raise ValueError(f"{name}: shape {tuple(w.shape)}; expected [..., in] with in a multiple of {q.group_size}")
 
 
 def _global_scale_value(g) -> np.float32:
@@ -632,7 +634,7 @@ def _quantize(w: mx.array, mode: str, gvals: np.ndarray | None, block_elems: int
               threads: int | None) -> tuple[mx.array, mx.array]:
     """Quantize ``w`` ([..., in]); with ``gvals`` (float32, nvfp4 only), its flattened rows in
     ``len(gvals)`` equal consecutive segments, segment i with global scale ``gvals[i]``."""
-    group, bits = MODES[mode]
+    q = Quant.make(mode)
     fmt = _FMTS[w.dtype]
     tables = _tables(mode, fmt)
     n = w.shape[-1]
@@ -641,8 +643,8 @@ def _quantize(w: mx.array, mode: str, gvals: np.ndarray | None, block_elems: int
     src = flat.view(mx.uint16 if fmt.nbits == 16 else mx.uint32)
     mx.eval(src)
     u = np.asarray(src)  # zero-copy view of mlx's buffer; only read
-    wq = np.empty((rows, n * bits // 8), np.uint8)
-    sc = np.empty((rows, n // group), np.uint8)
+    wq = np.empty(packed_shape((rows, n), q), np.uint32).view(np.uint8)  # written byte by byte
+    sc = np.empty(scales_shape((rows, n), q), np.uint8)
     step = max(1, block_elems // n)
     if gvals is None:
         seg, ctx = rows, [None]
@@ -688,15 +690,14 @@ def _quantize(w: mx.array, mode: str, gvals: np.ndarray | None, block_elems: int
             if rows_i.size:
                 _fallback(flat, rows_i, mode, wq, sc, mx.array(gvals[i]))
     del u
-    shape = tuple(w.shape[:-1])
-    return (mx.array(wq.view(np.uint32)).reshape(*shape, n * bits // 32),
-            mx.array(sc).reshape(*shape, n // group))
+    return (mx.array(wq.view(np.uint32)).reshape(packed_shape(w.shape, q)),
+            mx.array(sc).reshape(scales_shape(w.shape, q)))
 
 
 def _fallback(flat: mx.array, rows: np.ndarray, mode: str, wq: np.ndarray, sc: np.ndarray,
               global_scale: mx.array | None = None) -> None:
     """Rows with groups the fast path does not model, straight from mx.quantize."""
-    group, bits = MODES[mode]
+    bits, group = defaults(mode)
     kw = {} if global_scale is None else {"global_scale": global_scale}
     for i in range(0, len(rows), 256):
         idx = rows[i : i + 256]
@@ -712,9 +713,10 @@ def quantize_chunked(w: mx.array, mode: str, rows_per_chunk: int = 128) -> tuple
     """``mx.quantize`` itself on blocks of ``rows_per_chunk`` rows (of the flattened [rows, in]
     view), concatenated: identical output, temporaries bounded by the block instead of the tensor
     (mlx's fp modes need 18-34x their input on the CPU), no faster."""
-    if mode not in MODES:
-        raise ValueError(f"quantize_chunked: mode {mode!r}; expected one of {', '.join(MODES)}")
-    group, bits = MODES[mode]
+    if mode not in FP_MODES:
+        raise ValueError(f"quantize_chunked: mode {mode!r}; expected one of {', '.join(FP_MODES)}")
+    quant = Quant.make(mode)
+    bits, group = quant.bits, quant.group_size
     n = w.shape[-1]
     flat = w.reshape(-1, n)
     if mode == "nvfp4" and (rows_per_chunk * n // group) % 2:
@@ -730,6 +732,5 @@ def quantize_chunked(w: mx.array, mode: str, rows_per_chunk: int = 128) -> tuple
         mx.eval(q, s)
         qs.append(q)
         ss.append(s)
-    shape = tuple(w.shape[:-1])
-    return (mx.concatenate(qs).reshape(*shape, n * bits // 32),
-            mx.concatenate(ss).reshape(*shape, n // group))
+    return (mx.concatenate(qs).reshape(packed_shape(w.shape, quant)),
+            mx.concatenate(ss).reshape(scales_shape(w.shape, quant)))

@@ -37,7 +37,7 @@ import mlx.core as mx
 import numpy as np
 
 from .errors import LayoutError, PlanError
-from .plan import Mode, Quant
+from .formats import Mode, Quant, divides, packed_shape, scales_shape
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def _check(w: mx.array, h: np.ndarray, q: Quant) -> None:
     if q.mode != Mode.AFFINE:
         raise PlanError(f"gptq: mode {q.mode.value}; expected affine")
     n = w.shape[-1]
-    if w.ndim not in (2, 3) or n % q.group_size:
+    if w.ndim not in (2, 3) or not divides(n, q):
         raise LayoutError(f"gptq: weight {tuple(w.shape)}; expected [out, in] or [E, out, in] with in divisible by "
                           f"group_size={q.group_size}")
     allowed = [(n, n)] + ([(w.shape[0], n, n)] if w.ndim == 3 else [])
@@ -258,8 +258,8 @@ def _quantize_gptq(w: mx.array, h: np.ndarray, q: Quant, damp: float) -> tuple[m
     shared = hs.shape[0] == 1
     a_shared = _feedback(hs, damp) if shared else None
     step = max(1, _CHUNK // (rows * n)) if shared else max(1, min(_CHUNK // (rows * n), _CHUNK // (n * n)))
-    packed = np.empty((num, rows, n * bits // 32), np.uint32)
-    scales = np.empty((num, rows, n // group_size), np.float32)
+    packed = np.empty(packed_shape((num, rows, n), q), np.uint32)
+    scales = np.empty(scales_shape((num, rows, n), q), np.float32)
     biases = np.empty_like(scales)
     kept, lowered = 0, 0.0
     for e0 in range(0, num, step):

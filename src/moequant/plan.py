@@ -11,98 +11,13 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import Callable
 
-import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .errors import PlanError
+from .formats import DTYPES, Mode, Quant, Rounding, divides
 from .names import layer_of
 from .target import switch_linear_types
-
-
-class Mode(str, Enum):
-    AFFINE = "affine"
-    MXFP4 = "mxfp4"
-    NVFP4 = "nvfp4"
-    MXFP8 = "mxfp8"
-
-
-@dataclass(frozen=True)
-class ModeSpec:
-    bits: tuple[int, ...]
-    group_sizes: tuple[int, ...]
-    default_bits: int
-    default_group_size: int
-    scale_bytes: int  # bytes per group for scales (+ biases for affine), per output element of the dtype
-    has_biases: bool
-
-
-# What mlx 0.32's mx.quantize accepts per mode (FORMATS.md, checked with tiny tensors).
-MODES: dict[Mode, ModeSpec] = {
-    Mode.AFFINE: ModeSpec((2, 3, 4, 5, 6, 8), (32, 64, 128), 4, 64, 0, True),
-    Mode.MXFP4: ModeSpec((4,), (32,), 4, 32, 1, False),
-    Mode.NVFP4: ModeSpec((4,), (16,), 4, 16, 1, False),
-    Mode.MXFP8: ModeSpec((8,), (32,), 8, 32, 1, False),
-}
-
-DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
-_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
-
-
-@dataclass(frozen=True)
-class Quant:
-    mode: Mode
-    bits: int
-    group_size: int
-    global_scale: bool = False  # nvfp4 expert stacks: one float32 tensor scale per expert
-
-    @classmethod
-    def make(cls, mode: str | Mode = "affine", bits: int | None = None, group_size: int | None = None,
-             where: str = "--mode/--bits/--group-size") -> "Quant":
-        try:
-            mode = Mode(mode)
-        except ValueError:
-            raise PlanError(f"{where}: mode {mode!r}; expected one of {', '.join(m.value for m in Mode)}") from None
-        spec = MODES[mode]
-        q = cls(mode, spec.default_bits if bits is None else bits,
-                spec.default_group_size if group_size is None else group_size)
-        if q.bits not in spec.bits or q.group_size not in spec.group_sizes:
-            raise PlanError(
-                f"{where}: {mode.value} with bits={q.bits}, group_size={q.group_size}; expected bits in "
-                f"{list(spec.bits)} and group_size in {list(spec.group_sizes)}"
-            )
-        return q
-
-    def to_dict(self) -> dict:
-        d = {"group_size": self.group_size, "bits": self.bits, "mode": self.mode.value}
-        return {**d, "global_scale": True} if self.global_scale else d
-
-    @classmethod
-    def from_dict(cls, d: dict, where: str) -> "Quant":
-        """A config/plan entry; an entry that omits `mode` is affine (what to_quantized defaults to).
-        Each field is checked for its type first: these come from files people edit."""
-        if not isinstance(d, dict):
-            raise PlanError(f"{where}: {json.dumps(d)}; expected an object like "
-                            '{"mode": "affine", "bits": 4, "group_size": 64}')
-        if unknown := sorted(set(d) - {"mode", "bits", "group_size", "global_scale"}):
-            raise PlanError(f"{where}.{unknown[0]}: unknown field; expected mode, bits, group_size, global_scale")
-        for key, kind, what in (("mode", str, "a string"), ("bits", int, "a whole number"),
-                                ("group_size", int, "a whole number"), ("global_scale", bool, "true or false")):
-            if key in d and (not isinstance(d[key], kind) or kind is int and isinstance(d[key], bool)):
-                raise PlanError(f"{where}.{key}: {json.dumps(d[key])}; expected {what}")
-        q = cls.make(d.get("mode", "affine"), d.get("bits"), d.get("group_size"), where)
-        return cls(q.mode, q.bits, q.group_size, d.get("global_scale", False))
-
-    def __str__(self) -> str:
-        return f"{self.mode.value}·{self.bits}·g{self.group_size}" + ("·gs" if self.global_scale else "")
-
-    def packed_bytes(self, shape: tuple[int, ...], dtype: str) -> int:
-        """Bytes of weight + scales (+ biases) for a weight of `shape` quantized this way."""
-        n = math.prod(shape)
-        spec = MODES[self.mode]
-        per_group = 2 * _DTYPE_BYTES[dtype] if spec.has_biases else spec.scale_bytes
-        global_scales = 4 * shape[0] if self.global_scale else 0
-        return n * self.bits // 8 + (n // self.group_size) * per_group + global_scales
 
 
 GATE_QUANT = Quant(Mode.AFFINE, 8, 64)  # --gate-bits 8: what mlx-lm's quant_predicate gives mlp.gate
@@ -227,6 +142,7 @@ class Rule:
     why: str
     requested: bool = False  # a user's explicit request: if it cannot be done, that is an error
     pattern: str = ""  # an override's glob on module paths
+    free: bool = False  # a default choice (--mode/--bits/--group-size, a recipe): --target-bpw may choose instead
 
 
 @dataclass(frozen=True)
@@ -268,8 +184,7 @@ MOE_RECIPE_ROLES = (Role.ATTENTION, Role.SHARED_EXPERTS, Role.DENSE_MLP, Role.EM
 # mlx-lm's mixed recipes (mlx_lm/convert.py mixed_quant_predicate_builder): (low bits, high bits)
 MIXED_RECIPES = {"mixed_2_6": (2, 6), "mixed_3_4": (3, 4), "mixed_3_6": (3, 6), "mixed_4_6": (4, 6)}
 RECIPES = ("uniform", "moe", *MIXED_RECIPES)
-# plain: mx.quantize's min/max ranges; mse: per group, the clipped range with the least error
-ROUNDINGS = ("plain", "mse", "gptq")  # gptq: affine modules, with the --calib inputs' moments
+ROUNDINGS = tuple(r.value for r in Rounding)  # what --rounding and plan files take
 
 
 def _recipe_rules(options: Options, num_layers: int) -> list[Rule]:
@@ -279,7 +194,7 @@ def _recipe_rules(options: Options, num_layers: int) -> list[Rule]:
     if options.recipe == "moe":
         high = Quant.make(Mode.AFFINE, min(q.bits + 2, 8), 64)
         return [Rule("recipe-moe", 10, lambda m: m.role in MOE_RECIPE_ROLES, lambda m: high,
-                     f"--recipe moe: everything but the routed experts at {high}")]
+                     f"--recipe moe: everything but the routed experts at {high}", free=True)]
     if q.mode != Mode.AFFINE:
         raise PlanError(f"--recipe {options.recipe} --mode {q.mode.value}: mlx-lm's mixed recipes are affine only; "
                         "expected --mode affine")
@@ -296,10 +211,11 @@ def _recipe_rules(options: Options, num_layers: int) -> list[Rule]:
         return sensitive and more_bits(m) or "lm_head" in m.path
 
     return [
-        Rule(f"recipe-{options.recipe}", 10, lambda m: True, lambda m: low, f"--recipe {options.recipe}: {low}"),
+        Rule(f"recipe-{options.recipe}", 10, lambda m: True, lambda m: low, f"--recipe {options.recipe}: {low}",
+             free=True),
         Rule(f"recipe-{options.recipe}-high", 11, high_applies, lambda m: high,
              f"--recipe {options.recipe}: {high} for lm_head, and v/down projections of every third layer "
-             "and the first and last eighth"),
+             "and the first and last eighth", free=True),
     ]
 
 
@@ -325,7 +241,7 @@ def plan_rules(options: Options, num_layers: int, allocation: dict[str, Quant] |
         *_recipe_rules(options, num_layers),
         Rule("target-bpw", 12, lambda m: m.path in allocation, lambda m: allocation[m.path],
              f"--target-bpw {options.target_bpw}: least estimated output error within the budget ({proxy})"),
-        Rule("default", 0, lambda m: True, lambda m: options.quant, "--mode/--bits/--group-size"),
+        Rule("default", 0, lambda m: True, lambda m: options.quant, "--mode/--bits/--group-size", free=True),
     ]
     for i, o in enumerate(options.overrides):
         rules.append(Rule(f"override {o.pattern}", 150 + i,
@@ -348,6 +264,9 @@ class Decision:
     bytes_after: int
     source: Quant | None = None  # how SRC stores it (MLX-quantized sources)
     origin: str = ""  # what SRC holds for it: format or dtype, and the expert layout
+    # decided by a default choice, or left float where that choice's groups do not divide the input
+    # (Rule.free): what --target-bpw chooses for instead; not written to plan files
+    free: bool = False
 
     @property
     def action(self) -> str:
@@ -361,7 +280,7 @@ class Decision:
 
 def decide(module: Module, rules: list[Rule], options: Options, source_itemsize: int) -> Decision:
     rule = max((r for r in rules if r.applies(module)), key=lambda r: r.precedence)
-    quant, name, reason = rule.decide(module), rule.name, rule.why
+    quant, name, reason, free = rule.decide(module), rule.name, rule.why, rule.free
     if rule.requested and quant is not None and module.role in GATE_ROLES and quant.bits < 8:
         raise PlanError(f"{rule.why}: router gate {module.path} would get {quant}; gates take float or ≥ 8 bits")
     if quant and quant.mode == Mode.NVFP4 and module.takes_global_scale and options.global_scale and not quant.global_scale:
@@ -370,12 +289,12 @@ def decide(module: Module, rules: list[Rule], options: Options, source_itemsize:
         # e4m3 block scales otherwise fall into the subnormal range.
         quant = Quant(quant.mode, quant.bits, quant.group_size, True)
         reason += "; with a per-expert global scale"
-    if quant is not None and module.shape[-1] % quant.group_size:
+    if quant is not None and not divides(module.shape[-1], quant):
         reason = f"{rule.name} asked {quant}, but in={module.shape[-1]} is not a multiple of {quant.group_size}"
         if rule.requested:
             raise PlanError(f"{rule.why}: {module.path}: {reason}")
-        quant, name = None, "indivisible"
-    out_itemsize = _DTYPE_BYTES[options.dtype]
+        quant, name, free = None, "indivisible", True
+    out_itemsize = DTYPES[options.dtype].size
     weight = math.prod(module.shape)
     after = (module.params - weight) * out_itemsize
     after += quant.packed_bytes(module.shape, options.dtype) if quant else weight * out_itemsize
@@ -385,7 +304,7 @@ def decide(module: Module, rules: list[Rule], options: Options, source_itemsize:
     if quant is not None and quant == module.source:
         reason += "; SRC stores it so already: copied as stored"
     return Decision(module.path, module.role, module.shape, module.params, module.quantizable, quant, name,
-                    reason, before, after, module.source, module.origin)
+                    reason, before, after, module.source, module.origin, free)
 
 
 @dataclass
@@ -460,7 +379,7 @@ class Plan:
                        "bytes_after": self.bytes_after, "bits_per_weight": round(self.bits_per_weight, 4)},
             "notes": self.notes,
             "modules": [
-                {**{k: v for k, v in asdict(r).items() if k not in ("quant", "role", "source")},
+                {**{k: v for k, v in asdict(r).items() if k not in ("quant", "role", "source", "free")},
                  "role": r.role.value, "shape": list(r.shape),
                  "quant": r.quant.to_dict() if r.quant else None,
                  "source": r.source.to_dict() if r.source else None}

@@ -353,22 +353,19 @@ def _setup(spec: Spec):
     convert_module.build_model = rebuild  # this process's Conversion._target builds with it
     moments = {k: mx.array(v) for k, v in spec.moments.items()} if spec.moments else None
     quantizer = Quantizer(conv._target(), conv.plan, moments=moments)
-    stacks: dict = {}
-    normalized = dict(enumerate(conv._normalized_groups(stacks)))
+    normalized = dict(enumerate(conv._normalized_groups(as_parts=True)))
     out = Output.attached(spec.slots, spec.paths, spec.extra.get("dst"), spec.extra.get("nbytes", 0))
     files = {str(conv.ckpt.tensors[k].file) for keys in spec.groups for k in keys}
-    return conv, quantizer, stacks, normalized, out, _ranges(files)
+    return conv, quantizer, normalized, out, _ranges(files)
 
 
 def _worker(n: int, spec: Spec, tasks, results) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process stops us (SIGTERM)
-    from .convert import _quantized
-
     rows, i = [], None
     try:
         t_setup = time.perf_counter()
         with mx.stream(mx.new_stream(mx.cpu)):
-            conv, quantizer, stacks, normalized, out, ranges = _setup(spec)
+            conv, quantizer, normalized, out, ranges = _setup(spec)
             writes = _Writes(out)
             out._pwrite = writes.put  # Output.add hands each evaluated tensor to the writer thread
             rows.append({"worker": n, "group": "(setup)", "t0": t_setup, "t1": time.perf_counter(),
@@ -384,7 +381,7 @@ def _worker(n: int, spec: Spec, tasks, results) -> None:
                 _advise(ranges, spec.groups[i])
                 if i + spec.workers < len(spec.groups):
                     _advise(ranges, spec.groups[i + spec.workers])
-                tensors = _quantized(quantizer, normalized.pop(i), stacks)
+                tensors = quantizer.run(normalized.pop(i))
                 keys = list(tensors)
                 t1 = time.perf_counter()
                 wait0, bytes0 = writes.wait_s, writes.bytes

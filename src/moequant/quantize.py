@@ -6,17 +6,19 @@ predicate that reads the plan, so the output is exactly what mlx-lm's loader reb
 
 from __future__ import annotations
 
+from typing import Callable
+
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .checkpoint import Stacked
 from .errors import LayoutError
-from .names import module_path
-from .plan import DTYPES, Plan
-from .fpquant import MODES as FP_MODES
+from .formats import DTYPES, FP_MODES, Mode, Quant, Rounding
 from .fpquant import quantize_fp, quantize_fp_experts
 from .gptq import quantize_gptq
+from .names import module_path
+from .plan import Plan
 from .rounding import quantize_searched
 
 
@@ -55,6 +57,52 @@ def check_complete(expected: dict[str, tuple[int, ...]], seen: set[str], model_t
         )
 
 
+Packed = dict[str, mx.array]  # a quantized module's arrays: weight, scales, and biases or global_scale
+
+
+def _named(arrays, last: str = "biases") -> Packed:
+    """(packed, scales[, biases or global scale]) by the names the quantized module holds them under."""
+    return {name: a for name, a in zip(("weight", "scales", last), arrays) if a is not None}
+
+
+def _plain(w: mx.array, q: Quant, h: mx.array | None) -> Packed:
+    """What the module's to_quantized makes: mx.quantize, and for a global scale mlx-lm's
+    _quantize_experts (each expert its own tensor scale). The fp modes by fpquant, bit-identical to
+    mx.quantize: mlx 0.32 has no CPU kernel for them, so mx.quantize runs ~30x slower and needs
+    20-40x the input in temporary memory. Affine lazily; fp modes now."""
+    if q.mode == Mode.AFFINE:
+        return _named(mx.quantize(w, q.group_size, q.bits))
+    if q.global_scale:
+        return _named(quantize_fp_experts(w), "global_scale")
+    return _named(quantize_fp(w, q.mode.value))
+
+
+def _searched(w: mx.array, q: Quant, h: mx.array | None) -> Packed:
+    """Per group, the clipped range with the least reconstruction error (rounding.py); an nvfp4
+    expert stack keeps mlx-lm's per-expert global scale, max |w[e]|."""
+    if not q.global_scale:
+        return _named(quantize_searched(w, q))
+    global_scale = mx.max(mx.abs(w), axis=(-2, -1)).astype(mx.float32)  # as mlx-lm's _quantize_experts
+    parts = [quantize_searched(w[e], q, global_scale[e]) for e in range(w.shape[0])]
+    return {"weight": mx.stack([p[0] for p in parts]), "scales": mx.stack([p[1] for p in parts]),
+            "global_scale": global_scale}
+
+
+def _gptq(w: mx.array, q: Quant, h: mx.array | None) -> Packed:
+    """GPTQ on the inputs' second moment `h` (gptq.py); plainly where none was measured (embeddings)."""
+    return _plain(w, q, h) if h is None else _named(quantize_gptq(w, h, q))
+
+
+# mode x rounding -> packer: (float weight [..., out, in], its Quant, E[x xᵀ] of its inputs or None)
+# -> the quantized module's arrays, the same for a whole expert stack as for its experts one at a time
+PACKERS: dict[tuple[Mode, Rounding], Callable[[mx.array, Quant, mx.array | None], Packed]] = {
+    **{(mode, Rounding.PLAIN): _plain for mode in Mode},
+    **{(mode, Rounding.MSE): _searched for mode in Mode},
+    (Mode.AFFINE, Rounding.GPTQ): _gptq,
+    **{(mode, Rounding.GPTQ): _plain for mode in FP_MODES},  # GPTQ is affine only
+}
+
+
 class Quantizer:
     """Holds the lazily built target model; `run` loads, quantizes and returns one group."""
 
@@ -65,18 +113,19 @@ class Quantizer:
         self.plan = plan
         self.compute = compute
         self.moments = moments or {}
+        self.rounding = Rounding(plan.options.rounding)
         self.keep_dtype = getattr(model, "cast_predicate", lambda key: True)
 
-    def run(self, weights: dict[str, mx.array], parts: dict[str, list[mx.array]] | None = None
-            ) -> dict[str, mx.array | Stacked]:
-        """Quantized output tensors (lazy) for one group of checked, stacked float weights.
+    def run(self, weights: dict[str, mx.array | Stacked]) -> dict[str, mx.array | Stacked]:
+        """Quantized output tensors (lazy) for one group of checked, stacked float weights, each
+        module packed by PACKERS for its mode and the rounding.
 
-        `parts`: for some stacked weights, the per-expert tensors they were stacked from. With plain
-        rounding such an expert stack is quantized expert by expert — `mx.quantize` packs each row
-        on its own, so the bytes are the same — and comes out as Stacked tensors: the stack is
-        never built. Its entry in `weights` (the caller's dict) is replaced by a lazy stand-in of
-        the same shape, so nothing holds the parts once each is quantized (affine: when the writer
-        evaluates it; fp modes: here, one expert at a time)."""
+        An expert stack given as its parts (Stacked) is, with plain rounding, quantized expert by
+        expert — `mx.quantize` packs each row on its own and a global scale is per expert, so the
+        bytes are the same — and comes out as Stacked tensors: the stack is never built. Its entry
+        in `weights` (the caller's dict) is replaced by a lazy stand-in of the same shape, so that
+        nothing holds the parts once each is quantized (affine: when the writer evaluates it; fp
+        modes: here, one expert at a time). Other roundings stack the parts first."""
         dtype, rows = DTYPES[self.plan.options.dtype], self.plan.by_path
 
         def cast(key, value):  # float tensors to the output dtype, except packed modules copied as stored
@@ -85,14 +134,16 @@ class Quantizer:
                 return value
             return value.astype(dtype) if self.keep_dtype(key) else value
 
-        parts = parts if parts is not None else {}
-        for key in list(parts):  # in place: the caller's dicts are these
+        def expert_by_expert(key: str) -> bool:
             row = rows.get(module_path(key))
-            if (self.compute and self.plan.options.rounding == "plain" and key.endswith(".weight") and key in weights
-                    and row is not None and row.quant is not None and not row.as_stored):
-                weights[key] = mx.zeros(weights[key].shape, weights[key].dtype)  # never evaluated
-            else:
-                del parts[key]
+            return (self.compute and self.rounding == Rounding.PLAIN and key.endswith(".weight") and row is not None
+                    and row.quant is not None and not row.as_stored)
+
+        stacks = [k for k, v in weights.items() if isinstance(v, Stacked)]
+        parts = {k: list(weights[k].parts) for k in stacks if expert_by_expert(k)}  # freed one by one below
+        # in place, the caller's dict being this one: a stand-in of the same shape (never evaluated), or the stack
+        weights.update({k: mx.zeros(weights[k].shape, weights[k].dtype) if k in parts else mx.stack(weights[k].parts)
+                        for k in stacks})
         weights = {k: cast(k, v) for k, v in weights.items()}
         self.model.load_weights(list(weights.items()), strict=False)
         paths = sorted({module_path(k) for k in weights})
@@ -102,24 +153,15 @@ class Quantizer:
             return rows[path].quant.to_dict() if path in todo else False
 
         if todo:
-            nn.quantize(self.model, class_predicate=predicate)
-            for path in sorted(todo):
-                module, quant = _module_at(self.model, path), rows[path].quant
+            nn.quantize(self.model, class_predicate=predicate)  # the quantized modules, packed by to_quantized
+            for path in sorted(todo) if self.compute else ():  # a dry run keeps to_quantized's lazy packing
                 if f"{path}.weight" in parts:
                     continue  # expert by expert, below
-                if self.plan.options.rounding == "mse":
-                    _search_rounding(module, weights[f"{path}.weight"], quant)
-                elif self.compute and quant.mode.value == "affine" and path in self.moments:  # --rounding gptq
-                    module.weight, module.scales, module.biases = quantize_gptq(
-                        weights[f"{path}.weight"], self.moments[path], quant)
-                elif self.compute and quant.mode.value in FP_MODES:
-                    # mlx 0.32 has no CPU kernel for the fp modes: mx.quantize runs ~30x slower and
-                    # needs 20-40x the input in temporary memory; fpquant is bit-identical to it
-                    weight = weights.pop(f"{path}.weight")
-                    if quant.global_scale:  # mlx-lm's _quantize_experts: one scale per expert
-                        module.weight, module.scales, module.global_scale = quantize_fp_experts(weight)
-                    else:
-                        module.weight, module.scales = quantize_fp(weight, quant.mode.value)
+                quant = rows[path].quant
+                packed = PACKERS[quant.mode, self.rounding](weights.pop(f"{path}.weight"), quant, self.moments.get(path))
+                module = _module_at(self.model, path)
+                for name, value in packed.items():
+                    setattr(module, name, value)
         out = {}
         for path in paths:
             module = _module_at(self.model, path)
@@ -128,39 +170,13 @@ class Quantizer:
             module.update({k: mx.array([]) for k in arrays})  # release: the writer holds them now
         for key in sorted(parts):
             path, quant = module_path(key), rows[module_path(key)].quant
-            by_expert = parts.pop(key)
-            names = ("weight", "scales", "biases" if quant.mode.value == "affine" else "global_scale")
-            packed = []
+            pack, by_expert, packed = PACKERS[quant.mode, self.rounding], parts.pop(key), []
             for e in range(len(by_expert)):
                 part, by_expert[e] = by_expert[e], None  # fp modes compute now: free each expert after
-                packed.append(_quantize_one(cast(key, part), quant))
+                packed.append({k: v[0] for k, v in pack(cast(key, part)[None], quant, None).items()})
                 del part
-            for i, name in enumerate(names[:len(packed[0])]):
-                out[f"{path}.{name}"] = Stacked([p[i] for p in packed])
+            out.update((f"{path}.{name}", Stacked([p[name] for p in packed])) for name in packed[0])
         return out
-
-
-def _quantize_one(w: mx.array, quant) -> tuple[mx.array, ...]:
-    """One expert's (packed, scales[, biases or global scale]) as its module's to_quantized makes
-    them: affine lazily by mx.quantize, fp modes now by fpquant (bit-identical to mx.quantize)."""
-    if quant.mode.value == "affine":
-        return tuple(mx.quantize(w, quant.group_size, quant.bits))
-    if quant.global_scale:  # mlx-lm's _quantize_experts: each expert its own tensor scale
-        packed, scales, gs = quantize_fp_experts(w[None])
-        return packed[0], scales[0], gs[0]
-    return quantize_fp(w, quant.mode.value)
-
-
-def _search_rounding(module: nn.Module, weight: mx.array, quant) -> None:
-    """Replace a freshly quantized module's packing with the error-minimizing one (same format)."""
-    global_scale = module.get("global_scale")
-    if global_scale is not None:  # nvfp4 expert stack: each expert with its own tensor scale
-        parts = [quantize_searched(weight[e], quant, global_scale[e]) for e in range(weight.shape[0])]
-        module.weight, module.scales = mx.stack([p[0] for p in parts]), mx.stack([p[1] for p in parts])
-        return
-    module.weight, module.scales, biases = quantize_searched(weight, quant)
-    if biases is not None:
-        module.biases = biases
 
 
 def _nearest(key: str, keys) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from .plan import Mode, Quant
+from .formats import Mode, Quant
 
 # Range shrink factors tried per group; 1.0 (plain rounding) must stay first.
 CLIP_FACTORS = (1.0, 0.95, 0.9, 0.85, 0.8)

@@ -8,13 +8,11 @@ from dataclasses import dataclass
 import logging
 
 from .checkpoint import FLOAT_DTYPES, Checkpoint
+from .formats import Mode, Quant, infer_quant
 from .names import aux_spellings
-from .plan import MODES, Mode, Module, Quant
+from .plan import Module
 
 log = logging.getLogger(__name__)
-
-# fp modes allow one (bits, group_size) each; their scales are uint8 (FORMATS.md)
-_FP_MODES = {(s.default_bits, s.default_group_size): m for m, s in MODES.items() if not s.has_biases}
 
 
 @dataclass(frozen=True)
@@ -31,22 +29,6 @@ class Stored:
     @property
     def quant(self) -> Quant | None:
         return self.stored if isinstance(self.stored, Quant) else None
-
-
-def infer_quant(packed_in: int, groups: int, uint8_scales: bool, n_in: int, global_scale: bool) -> Quant:
-    """(mode, bits, group) of a packed weight from its last dims, given the float input size."""
-    bits, group = packed_in * 32 // n_in, n_in // max(groups, 1)
-    mode = _FP_MODES.get((bits, group), Mode.AFFINE) if uint8_scales else Mode.AFFINE
-    return Quant(mode, bits, group, global_scale)
-
-
-def infer_fp_quant(packed_in: int, groups: int, global_scale: bool) -> Quant | None:
-    """An fp-mode (uint8 scales) packing read without knowing the float input size: each fp mode
-    has one (bits, group), so the shapes either fit one or none."""
-    for (bits, group), mode in _FP_MODES.items():
-        if packed_in * 32 // bits == group * groups:
-            return Quant(mode, bits, group, global_scale)
-    return None
 
 
 def _aux(ckpt: Checkpoint, path: str, name: str):

@@ -21,8 +21,9 @@ from . import __version__
 from .checkpoint import (DTYPE_TAGS, INDEX_FILE, ITEMSIZE, SIDECAR_PATTERNS, Stacked, encode_header,
                          read_safetensors_header, tensor_bytes)
 from .errors import OutputError, os_reason
+from .formats import MODES, packed_shape, scales_shape
 from .names import module_path
-from .plan import MODES, Plan
+from .plan import Plan
 
 log = logging.getLogger(__name__)
 
@@ -414,9 +415,7 @@ def verify_output(folder: Path, plan: Plan) -> None:
                 )
             continue
         q, spec = row.quant, MODES[row.quant.mode]
-        *lead, n_in = row.shape
-        packed = (*lead, n_in * q.bits // 32)
-        groups = (*lead, n_in // q.group_size)
+        packed, groups = packed_shape(row.shape, q), scales_shape(row.shape, q)
         biases, global_scale = stored.get(f"{row.path}.biases"), stored.get(f"{row.path}.global_scale")
         ok = (
             weight.dtype == "U32" and weight.shape == packed and scales is not None and scales.shape == groups
