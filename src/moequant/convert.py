@@ -8,14 +8,14 @@ import os
 import queue
 import threading
 from contextlib import closing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from .checkpoint import DTYPE_TAGS, ITEMSIZE, Checkpoint, Group, read_checkpoint
+from .checkpoint import DTYPE_TAGS, ITEMSIZE, Checkpoint, Group, mlx_quantization, read_checkpoint
 from .allocate import allocate, candidate_errors, model_errors
 from .calibrate import PROBE, channel_energy, input_moments, output_sensitivity, read_calibration
 from .dequant import MLX, SourceContext, dequantize_packed, source_format
@@ -25,8 +25,8 @@ from .experts import expert_sources, num_experts, to_stacked
 from .families import FAMILIES, TENSOR_RENAMES, Family
 from .ignored import ignored_notes
 from .names import canonical_name, layer_of, renamed
-from .plan import DTYPES, Decision, Mode, Options, Quant, build_plan, find_roles, plan_from_json, plan_rows
-from .stored import infer_fp_quant, infer_quant, read_stored, stale_notes
+from .plan import DTYPES, Decision, Mode, Options, Plan, Quant, build_plan, find_roles, plan_from_json, plan_rows
+from .stored import Stored, infer_fp_quant, infer_quant, read_stored, stale_notes
 from .quantize import Quantizer, check_complete, check_weights, parameter_shapes
 from .target import absent_as_zeros, build_model, resolve_config, runner_of
 from .card import CARD_FILE, PLAN_FILE, PLOT_FILE, model_card
@@ -410,6 +410,30 @@ class Conversion:
             stop.set()
             for t in threads:  # each finishes the group it is on; Output cleans up after
                 t.join()
+
+
+@dataclass
+class Inspection:
+    """What `inspect` shows of SRC: the plan and the notes that change the result, or, for an
+    MLX-quantized SRC, what it stores per module against what its config.json says."""
+
+    plan: Plan | None = None
+    notices: list[str] = field(default_factory=list)
+    stored: list[Stored] | None = None
+
+
+def inspect_checkpoint(src: str | Path, quant: Quant | None = None, *, as_source: bool = False,
+                       runner: str | None = None, **choices) -> Inspection:
+    """`moequant inspect` (headers only, nothing converted): the plan Conversion(src, quant,
+    runner=runner, **choices) would follow, after every layout and shape check of a dry run; for
+    an MLX-quantized SRC, unless `as_source`, what it stores instead."""
+    ckpt = read_checkpoint(src)
+    if (quantization := mlx_quantization(ckpt.config)) is not None and not as_source:
+        modules = find_roles(build_model(resolve_config(ckpt.config)[0]))
+        return Inspection(stored=read_stored(ckpt, modules, quantization))
+    conversion = Conversion(src, quant, runner=runner, **choices)
+    conversion.manifest()
+    return Inspection(conversion.plan, conversion.notices)
 
 
 def _quantized(quantizer: Quantizer, weights: dict[str, mx.array], stacks: dict) -> dict:
