@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from moequant.convert import Conversion
+from moequant.convert import Conversion, inspect_checkpoint
 from moequant.formats import Quant
 from moequant.plan import Options, Override, find_roles, plan_rules
 from moequant.tiny import ARCHS, write_tiny_checkpoint
@@ -62,3 +62,17 @@ def test_inspect_mlx_quantized_flags_a_config_that_disagrees_with_tensors(tmp_pa
     assert rows["model.layers.0.mlp.gate"]["problem"] == ("config.json says affine·4·g16; "
                                                           "its tensors say affine·8·g64")
     assert sum(r["problem"] is not None for r in rows.values()) == 1
+
+
+def test_inspect_prints_what_one_library_call_returns(tmp_path, cli):
+    """`moequant inspect` is convert.inspect_checkpoint and printing: the plan (and its notices),
+    or for an MLX-quantized SRC what it stores, unless --as-source."""
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe")
+    seen = inspect_checkpoint(src, Quant.make("affine", 4), recipe="moe", target_bpw=4.5)
+    assert seen.stored is None and seen.notices == ["--target-bpw: data-free proxy (relative weight reconstruction error)"]
+    assert json.loads(cli("inspect", src, "--json", "--recipe", "moe", "--target-bpw", "4.5").stdout) == seen.plan.to_json()
+    assert cli("convert", src, tmp_path / "q", "--quiet").exit_code == 0
+    stored = inspect_checkpoint(tmp_path / "q")
+    assert stored.plan is None and stored.stored and not any(r.problem for r in stored.stored)
+    as_source = inspect_checkpoint(tmp_path / "q", Quant.make("affine", 4), as_source=True)
+    assert as_source.stored is None and all(r.as_stored for r in as_source.plan.rows if r.quant is not None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import mlx.core as mx
 import pytest
@@ -105,6 +106,48 @@ def test_plan_file_round_trip_gives_a_byte_identical_output(tmp_path, cli, arch)
     assert cli("convert", src, tmp_path / "planned", "--plan", tmp_path / "plan.json", "--quiet").exit_code == 0
     for name in ("model.safetensors", "config.json", "model.safetensors.index.json"):
         assert (tmp_path / "direct" / name).read_bytes() == (tmp_path / "planned" / name).read_bytes(), name
+
+
+def test_plan_file_round_trip_keeps_every_option(tmp_path, cli):
+    """--target-bpw and --override are in the saved options too: a plan from `inspect --json` or
+    DST's moequant_plan.json, reloaded with --plan, gives equal Options and the same output bytes."""
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe")
+    options = ["--target-bpw", "3.5", "--gate-bits", "8", "--override", "*.self_attn.o_proj=bits=8"]
+    (tmp_path / "plan.json").write_text(cli("inspect", src, "--json", *options).stdout)
+    assert cli("convert", src, tmp_path / "direct", *options, "--quiet").exit_code == 0
+    direct = Conversion(src, Quant.make("affine"), target_bpw=3.5, gate_bits=8,
+                        overrides=(Override.parse("*.self_attn.o_proj=bits=8"),))
+    for name, plan in (("inspected", tmp_path / "plan.json"), ("written", tmp_path / "direct" / "moequant_plan.json")):
+        assert cli("convert", src, tmp_path / name, "--plan", plan, "--quiet").exit_code == 0
+        for file in ("model.safetensors", "config.json"):
+            assert (tmp_path / "direct" / file).read_bytes() == (tmp_path / name / file).read_bytes(), (name, file)
+        assert Conversion(src, plan=json.loads(plan.read_text())).options == direct.options
+        written = json.loads((tmp_path / name / "moequant_plan.json").read_text())["options"]
+        assert written["target_bpw"] == 3.5 and written["overrides"] == ["*.self_attn.o_proj=bits=8"]
+
+
+@pytest.mark.parametrize("options, flag, path", [
+    (Options(Quant.make("mxfp4"), recipe="mixed_3_6"), "--recipe mixed_3_6: mlx-lm's mixed recipes are affine only",
+     'options.recipe: "mixed_3_6"; mlx-lm\'s mixed recipes are affine only'),
+    (Options(Quant.make("affine"), rounding="gptq"), "--rounding gptq: needs calibration data; expected --calib FILE",
+     'options.rounding: "gptq"; needs calibration data; expected a calib file'),
+    (Options(None, target_bpw=4.0), "--target-bpw 4.0: a size budget, but nothing is quantized",
+     "options.target_bpw: 4.0; a size budget, but nothing is quantized"),
+    (Options(Quant.make("affine"), target_bpw=0.5), "--target-bpw 0.5: expected a budget between 1 and 16",
+     "options.target_bpw: 0.5; expected a budget between 1 and 16"),
+    (Options(Quant.make("affine"), dtype="float8"), "--dtype float8: expected one of bfloat16, float16, float32",
+     'options.dtype: "float8"; expected one of bfloat16, float16, float32'),
+    (Options(Quant.make("affine"), target_bpw=4.0, calib="no/such.txt"), "--calib no/such.txt: not found",
+     'options.calib: "no/such.txt"; not found'),
+    (Options(Quant.make("affine"), calib_length=0), "--calib-length 0: expected 1 or more",
+     "options.calib_length: 0; expected 1 or more"),
+])
+def test_options_are_checked_in_one_place_and_named_as_given(options, flag, path):
+    """The same check for the command line (Conversion's keywords) and for a plan file's options."""
+    with pytest.raises(PlanError, match=re.escape(flag)):
+        options.validate()
+    with pytest.raises(PlanError, match=re.escape(f"plan.json: {path}")):
+        Options.from_dict(options.to_dict(), "plan.json: options")
 
 
 def test_edited_plan_file_is_followed(tmp_path, cli):

@@ -12,10 +12,11 @@ import pytest
 
 from moequant.convert import Conversion
 from moequant.errors import LayoutError
-from moequant.evaluate import load_float32
+from moequant.cli import _failures
+from moequant.evaluate import Closeness, load_float32
 from moequant.formats import Quant
 from moequant.tiny import ARCHS, write_tiny_checkpoint
-from moequant.verify import expert_containers, recording_routes, tokens_for_prompt, verify
+from moequant.verify import Report, expert_containers, recording_routes, tokens_for_prompt, verify
 
 MOE_BLOCKS = {
     "qwen3_moe": ["model.layers.0.mlp", "model.layers.1.mlp"],
@@ -189,3 +190,10 @@ def test_against_transformers_refuses_what_transformers_cannot_load(tiny, cli):
     dst = tiny("qwen3_moe", "4bit")
     result = cli("verify", dst, "--reference", dst, "--against", "transformers")
     assert result.exit_code == 1 and "cannot load" in result.output and "Traceback" not in result.output
+
+
+def test_min_router_fails_on_a_measured_zero():
+    """A router agreement of 0.0 is a figure, not a missing one (it once read as 1.0 and passed)."""
+    report = Report(Closeness(0.0, 0.0, 1.0, 0.0, 1.0), {"model.layers.0.mlp": 0.0, "model.layers.1.mlp": 1.0}, 8)
+    assert _failures(report, None, None, 0.5) == ["router agreement 0 < 0.5"]
+    assert _failures(Report(report.closeness, {}, 8), None, None, 0.5) == []  # a model without MoE layers

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 from contextlib import closing
+from inspect import Parameter, signature
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -28,7 +29,7 @@ from .card import PLOT_FILE, short_size
 from .errors import CheckpointError, MoequantError, os_reason
 from .names import layer_of
 from .formats import DTYPES, MODES, Mode, Quant
-from .plan import RECIPES, ROUNDINGS, Override, Plan
+from .plan import Override, Plan
 from .writer import MARK_FILE
 
 
@@ -121,6 +122,16 @@ RunnerOpt = Annotated[Optional[str], typer.Option("--for", metavar="mlx-lm|mlx-v
 JsonOpt = Annotated[bool, typer.Option("--json", rich_help_panel="Output", help="Print JSON instead of a table.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel="Run", help="No progress or info on stderr.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", rich_help_panel="Run", help="Debug logging on stderr (and how config.json was read).")]
+
+# The plan options of convert and inspect, declared once (name: type and help, default): a command
+# decorated with _plan_options takes them all and receives them as one dict, `choices`.
+PLAN_OPTIONS: dict[str, tuple[object, object]] = {
+    "bits": (BitsOpt, None), "group_size": (GroupOpt, None), "mode": (ModeOpt, None), "gate_bits": (GateOpt, None),
+    "no_quantize": (NoQuantOpt, False), "dtype": (DtypeOpt, None), "global_scale": (GlobalScaleOpt, None),
+    "recipe": (RecipeOpt, None), "override": (OverrideOpt, None), "rounding": (RoundingOpt, None),
+    "target_bpw": (TargetOpt, None), "calib": (CalibOpt, None), "calib_sequences": (CalibSeqOpt, None),
+    "calib_length": (CalibLenOpt, None),
+}
 
 MinTop1Opt = Annotated[Optional[float], typer.Option("--min-top1", metavar="X", rich_help_panel="Quality", help="Exit 1 if top-1 agreement is below this.")]
 MaxKlOpt = Annotated[Optional[float], typer.Option("--max-kl", metavar="X", rich_help_panel="Quality", help="Exit 1 if the mean KL (nats/token) is above this.")]
@@ -233,43 +244,43 @@ def _command_line(command: str, *args: str, **options) -> str:
     return shlex.join(words)
 
 
-def _choices(no_quantize: bool, mode: Mode | None, bits: int | None, group_size: int | None, gate_bits: str | None,
-             dtype: str | None, global_scale: bool | None, recipe: str | None, overrides: list[str] | None,
-             rounding: str | None, target_bpw: float | None = None, calib: Path | None = None,
-             calib_sequences: int | None = None, calib_length: int | None = None) -> dict:
-    """Conversion(...) keyword arguments from the plan options shared by convert and inspect;
-    options that contradict each other are refused, never silently ignored."""
+def _plan_options(fn):
+    """Typer sees PLAN_OPTIONS in place of `fn`'s parameter `choices`; `fn` gets them there as one dict."""
+    own = signature(fn, eval_str=True)
+    params = list(own.parameters.values())
+    at = next(i for i, p in enumerate(params) if p.name == "choices")
+    shared = [Parameter(name, Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+              for name, (annotation, default) in PLAN_OPTIONS.items()]
+    rest = [p.replace(kind=Parameter.KEYWORD_ONLY) for p in params[at + 1:]]
+
+    @functools.wraps(fn)
+    def command(*args, **kwargs):
+        return fn(*args, choices={name: kwargs.pop(name) for name in PLAN_OPTIONS}, **kwargs)
+
+    command.__signature__ = own.replace(parameters=[*params[:at], *shared, *rest])
+    command.__annotations__ = {p.name: p.annotation for p in command.__signature__.parameters.values()}
+    return command
+
+
+def _choices(*, no_quantize, mode, bits, group_size, gate_bits, dtype, global_scale, recipe, override, rounding,
+             target_bpw, calib, calib_sequences, calib_length) -> dict:
+    """Conversion(...) keyword arguments from the plan options as given (PLAN_OPTIONS). Options
+    given together that cannot be are refused here, never silently ignored; every value is checked
+    by plan.Options.validate."""
     if no_quantize and (given := _given(bits=bits, group_size=group_size, mode=mode, gate_bits=gate_bits,
                                         global_scale=global_scale, recipe=recipe, target_bpw=target_bpw)):
         raise MoequantError(f"--no-quantize {given[0]}: {given[0].split()[0]} only shapes quantization, which "
                             "--no-quantize turns off; expected one of them, not both")
-    recipe, rounding = recipe or "uniform", rounding or "plain"
-    if recipe not in RECIPES:
-        raise MoequantError(f"--recipe {recipe}: expected one of {', '.join(RECIPES)}")
-    if rounding not in ROUNDINGS:
-        raise MoequantError(f"--rounding {rounding}: expected one of {', '.join(ROUNDINGS)}")
-    if calib is not None and target_bpw is None and rounding != "gptq":
-        raise MoequantError("--calib: only used with --target-bpw or --rounding gptq; expected one of them")
-    if rounding == "gptq" and calib is None:
-        raise MoequantError("--rounding gptq: needs calibration data; expected --calib FILE")
     for name, value in (("--calib-sequences", calib_sequences), ("--calib-length", calib_length)):
         if value is not None and calib is None:
             raise MoequantError(f"{name} {value}: only used with --calib; expected --calib FILE too")
-        if value is not None and value < 1:
-            raise MoequantError(f"{name} {value}: expected 1 or more")
-    if calib is not None and not calib.is_file():
-        raise MoequantError(f"--calib {calib}: {'a folder' if calib.is_dir() else 'not found'}; expected a text "
-                            "or .npy token file")
-    if target_bpw is not None and not 1.0 < target_bpw <= 16.0:
-        raise MoequantError(f"--target-bpw {target_bpw}: expected a budget between 1 and 16 bits per weight")
-    if dtype is not None and dtype not in DTYPES:
-        raise MoequantError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
     return dict(quant=None if no_quantize else Quant.make(mode or Mode.AFFINE, bits, group_size),
                 gate_bits=_gate_bits(gate_bits or "float"), dtype=dtype,
-                global_scale=True if global_scale is None else global_scale, recipe=recipe, rounding=rounding,
-                target_bpw=target_bpw, calib=str(calib) if calib else None,
-                calib_sequences=calib_sequences or 8, calib_length=calib_length or 512,
-                overrides=tuple(Override.parse(o) for o in overrides or ()))
+                global_scale=True if global_scale is None else global_scale, recipe=recipe or "uniform",
+                rounding=rounding or "plain", target_bpw=target_bpw, calib=str(calib) if calib else None,
+                calib_sequences=8 if calib_sequences is None else calib_sequences,
+                calib_length=512 if calib_length is None else calib_length,
+                overrides=tuple(Override.parse(o) for o in override or ()))
 
 
 def _failures(report, min_top1: float | None, max_kl: float | None, min_router: float | None) -> list[str]:
@@ -372,14 +383,12 @@ def role_table(plan: Plan) -> Table:
     "moequant convert tiny-mixtral mixtral-mxfp4 --mode mxfp4 --gate-bits 8 --verify --min-top1 0.6",
     "moequant convert SRC DST2 --plan DST/moequant_plan.json      (the same weights again)"))
 @_command(interrupted="interrupted; DST was not written")
+@_plan_options
 def convert(
     src: Annotated[str, typer.Argument(help="Checkpoint folder or hub id (resolved through the local cache).")],
     dst: Annotated[Path, typer.Argument(help="Output folder (must not exist unless --force).")],
-    bits: BitsOpt = None, group_size: GroupOpt = None, mode: ModeOpt = None, gate_bits: GateOpt = None,
-    no_quantize: NoQuantOpt = False, dtype: DtypeOpt = None, global_scale: GlobalScaleOpt = None,
-    recipe: RecipeOpt = None, override: OverrideOpt = None, rounding: RoundingOpt = None,
-    target_bpw: TargetOpt = None, calib: CalibOpt = None, calib_sequences: CalibSeqOpt = None,
-    calib_length: CalibLenOpt = None, runner: RunnerOpt = None,
+    choices: dict,  # PLAN_OPTIONS
+    runner: RunnerOpt = None,
     plan_file: Annotated[Optional[Path], typer.Option("--plan", metavar="FILE", rich_help_panel="Plan", help="Convert exactly this plan (the JSON of `inspect --json`); no other plan option may be given.")] = None,
     force: Annotated[bool, typer.Option("--force", rich_help_panel="Output", help=f"Replace DST if it is a previous moequant output (it holds {MARK_FILE} and only the files listed there) or an empty folder; never a file or any other folder.")] = False,
     shard_size: Annotated[str, typer.Option("--shard-size", metavar="SIZE", rich_help_panel="Output", help="Largest output shard.")] = "5GB",
@@ -413,25 +422,16 @@ def convert(
     check_destination(dst, force, local if local.is_dir() else None)
     size = _shard_size(shard_size)
     if plan_file is not None:
-        if given := _given(bits=bits, group_size=group_size, mode=mode, gate_bits=gate_bits, no_quantize=no_quantize,
-                           dtype=dtype, global_scale=global_scale, recipe=recipe, override=override,
-                           rounding=rounding, target_bpw=target_bpw, calib=calib,
-                           calib_sequences=calib_sequences, calib_length=calib_length):
+        if given := _given(**choices):
             raise MoequantError(f"--plan {plan_file} {given[0]}: the plan file decides every module and its "
                                 f"options; expected no plan option beside --plan (edit the plan instead)")
         conversion = Conversion(src, plan=_read_plan(plan_file), plan_where=str(plan_file), runner=runner)
     else:
-        conversion = Conversion(src, runner=runner, **_choices(
-            no_quantize, mode, bits, group_size, gate_bits, dtype, global_scale, recipe, override, rounding,
-            target_bpw, calib, calib_sequences, calib_length))
+        conversion = Conversion(src, runner=runner, **_choices(**choices))
     if pool not in ("processes", "threads"):
         raise MoequantError(f"--pool {pool}: expected processes or threads")
-    command = _command_line(
-        "convert", src, dst, bits=bits, group_size=group_size, mode=mode, gate_bits=gate_bits, no_quantize=no_quantize,
-        dtype=dtype, global_scale=global_scale, recipe=recipe, override=override, rounding=rounding,
-        target_bpw=target_bpw, calib=calib, calib_sequences=calib_sequences, calib_length=calib_length,
-        plan=plan_file, plot=plot, **{"for": runner},
-        shard_size=shard_size if shard_size != "5GB" else None)
+    command = _command_line("convert", src, dst, **choices, plan=plan_file, plot=plot, **{"for": runner},
+                            shard_size=shard_size if shard_size != "5GB" else None)
     total = conversion.ckpt.nbytes
     with closing(conversion.run(dst, force=force, shard_size=size, workers=workers, pool=pool,
                                 command=command, plot=plot)) as steps, \
@@ -492,12 +492,11 @@ def _read_plan(file: Path) -> dict:
     "moequant inspect tiny-mixtral --json > plan.json       (edit it, then convert --plan plan.json)",
     "moequant inspect mixtral-4bit --check                  (an MLX-quantized checkpoint: config vs tensors)"))
 @_command()
+@_plan_options
 def inspect(
     path: Annotated[str, typer.Argument(help="Checkpoint folder or hub id.")],
-    bits: BitsOpt = None, group_size: GroupOpt = None, mode: ModeOpt = None, gate_bits: GateOpt = None,
-    no_quantize: NoQuantOpt = False, dtype: DtypeOpt = None, global_scale: GlobalScaleOpt = None,
-    recipe: RecipeOpt = None, override: OverrideOpt = None, rounding: RoundingOpt = None,
-    target_bpw: TargetOpt = None, calib: CalibOpt = None, runner: RunnerOpt = None, json_out: JsonOpt = False,
+    choices: dict,  # PLAN_OPTIONS
+    runner: RunnerOpt = None, json_out: JsonOpt = False,
     expand: Annotated[bool, typer.Option("--all", rich_help_panel="Output", help="One row per module (no collapsing across layers).")] = False,
     check: Annotated[bool, typer.Option("--check", rich_help_panel="Quality", help="MLX-quantized PATH: exit 1 if config and tensors disagree.")] = False,
     as_source: Annotated[bool, typer.Option("--as-source", rich_help_panel="Output", help="MLX-quantized PATH: print its conversion plan instead of what it stores.")] = False,
@@ -505,32 +504,23 @@ def inspect(
     quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
     """Print the plan for PATH (headers only, nothing converted); for an MLX-quantized PATH, what it stores."""
-    from .checkpoint import mlx_quantization, read_checkpoint
-    from .convert import Conversion
-    from .plan import find_roles
-    from .stored import read_stored
-    from .target import build_model, resolve_config
+    from .convert import inspect_checkpoint
 
     _logging(quiet, verbose, notices_later=True)
     if plot is not None:
         from .plot import check_target
 
         check_target(plot)
-    ckpt = read_checkpoint(path)
-    if (quantization := mlx_quantization(ckpt.config)) is not None and not as_source:
+    inspection = inspect_checkpoint(path, as_source=as_source, runner=runner, **_choices(**choices))
+    if inspection.stored is not None:
         if plot is not None:
             raise MoequantError(f"--plot {plot}: {path} is MLX-quantized and the picture is of a conversion plan; "
                                 "expected --as-source with it")
-        rows = read_stored(ckpt, find_roles(build_model(resolve_config(ckpt.config)[0])), quantization)
-        _print_stored(rows, json_out)
-        if check and any(r.problem for r in rows):
+        _print_stored(inspection.stored, json_out)
+        if check and any(r.problem for r in inspection.stored):
             raise typer.Exit(1)
         return
-    conversion = Conversion(
-        path, runner=runner, **_choices(no_quantize, mode, bits, group_size, gate_bits, dtype, global_scale,
-                                        recipe, override, rounding, target_bpw, calib))
-    conversion.manifest()  # every layout and shape check, from headers
-    plan = conversion.plan
+    plan = inspection.plan
     if json_out:
         _print_json(plan.to_json())
     else:
@@ -541,7 +531,7 @@ def inspect(
         from .plot import plan_png
 
         _write_picture(plot, plan_png(plan), quiet)
-    _print_notices(conversion.notices)
+    _print_notices(inspection.notices)
 
 
 def _write_picture(file: Path, png: bytes, quiet: bool) -> None:

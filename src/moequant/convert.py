@@ -7,14 +7,14 @@ import logging
 import queue
 import threading
 from contextlib import closing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from .checkpoint import DTYPE_TAGS, ITEMSIZE, Checkpoint, Group, Stacked, read_checkpoint
+from .checkpoint import DTYPE_TAGS, ITEMSIZE, Checkpoint, Group, Stacked, mlx_quantization, read_checkpoint
 from .allocate import allocate, candidate_errors, model_errors
 from .calibrate import PROBE, channel_energy, input_moments, output_sensitivity, read_calibration
 from .dequant import MLX, SourceContext, dequantize_packed, source_format
@@ -25,8 +25,8 @@ from .families import FAMILIES, TENSOR_RENAMES, Family
 from .formats import DTYPES, Mode, Quant, Rounding, infer_fp_quant, infer_quant
 from .ignored import ignored_notes
 from .names import canonical_name, layer_of, renamed
-from .plan import Options, build_plan, find_roles, plan_from_json
-from .stored import read_stored, stale_notes
+from .plan import Decision, Options, Plan, build_plan, find_roles, plan_from_json, plan_rows
+from .stored import Stored, read_stored, stale_notes
 from .quantize import Quantizer, check_complete, check_weights, parameter_shapes
 from .target import absent_as_zeros, build_model, resolve_config, runner_of
 from .card import CARD_FILE, PLAN_FILE, PLOT_FILE, model_card
@@ -86,6 +86,9 @@ class Conversion:
         from the config)."""
         self.src = str(src)
         self.ckpt = read_checkpoint(src)
+        # every option checked before any other work (a plan file's, by plan_from_json)
+        options = None if plan is not None else Options(quant, dtype=dtype or default_dtype(self.ckpt),
+                                                        **choices).validate()
         self.config, notes = resolve_config(self.ckpt.config, runner)  # first: is it a model the runner has
         self.runner = runner_of(self.config)
         # notes that change the result (the CLI prints them after its summary line): where mlx-lm's
@@ -119,26 +122,26 @@ class Conversion:
         if plan is not None:
             self.plan = plan_from_json(plan, modules, self.ckpt.model_type, _source_itemsize(self.ckpt), notes,
                                        plan_where)
+            self.options = self.plan.options
         else:
-            options = Options(quant, dtype=dtype or default_dtype(self.ckpt), **choices)
+            self.options = options
             if options.rounding == "gptq":
-                if not options.calib:
-                    raise PlanError("rounding gptq: needs calibration data; expected calib=FILE")
                 notes = [*notes, f"--rounding gptq: affine modules rounded by GPTQ on the inputs' moments measured "
                                  f"on {options.calib}; embeddings and fp-mode modules rounded plainly"]
-            self.plan = build_plan(modules, self.ckpt.model_type, options, _source_itemsize(self.ckpt), notes)
+            allocation, allocated = {}, []
             if options.target_bpw is not None:
-                allocation = self._allocate(modules, packed)
-                self.plan = build_plan(modules, self.ckpt.model_type, options, _source_itemsize(self.ckpt),
-                                       [*notes, *self.allocation_notes], allocation)
-            if options.target_bpw is not None and not options.calib:
-                self.notices += self.allocation_notes  # the one "data-free proxy" note
+                # from the decisions without a budget: which modules are free to take one, what the rest weighs
+                rows = plan_rows(modules, options, _source_itemsize(self.ckpt))
+                allocation, allocated = self._allocate(rows, modules, packed)
+                if not options.calib:
+                    self.notices += allocated  # the one "data-free proxy" note
+            self.plan = build_plan(modules, self.ckpt.model_type, options, _source_itemsize(self.ckpt),
+                                   [*notes, *allocated], allocation)
         if any(r.quant is not None and r.quant.global_scale for r in self.plan.rows):
             note = ("nvfp4 expert stacks carry a per-expert global scale: Apple GPUs run them, mlx's CPU gather_qmm "
                     "refuses them (--no-global-scale for an output that runs on a CPU)")
             self.plan.notes.append(note)
             self.notices.append(note)
-        self.options = self.plan.options
         if self.options.calib:  # read now, so a bad file is refused before any work
             self.calibration()
         self.as_stored = frozenset(r.path for r in self.plan.rows if r.as_stored)
@@ -146,7 +149,7 @@ class Conversion:
 
     def calibration(self) -> mx.array:
         """The --calib token batch, every id checked against the model's vocabulary."""
-        options = self.plan.options
+        options = self.options
         return read_calibration(options.calib, self.ckpt.path, options.calib_length, options.calib_sequences,
                                 vocab_size(self.config))
 
@@ -171,24 +174,25 @@ class Conversion:
                                  not info.is_float else "")
         return f"{what} {layout}".strip()
 
-    def _allocate(self, modules: list, packed: dict[str, Quant]) -> dict[str, Quant]:
+    def _allocate(self, rows: list[Decision], modules: list,
+                  packed: dict[str, Quant]) -> tuple[dict[str, Quant], list[str]]:
         """--target-bpw: measure each free module's error per candidate (reading its weights, one
-        group at a time) and pick the least-error candidates that fit the budget."""
-        options = self.plan.options
-        if options.quant is None:
-            raise PlanError("--target-bpw with --no-quantize: expected one of them")
-        free = {r.path for r in self.plan.rows if r.quantizable and r.free}
-        energy, sensitivity, self.allocation_notes = {}, {}, []
+        group at a time) and pick the least-error candidates that fit the budget. `rows` are the
+        decisions without a budget; returns the allocation and its notes."""
+        options = self.options
+        free = {r.path for r in rows
+                if r.quantizable and r.free}
+        energy, sensitivity, notes = {}, {}, []
         if options.calib:
             tokens = self.calibration()
             energy = channel_energy(self.ckpt.path, tokens, free)
             sensitivity = output_sensitivity(self.ckpt.path, tokens, free)
-            self.allocation_notes.append(
+            notes.append(
                 f"--target-bpw: calibrated on {options.calib} ({tokens.size:,} tokens): input energy of "
                 f"{len(energy)} and output sensitivity (KL with the module alone at {PROBE}) of {len(sensitivity)} "
                 f"of {len(free)} modules, the rest data-free")
         else:
-            self.allocation_notes.append("--target-bpw: data-free proxy (relative weight reconstruction error)")
+            notes.append("--target-bpw: data-free proxy (relative weight reconstruction error)")
         self.context = SourceContext(self.ckpt.tensors, self.context.qconfig, packed)
         errors, normalized = {}, self._normalized_groups()
         while normalized:
@@ -198,9 +202,9 @@ class Conversion:
             del weights
         if sensitivity:
             errors = model_errors(errors, sensitivity, PROBE)
-        fixed = sum(r.bytes_after for r in self.plan.rows if r.path not in errors)
-        budget = int(options.target_bpw * self.plan.params / 8)
-        return allocate(modules, errors, budget, fixed, options.dtype)
+        fixed = sum(r.bytes_after for r in rows if r.path not in errors)
+        budget = int(options.target_bpw * sum(r.params for r in rows) / 8)
+        return allocate(modules, errors, budget, fixed, options.dtype), notes
 
     def _packed_modules(self, n_in: dict[str, int]) -> dict[str, Quant]:
         """Target module path -> how SRC stores it packed, read from the shapes of the unpacked,
@@ -412,3 +416,28 @@ class Conversion:
             stop.set()
             for t in threads:  # each finishes the group it is on; Output cleans up after
                 t.join()
+
+
+@dataclass
+class Inspection:
+    """What `inspect` shows of SRC: the plan and the notes that change the result, or, for an
+    MLX-quantized SRC, what it stores per module against what its config.json says."""
+
+    plan: Plan | None = None
+    notices: list[str] = field(default_factory=list)
+    stored: list[Stored] | None = None
+
+
+def inspect_checkpoint(src: str | Path, quant: Quant | None = None, *, as_source: bool = False,
+                       runner: str | None = None, **choices) -> Inspection:
+    """`moequant inspect` (headers only, nothing converted): the plan Conversion(src, quant,
+    runner=runner, **choices) would follow, after every layout and shape check of a dry run; for
+    an MLX-quantized SRC, unless `as_source`, what it stores instead."""
+    ckpt = read_checkpoint(src)
+    if (quantization := mlx_quantization(ckpt.config)) is not None and not as_source:
+        modules = find_roles(build_model(resolve_config(ckpt.config)[0]))
+        return Inspection(stored=read_stored(ckpt, modules, quantization))
+    conversion = Conversion(src, quant, runner=runner, **choices)
+    conversion.manifest()
+    return Inspection(conversion.plan, conversion.notices)
+

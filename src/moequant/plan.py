@@ -9,6 +9,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
+from pathlib import Path
 from typing import Callable
 
 import mlx.nn as nn
@@ -36,6 +37,87 @@ class Options:
     calib: str | None = None  # calibration text for --target-bpw (else a data-free proxy) and --rounding gptq
     calib_sequences: int = 8  # sequences of calib_length tokens read from calib
     calib_length: int = 512
+
+    def validate(self, where: str | None = None) -> "Options":
+        """These options, or a PlanError for the first value that does not fit or contradicts
+        another. Values are named as the command line spells them (`--recipe mixed_9`), or, with
+        `where` (a plan file's `options`), by their JSON path."""
+
+        def name(key: str) -> str:
+            return key if where else "--" + key.replace("_", "-")
+
+        def refuse(key: str, value, expected: str):
+            shown = f"{where}.{key}: {json.dumps(value)}; " if where else f"{name(key)} {value}: "
+            raise PlanError(shown + expected)
+
+        if self.gate_bits not in (None, 8):
+            refuse("gate_bits", self.gate_bits, "expected null (float) or 8")
+        if self.dtype not in DTYPES:
+            refuse("dtype", self.dtype, f"expected one of {', '.join(DTYPES)}")
+        if self.recipe not in RECIPES:
+            refuse("recipe", self.recipe, f"expected one of {', '.join(RECIPES)}")
+        if self.recipe in MIXED_RECIPES and self.quant is not None and self.quant.mode != Mode.AFFINE:
+            refuse("recipe", self.recipe, f"mlx-lm's mixed recipes are affine only, not {self.quant.mode.value}; "
+                   f"expected {'quant.mode' if where else '--mode'} affine")
+        if self.rounding not in ROUNDINGS:
+            refuse("rounding", self.rounding, f"expected one of {', '.join(ROUNDINGS)}")
+        if self.target_bpw is not None and self.quant is None:
+            refuse("target_bpw", self.target_bpw, "a size budget, but nothing is quantized; expected a quantization")
+        if self.target_bpw is not None and not 1.0 < self.target_bpw <= 16.0:
+            refuse("target_bpw", self.target_bpw, "expected a budget between 1 and 16 bits per weight")
+        if self.rounding == "gptq" and not self.calib:
+            refuse("rounding", self.rounding,
+                   f"needs calibration data; expected {'a calib file' if where else '--calib FILE'}")
+        if self.calib is not None and self.target_bpw is None and self.rounding != "gptq":
+            refuse("calib", self.calib, f"only used with {name('target_bpw')} or {name('rounding')} gptq; "
+                   "expected one of them")
+        for key in ("calib_sequences", "calib_length"):
+            if getattr(self, key) < 1:
+                refuse(key, getattr(self, key), "expected 1 or more")
+        if self.calib is not None and not Path(self.calib).is_file():
+            refuse("calib", self.calib, f"{'a folder' if Path(self.calib).is_dir() else 'not found'}; expected a "
+                   "text or .npy token file")
+        return self
+
+    def to_dict(self) -> dict:
+        """The `options` object of a plan file (from_dict reads it back to equal Options)."""
+        return {
+            "quant": self.quant.to_dict() if self.quant else None,
+            "gate_bits": self.gate_bits,
+            "dtype": self.dtype,
+            "global_scale": self.global_scale,
+            "recipe": self.recipe,
+            "rounding": self.rounding,
+            "target_bpw": self.target_bpw,
+            "calib": self.calib,
+            "calib_sequences": self.calib_sequences,
+            "calib_length": self.calib_length,
+            "overrides": [str(o) for o in self.overrides],
+        }
+
+    @classmethod
+    def from_dict(cls, o, where: str) -> "Options":
+        """The `options` object of a plan file: each field's JSON type checked, then validate(where)."""
+        if not isinstance(o, dict):
+            raise PlanError(f"{where}: {json.dumps(o)}; expected an object")
+        quant = _field(o, "quant", (dict, type(None)), 'null or an object like {"mode": "affine", "bits": 4, '
+                       '"group_size": 64}', where)
+        overrides = _field(o, "overrides", (list,), "a list of PATTERN=SPEC strings", where, [])
+        if (bad := next((i for i, text in enumerate(overrides) if not isinstance(text, str)), None)) is not None:
+            raise PlanError(f"{where}.overrides[{bad}]: {json.dumps(overrides[bad])}; expected a PATTERN=SPEC string")
+        return cls(
+            Quant.from_dict(quant, f"{where}.quant") if quant is not None else None,
+            _field(o, "gate_bits", (int, type(None)), "null (float) or 8", where),
+            _field(o, "dtype", (str,), f"one of {', '.join(DTYPES)}", where, "bfloat16"),
+            _field(o, "global_scale", (bool,), "true or false", where, True),
+            _field(o, "recipe", (str,), f"one of {', '.join(RECIPES)}", where, "uniform"),
+            tuple(Override.parse(text) for text in overrides),
+            _field(o, "rounding", (str,), f"one of {', '.join(ROUNDINGS)}", where, "plain"),
+            _field(o, "target_bpw", (int, float, type(None)), "null or bits per weight", where),
+            _field(o, "calib", (str, type(None)), "null or the calibration file", where),
+            _field(o, "calib_sequences", (int,), "a number of sequences", where, 8),
+            _field(o, "calib_length", (int,), "tokens per sequence", where, 512),
+        ).validate(where)
 
 
 class Role(str, Enum):
@@ -195,9 +277,6 @@ def _recipe_rules(options: Options, num_layers: int) -> list[Rule]:
         high = Quant.make(Mode.AFFINE, min(q.bits + 2, 8), 64)
         return [Rule("recipe-moe", 10, lambda m: m.role in MOE_RECIPE_ROLES, lambda m: high,
                      f"--recipe moe: everything but the routed experts at {high}", free=True)]
-    if q.mode != Mode.AFFINE:
-        raise PlanError(f"--recipe {options.recipe} --mode {q.mode.value}: mlx-lm's mixed recipes are affine only; "
-                        "expected --mode affine")
     low_bits, high_bits = MIXED_RECIPES[options.recipe]
     low, high = Quant.make(Mode.AFFINE, low_bits, q.group_size), Quant.make(Mode.AFFINE, high_bits, q.group_size)
 
@@ -362,19 +441,7 @@ class Plan:
         return {
             "moequant_plan": 1,
             "model_type": self.model_type,
-            "options": {
-                "quant": self.options.quant.to_dict() if self.options.quant else None,
-                "gate_bits": self.options.gate_bits,
-                "dtype": self.options.dtype,
-                "global_scale": self.options.global_scale,
-                "recipe": self.options.recipe,
-                "rounding": self.options.rounding,
-                "target_bpw": self.options.target_bpw,
-                "calib": self.options.calib,
-                "calib_sequences": self.options.calib_sequences,
-                "calib_length": self.options.calib_length,
-                "overrides": [str(o) for o in self.options.overrides],
-            },
+            "options": self.options.to_dict(),
             "totals": {"params": self.params, "bytes_before": self.bytes_before,
                        "bytes_after": self.bytes_after, "bits_per_weight": round(self.bits_per_weight, 4)},
             "notes": self.notes,
@@ -397,39 +464,6 @@ def _field(data: dict, key: str, kinds: tuple[type, ...], what: str, where: str,
     if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
         raise PlanError(f"{where}.{key}: {json.dumps(value)}; expected {what}")
     return value
-
-
-def _options_from_json(o, where: str) -> Options:
-    """The `options` object of a plan file, field by field."""
-    if not isinstance(o, dict):
-        raise PlanError(f"{where}: {json.dumps(o)}; expected an object")
-    quant = _field(o, "quant", (dict, type(None)), 'null or an object like {"mode": "affine", "bits": 4, '
-                   '"group_size": 64}', where)
-    gate_bits = _field(o, "gate_bits", (int, type(None)), "null (float) or 8", where)
-    if gate_bits not in (None, 8):
-        raise PlanError(f"{where}.gate_bits: {gate_bits}; expected null (float) or 8")
-    dtype = _field(o, "dtype", (str,), f"one of {', '.join(DTYPES)}", where, "bfloat16")
-    if dtype not in DTYPES:
-        raise PlanError(f"{where}.dtype: {json.dumps(dtype)}; expected one of {', '.join(DTYPES)}")
-    recipe = _field(o, "recipe", (str,), f"one of {', '.join(RECIPES)}", where, "uniform")
-    if recipe not in RECIPES:
-        raise PlanError(f"{where}.recipe: {json.dumps(recipe)}; expected one of {', '.join(RECIPES)}")
-    rounding = _field(o, "rounding", (str,), f"one of {', '.join(ROUNDINGS)}", where, "plain")
-    if rounding not in ROUNDINGS:
-        raise PlanError(f"{where}.rounding: {json.dumps(rounding)}; expected one of {', '.join(ROUNDINGS)}")
-    calib = _field(o, "calib", (str, type(None)), "null or the calibration file", where)
-    if rounding == "gptq" and not calib:
-        raise PlanError(f"{where}.rounding: gptq without options.calib; expected the calibration file")
-    _field(o, "target_bpw", (int, float, type(None)), "null or bits per weight", where)
-    overrides = _field(o, "overrides", (list,), "a list of PATTERN=SPEC strings", where, [])
-    if (bad := next((i for i, text in enumerate(overrides) if not isinstance(text, str)), None)) is not None:
-        raise PlanError(f"{where}.overrides[{bad}]: {json.dumps(overrides[bad])}; expected a PATTERN=SPEC string")
-    # target_bpw and overrides are history (the rows say what they decided): checked, not applied
-    return Options(Quant.from_dict(quant, f"{where}.quant") if quant is not None else None, gate_bits, dtype,
-                   _field(o, "global_scale", (bool,), "true or false", where, True), recipe,
-                   rounding=rounding, calib=calib,
-                   calib_sequences=_field(o, "calib_sequences", (int,), "a number of sequences", where, 8),
-                   calib_length=_field(o, "calib_length", (int,), "tokens per sequence", where, 512))
 
 
 def plan_from_json(data: dict, modules: list[Module], model_type: str, source_itemsize: int = 2,
@@ -459,7 +493,7 @@ def plan_from_json(data: dict, modules: list[Module], model_type: str, source_it
     for path in saved:
         if path not in known:
             raise PlanError(f"{where}: {path} is not a module of SRC")
-    options = _options_from_json(data.get("options", {}), f"{where}: options")
+    options = Options.from_dict(data.get("options", {}), f"{where}: options")
     rows = []
     for m in modules:
         here, row = saved[m.path]
@@ -481,8 +515,10 @@ def plan_from_json(data: dict, modules: list[Module], model_type: str, source_it
     return Plan(model_type, options, rows, list(notes or []))
 
 
-def build_plan(modules: list[Module], model_type: str, options: Options, source_itemsize: int = 2,
-               notes: list[str] | None = None, allocation: dict[str, Quant] | None = None) -> Plan:
+def plan_rows(modules: list[Module], options: Options, source_itemsize: int = 2,
+              allocation: dict[str, Quant] | None = None) -> list[Decision]:
+    """Each module's decision by the rules of `options` (with a --target-bpw `allocation`, if
+    any); an override that decides no module is refused."""
     layers = [w[1] for m in modules if (w := layer_of(m.path))]
     rules = plan_rules(options, max(layers) + 1 if layers else 0, allocation)
     for rule in rules:
@@ -495,5 +531,9 @@ def build_plan(modules: list[Module], model_type: str, options: Options, source_
                             f"matches a quantizable module ({len(matched)} matched, none quantizable)")
         raise PlanError(f"{rule.why}: matches no module of SRC (a typo?); "
                         f"module paths look like {modules[len(modules) // 2].path}")
-    rows = [decide(m, rules, options, source_itemsize) for m in modules]
-    return Plan(model_type, options, rows, list(notes or []))
+    return [decide(m, rules, options, source_itemsize) for m in modules]
+
+
+def build_plan(modules: list[Module], model_type: str, options: Options, source_itemsize: int = 2,
+               notes: list[str] | None = None, allocation: dict[str, Quant] | None = None) -> Plan:
+    return Plan(model_type, options, plan_rows(modules, options, source_itemsize, allocation), list(notes or []))
