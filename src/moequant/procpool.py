@@ -7,8 +7,8 @@ own of both. The dry-run manifest already fixes every output tensor's offset, so
 `pwrite`s into the same files and nothing is sent back but the names it wrote.
 
 * Workers come from a `forkserver` that imports mlx, numpy and moequant once, but not mlx-lm's
-  package (whose `__init__` imports transformers and torch: ~0.3 GB and seconds per process); each
-  worker rebuilds the target model from its class and ModelArgs, sent pickled.
+  package `__init__` (it imports transformers and torch: ~0.3 GB and seconds per process;
+  target.lazy_mlx_lm); each worker rebuilds the target model from its class and ModelArgs, sent pickled.
 * Each worker reads ahead: when it starts group i it asks the kernel for group i's and group
   i + workers' bytes (`posix_fadvise WILLNEED`), so the next layer's reads overlap this one's work.
 * It never waits on a write: evaluated tensors go to a writer thread (at most WRITE_AHEAD bytes in
@@ -20,7 +20,6 @@ own of both. The dry-run manifest already fixes every output tensor's offset, so
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import multiprocessing as mp
 import os
@@ -347,7 +346,7 @@ def _setup(spec: Spec):
             model = spec.model_class(spec.model_args)
             if parameter_shapes(model) == spec.shapes:
                 return model
-        return build_model(config)  # imports mlx-lm's package: slower, same model
+        return build_model(config)
 
     conv.model = rebuild(conv.config)
     convert_module.build_model = rebuild  # this process's Conversion._target builds with it
@@ -403,15 +402,3 @@ def _worker(n: int, spec: Spec, tasks, results) -> None:
     except BaseException as e:
         results.put(("error", n, _picklable(e)))
 
-
-def install_bare_mlx_lm() -> None:
-    """Make `mlx_lm` importable without running its `__init__` (which imports mlx_lm.convert ->
-    transformers -> torch): submodules such as mlx_lm.models.qwen3_moe import as usual. Only in
-    worker processes (see _workerboot); a module that needs the rest imports it by name."""
-    if "mlx_lm" in sys.modules:
-        return
-    spec = importlib.util.find_spec("mlx_lm")
-    if spec is None or not spec.submodule_search_locations:
-        return
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["mlx_lm"] = module
