@@ -1,6 +1,11 @@
 """Worker processes for `convert`: each takes the next group (decoder layer), reads, dequantizes,
 quantizes and writes it at its place in the shard files that the main process created.
 
+A unit of work is a group, or, when there are fewer groups than workers, a share of a layer's
+expert stacks (units): share k of n writes the k-th of n equal ranges of experts of every stack,
+and share 0 the layer's other tensors too, each at its place; the group counts as written once
+all its shares are.
+
 Why processes: with worker threads, 16 threads on 16 cores converted only 1.9x faster than one
 (BENCHMARKS.md, issue 16): the GIL and mlx's per-process state serialize them. A process has its
 own of both. The dry-run manifest already fixes every output tensor's offset, so each worker
@@ -41,6 +46,7 @@ from .errors import MoequantError, OutputError
 
 WRITE_AHEAD = 256 << 20  # bytes of evaluated tensors queued for writing, per worker
 WORKER_BASE = 256 << 20  # a worker's memory besides the tensors it converts (python, mlx, graph)
+MAX_SHARES = 4  # a layer's expert stacks are shared by at most this many workers (units)
 TIMELINE = "MOEQUANT_TIMELINE"  # set to 1: print a per-worker timeline table to stderr
 
 
@@ -87,10 +93,10 @@ def worker_memory(largest_tensor: int) -> int:
 
 
 def default_workers(groups: int, largest_tensor: int) -> int:
-    """As many workers as cores, no more than groups, and as many as half the available memory
-    holds at worker_memory each."""
+    """As many workers as cores, no more than the groups' shares (units: up to MAX_SHARES a
+    group), and as many as half the available memory holds at worker_memory each."""
     by_memory = int(available_memory() * 0.5 // worker_memory(largest_tensor))
-    return max(1, min(cores(), groups, by_memory))
+    return max(1, min(cores(), groups * MAX_SHARES, by_memory))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,6 +115,7 @@ class Spec:
     slots: dict
     paths: list
     groups: list  # the keys of each group, for read-ahead
+    units: list  # (group, share, shares): see units()
     workers: int
     moments: dict | None = None  # path -> numpy float32 (--rounding gptq)
     timeline: bool = False
@@ -135,6 +142,20 @@ def start_server() -> None:
     threading.Thread(target=start, daemon=True, name="moequant-forkserver").start()
 
 
+def units(conv, groups, workers: int) -> list[tuple[int, int, int]]:
+    """(group, share, shares) in the order workers take them. With at least as many groups as
+    workers, each group whole (one share). Else each group with expert stacks in `shares` shares,
+    the number (up to MAX_SHARES) that lets the workers finish soonest — rounds of equal shares
+    (e.g. 9 such layers on 16 workers: 3 shares each, 27 shares in 2 rounds of a third of a layer,
+    against 1 round of a whole layer)."""
+    from .experts import expert_sources
+
+    stacked = [i for i, g in enumerate(groups) if expert_sources(conv.family, g.keys)] if len(groups) < workers else []
+    free = max(workers - (len(groups) - len(stacked)), 1)  # the workers left once each other group has one
+    n = min(range(1, MAX_SHARES + 1), key=lambda s: (-(-len(stacked) * s // free) / s, s)) if stacked else 1
+    return [(i, k, n if i in stacked else 1) for i in range(len(groups)) for k in range(n if i in stacked else 1)]
+
+
 def _spec(conv, out, groups, workers: int, moments) -> Spec:
     from .quantize import parameter_shapes
 
@@ -147,7 +168,8 @@ def _spec(conv, out, groups, workers: int, moments) -> Spec:
     except Exception:  # a class or args that do not pickle: the worker builds from the config
         model_class, args = None, None
     return Spec(state, model_class, args, parameter_shapes(model), dict(out.slots),
-                [str(out.tmp / name) for name in out.names], [list(g.keys) for g in groups], workers,
+                [str(out.tmp / name) for name in out.names], [list(g.keys) for g in groups],
+                units(conv, groups, workers), workers,
                 {k: np.array(v.astype(mx.float32)) for k, v in moments.items()} if moments else None,
                 os.environ.get(TIMELINE, "") not in ("", "0"), {"dst": str(out.dst), "nbytes": out.nbytes})
 
@@ -158,8 +180,8 @@ def convert_groups(conv, out, groups, workers: int, moments=None) -> Iterator[in
     ctx = _context()
     spec = _spec(conv, out, groups, workers, moments)
     tasks, results = ctx.Queue(), ctx.Queue()
-    for i in range(len(groups)):
-        tasks.put(i)
+    for u in range(len(spec.units)):
+        tasks.put(u)
     for _ in range(workers):
         tasks.put(None)
     start = time.perf_counter()
@@ -167,6 +189,8 @@ def convert_groups(conv, out, groups, workers: int, moments=None) -> Iterator[in
              for n in range(workers)]
     for p in procs:
         p.start()
+    shares_left = {i: n for i, k, n in spec.units if k == 0}
+    written: dict[int, set] = {}
     pending, running, clean, rows = len(groups), workers, False, []
     try:
         while pending or running:
@@ -182,10 +206,13 @@ def convert_groups(conv, out, groups, workers: int, moments=None) -> Iterator[in
                 raise payload
             if kind == "done":
                 i, keys, row = payload
-                out.adopt(keys)
                 rows.append(row)
-                pending -= 1
-                yield i
+                written.setdefault(i, set()).update(keys)
+                shares_left[i] -= 1
+                if shares_left[i] == 0:
+                    out.adopt(sorted(written.pop(i)))
+                    pending -= 1
+                    yield i
             elif kind == "bye":
                 running -= 1
                 rows.extend(payload)
@@ -327,6 +354,18 @@ def _picklable(e: BaseException) -> BaseException:
         return cls(f"{type(e).__name__}: {e}")
 
 
+def _share(tensors: dict, share: int, shares: int) -> tuple[dict, range | None]:
+    """Of one group's outputs, what share `share` of `shares` writes (see units), and of each
+    expert stack (Stacked) which parts."""
+    if shares == 1:
+        return tensors, None
+    from .checkpoint import Stacked
+
+    n = min((len(v.parts) for v in tensors.values() if isinstance(v, Stacked)), default=0)
+    mine = {k: v for k, v in tensors.items() if share == 0 or isinstance(v, Stacked)}
+    return mine, range(n * share // shares, n * (share + 1) // shares)
+
+
 def _setup(spec: Spec):
     from . import convert as convert_module
     from . import fpquant
@@ -351,12 +390,17 @@ def _setup(spec: Spec):
     conv.model = rebuild(conv.config)
     convert_module.build_model = rebuild  # this process's Conversion._target builds with it
     moments = {k: mx.array(v) for k, v in spec.moments.items()} if spec.moments else None
-    quantizer = Quantizer(conv._target(), conv.plan, moments=moments)
-    stacks: dict = {}
-    normalized = dict(enumerate(conv._normalized_groups(stacks)))
+
+    def fresh():
+        """A quantizer (it quantizes the target's modules in place: each once) and every group's
+        lazy graph (each used once, then dropped), with the expert stacks' parts."""
+        stacks: dict = {}
+        normalized = dict(enumerate(conv._normalized_groups(stacks)))
+        return Quantizer(conv._target(), conv.plan, moments=moments), stacks, normalized
+
     out = Output.attached(spec.slots, spec.paths, spec.extra.get("dst"), spec.extra.get("nbytes", 0))
     files = {str(conv.ckpt.tensors[k].file) for keys in spec.groups for k in keys}
-    return conv, quantizer, stacks, normalized, out, _ranges(files)
+    return conv, fresh, out, _ranges(files)
 
 
 def _worker(n: int, spec: Spec, tasks, results) -> None:
@@ -367,30 +411,37 @@ def _worker(n: int, spec: Spec, tasks, results) -> None:
     try:
         t_setup = time.perf_counter()
         with mx.stream(mx.new_stream(mx.cpu)):
-            conv, quantizer, stacks, normalized, out, ranges = _setup(spec)
+            conv, fresh, out, ranges = _setup(spec)
+            quantizer, stacks, normalized = fresh()
             writes = _Writes(out)
             out._pwrite = writes.put  # Output.add hands each evaluated tensor to the writer thread
             rows.append({"worker": n, "group": "(setup)", "t0": t_setup, "t1": time.perf_counter(),
                          "graph": 0.0, "eval": 0.0, "wait": 0.0, "bytes": 0})
             while True:
                 try:
-                    i = tasks.get()
+                    u = tasks.get()
                 except (EOFError, OSError):  # the main process is gone
                     return
-                if i is None:
+                if u is None:
                     break
+                i, share, shares = spec.units[u]
                 t0 = time.perf_counter()
                 _advise(ranges, spec.groups[i])
-                if i + spec.workers < len(spec.groups):
-                    _advise(ranges, spec.groups[i + spec.workers])
-                tensors = _quantized(quantizer, normalized.pop(i), stacks)
+                if u + spec.workers < len(spec.units):
+                    _advise(ranges, spec.groups[spec.units[u + spec.workers][0]])
+                if i not in normalized:  # a second share of a group here
+                    quantizer, stacks, normalized = fresh()
+                tensors, only = _share(_quantized(quantizer, normalized.pop(i), stacks), share, shares)
                 keys = list(tensors)
+                if only is not None:  # other shares of these stacks may have been written here
+                    out.written.difference_update(keys)
                 t1 = time.perf_counter()
                 wait0, bytes0 = writes.wait_s, writes.bytes
-                out.add(tensors)
+                out.add(tensors, only)
                 mx.clear_cache()
                 t2 = time.perf_counter()
-                row = {"worker": n, "group": conv.ckpt.groups()[i].name if spec.timeline else str(i), "t0": t0,
+                name = conv.ckpt.groups()[i].name if spec.timeline else str(i)
+                row = {"worker": n, "group": name + (f" {share + 1}/{shares}" if shares > 1 else ""), "t0": t0,
                        "t1": t2, "graph": t1 - t0, "eval": t2 - t1 - (writes.wait_s - wait0),
                        "wait": writes.wait_s - wait0, "bytes": writes.bytes - bytes0}
                 results.put(("done", n, (i, keys, row)))
