@@ -49,7 +49,7 @@ def test_layers_shared_by_workers_write_the_same_bytes(tmp_path, cli, monkeypatc
     whole_units = procpool.units
 
     def shared(conv, groups, workers):
-        assert whole_units(conv, groups, workers) == [(i, 0, 1) for i in range(len(groups))]  # as many groups as workers
+        assert whole_units(conv, groups, workers) == [(i, 0, 1) for i in range(len(groups))]  # groups >= workers
         return [(i, k, n) for i in range(len(groups)) for n in [1 if i == len(groups) - 1 else 3 + i * 3]
                 for k in range(n)]  # the rest whole; 3, 6, ... shares of 4 experts
 
@@ -65,7 +65,7 @@ def test_fewer_layers_than_workers_are_shared_in_rounds(tmp_path):
     assert [g.name for g in groups] == ["model.layers.0", "model.layers.1", "rest"]
     assert procpool.units(conv, groups, 3) == [(0, 0, 1), (1, 0, 1), (2, 0, 1)]
     # 5 workers: the rest takes one, 2 shares of each layer fill the other 4
-    assert procpool.units(conv, groups, 5) == [(0, 0, 2), (0, 1, 2), (1, 0, 2), (1, 1, 2), (2, 0, 1)]
+    assert procpool.units(conv, groups, 5) == [(0, 0, 2), (1, 0, 2), (2, 0, 1), (0, 1, 2), (1, 1, 2)]
     nine = [dataclasses.replace(groups[0], name=f"model.layers.{i}") for i in range(9)] + groups[2:]
     # 9 layers on 16 workers: 3 shares each (27 in 2 rounds of a third of a layer), not 2 (18 in 2 rounds of a half)
     assert {n for _, _, n in procpool.units(conv, nine, 16)} == {1, 3}

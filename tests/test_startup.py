@@ -41,7 +41,7 @@ def test_second_conversion_imports_neither_transformers_nor_torch_and_writes_the
     src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe", shards=2)
     script = ("import sys; from pathlib import Path; from moequant.convert import Conversion; "
               f"list(Conversion(Path({str(src)!r})).run(Path(sys.argv[1]), workers=2, pool='processes')); "
-              "print(sorted(m for m in ('transformers', 'torch', 'mlx_lm.utils', 'mlx_lm.convert') if m in sys.modules))")
+              "print(sorted({'transformers', 'torch', 'mlx_lm.utils', 'mlx_lm.convert'} & set(sys.modules)))")
     seen = []
     for name in ("cold", "warm"):
         result = subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], capture_output=True, text=True,

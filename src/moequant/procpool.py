@@ -144,16 +144,19 @@ def start_server() -> None:
 
 def units(conv, groups, workers: int) -> list[tuple[int, int, int]]:
     """(group, share, shares) in the order workers take them. With at least as many groups as
-    workers, each group whole (one share). Else each group with expert stacks in `shares` shares,
-    the number (up to MAX_SHARES) that lets the workers finish soonest — rounds of equal shares
-    (e.g. 9 such layers on 16 workers: 3 shares each, 27 shares in 2 rounds of a third of a layer,
-    against 1 round of a whole layer)."""
+    workers, each group whole (one share), in order. Else each group with expert stacks in
+    `shares` shares, the number (up to MAX_SHARES) that lets the workers finish soonest in rounds
+    of equal shares (9 such layers on 16 workers: 3 shares each, 27 shares in 2 rounds of a third
+    of a layer, against 1 round of a whole layer)."""
     from .experts import expert_sources
 
     stacked = [i for i, g in enumerate(groups) if expert_sources(conv.family, g.keys)] if len(groups) < workers else []
     free = max(workers - (len(groups) - len(stacked)), 1)  # the workers left once each other group has one
     n = min(range(1, MAX_SHARES + 1), key=lambda s: (-(-len(stacked) * s // free) / s, s)) if stacked else 1
-    return [(i, k, n if i in stacked else 1) for i in range(len(groups)) for k in range(n if i in stacked else 1)]
+    # first shares first (they write the layers' other tensors too), then the seconds...: a worker
+    # taking units in a row takes other layers (a second share of one layer rebuilds its graph)
+    shares = [n if i in stacked else 1 for i in range(len(groups))]
+    return sorted(((i, k, shares[i]) for i in range(len(groups)) for k in range(shares[i])), key=lambda u: (u[1], u[0]))
 
 
 def _spec(conv, out, groups, workers: int, moments) -> Spec:
