@@ -92,11 +92,12 @@ def worker_memory(largest_tensor: int) -> int:
     return WORKER_BASE + 3 * 2 * largest_tensor
 
 
-def default_workers(groups: int, largest_tensor: int) -> int:
-    """As many workers as cores, no more than the groups' shares (units: up to MAX_SHARES a
-    group), and as many as half the available memory holds at worker_memory each."""
+def default_workers(groups: int, largest_tensor: int, shared: bool = True) -> int:
+    """As many workers as cores and as half the available memory holds at worker_memory each, and
+    no more than there are units of work: the groups, or (`shared`: worker processes, see units)
+    up to MAX_SHARES shares of each."""
     by_memory = int(available_memory() * 0.5 // worker_memory(largest_tensor))
-    return max(1, min(cores(), groups * MAX_SHARES, by_memory))
+    return max(1, min(cores(), groups * (MAX_SHARES if shared else 1), by_memory))
 
 
 # ---------------------------------------------------------------------------------------------
