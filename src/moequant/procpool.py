@@ -13,7 +13,8 @@ own of both. The dry-run manifest already fixes every output tensor's offset, so
 
 * Workers come from a `forkserver` that imports mlx, numpy and moequant once, but not mlx-lm's
   package `__init__` (it imports transformers and torch: ~0.3 GB and seconds per process;
-  target.lazy_mlx_lm); each worker rebuilds the target model from its class and ModelArgs, sent pickled.
+  target.lazy_mlx_lm); each worker rebuilds the target model from its class and ModelArgs, sent
+  pickled.
 * Each worker reads ahead: when it starts group i it asks the kernel for group i's and group
   i + workers' bytes (`posix_fadvise WILLNEED`), so the next layer's reads overlap this one's work.
 * It never waits on a write: evaluated tensors go to a writer thread (at most WRITE_AHEAD bytes in

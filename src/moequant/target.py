@@ -167,9 +167,9 @@ def _mlx_lm_tables() -> tuple[dict, dict]:
     found = {}
     with open(origin, encoding="utf-8") as f:
         for node in ast.parse(f.read()).body:
-            if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] in (
-                    [[name] for name in _MLX_LM_TABLES]):
-                found[node.targets[0].id] = ast.literal_eval(node.value)
+            names = [getattr(target, "id", None) for target in getattr(node, "targets", ())]
+            if isinstance(node, ast.Assign) and len(names) == 1 and names[0] in _MLX_LM_TABLES:
+                found[names[0]] = ast.literal_eval(node.value)
     if len(found) < len(_MLX_LM_TABLES):  # an mlx-lm that builds them otherwise: ask it
         import mlx_lm.utils
 
