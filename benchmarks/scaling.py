@@ -20,6 +20,12 @@ memory the run really holds).
     python benchmarks/scaling.py SRC --workers 1 2 4 8 16          # worker sweep, all cores
     python benchmarks/scaling.py SRC --cores 1 2 4 8 16            # both tools pinned to k cores
     python benchmarks/scaling.py SRC --workers 16 --mode mxfp4 --no-mlx-lm
+    python benchmarks/scaling.py SRC --workers 16 --config-cache cold --no-mlx-lm
+
+moequant keeps transformers' reading of config.json in its cache (target._transformers_config).
+`--config-cache warm` (the default) gives every run a cache folder primed once, untimed: a model
+converted before. `cold` gives each run an empty one: a model's first conversion, whose main
+process imports transformers (and torch) to read config.json.
 """
 
 from __future__ import annotations
@@ -165,6 +171,8 @@ def main() -> int:
     ap.add_argument("--pool", choices=["processes", "threads"], default="processes")
     ap.add_argument("--moequant-args", default="", help="extra moequant arguments, one string")
     ap.add_argument("--no-mlx-lm", action="store_true", help="skip mlx_lm.convert")
+    ap.add_argument("--config-cache", choices=["warm", "cold"], default="warm",
+                    help="moequant's cache of transformers' config reading: primed once (warm) or empty per run")
     ap.add_argument("--out-dir", type=Path, default=Path("/tmp/scaling"))
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--json", type=Path)
@@ -186,10 +194,19 @@ def main() -> int:
     mlx_lm = [py, "-m", "mlx_lm", "convert", "--hf-path", str(a.src), "--mlx-path", str(dst), "-q", "--q-bits",
               str(bits), "--q-group-size", str(group), "--q-mode", a.mode]
 
+    cache = a.out_dir / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    if a.config_cache == "warm":
+        subprocess.run([py, "-c", "import sys; from moequant.convert import Conversion; Conversion(sys.argv[1])",
+                        str(a.src)], env={**env, "XDG_CACHE_HOME": str(cache)}, check=True)
+
     def run(tag, cmd, timeline=False, cores=None):
         shutil.rmtree(dst, ignore_errors=True)
+        if a.config_cache == "cold":
+            shutil.rmtree(cache, ignore_errors=True)
         read_floor(a.src)  # the page cache warm for every run alike
-        r = measure(tag, cmd, {**env, "MOEQUANT_TIMELINE": "1"} if timeline else env, a.timeout, cores)
+        run_env = {**env, "XDG_CACHE_HOME": str(cache), **({"MOEQUANT_TIMELINE": "1"} if timeline else {})}
+        r = measure(tag, cmd, run_env, a.timeout, cores)
         r["output_bytes"] = folder_bytes(dst)
         shutil.rmtree(dst, ignore_errors=True)
         if r["rc"]:
@@ -223,7 +240,8 @@ def main() -> int:
                  else run(f"moequant w{w}", moequant(w)))
             rows.append((f"{w} workers", ncores, r, base))
 
-    print(f"\nSRC {a.src} {src_bytes / 1e9:.2f} GB, {a.mode} {bits}-bit g{group}, pool {a.pool}, {ncores} cores here")
+    print(f"\nSRC {a.src} {src_bytes / 1e9:.2f} GB, {a.mode} {bits}-bit g{group}, pool {a.pool}, {ncores} cores here, "
+          f"config cache {a.config_cache}")
     print(f"floors: read {src_bytes / 1e9 / read_s:.2f} GB/s = {read_s:.2f} s; write {out_bytes / 1e9 / write_s:.2f} GB/s "
           f"= {write_s:.2f} s ({out_bytes / 1e9:.2f} GB); quantization CPU {compute_cpu:.1f} s "
           f"(sum of eval, 1 worker)")

@@ -28,6 +28,15 @@ def assert_no_traceback(*outputs: str) -> None:
         assert "Exception ignored" not in (text or ""), text
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cache_home(tmp_path_factory):
+    """moequant's cache (target.cache_dir) in a folder of this session's, never the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("cache-home")
+        mp.setenv("XDG_CACHE_HOME", str(path))
+        yield path
+
+
 @pytest.fixture
 def cli():
     """The CLI in this process (Typer's CliRunner). Every test that runs the CLI goes through here

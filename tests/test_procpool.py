@@ -3,6 +3,7 @@ multi-process run leaves no DST, no temporary folder and no process behind."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -11,7 +12,9 @@ import time
 
 import pytest
 
+from moequant import procpool
 from moequant.card import CARD_FILE
+from moequant.convert import Conversion
 from moequant.tiny import write_tiny_checkpoint
 
 from test_streaming import _slow_checkpoint
@@ -34,6 +37,38 @@ def test_one_two_and_many_workers_write_the_same_bytes(tmp_path, cli, arch, mode
     assert len(first) > 4
     for name in runs:
         assert _files(tmp_path / name) == first, name
+
+
+@pytest.mark.parametrize("arch,mode", [("qwen3_moe", "affine"), ("deepseek_v3", "nvfp4"), ("mixtral", "mxfp8")])
+def test_layers_shared_by_workers_write_the_same_bytes(tmp_path, cli, monkeypatch, arch, mode):
+    """Shares of a layer's expert stacks (procpool.units), more of them than experts, several of one
+    layer in the same worker: the same bytes as one worker converting each layer whole."""
+    src = write_tiny_checkpoint(tmp_path / "src", arch, shards=2)
+    result = cli("convert", src, tmp_path / "whole", "--mode", mode, "--quiet", "--workers", "1")
+    assert result.exit_code == 0, result.output
+    whole_units = procpool.units
+
+    def shared(conv, groups, workers):
+        assert whole_units(conv, groups, workers) == [(i, 0, 1) for i in range(len(groups))]  # groups >= workers
+        return [(i, k, n) for i in range(len(groups)) for n in [1 if i == len(groups) - 1 else 3 + i * 3]
+                for k in range(n)]  # the rest whole; 3, 6, ... shares of 4 experts
+
+    monkeypatch.setattr(procpool, "units", shared)
+    result = cli("convert", src, tmp_path / "shared", "--mode", mode, "--quiet", "--workers", "2")
+    assert result.exit_code == 0, result.output
+    assert _files(tmp_path / "shared") == _files(tmp_path / "whole")
+
+
+def test_fewer_layers_than_workers_are_shared_in_rounds(tmp_path):
+    conv = Conversion(write_tiny_checkpoint(tmp_path / "src", "qwen3_moe"))
+    groups = conv.ckpt.groups()  # 2 layers with expert stacks and the rest
+    assert [g.name for g in groups] == ["model.layers.0", "model.layers.1", "rest"]
+    assert procpool.units(conv, groups, 3) == [(0, 0, 1), (1, 0, 1), (2, 0, 1)]
+    # 5 workers: the rest takes one, 2 shares of each layer fill the other 4
+    assert procpool.units(conv, groups, 5) == [(0, 0, 2), (1, 0, 2), (2, 0, 1), (0, 1, 2), (1, 1, 2)]
+    nine = [dataclasses.replace(groups[0], name=f"model.layers.{i}") for i in range(9)] + groups[2:]
+    # 9 layers on 16 workers: 3 shares each (27 in 2 rounds of a third of a layer), not 2 (18 in 2 rounds of a half)
+    assert {n for _, _, n in procpool.units(conv, nine, 16)} == {1, 3}
 
 
 def _session(pgid: int) -> list[int]:

@@ -1,14 +1,11 @@
 """Imported once by procpool's forkserver, before any worker is forked from it: mlx, numpy and
 moequant's conversion modules, with mlx-lm's package present but its `__init__` not run (it
-imports transformers and torch, which no worker needs). Never imported by the main process."""
+imports transformers and torch, which no worker needs: target.lazy_mlx_lm). Never imported by the
+main process."""
 
-from .procpool import install_bare_mlx_lm
+import sys
 
-install_bare_mlx_lm()
-
-from . import convert, fpquant, procpool  # noqa: E402,F401  (imported for the forked workers)
-
-import sys  # noqa: E402
+from . import convert, fpquant, procpool  # noqa: F401  (imported for the forked workers; convert imports target)
 
 
 def _silent(kind, value, traceback) -> None:

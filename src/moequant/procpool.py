@@ -1,14 +1,20 @@
 """Worker processes for `convert`: each takes the next group (decoder layer), reads, dequantizes,
 quantizes and writes it at its place in the shard files that the main process created.
 
+A unit of work is a group, or, when there are fewer groups than workers, a share of a layer's
+expert stacks (units): share k of n writes the k-th of n equal ranges of experts of every stack,
+and share 0 the layer's other tensors too, each at its place; the group counts as written once
+all its shares are.
+
 Why processes: with worker threads, 16 threads on 16 cores converted only 1.9x faster than one
 (BENCHMARKS.md, issue 16): the GIL and mlx's per-process state serialize them. A process has its
 own of both. The dry-run manifest already fixes every output tensor's offset, so each worker
 `pwrite`s into the same files and nothing is sent back but the names it wrote.
 
 * Workers come from a `forkserver` that imports mlx, numpy and moequant once, but not mlx-lm's
-  package (whose `__init__` imports transformers and torch: ~0.3 GB and seconds per process); each
-  worker rebuilds the target model from its class and ModelArgs, sent pickled.
+  package `__init__` (it imports transformers and torch: ~0.3 GB and seconds per process;
+  target.lazy_mlx_lm); each worker rebuilds the target model from its class and ModelArgs, sent
+  pickled.
 * Each worker reads ahead: when it starts group i it asks the kernel for group i's and group
   i + workers' bytes (`posix_fadvise WILLNEED`), so the next layer's reads overlap this one's work.
 * It never waits on a write: evaluated tensors go to a writer thread (at most WRITE_AHEAD bytes in
@@ -20,7 +26,6 @@ own of both. The dry-run manifest already fixes every output tensor's offset, so
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import multiprocessing as mp
 import os
@@ -42,6 +47,7 @@ from .errors import MoequantError, OutputError
 
 WRITE_AHEAD = 256 << 20  # bytes of evaluated tensors queued for writing, per worker
 WORKER_BASE = 256 << 20  # a worker's memory besides the tensors it converts (python, mlx, graph)
+MAX_SHARES = 4  # a layer's expert stacks are shared by at most this many workers (units)
 TIMELINE = "MOEQUANT_TIMELINE"  # set to 1: print a per-worker timeline table to stderr
 
 
@@ -87,11 +93,12 @@ def worker_memory(largest_tensor: int) -> int:
     return WORKER_BASE + 3 * 2 * largest_tensor
 
 
-def default_workers(groups: int, largest_tensor: int) -> int:
-    """As many workers as cores, no more than groups, and as many as half the available memory
-    holds at worker_memory each."""
+def default_workers(groups: int, largest_tensor: int, shared: bool = True) -> int:
+    """As many workers as cores and as half the available memory holds at worker_memory each, and
+    no more than there are units of work: the groups, or (`shared`: worker processes, see units)
+    up to MAX_SHARES shares of each."""
     by_memory = int(available_memory() * 0.5 // worker_memory(largest_tensor))
-    return max(1, min(cores(), groups, by_memory))
+    return max(1, min(cores(), groups * (MAX_SHARES if shared else 1), by_memory))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,6 +117,7 @@ class Spec:
     slots: dict
     paths: list
     groups: list  # the keys of each group, for read-ahead
+    units: list  # (group, share, shares): see units()
     workers: int
     moments: dict | None = None  # path -> numpy float32 (--rounding gptq)
     timeline: bool = False
@@ -136,6 +144,23 @@ def start_server() -> None:
     threading.Thread(target=start, daemon=True, name="moequant-forkserver").start()
 
 
+def units(conv, groups, workers: int) -> list[tuple[int, int, int]]:
+    """(group, share, shares) in the order workers take them. With at least as many groups as
+    workers, each group whole (one share), in order. Else each group with expert stacks in
+    `shares` shares, the number (up to MAX_SHARES) that lets the workers finish soonest in rounds
+    of equal shares (9 such layers on 16 workers: 3 shares each, 27 shares in 2 rounds of a third
+    of a layer, against 1 round of a whole layer)."""
+    from .experts import expert_sources
+
+    stacked = [i for i, g in enumerate(groups) if expert_sources(conv.family, g.keys)] if len(groups) < workers else []
+    free = max(workers - (len(groups) - len(stacked)), 1)  # the workers left once each other group has one
+    n = min(range(1, MAX_SHARES + 1), key=lambda s: (-(-len(stacked) * s // free) / s, s)) if stacked else 1
+    # first shares first (they write the layers' other tensors too), then the seconds...: a worker
+    # taking units in a row takes other layers (a second share of one layer rebuilds its graph)
+    shares = [n if i in stacked else 1 for i in range(len(groups))]
+    return sorted(((i, k, shares[i]) for i in range(len(groups)) for k in range(shares[i])), key=lambda u: (u[1], u[0]))
+
+
 def _spec(conv, out, groups, workers: int, moments) -> Spec:
     from .quantize import parameter_shapes
 
@@ -148,7 +173,8 @@ def _spec(conv, out, groups, workers: int, moments) -> Spec:
     except Exception:  # a class or args that do not pickle: the worker builds from the config
         model_class, args = None, None
     return Spec(state, model_class, args, parameter_shapes(model), dict(out.slots),
-                [str(out.tmp / name) for name in out.names], [list(g.keys) for g in groups], workers,
+                [str(out.tmp / name) for name in out.names], [list(g.keys) for g in groups],
+                units(conv, groups, workers), workers,
                 {k: np.array(v.astype(mx.float32)) for k, v in moments.items()} if moments else None,
                 os.environ.get(TIMELINE, "") not in ("", "0"), {"dst": str(out.dst), "nbytes": out.nbytes})
 
@@ -159,8 +185,8 @@ def convert_groups(conv, out, groups, workers: int, moments=None) -> Iterator[in
     ctx = _context()
     spec = _spec(conv, out, groups, workers, moments)
     tasks, results = ctx.Queue(), ctx.Queue()
-    for i in range(len(groups)):
-        tasks.put(i)
+    for u in range(len(spec.units)):
+        tasks.put(u)
     for _ in range(workers):
         tasks.put(None)
     start = time.perf_counter()
@@ -168,6 +194,8 @@ def convert_groups(conv, out, groups, workers: int, moments=None) -> Iterator[in
              for n in range(workers)]
     for p in procs:
         p.start()
+    shares_left = {i: n for i, k, n in spec.units if k == 0}
+    written: dict[int, set] = {}
     pending, running, clean, rows = len(groups), workers, False, []
     try:
         while pending or running:
@@ -183,10 +211,13 @@ def convert_groups(conv, out, groups, workers: int, moments=None) -> Iterator[in
                 raise payload
             if kind == "done":
                 i, keys, row = payload
-                out.adopt(keys)
                 rows.append(row)
-                pending -= 1
-                yield i
+                written.setdefault(i, set()).update(keys)
+                shares_left[i] -= 1
+                if shares_left[i] == 0:
+                    out.adopt(sorted(written.pop(i)))
+                    pending -= 1
+                    yield i
             elif kind == "bye":
                 running -= 1
                 rows.extend(payload)
@@ -328,6 +359,18 @@ def _picklable(e: BaseException) -> BaseException:
         return cls(f"{type(e).__name__}: {e}")
 
 
+def _share(tensors: dict, share: int, shares: int) -> tuple[dict, range | None]:
+    """Of one group's outputs, what share `share` of `shares` writes (see units), and of each
+    expert stack (Stacked) which parts."""
+    if shares == 1:
+        return tensors, None
+    from .checkpoint import Stacked
+
+    n = min((len(v.parts) for v in tensors.values() if isinstance(v, Stacked)), default=0)
+    mine = {k: v for k, v in tensors.items() if share == 0 or isinstance(v, Stacked)}
+    return mine, range(n * share // shares, n * (share + 1) // shares)
+
+
 def _setup(spec: Spec):
     from . import convert as convert_module
     from . import fpquant
@@ -347,16 +390,21 @@ def _setup(spec: Spec):
             model = spec.model_class(spec.model_args)
             if parameter_shapes(model) == spec.shapes:
                 return model
-        return build_model(config)  # imports mlx-lm's package: slower, same model
+        return build_model(config)
 
     conv.model = rebuild(conv.config)
     convert_module.build_model = rebuild  # this process's Conversion._target builds with it
     moments = {k: mx.array(v) for k, v in spec.moments.items()} if spec.moments else None
-    quantizer = Quantizer(conv._target(), conv.plan, moments=moments)
-    normalized = dict(enumerate(conv._normalized_groups(as_parts=True)))
+
+    def fresh():
+        """A quantizer (it quantizes the target's modules in place: each once) and every group's
+        lazy graph (each used once, then dropped), expert stacks carried as their parts."""
+        normalized = dict(enumerate(conv._normalized_groups(as_parts=True)))
+        return Quantizer(conv._target(), conv.plan, moments=moments), normalized
+
     out = Output.attached(spec.slots, spec.paths, spec.extra.get("dst"), spec.extra.get("nbytes", 0))
     files = {str(conv.ckpt.tensors[k].file) for keys in spec.groups for k in keys}
-    return conv, quantizer, normalized, out, _ranges(files)
+    return conv, fresh, out, _ranges(files)
 
 
 def _worker(n: int, spec: Spec, tasks, results) -> None:
@@ -365,30 +413,37 @@ def _worker(n: int, spec: Spec, tasks, results) -> None:
     try:
         t_setup = time.perf_counter()
         with mx.stream(mx.new_stream(mx.cpu)):
-            conv, quantizer, normalized, out, ranges = _setup(spec)
+            conv, fresh, out, ranges = _setup(spec)
+            quantizer, normalized = fresh()
             writes = _Writes(out)
             out._pwrite = writes.put  # Output.add hands each evaluated tensor to the writer thread
             rows.append({"worker": n, "group": "(setup)", "t0": t_setup, "t1": time.perf_counter(),
                          "graph": 0.0, "eval": 0.0, "wait": 0.0, "bytes": 0})
             while True:
                 try:
-                    i = tasks.get()
+                    u = tasks.get()
                 except (EOFError, OSError):  # the main process is gone
                     return
-                if i is None:
+                if u is None:
                     break
+                i, share, shares = spec.units[u]
                 t0 = time.perf_counter()
                 _advise(ranges, spec.groups[i])
-                if i + spec.workers < len(spec.groups):
-                    _advise(ranges, spec.groups[i + spec.workers])
-                tensors = quantizer.run(normalized.pop(i))
+                if u + spec.workers < len(spec.units):
+                    _advise(ranges, spec.groups[spec.units[u + spec.workers][0]])
+                if i not in normalized:  # a second share of a group here
+                    quantizer, normalized = fresh()
+                tensors, only = _share(quantizer.run(normalized.pop(i)), share, shares)
                 keys = list(tensors)
+                if only is not None:  # other shares of these stacks may have been written here
+                    out.written.difference_update(keys)
                 t1 = time.perf_counter()
                 wait0, bytes0 = writes.wait_s, writes.bytes
-                out.add(tensors)
+                out.add(tensors, only)
                 mx.clear_cache()
                 t2 = time.perf_counter()
-                row = {"worker": n, "group": conv.ckpt.groups()[i].name if spec.timeline else str(i), "t0": t0,
+                name = conv.ckpt.groups()[i].name if spec.timeline else str(i)
+                row = {"worker": n, "group": name + (f" {share + 1}/{shares}" if shares > 1 else ""), "t0": t0,
                        "t1": t2, "graph": t1 - t0, "eval": t2 - t1 - (writes.wait_s - wait0),
                        "wait": writes.wait_s - wait0, "bytes": writes.bytes - bytes0}
                 results.put(("done", n, (i, keys, row)))
@@ -400,15 +455,3 @@ def _worker(n: int, spec: Spec, tasks, results) -> None:
     except BaseException as e:
         results.put(("error", n, _picklable(e)))
 
-
-def install_bare_mlx_lm() -> None:
-    """Make `mlx_lm` importable without running its `__init__` (which imports mlx_lm.convert ->
-    transformers -> torch): submodules such as mlx_lm.models.qwen3_moe import as usual. Only in
-    worker processes (see _workerboot); a module that needs the rest imports it by name."""
-    if "mlx_lm" in sys.modules:
-        return
-    spec = importlib.util.find_spec("mlx_lm")
-    if spec is None or not spec.submodule_search_locations:
-        return
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["mlx_lm"] = module

@@ -14,16 +14,22 @@ output, tells the two apart from the config alone.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import copy
 import dataclasses
 import functools
+import hashlib
 import importlib
+import importlib.metadata
 import importlib.util
 import inspect
+import json
 import logging
+import os
 import re
 import sys
+from pathlib import Path
 
 import mlx.nn as nn
 
@@ -119,19 +125,80 @@ def _config_fields(config_class) -> set[str]:
     return set(inspect.signature(config_class).parameters)
 
 
-def model_classes(config: dict):
-    """(Model, ModelArgs) from mlx-lm for config["model_type"], or a one-line error."""
-    from mlx_lm.utils import _get_classes
+def lazy_mlx_lm() -> None:
+    """Make `mlx_lm` importable without running its package `__init__` (which imports
+    mlx_lm.convert -> transformers -> torch: seconds, and ~0.3 GB per process) until something
+    asks the package for a name only `__init__` defines (`mlx_lm.load`, `from mlx_lm import
+    convert`): then `__init__` runs, as on a plain import. Submodules (mlx_lm.models.qwen3_moe)
+    import as usual meanwhile. No-op once mlx_lm is imported."""
+    if "mlx_lm" in sys.modules:
+        return
+    spec = importlib.util.find_spec("mlx_lm")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    module = importlib.util.module_from_spec(spec)
 
+    def finish(name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        del module.__getattr__
+        spec.loader.exec_module(module)
+        return getattr(module, name)
+
+    module.__getattr__ = finish
+    sys.modules["mlx_lm"] = module
+    module.__version__ = importlib.import_module("mlx_lm._version").__version__
+    os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = "1"  # as mlx_lm's __init__ does
+
+
+lazy_mlx_lm()  # what this process needs of mlx-lm is its model modules (procpool's workers likewise)
+
+
+_MLX_LM_TABLES = ("MODEL_REMAPPING", "MODEL_ARCHITECTURE_REMAPPING")
+
+
+@functools.lru_cache(maxsize=1)
+def _mlx_lm_tables() -> tuple[dict, dict]:
+    """mlx_lm.utils' MODEL_REMAPPING and MODEL_ARCHITECTURE_REMAPPING (model_type, and
+    (model_type, architecture), -> mlx-lm's model module), read from its source: importing
+    mlx_lm.utils imports transformers and torch (mlx_lm.tokenizer_utils), seconds that a
+    conversion's main process does not otherwise spend."""
+    origin = importlib.util.find_spec("mlx_lm.utils").origin
+    found = {}
+    with open(origin, encoding="utf-8") as f:
+        for node in ast.parse(f.read()).body:
+            names = [getattr(target, "id", None) for target in getattr(node, "targets", ())]
+            if isinstance(node, ast.Assign) and len(names) == 1 and names[0] in _MLX_LM_TABLES:
+                found[names[0]] = ast.literal_eval(node.value)
+    if len(found) < len(_MLX_LM_TABLES):  # an mlx-lm that builds them otherwise: ask it
+        import mlx_lm.utils
+
+        return tuple(getattr(mlx_lm.utils, name) for name in _MLX_LM_TABLES)
+    return tuple(found[name] for name in _MLX_LM_TABLES)
+
+
+def model_classes(config: dict):
+    """(Model, ModelArgs) from mlx-lm for config["model_type"], or a one-line error: the module
+    mlx_lm.utils._get_classes picks, found by its tables (_mlx_lm_tables)."""
+    remapping, by_architecture = _mlx_lm_tables()
+    model_type = config["model_type"]
+    architectures = config.get("architectures") or ()
+    for architecture in (architectures,) if isinstance(architectures, str) else architectures:
+        if (model_type, architecture) in by_architecture:
+            model_type = by_architecture[model_type, architecture]
+            break
+    else:
+        model_type = remapping.get(model_type, model_type)
     try:
-        return _get_classes(config)
-    except ValueError:
+        arch = importlib.import_module(f"mlx_lm.models.{model_type}")
+    except ImportError:
         import mlx_lm
 
         raise CheckpointError(
             f"config.json: model_type {config['model_type']!r} is not supported by mlx-lm "
             f"{mlx_lm.__version__}; expected a model_type with a module in mlx_lm.models"
         ) from None
+    return arch.Model, arch.ModelArgs
 
 
 def text_args_class(config: dict):
@@ -223,9 +290,56 @@ def quiet_transformers():
         logger.setLevel(level)
 
 
-def _transformers_config(config: dict):
-    """transformers' own reading of config.json (its model_type's config class), or None when
-    transformers has no such model_type (custom-code releases) or cannot read it."""
+def cache_dir() -> Path:
+    """moequant's cache folder: $XDG_CACHE_HOME/moequant, else ~/.cache/moequant."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "moequant"
+
+
+_READING_FORMAT = 1  # of the cached readings below; a change of what they hold changes it
+
+
+def _reading(obj, top: bool = True) -> dict:
+    """What fill_defaults uses of transformers' config object: its class's name, attribute_map and
+    sub_configs, the readings of its sub-config objects, and (`top`) its to_dict()."""
+    cls = type(obj)
+    sub_configs = list(getattr(cls, "sub_configs", {}))
+    reading = {"class": cls.__name__, "attribute_map": dict(getattr(cls, "attribute_map", {})),
+               "sub_configs": sub_configs,
+               "subs": {k: _reading(v, False) for k in sub_configs if (v := getattr(obj, k, None)) is not None}}
+    if top:
+        reading["dict"] = obj.to_dict()
+    return reading
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _encode(value):
+    """`value` as JSON that _decode gives back exactly (dicts with int keys, tuples: transformers'
+    id2label, ...), or None for a value of another type."""
+    if type(value) in _SCALARS:
+        return ["s", value]
+    if type(value) in (list, tuple):
+        items = [_encode(v) for v in value]
+        return None if None in items else ["l" if type(value) is list else "t", items]
+    if type(value) is dict:
+        items = [[_encode(k), _encode(v)] for k, v in value.items()]
+        return None if any(None in kv for kv in items) else ["d", items]
+    return None
+
+
+def _decode(data):
+    tag, value = data
+    if tag == "s":
+        return value
+    if tag == "d":
+        return {_decode(k): _decode(v) for k, v in value}
+    return (list if tag == "l" else tuple)(_decode(v) for v in value)
+
+
+def _read_with_transformers(config: dict) -> dict | None:
+    """transformers' own reading of config.json (its model_type's config class: _reading), or None
+    when transformers has no such model_type (custom-code releases) or cannot read it."""
     try:
         from transformers import CONFIG_MAPPING
     except ImportError:  # pragma: no cover - transformers comes with mlx-lm
@@ -236,10 +350,45 @@ def _transformers_config(config: dict):
     config_class = CONFIG_MAPPING[model_type]
     try:
         with quiet_transformers():
-            return config_class.from_dict({k: v for k, v in config.items() if k != "model_type"})
+            # a deep copy: transformers' from_dict edits nested dicts in place (legacy rope_scaling)
+            return _reading(config_class.from_dict({k: copy.deepcopy(v) for k, v in config.items()
+                                                    if k != "model_type"}))
     except Exception as e:  # transformers' validation: anything it raises means "cannot read it"
         log.debug("config: transformers' %s cannot read config.json (%s)", config_class.__name__, e)
         return None
+
+
+def _transformers_config(config: dict) -> dict | None:
+    """_read_with_transformers(config), kept in cache_dir() per config.json (its keys in order) and
+    transformers version: importing transformers and a config class (which imports torch) takes
+    seconds, ten on some machines, for a reading that only these two decide."""
+    try:
+        version = importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - transformers comes with mlx-lm
+        return None
+    try:
+        key = json.dumps([_READING_FORMAT, version, config], allow_nan=True)
+    except (TypeError, ValueError):  # not JSON (a config given in Python): nothing to key it by
+        return _read_with_transformers(config)
+    path = cache_dir() / "transformers-config" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if cached["key"] == key:
+            return _decode(cached["reading"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    reading = _read_with_transformers(config)
+    encoded = _encode(reading)
+    if encoded is not None:  # else a value of a type _encode does not keep: read again each time
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"key": key, "reading": encoded}), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError:  # a read-only home: no cache, same result
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+    return reading
 
 
 def _fill_missing(resolved: dict, full: dict, sub_configs=(), where: str = "") -> list[str]:
@@ -261,18 +410,18 @@ def _fill_missing(resolved: dict, full: dict, sub_configs=(), where: str = "") -
     return filled
 
 
-def _fill_attribute_aliases(resolved: dict, full, where: str = "") -> list[str]:
+def _fill_attribute_aliases(resolved: dict, reading: dict, where: str = "") -> list[str]:
     """The names transformers' config class reads as other keys (its attribute_map: bailing_hybrid's
     num_experts_per_tok is num_experts_per_token), filled (in place) from the key transformers
     writes; mlx-lm's models were written against the releases' names. Sub-configs too."""
     filled = []
-    for alias, key in getattr(type(full), "attribute_map", {}).items():
+    for alias, key in reading["attribute_map"].items():
         if alias not in resolved and key in resolved:
             resolved[alias] = copy.deepcopy(resolved[key])
             filled.append(f"{where}{alias} (= {where}{key})")
-    for key in getattr(type(full), "sub_configs", {}):
-        if isinstance(resolved.get(key), dict) and getattr(full, key, None) is not None:
-            filled += _fill_attribute_aliases(resolved[key], getattr(full, key), f"{where}{key}.")
+    for key, sub in reading["subs"].items():
+        if isinstance(resolved.get(key), dict):
+            filled += _fill_attribute_aliases(resolved[key], sub, f"{where}{key}.")
     return filled
 
 
@@ -296,20 +445,18 @@ def fill_defaults(config: dict) -> tuple[dict, list[str]]:
     notes = []
     full = _transformers_config(config)
     if full is not None:
-        filled = _fill_missing(resolved, _decode_floats(full.to_dict()), getattr(type(full), "sub_configs", {}))
+        filled = _fill_missing(resolved, _decode_floats(full["dict"]), full["sub_configs"])
         if filled:
             notes.append(f"config: {len(filled)} keys left out of config.json (or null) read as transformers' "
-                         f"{type(full).__name__} reads them ({', '.join(filled[:8])}{', …' if len(filled) > 8 else ''})")
+                         f"{full['class']} reads them ({', '.join(filled[:8])}{', …' if len(filled) > 8 else ''})")
         aliased = _fill_attribute_aliases(resolved, full)
         if aliased:
-            notes.append(f"config: {len(aliased)} keys under the names transformers' {type(full).__name__} "
+            notes.append(f"config: {len(aliased)} keys under the names transformers' {full['class']} "
                          f"also reads them by ({', '.join(aliased[:8])}{', …' if len(aliased) > 8 else ''})")
     model_type = config.get("model_type")
     architectures = config.get("architectures")
     architecture = architectures[0] if isinstance(architectures, list) and architectures else None
-    from mlx_lm.utils import MODEL_ARCHITECTURE_REMAPPING  # mlx-lm's own pairs, named the same way
-
-    remapped = {**MODEL_ARCHITECTURE_REMAPPING, **MODEL_ARCHITECTURES}
+    remapped = {**_mlx_lm_tables()[1], **MODEL_ARCHITECTURES}  # mlx-lm's own pairs, named the same way
     if (model_type, architecture) in remapped:
         resolved["model_type"] = remapped[model_type, architecture]
         notes.append(f"config: model_type {model_type!r} with architectures [{architecture!r}] is mlx-lm's "

@@ -260,11 +260,12 @@ class Output:
         return sum(f.stat().st_size for pattern in SIDECAR_PATTERNS for f in Path(self.src).glob(pattern)
                    if f.is_file())
 
-    def add(self, tensors: dict[str, mx.array | Stacked]) -> None:
+    def add(self, tensors: dict[str, mx.array | Stacked], only: range | None = None) -> None:
         """Evaluate tensors one module at a time and write each at its place (any mismatch with
         the manifest is an error). Takes ownership of `tensors`: each is dropped once written, so
         only one module's inputs and outputs are in memory at a time — of a Stacked tensor, only
-        PARTS_AT_ONCE of its parts."""
+        PARTS_AT_ONCE of its parts. `only`: of each Stacked tensor, only these parts (procpool's
+        workers share a layer's expert stacks so)."""
         by_module: dict[str, list[str]] = {}
         for key in tensors:
             by_module.setdefault(module_path(key), []).append(key)
@@ -278,8 +279,9 @@ class Output:
             stacked = {k: v.parts for k, v in batch.items() if isinstance(v, Stacked)}
             del batch, whole
             n = min((len(parts) for parts in stacked.values()), default=0)
-            for start in range(0, n, PARTS_AT_ONCE):
-                chunk = range(start, min(start + PARTS_AT_ONCE, n))
+            todo = range(n) if only is None else range(max(only.start, 0), min(only.stop, n))
+            for start in range(todo.start, todo.stop, PARTS_AT_ONCE):
+                chunk = range(start, min(start + PARTS_AT_ONCE, todo.stop))
                 mx.eval([parts[i] for parts in stacked.values() for i in chunk])
                 for k, parts in stacked.items():
                     slot = slots[k]
