@@ -232,7 +232,7 @@ def choose_runner(config: dict, runner: str | None = None) -> tuple[str, str | N
                 + f"; expected one of {', '.join(sorted(VISION_LANGUAGE))} with its vision part")
         if not mlx_vlm_installed():
             raise CheckpointError("--for mlx-vlm: mlx-vlm is not installed; expected `pip install 'moequant[vlm]'`")
-        return MLX_VLM, f"output for mlx-vlm (asked): vision tower and projector kept, language model as mlx-lm's"
+        return MLX_VLM, "output for mlx-vlm (asked): vision tower and projector kept, language model as mlx-lm's"
     if runner == MLX_LM:
         return MLX_LM, ("output for mlx-lm (asked): text only, the vision tower and "
                         f"{' / '.join(VISION_LANGUAGE[model_type].vision_keys)} left out") if vlm else None
