@@ -96,7 +96,7 @@ def model_card(plan: Plan, *, src: str, src_folder: Path, runner: str, command: 
     it was read (its README's front matter gives base_model and license otherwise), `quality` the
     figures of `verify` (with "reference" and "failed" added), if measured; `picture` the plan's
     picture in DST (PLOT_FILE), if one was made."""
-    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub import ModelCardData
 
     theirs = source_card(src_folder)
     local = Path(src).expanduser().exists()
