@@ -15,7 +15,8 @@ from moequant.errors import LayoutError
 from moequant.evaluate import load_float32
 from moequant.plan import Quant
 from moequant.tiny import ARCHS, write_tiny_checkpoint
-from moequant.verify import expert_containers, recording_routes, tokens_for_prompt, verify
+from moequant.surgery import expert_containers
+from moequant.verify import recording_routes, tokens_for_prompt, verify
 
 MOE_BLOCKS = {
     "qwen3_moe": ["model.layers.0.mlp", "model.layers.1.mlp"],

@@ -7,6 +7,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,7 +18,7 @@ import mlx.nn as nn
 
 from .checkpoint import DTYPE_TAGS, ITEMSIZE, Checkpoint, Group, read_checkpoint
 from .allocate import allocate, candidate_errors, model_errors
-from .calibrate import PROBE, channel_energy, input_moments, output_sensitivity, read_calibration
+from .calibrate import PROBE, measure, read_calibration
 from .dequant import MLX, SourceContext, dequantize_packed, source_format
 from .archs import ARCHITECTURES, Status
 from .errors import CheckpointError, PlanError
@@ -180,17 +181,21 @@ class Conversion:
         free = {r.path for r in self.plan.rows
                 if r.quantizable and (r.rule in ("default", "indivisible") or r.rule.startswith("recipe-"))}
         energy, sensitivity, self.allocation_notes = {}, {}, []
+        self.context = SourceContext(self.ckpt.tensors, self.context.qconfig, packed)
         if options.calib:
             tokens = self.calibration()
-            energy = channel_energy(self.ckpt.path, tokens, free)
-            sensitivity = output_sensitivity(self.ckpt.path, tokens, free)
+            stats = measure(build_model(self.config), self._normalized_groups(), tokens, energy=free,
+                            sensitivity=free, what="calibration for --target-bpw")
+            energy, sensitivity = stats.energy, stats.sensitivity
+            self.timings = {**getattr(self, "timings", {}), "calibration for --target-bpw": stats.seconds}
             self.allocation_notes.append(
                 f"--target-bpw: calibrated on {options.calib} ({tokens.size:,} tokens): input energy of "
-                f"{len(energy)} and output sensitivity (KL with the module alone at {PROBE}) of {len(sensitivity)} "
-                f"of {len(free)} modules, the rest data-free")
+                f"{len(energy)} and output sensitivity (KL with the module alone at {PROBE}, from its decoder layer's "
+                f"output error) of {len(sensitivity)} of {len(free)} modules, the rest data-free")
+            self.allocation_notes += [note] if (note := stats.thin_note()) else []
         else:
             self.allocation_notes.append("--target-bpw: data-free proxy (relative weight reconstruction error)")
-        self.context = SourceContext(self.ckpt.tensors, self.context.qconfig, packed)
+        start = time.monotonic()
         errors, normalized = {}, self._normalized_groups()
         while normalized:
             weights = normalized.pop(0)
@@ -201,7 +206,9 @@ class Conversion:
             errors = model_errors(errors, sensitivity, PROBE)
         fixed = sum(r.bytes_after for r in self.plan.rows if r.path not in errors)
         budget = int(options.target_bpw * self.plan.params / 8)
-        return allocate(modules, errors, budget, fixed, options.dtype)
+        chosen = allocate(modules, errors, budget, fixed, options.dtype)
+        self.timings = {**getattr(self, "timings", {}), "allocation": time.monotonic() - start}
+        return chosen
 
     def _packed_modules(self, n_in: dict[str, int]) -> dict[str, Quant]:
         """Target module path -> how SRC stores it packed, read from the shapes of the unpacked,
@@ -341,11 +348,20 @@ class Conversion:
             out.finish(output_config(self.config, self.plan), self.ckpt.path, self.plan, files)
 
     def _moments(self) -> dict[str, mx.array]:
-        """--rounding gptq: E[x xᵀ] of the inputs of each affine module, on the calibration text."""
+        """--rounding gptq: E[x xᵀ] of the inputs of each affine module, on the calibration text, in
+        one pass streamed over the decoder layers of the float model (packed sources dequantized)."""
         paths = {r.path for r in self.plan.rows if r.quant is not None and r.quant.mode == Mode.AFFINE and not r.as_stored}
-        moments = input_moments(self.ckpt.path, self.calibration(), paths)
-        mx.eval(list(moments.values()))
-        return moments
+        context, self.context = self.context, replace(self.context, as_stored=frozenset())
+        try:
+            groups = self._normalized_groups()
+        finally:
+            self.context = context
+        stats = measure(build_model(self.config), groups, self.calibration(), moments=paths,
+                        what="calibration for --rounding gptq")
+        self.timings = {**getattr(self, "timings", {}), "calibration for --rounding gptq": stats.seconds}
+        if note := stats.thin_note():
+            self.plan.notes.append(note)
+        return stats.moments
 
     def _convert_groups(self, out: Output, groups: list[Group], workers: int,
                         moments: dict[str, mx.array] | None = None) -> Iterator[int]:

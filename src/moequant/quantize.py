@@ -18,13 +18,7 @@ from .fpquant import MODES as FP_MODES
 from .fpquant import quantize_fp, quantize_fp_experts
 from .gptq import quantize_gptq
 from .rounding import quantize_searched
-
-
-def _module_at(model: nn.Module, path: str):
-    obj = model
-    for part in path.split("."):
-        obj = obj[int(part)] if isinstance(obj, list) else obj[part]
-    return obj
+from .surgery import module_at
 
 
 def parameter_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -104,7 +98,7 @@ class Quantizer:
         if todo:
             nn.quantize(self.model, class_predicate=predicate)
             for path in sorted(todo):
-                module, quant = _module_at(self.model, path), rows[path].quant
+                module, quant = module_at(self.model, path), rows[path].quant
                 if f"{path}.weight" in parts:
                     continue  # expert by expert, below
                 if self.plan.options.rounding == "mse":
@@ -122,7 +116,7 @@ class Quantizer:
                         module.weight, module.scales = quantize_fp(weight, quant.mode.value)
         out = {}
         for path in paths:
-            module = _module_at(self.model, path)
+            module = module_at(self.model, path)
             arrays = {k: v for k, v in module.items() if isinstance(v, mx.array) and not k.startswith("_")}
             out.update((f"{path}.{k}", v) for k, v in arrays.items())
             module.update({k: mx.array([]) for k in arrays})  # release: the writer holds them now
