@@ -343,7 +343,7 @@ class Statistics:
 
 
 def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.array, *, energy=frozenset(),
-            moments=frozenset(), sensitivity=frozenset(), what: str = "calibration") -> Statistics:
+            moments=frozenset(), sensitivity=frozenset()) -> Statistics:
     """Calibration statistics in one streamed pass over the decoder layers of `model` (a target
     model as target.build_model makes it, its weights lazy; the pass consumes it).
 
@@ -411,7 +411,7 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
             perturbed_inputs[path] = h
     perturbed_layers: dict[int, tuple[float, dict[str, float]]] = {}
 
-    log.info("%s: %d decoder layers, %s tokens in %d chunks", what, len(layers), f"{tokens.size:,}", len(chunks))
+    log.info("calibration: %d decoder layers, %s tokens in %d chunks", len(layers), f"{tokens.size:,}", len(chunks))
     for i, layer in enumerate(real):
         layer_start = time.monotonic()
         layers[i] = layer
@@ -450,8 +450,8 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
         del layer, x0, reference
         mx.clear_cache()
         elapsed = time.monotonic() - start
-        log.info("%s: layer %d/%d (%.1f s; ETA %.0f s)", what, i + 1, len(real), time.monotonic() - layer_start,
-                 elapsed / (i + 1) * (len(real) - i - 1))
+        log.info("calibration: layer %d/%d, %s tokens (%.1f s; ETA %.0f s)", i + 1, len(real), f"{tokens.size:,}",
+                 time.monotonic() - layer_start, elapsed / (i + 1) * (len(real) - i - 1))
 
     # the tail (final norm, lm_head) on the float states: its modules' inputs, the reference logits
     reached: set[str] = set()
@@ -471,7 +471,7 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
         kl = compare_logits(reference, _tail(model, layers, chunks[0], perturbed_inputs[i])).kl
         stats.sensitivity.update((path, kl * e / max(error, 1e-30)) for path, e in errors.items())
     stats.seconds = time.monotonic() - start
-    log.info("%s: done in %.1f s", what, stats.seconds)
+    log.info("calibration: done in %.1f s", stats.seconds)
     return stats
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 import os
 import shlex
 import shutil
@@ -402,6 +403,7 @@ def convert(
     local = Path(src).expanduser()
     check_destination(dst, force, local if local.is_dir() else None)
     size = _shard_size(shard_size)
+    started = time.monotonic()
     if plan_file is not None:
         if given := _given(bits=bits, group_size=group_size, mode=mode, gate_bits=gate_bits, no_quantize=no_quantize,
                            dtype=dtype, global_scale=global_scale, recipe=recipe, override=override,
@@ -422,7 +424,7 @@ def convert(
         target_bpw=target_bpw, calib=calib, calib_sequences=calib_sequences, calib_length=calib_length,
         plan=plan_file, **{"for": runner},
         shard_size=shard_size if shard_size != "5GB" else None)
-    total = conversion.ckpt.nbytes
+    total, planned = conversion.ckpt.nbytes, time.monotonic()
     with closing(conversion.run(dst, force=force, shard_size=size, workers=workers, pool=pool,
                                 command=command)) as steps, \
             Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),
@@ -432,6 +434,8 @@ def convert(
             progress.update(task, advance=step.bytes_read, description=f"{step.group} ({step.index}/{step.total})",
                             done=f"{short_size(progress.tasks[0].completed + step.bytes_read)} of {short_size(total)}")
     plan, quality = conversion.plan, None
+    # phases: plan (calibration and allocation for --target-bpw included), convert (GPTQ's calibration included)
+    seconds = {"plan": planned - started, "convert": time.monotonic() - planned, **getattr(conversion, "timings", {})}
     if verify_after:
         from .verify import verify as run_verify
 
@@ -442,7 +446,7 @@ def convert(
         conversion.update_card(dst, command, quality)
     if json_out:
         _print_json({"dst": str(dst), **plan.to_json()["totals"], "counts": plan.counts(),
-                     "notices": conversion.notices, **({"verify": quality} if quality else {})})
+                     "notices": conversion.notices, "seconds": seconds, **({"verify": quality} if quality else {})})
     else:
         out.print(summary_line(plan, str(dst)), highlight=False, soft_wrap=True)
         if quality:

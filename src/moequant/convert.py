@@ -184,10 +184,14 @@ class Conversion:
         self.context = SourceContext(self.ckpt.tensors, self.context.qconfig, packed)
         if options.calib:
             tokens = self.calibration()
+            # with --rounding gptq, the moments of every module that may come out affine, in the same pass
+            affine = free | {r.path for r in self.plan.rows if r.quant is not None and r.quant.mode == Mode.AFFINE
+                             and not r.as_stored} if options.rounding == "gptq" else set()
             stats = measure(build_model(self.config), self._normalized_groups(), tokens, energy=free,
-                            sensitivity=free, what="calibration for --target-bpw")
+                            moments=affine, sensitivity=free)
+            self._calibrated_moments = stats.moments  # for run: --rounding gptq
             energy, sensitivity = stats.energy, stats.sensitivity
-            self.timings = {**getattr(self, "timings", {}), "calibration for --target-bpw": stats.seconds}
+            self.timings = {**getattr(self, "timings", {}), "calibration": stats.seconds}
             self.allocation_notes.append(
                 f"--target-bpw: calibrated on {options.calib} ({tokens.size:,} tokens): input energy of "
                 f"{len(energy)} and output sensitivity (KL with the module alone at {PROBE}, from its decoder layer's "
@@ -348,17 +352,19 @@ class Conversion:
             out.finish(output_config(self.config, self.plan), self.ckpt.path, self.plan, files)
 
     def _moments(self) -> dict[str, mx.array]:
-        """--rounding gptq: E[x xᵀ] of the inputs of each affine module, on the calibration text, in
-        one pass streamed over the decoder layers of the float model (packed sources dequantized)."""
+        """--rounding gptq: E[x xᵀ] of the inputs of each affine module, on the calibration text:
+        measured with --target-bpw's statistics, else now, in one pass streamed over the decoder
+        layers of the float model (packed sources dequantized)."""
         paths = {r.path for r in self.plan.rows if r.quant is not None and r.quant.mode == Mode.AFFINE and not r.as_stored}
+        if hasattr(self, "_calibrated_moments"):
+            return {p: m for p, m in self._calibrated_moments.items() if p in paths}
         context, self.context = self.context, replace(self.context, as_stored=frozenset())
         try:
             groups = self._normalized_groups()
         finally:
             self.context = context
-        stats = measure(build_model(self.config), groups, self.calibration(), moments=paths,
-                        what="calibration for --rounding gptq")
-        self.timings = {**getattr(self, "timings", {}), "calibration for --rounding gptq": stats.seconds}
+        stats = measure(build_model(self.config), groups, self.calibration(), moments=paths)
+        self.timings = {**getattr(self, "timings", {}), "calibration": stats.seconds}
         if note := stats.thin_note():
             self.plan.notes.append(note)
         return stats.moments
