@@ -53,7 +53,7 @@ sys.exit(code)
 def convert(tree: Path, dst: Path, options: list[str]) -> dict:
     """One `moequant convert SRC DST options` in a subprocess running `tree`'s moequant."""
     rss = dst.parent / f"{dst.name}.maxrss"
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), *filter(None, [os.environ.get("PYTHONPATH")])])}
     start = time.monotonic()
     done = subprocess.run([sys.executable, "-c", WRAPPER, str(rss), "convert", str(SRC), str(dst), *options, "--json",
                            "--pool", "threads", "--force"], env=env, capture_output=True, text=True)
@@ -71,6 +71,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/moequant-calibration-bench"))
     p.add_argument("--windows", type=int, default=32, help="dev windows of 512 tokens scored")
     p.add_argument("--target-bpw", default="4")
+    p.add_argument("--skip", action="append", default=[], help="leave out the runs whose name contains this")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if not CALIB.is_file():
@@ -82,6 +83,7 @@ def main() -> None:
     if args.baseline:
         runs += [("whole-model --calib --rounding gptq", args.baseline, [*target, "--rounding", "gptq"]),
                  ("whole-model --calib", args.baseline, target)]
+    runs = [r for r in runs if r[0] == "plain --bits 4" or not any(s in r[0] for s in args.skip)]
     from moequant.evaluate import compare_logits
 
     tokens = dev_tokens(0, args.windows)

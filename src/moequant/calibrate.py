@@ -227,19 +227,47 @@ def _probed(model: nn.Module, paths) -> list[tuple[str, nn.Module]]:
     return out
 
 
+class _Seen:
+    """The inputs of a decoder layer's recorded modules as numpy float32 [N, in], converted (and
+    their sums taken) once per distinct input: q/k/v, or the router and its experts, share one."""
+
+    def __init__(self):
+        self._last: tuple = (None, None, {})
+
+    def __call__(self, x: mx.array) -> tuple[np.ndarray, dict]:
+        if self._last[0] is not x:
+            self._last = (x, np.array(x.reshape(-1, x.shape[-1]).astype(mx.float32)), {})
+        return self._last[1], self._last[2]
+
+
 class _Linear:
-    """A Linear module's inputs, summed chunk by chunk: Σx_j² and Σx xᵀ."""
+    """A Linear module's inputs, summed chunk by chunk: Σx_j² and Σx xᵀ (numpy's BLAS: on a CPU
+    several times faster than mlx's matmul)."""
 
-    def __init__(self, moments: bool):
-        self.n, self.squares, self.products, self.moments = 0, 0, 0, moments
+    def __init__(self, moments: bool, seen: _Seen | None = None):
+        self.n, self.squares, self.products, self.moments, self.seen = 0, 0.0, 0.0, moments, seen or _Seen()
 
-    def __call__(self, x: mx.array, indices=None) -> None:
-        x = x.reshape(-1, x.shape[-1]).astype(mx.float32)
-        self.n += x.shape[0]
-        self.squares = self.squares + (x * x).sum(0)
+    def __call__(self, x: mx.array, indices=None) -> np.ndarray:
+        xn, sums = self.seen(x)
+        self.add(xn, sums)
+        return xn
+
+    def add(self, xn: np.ndarray, sums: dict | None = None) -> None:
+        sums = {} if sums is None else sums
+        if "squares" not in sums:
+            sums["squares"] = np.einsum("ij,ij->j", xn, xn, dtype=np.float64)
+        if self.moments and "products" not in sums:
+            sums["products"] = xn.T @ xn
+        self.n += xn.shape[0]
+        self.squares = self.squares + sums["squares"]
         if self.moments:
-            self.products = self.products + x.T @ x
-        mx.eval(self.squares, self.products)
+            self.products = self.products + sums["products"]
+
+    def mean_squares(self) -> np.ndarray:
+        return self.squares / self.n
+
+    def mean_products(self) -> np.ndarray:
+        return self.products / self.n
 
 
 class _Experts:
@@ -248,40 +276,50 @@ class _Experts:
     expert), per expert Σh² and Σh hᵀ of its own activation h (down_proj's input) on every token,
     and each expert's Σ over the tokens routed to it."""
 
-    def __init__(self, glu: nn.Module, moments: bool):
+    def __init__(self, glu: nn.Module, moments: bool, seen: _Seen | None = None):
         self.glu, self.moments = glu, moments
         self.experts = glu.up_proj.weight.shape[0] if hasattr(glu, "up_proj") else 0
         self.down = all(hasattr(glu, n) for n in ("gate_proj", "up_proj", "down_proj"))
         self.slots = np.zeros(self.experts, dtype=np.int64)  # (token, choice) slots per expert
         self.routed = np.zeros(self.experts, dtype=np.int64)  # tokens routed to each expert
-        self.hidden, self.act = _Linear(moments), [_Linear(moments) for _ in range(self.experts if self.down else 0)]
-        self.hidden_routed = [0] * self.experts
-        self.act_routed = [0] * self.experts
+        self.hidden = _Linear(moments, seen)
+        self.act = [_Linear(moments) for _ in range(self.experts if self.down else 0)]
+        self.hidden_routed = [0.0] * self.experts
+        self.act_routed = [0.0] * self.experts
         self.seen_indices = False
 
     def __call__(self, x: mx.array, indices: mx.array | None) -> None:
-        x = x.reshape(-1, x.shape[-1]).astype(mx.float32)
-        self.hidden(x)
+        xn = self.hidden(x)
         rows = [None] * self.experts
         if indices is not None:
             self.seen_indices = True
-            chosen = np.array(indices).reshape(x.shape[0], -1)
+            chosen = np.array(indices).reshape(xn.shape[0], -1)
             self.slots += np.bincount(chosen.reshape(-1), minlength=self.experts)[: self.experts]
             for e in range(self.experts):
                 if (picked := np.nonzero((chosen == e).any(-1))[0]).size:
-                    rows[e] = mx.array(picked)
+                    rows[e] = picked
                     self.routed[e] += picked.size
-        for e in range(self.experts):
-            if self.moments and rows[e] is not None:
-                xr = x[rows[e]]
-                self.hidden_routed[e] = self.hidden_routed[e] + xr.T @ xr
-            if self.down:
-                h = self.glu.activation(x @ self.glu.up_proj.weight[e].T, x @ self.glu.gate_proj.weight[e].T)
-                self.act[e](h)
+        if self.moments:
+            for e in range(self.experts):
+                if rows[e] is not None:
+                    xr = xn[rows[e]]
+                    self.hidden_routed[e] = self.hidden_routed[e] + xr.T @ xr
+        if not self.down:
+            return
+        inner = self.glu.up_proj.weight.shape[1]
+        block = max(1, (1 << 24) // max(xn.shape[0] * inner, 1))  # experts at a time: ~64 MB of activations
+        for first in range(0, self.experts, block):
+            part = slice(first, min(first + block, self.experts))
+            up, gate = (np.array(getattr(self.glu, n).weight[part].astype(mx.float32)) for n in ("up_proj", "gate_proj"))
+            u = (xn @ up.reshape(-1, up.shape[-1]).T).reshape(xn.shape[0], -1, inner)
+            g = (xn @ gate.reshape(-1, gate.shape[-1]).T).reshape(xn.shape[0], -1, inner)
+            act = np.array(self.glu.activation(mx.array(u), mx.array(g)).astype(mx.float32))
+            for j, e in enumerate(range(part.start, part.stop)):
+                h = np.ascontiguousarray(act[:, j])
+                self.act[e].add(h)
                 if self.moments and rows[e] is not None:
                     hr = h[rows[e]]
                     self.act_routed[e] = self.act_routed[e] + hr.T @ hr
-            mx.eval([a for a in (self.hidden_routed[e], self.act_routed[e]) if isinstance(a, mx.array)])
 
     @property
     def n(self) -> int:
@@ -295,30 +333,29 @@ class _Experts:
         """Per expert E[x²] of each projection's input on every token, weighted half uniformly, half
         by the expert's routing frequency (weights average 1)."""
         freq = self.slots / max(self.slots.sum(), 1) if self.seen_indices else np.full(self.experts, 1 / self.experts)
-        weight = mx.array(0.5 + 0.5 * self.experts * freq, dtype=mx.float32)[:, None]
-        hidden = self.hidden.squares / self.n
-        out = {f"{container}.{name}": weight * hidden[None] for name in ("gate_proj", "up_proj")
+        weight = (0.5 + 0.5 * self.experts * freq)[:, None]
+        out = {f"{container}.{name}": weight * self.hidden.mean_squares()[None] for name in ("gate_proj", "up_proj")
                if hasattr(self.glu, name)}
         if self.down:
-            out[f"{container}.down_proj"] = weight * mx.stack([a.squares / a.n for a in self.act])
-        return out
+            out[f"{container}.down_proj"] = weight * np.stack([a.mean_squares() for a in self.act])
+        return {p: mx.array(v, dtype=mx.float32) for p, v in out.items()}
 
     def input_moments(self, container: str) -> dict[str, mx.array]:
         """Per expert E[x xᵀ]: the mean of that over every token and that over the tokens routed to
         it, or over every token alone for an expert routed fewer than MIN_ROUTED tokens."""
-        def mixed(everyone: mx.array, routed, e: int) -> mx.array:
+        def mixed(everyone: np.ndarray, routed, e: int) -> np.ndarray:
             return everyone if self.routed[e] < MIN_ROUTED else (everyone + routed / int(self.routed[e])) / 2
 
         out = {}
-        shared = self.hidden.products / self.n
+        shared = self.hidden.mean_products()
         for name in ("gate_proj", "up_proj"):
             if hasattr(self.glu, name):
-                out[f"{container}.{name}"] = mx.stack([mixed(shared, self.hidden_routed[e], e)
+                out[f"{container}.{name}"] = np.stack([mixed(shared, self.hidden_routed[e], e)
                                                        for e in range(self.experts)])
         if self.down:
-            out[f"{container}.down_proj"] = mx.stack([mixed(a.products / a.n, self.act_routed[e], e)
+            out[f"{container}.down_proj"] = np.stack([mixed(a.mean_products(), self.act_routed[e], e)
                                                       for e, a in enumerate(self.act)])
-        return out
+        return {p: mx.array(v, dtype=mx.float32) for p, v in out.items()}
 
 
 @dataclass
@@ -498,14 +535,15 @@ def _tail(model: nn.Module, layers: list, chunk: mx.array, final: mx.array) -> m
 
 def _recorders(model: nn.Module, paths: set[str], moments: set[str], containers: set[str]) -> dict:
     """A statistics recorder per Linear module in `paths` outside the expert containers, and per
-    container in `containers` holding one of `paths`."""
-    out = {}
+    container in `containers` holding one of `paths`; recorders of the same input share its sums."""
+    out, seen = {}, _Seen()
     for path in sorted(paths):
         if not any(path.startswith(c + ".") for c in containers) and isinstance(module_at(model, path), nn.Linear):
-            out[path] = _Linear(path in moments)
+            out[path] = _Linear(path in moments, seen)
     for container in sorted(containers):
         if any(p.startswith(container + ".") for p in paths):
-            out[container] = _Experts(module_at(model, container), any(p.startswith(container + ".") for p in moments))
+            out[container] = _Experts(module_at(model, container), any(p.startswith(container + ".") for p in moments),
+                                      seen)
     return out
 
 
@@ -522,7 +560,7 @@ def _collect(stats: Statistics, recorded: dict, energy: set[str], moments: set[s
                 stats.thin[path] = thin
             continue
         if path in energy:
-            stats.energy[path] = r.squares / r.n
+            stats.energy[path] = mx.array(r.mean_squares(), dtype=mx.float32)
         if path in moments:
-            stats.moments[path] = r.products / r.n
+            stats.moments[path] = mx.array(r.mean_products(), dtype=mx.float32)
     mx.eval(list(stats.energy.values()), list(stats.moments.values()))
