@@ -131,3 +131,18 @@ def test_peak_memory_does_not_grow_with_the_number_of_layers(tmp_path):
         peaks[layers] = mx.get_peak_memory() - base
         del stats
     assert peaks[8] - peaks[2] < layer_bytes, (peaks, layer_bytes)  # 6 more layers, not one more in memory
+
+
+def test_hidden_states_kept_on_disk_give_the_same_statistics(tmp_path, monkeypatch):
+    from moequant import calibrate
+
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe", dtype="float32")
+    paths = {r.path for r in Conversion(src, Quant.make("affine", 4)).plan.rows if r.quant is not None
+             and r.role.value != "embedding"}
+    in_memory = _stream(src, TOKENS, energy=paths, moments=paths, sensitivity=paths)
+    monkeypatch.setattr(calibrate, "SPILL_SHARE", 0.0)  # any size is over the share: np.memmap on disk
+    spilled = _stream(src, TOKENS, energy=paths, moments=paths, sensitivity=paths)
+    for path in paths:
+        assert mx.array_equal(in_memory.energy[path], spilled.energy[path]).item(), path
+        assert mx.array_equal(in_memory.moments[path], spilled.moments[path]).item(), path
+    assert spilled.sensitivity == pytest.approx(in_memory.sensitivity, rel=1e-5)

@@ -177,7 +177,7 @@ class _States:
             if (free := free_memory()) is not None and total > SPILL_SHARE * free:
                 self._folder = tempfile.TemporaryDirectory(prefix="moequant-calibration-")
                 self._file = np.memmap(Path(self._folder.name) / "states", np.float32, "w+",
-                                       (self.sequences, *h.shape[1:]))
+                                       shape=(self.sequences, *h.shape[1:]))
                 log.info("calibration: the hidden states (%.1f GB) are kept on disk", total / 1e9)
         if self._file is None:
             self._blocks[c] = h
