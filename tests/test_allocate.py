@@ -8,10 +8,11 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from moequant.calibrate import channel_energy
+from moequant.calibrate import measure
 from moequant.convert import Conversion
 from moequant.formats import Quant
 from moequant.plan import GATE_ROLES, Role
+from moequant.target import build_model
 from moequant.tiny import ARCHS, write_tiny_checkpoint
 
 from conftest import CALIB_TEXT
@@ -56,8 +57,9 @@ def test_target_bpw_below_what_fits_is_refused(tmp_path, cli):
 
 def test_calibration_measures_an_expert_the_router_never_picks(tmp_path):
     """Every token goes through every expert for the statistics; routing only weights them."""
-    from moequant.calibrate import _expert_energy
+    from moequant.calibrate import _Experts
     from moequant.evaluate import load_float32
+    from moequant.surgery import module_at
 
     src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe", dtype="float32")
     list(Conversion(src).run(tmp_path / "float"))
@@ -66,7 +68,9 @@ def test_calibration_measures_an_expert_the_router_never_picks(tmp_path):
     never = 3
     x = mx.random.normal((4, 64, 128), key=mx.random.key(0))
     indices = mx.random.randint(0, 3, (4, 64, 2), key=mx.random.key(1))  # experts 0-2 only
-    energy = _expert_energy(model, container, [(x, indices)])
+    recorder = _Experts(module_at(model, container), moments=False)
+    recorder(x, indices)
+    energy = recorder.energy(container)
     for name in ("gate_proj", "up_proj", "down_proj"):
         stats = energy[f"{container}.{name}"]
         assert stats.shape[0] == 4 and bool(mx.all(mx.isfinite(stats)).item())
@@ -85,7 +89,7 @@ def test_channel_energy_covers_every_quantizable_linear_of_the_model(tmp_path):
     tokens = mx.array(np.random.default_rng(0).integers(0, 256, (2, 32)).astype(np.int32))
     conversion = Conversion(src, Quant.make("affine", 4))
     wanted = {r.path for r in conversion.plan.rows if r.quant is not None and r.role != Role.EMBEDDING}
-    energy = channel_energy(src, tokens, wanted)
+    energy = measure(build_model(conversion.config), conversion._normalized_groups(), tokens, energy=wanted).energy
     assert set(energy) == wanted
     assert energy["lm_head"].shape == (128,) and energy["model.layers.0.mlp.switch_mlp.down_proj"].shape == (4, 64)
 
@@ -98,27 +102,6 @@ def test_calibrated_allocation_says_so_in_the_plan(tmp_path):
     assert abs(plan.bits_per_weight - 4.0) <= 0.02
     assert any("calibrated on" in n and "2,048 tokens" in n for n in plan.notes)
     assert all("calibrated on" in r.reason for r in plan.rows if r.rule == "target-bpw")
-
-
-def test_output_sensitivity_is_measured_for_every_module_and_follows_its_effect_on_the_logits(tmp_path):
-    """KL with one module alone at the probe setting: every module measured, and a module made 8x
-    more influential on the logits (lm_head scaled) measures as more sensitive than before."""
-    from safetensors.numpy import load_file, save_file
-
-    from moequant.calibrate import output_sensitivity
-
-    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe", dtype="float32")
-    tokens = mx.array(np.random.default_rng(0).integers(0, 256, (2, 32)).astype(np.int32))
-    conversion = Conversion(src, Quant.make("affine", 4))
-    wanted = {r.path for r in conversion.plan.rows if r.quant is not None}
-    plain = output_sensitivity(src, tokens, wanted)
-    assert set(plain) == wanted and all(v > 0 for v in plain.values())
-    [shard] = src.glob("*.safetensors")
-    tensors = load_file(shard)
-    tensors["lm_head.weight"] = tensors["lm_head.weight"] * 8
-    save_file(tensors, shard, metadata={"format": "pt"})
-    sharper = output_sensitivity(src, tokens, {"lm_head"})
-    assert sharper["lm_head"] > 4 * plain["lm_head"]
 
 
 def test_model_errors_scale_each_module_by_its_measured_kl_at_the_probe():

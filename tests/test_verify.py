@@ -16,7 +16,8 @@ from moequant.cli import _failures
 from moequant.evaluate import Closeness, load_float32
 from moequant.formats import Quant
 from moequant.tiny import ARCHS, write_tiny_checkpoint
-from moequant.verify import Report, expert_containers, recording_routes, tokens_for_prompt, verify
+from moequant.surgery import expert_containers
+from moequant.verify import Report, recording_routes, tokens_for_prompt, verify
 
 MOE_BLOCKS = {
     "qwen3_moe": ["model.layers.0.mlp", "model.layers.1.mlp"],

@@ -13,7 +13,8 @@ expert of a stack) with `mx.quantize`.
 
 With `--calib`, each module's relative errors are then scaled by its measured output sensitivity
 (`model_errors`): the KL the model's next-token distribution suffers when that module alone is
-quantized at a probe setting, divided by the module's relative error at that setting. Each
+quantized at a probe setting (estimated from the error it adds to its decoder layer's output, see
+calibrate.measure), divided by the module's relative error at that setting. Each
 candidate's error then estimates its own contribution to the model's KL (first order: KL grows
 linearly with a small weight perturbation's energy), and summing over modules is summing KL.
 

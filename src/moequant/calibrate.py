@@ -1,12 +1,16 @@
-"""Calibration statistics for `--target-bpw --calib FILE`, measured on the float model with the
-real mlx-lm forward on calibration text:
+"""Calibration for `--target-bpw --calib FILE` and `--rounding gptq`: the calibration tokens
+(`read_calibration`, through the checkpoint's own tokenizer) and what the float model does with
+them, measured with the real mlx-lm forward in one pass streamed over the decoder layers (`measure`:
+one layer's weights in memory at a time):
 
-* per module, the energy E[x_j²] of each input channel. Expert stacks: every calibration token is
+* per module, the energy E[x_j²] of each input channel, and the moments E[x xᵀ] GPTQ weighs
+  rounding errors by. Expert stacks: every calibration token is
   sent through every expert (not only the ones its router picked), so an expert the router rarely
   or never selects is measured all the same; each expert's statistics are then weighted by half
   uniform, half its observed routing frequency.
 * per module, its output sensitivity: the KL divergence of the model's next-token distribution
-  when that module alone is quantized at a probe setting (the rest float). This is what turns
+  when that module alone is quantized at a probe setting (the rest float), estimated from the
+  error it adds to its decoder layer's output (see `measure`). This is what turns
   each module's relative error into the model's: modules differ by orders of magnitude here (on
   the trained tiny Qwen3-MoE, one attention projection costs as much KL as a whole expert stack).
 """
@@ -14,22 +18,29 @@ real mlx-lm forward on calibration text:
 from __future__ import annotations
 
 import logging
+import tempfile
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .errors import CheckpointError, os_reason
-from .evaluate import compare_logits
+from .errors import CheckpointError, PlanError, os_reason
+from .evaluate import compare_logits, free_memory, text_logits
+from .names import layer_of
 from .formats import Mode, Quant
+from .surgery import expert_containers, module_at, recording
 from .target import quiet_transformers
-from .verify import _parent_and_key, expert_containers, reference_model
 
 log = logging.getLogger(__name__)
 
 PROBE = Quant.make(Mode.AFFINE, 3, 64)  # the setting each module's output sensitivity is measured at
-SENSITIVITY_SEQUENCES = 2  # calibration sequences per sensitivity forward pass
+CHUNK = 2  # sequences per call of a decoder layer; the first chunk is what output sensitivity is measured on
+MIN_ROUTED = 32  # an expert routed fewer tokens has its input moments from every token alone
+SPILL_SHARE = 0.25  # hidden states beyond this share of the memory available are kept on disk
 
 
 CALIB_SEQUENCES, CALIB_LENGTH = 8, 512  # defaults: sequences of tokens read from a calibration file
@@ -125,161 +136,431 @@ def read_calibration(file: str | Path, tokenizer: str | Path | None = None, leng
     return mx.array(np.stack([ids[s:s + length] for s in starts]).astype(np.int32))
 
 
-class _Inputs(nn.Module):
-    """Stands in for a module for one forward pass and keeps what it was called with."""
+# --- the streamed pass ------------------------------------------------------------------------
 
-    def __init__(self, inner: nn.Module, seen: list):
+class _Stop(Exception):
+    """Ends a forward pass of the model's own code once the decoder layers' inputs are known."""
+
+
+class _Stub(nn.Module):
+    """Stands in for a decoder layer in the model's own forward: keeps the arguments it is called
+    with (the masks and such each layer gets) and returns `out` if set, else its input."""
+
+    def __init__(self, calls: list | None = None, last: bool = False):
         super().__init__()
-        self.inner = inner
-        object.__setattr__(self, "_seen", seen)
+        object.__setattr__(self, "_calls", calls)
+        object.__setattr__(self, "_last", last)
+        object.__setattr__(self, "out", None)
 
     def __call__(self, x, *args, **kwargs):
-        self._seen.append((x, args[0] if args else kwargs.get("indices")))
-        return self.inner(x, *args, **kwargs)
+        if self._calls is not None:
+            self._calls.append((x, args, kwargs))
+            if self._last:
+                raise _Stop
+        return x if self.out is None else self.out
 
 
-def _squares(x: mx.array) -> mx.array:
-    x = x.reshape(-1, x.shape[-1]).astype(mx.float32)
-    return (x * x).mean(0)
+class _States:
+    """The carried hidden states of `sequences` sequences, set and read in chunks of CHUNK: in
+    memory, or in an np.memmap file once they would take more than SPILL_SHARE of the memory
+    available."""
+
+    def __init__(self, sequences: int):
+        self.sequences = sequences
+        self._blocks: dict[int, mx.array] = {}
+        self._file = self._folder = None
+
+    def __setitem__(self, c: int, h: mx.array) -> None:
+        h = h.astype(mx.float32)
+        if not self._blocks and self._file is None:  # the first block decides
+            total = h.nbytes // h.shape[0] * self.sequences
+            if (free := free_memory()) is not None and total > SPILL_SHARE * free:
+                self._folder = tempfile.TemporaryDirectory(prefix="moequant-calibration-")
+                self._file = np.memmap(Path(self._folder.name) / "states", np.float32, "w+",
+                                       shape=(self.sequences, *h.shape[1:]))
+                log.info("calibration: the hidden states (%.1f GB) are kept on disk", total / 1e9)
+        if self._file is None:
+            self._blocks[c] = h
+        else:
+            self._file[c * CHUNK: c * CHUNK + h.shape[0]] = np.array(h)
+
+    def __getitem__(self, c: int) -> mx.array:
+        if self._file is None:
+            return self._blocks[c]
+        return mx.array(self._file[c * CHUNK: min((c + 1) * CHUNK, self.sequences)])
 
 
-def _recorded_inputs(model: nn.Module, tokens: mx.array, paths: set[str]) -> tuple[dict[str, list], set[str]]:
-    """One forward pass of `tokens`, recording what the Linear modules in `paths` and every
-    expert container were called with: (path -> [(x, expert indices or None)], container paths)."""
-    containers = set(expert_containers(model).values())
-    watched = {}
-    for path, module in model.named_modules():
-        if path in paths and isinstance(module, nn.Linear) and not any(path.startswith(c + ".") for c in containers):
-            watched[path] = []
-    for container in containers:
-        watched[container] = []
-    for path, seen in watched.items():
-        parent, key = _parent_and_key(model, path)
-        parent[key] = _Inputs(parent[key], seen)
+def _float32(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    return {k: v.astype(mx.float32) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
+
+
+def _decoder_layers(model: nn.Module, keys) -> str:
+    """The path of the decoder layer list (`model.layers`, `language_model.model.layers`): the one
+    holding the expert containers, else the one most tensor names fall in."""
+    found = [layer_of(p + ".") for p in expert_containers(model).values()] or [layer_of(k) for k in keys]
+    prefixes = [f[0] for f in found if f]
+    if not prefixes:
+        raise PlanError(f"--calib: mlx-lm's {type(model).__module__} model has no decoder layers "
+                        "(`….layers.N.…`); expected a decoder model")
+    return max(set(prefixes), key=prefixes.count)
+
+
+@contextmanager
+def _at_probe(module: nn.Module):
+    """The module with its weight replaced by the weight quantized at PROBE, dequantized."""
+    weight = module.weight
+    module.weight = mx.dequantize(*mx.quantize(weight, PROBE.group_size, PROBE.bits), PROBE.group_size, PROBE.bits)
     try:
-        mx.eval(model(tokens))
+        yield
     finally:
-        for path in watched:
-            parent, key = _parent_and_key(model, path)
-            parent[key] = parent[key].inner
-    return {p: calls for p, calls in watched.items() if calls}, containers
+        module.weight = weight
 
 
-def channel_energy(src: str | Path, tokens: mx.array, paths: set[str]) -> dict[str, mx.array]:
-    """Module path -> E[x_j²] per input channel ([in], or [E, in] for expert stacks), for the
-    modules in `paths` that a forward pass reaches (others keep the data-free proxy)."""
-    with reference_model(src) as (model, _):
-        recorded, containers = _recorded_inputs(model, tokens, paths)
-        out = {}
-        for path, calls in recorded.items():
-            if path in containers:
-                out.update(_expert_energy(model, path, calls))
-            else:
-                out[path] = sum(_squares(x) for x, _ in calls) / len(calls)
-        return out
-
-
-def _moments(x: mx.array) -> mx.array:
-    x = x.reshape(-1, x.shape[-1]).astype(mx.float32)
-    return x.T @ x / max(x.shape[0], 1)
-
-
-def input_moments(src: str | Path, tokens: mx.array, paths: set[str]) -> dict[str, mx.array]:
-    """Module path -> E[x xᵀ] of its inputs on `tokens` ([in, in]; [E, in, in] for expert stacks),
-    what GPTQ weighs rounding errors by. An expert's is the mean of its inputs' over every token
-    (so an expert the router rarely picks is measured too) and over the tokens routed to it."""
-    with reference_model(src) as (model, _):
-        recorded, containers = _recorded_inputs(model, tokens, paths)
-        out = {}
-        for path, calls in recorded.items():
-            if path not in containers:
-                out[path] = sum(_moments(x) for x, _ in calls) / len(calls)
-                continue
-            out.update(_expert_moments(model, path, calls, paths))
-        return out
-
-
-def _container_inputs(model: nn.Module, container: str, calls: list):
-    """(the expert container, its inputs [N, in] float32, their expert indices [N, k] or None)."""
-    parent, key = _parent_and_key(model, container)
-    x = mx.concatenate([c[0].reshape(-1, c[0].shape[-1]) for c in calls]).astype(mx.float32)
-    if calls[0][1] is None:
-        return parent[key], x, None
-    return parent[key], x, np.concatenate([np.array(c[1]).reshape(-1, c[1].shape[-1]) for c in calls])
-
-
-def _activation(glu: nn.Module, x: mx.array, e: int) -> mx.array:
-    """Expert e's down_proj input on every token x."""
-    return glu.activation(x @ glu.up_proj.weight[e].T, x @ glu.gate_proj.weight[e].T)
-
-
-def _expert_moments(model: nn.Module, container: str, calls: list, paths: set[str]) -> dict[str, mx.array]:
-    """[E, in, in] per projection of an expert container: per expert, the mean of E[x xᵀ] over
-    every token and over the tokens routed to it (every token alone for an expert never routed)."""
-    glu, x, indices = _container_inputs(model, container, calls)
-    n_experts = glu.up_proj.weight.shape[0]
-    if indices is None:
-        routed = [None] * n_experts
-    else:
-        routed = [mx.array(rows) if (rows := np.nonzero((indices == e).any(-1))[0]).size else None
-                  for e in range(n_experts)]
-
-    def mixed(everyone: mx.array, inputs: mx.array, rows) -> mx.array:
-        return everyone if rows is None else (everyone + _moments(inputs[rows])) / 2
-
-    out = {}
-    shared = _moments(x)
-    for name in ("gate_proj", "up_proj"):
-        if f"{container}.{name}" in paths and hasattr(glu, name):
-            out[f"{container}.{name}"] = mx.stack([mixed(shared, x, rows) for rows in routed])
-    if f"{container}.down_proj" in paths and all(hasattr(glu, n) for n in ("gate_proj", "up_proj", "down_proj")):
-        stack = []
-        for e, rows in enumerate(routed):
-            h = _activation(glu, x, e)
-            stack.append(mixed(_moments(h), h, rows))
-        out[f"{container}.down_proj"] = mx.stack(stack)
+def _probed(model: nn.Module, paths) -> list[tuple[str, nn.Module]]:
+    """(path, module) of each path whose module has a weight the probe can quantize."""
+    out = []
+    for path in sorted(paths):
+        module = module_at(model, path)
+        weight = getattr(module, "weight", None) if isinstance(module, nn.Module) else None
+        if weight is not None and weight.ndim >= 2 and weight.shape[-1] % PROBE.group_size == 0:
+            out.append((path, module))
     return out
 
 
-def _expert_energy(model: nn.Module, container: str, calls: list) -> dict[str, mx.array]:
-    """Per expert: the projections' inputs on every token (the hidden states for the gate/up
-    projections; for down_proj, each expert's own activation), weighted by routing frequency."""
-    glu, x, indices = _container_inputs(model, container, calls)
-    n_experts = glu.up_proj.weight.shape[0]
-    freq = np.bincount(indices.reshape(-1), minlength=n_experts) / max(indices.size, 1) if indices is not None \
-        else np.full(n_experts, 1 / n_experts)
-    weight = mx.array(0.5 + 0.5 * n_experts * freq, dtype=mx.float32)[:, None]  # mean 1
-    hidden = _squares(x)
-    out = {f"{container}.{name}": weight * hidden[None] for name in ("gate_proj", "up_proj")
-           if hasattr(glu, name)}
-    if hasattr(glu, "down_proj") and hasattr(glu, "up_proj") and hasattr(glu, "gate_proj"):
-        act = []
-        for e in range(n_experts):
-            h = _activation(glu, x, e)
-            act.append(_squares(h))
-        out[f"{container}.down_proj"] = weight * mx.stack(act)
+class _Seen:
+    """The inputs of a decoder layer's recorded modules as numpy float32 [N, in], converted (and
+    their sums taken) once per distinct input: q/k/v, or the router and its experts, share one."""
+
+    def __init__(self):
+        self._last: tuple = (None, None, {})
+
+    def __call__(self, x: mx.array) -> tuple[np.ndarray, dict]:
+        if self._last[0] is not x:
+            self._last = (x, np.array(x.reshape(-1, x.shape[-1]).astype(mx.float32)), {})
+        return self._last[1], self._last[2]
+
+
+class _Linear:
+    """A Linear module's inputs, summed chunk by chunk: Σx_j² and Σx xᵀ (numpy's BLAS: on a CPU
+    several times faster than mlx's matmul)."""
+
+    def __init__(self, moments: bool, seen: _Seen | None = None):
+        self.n, self.squares, self.products, self.moments, self.seen = 0, 0.0, 0.0, moments, seen or _Seen()
+
+    def __call__(self, x: mx.array, indices=None) -> np.ndarray:
+        xn, sums = self.seen(x)
+        self.add(xn, sums)
+        return xn
+
+    def add(self, xn: np.ndarray, sums: dict | None = None) -> None:
+        sums = {} if sums is None else sums
+        if "squares" not in sums:
+            sums["squares"] = np.einsum("ij,ij->j", xn, xn, dtype=np.float64)
+        if self.moments and "products" not in sums:
+            sums["products"] = xn.T @ xn
+        self.n += xn.shape[0]
+        self.squares = self.squares + sums["squares"]
+        if self.moments:
+            self.products = self.products + sums["products"]
+
+    def mean_squares(self) -> np.ndarray:
+        return self.squares / self.n
+
+    def mean_products(self) -> np.ndarray:
+        return self.products / self.n
+
+
+class _Experts:
+    """An expert container's inputs, summed chunk by chunk. Every token goes through every expert:
+    Σx² and Σx xᵀ of the hidden states (the gate/up projections' input, the same for every
+    expert), per expert Σh² and Σh hᵀ of its own activation h (down_proj's input) on every token,
+    and each expert's Σ over the tokens routed to it."""
+
+    def __init__(self, glu: nn.Module, moments: bool, seen: _Seen | None = None):
+        self.glu, self.moments = glu, moments
+        self.experts = glu.up_proj.weight.shape[0] if hasattr(glu, "up_proj") else 0
+        self.down = all(hasattr(glu, n) for n in ("gate_proj", "up_proj", "down_proj"))
+        self.slots = np.zeros(self.experts, dtype=np.int64)  # (token, choice) slots per expert
+        self.routed = np.zeros(self.experts, dtype=np.int64)  # tokens routed to each expert
+        self.hidden = _Linear(moments, seen)
+        self.act = [_Linear(moments) for _ in range(self.experts if self.down else 0)]
+        self.hidden_routed = [0.0] * self.experts
+        self.act_routed = [0.0] * self.experts
+        self.seen_indices = False
+
+    def __call__(self, x: mx.array, indices: mx.array | None) -> None:
+        xn = self.hidden(x)
+        rows = [None] * self.experts
+        if indices is not None:
+            self.seen_indices = True
+            chosen = np.array(indices).reshape(xn.shape[0], -1)
+            self.slots += np.bincount(chosen.reshape(-1), minlength=self.experts)[: self.experts]
+            for e in range(self.experts):
+                if (picked := np.nonzero((chosen == e).any(-1))[0]).size:
+                    rows[e] = picked
+                    self.routed[e] += picked.size
+        if self.moments:
+            for e in range(self.experts):
+                if rows[e] is not None:
+                    xr = xn[rows[e]]
+                    self.hidden_routed[e] = self.hidden_routed[e] + xr.T @ xr
+        if not self.down:
+            return
+        inner = self.glu.up_proj.weight.shape[1]
+        block = max(1, (1 << 24) // max(xn.shape[0] * inner, 1))  # experts at a time: ~64 MB of activations
+        for first in range(0, self.experts, block):
+            part = slice(first, min(first + block, self.experts))
+            up, gate = (np.array(getattr(self.glu, n).weight[part].astype(mx.float32)) for n in ("up_proj", "gate_proj"))
+            u = (xn @ up.reshape(-1, up.shape[-1]).T).reshape(xn.shape[0], -1, inner)
+            g = (xn @ gate.reshape(-1, gate.shape[-1]).T).reshape(xn.shape[0], -1, inner)
+            act = np.array(self.glu.activation(mx.array(u), mx.array(g)).astype(mx.float32))
+            for j, e in enumerate(range(part.start, part.stop)):
+                h = np.ascontiguousarray(act[:, j])
+                self.act[e].add(h)
+                if self.moments and rows[e] is not None:
+                    hr = h[rows[e]]
+                    self.act_routed[e] = self.act_routed[e] + hr.T @ hr
+
+    @property
+    def n(self) -> int:
+        return self.hidden.n
+
+    def thin(self) -> list[int]:
+        """Experts routed fewer than MIN_ROUTED tokens (all of them, for a container never routed)."""
+        return [e for e in range(self.experts) if self.routed[e] < MIN_ROUTED]
+
+    def energy(self, container: str) -> dict[str, mx.array]:
+        """Per expert E[x²] of each projection's input on every token, weighted half uniformly, half
+        by the expert's routing frequency (weights average 1)."""
+        freq = self.slots / max(self.slots.sum(), 1) if self.seen_indices else np.full(self.experts, 1 / self.experts)
+        weight = (0.5 + 0.5 * self.experts * freq)[:, None]
+        out = {f"{container}.{name}": weight * self.hidden.mean_squares()[None] for name in ("gate_proj", "up_proj")
+               if hasattr(self.glu, name)}
+        if self.down:
+            out[f"{container}.down_proj"] = weight * np.stack([a.mean_squares() for a in self.act])
+        return {p: mx.array(v, dtype=mx.float32) for p, v in out.items()}
+
+    def input_moments(self, container: str) -> dict[str, mx.array]:
+        """Per expert E[x xᵀ]: the mean of that over every token and that over the tokens routed to
+        it, or over every token alone for an expert routed fewer than MIN_ROUTED tokens."""
+        def mixed(everyone: np.ndarray, routed, e: int) -> np.ndarray:
+            return everyone if self.routed[e] < MIN_ROUTED else (everyone + routed / int(self.routed[e])) / 2
+
+        out = {}
+        shared = self.hidden.mean_products()
+        for name in ("gate_proj", "up_proj"):
+            if hasattr(self.glu, name):
+                out[f"{container}.{name}"] = np.stack([mixed(shared, self.hidden_routed[e], e)
+                                                       for e in range(self.experts)])
+        if self.down:
+            out[f"{container}.down_proj"] = np.stack([mixed(a.mean_products(), self.act_routed[e], e)
+                                                      for e, a in enumerate(self.act)])
+        return {p: mx.array(v, dtype=mx.float32) for p, v in out.items()}
+
+
+@dataclass
+class Statistics:
+    """What one streamed calibration pass measured (see `measure`)."""
+
+    energy: dict[str, mx.array] = field(default_factory=dict)  # path -> E[x_j²] ([in], [E, in] for stacks)
+    moments: dict[str, mx.array] = field(default_factory=dict)  # path -> E[x xᵀ] ([in, in], [E, in, in])
+    sensitivity: dict[str, float] = field(default_factory=dict)  # path -> KL (nats/token) at PROBE
+    thin: dict[str, list[int]] = field(default_factory=dict)  # expert container -> experts routed < MIN_ROUTED
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def thin_note(self) -> str | None:
+        """The plan note naming the experts routed fewer than MIN_ROUTED tokens, if any."""
+        if not self.thin:
+            return None
+        listed = "; ".join(f"{c} {', '.join(map(str, e))}" for c, e in self.thin.items())
+        return (f"--calib: experts routed fewer than {MIN_ROUTED} of {self.tokens:,} tokens: {listed}; their input "
+                "moments are taken over every token alone (no routed share), their input energy weighted by "
+                "their routing frequency as every expert's")
+
+
+def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.array, *, energy=frozenset(),
+            moments=frozenset(), sensitivity=frozenset()) -> Statistics:
+    """Calibration statistics in one streamed pass over the decoder layers of `model` (a target
+    model as target.build_model makes it, its weights lazy; the pass consumes it).
+
+    `weights` are the model's float tensors (lazy, in the model's names, e.g. the conversion's
+    normalized groups; the list is emptied): each is read when its layer comes. The tokens are
+    embedded once (the model's own forward, its decoder layers replaced by stand-ins that keep the
+    arguments each is called with) and the hidden states carried from layer to layer in chunks of
+    CHUNK sequences; only one layer's weights are in memory at a time. The states
+    carried are the float model's (see BENCHMARKS.md, issue 15, for the quantized alternative).
+
+    `energy` / `moments`: paths of the Linear modules (and expert stacks) whose input energy E[x_j²]
+    / moments E[x xᵀ] to measure. `sensitivity`: paths whose output sensitivity to estimate: the
+    KL of the model's next-token distribution with that module alone quantized at PROBE, on the
+    first chunk. A module of decoder layer i gets KL_i · ε_m / ε_i, ε the squared error of layer
+    i's output with the module alone at PROBE (ε_m) or all of the layer's at once (ε_i, whose
+    states are carried through the rest of the float model to give KL_i); a module outside the
+    decoder layers that the text forward reaches (embeddings, lm_head) gets its KL exactly. That is
+    one layer call per module and 1 + 2 + … + L layer calls for the carried perturbed states, on
+    the first chunk, whatever the number of modules."""
+    start = time.monotonic()
+    tokens = tokens[None] if tokens.ndim == 1 else tokens
+    energy, moments, sensitivity = set(energy), set(moments), set(sensitivity)
+    wanted = energy | moments
+    stats = Statistics(tokens=tokens.size)
+    tensors = {}
+    while weights:
+        tensors.update(weights.pop(0))
+    prefix = _decoder_layers(model, tensors)
+    layers = module_at(model, prefix)
+    real, by_layer, outside = list(layers), [{} for _ in layers], {}
+    for key in sorted(tensors):
+        where = layer_of(key)
+        inside = where is not None and where[0] == prefix and where[1] < len(layers)
+        (by_layer[where[1]] if inside else outside)[key] = tensors.pop(key)
+    model.load_weights(list(_float32(outside).items()), strict=False)
+    del outside
+    chunks = [tokens[i:i + CHUNK] for i in range(0, tokens.shape[0], CHUNK)]
+    containers = {c for c in expert_containers(model).values() if c.startswith(prefix + ".")}
+    outside_paths = {p for p in wanted | sensitivity if not p.startswith(prefix + ".")}
+
+    def embedded(chunk: mx.array) -> tuple[mx.array, list]:
+        """(layer 0's input, each layer's other arguments) for a chunk: the model's own forward
+        up to its decoder layers."""
+        calls = [[] for _ in layers]
+        for i in range(len(layers)):
+            layers[i] = _Stub(calls[i], last=i == len(layers) - 1)
+        try:
+            text_logits(model, chunk)
+        except _Stop:
+            pass
+        return calls[0][0][0].astype(mx.float32), [(args, kwargs) for _, args, kwargs in (c[0] for c in calls)]
+
+    states, arguments = _States(tokens.shape[0]), []
+    for c, chunk in enumerate(chunks):
+        states[c], args = embedded(chunk)
+        arguments.append(args)
+    # sensitivity: the states of chunk 0 carried with a module outside the layers (an embedding) at
+    # PROBE, and with all of layer i's at PROBE (with ε_i and each module's ε_m)
+    outside_probed = _probed(model, outside_paths & sensitivity)
+    perturbed_inputs = {}
+    for path, module in outside_probed:
+        with _at_probe(module):
+            h, _ = embedded(chunks[0])
+        if not mx.array_equal(h, states[0]).item():
+            perturbed_inputs[path] = h
+    perturbed_layers: dict[int, tuple[float, dict[str, float]]] = {}
+
+    log.info("calibration: %d decoder layers, %s tokens in %d chunks", len(layers), f"{tokens.size:,}", len(chunks))
+    for i, layer in enumerate(real):
+        layer_start = time.monotonic()
+        layers[i] = layer
+        layer.load_weights([(k[len(f"{prefix}.{i}."):], v) for k, v in _float32(by_layer[i]).items()], strict=False)
+        by_layer[i] = real[i] = None
+        mx.eval(layer.parameters())
+        own = {p for p in wanted | sensitivity if p.startswith(f"{prefix}.{i}.")}
+        recorders = _recorders(model, own & wanted, moments, {c for c in containers if c.startswith(f"{prefix}.{i}.")})
+        with recording(model, recorders):
+            for c in range(len(chunks)):
+                x, (args, kwargs) = states[c], arguments[c][i]
+                out = layer(x, *args, **kwargs)
+                mx.eval(out)
+                if c == 0:
+                    x0, reference = x, out
+                states[c] = out
+        _collect(stats, recorders, energy, moments)
+        if sensitivity:
+            args, kwargs = arguments[0][i]
+            for name, h in perturbed_inputs.items():
+                perturbed_inputs[name] = layer(h, *args, **kwargs)
+                mx.eval(perturbed_inputs[name])
+            if probed := _probed(model, own & sensitivity):
+                errors = {}
+                for path, module in probed:
+                    with _at_probe(module):
+                        errors[path] = ((layer(x0, *args, **kwargs) - reference) ** 2).sum().item()
+                with ExitStack() as stack:
+                    for _, module in probed:
+                        stack.enter_context(_at_probe(module))
+                    h = layer(x0, *args, **kwargs)
+                    mx.eval(h)
+                perturbed_layers[i] = (((h - reference) ** 2).sum().item(), errors)
+                perturbed_inputs[i] = h
+        layers[i] = _Stub()
+        del layer, x0, reference
+        mx.clear_cache()
+        elapsed = time.monotonic() - start
+        log.info("calibration: layer %d/%d, %s tokens (%.1f s; ETA %.0f s)", i + 1, len(real), f"{tokens.size:,}",
+                 time.monotonic() - layer_start, elapsed / (i + 1) * (len(real) - i - 1))
+
+    # the tail (final norm, lm_head) on the float states: its modules' inputs, the reference logits
+    reached: set[str] = set()
+    recorders = _recorders(model, outside_paths & wanted, moments, set())
+    with recording(model, {p: _reaching(reached, p, recorders.get(p)) for p in recorders.keys() | outside_paths}):
+        for c in range(len(chunks)):
+            logits = _tail(model, layers, chunks[c], states[c])
+            if c == 0:
+                reference = logits
+    _collect(stats, recorders, energy, moments)
+    for path, module in outside_probed:
+        if path in perturbed_inputs or path in reached:
+            with _at_probe(module):
+                logits = _tail(model, layers, chunks[0], perturbed_inputs.get(path, states[0]))
+            stats.sensitivity[path] = compare_logits(reference, logits).kl
+    for i, (error, errors) in perturbed_layers.items():
+        kl = compare_logits(reference, _tail(model, layers, chunks[0], perturbed_inputs[i])).kl
+        stats.sensitivity.update((path, kl * e / max(error, 1e-30)) for path, e in errors.items())
+    stats.seconds = time.monotonic() - start
+    log.info("calibration: done in %.1f s", stats.seconds)
+    return stats
+
+
+def _reaching(reached: set[str], path: str, recorder=None):
+    """A recording callback that notes `path` as reached by the forward pass (and records its input)."""
+    def call(x: mx.array, indices: mx.array | None) -> None:
+        reached.add(path)
+        if recorder is not None:
+            recorder(x, indices)
+    return call
+
+
+def _tail(model: nn.Module, layers: list, chunk: mx.array, final: mx.array) -> mx.array:
+    """The model's logits with `final` as the last decoder layer's output (the model's own code for
+    the rest: final norm, lm_head or tied embeddings)."""
+    layers[-1].out = final
+    try:
+        logits = text_logits(model, chunk)
+        mx.eval(logits)
+        return logits
+    finally:
+        layers[-1].out = None
+
+
+def _recorders(model: nn.Module, paths: set[str], moments: set[str], containers: set[str]) -> dict:
+    """A statistics recorder per Linear module in `paths` outside the expert containers, and per
+    container in `containers` holding one of `paths`; recorders of the same input share its sums."""
+    out, seen = {}, _Seen()
+    for path in sorted(paths):
+        if not any(path.startswith(c + ".") for c in containers) and isinstance(module_at(model, path), nn.Linear):
+            out[path] = _Linear(path in moments, seen)
+    for container in sorted(containers):
+        if any(p.startswith(container + ".") for p in paths):
+            out[container] = _Experts(module_at(model, container), any(p.startswith(container + ".") for p in moments),
+                                      seen)
     return out
 
 
-def output_sensitivity(src: str | Path, tokens: mx.array, paths: set[str], probe: Quant = PROBE) -> dict[str, float]:
-    """Module path -> KL(float model ‖ float model with only this module's weight replaced by its
-    `probe` quantization, dequantized), in nats/token on the first SENSITIVITY_SEQUENCES sequences
-    of `tokens`: one forward pass per module. Modules the probe cannot quantize are left out."""
-    tokens = tokens[:SENSITIVITY_SEQUENCES]
-    with reference_model(src) as (model, _):
-        reference = model(tokens)
-        mx.eval(reference)
-        out = {}
-        for path in sorted(paths):
-            parent, key = _parent_and_key(model, path)
-            module = parent[key]
-            weight = getattr(module, "weight", None)
-            if weight is None or weight.shape[-1] % probe.group_size:
-                continue
-            packed, scales, biases = mx.quantize(weight, probe.group_size, probe.bits)
-            module.weight = mx.dequantize(packed, scales, biases, probe.group_size, probe.bits).astype(weight.dtype)
-            try:
-                out[path] = compare_logits(reference, model(tokens)).kl
-            finally:
-                module.weight = weight
-        return out
+def _collect(stats: Statistics, recorded: dict, energy: set[str], moments: set[str]) -> None:
+    """Each recorder's statistics into `stats` (a module its pass never reached is left out)."""
+    for path, r in recorded.items():
+        if not r.n:
+            continue
+        if isinstance(r, _Experts):
+            stats.energy.update((p, v) for p, v in r.energy(path).items() if p in energy)
+            if r.moments:
+                stats.moments.update((p, v) for p, v in r.input_moments(path).items() if p in moments)
+            if thin := r.thin():
+                stats.thin[path] = thin
+            continue
+        if path in energy:
+            stats.energy[path] = mx.array(r.mean_squares(), dtype=mx.float32)
+        if path in moments:
+            stats.moments[path] = mx.array(r.mean_products(), dtype=mx.float32)
+    mx.eval(list(stats.energy.values()), list(stats.moments.values()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 import os
 import shlex
 import shutil
@@ -421,6 +422,7 @@ def convert(
     local = Path(src).expanduser()
     check_destination(dst, force, local if local.is_dir() else None)
     size = _shard_size(shard_size)
+    started = time.monotonic()
     if plan_file is not None:
         if given := _given(**choices):
             raise MoequantError(f"--plan {plan_file} {given[0]}: the plan file decides every module and its "
@@ -432,7 +434,7 @@ def convert(
         raise MoequantError(f"--pool {pool}: expected processes or threads")
     command = _command_line("convert", src, dst, **choices, plan=plan_file, plot=plot, **{"for": runner},
                             shard_size=shard_size if shard_size != "5GB" else None)
-    total = conversion.ckpt.nbytes
+    total, planned = conversion.ckpt.nbytes, time.monotonic()
     with closing(conversion.run(dst, force=force, shard_size=size, workers=workers, pool=pool,
                                 command=command, plot=plot)) as steps, \
             Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),
@@ -442,6 +444,8 @@ def convert(
             progress.update(task, advance=step.bytes_read, description=f"{step.group} ({step.index}/{step.total})",
                             done=f"{short_size(progress.tasks[0].completed + step.bytes_read)} of {short_size(total)}")
     plan, quality = conversion.plan, None
+    # phases: plan (calibration and allocation for --target-bpw included), convert (GPTQ's calibration included)
+    seconds = {"plan": planned - started, "convert": time.monotonic() - planned, **getattr(conversion, "timings", {})}
     if verify_after:
         from .verify import verify as run_verify
 
@@ -452,7 +456,7 @@ def convert(
         conversion.update_card(dst, command, quality)
     if json_out:
         _print_json({"dst": str(dst), **plan.to_json()["totals"], "counts": plan.counts(),
-                     "notices": conversion.notices, **({"verify": quality} if quality else {})})
+                     "notices": conversion.notices, "seconds": seconds, **({"verify": quality} if quality else {})})
     else:
         out.print(summary_line(plan, str(dst)), highlight=False, soft_wrap=True)
         if quality:

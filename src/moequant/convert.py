@@ -6,6 +6,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,7 +17,7 @@ import mlx.nn as nn
 
 from .checkpoint import DTYPE_TAGS, ITEMSIZE, Checkpoint, Group, Stacked, mlx_quantization, read_checkpoint
 from .allocate import allocate, candidate_errors, model_errors
-from .calibrate import PROBE, channel_energy, input_moments, output_sensitivity, read_calibration
+from .calibrate import PROBE, measure, read_calibration
 from .dequant import MLX, SourceContext, dequantize_packed, source_format
 from .archs import ARCHITECTURES, Status
 from .errors import CheckpointError, PlanError
@@ -178,22 +179,31 @@ class Conversion:
                   packed: dict[str, Quant]) -> tuple[dict[str, Quant], list[str]]:
         """--target-bpw: measure each free module's error per candidate (reading its weights, one
         group at a time) and pick the least-error candidates that fit the budget. `rows` are the
-        decisions without a budget; returns the allocation and its notes."""
+        decisions without a budget; returns the allocation and its notes. With --calib, the
+        calibration pass's timings go to self.timings and, with --rounding gptq, its moments to
+        self._calibrated_moments (run quantizes with them: one pass, not two)."""
         options = self.options
-        free = {r.path for r in rows
-                if r.quantizable and r.free}
+        free = {r.path for r in rows if r.quantizable and r.free}
         energy, sensitivity, notes = {}, {}, []
+        self.context = SourceContext(self.ckpt.tensors, self.context.qconfig, packed)
         if options.calib:
             tokens = self.calibration()
-            energy = channel_energy(self.ckpt.path, tokens, free)
-            sensitivity = output_sensitivity(self.ckpt.path, tokens, free)
+            # with --rounding gptq, the moments of every module that may come out affine, in the same pass
+            affine = free | {r.path for r in rows if r.quant is not None and r.quant.mode == Mode.AFFINE
+                             and not r.as_stored} if options.rounding == "gptq" else set()
+            stats = measure(build_model(self.config), self._normalized_groups(), tokens, energy=free,
+                            moments=affine, sensitivity=free)
+            self._calibrated_moments = stats.moments  # for run: --rounding gptq
+            energy, sensitivity = stats.energy, stats.sensitivity
+            self.timings = {**getattr(self, "timings", {}), "calibration": stats.seconds}
             notes.append(
                 f"--target-bpw: calibrated on {options.calib} ({tokens.size:,} tokens): input energy of "
-                f"{len(energy)} and output sensitivity (KL with the module alone at {PROBE}) of {len(sensitivity)} "
-                f"of {len(free)} modules, the rest data-free")
+                f"{len(energy)} and output sensitivity (KL with the module alone at {PROBE}, from its decoder layer's "
+                f"output error) of {len(sensitivity)} of {len(free)} modules, the rest data-free")
+            notes += [note] if (note := stats.thin_note()) else []
         else:
             notes.append("--target-bpw: data-free proxy (relative weight reconstruction error)")
-        self.context = SourceContext(self.ckpt.tensors, self.context.qconfig, packed)
+        start = time.monotonic()
         errors, normalized = {}, self._normalized_groups()
         while normalized:
             weights = normalized.pop(0)
@@ -204,7 +214,9 @@ class Conversion:
             errors = model_errors(errors, sensitivity, PROBE)
         fixed = sum(r.bytes_after for r in rows if r.path not in errors)
         budget = int(options.target_bpw * sum(r.params for r in rows) / 8)
-        return allocate(modules, errors, budget, fixed, options.dtype), notes
+        chosen = allocate(modules, errors, budget, fixed, options.dtype)
+        self.timings = {**getattr(self, "timings", {}), "allocation": time.monotonic() - start}
+        return chosen, notes
 
     def _packed_modules(self, n_in: dict[str, int]) -> dict[str, Quant]:
         """Target module path -> how SRC stores it packed, read from the shapes of the unpacked,
@@ -359,11 +371,22 @@ class Conversion:
             out.finish(output_config(self.config, self.plan), self.ckpt.path, self.plan, files)
 
     def _moments(self) -> dict[str, mx.array]:
-        """--rounding gptq: E[x xᵀ] of the inputs of each affine module, on the calibration text."""
+        """--rounding gptq: E[x xᵀ] of the inputs of each affine module, on the calibration text:
+        measured with --target-bpw's statistics, else now, in one pass streamed over the decoder
+        layers of the float model (packed sources dequantized)."""
         paths = {r.path for r in self.plan.rows if r.quant is not None and r.quant.mode == Mode.AFFINE and not r.as_stored}
-        moments = input_moments(self.ckpt.path, self.calibration(), paths)
-        mx.eval(list(moments.values()))
-        return moments
+        if hasattr(self, "_calibrated_moments"):
+            return {p: m for p, m in self._calibrated_moments.items() if p in paths}
+        context, self.context = self.context, replace(self.context, as_stored=frozenset())
+        try:
+            groups = self._normalized_groups()
+        finally:
+            self.context = context
+        stats = measure(build_model(self.config), groups, self.calibration(), moments=paths)
+        self.timings = {**getattr(self, "timings", {}), "calibration": stats.seconds}
+        if note := stats.thin_note():
+            self.plan.notes.append(note)
+        return stats.moments
 
     def _convert_groups(self, out: Output, groups: list[Group], workers: int,
                         moments: dict[str, mx.array] | None = None) -> Iterator[int]:

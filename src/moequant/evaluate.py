@@ -15,6 +15,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map, tree_unflatten
 
+from .surgery import expert_stack_types
+
 
 def dequantized(module: nn.Module) -> mx.array:
     """The float32 weight of a quantized module, per-expert global scales included (mlx-lm's own
@@ -30,10 +32,8 @@ def dequantized(module: nn.Module) -> mx.array:
 def dequantize_model(model: nn.Module) -> nn.Module:
     """Every quantized Linear, Embedding and SwitchLinear (mlx-lm's or mlx-vlm's) replaced by its
     float32 counterpart."""
-    from .target import switch_linear_types
-
-    kinds = {nn.QuantizedLinear: nn.Linear, nn.QuantizedEmbedding: nn.Embedding,
-             **dict(zip(switch_linear_types(quantized=True), switch_linear_types()))}
+    stacks = expert_stack_types(model)  # (SwitchLinear, QuantizedSwitchLinear) of mlx-lm, then of mlx-vlm
+    kinds = {nn.QuantizedLinear: nn.Linear, nn.QuantizedEmbedding: nn.Embedding, **dict(zip(stacks[1::2], stacks[::2]))}
     replacements = []
     for name, module in model.named_modules():
         kind = kinds.get(type(module))
@@ -83,10 +83,25 @@ class _Logits(nn.Module):
         self.model = model
 
     def __call__(self, inputs: mx.array, **kwargs) -> mx.array:
-        if "pixel_values" in inspect.signature(self.model.__call__).parameters:
-            kwargs.setdefault("pixel_values", None)  # text only (llama4's Model requires the argument)
-        out = self.model(inputs, **kwargs)
-        return getattr(out, "logits", out)
+        return text_logits(self.model, inputs, **kwargs)
+
+
+def text_logits(model: nn.Module, inputs: mx.array, **kwargs) -> mx.array:
+    """An mlx-lm or mlx-vlm model's logits for token ids alone (no image)."""
+    if "pixel_values" in inspect.signature(model.__call__).parameters:
+        kwargs.setdefault("pixel_values", None)  # text only (llama4's Model requires the argument)
+    out = model(inputs, **kwargs)
+    return getattr(out, "logits", out)
+
+
+def free_memory() -> int | None:
+    """Bytes of memory available now, if the system says."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def fixed_tokens(vocab_size: int, batch: int = 2, length: int = 32, seed: int = 0) -> mx.array:

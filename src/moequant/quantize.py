@@ -20,13 +20,7 @@ from .gptq import quantize_gptq
 from .names import module_path
 from .plan import Plan
 from .rounding import quantize_searched
-
-
-def _module_at(model: nn.Module, path: str):
-    obj = model
-    for part in path.split("."):
-        obj = obj[int(part)] if isinstance(obj, list) else obj[part]
-    return obj
+from .surgery import module_at
 
 
 def parameter_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -159,12 +153,12 @@ class Quantizer:
                     continue  # expert by expert, below
                 quant = rows[path].quant
                 packed = PACKERS[quant.mode, self.rounding](weights.pop(f"{path}.weight"), quant, self.moments.get(path))
-                module = _module_at(self.model, path)
+                module = module_at(self.model, path)
                 for name, value in packed.items():
                     setattr(module, name, value)
         out = {}
         for path in paths:
-            module = _module_at(self.model, path)
+            module = module_at(self.model, path)
             arrays = {k: v for k, v in module.items() if isinstance(v, mx.array) and not k.startswith("_")}
             out.update((f"{path}.{k}", v) for k, v in arrays.items())
             module.update({k: mx.array([]) for k in arrays})  # release: the writer holds them now

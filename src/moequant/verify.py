@@ -41,7 +41,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .errors import CheckpointError, LayoutError
-from .evaluate import Closeness, compare_logits, fixed_tokens, load_float32
+from .evaluate import Closeness, compare_logits, fixed_tokens, free_memory, load_float32
+from .surgery import expert_containers, natural_order, recording
 
 log = logging.getLogger(__name__)
 
@@ -86,65 +87,21 @@ class Report:
 
 # --- router capture ---------------------------------------------------------------------------
 
-class _Recorder(nn.Module):
-    """Stands in for an expert container for one forward pass; keeps the `indices` it is given."""
-
-    def __init__(self, inner: nn.Module, seen: list[mx.array]):
-        super().__init__()
-        self.inner = inner
-        object.__setattr__(self, "_seen", seen)  # a plain attribute, not part of the module tree
-
-    def __call__(self, x, *args, **kwargs):
-        indices = args[0] if args else kwargs.get("indices")
-        if isinstance(indices, mx.array) and mx.issubdtype(indices.dtype, mx.integer):
-            self._seen.append(indices)
-        return self.inner(x, *args, **kwargs)
-
-
-def expert_containers(model: nn.Module) -> dict[str, str]:
-    """MoE block path -> path of the module it calls with the selected experts' indices: every
-    module with a `SwitchLinear` child (mlx-lm's or mlx-vlm's `SwitchGLU` / `SwitchMLP`), keyed by
-    its parent."""
-    from .target import switch_linear_types
-
-    stacks = switch_linear_types() + switch_linear_types(quantized=True)  # mlx-lm's and, if loaded, mlx-vlm's
-    containers = {}
-    for path, module in model.named_modules():
-        children = [v for v in module.values() if isinstance(v, nn.Module)]
-        if path and any(isinstance(c, stacks) for c in children):
-            containers[path.rpartition(".")[0]] = path
-    return dict(sorted(containers.items(), key=lambda kv: _natural(kv[0])))
-
-
-def _natural(path: str) -> tuple:
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.split("."))
-
-
-def _parent_and_key(model: nn.Module, path: str):
-    *parents, last = path.split(".")
-    node = model
-    for part in parents:
-        node = node[int(part)] if isinstance(node, (list, tuple)) else node[part]
-    return node, (int(last) if isinstance(node, list) else last)
-
-
 @contextmanager
 def recording_routes(model: nn.Module) -> Iterator[dict[str, list[mx.array]]]:
     """Inside the block, each forward pass appends, per MoE block path, the expert indices its
     container was called with. The original modules are put back on exit."""
-    seen: dict[str, list[mx.array]] = {}
-    swapped = []
-    try:
-        for block, container in expert_containers(model).items():
-            parent, key = _parent_and_key(model, container)
-            original = parent[key]
-            seen[block] = []
-            parent[key] = _Recorder(original, seen[block])
-            swapped.append((parent, key, original))
+    containers = expert_containers(model)
+    seen: dict[str, list[mx.array]] = {block: [] for block in containers}
+
+    def keep(block: str):
+        def call(x: mx.array, indices: mx.array | None) -> None:
+            if indices is not None:
+                seen[block].append(indices)
+        return call
+
+    with recording(model, {container: keep(block) for block, container in containers.items()}):
         yield seen
-    finally:
-        for parent, key, original in reversed(swapped):
-            parent[key] = original
 
 
 def _run(model: nn.Module, tokens: mx.array) -> tuple[mx.array, dict[str, mx.array]]:
@@ -250,15 +207,6 @@ def tokens_for_prompt(path: str | Path, text: str) -> mx.array:
 
 # --- the check --------------------------------------------------------------------------------
 
-def _memory_bytes() -> int | None:
-    import os
-
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def transformers_logits(src: str | Path, tokens: mx.array) -> mx.array:
     """SRC's logits on `tokens` from transformers' own forward pass (PyTorch, float32): the
     reference that shares nothing with moequant's or mlx-lm's reading of the checkpoint."""
@@ -273,7 +221,7 @@ def transformers_logits(src: str | Path, tokens: mx.array) -> mx.array:
 
     ckpt = read_checkpoint(src)
     weights = sum(4 * math.prod(t.shape) for t in ckpt.tensors.values())
-    free = _memory_bytes()
+    free = free_memory()
     if free is not None and weights > 0.8 * free:
         raise CheckpointError(
             f"--against transformers: {src} needs about {weights / 1e9:.1f} GB as a float32 transformers model "
@@ -320,8 +268,8 @@ def verify(dst: str | Path, reference: str | Path, tokens: mx.array | None = Non
         raise LayoutError(f"{dst}: logits of shape {tuple(dst_logits.shape)}; expected "
                           f"{tuple(ref_logits.shape)} as the reference {reference} gives")
     if ref_routes.keys() != dst_routes.keys():
-        raise LayoutError(f"{dst}: MoE blocks {sorted(dst_routes, key=_natural)}; expected "
-                          f"{sorted(ref_routes, key=_natural)} as the reference {reference} has")
+        raise LayoutError(f"{dst}: MoE blocks {sorted(dst_routes, key=natural_order)}; expected "
+                          f"{sorted(ref_routes, key=natural_order)} as the reference {reference} has")
     agreement, top_k = {}, {}
     for block in ref_routes:
         r, d = ref_routes[block], dst_routes[block]

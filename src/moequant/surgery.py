@@ -1,0 +1,94 @@
+"""Model surgery on a built mlx-lm or mlx-vlm model: the module at a path, the expert containers,
+and a stand-in that records what a module is called with. Nothing here reads a checkpoint."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import mlx.core as mx
+import mlx.nn as nn
+
+
+def parent_and_key(model: nn.Module, path: str) -> tuple[nn.Module | list, str | int]:
+    """(the module or list holding `path`, its key there): `parent[key]` is the module at `path`."""
+    *parents, last = path.split(".")
+    node = model
+    for part in parents:
+        node = node[int(part)] if isinstance(node, (list, tuple)) else node[part]
+    return node, (int(last) if isinstance(node, (list, tuple)) else last)
+
+
+def module_at(model: nn.Module, path: str):
+    """The module (or list of modules) at a dotted path such as `model.layers.3.mlp`."""
+    parent, key = parent_and_key(model, path)
+    return parent[key]
+
+
+def _runner_modules(model: nn.Module) -> list:
+    """mlx-lm's switch_layers, and mlx-vlm's when `model` is built from mlx-vlm's classes (imported
+    only then: importing mlx-vlm takes seconds)."""
+    modules = [importlib.import_module("mlx_lm.models.switch_layers")]
+    if importlib.util.find_spec("mlx_vlm") is not None and any(
+            type(m).__module__.startswith("mlx_vlm.") for _, m in model.named_modules()):
+        modules.append(importlib.import_module("mlx_vlm.models.switch_layers"))
+    return modules
+
+
+def expert_stack_types(model: nn.Module) -> tuple[type, ...]:
+    """The expert-stack classes (`[E, out, in]` weights) `model` may hold: mlx-lm's and mlx-vlm's
+    SwitchLinear and QuantizedSwitchLinear."""
+    return tuple(getattr(m, name) for m in _runner_modules(model) for name in ("SwitchLinear", "QuantizedSwitchLinear"))
+
+
+def natural_order(path: str) -> tuple:
+    """Sort key putting `layers.2` before `layers.10`."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.split("."))
+
+
+def expert_containers(model: nn.Module) -> dict[str, str]:
+    """MoE block path -> path of the module it calls with the selected experts' indices: every
+    module with an expert-stack child (a `SwitchGLU` / `SwitchMLP`), keyed by its parent; in layer
+    order."""
+    stacks = expert_stack_types(model)
+    containers = {}
+    for path, module in model.named_modules():
+        children = [v for v in module.values() if isinstance(v, nn.Module)]
+        if path and any(isinstance(c, stacks) for c in children):
+            containers[path.rpartition(".")[0]] = path
+    return dict(sorted(containers.items(), key=lambda kv: natural_order(kv[0])))
+
+
+class Recorder(nn.Module):
+    """Stands in for a module: calls `seen(x, indices)` with each call's input and, for an expert
+    container, the selected experts' indices (None otherwise), then runs the module."""
+
+    def __init__(self, inner: nn.Module, seen: Callable[[mx.array, mx.array | None], None]):
+        super().__init__()
+        self.inner = inner
+        object.__setattr__(self, "_seen", seen)  # a plain attribute, not part of the module tree
+
+    def __call__(self, x, *args, **kwargs):
+        indices = args[0] if args else kwargs.get("indices")
+        routed = isinstance(indices, mx.array) and mx.issubdtype(indices.dtype, mx.integer)
+        self._seen(x, indices if routed else None)
+        return self.inner(x, *args, **kwargs)
+
+
+@contextmanager
+def recording(model: nn.Module, seen: dict[str, Callable[[mx.array, mx.array | None], None]]) -> Iterator[None]:
+    """Inside the block, each module at a path of `seen` reports every call to its callback (see
+    Recorder). The original modules are put back on exit."""
+    swapped = []
+    try:
+        for path, callback in seen.items():
+            parent, key = parent_and_key(model, path)
+            original = parent[key]
+            parent[key] = Recorder(original, callback)
+            swapped.append((parent, key, original))
+        yield
+    finally:
+        for parent, key, original in reversed(swapped):
+            parent[key] = original

@@ -1,0 +1,148 @@
+"""Calibration in one pass streamed over the decoder layers (issue 15): the same statistics as a
+whole-model computation, and memory that does not grow with the number of layers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from moequant.calibrate import MIN_ROUTED, measure
+from moequant.convert import Conversion
+from moequant.evaluate import load_float32
+from moequant.plan import Quant
+from moequant.surgery import expert_containers, module_at, recording
+from moequant.target import build_model
+from moequant.tiny import write_tiny_checkpoint
+
+TOKENS = mx.array(np.random.default_rng(0).integers(0, 256, (5, 48)).astype(np.int32))  # 3 chunks, the last short
+
+
+def _stream(src: Path, tokens: mx.array, **wanted):
+    conversion = Conversion(src, Quant.make("affine", 4))
+    return measure(build_model(conversion.config), conversion._normalized_groups(), tokens, **wanted)
+
+
+def _whole_model_reference(src: Path, tmp: Path, tokens: mx.array, paths: set[str]):
+    """Energy and moments from one forward pass of the whole float model, written out directly."""
+    for _ in Conversion(src, dtype="float32").run(tmp / "float"):
+        pass
+    model = load_float32(tmp / "float")
+    containers = set(expert_containers(model).values())
+    calls = {}
+
+    def keep(path):
+        return lambda x, indices: calls.setdefault(path, []).append((x, indices))
+
+    linears = {p for p in paths if not any(p.startswith(c + ".") for c in containers)}
+    with recording(model, {p: keep(p) for p in linears | containers}):
+        mx.eval(model(tokens))
+    energy, moments = {}, {}
+    for path, seen in calls.items():
+        x = np.concatenate([np.array(c[0], dtype=np.float64).reshape(-1, c[0].shape[-1]) for c in seen])
+        if path not in containers:
+            energy[path], moments[path] = (x * x).mean(0), x.T @ x / len(x)
+            continue
+        glu = module_at(model, path)
+        chosen = np.concatenate([np.array(c[1]).reshape(len(c[0].reshape(-1, c[0].shape[-1])), -1) for c in seen])
+        n_experts = glu.up_proj.weight.shape[0]
+        freq = np.bincount(chosen.reshape(-1), minlength=n_experts) / chosen.size
+        weight = (0.5 + 0.5 * n_experts * freq)[:, None]
+        act = [np.array(glu.activation(mx.array(x, mx.float32) @ glu.up_proj.weight[e].T,
+                                       mx.array(x, mx.float32) @ glu.gate_proj.weight[e].T), dtype=np.float64)
+               for e in range(n_experts)]
+
+        def mixed(h, e):
+            rows = (chosen == e).any(-1)
+            everyone = h.T @ h / len(h)
+            return everyone if rows.sum() < MIN_ROUTED else (everyone + h[rows].T @ h[rows] / rows.sum()) / 2
+
+        for name in ("gate_proj", "up_proj"):
+            energy[f"{path}.{name}"] = weight * (x * x).mean(0)[None]
+            moments[f"{path}.{name}"] = np.stack([mixed(x, e) for e in range(n_experts)])
+        energy[f"{path}.down_proj"] = weight * np.stack([(a * a).mean(0) for a in act])
+        moments[f"{path}.down_proj"] = np.stack([mixed(a, e) for e, a in enumerate(act)])
+    return energy, moments
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral"])
+def test_streamed_statistics_equal_a_whole_model_computation(tmp_path, arch):
+    src = write_tiny_checkpoint(tmp_path / "src", arch, dtype="float32")
+    paths = {r.path for r in Conversion(src, Quant.make("affine", 4)).plan.rows if r.quant is not None
+             and r.role.value != "embedding"}
+    energy, moments = _whole_model_reference(src, tmp_path, TOKENS, paths)
+    stats = _stream(src, TOKENS, energy=paths, moments=paths)
+    assert set(stats.energy) == set(energy) == set(moments) == set(stats.moments) == paths
+    assert any(p.endswith("down_proj") and "layers.1" in p for p in paths)
+    for path in paths:
+        np.testing.assert_allclose(np.array(stats.energy[path]), energy[path], rtol=2e-4, atol=1e-7, err_msg=path)
+        np.testing.assert_allclose(np.array(stats.moments[path]), moments[path], rtol=2e-4, atol=1e-6, err_msg=path)
+
+
+def test_sensitivity_is_estimated_for_every_module_in_a_bounded_number_of_layer_calls(tmp_path):
+    """Each module's KL at the probe, from its layer's output error: every module gets one, the
+    embedding and lm_head exactly, and lm_head made 8x more influential measures as more sensitive."""
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe", dtype="float32")
+    wanted = {r.path for r in Conversion(src, Quant.make("affine", 4)).plan.rows if r.quant is not None}
+    plain = _stream(src, TOKENS, sensitivity=wanted).sensitivity
+    assert set(plain) == wanted and all(v > 0 for v in plain.values())
+    [shard] = src.glob("*.safetensors")
+    tensors = load_file(shard)
+    tensors["lm_head.weight"] = tensors["lm_head.weight"] * 8
+    save_file(tensors, shard, metadata={"format": "pt"})
+    assert _stream(src, TOKENS, sensitivity={"lm_head"}).sensitivity["lm_head"] > 4 * plain["lm_head"]
+
+
+def _deeper(src: Path, dst: Path, layers: int) -> Path:
+    """`src` with its decoder layers repeated to `layers` layers."""
+    dst.mkdir()
+    config = json.loads((src / "config.json").read_text())
+    config["num_hidden_layers"] = layers
+    (dst / "config.json").write_text(json.dumps(config))
+    [shard] = src.glob("*.safetensors")
+    tensors, out = load_file(shard), {}
+    for key, value in tensors.items():
+        if ".layers." not in key:
+            out[key] = value
+        elif ".layers.1." in key:
+            for i in range(layers):
+                out[key.replace(".layers.1.", f".layers.{i}.")] = value
+    save_file(out, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+def test_peak_memory_does_not_grow_with_the_number_of_layers(tmp_path):
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe", dtype="float32")
+    layer_bytes = sum(v.nbytes for k, v in load_file(next(src.glob("*.safetensors"))).items() if ".layers.1." in k)
+    tokens = TOKENS[:2, :16]
+    peaks = {}
+    for layers in (2, 8):
+        deep = _deeper(src, tmp_path / f"l{layers}", layers)
+        wanted = {r.path for r in Conversion(deep, Quant.make("affine", 4)).plan.rows if r.quant is not None}
+        mx.clear_cache()
+        mx.reset_peak_memory()
+        base = mx.get_active_memory()
+        stats = _stream(deep, tokens, energy=wanted, sensitivity=wanted)
+        assert len(stats.energy) > 4 * layers
+        peaks[layers] = mx.get_peak_memory() - base
+        del stats
+    assert peaks[8] - peaks[2] < layer_bytes, (peaks, layer_bytes)  # 6 more layers, not one more in memory
+
+
+def test_hidden_states_kept_on_disk_give_the_same_statistics(tmp_path, monkeypatch):
+    from moequant import calibrate
+
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe", dtype="float32")
+    paths = {r.path for r in Conversion(src, Quant.make("affine", 4)).plan.rows if r.quant is not None
+             and r.role.value != "embedding"}
+    in_memory = _stream(src, TOKENS, energy=paths, moments=paths, sensitivity=paths)
+    monkeypatch.setattr(calibrate, "SPILL_SHARE", 0.0)  # any size is over the share: np.memmap on disk
+    spilled = _stream(src, TOKENS, energy=paths, moments=paths, sensitivity=paths)
+    for path in paths:
+        assert mx.array_equal(in_memory.energy[path], spilled.energy[path]).item(), path
+        assert mx.array_equal(in_memory.moments[path], spilled.moments[path]).item(), path
+    assert spilled.sensitivity == pytest.approx(in_memory.sensitivity, rel=1e-5)
