@@ -129,7 +129,7 @@ PRODUCED: dict[str, Produced] = {p.model_type: p for p in (
 )}
 
 
-# Vision-language releases converted for mlx-vlm (moequant.families.VISION_LANGUAGE): the text vocabulary
+# Vision-language releases converted for mlx-vlm (moequant.registry.VISION_LANGUAGE): the text vocabulary
 # has room for the image tokens (ids VOCAB.., as tiny.py's releases); TOKENS stay below VOCAB, text only
 VOCAB_VLM = VOCAB + 8
 _IMAGE_TOKENS = {"image_token_id": VOCAB + 2, "video_token_id": VOCAB + 3, "vision_start_token_id": VOCAB,

@@ -1,6 +1,6 @@
 """Every MoE architecture moequant supports, smoke-tested end to end.
 
-For each row of moequant.archs that is supported (or blocked: expected to fail until the change
+For each row of moequant.registry that is supported (or blocked: expected to fail until the change
 its note names lands), a tiny checkpoint in the release's own layout and config keys converts at
 --no-quantize, 4-bit affine and mxfp4, loads with the real mlx-lm, and its logits are compared
 with mlx-lm's own float model of the same checkpoint (mlx-lm loading the source directly, with
@@ -18,15 +18,16 @@ import mlx_lm.utils
 import numpy as np
 import pytest
 
-from moequant.archs import ARCHITECTURES, Status, arch_rows, supported
 from moequant.convert import Conversion
+from moequant.errors import CheckpointError
 from moequant.evaluate import compare_logits, load_float32
 from moequant.experts import FUSED_SPLITTERS
-from moequant.families import FAMILIES, PENDING
 from moequant.formats import Quant
 from moequant.plan import GATE_ROLES, Role, find_roles
+from moequant.registry import (ARCHITECTURES, FAMILIES, MODEL_ARCHITECTURES, MODEL_TYPES, PENDING, REGISTRY, ROWS,
+                               Arch, Status, _index, arch_rows, family_of, supported)
 from moequant.target import build_model, resolve_config
-from moequant.tiny import ALL_ARCHS, ARCHS, TinyArch, published_tensors, write_tiny_checkpoint
+from moequant.tiny import ALL_ARCHS, ARCHS, VLM_ARCHS, TinyArch, published_tensors, write_tiny_checkpoint
 
 from conftest import TOKENS, logits_of
 
@@ -202,6 +203,31 @@ def test_rows_that_are_tested_have_a_family_and_a_tiny_checkpoint_and_only_those
     assert len(set(a.model_type for a in ARCHITECTURES)) == len(ARCHITECTURES)
     assert len(supported()) >= 20
     assert [a.status for a in arch_rows()][: len(supported())] == [Status.SUPPORTED] * len(supported())
+
+
+def test_every_row_that_names_a_fixture_has_it_in_tiny_and_every_fixture_has_its_row():
+    """A new architecture is one registry row plus one recipe in tiny.py, each naming the other."""
+    fixtures = [a.fixture for a in ROWS if a.fixture]
+    assert len(fixtures) == len(set(fixtures)) and set(fixtures) == set(ALL_ARCHS)
+    whole = [a.vision.fixture for a in ROWS if a.vision and a.vision.fixture]
+    assert len(whole) == len(set(whole)) and set(whole) == set(VLM_ARCHS)
+
+
+def test_each_spelling_is_one_row_and_names_rows_that_exist():
+    assert len(REGISTRY) == len(ROWS)
+    with pytest.raises(ValueError, match="model_type 'mixtral' has two rows"):
+        _index(ROWS + (Arch("mixtral"),))
+    assert set(MODEL_TYPES.values()) | set(MODEL_ARCHITECTURES.values()) <= set(FAMILIES)
+    # a row without a status is a spelling or a sub-config: nothing `moequant archs` would print
+    assert all(not (a.runner or a.module or a.release or a.note or a.family or a.fixture)
+               for a in ROWS if a.status is None)
+
+
+def test_a_model_type_without_a_family_is_an_error_that_says_why():
+    with pytest.raises(CheckpointError, match=r"model_type 'dbrx' is not a supported MoE family \(not converted yet"):
+        family_of({"model_type": "dbrx"})
+    with pytest.raises(CheckpointError, match="model_type 'hunyuan_v1_moe' is not a supported MoE family; expected"):
+        family_of({"model_type": "hunyuan_v1_moe"})  # a spelling: the family is the row it runs as
 
 
 @pytest.mark.parametrize("arch", ARCHS)

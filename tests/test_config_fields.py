@@ -3,7 +3,7 @@
 For each model_type transformers writes (tests/producer.py) and `moequant archs` supports, the
 config.json save_pretrained wrote is resolved as moequant resolves it, mlx-lm's ModelArgs is built
 from that, and each ModelArgs field with a counterpart in transformers' own config object — the
-same name (transformers' attribute_map aliases included) or a configmap.RENAMES row — must hold
+same name (transformers' attribute_map aliases included) or a registry row's Rename — must hold
 transformers' value. A field that silently kept ModelArgs' own default while transformers reads
 another value fails here, whatever the logits of a tiny model show.
 """
@@ -24,7 +24,7 @@ from transformers.integrations.heterogeneity.configuration_utils import (  # noq
 )
 
 from moequant.configmap import COMMON, CONVERTERS, MISSING, NONE, RENAMES, lookup  # noqa: E402
-from moequant.families import TEXT_ARGS  # noqa: E402
+from moequant.registry import TEXT_ARGS  # noqa: E402
 from moequant.target import model_classes, resolve_config, text_args_class  # noqa: E402
 
 from producer import PRODUCED, tiny_config  # noqa: E402

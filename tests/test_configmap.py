@@ -6,6 +6,12 @@ import pytest
 
 from moequant.configmap import CONVERTERS, apply_renames
 from moequant.errors import CheckpointError
+from moequant.registry import RENAMES
+
+
+def test_every_rename_names_a_converter():
+    named = {r.convert for renames in RENAMES.values() for r in renames if r.convert}
+    assert named and named <= set(CONVERTERS)
 
 
 def test_plain_rope_reaches_deepseek_v2_as_yarn_factor_one():

@@ -19,7 +19,7 @@ import transformers  # noqa: E402
 import producer  # noqa: E402
 from moequant.convert import Conversion  # noqa: E402
 from moequant.evaluate import compare_logits, load_float32  # noqa: E402
-from moequant.ignored import IGNORED_BY_MLX_LM  # noqa: E402
+from moequant.ignored import IGNORED_BY_MLX_LM, IGNORED_BY_MLX_VLM, MATTERS  # noqa: E402
 
 
 def _notes(src) -> list[str]:
@@ -48,6 +48,12 @@ def test_a_value_mlx_lm_ignores_is_a_plan_note_and_a_warning(tmp_path, caplog, m
 def test_no_note_when_the_source_does_not_trigger_it(tmp_path, model_type):
     producer.write_produced(tmp_path / "src", model_type)  # mixtral's row drops sliding_window
     assert _notes(tmp_path / "src") == []
+
+
+def test_every_row_names_a_predicate():
+    tables = (IGNORED_BY_MLX_LM, IGNORED_BY_MLX_VLM)
+    named = {row.matters for table in tables for rows in table.values() for row in rows}
+    assert named == set(MATTERS)
 
 
 def test_every_row_names_code_on_both_sides():

@@ -20,12 +20,11 @@ transformers = pytest.importorskip("transformers", minversion="5.0")
 
 import mlx.core as mx  # noqa: E402
 
-from moequant.archs import ARCHITECTURES, Status  # noqa: E402
 from moequant.convert import Conversion  # noqa: E402
 from moequant.errors import MoequantError  # noqa: E402
 from moequant.evaluate import compare_logits, load_float32  # noqa: E402
-from moequant.families import MODEL_TYPES  # noqa: E402
 from moequant.formats import Quant  # noqa: E402
+from moequant.registry import ARCHITECTURES, MODEL_TYPES, Status  # noqa: E402
 
 from producer import PRODUCED, TOKENS, produced, simulated_logits  # noqa: E402,F401  (produced: a fixture)
 

@@ -33,7 +33,7 @@ import mlx.nn as nn  # noqa: E402
 from moequant.convert import Conversion  # noqa: E402
 from moequant.errors import CheckpointError  # noqa: E402
 from moequant.evaluate import compare_logits, load_float32  # noqa: E402
-from moequant.families import VISION_LANGUAGE  # noqa: E402
+from moequant.registry import VISION_LANGUAGE  # noqa: E402
 from moequant.formats import Quant  # noqa: E402
 from moequant.ignored import IGNORED_BY_MLX_VLM  # noqa: E402
 from moequant.plan import Role  # noqa: E402

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from moequant import target
-from moequant.families import FAMILIES
+from moequant.registry import FAMILIES
 from moequant.tiny import ALL_ARCHS, write_tiny_checkpoint
 
 from test_procpool import _files

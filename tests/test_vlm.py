@@ -13,7 +13,7 @@ import pytest
 from moequant.convert import Conversion
 from moequant.errors import CheckpointError, LayoutError
 from moequant.evaluate import compare_logits, load_float32
-from moequant.families import VISION_LANGUAGE
+from moequant.registry import VISION_LANGUAGE
 from moequant.formats import Quant
 from moequant.plan import GATE_ROLES, Role
 from moequant.tiny import VLM_ARCHS, write_tiny_checkpoint
@@ -185,7 +185,7 @@ def test_cli_for_option(tmp_path, cli):
 
 
 def test_every_vision_language_row_has_a_tiny_release_and_a_supported_arch_row():
-    from moequant.archs import ARCHITECTURES, VLM_DONE, Status
+    from moequant.registry import ARCHITECTURES, VLM_DONE, Status
 
     assert set(VISION_LANGUAGE) == set(VLM_ARCHS)
     rows = {a.model_type: a for a in ARCHITECTURES}

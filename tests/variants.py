@@ -20,7 +20,7 @@ import numpy as np
 
 from moequant.checkpoint import DTYPE_TAGS, INDEX_FILE
 from moequant.experts import FUSED_SPLITTERS
-from moequant.families import FAMILIES, MODEL_TYPES
+from moequant.registry import FAMILIES, MODEL_TYPES
 from moequant.tiny import _to_fp8, _to_layout, _to_modelopt_nvfp4, save_safetensors
 
 Tensors = dict[str, mx.array]

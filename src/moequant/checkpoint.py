@@ -17,7 +17,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from .errors import CheckpointError
-from .families import WRAPPED
+from .registry import WRAPPED
 from .names import layer_of
 
 log = logging.getLogger(__name__)

@@ -637,7 +637,7 @@ def archs(
     json_out: JsonOpt = False,
 ) -> None:
     """List the MoE architectures of mlx-lm / mlx-vlm and whether moequant supports each."""
-    from .archs import Status, arch_rows
+    from .registry import Status, arch_rows
 
     if status is not None and status not in {s.value for s in Status}:
         _fail(f"--status {status!r}: expected one of {', '.join(s.value for s in Status)}", as_json=json_out)

@@ -1,11 +1,12 @@
-"""What transformers' config says, in the names mlx-lm's ModelArgs reads: one table of renames.
+"""What transformers' config says, in the names mlx-lm's ModelArgs reads: renames and their converters.
 
 transformers 5 renamed keys that mlx-lm's models were written against (the published releases'
 names), moved some under `rope_parameters`, and derives others in code (`head_dim` =
 `hidden_size // num_attention_heads` when the config has none). After target.fill_defaults has
-filled every key config.json left out with transformers' own defaults, each Rename below fills
-one ModelArgs key from transformers' value, so that a value the source states (or transformers
-reads as its default) reaches ModelArgs instead of ModelArgs' own default.
+filled every key config.json left out with transformers' own defaults, each Rename (the model_type's
+registry row's, then COMMON below) fills one ModelArgs key from transformers' value, so that a value
+the source states (or transformers reads as its default) reaches ModelArgs instead of ModelArgs' own
+default.
 
 A Rename only fills a key the config lacks and the target ModelArgs takes (or, with `overrides`,
 replaces the key's value where transformers reads another key instead of it); `convert` names a
@@ -16,33 +17,17 @@ mlx-lm cannot express raises CheckpointError (one line).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import CheckpointError
+from .registry import FIXED, RENAMES, Rename, registrar
 
 MISSING = object()
 NONE = object()  # a converter's answer meaning "fill the key with None"
 
 
-@dataclass(frozen=True)
-class Rename:
-    key: str  # what mlx-lm's ModelArgs reads
-    source: str  # transformers' key (dotted for nested: rope_parameters.rope_theta); "" = the whole config
-    convert: str = ""  # a key of CONVERTERS, "" = the value as it is
-    # True: transformers never reads `key` (it reads `source`), so the value from `source` replaces a
-    # stated `key` too (e.g. first_k_dense_replace beside the mlp_layer_types transformers reads)
-    overrides: bool = False
-
-
 CONVERTERS: dict[str, Callable[[Any, dict], Any]] = {}
-
-
-def converter(name: str):
-    def register(fn):
-        CONVERTERS[name] = fn
-        return fn
-    return register
+converter = registrar(CONVERTERS)
 
 
 @converter("head_dim")
@@ -51,14 +36,6 @@ def _head_dim(config: dict, _: dict) -> int | None:
     if config.get("hidden_size") and config.get("num_attention_heads"):
         return config["hidden_size"] // config["num_attention_heads"]
     return None
-
-
-def fixed(value) -> str:
-    """The name of a converter that always answers `value`: for a ModelArgs key whose value
-    transformers' model hard-codes (e.g. DeepSeek-V3-style routing: topk_method "noaux_tc")."""
-    name = f"={value!r}"
-    CONVERTERS.setdefault(name, lambda _value, _config: NONE if value is None else value)
-    return name
 
 
 def _layer_types(value, what: str) -> list[str]:
@@ -213,6 +190,10 @@ def _full_attention_override(key: str):
     return convert
 
 
+# the converters the registry's rows name with registry.fixed(value): each always answers its value
+CONVERTERS.update({name: (lambda value: lambda _value, _config: NONE if value is None else value)(value)
+                   for name, value in FIXED.items()})
+
 CONVERTERS["full_attention_head_dim"] = _full_attention_override("head_dim")
 CONVERTERS["full_attention_kv_heads"] = _full_attention_override("num_key_value_heads")
 
@@ -299,175 +280,21 @@ def _interleave_moe_layer_step(moe_layers, config: dict) -> int | None:
         "interleave_moe_layer_step can say (layer l MoE iff l % step == step - 1)")
 
 
-# Renames every model_type gets (tried in order; the first source found wins).
+# Renames every model_type gets, after its registry row's (registry.RENAMES; tried in order, the first
+# source found wins).
 COMMON: tuple[Rename, ...] = (
     Rename("head_dim", "", "head_dim"),
 )
 
-# model_type (mlx-lm's; for mlx-vlm's sub-configs, text_config's and vision_config's own, see
-# target.resolve_config) -> its renames, in alphabetical order of model_type.
-RENAMES: dict[str, tuple[Rename, ...]] = {
-    # transformers' BailingHybrid (Ling 3.0; mlx-lm's bailing_moe_v3): the attribute_map names, KDA heads of
-    # linear_head_dim (config.json's head_dim is qk_rope_head_dim), shared experts of moe_intermediate_size,
-    # interleaved RoPE, f_proj without LoRA, layer_types / mlp_layer_types for the layer kinds
-    "bailing_moe_v3": (
-        Rename("num_experts_per_tok", "num_experts_per_token"),
-        Rename("n_group", "num_expert_group"),
-        Rename("max_position_embeddings", "model_max_length"),
-        Rename("head_dim", "linear_head_dim", overrides=True),
-        Rename("moe_shared_expert_intermediate_size", "moe_intermediate_size", overrides=True),
-        Rename("layer_group_size", "layer_types", "layer_group_size", overrides=True),
-        Rename("first_k_dense_replace", "mlp_layer_types", "dense_then_sparse", overrides=True),
-        Rename("short_conv_kernel_size", "linear_conv_kernel_dim", overrides=True),
-        Rename("rope_interleave", "", fixed(True), overrides=True),
-        Rename("no_kda_lora", "", fixed(True), overrides=True),
-    ),
-    # transformers' DeepseekV2 computes plain RoPE when rope_type is "default"; mlx-lm's deepseek_v2 always
-    # builds its YaRN rotary embedding from rope_scaling["factor"] (plain RoPE at factor 1.0)
-    "deepseek_v2": (
-        Rename("rope_scaling", "rope_parameters", "rope_scaling_with_factor"),
-        # transformers' DeepseekV2: MoE iff layer >= first_k_dense_replace (moe_layer_freq is never read)
-        Rename("moe_layer_freq", "", fixed(1), overrides=True),
-    ),
-    # transformers' ExaoneMoe: layer l is MoE iff mlp_layer_types[l] == "sparse"
-    "exaone_moe": (
-        Rename("is_moe_layer", "mlp_layer_types", "sparse_flags"),
-    ),
-    # transformers' Gemma4Config keeps vocab_size in text_config only; mlx-lm's gemma4 reads the outer one (default
-    # 262144) and writes it into text_config (mlx_lm/models/gemma4.py ModelArgs.__post_init__)
-    "gemma4": (
-        Rename("vocab_size", "text_config.vocab_size"),
-    ),
-    # transformers' Gemma4Text: the full-attention layers' head_dim / kv heads in per_layer_config
-    "gemma4_text": (
-        Rename("global_head_dim", "per_layer_config", "full_attention_head_dim"),
-        Rename("num_global_key_value_heads", "per_layer_config", "full_attention_kv_heads"),
-    ),
-    # transformers' Glm4vMoeConfig names the token before an image image_start_token_id; mlx-vlm's glm4v_moe
-    # ModelConfig reads vision_start_token_id (default 151339, GLM-4.5V's) to find images for their 3-D positions
-    # (mlx_vlm/models/glm4v_moe/language.py get_rope_index), else gives image tokens text positions
-    "glm4v_moe": (
-        Rename("vision_start_token_id", "image_start_token_id"),
-        Rename("vision_end_token_id", "image_end_token_id"),
-    ),
-    # transformers' Glm4vMoeText has no q/k norm (modeling_glm4v_moe.py Glm4vMoeTextAttention); mlx-vlm's
-    # glm4v_moe TextConfig requires use_qk_norm
-    "glm4v_moe_text": (
-        Rename("use_qk_norm", "", fixed(False)),
-    ),
-    # transformers' GlmMoeDsa: sigmoid router with e_score_correction_bias and group-limited top-k (DeepSeek-V3's
-    # noaux_tc), MoE iff mlp_layer_types[l] == "sparse" (first_k_dense_replace is only its default)
-    "glm_moe_dsa": (
-        Rename("topk_method", "", fixed("noaux_tc")),
-        Rename("scoring_func", "", fixed("sigmoid")),
-        Rename("first_k_dense_replace", "mlp_layer_types", "first_k_dense_replace", overrides=True),
-        Rename("moe_layer_freq", "mlp_layer_types", "moe_layer_freq", overrides=True),
-    ),
-    # transformers' GraniteMoeHybrid spells its layer types linear_attention / full_attention (it remaps a
-    # release's mamba / attention on reading); mlx-lm's takes mamba / attention
-    "granitemoehybrid": (
-        Rename("layer_types", "layer_types", "granite_layer_types", overrides=True),
-        Rename("position_embedding_type", "position_embedding_type", "rope_or_nope", overrides=True),
-    ),
-    # transformers' HunYuanMoEV1 (model_type hunyuan_v1_moe, run by mlx-lm's hunyuan): every layer has one
-    # shared MLP beside the experts and q/k RMSNorm after RoPE, no cross-layer KV sharing; experts and shared MLP
-    # are intermediate_size wide (mlx-lm: moe_intermediate_size when set, else intermediate_size)
-    "hunyuan": (
-        Rename("use_mixed_mlp_moe", "", fixed(True)),
-        Rename("num_shared_expert", "", fixed(1)),
-        Rename("use_qk_norm", "", fixed(True)),
-        Rename("use_cla", "", fixed(False)),
-        Rename("cla_share_factor", "", fixed(1)),
-        Rename("rope_scaling", "rope_parameters", "ntk_alpha_rope_scaling"),
-    ),
-    # transformers' KimiLinear: KDA dims and layer kinds in their own keys (mlx-lm: linear_attn_config), MLA
-    # without RoPE (no rope_theta), sigmoid group-limited routing, MoE iff mlp_layer_types[l] == "sparse"
-    "kimi_linear": (
-        Rename("linear_attn_config", "", "kda_layers", overrides=True),
-        Rename("rope_theta", "", fixed(None)),
-        Rename("first_k_dense_replace", "mlp_layer_types", "first_k_dense_replace", overrides=True),
-        Rename("moe_layer_freq", "mlp_layer_types", "moe_layer_freq", overrides=True),
-        Rename("moe_router_activation_func", "", fixed("sigmoid"), overrides=True),
-        Rename("use_grouped_topk", "", fixed(True), overrides=True),
-    ),
-    # transformers' Llama4TextConfig: the MoE layers are moe_layers (interleave_moe_layer_step only builds its default)
-    "llama4": (
-        Rename("interleave_moe_layer_step", "moe_layers", "interleave_moe_layer_step", overrides=True),
-    ),
-    # transformers' Llama4 projects the vision model's last hidden state (modeling_llama4.py get_image_features);
-    # mlx-vlm's llama4 VisionConfig requires vision_feature_layer (the model reads its own argument, -1)
-    "llama4_vision_model": (
-        Rename("vision_feature_layer", "", fixed(-1)),
-    ),
-    # transformers' LongcatFlash: MLA that always scales q and kv latents by sqrt(hidden / rank), routing that
-    # sends the zero experts' share through unchanged (identity)
-    "longcat_flash": (
-        Rename("attention_method", "", fixed("MLA")),
-        Rename("zero_expert_type", "", fixed("identity")),
-        Rename("mla_scale_q_lora", "", fixed(True)),
-        Rename("mla_scale_kv_lora", "", fixed(True)),
-    ),
-    # transformers' MiMoV2Flash: sliding layers have twice the kv heads and attention sinks, full layers
-    # neither; per-layer-type rope_parameters; no shared experts; sigmoid noaux_tc routing
-    "mimo_v2_flash": (
-        Rename("hybrid_layer_pattern", "layer_types", "sliding_ints"),
-        Rename("moe_layer_freq", "mlp_layer_types", "sparse_ints"),
-        Rename("add_swa_attention_sink_bias", "", fixed(True)),
-        Rename("add_full_attention_sink_bias", "", fixed(False)),
-        # both mask kv > q - window; transformers' window is sliding_window (a release's sliding_window_size + 1),
-        # mlx-lm's is sliding_window_size: filled from sliding_window only where the config has no
-        # sliding_window_size (a stated one is what mlx-lm reads; moequant.archs says how the two differ)
-        Rename("sliding_window_size", "sliding_window"),
-        Rename("n_shared_experts", "", fixed(None)),
-        Rename("topk_method", "", fixed("noaux_tc")),
-        Rename("scoring_func", "", fixed("sigmoid")),
-        Rename("layernorm_epsilon", "rms_norm_eps"),
-        Rename("rope_theta", "rope_parameters.full_attention.rope_theta"),
-        Rename("swa_rope_theta", "rope_parameters.sliding_attention.rope_theta"),
-        Rename("swa_num_attention_heads", "num_attention_heads"),
-        Rename("swa_num_key_value_heads", "num_key_value_heads", "twice"),
-        Rename("swa_head_dim", "head_dim"),
-        Rename("swa_v_head_dim", "v_head_dim"),
-        Rename("partial_rotary_factor", "rope_parameters", "same_partial_rotary_factor"),
-    ),
-    # transformers' MiniMaxM2: partial RoPE over int(head_dim * partial_rotary_factor) dims, no shared expert
-    # (mlx-lm's minimax reads shared_intermediate_size but builds nothing from it)
-    "minimax_m2": (
-        Rename("rotary_dim", "", "rotary_dim"),
-        Rename("shared_intermediate_size", "", fixed(0)),
-    ),
-    # transformers' NemotronH: layers_block_type (a release's hybrid_override_pattern, read into it)
-    "nemotron_h": (
-        Rename("hybrid_override_pattern", "layers_block_type", "block_pattern"),
-    ),
-    # transformers' Qwen3_5Moe (text_config): layer_types (full_attention_interval is only read to build it)
-    "qwen3_5_moe": (
-        Rename("full_attention_interval", "layer_types", "full_attention_interval"),
-    ),
-    # transformers' Qwen3Next: layer_types (full_attention_interval is only read to build it)
-    "qwen3_next": (
-        Rename("full_attention_interval", "layer_types", "full_attention_interval"),
-    ),
-    # transformers' Qwen3VLMoeText always renormalizes the top-k routing weights (modeling_qwen3_vl_moe.py:166,
-    # Qwen3VLMoeTextTopKRouter) and has no norm_topk_prob; mlx-lm's qwen3_moe (qwen3_vl_moe's language model)
-    # requires it
-    "qwen3_vl_moe": (
-        Rename("norm_topk_prob", "", fixed(True)),
-    ),
-    # transformers 5 names Qwen3-VL-MoE's vision_config qwen3_vl_moe_vision; mlx-vlm's VisionModel takes only the
-    # releases' qwen3_vl_moe (mlx_vlm/models/qwen3_vl_moe/vision.py:195), the same tower
-    "qwen3_vl_moe_vision": (
-        Rename("model_type", "", fixed("qwen3_vl_moe"), overrides=True),
-    ),
-    # transformers' SolarOpen: every layer MoE (no dense layer, so no intermediate_size is read), partial
-    # rotary from rope_parameters
-    "solar_open": (
-        Rename("first_k_dense_replace", "", fixed(0), overrides=True),
-        Rename("intermediate_size", "moe_intermediate_size"),
-        Rename("partial_rotary_factor", "rope_parameters", "partial_rotary_factor"),
-    ),
-}
+# config.json keys transformers keeps for itself: never filled from its defaults
+TRANSFORMERS_BOOKKEEPING = frozenset({
+    "architectures", "transformers_version", "_name_or_path", "return_dict", "output_hidden_states",
+    "output_attentions", "chunk_size_feed_forward", "is_encoder_decoder", "id2label", "label2id", "problem_type",
+    "dtype", "torch_dtype", "auto_map", "model_type", "quantization_config", "quantization",
+})
 
+# rope_parameters.rope_type values that mean "no scaling" (anything else becomes rope_scaling)
+PLAIN_ROPE_TYPES = ("default", None)
 
 def lookup(config: dict, dotted: str):
     value = config

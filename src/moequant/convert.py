@@ -19,13 +19,12 @@ from .checkpoint import DTYPE_TAGS, ITEMSIZE, Checkpoint, Group, Stacked, mlx_qu
 from .allocate import allocate, candidate_errors, model_errors
 from .calibrate import PROBE, measure, read_calibration
 from .dequant import MLX, SourceContext, dequantize_packed, source_format
-from .archs import ARCHITECTURES, Status
 from .errors import CheckpointError, PlanError
 from .experts import ExpertStack, expert_sources, num_experts, to_stacked
-from .families import FAMILIES, TENSOR_RENAMES, Family
 from .formats import DTYPES, Mode, Quant, Rounding, infer_fp_quant, infer_quant
 from .ignored import ignored_notes
 from .names import canonical_name, layer_of, renamed
+from .registry import TENSOR_RENAMES, family_of
 from .plan import Decision, Options, Plan, build_plan, find_roles, plan_from_json, plan_rows
 from .stored import Stored, read_stored, stale_notes
 from .quantize import Quantizer, check_complete, check_weights, parameter_shapes
@@ -36,17 +35,6 @@ from . import procpool
 
 log = logging.getLogger(__name__)
 
-
-
-def family_of(config: dict) -> Family:
-    model_type = config["model_type"]
-    if model_type not in FAMILIES:
-        why = next((f" ({a.note})" for a in ARCHITECTURES if a.model_type == model_type and a.status == Status.NOT_YET), "")
-        raise CheckpointError(
-            f"config.json: model_type {model_type!r} is not a supported MoE family{why}; expected one of "
-            f"{', '.join(sorted(FAMILIES))}"
-        )
-    return FAMILIES[model_type]
 
 
 def vocab_size(config: dict) -> int | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import mlx.core as mx
 
 from .errors import LayoutError
-from .families import Family, Handoff
+from .registry import Family, Handoff, num_experts_keys
 
 
 @dataclass(frozen=True)
@@ -142,10 +142,10 @@ def num_experts(family: Family, config: dict) -> int:
     """The expert count, from the first of the family's keys set at the top of config.json or,
     for VLM-style configs (Llama-4), under text_config."""
     for where in (config, config.get("text_config") or {}):
-        for key in family.num_experts_keys:
+        for key in num_experts_keys(family):
             if isinstance(where.get(key), int):
                 return where[key]
-    raise LayoutError(f"config.json: none of {', '.join(family.num_experts_keys)} is set (nor under text_config); "
+    raise LayoutError(f"config.json: none of {', '.join(num_experts_keys(family))} is set (nor under text_config); "
                       "expected the expert count")
 
 

@@ -30,7 +30,7 @@ def canonical_name(key: str) -> str:
 
 def renamed(key: str, rows: tuple[tuple[str, str], ...], targets: set[str] | frozenset[str]) -> str:
     """`key` under the first (regex, replacement) row whose result is in `targets` while `key` is
-    not (families.TENSOR_RENAMES); else `key` itself."""
+    not (a registry row's tensor_renames); else `key` itself."""
     if key in targets:
         return key
     for pattern, replacement in rows:

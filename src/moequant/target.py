@@ -4,7 +4,7 @@ moequant does not re-implement architectures. It resolves config aliases so the 
 classes see the names they expect, and builds the model without evaluating any weight (mlx is
 lazy), so the module tree can be planned before a byte of tensor data is read.
 
-Which runner: a vision-language checkpoint (a VISION_LANGUAGE row, its vision keys set in
+Which runner: a vision-language checkpoint (a registry row with a vision part, its vision keys set in
 config.json) converts for mlx-vlm — vision tower and projector kept — when mlx-vlm is installed,
 and otherwise (or when asked: `runner="mlx-lm"`) for mlx-lm, text only. `resolve_config` makes the
 choice and records it in the config itself: a config resolved for mlx-lm has its vision keys
@@ -33,10 +33,10 @@ from pathlib import Path
 
 import mlx.nn as nn
 
-from .configmap import MISSING, apply_renames, lookup
+from .configmap import MISSING, PLAIN_ROPE_TYPES, TRANSFORMERS_BOOKKEEPING, apply_renames, lookup
 from .errors import CheckpointError
-from .families import (ABSENT_AS_ZEROS, CONFIG_ALIASES, MODEL_ARCHITECTURES, MODEL_TYPES, PLAIN_ROPE_TYPES, TEXT_ARGS,
-                       TRANSFORMERS_BOOKKEEPING, VISION_LANGUAGE, WRAPPED)
+from .registry import (ABSENT_AS_ZEROS, CONFIG_ALIASES, MODEL_ARCHITECTURES, MODEL_TYPES, TEXT_ARGS, VISION_LANGUAGE,
+                       WRAPPED)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def mlx_vlm_installed() -> bool:
 
 
 def is_vision_language(config: dict) -> bool:
-    """A config with its vision part: a VISION_LANGUAGE row, every one of its vision keys set."""
+    """A config with its vision part: a registry row with one (VISION_LANGUAGE), its vision keys all set."""
     row = VISION_LANGUAGE.get(config.get("model_type"))
     return row is not None and all(config.get(k) is not None for k in row.vision_keys)
 

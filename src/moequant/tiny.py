@@ -21,7 +21,7 @@ import numpy as np
 
 from .checkpoint import DTYPE_TAGS, INDEX_FILE, encode_header, tensor_bytes
 from .experts import FUSED_SPLITTERS
-from .families import FAMILIES, PENDING, Family
+from .registry import REGISTRY, Family
 
 # Shared tiny dimensions (hidden 128 divides every group size; expert intermediate 64 does not
 # divide 128, so a group-128 plan has something to keep for "indivisible").
@@ -176,7 +176,7 @@ class TinyArch:
 
     `tensors=None` derives them from mlx-lm itself (`published_tensors`): the model class is built
     from the tiny config, its parameter names and shapes are taken, and mlx-lm's sanitize is
-    inverted — experts unstacked with the FAMILIES row, then `renames` and `fixes` — so only the
+    inverted — experts unstacked with the registry row's family, then `renames` and `fixes` — so only the
     config (in the key names the real release's config.json carries) is per-arch data."""
 
     tensors: Callable[[], Tensors] | None
@@ -453,7 +453,7 @@ def write_tiny_checkpoint(dst: str | Path, arch: str, *, dtype: str = "bfloat16"
     `source="fp8"` writes FP8 block-scaled linear weights (`weight_block_size` = block_size) as
     DeepSeek-V3 and Qwen3-FP8 releases do. `vision=True` writes a vision-language release whole
     (VLM_ARCHS: vision tower, vision_config, processor files) instead of its language model only."""
-    family = FAMILIES.get(arch) or PENDING.get(arch)
+    family = REGISTRY[arch].family if arch in REGISTRY else None
     layout = layout or (family.layout if family else "per_expert")
     archs = VLM_ARCHS if vision else ALL_ARCHS
     if arch not in archs or layout not in LAYOUTS or source not in SOURCES:

@@ -1,0 +1,985 @@
+"""Architecture knowledge as data: one row per config.json model_type.
+
+A row (`Arch`) holds everything moequant knows about one model_type: its status and the note
+`moequant archs` prints, the runner (mlx-lm, or mlx-vlm for a release with a vision part), how
+the release publishes its experts (`Family`), the config renames that put transformers' values
+under the names the runner's ModelArgs reads, what mlx-lm's model computes differently from
+transformers', and the name of its tiny fixture (a recipe in `tiny.py`). Each source spelling of
+a model_type is a row of its own: a transformers class that mlx-lm runs under another name
+(`runs_as`), and the model_types of sub-configs that need renames (`llama4_vision_model`). The
+tables the pipeline reads (FAMILIES, VISION_LANGUAGE, RENAMES, …) are views of these rows, and a
+model_type with no row is an error (`row`), never a pass-through.
+
+Adding an architecture is one row here and one recipe in `tiny.py` (tests/test_archs.py holds the
+two to each other); the pipeline has no `if model_type == …`. What a row cannot say is a function
+registered by name and named by the row: experts.FUSED_SPLITTERS (Family.fused),
+configmap.CONVERTERS (Rename.convert), ignored.MATTERS (Ignored.matters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import KW_ONLY, dataclass, field
+from enum import Enum
+
+from .errors import CheckpointError
+from .formats import StrEnum
+
+
+class Status(str, Enum):
+    SUPPORTED = "supported"  # family + tiny checkpoint + passing smoke test
+    BLOCKED = "blocked"  # family + tiny checkpoint; the smoke test waits on the change named
+    NOT_YET = "not yet"  # no family yet; the note says what it takes
+
+
+class Handoff(StrEnum):
+    """What mlx-lm's sanitize is handed: moequant's stacks, or each expert in the published names
+    for a sanitize that stacks them itself and keys other conversions on seeing them (Qwen3-Next's
+    norm offsets)."""
+
+    STACKED = "stacked"
+    PER_EXPERT = "per_expert"
+
+
+@dataclass(frozen=True)
+class FusedAlso:
+    """The same fused experts published under other names, split another way (gpt-oss: the MXFP4
+    release's rows vs transformers' own in x out float save)."""
+
+    names: tuple[str, str]  # fused (gate_up, down) inside `experts`, bare (float parameters)
+    fused: str  # how gate_up splits: a key of experts.FUSED_SPLITTERS
+
+
+@dataclass(frozen=True)
+class Family:
+    experts: str  # per-expert container inside a decoder layer (source layout)
+    stacked: str  # what the mlx-lm class loads: [E, out, in] per projection
+    projections: dict[str, str]  # source projection name -> stacked projection name
+    # the config key naming E; its other spellings are CONFIG_ALIASES' (num_experts_keys)
+    num_experts: str = "num_experts"
+    fused: str = "halves"  # how the fused gate_up tensor splits: a key of experts.FUSED_SPLITTERS
+    fused_names: tuple[str, str] = ("gate_up_proj", "down_proj")  # fused (gate_up, down) inside `experts`
+    fused_bias_names: tuple[str, ...] = ()  # fused (gate_up, down) biases [E, out], if the release has them
+    layout: str = "per_expert"  # how the release publishes its experts: per_expert, fused or stacked
+    handoff: Handoff = Handoff.STACKED
+    # other names the same fused experts are published under, each with its own orientation; the fused
+    # biases (fused_bias_names) are the same rows in every publication
+    fused_also: tuple[FusedAlso, ...] = ()
+
+
+@dataclass(frozen=True)
+class VisionLanguage:
+    """A vision-language release that mlx-vlm runs whole (vision tower, projector and language
+    model). The row's family says how the language model's experts are published; this part says
+    what mlx-lm's text-only output drops. The runner is chosen in target.resolve_config."""
+
+    module: str  # mlx_vlm.models.<module>
+    # config keys holding the parts mlx-lm has no use for: a config with all of them set is a VLM;
+    # a text-only (mlx-lm) output's config.json leaves them out, as it leaves out their weights
+    vision_keys: tuple[str, ...] = ("vision_config",)
+    fixture: str = ""  # the whole release's recipe: a key of tiny.VLM_ARCHS
+
+
+@dataclass(frozen=True)
+class Wrapped:
+    """A transformers text-only class of a model mlx-lm runs only inside its multimodal wrapper: the
+    output is the wrapper's, config.json nested under text_config and tensors under its prefix."""
+
+    prefixes: tuple[tuple[str, str], ...]  # source tensor-key prefix -> mlx-lm's, first match wins
+
+
+@dataclass(frozen=True)
+class AbsentAsZeros:
+    """Tensors mlx-lm's model always has and transformers' only when a config flag is on (biases):
+    with the flag off, SRC has none and they are written as zeros, which compute the same function."""
+
+    flag: str  # transformers' config key
+    keys: str  # regex over mlx-lm's parameter keys
+    what: str  # the tensors, in the user's words
+
+
+@dataclass(frozen=True)
+class Rename:
+    """One ModelArgs key filled from transformers' spelling of it (configmap.apply_renames)."""
+
+    key: str  # what mlx-lm's ModelArgs reads
+    source: str  # transformers' key (dotted for nested: rope_parameters.rope_theta); "" = the whole config
+    convert: str = ""  # a key of configmap.CONVERTERS, "" = the value as it is
+    # True: transformers never reads `key` (it reads `source`), so the value from `source` replaces a
+    # stated `key` too (e.g. first_k_dense_replace beside the mlp_layer_types transformers reads)
+    overrides: bool = False
+
+
+def registrar(table: dict):
+    """A decorator that files a function in `table` under a name a row gives (Rename.convert, Ignored.matters)."""
+    def named(name: str):
+        def register(fn):
+            table[name] = fn
+            return fn
+        return register
+    return named
+
+
+FIXED: dict[str, object] = {}  # converter name -> the value it always answers (configmap.CONVERTERS)
+
+
+def fixed(value) -> str:
+    """The name of a converter that always answers `value`: for a ModelArgs key whose value
+    transformers' model hard-codes (e.g. DeepSeek-V3-style routing: topk_method "noaux_tc")."""
+    name = f"={value!r}"
+    FIXED.setdefault(name, value)
+    return name
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """Where mlx-lm's model computes something other than transformers' (ignored.ignored_notes)."""
+
+    key: str  # a config key (dotted for nested), or with tensor=True a glob on SRC tensor names
+    matters: str  # a key of ignored.MATTERS: (value, resolved config) -> whether mlx-lm's output differs
+    message: str  # for the user: what transformers does, what mlx-lm does, when it shows
+    tensor: bool = False
+    # what mlx-lm's model can hold, where it cannot hold the source at all (a lm_head it has no place for):
+    # converting is then refused in one line instead of noted
+    expected: str = ""
+
+
+def _sliding(where: str) -> str:
+    return (f"transformers attends within the last sliding_window tokens ({where}); mlx-lm's model has no "
+            "sliding window and attends to every earlier token, so outputs differ on prompts longer than the window")
+
+
+@dataclass(frozen=True)
+class Alias:
+    """`key` is what mlx-lm's ModelArgs reads; `sources` are other spellings, tried in order.
+
+    A dotted source (`rope_parameters.rope_theta`) reads a nested key. An alias only fills a key
+    that the config lacks, and only when the target ModelArgs takes that key.
+    """
+
+    key: str
+    sources: tuple[str, ...]
+    note: str = field(default="", compare=False)
+
+
+CONFIG_ALIASES: tuple[Alias, ...] = (
+    # transformers 5 moved rope_theta under rope_parameters; mlx-lm's mixtral and qwen2_moe
+    # default rope_theta to 1e6, so a missed alias loads silently and computes wrong logits.
+    Alias("rope_theta", ("rope_parameters.rope_theta",), "transformers 5"),
+    # transformers 5 keeps a partial rotary dimension with the other RoPE values
+    Alias("partial_rotary_factor", ("rope_parameters.partial_rotary_factor",), "transformers 5"),
+    # transformers 5 writes num_local_experts for the Qwen MoE families; mlx-lm reads num_experts.
+    # These two rows also give the spellings of a family's expert count (num_experts_keys)
+    Alias("num_experts", ("num_local_experts", "n_routed_experts"), "transformers 5"),
+    Alias("num_local_experts", ("num_experts",), "older Mixtral-style exports"),
+    # VLM-era configs may spell the dtype either way
+    Alias("torch_dtype", ("dtype",), "transformers 5"),
+)
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One config.json model_type. A row with a status is an architecture `moequant archs` lists; a
+    row without one is another spelling (`runs_as`) or a sub-config's model_type (renames only)."""
+
+    model_type: str  # as config.json says it
+    runner: str = ""  # "mlx-lm" or "mlx-vlm": which runner has its model (mlx-vlm: only mlx-vlm)
+    module: str = ""  # the runner's model module (mlx_lm.models.<module>)
+    status: Status | None = None
+    release: str = ""  # the release whose layout and config keys the tiny checkpoint follows (hub id where known)
+    note: str = ""  # supported: what the tiny checkpoint exercises; otherwise why not, and what it takes
+    _: KW_ONLY
+    family: Family | None = None  # how the release publishes its experts (None: not converted)
+    vision: VisionLanguage | None = None  # a vision part mlx-vlm runs (the runner choice: target.choose_runner)
+    renames: tuple[Rename, ...] = ()  # config renames for the runner's config class (configmap.apply_renames)
+    ignored: tuple[Ignored, ...] = ()  # where mlx-lm's model differs from transformers' (ignored.ignored_notes)
+    # where mlx-vlm's model (vision tower, projector) differs from transformers' for the same weights, read as
+    # `ignored` for an output for mlx-vlm; measured on the producer's tiny checkpoints (tests/test_producer_vlm.py),
+    # one image, float32: max abs logit difference
+    ignored_by_vlm: tuple[Ignored, ...] = ()
+    runs_as: str = ""  # the model_type mlx-lm runs this one under (its config.json carries that one)
+    wrapped: Wrapped | None = None  # a language model alone that mlx-lm runs inside its wrapper (runs_as)
+    # the class mlx-lm's model reads the language model's keys with, where it is not ModelArgs (a text_config
+    # or a flat config read as one), so renames and aliases fill the keys it reads
+    text_args: str = ""
+    # architectures[0] -> the model_type mlx-lm runs this one under with it, where mlx-lm picks another
+    # (mlx-lm's own MODEL_ARCHITECTURE_REMAPPING pairs need none)
+    architectures: tuple[tuple[str, str], ...] = ()
+    # tensor names transformers 5 writes on save_pretrained that neither the release nor mlx-lm has: (regex on
+    # the tensor key, replacement), applied only where the key is not a parameter of the target model and its
+    # replacement is, so a release's own names pass untouched (names.renamed)
+    tensor_renames: tuple[tuple[str, str], ...] = ()
+    absent_as_zeros: tuple[AbsentAsZeros, ...] = ()  # tensors mlx-lm always has, transformers only when a flag says
+    fixture: str = ""  # its tiny checkpoint's recipe: a key of tiny.ALL_ARCHS
+
+    def to_dict(self) -> dict:
+        """What `moequant archs --json` prints for the row."""
+        return {"model_type": self.model_type, "runner": self.runner, "module": self.module,
+                "status": self.status.value, "release": self.release, "note": self.note}
+
+
+_GLU = {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"}
+
+_W123 = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}  # Mixtral-style per-expert names
+
+S, N = Status.SUPPORTED, Status.NOT_YET
+_LM, _VLM = "mlx-lm", "mlx-vlm"
+
+NOT_BUILT_VLM = "not converted yet (mlx-vlm runs it; moequant has no row for it yet); mlx_vlm.convert converts it meanwhile"
+# mlx-vlm outputs that are built and smoke-tested (tests/test_vlm.py); the row's note says so too
+VLM_DONE = ("mlx-vlm output (the default when mlx-vlm is installed; --for mlx-lm for text only): vision tower and "
+            "projector copied float, language model under language_model.*, processor files copied; "
+            "smoke-tested with mlx_vlm.load on text and an image")
+
+ROWS: tuple[Arch, ...] = (
+    # ---- supported: family, tiny checkpoint (fixture), smoke test ----
+    Arch("mixtral", _LM, "mixtral", S, "mistralai/Mixtral-8x7B-v0.1",
+         "block_sparse_moe.experts.{e}.w1/w2/w3; transformers 5 config keys; mlx-lm's mixtral has no sliding window: where config.json sets one shorter than the context, mlx-lm attends to every earlier token and outputs differ from transformers' on prompts longer than the window (the plan notes it)",
+         # mistralai/Mixtral-8x7B-v0.1: block_sparse_moe.experts.{e}.w1 (gate) / w3 (up) / w2 (down)
+         family=Family(
+             "block_sparse_moe.experts",
+             "block_sparse_moe.switch_mlp",
+             _W123,
+             "num_local_experts",
+         ),
+         ignored=(Ignored("sliding_window", "window_shorter_than_context", _sliding(
+             "sliding_window, modeling_mixtral.py:444; mlx_lm/models/mixtral.py")),),
+         fixture="mixtral"),
+    Arch("qwen2_moe", _LM, "qwen2_moe", S, "Qwen/Qwen1.5-MoE-A2.7B", "shared expert + shared_expert_gate, qkv bias; mlx-lm's qwen2_moe has no sliding window: where config.json sets one shorter than the context (use_sliding_window), mlx-lm attends to every earlier token and outputs differ from transformers' on prompts longer than the window (the plan notes it)",
+         # Qwen/Qwen1.5-MoE-A2.7B: as qwen3_moe, plus mlp.shared_expert.* and mlp.shared_expert_gate
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "num_experts"),
+         ignored=(Ignored("layer_types", "sliding_layers", _sliding(
+             "use_sliding_window makes layers below max_window_layers sliding_attention, modeling_qwen2_moe.py:226,488; "
+             "mlx_lm/models/qwen2_moe.py")),),
+         fixture="qwen2_moe"),
+    Arch("qwen3_moe", _LM, "qwen3_moe", S, "Qwen/Qwen3-30B-A3B", "qk norm; transformers 5 config keys; mlx-lm's qwen3_moe has no sliding window: where config.json sets one shorter than the context (use_sliding_window), mlx-lm attends to every earlier token and outputs differ from transformers' on prompts longer than the window (the plan notes it)",
+         # Qwen/Qwen3-30B-A3B: model.layers.{l}.mlp.experts.{e}.{gate,up,down}_proj.weight
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "num_experts"),
+         ignored=(Ignored("use_sliding_window", "sliding_window_used", _sliding(
+             "use_sliding_window, modeling_qwen3_moe.py:473; mlx_lm/models/qwen3_moe.py")),),
+         fixture="qwen3_moe"),
+    Arch("deepseek_v3", _LM, "deepseek_v3", S, "deepseek-ai/DeepSeek-V3",
+         "MLA (kv_b_proj), dense first layer, shared experts, e_score_correction_bias, MoEGate (no to_quantized)",
+         # deepseek-ai/DeepSeek-V3: mlp.experts.{e}.*, mlp.shared_experts.*, mlp.gate.e_score_correction_bias
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts"),
+         fixture="deepseek_v3"),
+    Arch("kimi_k2", _LM, "deepseek_v3", S, "moonshotai/Kimi-K2-Instruct", "DeepSeek-V3 layout, YaRN",
+         # moonshotai/Kimi-K2-Instruct (mlx-lm: deepseek_v3)
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts"),
+         fixture="kimi_k2"),
+    Arch("joyai_llm_flash", _LM, "deepseek_v3", S, "jdopensource/JoyAI-LLM-Flash",
+         "DeepSeek-V3 layout under its own model_type (custom code): MLA, dense first layer, shared expert, "
+         "correction bias",
+         # jdopensource/JoyAI-LLM-Flash (mlx-lm: deepseek_v3): DeepSeek-V3's layout and config keys
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts"),
+         fixture="joyai_llm_flash"),
+    Arch("deepseek", _LM, "deepseek", S, "deepseek-ai/deepseek-moe-16b-base", "dense first layer, shared experts",
+         # deepseek-ai/deepseek-moe-16b-base
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts"),
+         fixture="deepseek"),
+    Arch("deepseek_v2", _LM, "deepseek_v2", S, "deepseek-ai/DeepSeek-V2-Lite",
+         "MLA without q_lora, YaRN, greedy softmax routing",
+         # deepseek-ai/DeepSeek-V2-Lite, DeepSeek-V2.5
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts"),
+         # transformers' DeepseekV2 computes plain RoPE when rope_type is "default"; mlx-lm's deepseek_v2 always
+         # builds its YaRN rotary embedding from rope_scaling["factor"] (plain RoPE at factor 1.0)
+         renames=(
+             Rename("rope_scaling", "rope_parameters", "rope_scaling_with_factor"),
+             # transformers' DeepseekV2: MoE iff layer >= first_k_dense_replace (moe_layer_freq is never read)
+             Rename("moe_layer_freq", "", fixed(1), overrides=True),
+         ),
+         fixture="deepseek_v2"),
+    Arch("olmoe", _LM, "olmoe", S, "allenai/OLMoE-1B-7B-0924", "q_norm/k_norm over all heads",
+         # allenai/OLMoE-1B-7B-0924
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU),
+         fixture="olmoe"),
+    Arch("phimoe", _LM, "phimoe", S, "microsoft/Phi-3.5-MoE-instruct",
+         "block_sparse_moe w1/w2/w3, LayerNorm with bias, attention and lm_head biases, longrope; mlx-lm's phimoe has no sliding window: where config.json sets one shorter than the context, mlx-lm attends to every earlier token and outputs differ from transformers' on prompts longer than the window (the plan notes it). A transformers save with attention_bias / lm_head_bias false gets zero biases (the same function)",
+         # microsoft/Phi-3.5-MoE-instruct
+         family=Family("block_sparse_moe.experts", "block_sparse_moe.switch_mlp", _W123, "num_local_experts"),
+         ignored=(Ignored("sliding_window", "window_shorter_than_context", _sliding(
+             "sliding_window, modeling_phimoe.py:636; mlx_lm/models/phimoe.py")),),
+         # mlx-lm's phimoe builds q/k/v/o_proj and lm_head with bias=True (mlx_lm/models/phimoe.py Attention, Model);
+         # transformers' PhimoeConfig has attention_bias and lm_head_bias (default false; Phi-3.5-MoE says true)
+         absent_as_zeros=(
+             AbsentAsZeros("attention_bias", r"\.self_attn\.[qkvo]_proj\.bias$", "attention q/k/v/o_proj biases"),
+             AbsentAsZeros("lm_head_bias", r"^lm_head\.bias$", "the lm_head bias"),
+         ),
+         fixture="phimoe"),
+    Arch("minimax_m2", _LM, "minimax", S, "MiniMaxAI/MiniMax-M2",
+         "block_sparse_moe w1/w2/w3, sigmoid router + e_score_correction_bias, qk norm, partial rotary",
+         # MiniMaxAI/MiniMax-M2 (mlx-lm module minimax)
+         family=Family("block_sparse_moe.experts", "block_sparse_moe.switch_mlp", _W123, "num_local_experts"),
+         # transformers' MiniMaxM2: partial RoPE over int(head_dim * partial_rotary_factor) dims, no shared expert
+         # (mlx-lm's minimax reads shared_intermediate_size but builds nothing from it)
+         renames=(
+             Rename("rotary_dim", "", "rotary_dim"),
+             Rename("shared_intermediate_size", "", fixed(0)),
+         ),
+         fixture="minimax_m2"),
+    Arch("Klear", _LM, "Klear", S, "Kwai-Klear/Klear-46B-A2.5B-Instruct",
+         "experts stacked in place, expert_bias, shared experts, 2-way coefficient (a shared-expert gate)",
+         # Kwai-Klear/Klear-46B-A2.5B: mlx-lm stacks in place, mlp.experts.{proj}.weight
+         family=Family("mlp.experts", "mlp.experts", _GLU),
+         fixture="Klear"),
+    Arch("mellum", _LM, "mellum", S, "JetBrains Mellum (MoE)", "sliding + full layers, per-layer-type rope",
+         # JetBrains Mellum MoE
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU),
+         fixture="mellum"),
+    Arch("dots1", _LM, "dots1", S, "rednote-hilab/dots.llm1.inst",
+         "experts stacked in place, dense first layer, shared experts, e_score_correction_bias; mlx-lm's dots1 has no sliding window: where config.json sets one shorter than the context (sliding layers below max_window_layers), mlx-lm attends to every earlier token and outputs differ from transformers' on prompts longer than the window (the plan notes it)",
+         # rednote-hilab/dots.llm1: mlx-lm stacks in place, mlp.experts.{proj}.weight
+         family=Family("mlp.experts", "mlp.experts", _GLU, "n_routed_experts"),
+         ignored=(Ignored("layer_types", "sliding_layers", _sliding(
+             "layer_types sliding_attention, modeling_dots1.py:211,512; mlx_lm/models/dots1.py")),),
+         fixture="dots1"),
+    Arch("glm4_moe", _LM, "glm4_moe", S, "zai-org/GLM-4.5-Air",
+         "partial rotary, attention bias, dense first layer, shared experts",
+         # zai-org/GLM-4.5
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts"),
+         fixture="glm4_moe"),
+    Arch("glm4_moe_lite", _LM, "glm4_moe_lite", S, "GLM-4.7-Flash", "MLA in GLM's MoE",
+         # zai-org/GLM-4.7-Flash
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts"),
+         fixture="glm4_moe_lite"),
+    Arch("solar_open", _LM, "solar_open", S, "Upstage Solar Open 100B", "GLM-4.5-style MoE (glm4_moe's model)",
+         # upstage/Solar-Open-100B (mlx-lm: glm4_moe's model)
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts"),
+         # transformers' SolarOpen: every layer MoE (no dense layer, so no intermediate_size is read), partial
+         # rotary from rope_parameters
+         renames=(
+             Rename("first_k_dense_replace", "", fixed(0), overrides=True),
+             Rename("intermediate_size", "moe_intermediate_size"),
+             Rename("partial_rotary_factor", "rope_parameters", "partial_rotary_factor"),
+         ),
+         fixture="solar_open"),
+    Arch("ernie4_5_moe", _LM, "ernie4_5_moe", S, "baidu/ERNIE-4.5-21B-A3B-PT",
+         ("moe_* config keys, dense first layer, shared experts. mlx-lm's ernie4_5_moe drops moe_statics.e_score_correction_bias, "
+         "which transformers adds to the routing scores before choosing experts: where that bias is not zero (trained "
+         "releases), mlx-lm picks other experts for some tokens and its outputs differ from transformers' (the plan "
+         "notes it; moequant converts the weights exactly, the difference is mlx-lm's model)"),
+         # baidu/ERNIE-4.5-21B-A3B-PT
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "moe_num_experts"),
+         ignored=(Ignored("*.moe_statics.e_score_correction_bias", "always", (
+             "transformers adds moe_statics.e_score_correction_bias to the routing scores before choosing the top-k "
+             "experts (modeling_ernie4_5_moe.py:351); mlx-lm's ernie4_5_moe drops that tensor in sanitize "
+             "(mlx_lm/models/ernie4_5_moe.py:269) and chooses by the scores alone, so expert choice (and output) "
+             "differs wherever the bias is not zero"), tensor=True),),
+         fixture="ernie4_5_moe"),
+    Arch("granitemoe", _LM, "granitemoe", S, "ibm-granite/granite-3.1-3b-a800m-instruct",
+         "fused input_linear [E, 2I, H] / output_linear, nested router.layer gate, muP multipliers, tied",
+         # ibm-granite/granite-3.1-3b-a800m: block_sparse_moe.input_linear.weight [E, 2I, H] (gate rows
+         # first) and block_sparse_moe.output_linear.weight [E, H, I]
+         family=Family("block_sparse_moe", "block_sparse_moe.switch_mlp", _GLU, "num_local_experts",
+                       fused_names=("input_linear.weight", "output_linear.weight"), layout="fused"),
+         fixture="granitemoe"),
+    Arch("hunyuan", _LM, "hunyuan", S, "tencent/Tencent-Hunyuan-Large",
+         "cross-layer KV sharing, nested gate.wg, shared_mlp, NTK-alpha rope, tied embeddings. transformers' "
+         "HunYuanMoEV1 (model_type hunyuan_v1_moe, e.g. a Hunyuan-A13B fine-tune saved by transformers) converts "
+         "too, but mlx-lm's hunyuan does not renormalize the top-k routing weights as transformers does, so its "
+         "logits differ (a plan note; equal only when moe_topk = num_experts); an untied lm_head is refused "
+         "(mlx-lm's hunyuan has none)",
+         # tencent/Tencent-Hunyuan-Large
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU),
+         # transformers' HunYuanMoEV1 (model_type hunyuan_v1_moe, run by mlx-lm's hunyuan): every layer has one
+         # shared MLP beside the experts and q/k RMSNorm after RoPE, no cross-layer KV sharing; experts and shared MLP
+         # are intermediate_size wide (mlx-lm: moe_intermediate_size when set, else intermediate_size)
+         renames=(
+             Rename("use_mixed_mlp_moe", "", fixed(True)),
+             Rename("num_shared_expert", "", fixed(1)),
+             Rename("use_qk_norm", "", fixed(True)),
+             Rename("use_cla", "", fixed(False)),
+             Rename("cla_share_factor", "", fixed(1)),
+             Rename("rope_scaling", "rope_parameters", "ntk_alpha_rope_scaling"),
+         ),
+         ignored=(
+             Ignored("tie_word_embeddings", "untied", (
+                 "an lm_head of its own (transformers' model uses it), but mlx-lm's hunyuan computes logits with embed_tokens (mlx_lm/models/hunyuan.py "
+                 "Model.__call__: embed_tokens.as_linear) and has no lm_head"), expected="tie_word_embeddings true"),
+             # transformers' HunYuanMoEV1 (model_type hunyuan_v1_moe), which mlx-lm runs as hunyuan
+             Ignored("moe_topk", "hunyuan_v1_top_k", (
+                 "transformers' HunYuanMoEV1 renormalizes the chosen experts' softmax weights to sum to 1 "
+                 "(modeling_hunyuan_v1_moe.py:241), mlx-lm's hunyuan weighs them by their softmax over all experts "
+                 "(mlx_lm/models/hunyuan.py MoeBlock.__call__), so every MoE layer's output differs")),
+         ),
+         fixture="hunyuan"),
+    Arch("hunyuan_v1_moe", runs_as="hunyuan"),  # transformers' HunYuanMoEV1Config; mlx-lm's hunyuan module
+    Arch("bailing_moe", _LM, "bailing_moe", S, "inclusionAI/Ling-mini-2.0",
+         "word_embeddings, query_key_value, gate renamed by sanitize (gate.gate_proj), expert_bias, group routing",
+         # inclusionAI/Ling-lite, Ling-mini-2.0
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU),
+         fixture="bailing_moe"),
+    Arch("afmoe", _LM, "afmoe", S, "Arcee Trinity Mini",
+         "nested router.gate, expert_bias, gated attention, sliding + full layers, muP embedding scale",
+         # arcee-ai/Trinity-Mini: mlx-lm stacks in place, mlp.experts.{proj}.weight
+         family=Family("mlp.experts", "mlp.experts", _GLU),
+         fixture="afmoe"),
+    Arch("exaone_moe", _LM, "exaone_moe", S, "LG K-EXAONE (MoE)",
+         "MoEGate (no to_quantized), correction bias renamed by sanitize, sliding window",
+         # LGAI-EXAONE/K-EXAONE-236B-A23B
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU),
+         # transformers' ExaoneMoe: layer l is MoE iff mlp_layer_types[l] == "sparse"
+         renames=(
+             Rename("is_moe_layer", "mlp_layer_types", "sparse_flags"),
+         ),
+         fixture="exaone_moe"),
+    Arch("laguna", _LM, "laguna", S, "poolside Laguna",
+         "gate and correction bias renamed by sanitize (gate.proj), per-head attention gate",
+         # poolside/Laguna-XS
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU),
+         fixture="laguna"),
+    Arch("llama4", _LM, "llama4", S, "meta-llama/Llama-4-Scout-17B-16E-Instruct",
+         "fused transposed experts gate_up_proj [E, H, 2I], router, shared expert, dense + MoE layers, for mlx-lm "
+         "(text only); and the whole release (vision_model with its pixel-shuffle adapter, multi_modal_projector) "
+         "for mlx-vlm's llama4: " + VLM_DONE + ". transformers' text-only Llama4ForCausalLM (model_type llama4_text) "
+         "converts for mlx-lm's llama4 (config under text_config, tensors under language_model.*) when its layers "
+         "follow mlx-lm's hard-coded pattern (RoPE + chunked attention except every 4th layer, 4 layers or more). "
+         "mlx-vlm's vision tower applies a fast GELU approximation where transformers' applies exact GELU, so logits "
+         "of prompts with an image differ from transformers' (0.08 on a tiny model; the plan notes it)",
+         # meta-llama/Llama-4-Scout-17B-16E: feed_forward.experts.gate_up_proj [E, H, 2I] (gate columns
+         # first) and feed_forward.experts.down_proj [E, I, H]; mlx-lm stacks in place
+         family=Family("feed_forward.experts", "feed_forward.experts", _GLU, "num_local_experts",
+                       fused="halves_transposed", layout="fused"),
+         # meta-llama/Llama-4-Scout-17B-16E-Instruct: vision_model.{patch_embedding.linear, class_embedding,
+         # positional_embedding_vlm, model.layers.{b}, vision_adapter.mlp} and multi_modal_projector.linear_1
+         # beside language_model.model.*; mlx-vlm's names are the release's
+         vision=VisionLanguage("llama4", fixture="llama4"),
+         # transformers' Llama4TextConfig: the MoE layers are moe_layers (interleave_moe_layer_step only builds its default)
+         renames=(
+             Rename("interleave_moe_layer_step", "moe_layers", "interleave_moe_layer_step", overrides=True),
+         ),
+         ignored=(Ignored("text_config.no_rope_layers", "not_every_fourth_nope", (
+             "transformers' Llama4 uses RoPE and chunked attention where no_rope_layers (and layer_types) say, mlx-lm's "
+             "llama4 in every layer but each 4th, which is NoPE with global attention (mlx_lm/models/llama4.py:59, 230), "
+             "and needs 4 layers or more"),
+             expected="no_rope_layers 1, 1, 1, 0 repeated over 4 layers or more, as the Llama-4 releases"),),
+         ignored_by_vlm=(Ignored("vision_config.hidden_act", "always", (
+             "on prompts with an image: transformers' Llama-4 vision encoder MLPs and pixel-shuffle MLP apply exact GELU "
+             "(modeling_llama4.py Llama4VisionMLP, Llama4VisionMLP2: nn.GELU(), vision_config.hidden_act unread); "
+             "mlx-vlm's llama4 applies mlx's fast approximation, x * sigmoid(1.702 x) (mlx_vlm/models/llama4/vision.py "
+             "Llama4VisionMLP: nn.GELU(approx='fast')), so image features and the logits of prompts with an image "
+             "differ (0.08 on a tiny Llama-4); text-only prompts are unaffected")),),
+         text_args="mlx_lm.models.llama4.TextArgs",
+         fixture="llama4"),
+    # transformers' Llama4ForCausalLM, inside mlx-lm's llama4 (wrapped)
+    Arch("llama4_text", runs_as="llama4",
+         # transformers' Llama4ForCausalLM (model_type llama4_text: model.layers.*, lm_head): mlx-lm's llama4 reads
+         # text_config and holds language_model.model.*, language_model.lm_head (its llama4_text module is the dense
+         # Llama-4-architecture model, no experts)
+         wrapped=Wrapped((("model.", "language_model.model."), ("lm_head.", "language_model.lm_head.")))),
+    # llama4's vision_config: transformers' Llama4 projects the vision model's last hidden state (modeling_llama4.py
+    # get_image_features); mlx-vlm's llama4 VisionConfig requires vision_feature_layer (the model reads its own
+    # argument, -1)
+    Arch("llama4_vision_model", renames=(
+        Rename("vision_feature_layer", "", fixed(-1)),
+    )),
+    Arch("lfm2_moe", _LM, "lfm2_moe", S, "LiquidAI/LFM2-8B-A1B",
+         "short conv + attention, w1/w2/w3 renamed by sanitize, conv weights transposed, expert_bias, tied "
+         "(tie_word_embeddings false is refused: mlx-lm's lfm2_moe has no lm_head of its own)",
+         # LiquidAI/LFM2-8B-A1B
+         family=Family("feed_forward.experts", "feed_forward.switch_mlp", _W123),
+         ignored=(Ignored("tie_word_embeddings", "untied", (
+             "an lm_head of its own (transformers' model uses it), but mlx-lm's lfm2_moe computes logits with embed_tokens (mlx_lm/models/lfm2_moe.py "
+             "Model.__call__: embed_tokens.as_linear) and has no lm_head"),
+             expected="tie_word_embeddings true, as LiquidAI/LFM2-8B-A1B (and transformers' default)"),),
+         fixture="lfm2_moe"),
+    Arch("jamba", _LM, "jamba", S, "ai21labs/AI21-Jamba-Mini-1.5",
+         ("Mamba + attention, MoE every other layer, conv1d transposed. mlx-lm's jamba weighs the chosen experts by a "
+         "softmax over their logits only (weights sum to 1), transformers by the softmax over all experts (unnormalized): "
+         "every MoE layer's output differs from transformers', by a factor of the chosen experts' share of the routing "
+         "probability (the plan notes it; moequant converts the weights exactly, the difference is mlx-lm's model)"),
+         # ai21labs/AI21-Jamba-Mini-1.5
+         family=Family("feed_forward.experts", "feed_forward.switch_mlp", _GLU),
+         ignored=(Ignored("num_experts_per_tok", "top_k_below_all", (
+             "transformers weighs each chosen expert by its softmax over all experts, unnormalized "
+             "(modeling_jamba.py:808-809); mlx-lm's jamba takes the softmax over the chosen top-k logits only "
+             "(mlx_lm/models/jamba.py:241-244), which renormalizes the weights to sum to 1, so every MoE layer's "
+             "output differs")),),
+         fixture="jamba"),
+    Arch("nemotron_h", _LM, "nemotron_h", S, "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16",
+         "Mamba-2 + attention + MoE blocks (backbone.*), relu² experts up_proj/down_proj -> fc1/fc2, "
+         "MoEGate (no to_quantized)",
+         # nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B: non-gated experts, up_proj -> fc1, down_proj -> fc2
+         family=Family("mixer.experts", "mixer.switch_mlp", {"up_proj": "fc1", "down_proj": "fc2"},
+                       "n_routed_experts"),
+         # transformers' NemotronH: layers_block_type (a release's hybrid_override_pattern, read into it)
+         renames=(
+             Rename("hybrid_override_pattern", "layers_block_type", "block_pattern"),
+         ),
+         fixture="nemotron_h"),
+    Arch("granitemoehybrid", _LM, "granitemoehybrid", S, "ibm-granite/granite-4.0-h-tiny",
+         "Mamba-2 + NoPE attention, GraniteMoE's fused experts and router.layer, shared_mlp, tied, muP",
+         # ibm-granite/granite-4.0-h-tiny: as granitemoe
+         family=Family("block_sparse_moe", "block_sparse_moe.switch_mlp", _GLU, "num_local_experts",
+                       fused_names=("input_linear.weight", "output_linear.weight"), layout="fused"),
+         # transformers' GraniteMoeHybrid spells its layer types linear_attention / full_attention (it remaps a
+         # release's mamba / attention on reading); mlx-lm's takes mamba / attention
+         renames=(
+             Rename("layer_types", "layer_types", "granite_layer_types", overrides=True),
+             Rename("position_embedding_type", "position_embedding_type", "rope_or_nope", overrides=True),
+         ),
+         fixture="granitemoehybrid"),
+    Arch("deepseek_v32", _LM, "deepseek_v32", S, "deepseek-ai/DeepSeek-V3.2-Exp",
+         "DeepSeek-V3 + the sparse-attention indexer (self_attn.indexer.*)",
+         # deepseek-ai/DeepSeek-V3.2-Exp
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts"),
+         fixture="deepseek_v32"),
+    Arch("glm_moe_dsa", _LM, "glm_moe_dsa", S, "GLM-5",
+         "DeepSeek-V3.2's model, transformers 5 config (rope_parameters)",
+         # zai-org/GLM-5 (mlx-lm: deepseek_v32's model)
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts"),
+         # transformers' GlmMoeDsa: sigmoid router with e_score_correction_bias and group-limited top-k (DeepSeek-V3's
+         # noaux_tc), MoE iff mlp_layer_types[l] == "sparse" (first_k_dense_replace is only its default)
+         renames=(
+             Rename("topk_method", "", fixed("noaux_tc")),
+             Rename("scoring_func", "", fixed("sigmoid")),
+             Rename("first_k_dense_replace", "mlp_layer_types", "first_k_dense_replace", overrides=True),
+             Rename("moe_layer_freq", "mlp_layer_types", "moe_layer_freq", overrides=True),
+         ),
+         fixture="glm_moe_dsa"),
+    Arch("gemma4", _LM, "gemma4", S, "google/gemma-4-26B-A4B-it",
+         "fused experts beside a dense MLP in every layer, router.proj beside the experts block (a gate found from "
+         "the layer), k = v full-attention layers with proportional rope, sliding layers, layer_scalar, tied, softcap, "
+         "for mlx-lm (text only); and the whole release (model.vision_tower, model.embed_vision; no audio tower) for "
+         "mlx-vlm's gemma4: " + VLM_DONE,
+         # google/gemma-4-26B-A4B-it: model.language_model.layers.{l}.experts.gate_up_proj [E, 2I, H] (gate
+         # rows first) and experts.down_proj [E, H, I]; the router (router.proj) is the layer's, beside experts
+         family=Family("experts", "experts.switch_glu", _GLU, "num_experts", layout="fused"),
+         # google/gemma-4-26B-A4B-it: model.vision_tower.{patch_embedder, encoder.layers.{b}} and
+         # model.embed_vision.embedding_projection beside model.language_model.*; mlx-vlm drops the model. prefix
+         vision=VisionLanguage("gemma4", fixture="gemma4"),
+         # transformers' Gemma4Config keeps vocab_size in text_config only; mlx-lm's gemma4 reads the outer one (default
+         # 262144) and writes it into text_config (mlx_lm/models/gemma4.py ModelArgs.__post_init__)
+         renames=(
+             Rename("vocab_size", "text_config.vocab_size"),
+         ),
+         fixture="gemma4"),
+    Arch("gemma4_text", _LM, "gemma4_text", S, "Gemma 4 26B-A4B (text-only, Gemma4ForCausalLM)",
+         "gemma4's language model as transformers' Gemma4ForCausalLM saves it (model.layers.*)",
+         # transformers' Gemma4ForCausalLM: the same layers under model.layers.{l}
+         family=Family("experts", "experts.switch_glu", _GLU, "num_experts", layout="fused"),
+         # transformers' Gemma4Text: the full-attention layers' head_dim / kv heads in per_layer_config
+         renames=(
+             Rename("global_head_dim", "per_layer_config", "full_attention_head_dim"),
+             Rename("num_global_key_value_heads", "per_layer_config", "full_attention_kv_heads"),
+         ),
+         fixture="gemma4_text"),
+    Arch("kimi_linear", _LM, "kimi_linear", S, "moonshotai/Kimi-Linear-48B-A3B-Instruct",
+         "Kimi Delta Attention (conv1d transposed) + MLA without rope, block_sparse_moe w1/w2/w3 with gate, "
+         "correction bias and shared experts moved to mlp by sanitize, dense first layer",
+         # moonshotai/Kimi-Linear-48B-A3B-Instruct: block_sparse_moe.experts.{e}.w1/w2/w3; mlx-lm's sanitize moves
+         # the rest of block_sparse_moe (gate, correction bias, shared_experts) to mlp
+         family=Family("block_sparse_moe.experts", "mlp.switch_mlp", _W123, "num_experts"),
+         # transformers' KimiLinear: KDA dims and layer kinds in their own keys (mlx-lm: linear_attn_config), MLA
+         # without RoPE (no rope_theta), sigmoid group-limited routing, MoE iff mlp_layer_types[l] == "sparse"
+         renames=(
+             Rename("linear_attn_config", "", "kda_layers", overrides=True),
+             Rename("rope_theta", "", fixed(None)),
+             Rename("first_k_dense_replace", "mlp_layer_types", "first_k_dense_replace", overrides=True),
+             Rename("moe_layer_freq", "mlp_layer_types", "moe_layer_freq", overrides=True),
+             Rename("moe_router_activation_func", "", fixed("sigmoid"), overrides=True),
+             Rename("use_grouped_topk", "", fixed(True), overrides=True),
+         ),
+         # transformers' conversion_mapping.py (kimi_linear): .block_sparse_moe. <-> .mlp., saved for the dense
+         # first layer too, whose MLP mlx-lm reads as mlp.{gate,up,down}_proj
+         tensor_renames=((r"\.block_sparse_moe\.(gate_proj|up_proj|down_proj)\.", r".mlp.\1."),),
+         fixture="kimi_linear"),
+    Arch("bailing_moe_linear", _LM, "bailing_moe_linear", S, "inclusionAI/Ring-mini-linear-2.0",
+         "Ling 2.0's MoE (gate renamed by sanitize, expert_bias, group routing) with linear-attention layers "
+         "(query_key_value, g_proj, group g_norm) and full-attention layers",
+         # inclusionAI/Ring-mini-linear-2.0: bailing_moe's experts and router (mlp.gate.weight + expert_bias)
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU),
+         fixture="bailing_moe_linear"),
+    Arch("bailing_hybrid", _LM, "bailing_hybrid", S, "inclusionAI Ling 2.5 (BailingMoeV2_5ForCausalLM)",
+         "linear-attention + MLA (q_lora, kv_b_proj) layers, gate renamed by sanitize, expert_bias, group routing",
+         # inclusionAI Ling 2.5 / Ling 3.0 (model_type bailing_hybrid; mlx-lm's module is bailing_hybrid, or
+         # bailing_moe_v3 when architectures says BailingMoeV3ForCausalLM): mlp.experts.{e}.*, mlp.gate.weight
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU),
+         # transformers 5's BailingHybrid is Ling 3.0's Kimi Delta Attention + MLA (modeling_bailing_hybrid.py:
+         # BailingHybridDeltaAttention), which mlx-lm runs as bailing_moe_v3; mlx-lm picks that module only for
+         # architectures BailingMoeV3ForCausalLM, and otherwise Ling 2.5's lightning-attention bailing_hybrid
+         architectures=(("BailingHybridForCausalLM", "bailing_moe_v3"),),
+         fixture="bailing_hybrid"),
+    Arch("bailing_moe_v3", _LM, "bailing_moe_v3", S, "inclusionAI/Ling-3.0-Flash (BailingMoeV3ForCausalLM)",
+         "config.json says model_type bailing_hybrid; mlx-lm picks this module by architectures "
+         "BailingMoeV3ForCausalLM (or transformers' BailingHybridForCausalLM save): Kimi Delta Attention (conv1d "
+         "transposed) + MLA without q_lora, word_embeddings, mlp.gate + expert_bias, group routing",
+         # not a config.json model_type: the key of the tiny release mlx-lm runs with its bailing_moe_v3 module
+         # (model_type bailing_hybrid + BailingMoeV3ForCausalLM), which converts with the row above (same layout)
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU),
+         # transformers' BailingHybrid (Ling 3.0; mlx-lm's bailing_moe_v3): the attribute_map names, KDA heads of
+         # linear_head_dim (config.json's head_dim is qk_rope_head_dim), shared experts of moe_intermediate_size,
+         # interleaved RoPE, f_proj without LoRA, layer_types / mlp_layer_types for the layer kinds
+         renames=(
+             Rename("num_experts_per_tok", "num_experts_per_token"),
+             Rename("n_group", "num_expert_group"),
+             Rename("max_position_embeddings", "model_max_length"),
+             Rename("head_dim", "linear_head_dim", overrides=True),
+             Rename("moe_shared_expert_intermediate_size", "moe_intermediate_size", overrides=True),
+             Rename("layer_group_size", "layer_types", "layer_group_size", overrides=True),
+             Rename("first_k_dense_replace", "mlp_layer_types", "dense_then_sparse", overrides=True),
+             Rename("short_conv_kernel_size", "linear_conv_kernel_dim", overrides=True),
+             Rename("rope_interleave", "", fixed(True), overrides=True),
+             Rename("no_kda_lora", "", fixed(True), overrides=True),
+         ),
+         # transformers' conversion_mapping.py (bailing_hybrid): .self_attn.dense. <-> .o_proj., saved as dense for
+         # the Kimi Delta Attention layers too, whose output projection mlx-lm reads as attention.o_proj
+         tensor_renames=((r"\.attention\.dense\.", ".attention.o_proj."),),
+         fixture="bailing_moe_v3"),
+    Arch("mimo_v2_flash", _LM, "mimo_v2_flash", S, "XiaomiMiMo/MiMo-V2-Flash",
+         "full + sliding layers (hybrid_layer_pattern) with their own kv heads and rope theta, attention sinks, "
+         "q/k head dim != v head dim, dense first layer, sigmoid router + e_score_correction_bias. A release's "
+         "sliding_window_size S: mlx-lm's sliding layers attend to the last S positions (query included), "
+         "transformers' to S + 1 (configuration_mimo_v2_flash.py: sliding_window = sliding_window_size + 1, as the "
+         "SGLang reference): the two differ once a sequence is longer than S; a config written by transformers with "
+         "only sliding_window converts to sliding_window_size = sliding_window, transformers' window",
+         # XiaomiMiMo/MiMo-V2-Flash: mlp.experts.{e}.*, mlp.gate.weight + e_score_correction_bias
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts"),
+         # transformers' MiMoV2Flash: sliding layers have twice the kv heads and attention sinks, full layers
+         # neither; per-layer-type rope_parameters; no shared experts; sigmoid noaux_tc routing
+         renames=(
+             Rename("hybrid_layer_pattern", "layer_types", "sliding_ints"),
+             Rename("moe_layer_freq", "mlp_layer_types", "sparse_ints"),
+             Rename("add_swa_attention_sink_bias", "", fixed(True)),
+             Rename("add_full_attention_sink_bias", "", fixed(False)),
+             # both mask kv > q - window; transformers' window is sliding_window (a release's sliding_window_size + 1),
+             # mlx-lm's is sliding_window_size: filled from sliding_window only where the config has no
+             # sliding_window_size (a stated one is what mlx-lm reads; its row's note says how the two differ)
+             Rename("sliding_window_size", "sliding_window"),
+             Rename("n_shared_experts", "", fixed(None)),
+             Rename("topk_method", "", fixed("noaux_tc")),
+             Rename("scoring_func", "", fixed("sigmoid")),
+             Rename("layernorm_epsilon", "rms_norm_eps"),
+             Rename("rope_theta", "rope_parameters.full_attention.rope_theta"),
+             Rename("swa_rope_theta", "rope_parameters.sliding_attention.rope_theta"),
+             Rename("swa_num_attention_heads", "num_attention_heads"),
+             Rename("swa_num_key_value_heads", "num_key_value_heads", "twice"),
+             Rename("swa_head_dim", "head_dim"),
+             Rename("swa_v_head_dim", "v_head_dim"),
+             Rename("partial_rotary_factor", "rope_parameters", "same_partial_rotary_factor"),
+         ),
+         fixture="mimo_v2_flash"),
+    Arch("longcat_flash", _LM, "longcat_flash", S, "meituan-longcat/LongCat-Flash-Chat",
+         "two MLA blocks and two dense MLPs per layer (self_attn.{0,1}, mlps.{0,1}), shortcut MoE whose router "
+         "(mlp.router.classifier, out = E + zero_expert_num) also scores identity experts, correction bias",
+         # meituan-longcat/LongCat-Flash-Chat: mlp.experts.{e}.*, router mlp.router.classifier scoring the routed
+         # and the zero (identity) experts, so its out is E + zero_expert_num
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts"),
+         # transformers' LongcatFlash: MLA that always scales q and kv latents by sqrt(hidden / rank), routing that
+         # sends the zero experts' share through unchanged (identity)
+         renames=(
+             Rename("attention_method", "", fixed("MLA")),
+             Rename("zero_expert_type", "", fixed("identity")),
+             Rename("mla_scale_q_lora", "", fixed(True)),
+             Rename("mla_scale_kv_lora", "", fixed(True)),
+         ),
+         fixture="longcat_flash"),
+    Arch("longcat_flash_ngram", _LM, "longcat_flash_ngram", S, "LongCat-Flash (n-gram embeddings)",
+         "LongCat-Flash's layers, embed_tokens renamed by sanitize, n-gram embedders and projections "
+         "(ngram_embeddings.*: embedding role)",
+         # LongCat-Flash with n-gram embeddings (mlx-lm's longcat_flash_ngram): LongCat-Flash's experts
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts"),
+         fixture="longcat_flash_ngram"),
+    Arch("mistral4", _LM, "mistral4", S, "Mistral Small 4 (language model, transformers' Mistral4ForCausalLM)",
+         "MLA with q_lora, YaRN + Llama-4 attention scaling, fused experts (gate_up_proj [E, 2I, H]), correction "
+         "bias, shared experts. The Mistral Small 4 release itself (a mistral3 vision-language checkpoint, "
+         "text_config model_type mistral4) is not converted yet; its language model as transformers' "
+         "Mistral4ForCausalLM saves it is",
+         # Mistral Small 4's language model as transformers' Mistral4ForCausalLM saves it (model_type mistral4):
+         # mlp.experts.gate_up_proj [E, 2I, H] (gate rows first) and mlp.experts.down_proj [E, H, I]
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts", layout="fused"),
+         fixture="mistral4"),
+    # ---- need mlx-lm's sanitize over the whole checkpoint (Qwen3-Next family), or MXFP4 sources ----
+    Arch("qwen3_next", _LM, "qwen3_next", S, "Qwen/Qwen3-Next-80B-A3B-Instruct",
+         "Gated DeltaNet + attention, shared expert gate, (1 + w) norms",
+         # Qwen/Qwen3-Next-80B-A3B
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "num_experts",
+                       handoff=Handoff.PER_EXPERT),
+         # transformers' Qwen3Next: layer_types (full_attention_interval is only read to build it)
+         renames=(
+             Rename("full_attention_interval", "layer_types", "full_attention_interval"),
+         ),
+         fixture="qwen3_next"),
+    Arch("qwen3_5_moe", _LM, "qwen3_5_moe", S, "Qwen3.5-35B-A3B",
+         "fused experts under model.language_model, Gated DeltaNet, (1 + w) norms, for mlx-lm (text only); and the "
+         "whole release (model.visual, no deepstack) for mlx-vlm's qwen3_5_moe: " + VLM_DONE + ". transformers' "
+         "text-only Qwen3_5MoeForCausalLM (model_type qwen3_5_moe_text) converts for mlx-lm's qwen3_5_moe",
+         # Qwen/Qwen3.5-35B-A3B: model.language_model.layers.{l}.mlp.experts.gate_up_proj [E, 2I, H]
+         # (gate rows first) and mlp.experts.down_proj [E, H, I]
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "num_experts",
+                       layout="fused"),
+         # Qwen/Qwen3.5-35B-A3B: model.visual.{patch_embed, pos_embed, blocks.{b}, merger} (no deepstack)
+         # beside model.language_model.*; mlx-vlm: vision_tower.*, language_model.model.*
+         vision=VisionLanguage("qwen3_5_moe", fixture="qwen3_5_moe"),
+         # transformers' Qwen3_5Moe (text_config): layer_types (full_attention_interval is only read to build it)
+         renames=(
+             Rename("full_attention_interval", "layer_types", "full_attention_interval"),
+         ),
+         text_args="mlx_lm.models.qwen3_5.TextModelArgs",
+         fixture="qwen3_5_moe"),
+    # transformers' Qwen3_5MoeForCausalLM (the language model alone, model.layers.*): mlx-lm's qwen3_5_moe reads a
+    # flat config as its text_config and prefixes the tensors with language_model. itself (sanitize)
+    Arch("qwen3_5_moe_text", runs_as="qwen3_5_moe"),
+    Arch("qwen3_vl_moe", _LM, "qwen3_vl_moe", S, "Qwen/Qwen3-VL-30B-A3B-Instruct",
+         "fused in x out experts under model.language_model, for mlx-lm (text only); and the whole release (model.visual "
+         "+ deepstack mergers) for mlx-vlm's qwen3_vl_moe: " + VLM_DONE + ". mlx-vlm's vision tower swaps "
+         "transformers' two GELUs (exact in its blocks, the tanh approximation in its mergers), so logits of prompts "
+         "with an image differ from transformers' slightly (5e-4 on a tiny model; the plan notes it)",
+         # Qwen/Qwen3-VL-30B-A3B: model.language_model.layers.{l}.mlp.experts.gate_up_proj [E, H, 2I]
+         # (gate columns first) and down_proj [E, I, H]; transformers 5's save_pretrained writes them out x in,
+         # [E, 2I, H] and [E, H, I] (its loader transposes only a shape that is not its model's)
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "num_experts",
+                       fused="halves_transposed_or_rows", layout="fused"),
+         # Qwen/Qwen3-VL-30B-A3B-Instruct: model.visual.{patch_embed, pos_embed, blocks.{b}, merger,
+         # deepstack_merger_list.{d}} beside model.language_model.*; mlx-vlm: vision_tower.*, language_model.model.*
+         vision=VisionLanguage("qwen3_vl_moe", fixture="qwen3_vl_moe"),
+         # transformers' Qwen3VLMoeText always renormalizes the top-k routing weights (modeling_qwen3_vl_moe.py:166,
+         # Qwen3VLMoeTextTopKRouter) and has no norm_topk_prob; mlx-lm's qwen3_moe (qwen3_vl_moe's language model)
+         # requires it
+         renames=(
+             Rename("norm_topk_prob", "", fixed(True)),
+         ),
+         ignored_by_vlm=(Ignored("vision_config.hidden_act", "always", (
+             "on prompts with an image: transformers' Qwen3-VL vision blocks apply vision_config.hidden_act (the releases' "
+             "gelu_pytorch_tanh, GELU's tanh approximation) and its patch mergers exact GELU (modeling_qwen3_vl_moe.py "
+             "Qwen3VLMoeVisionMLP, Qwen3VLMoeVisionPatchMerger); mlx-vlm's qwen3_vl_moe applies exact GELU in the blocks "
+             "and the tanh approximation in the mergers (mlx_vlm/models/qwen3_vl_moe/vision.py MLP, PatchMerger), so "
+             "image features and the logits of prompts with an image differ (5e-4 on a tiny Qwen3-VL-MoE); text-only "
+             "prompts are unaffected")),),
+         text_args="mlx_lm.models.qwen3_moe.ModelArgs",
+         fixture="qwen3_vl_moe"),
+    # qwen3_vl_moe's vision_config: transformers 5 names it qwen3_vl_moe_vision; mlx-vlm's VisionModel takes only the
+    # releases' qwen3_vl_moe (mlx_vlm/models/qwen3_vl_moe/vision.py:195), the same tower
+    Arch("qwen3_vl_moe_vision", renames=(
+        Rename("model_type", "", fixed("qwen3_vl_moe"), overrides=True),
+    )),
+    Arch("minimax_m3_vl", _LM, "minimax_m3_vl", S, "MiniMaxAI/MiniMax-M3",
+         "language model under language_model.model, for mlx-lm (text only; mlx-lm drops the vision tower): "
+         "block_sparse_moe.experts.{e}.w1/w2/w3, shared experts, dense first layer (mlp.*), e_score_correction_bias, "
+         "lightning-indexer sparse attention (self_attn.index_*), (1 + w) norms. An mlx-vlm output (vision tower "
+         "kept) is not converted yet: mlx_vlm.convert converts it meanwhile",
+         # MiniMaxAI/MiniMax-M3: language_model.model.layers.{l}.block_sparse_moe.experts.{e}.w1/w2/w3 (mlx-lm runs
+         # the language model; the vision tower is dropped), shared_experts and dense layers' mlp.{gate,up,down}_proj
+         family=Family("block_sparse_moe.experts", "block_sparse_moe.switch_mlp", _W123, "num_local_experts"),
+         fixture="minimax_m3_vl"),
+    # mlx-vlm's minimax_m3_vl stacks the routed experts and the shared expert together as one fused
+    # block_sparse_moe.switch_mlp.gate_up_proj [E + 1, 2I, H] (pack_shared_expert), a layout a Family
+    # (one per model_type, shared with mlx-lm's per-projection switch_mlp) cannot say
+    Arch("step3p5", _LM, "step3p5", S, "stepfun-ai/Step-3.5-Flash",
+         "experts published stacked (moe.{gate,up,down}_proj [E, out, in]) and handed to sanitize under those names, "
+         "which renames them and adds 1 to every zero-centred norm on seeing them; router_bias, share_expert, "
+         "full + sliding layers with their own heads, per-layer rope theta, head-wise attention gate, clamped SwiGLU",
+         # stepfun-ai/Step-3.5-Flash: experts published stacked, moe.{gate,up,down}_proj.weight [E, out, in]; they
+         # reach mlx-lm's sanitize under those names (no per-expert key matches `moe.{e}.…`), which renames
+         # them to mlp.switch_mlp and, on seeing them, adds 1 to every zero-centred norm
+         family=Family("moe", "mlp.switch_mlp", _GLU, "moe_num_experts", layout="stacked"),
+         fixture="step3p5"),
+    Arch("gpt_oss", _LM, "gpt_oss", S, "openai/gpt-oss-20b",
+         "MXFP4 fused experts (gate/up rows interleaved) read as MLX mxfp4, fused biases, router bias, sinks; and "
+         "transformers' own float save (gate_up_proj [E, H, 2I], columns interleaved). mlx-lm's YaRN always "
+         "truncates the correction range, the releases say truncate false: logits differ slightly from "
+         "transformers' (a plan note)",
+         # openai/gpt-oss-20b: mlp.experts.gate_up_proj_blocks [E, 2I, H/32, 16] (gate and up rows
+         # interleaved) + _scales, down_proj_blocks/_scales — read as gate_up_proj.weight/.scales (MLX
+         # mxfp4) — and fused biases gate_up_proj_bias [E, 2I], down_proj_bias [E, H]; mlx-lm stacks in
+         # place (mlp.experts.{proj}). transformers 5's save_pretrained (and the BF16 re-releases) write the
+         # float parameters bare: gate_up_proj [E, H, 2I] (gate and up columns interleaved: gate_up[..., ::2]
+         # is gate, modeling_gpt_oss.GptOssExperts._apply_gate) and down_proj [E, I, H]; I == H in gpt-oss, so
+         # the names, not the shapes, tell the two apart
+         family=Family("mlp.experts", "mlp.experts", _GLU, "num_local_experts", fused="interleaved",
+                       fused_names=("gate_up_proj.weight", "down_proj.weight"), layout="fused",
+                       fused_bias_names=("gate_up_proj_bias", "down_proj_bias"),
+                       fused_also=(FusedAlso(("gate_up_proj", "down_proj"), "interleaved_transposed"),)),
+         # gpt-oss releases (and transformers' GptOssConfig) say truncate false
+         ignored=(Ignored("rope_parameters.truncate", "false", (
+             "transformers' YaRN keeps the correction range unrounded (modeling_rope_utils.py:473, `if truncate`), "
+             "mlx-lm's always floors and ceils it (mlx_lm/models/gpt_oss.py builds it with initialize_rope; "
+             "mlx_lm/models/rope_utils.py:151-152), so every rotary frequency in "
+             "the blend range differs slightly and so do the logits (6e-3 at most on a tiny gpt-oss)")),),
+         fixture="gpt_oss"),
+    # ---- not yet ----
+    # MiniMax-Text-01/M1 in transformers: lightning (linear) attention layers beside softmax attention
+    # (modeling_minimax.py MiniMaxLightningAttention) and a softmax router; mlx-lm's minimax module is
+    # MiniMax-M2's architecture (softmax attention everywhere, sigmoid router with e_score_correction_bias)
+    Arch("minimax", _LM, "minimax", N, "MiniMaxAI/MiniMax-Text-01",
+         "MiniMax-Text-01 / MiniMax-M1 (lightning attention) cannot run in mlx-lm: its minimax model is MiniMax-M2's "
+         "architecture. MiniMax-M2 checkpoints (model_type minimax_m2) are supported"),
+    # mlx-lm keeps DBRX's experts as a list of per-expert Linear modules (no SwitchLinear), so plan.find_roles
+    # sees neither routed experts nor a router; the release (and transformers 5's save) fuses them as
+    # transformer.blocks.{l}.ffn.experts.mlp.w1/v1/w2 [E·I, H], w2 transposed per expert
+    Arch("dbrx", _LM, "dbrx", N, "databricks/dbrx-instruct",
+         "not converted yet (mlx-lm holds DBRX's experts as separate layers, which moequant's plan cannot tell "
+         "apart from the rest yet); mlx_lm.convert converts it meanwhile, experts quantized like any layer"),
+    Arch("flex_olmo", _LM, "flex_olmo", N, "allenai/FlexOlmo-7x7B-1T",
+         "mlx-lm 0.32.2 has no model for it (FlexOlmo normalizes after attention and after the MoE block, OLMo-2 "
+         "style; mlx-lm's olmoe normalizes before them, so it cannot run FlexOlmo's weights): run it with "
+         "transformers, or convert once mlx-lm has a flex_olmo model"),
+    Arch("granitemoeshared", _LM, "granitemoeshared", N, "ibm-research/moe-7b-1b-active-shared-experts",
+         "mlx-lm 0.32.2 has no model for it (GraniteMoE with a shared MLP beside the experts; mlx-lm's granitemoe "
+         "has no shared MLP): run it with transformers, or convert once mlx-lm has a granitemoeshared model"),
+    Arch("jetmoe", _LM, "jetmoe", N, "jetmoe/jetmoe-8b",
+         "mlx-lm 0.32.2 has no model for it (JetMoE routes attention heads too: a mixture of attention heads, "
+         "experts.input_linear / output_linear per attention layer): run it with transformers, or convert once "
+         "mlx-lm has a jetmoe model"),
+    # mlx-lm's phixtral ModelArgs reads model_dim / num_heads / num_layers / num_vocab, which the release's
+    # config.json (model_type phi-msft: n_embd, n_head, n_layer, vocab_size) does not carry, so mlx-lm runs it
+    # only at its defaults (phi-2's 2560 x 32 layers); mixer.Wqkv and lm_head.linear would need role patterns
+    Arch("phixtral", _LM, "phixtral", N, "mlabonne/phixtral-4x2_8",
+         "mlx-lm cannot read phixtral's published config.json (it expects model_dim, num_heads, num_layers, "
+         "num_vocab; the release has n_embd, n_head, n_layer, vocab_size), so no output would load: run it with "
+         "transformers"),
+    # tried: a tiny release in Kimi-Linear's layout (custom code, no transformers class; names inferred from
+    # mlx-lm's sanitize) converted exactly at --no-quantize; the attention-residual projections (*_res_proj) now
+    # stay float (rule model-keeps). What remains: a family like kimi_linear's and that tiny release
+    Arch("kimi_k3", _LM, "kimi_k3", N, "Kimi-K3",
+         "not converted yet (no Kimi-K3 checkpoint layout checked against its producer); mlx_lm.convert converts "
+         "it meanwhile"),
+    # mlx-lm's attention holds its block-diagonal output projection as a SwitchLinear (self_attn.o_a_proj), which
+    # plan.find_roles takes for routed experts (and the hyper-connection mixers for router gates); the release is
+    # DeepSeek's own (layers.{l}.ffn.experts.{e}.w1/w2/w3, attn.wq_a/wkv/wo_a) in fp8/fp4 with ue8m0 `.scale`
+    # tensors, a source format moequant does not read
+    Arch("deepseek_v41", _LM, "deepseek_v41", N, "DeepSeek-V4.1",
+         "not converted yet (DeepSeek's own fp8/fp4 release format, and an attention layer moequant would mistake "
+         "for experts); mlx_lm.convert converts it meanwhile"),
+    Arch("deepseek_v41_text", _LM, "deepseek_v41", N, "DeepSeek-V4.1",
+         "not converted yet, as deepseek_v41; mlx_lm.convert converts it meanwhile"),
+    # mlx-lm's muse_spark attention calls Metal-only kernels (mlx_lm.kernels.qk_norm_rope, qk_norm,
+    # rms_norm_sigmoid_gate): no Linux CPU smoke test. The rest is rows: fused experts (mlp.experts.gate_up_proj
+    # [E, 2I, h], h = moe_hidden_size, stacked in place) and a tiny release
+    Arch("muse_spark", _LM, "muse_spark", N, "meta-models/Muse-Spark-Open-816B-A42B",
+         "not converted yet: mlx-lm runs it only on Apple GPUs (Metal kernels), so moequant cannot check its "
+         "output; mlx_lm.convert on a Mac converts it meanwhile"),
+    # ---- VLMs (mlx-vlm; mlx-lm runs some of their language models) ----
+    Arch("kimi_vl", _VLM, "kimi_vl", S, "moonshotai/Kimi-VL-A3B-Instruct",
+         "MoonViT vision tower (vision_tower.encoder.*) + projector + DeepSeek-V3 MoE (MLA without q_lora, shared "
+         "experts, correction bias, MoEGate) under language_model.model, for mlx-vlm only: " + VLM_DONE + ". No "
+         "text-only output: mlx-lm 0.32.2's kimi_vl cannot load the release itself (its sanitize never splits "
+         "self_attn.kv_b_proj into the embed_q / unembed_out its DeepSeek-V3 attention has)",
+         # moonshotai/Kimi-VL-A3B-Instruct: language_model.model.layers.{l}.mlp.experts.{e}.* (DeepSeek-V3 layout)
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts"),
+         # moonshotai/Kimi-VL-A3B-Instruct: vision_tower.{patch_embed, encoder.blocks.{b}.{wqkv, wo, norm0, norm1,
+         # mlp.fc0/fc1}, encoder.final_layernorm} and multi_modal_projector.{pre_norm, linear_1, linear_2} beside
+         # language_model.model.*; mlx-vlm drops `encoder.` and nests wqkv/wo under attn
+         vision=VisionLanguage("kimi_vl", fixture="kimi_vl")),
+    Arch("glm4v_moe", _VLM, "glm4v_moe", S, "zai-org/GLM-4.5V",
+         "GLM ViT (model.visual: Conv3d patch embedding, downsample Conv2d, merger) + GLM-4.5-Air's MoE (mrope with "
+         "partial rotary, attention bias, dense first layer, shared experts, correction bias) under "
+         "model.language_model, for mlx-vlm only: " + VLM_DONE + ". No text-only output: mlx-lm 0.32.2 has no "
+         "glm4v_moe model",
+         # zai-org/GLM-4.5V (mlx-vlm only): GLM-4.5's experts under model.language_model.layers.{l}.mlp.experts.{e}
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts"),
+         # zai-org/GLM-4.5V: model.visual.{patch_embed.proj (Conv3d), post_conv_layernorm, embeddings.position_embedding,
+         # blocks.{b}, post_layernorm, downsample (Conv2d), merger} beside model.language_model.* (GLM-4.5-Air's MoE);
+         # mlx-vlm: vision_tower.*, language_model.model.*
+         vision=VisionLanguage("glm4v_moe", fixture="glm4v_moe"),
+         # transformers' Glm4vMoeConfig names the token before an image image_start_token_id; mlx-vlm's glm4v_moe
+         # ModelConfig reads vision_start_token_id (default 151339, GLM-4.5V's) to find images for their 3-D positions
+         # (mlx_vlm/models/glm4v_moe/language.py get_rope_index), else gives image tokens text positions
+         renames=(
+             Rename("vision_start_token_id", "image_start_token_id"),
+             Rename("vision_end_token_id", "image_end_token_id"),
+         )),
+    # glm4v_moe's text_config: transformers' Glm4vMoeText has no q/k norm (modeling_glm4v_moe.py
+    # Glm4vMoeTextAttention); mlx-vlm's glm4v_moe TextConfig requires use_qk_norm
+    Arch("glm4v_moe_text", renames=(
+        Rename("use_qk_norm", "", fixed(False)),
+    )),
+    # the release stores its routed experts as compressed-tensors INT4 (weight_packed / weight_scale /
+    # weight_shape), a source format dequant.py does not read; mm_projector.* needs a vision role pattern
+    Arch("kimi_k25", _VLM, "kimi_k25", N, "moonshotai/Kimi-K2.5",
+         "not converted yet: its experts are compressed-tensors INT4, a source format moequant does not read yet; "
+         "mlx_vlm.convert converts it meanwhile"),
+    # one per-expert numbering (mlp.experts.{0..2E-1}) holds two expert sets that mlx-vlm stacks into two stacks
+    # (switch_mlp: text, switch_mlp_1: multimodal) with two routers, and moe_num_experts is a list: a Family row
+    # names one stack for one range; needs a per-expert handoff that accepts a list expert count
+    Arch("ernie4_5_moe_vl", _VLM, "ernie4_5_moe_vl", N, "baidu/ERNIE-4.5-VL-28B-A3B-PT",
+         "not converted yet (two expert sets per layer, text and multimodal); mlx_vlm.convert converts it "
+         "meanwhile"),
+    # config.json names its language model language_config (not text_config), where experts.num_experts does not
+    # look; then a tiny release (language.model.layers.{l}.mlp.experts.{e}.*, vision.* SigLIP via timm,
+    # projector.*, image_newline, view_seperator) and its custom processor's image inputs
+    Arch("deepseek_vl_v2", _VLM, "deepseek_vl_v2", N, "deepseek-ai/deepseek-vl2",
+         "not converted yet (its config nests the language model under language_config); mlx_vlm.convert converts "
+         "it meanwhile"),
+    # mlx-vlm runs the whole release (thinker with vision and audio towers; talker and code2wav), and both
+    # thinker.model.layers.{l}.mlp.experts.{e}.* and talker.model.layers.{l}.mlp.experts.{e}.* are MoE stacks with
+    # expert counts under thinker_config.text_config / talker_config.text_config (one count per checkpoint today)
+    Arch("qwen3_omni_moe", _VLM, "qwen3_omni_moe", N, "Qwen/Qwen3-Omni-30B-A3B-Instruct",
+         "not converted yet (two MoE language models, thinker and talker, beside vision and audio towers); "
+         "mlx_vlm.convert converts it meanwhile"),
+    # MoE model_types mlx-vlm 0.7.10 runs (Switch layers in its module) that no moequant row covers yet
+    *(Arch(model_type, _VLM, model_type, N, "", NOT_BUILT_VLM) for model_type in (
+        "cohere2_moe", "deepseek_v4", "flint", "glm5_next", "hy_v4", "inkling", "kolibri1", "llada2_moe",
+        "longcat_flash_sparse", "moondream3", "openai_privacy_filter", "qwen4_exp", "step3p7", "youtu_vl",
+        "zaya1_vl")),
+)
+
+
+def _index(rows) -> dict[str, Arch]:
+    """model_type -> its row; a model_type with two rows is an error (the registry is one row each)."""
+    index: dict[str, Arch] = {}
+    for arch in rows:
+        if arch.model_type in index:
+            raise ValueError(f"registry: model_type {arch.model_type!r} has two rows; expected one")
+        index[arch.model_type] = arch
+    return index
+
+
+REGISTRY: dict[str, Arch] = _index(ROWS)
+
+
+def num_experts_keys(family: Family) -> tuple[str, ...]:
+    """The config keys naming a family's expert count, first found wins: its own, then its aliases."""
+    return (family.num_experts,) + next((a.sources for a in CONFIG_ALIASES if a.key == family.num_experts), ())
+
+
+# ---- Views: the tables the pipeline reads, derived from the rows
+
+# every MoE model_type of mlx-lm and mlx-vlm with its status (moequant archs)
+ARCHITECTURES: tuple[Arch, ...] = tuple(a for a in ROWS if a.status is not None)
+# model_type -> how its release publishes its experts (family_of); BLOCKED rows wait in PENDING
+FAMILIES: dict[str, Family] = {a.model_type: a.family for a in ROWS if a.family and a.status != Status.BLOCKED}
+PENDING: dict[str, Family] = {a.model_type: a.family for a in ROWS if a.family and a.status == Status.BLOCKED}
+VISION_LANGUAGE: dict[str, VisionLanguage] = {a.model_type: a.vision for a in ROWS if a.vision}
+# transformers model_type -> the one mlx-lm runs it under (mlx-lm's own MODEL_REMAPPING needs no row)
+MODEL_TYPES: dict[str, str] = {a.model_type: a.runs_as for a in ROWS if a.runs_as}
+WRAPPED: dict[str, Wrapped] = {a.model_type: a.wrapped for a in ROWS if a.wrapped}
+TEXT_ARGS: dict[str, str] = {a.model_type: a.text_args for a in ROWS if a.text_args}
+# (transformers model_type, architectures[0]) -> the model_type mlx-lm runs it under
+MODEL_ARCHITECTURES: dict[tuple[str, str], str] = {
+    (a.model_type, architecture): runs_as for a in ROWS for architecture, runs_as in a.architectures}
+TENSOR_RENAMES: dict[str, tuple[tuple[str, str], ...]] = {a.model_type: a.tensor_renames for a in ROWS
+                                                          if a.tensor_renames}
+ABSENT_AS_ZEROS: dict[str, tuple[AbsentAsZeros, ...]] = {a.model_type: a.absent_as_zeros for a in ROWS
+                                                         if a.absent_as_zeros}
+# model_type (mlx-lm's; for mlx-vlm's sub-configs, text_config's and vision_config's own) -> its renames
+RENAMES: dict[str, tuple[Rename, ...]] = {a.model_type: a.renames for a in ROWS if a.renames}
+# mlx-lm model_type -> what its model ignores or computes differently
+IGNORED_BY_MLX_LM: dict[str, tuple[Ignored, ...]] = {a.model_type: a.ignored for a in ROWS if a.ignored}
+# mlx-vlm model_type -> what its model (vision tower, projector) computes differently
+IGNORED_BY_MLX_VLM: dict[str, tuple[Ignored, ...]] = {a.model_type: a.ignored_by_vlm for a in ROWS if a.ignored_by_vlm}
+
+
+def family_of(config: dict) -> Family:
+    """The family of config["model_type"] (mlx-lm's), or a one-line error: a model_type without one is never
+    passed through (a "not yet" row says why)."""
+    model_type = config["model_type"]
+    if model_type not in FAMILIES:
+        arch = REGISTRY.get(model_type)
+        why = f" ({arch.note})" if arch is not None and arch.status == Status.NOT_YET else ""
+        raise CheckpointError(
+            f"config.json: model_type {model_type!r} is not a supported MoE family{why}; expected one of "
+            f"{', '.join(sorted(FAMILIES))}"
+        )
+    return FAMILIES[model_type]
+
+
+def arch_rows(status: Status | str | None = None) -> list[Arch]:
+    """The architectures, supported rows first (for `moequant archs`; `Arch.to_dict()` for --json)."""
+    order = {Status.SUPPORTED: 0, Status.BLOCKED: 1, Status.NOT_YET: 2}
+    rows = [a for a in ARCHITECTURES if status is None or a.status == Status(status)]
+    return sorted(rows, key=lambda a: (order[a.status], a.runner, a.model_type.lower()))
+
+
+def supported(runner: str | None = None) -> list[str]:
+    """model_types whose smoke test passes today (rows of one runner: mlx-lm's, or VLMs only mlx-vlm runs)."""
+    return [a.model_type for a in ARCHITECTURES if a.status == Status.SUPPORTED and runner in (None, a.runner)]
