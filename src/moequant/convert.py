@@ -67,6 +67,8 @@ class Step:
 class Conversion:
     """Everything decided from headers (the plan); `run` does the work, one group at a time."""
 
+    build_model = staticmethod(build_model)  # the target model from a config (a worker process sets its own)
+
     def __init__(self, src: str | Path, quant: Quant | None = None, *, dtype: str | None = None,
                  plan: dict | None = None, plan_where: str = "plan.json", runner: str | None = None, **choices):
         """`choices` are the other fields of plan.Options (gate_bits, recipe, overrides, …);
@@ -221,7 +223,7 @@ class Conversion:
     def _target(self) -> nn.Module:
         """A fresh (lazy) target model; modules copied as stored are quantized up front so they
         take the packed tensors as they are."""
-        model = build_model(self.config)
+        model = self.build_model(self.config)
         if self.as_stored:
             rows = self.plan.by_path
             nn.quantize(model, class_predicate=lambda p, m: p in self.as_stored and rows[p].quant.to_dict())

@@ -107,9 +107,11 @@ def default_workers(groups: int, largest_tensor: int, shared: bool = True) -> in
 
 @dataclass
 class Spec:
-    """What a worker needs, pickled once per worker: the Conversion's state (no mlx objects), how
-    to rebuild its target model without importing mlx-lm's package, and where to write."""
+    """What a worker needs, pickled once per worker: the Conversion's class (by reference: the
+    worker imports convert.py only when it unpickles it) and state (no mlx objects), how to rebuild
+    its target model without importing mlx-lm's package, and where to write."""
 
+    kind: type
     state: dict
     model_class: type | None
     model_args: object
@@ -172,7 +174,7 @@ def _spec(conv, out, groups, workers: int, moments) -> Spec:
         pickle.dumps((model_class, args))
     except Exception:  # a class or args that do not pickle: the worker builds from the config
         model_class, args = None, None
-    return Spec(state, model_class, args, parameter_shapes(model), dict(out.slots),
+    return Spec(type(conv), state, model_class, args, parameter_shapes(model), dict(out.slots),
                 [str(out.tmp / name) for name in out.names], [list(g.keys) for g in groups],
                 units(conv, groups, workers), workers,
                 {k: np.array(v.astype(mx.float32)) for k, v in moments.items()} if moments else None,
@@ -372,16 +374,14 @@ def _share(tensors: dict, share: int, shares: int) -> tuple[dict, range | None]:
 
 
 def _setup(spec: Spec):
-    from . import convert as convert_module
     from . import fpquant
-    from .convert import Conversion
     from .dequant import source_format
     from .quantize import Quantizer, parameter_shapes
     from .target import build_model
     from .writer import Output
 
     fpquant.THREADS = 1  # the processes are the parallelism
-    conv = Conversion.__new__(Conversion)
+    conv = spec.kind.__new__(spec.kind)
     conv.__dict__.update(spec.state)
     conv.format, _ = source_format(conv.ckpt.config)
 
@@ -393,7 +393,7 @@ def _setup(spec: Spec):
         return build_model(config)
 
     conv.model = rebuild(conv.config)
-    convert_module.build_model = rebuild  # this process's Conversion._target builds with it
+    conv.build_model = rebuild  # the target models of this process's Conversion (_target)
     moments = {k: mx.array(v) for k, v in spec.moments.items()} if spec.moments else None
 
     def fresh():
