@@ -125,3 +125,19 @@ def test_layerwise_needs_against_transformers(converted, cli):
     dst, src = converted("qwen3_moe", "float")
     result = cli("verify", dst, "--reference", src, "--layerwise")
     assert result.exit_code != 0 and "expected --against transformers" in result.output
+
+
+def test_a_model_class_without_an_auto_entry_runs_layer_by_layer(converted):
+    """mistral4 runs as the class config.json names (transformers' AutoModelForCausalLM has no entry)."""
+    dst, src = converted("mistral4", "float")
+    layers = compare_layers(dst, src, TOKENS)
+    assert len(layers) == producer.LAYERS and all(e.max_abs <= MAX_ABS for e in layers), layers
+
+
+def test_layers_that_hand_on_more_than_hidden_states_are_refused_in_one_line(converted, cli):
+    """mlx-lm's hunyuan layers pass their keys and values on to the next layer (cross-layer
+    attention): no layer runs alone, and verify says so instead of failing inside mlx-lm."""
+    dst, src = converted("hunyuan_v1_moe", "float")
+    result = cli("verify", dst, "--reference", src, "--against", "transformers", "--layerwise")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "its layers hand more than hidden states to the next" in result.output.strip().splitlines()[-1]

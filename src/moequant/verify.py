@@ -278,6 +278,15 @@ def _cannot(src, transformers, e: Exception) -> CheckpointError:
                            f"{src} ({e.__class__.__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})")
 
 
+def _causal_lm(transformers, config):
+    """The transformers class that runs `config` as a causal LM: AutoModelForCausalLM, or the class
+    config.json's `architectures` names where the Auto class has no entry (Mistral4ForCausalLM)."""
+    auto = transformers.AutoModelForCausalLM
+    if type(config) in auto._model_mapping:
+        return auto
+    return getattr(transformers, (config.architectures or [""])[0], None) or auto
+
+
 def too_large_whole(src: str | Path) -> str | None:
     """Why SRC cannot run whole as a float32 transformers model here (its weights would take more
     than 80% of the memory free now), or None."""
@@ -303,7 +312,8 @@ def transformers_logits(src: str | Path, tokens: mx.array) -> mx.array:
     ckpt = read_checkpoint(src)
     with quiet_transformers():
         try:
-            model = transformers.AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=torch.float32).eval()
+            config = transformers.AutoConfig.from_pretrained(ckpt.path)
+            model = _causal_lm(transformers, config).from_pretrained(ckpt.path, dtype=torch.float32).eval()
         except Exception as e:  # noqa: BLE001 - transformers raises many types for a model it cannot build
             raise _cannot(src, transformers, e) from None
         with torch.inference_mode():
@@ -369,8 +379,9 @@ def transformers_layers(src: str | Path, tokens: mx.array) -> list[_LayerRun]:
     with quiet_transformers():
         try:
             config = transformers.AutoConfig.from_pretrained(ckpt.path)
-            with torch.device("meta"):
-                model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+            cls = _causal_lm(transformers, config)
+            with torch.device("meta"):  # an Auto class builds with from_config, a model class with _from_config
+                model = (getattr(cls, "from_config", None) or cls._from_config)(config, dtype=torch.float32).eval()
         except Exception as e:  # noqa: BLE001 - transformers raises many types for a model it cannot build
             raise _cannot(src, transformers, e) from None
     prefix = _layer_prefix(model.state_dict())
@@ -506,6 +517,10 @@ def compare_layers(dst: str | Path, src: str | Path, tokens: mx.array) -> tuple[
         text_logits(model, tokens)
     except _Stop:
         pass
+    except Exception as e:  # noqa: BLE001 - the model's own forward, whatever its layers hand on
+        raise LayoutError(f"{dst}: mlx's {type(model).__module__} model does not run with its decoder layers "
+                          f"stood in for ({e.__class__.__name__}: {e}): its layers hand more than hidden states to "
+                          "the next; expected a model verify can compare whole (without --layerwise)") from None
     errors = []
     for i, run in enumerate(runs):
         layer, real[i] = real[i], None
