@@ -500,7 +500,6 @@ def _load_lazy(path: Path) -> nn.Module:
 def compare_layers(dst: str | Path, src: str | Path, tokens: mx.array) -> tuple[LayerError, ...]:
     """Each decoder layer of DST against SRC's transformers layer on the same input (module
     docstring); one layer's weights in memory at a time on each side."""
-    import numpy as np
 
     runs = transformers_layers(src, tokens)
     dst = check_converted(dst)
