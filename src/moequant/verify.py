@@ -36,7 +36,7 @@ Each layer's input and output are kept. DST is then loaded lazily with mlx-lm, i
 runs up to its decoder layers (recording the arguments each gets: masks, caches), and layer i
 alone — dequantized, float32 — runs on transformers' input of layer i. Each layer's output is
 compared with transformers' (max abs, relative RMS error) and, where both sides hand the
-selected experts to an experts module (`top_k_index` in transformers 5, mlx-lm's
+selected experts to an experts module (`top_k_index` in transformers 5: ROUTED, mlx-lm's
 `SwitchGLU` / `SwitchMLP`), the router's top-k sets. Since every layer gets the reference's
 input, an error stays in the layer that makes it: a wrong layer stands out from the others.
 """
@@ -339,6 +339,11 @@ class _Stop(Exception):
     """Ends a forward pass once the last decoder layer has run (or, in mlx, been reached)."""
 
 
+# The argument that transformers 5's experts modules get the selected experts in ([tokens, k]):
+# `top_k_index` (qwen3_moe, deepseek_v3, …), `router_indices` (gpt_oss)
+ROUTED = {"top_k_index", "router_indices"}
+
+
 def _layer_prefix(keys) -> str | None:
     """The decoder layer list most `keys` fall in (`model.layers`), or None."""
     prefixes = [where[0] for where in map(layer_of, keys) if where]
@@ -400,6 +405,10 @@ def transformers_layers(src: str | Path, tokens: mx.array) -> list[_LayerRun]:
         elif "lm_head" not in key:  # the forward stops after the last decoder layer
             outside.append(key)
     mapping = get_model_conversion_mapping(model, None, None)
+    owner = {}  # module -> the innermost transformers model holding it (a VLM's language model has its own config)
+    for part in model.modules():
+        if isinstance(part, transformers.PreTrainedModel):
+            owner.update((m, part) for m in part.modules())
     files: dict = {}
 
     def load(keys: list[str], within: torch.nn.Module) -> None:
@@ -414,7 +423,7 @@ def transformers_layers(src: str | Path, tokens: mx.array) -> list[_LayerRun]:
         for module in within.modules():  # buffers not stored (rotary inv_freq) as from_pretrained makes them
             if any(b.is_meta for b in module.buffers(recurse=False)):
                 module.to_empty(device="cpu", recurse=False)
-                model._init_weights(module)
+                owner[module]._init_weights(module)  # with its own (sub)model's config
 
     runs = [_LayerRun() for _ in layers]
 
@@ -435,9 +444,9 @@ def transformers_layers(src: str | Path, tokens: mx.array) -> list[_LayerRun]:
                 raise _Stop
         return hook
 
-    def route(i: int):
+    def route(i: int, name: str, position: int):
         def hook(module, args, kwargs):
-            indices = kwargs.get("top_k_index", args[1] if len(args) > 1 else None)
+            indices = kwargs.get(name, args[position] if len(args) > position else None)
             if indices is not None:
                 runs[i].routes.append(indices.reshape(-1, indices.shape[-1]).numpy().copy())
         return hook
@@ -449,8 +458,9 @@ def transformers_layers(src: str | Path, tokens: mx.array) -> list[_LayerRun]:
                 layer.register_forward_pre_hook(before(i), with_kwargs=True)
                 layer.register_forward_hook(after(i), with_kwargs=True)
                 for module in layer.modules():
-                    if "top_k_index" in inspect.signature(module.forward).parameters:
-                        module.register_forward_pre_hook(route(i), with_kwargs=True)
+                    parameters = list(inspect.signature(module.forward).parameters)
+                    for name in ROUTED & set(parameters):
+                        module.register_forward_pre_hook(route(i, name, parameters.index(name)), with_kwargs=True)
             with torch.inference_mode():
                 model(torch.from_numpy(np.array(tokens, dtype=np.int64)), use_cache=False)
         except _Stop:
