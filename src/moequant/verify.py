@@ -409,10 +409,9 @@ def transformers_layers(src: str | Path, tokens: mx.array) -> list[_LayerRun]:
     for part in model.modules():
         if isinstance(part, transformers.PreTrainedModel):
             owner.update((m, part) for m in part.modules())
-    files: dict = {}
 
     def load(keys: list[str], within: torch.nn.Module) -> None:
-        state = {}
+        files, state = {}, {}  # the shards opened (mapped) for this load only
         for key in keys:
             info = ckpt.tensors[key]
             if info.file not in files:
