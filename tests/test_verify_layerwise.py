@@ -106,7 +106,7 @@ def test_a_wrongly_scaled_expert_is_flagged_at_its_layer(converted, tmp_path, cl
     assert data["layerwise_reason"] == "asked for (--layerwise)" and data["flagged_layers"] == [1]
     assert [e["layer"] for e in data["layers"]] == [0, 1, 2] and data["transformers"] is None
     table = cli("verify", bad, "--reference", src, "--against", "transformers", "--layerwise")
-    assert table.exit_code == 0 and "(4x the median layer, at least 0.0001): 1\n" in table.output
+    assert table.exit_code == 0 and "(10x the median layer, at least 0.0001): 1\n" in table.output
 
 
 def test_layer_by_layer_when_src_would_not_fit_whole(converted, monkeypatch):

@@ -591,7 +591,7 @@ def verify(
     min_top1: MinTop1Opt = None, max_kl: MaxKlOpt = None, min_router: MinRouterOpt = None,
     against: Annotated[Optional[str], typer.Option("--against", metavar="transformers", help="'transformers': also compare with SRC's own transformers forward pass (needs torch); the thresholds then apply to both references.")] = None,
     layerwise: Annotated[bool, typer.Option("--layerwise", help="With --against transformers: compare decoder layer by decoder layer, one layer in memory at a time (automatic when SRC would not fit whole).")] = False,
-    max_layer_error: Annotated[Optional[float], typer.Option("--max-layer-error", metavar="X", rich_help_panel="Quality", help="Layer by layer: exit 1 if any decoder layer's relative RMS error is above this (default: flag, without failing, layers 4x above the median).")] = None,
+    max_layer_error: Annotated[Optional[float], typer.Option("--max-layer-error", metavar="X", rich_help_panel="Quality", help="Layer by layer: exit 1 if any decoder layer's relative RMS error is above this (default: flag, without failing, layers 10x above the median).")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", metavar="FILE", rich_help_panel="Output", help="Also draw a PNG: router top-k agreement by layer, KL by token position (needs matplotlib).")] = None,
     json_out: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:

@@ -68,9 +68,11 @@ log = logging.getLogger(__name__)
 BATCH, LENGTH = 4, 64
 
 # A decoder layer is flagged when its relative RMS error exceeds LAYER_SPREAD times the median
-# over the layers (quantization error is about even across layers; one wrong layer is not), and
-# at least LAYER_FLOOR (float32 summation-order noise is about 1e-7).
-LAYER_SPREAD, LAYER_FLOOR = 4.0, 1e-4
+# over the layers, and at least LAYER_FLOOR (float32 summation-order noise is about 1e-7).
+# Quantization error varies across layers within a few times the median (4-bit, measured: up to
+# 4.2x on a 16-layer qwen3_moe, the first layer highest); one wrong layer stands an order of
+# magnitude out (an expert's scales 10x too large: 13x).
+LAYER_SPREAD, LAYER_FLOOR = 10.0, 1e-4
 
 
 @dataclass(frozen=True)
