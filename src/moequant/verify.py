@@ -36,9 +36,10 @@ Each layer's input and output are kept. DST is then loaded lazily with mlx-lm, i
 runs up to its decoder layers (recording the arguments each gets: masks, caches), and layer i
 alone — dequantized, float32 — runs on transformers' input of layer i. Each layer's output is
 compared with transformers' (max abs, relative RMS error) and, where both sides hand the
-selected experts to an experts module (`top_k_index` in transformers 5: ROUTED, mlx-lm's
-`SwitchGLU` / `SwitchMLP`), the router's top-k sets. Since every layer gets the reference's
-input, an error stays in the layer that makes it: a wrong layer stands out from the others.
+selected experts to an experts module (transformers 5's, called with `top_k_index` or
+`router_indices`; mlx-lm's `SwitchGLU` / `SwitchMLP`), the router's top-k sets. Since every
+layer gets the reference's input, an error stays in the layer that makes it: a wrong layer
+stands out from the others.
 """
 
 from __future__ import annotations
@@ -275,9 +276,14 @@ def _torch():
     return torch, transformers
 
 
+def _said(e: Exception) -> str:
+    """An exception in one short line: its type and the first line of its message."""
+    return f"{e.__class__.__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
 def _cannot(src, transformers, e: Exception) -> CheckpointError:
     return CheckpointError(f"--against transformers: transformers {transformers.__version__} cannot load "
-                           f"{src} ({e.__class__.__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})")
+                           f"{src} ({_said(e)})")
 
 
 def _causal_lm(transformers, config):
@@ -511,7 +517,6 @@ def _load_lazy(path: Path) -> nn.Module:
 def compare_layers(dst: str | Path, src: str | Path, tokens: mx.array) -> tuple[LayerError, ...]:
     """Each decoder layer of DST against SRC's transformers layer on the same input (module
     docstring); one layer's weights in memory at a time on each side."""
-
     runs = transformers_layers(src, tokens)
     dst = check_converted(dst)
     model = _load_lazy(dst)
@@ -529,8 +534,8 @@ def compare_layers(dst: str | Path, src: str | Path, tokens: mx.array) -> tuple[
         pass
     except Exception as e:  # noqa: BLE001 - the model's own forward, whatever its layers hand on
         raise LayoutError(f"{dst}: mlx's {type(model).__module__} model does not run with its decoder layers "
-                          f"stood in for ({e.__class__.__name__}: {e}): its layers hand more than hidden states to "
-                          "the next; expected a model verify can compare whole (without --layerwise)") from None
+                          f"stood in for ({_said(e)}): its layers hand more than hidden states to the next; "
+                          "expected a model verify can compare whole (without --layerwise)") from None
     errors = []
     for i, run in enumerate(runs):
         layer, real[i] = real[i], None
