@@ -560,9 +560,29 @@ def _print_stored(rows, json_out: bool) -> None:
     out.print(f"{len(rows)} modules; {bad} disagree with config.json", highlight=False)
 
 
+def _print_layers(report, explicit: float | None, flagged: list[int]) -> None:
+    """`verify`'s layer-by-layer comparison with transformers: why, a row per decoder layer, the flagged ones."""
+    from .verify import LAYER_FLOOR, LAYER_SPREAD, layer_tolerance
+
+    out.print(f"against transformers layer by layer: {report.layerwise_reason}", highlight=False)
+    table = Table(title="DST's decoder layers on transformers' input of each")
+    for name in ("layer", "max abs error", "relative RMS error", "router top-k agreement", "note"):
+        table.add_column(name, justify="right")
+    for e in report.layers:
+        table.add_row(str(e.layer), f"{e.max_abs:.3g}", f"{e.rel_rms:.3g}",
+                      "" if e.router_agreement is None else f"{e.router_agreement:.4f}",
+                      "beyond tolerance" if e.layer in flagged else "")
+    out.print(table)
+    tolerance = layer_tolerance(report.layers, explicit)
+    rule = "--max-layer-error" if explicit is not None else f"{LAYER_SPREAD:g}x the median layer, at least {LAYER_FLOOR:g}"
+    out.print(f"decoder layers beyond {tolerance:.3g} relative RMS error ({rule}): "
+              f"{', '.join(map(str, flagged)) if flagged else 'none'}", highlight=False)
+
+
 @app.command(cls=_Command, epilog=_examples(
     "moequant verify mixtral-4bit --reference tiny-mixtral --min-top1 0.6",
-    "moequant verify mixtral-4bit --reference tiny-mixtral --prompt 'def fib(n):' --json"))
+    "moequant verify mixtral-4bit --reference tiny-mixtral --prompt 'def fib(n):' --json",
+    "moequant verify mixtral-4bit --reference tiny-mixtral --against transformers --layerwise"))
 @_command()
 def verify(
     dst: Annotated[Path, typer.Argument(help="A converted checkpoint.")],
@@ -570,11 +590,13 @@ def verify(
     prompt: Annotated[Optional[str], typer.Option("--prompt", metavar="TEXT", help="Text to run (tokenized with DST's tokenizer) instead of a fixed random batch.")] = None,
     min_top1: MinTop1Opt = None, max_kl: MaxKlOpt = None, min_router: MinRouterOpt = None,
     against: Annotated[Optional[str], typer.Option("--against", metavar="transformers", help="'transformers': also compare with SRC's own transformers forward pass (needs torch); the thresholds then apply to both references.")] = None,
+    layerwise: Annotated[bool, typer.Option("--layerwise", help="With --against transformers: compare decoder layer by decoder layer, one layer in memory at a time (automatic when SRC would not fit whole).")] = False,
+    max_layer_error: Annotated[Optional[float], typer.Option("--max-layer-error", metavar="X", rich_help_panel="Quality", help="Layer by layer: exit 1 if any decoder layer's relative RMS error is above this (default: flag, without failing, layers 10x above the median).")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", metavar="FILE", rich_help_panel="Output", help="Also draw a PNG: router top-k agreement by layer, KL by token position (needs matplotlib).")] = None,
     json_out: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
     """Run the same tokens through DST and SRC with mlx-lm; compare logits and expert choices."""
-    from .verify import tokens_for_prompt
+    from .verify import layer_tolerance, tokens_for_prompt
     from .verify import verify as run_verify
 
     _logging(quiet, verbose)
@@ -584,12 +606,18 @@ def verify(
         check_target(plot)
     if against not in (None, "transformers", "mlx-lm"):
         raise CheckpointError(f"--against {against}: expected transformers (or mlx-lm, the default)")
+    if against != "transformers" and (given := _given(layerwise=layerwise, max_layer_error=max_layer_error)):
+        raise MoequantError(f"{given[0]}: compares with SRC's transformers layers; expected --against transformers")
     tokens = tokens_for_prompt(dst, prompt) if prompt is not None else None
-    report = run_verify(dst, reference, tokens, against_transformers=against == "transformers")
+    report = run_verify(dst, reference, tokens, against_transformers=against == "transformers", layerwise=layerwise)
     c, t = report.closeness, report.transformers
     failed = _failures(report, min_top1, max_kl, min_router)
+    flagged = report.flagged_layers(max_layer_error)
+    if max_layer_error is not None and flagged:
+        failed.append(f"decoder layers {', '.join(map(str, flagged))} relative error > {max_layer_error}")
     if json_out:
-        _print_json({**report.to_dict(), "failed": failed})
+        layers = {"flagged_layers": flagged, "layer_tolerance": layer_tolerance(report.layers, max_layer_error)}
+        _print_json({**report.to_dict(), **(layers if report.layers else {}), "failed": failed})
     else:
         table = Table(title=f"{dst} vs {reference} ({report.tokens} tokens)")
         table.add_column("measure")
@@ -605,6 +633,8 @@ def verify(
         for block, agreement in report.router_agreement.items():
             table.add_row(f"router top-{report.top_k.get(block, '?')} agreement {block}", f"{agreement:.4f}")
         out.print(table)
+        if report.layers:
+            _print_layers(report, max_layer_error, flagged)
     if plot is not None:
         from .plot import verify_png
 
