@@ -344,8 +344,7 @@ class Conversion:
             out.allocate(manifest)  # refuses a DST without room for it before any slow work
             moments = self._moments() if self.plan.options.rounding == Rounding.GPTQ else None
             if workers is None:  # as many as the cores and the memory available allow
-                workers = procpool.default_workers(len(groups), max(t.nbytes for t in self.ckpt.tensors.values()),
-                                                   shared=pool == "processes")
+                workers = procpool.default_workers(len(groups), max(t.nbytes for t in self.ckpt.tensors.values()))
             convert = procpool.convert_groups if pool == "processes" else Conversion._convert_groups
             # closed (its workers stopped, threads joined) before Output cleans up, however this generator ends
             with closing(convert(self, out, groups, max(1, workers), moments)) as done:
