@@ -140,11 +140,15 @@ def expert_sources(family: Family, keys) -> dict[str, tuple[str, str]]:
 
 def num_experts(family: Family, config: dict) -> int:
     """The expert count, from the first of the family's keys set at the top of config.json or,
-    for VLM-style configs (Llama-4), under text_config."""
+    for VLM-style configs (Llama-4), under text_config; a dotted key reads a nested one (DBRX's
+    ffn_config.moe_num_experts)."""
     for where in (config, config.get("text_config") or {}):
         for key in num_experts_keys(family):
-            if isinstance(where.get(key), int):
-                return where[key]
+            value = where
+            for part in key.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            if isinstance(value, int):
+                return value
     raise LayoutError(f"config.json: none of {', '.join(num_experts_keys(family))} is set (nor under text_config); "
                       "expected the expert count")
 
