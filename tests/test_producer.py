@@ -141,3 +141,18 @@ def test_every_tensor_equals_mlx_lm_converts_but_the_float_router_gates(tmp_path
         assert all(ours[f"{g}.weight"].dtype == mx.float32 for g in gates)
     else:
         assert differ == set()
+
+
+def test_a_row_block_that_the_expert_count_does_not_divide_is_refused_in_one_line(tmp_path, produced):
+    import shutil
+
+    src, _ = produced("dbrx")
+    bad = shutil.copytree(src, tmp_path / "src")
+    tensors = mx.load(str(bad / "model.safetensors"))
+    key = "transformer.blocks.1.ffn.experts.mlp.w2"
+    tensors[key] = tensors[key][:-2]
+    mx.save_safetensors(str(bad / "model.safetensors"), tensors, metadata={"format": "pt"})
+    with pytest.raises(MoequantError, match=rf"^{key}: shape \(254, 128\); expected \[E·rows, cols\], rows a "
+                                            r"multiple of E=4 \(num_experts\)$"):
+        list(Conversion(bad).run(tmp_path / "dst"))
+    assert not (tmp_path / "dst").exists()

@@ -64,6 +64,9 @@ class Family:
     # other names the same fused experts are published under, each with its own orientation; the fused
     # biases (fused_bias_names) are the same rows in every publication
     fused_also: tuple[FusedAlso, ...] = ()
+    # tensors inside `experts` holding every expert's rows one after another, [E·rows, cols], that the runner's
+    # sanitize splits itself (DBRX's mlp.w1 / v1 / w2): checked, then handed over as they are
+    row_blocks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -799,15 +802,16 @@ ROWS: tuple[Arch, ...] = (
     # databricks/dbrx-instruct (and transformers 5's save): transformer.blocks.{l}.ffn.experts.mlp.w1 / v1 / w2, each
     # [E·I, H] (w2 holds each expert's down weight transposed), router ffn.router.layer; mlx-lm's sanitize splits them
     # into per-expert Linear modules ffn.experts.{e}.w1/v1/w2 (no SwitchLinear), which plan.find_roles takes as
-    # routed experts and quantizes one by one, as mlx_lm.convert does. The fused tensors pass to_stacked untouched
-    # (names the row does not fuse); mlx_lm.convert's own output (per expert) is handed over per expert
+    # routed experts and quantizes one by one, as mlx_lm.convert does. The fused tensors reach sanitize as they are
+    # (row_blocks, checked first); mlx_lm.convert's own output (per expert) is handed over per expert
     Arch("dbrx", _LM, "dbrx", S, "databricks/dbrx-instruct",
          "ffn.experts.mlp.w1/v1/w2 fused [E·I, H], split by mlx-lm's sanitize into one Linear per expert (each "
          "quantized on its own, as mlx_lm.convert does); ffn.router.layer is the router gate; transformers 5 "
          "rotates with rope_parameters.rope_theta, mlx-lm with attn_config.rope_theta: where config.json states "
          "both and they differ, the output takes transformers' (the plan notes it)",
          family=Family("ffn.experts", "ffn.experts", {"w1": "w1", "v1": "v1", "w2": "w2"},
-                       "ffn_config.moe_num_experts", handoff=Handoff.PER_EXPERT),
+                       "ffn_config.moe_num_experts", handoff=Handoff.PER_EXPERT,
+                       row_blocks=("mlp.w1", "mlp.v1", "mlp.w2")),
          # transformers 5.25 reads rope_parameters.rope_theta (its default 10000 where config.json has none:
          # DbrxConfig never reads attn_config.rope_theta) and attn_config.clip_qkv
          renames=(Rename("attn_config", "rope_parameters.rope_theta", "attn_config_rope_theta", overrides=True),),
