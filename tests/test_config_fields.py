@@ -59,13 +59,20 @@ def _counterpart(field: str, ours: dict, theirs, full: dict):
         return _MISSING
 
 
+# what a sub-config's to_dict carries beside its values (DBRX's attn_config / ffn_config): bookkeeping
+_SUB_CONFIG_BOOKKEEPING = {"transformers_version", "id2label", "label2id"}
+
+
 def _same(a, b) -> bool:
+    if isinstance(a, dict) and isinstance(b, transformers.PretrainedConfig):
+        b = b.to_dict()  # a sub-config (DBRX's ffn_config): ModelArgs holds it as the dict config.json has
     if isinstance(a, str) != isinstance(b, str) and isinstance(a, (str, list)) and isinstance(b, (str, list)):
         return list(a) == list(b)  # a pattern string and its list of characters (nemotron_h)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+        keys = a.keys() - _SUB_CONFIG_BOOKKEEPING
+        return keys == b.keys() - _SUB_CONFIG_BOOKKEEPING and all(_same(a[k], b[k]) for k in keys)
     if isinstance(a, float) or isinstance(b, float):
         return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-6)
     return a == b
