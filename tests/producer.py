@@ -46,6 +46,10 @@ TINY = {
     "chunk_size": 16, "mamba_head_dim": 32, "n_groups": 1,
 }
 
+# what every transformers config's to_dict carries beside its values: in a sub-config that mlx-lm's ModelArgs
+# holds as a dict (DBRX's attn_config / ffn_config), bookkeeping that a resave adds and no model reads
+BOOKKEEPING = frozenset(transformers.PretrainedConfig().to_dict())
+
 _HYBRID = ["linear_attention", "full_attention", "linear_attention"]
 _SLIDING = ["sliding_attention", "full_attention", "sliding_attention"]
 _MLA = {"num_key_value_heads": HEADS}  # MLA's keys and values have every head

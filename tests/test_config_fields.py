@@ -27,7 +27,7 @@ from moequant.configmap import COMMON, CONVERTERS, MISSING, NONE, RENAMES, looku
 from moequant.registry import TEXT_ARGS  # noqa: E402
 from moequant.target import model_classes, resolve_config, text_args_class  # noqa: E402
 
-from producer import PRODUCED, tiny_config  # noqa: E402
+from producer import BOOKKEEPING, PRODUCED, tiny_config  # noqa: E402
 from test_producer import SUPPORTED  # noqa: E402
 
 _MISSING = MISSING
@@ -59,10 +59,6 @@ def _counterpart(field: str, ours: dict, theirs, full: dict):
         return _MISSING
 
 
-# what a sub-config's to_dict carries beside its values (DBRX's attn_config / ffn_config): bookkeeping
-_SUB_CONFIG_BOOKKEEPING = {"transformers_version", "id2label", "label2id"}
-
-
 def _same(a, b) -> bool:
     if isinstance(a, dict) and isinstance(b, transformers.PretrainedConfig):
         b = b.to_dict()  # a sub-config (DBRX's ffn_config): ModelArgs holds it as the dict config.json has
@@ -71,8 +67,8 @@ def _same(a, b) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     if isinstance(a, dict) and isinstance(b, dict):
-        keys = a.keys() - _SUB_CONFIG_BOOKKEEPING
-        return keys == b.keys() - _SUB_CONFIG_BOOKKEEPING and all(_same(a[k], b[k]) for k in keys)
+        keys = a.keys() - BOOKKEEPING
+        return keys == b.keys() - BOOKKEEPING and all(_same(a[k], b[k]) for k in keys)
     if isinstance(a, float) or isinstance(b, float):
         return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-6)
     return a == b
