@@ -46,6 +46,10 @@ TINY = {
     "chunk_size": 16, "mamba_head_dim": 32, "n_groups": 1,
 }
 
+# what every transformers config's to_dict carries beside its values: in a sub-config that mlx-lm's ModelArgs
+# holds as a dict (DBRX's attn_config / ffn_config), bookkeeping that a resave adds and no model reads
+BOOKKEEPING = frozenset(transformers.PretrainedConfig().to_dict())
+
 _HYBRID = ["linear_attention", "full_attention", "linear_attention"]
 _SLIDING = ["sliding_attention", "full_attention", "sliding_attention"]
 _MLA = {"num_key_value_heads": HEADS}  # MLA's keys and values have every head
@@ -62,6 +66,9 @@ class Produced:
     model_type: str
     extra: dict = field(default_factory=dict)
     model_class: str = "AutoModelForCausalLM"  # the transformers class that writes it
+    # 2-D expert parameters (name suffixes) stored [E·in, out], each expert's block transposed (DBRX's w2):
+    # simulated_logits rounds each block along its rows, the input dimension
+    input_rows: tuple[str, ...] = ()
 
 
 PRODUCED: dict[str, Produced] = {p.model_type: p for p in (
@@ -111,7 +118,8 @@ PRODUCED: dict[str, Produced] = {p.model_type: p for p in (
     # clamps with attn_config.clip_qkv (its defaults, absent / None, fail)
     Produced("dbrx", {"d_model": H, "n_heads": HEADS, "n_layers": LAYERS,
                       "attn_config": {"kv_n_heads": KV_HEADS, "rope_theta": 500000.0, "clip_qkv": 8.0},
-                      "ffn_config": {"ffn_hidden_size": I_MOE, "moe_num_experts": E, "moe_top_k": TOP_K}}),
+                      "ffn_config": {"ffn_hidden_size": I_MOE, "moe_num_experts": E, "moe_top_k": TOP_K}},
+             input_rows=("ffn.experts.mlp.w2",)),
     Produced("laguna", {"mlp_layer_types": ["dense", "sparse", "sparse"]}),
     Produced("mellum"),
     Produced("kimi_linear", _KDA),
@@ -346,14 +354,21 @@ def simulated_logits(model_type: str, src: Path, bits: int, group_size: int = 64
     config = transformers.AutoConfig.from_pretrained(src)
     model = model_class(model_type).from_pretrained(src, dtype=torch.float32).eval()
     text = getattr(config, "text_config", None) or config
-    num_experts = next((getattr(text, k) for k in ("num_experts", "num_local_experts", "n_routed_experts",
-                                                   "moe_num_experts") if getattr(text, k, None)), 0)
+    num_experts = next((getattr(where, k) for where in (text, getattr(text, "ffn_config", None))  # DBRX's: nested
+                        for k in ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+                        if getattr(where, k, None)), 0)
     hidden = text.hidden_size if hasattr(text, "hidden_size") else getattr(text, "d_model", H)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.ndim < 2 or "norm" in name or "conv" in name or _is_router(name, p, num_experts):
+            # a norm by its own module's name (DBRX's attention sits inside norm_attn_norm)
+            if p.ndim < 2 or "norm" in name.split(".")[-2] or "conv" in name or _is_router(name, p, num_experts):
                 continue
             if _kept(name, keep):
+                continue
+            if name.endswith(getattr(PRODUCED.get(model_type), "input_rows", ())):
+                blocks = p.view(num_experts, -1, p.shape[-1])
+                if blocks.shape[-2] % group_size == 0:
+                    p.copy_(_round_trip(blocks, bits, group_size, -2).reshape(p.shape))
                 continue
             # input dimension: the last one (nn.Linear, F.linear experts), else the one of size hidden
             # for up/gate stacks stored [E, H, out] (x @ w)

@@ -27,7 +27,7 @@ from moequant.configmap import COMMON, CONVERTERS, MISSING, NONE, RENAMES, looku
 from moequant.registry import TEXT_ARGS  # noqa: E402
 from moequant.target import model_classes, resolve_config, text_args_class  # noqa: E402
 
-from producer import PRODUCED, tiny_config  # noqa: E402
+from producer import BOOKKEEPING, PRODUCED, tiny_config  # noqa: E402
 from test_producer import SUPPORTED  # noqa: E402
 
 _MISSING = MISSING
@@ -60,12 +60,15 @@ def _counterpart(field: str, ours: dict, theirs, full: dict):
 
 
 def _same(a, b) -> bool:
+    if isinstance(a, dict) and isinstance(b, transformers.PretrainedConfig):
+        b = b.to_dict()  # a sub-config (DBRX's ffn_config): ModelArgs holds it as the dict config.json has
     if isinstance(a, str) != isinstance(b, str) and isinstance(a, (str, list)) and isinstance(b, (str, list)):
         return list(a) == list(b)  # a pattern string and its list of characters (nemotron_h)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+        keys = a.keys() - BOOKKEEPING
+        return keys == b.keys() - BOOKKEEPING and all(_same(a[k], b[k]) for k in keys)
     if isinstance(a, float) or isinstance(b, float):
         return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-6)
     return a == b

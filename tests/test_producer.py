@@ -107,3 +107,52 @@ def test_unsupported_model_type_is_refused_in_one_line(tmp_path, produced, model
         list(Conversion(src).run(tmp_path / "dst"))
     assert "\n" not in str(e.value) and model_type in str(e.value)
     assert not (tmp_path / "dst").exists()
+
+
+# mlx_lm.convert's own output of the same producer checkpoint, the other producer: mlx-lm's dbrx has no
+# quant_predicate, so mlx_lm.convert quantizes the router gates (ffn.router.layer) with everything else
+@pytest.mark.parametrize("bits,gate_bits", [(4, None), (8, None), (8, 8)])
+@pytest.mark.parametrize("model_type", ["dbrx"])
+def test_every_tensor_equals_mlx_lm_converts_but_the_float_router_gates(tmp_path, produced, model_type, bits,
+                                                                          gate_bits):
+    import json
+    import shutil
+
+    from mlx_lm.convert import convert
+
+    from moequant.tiny import byte_tokenizer
+
+    src, _ = produced(model_type)
+    with_tokenizer = shutil.copytree(src, tmp_path / "src")  # mlx_lm.convert loads a tokenizer too
+    (with_tokenizer / "tokenizer.json").write_text(json.dumps(byte_tokenizer()))
+    (with_tokenizer / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+    convert(str(with_tokenizer), str(tmp_path / "theirs"), quantize=True, q_bits=bits, q_group_size=64,
+            dtype="float32")
+    conversion = Conversion(src, Quant.make("affine", bits, 64), dtype="float32", gate_bits=gate_bits)
+    list(conversion.run(tmp_path / "ours"))
+    ours, theirs = (mx.load(str(tmp_path / d / "model.safetensors")) for d in ("ours", "theirs"))
+    gates = {r.path for r in conversion.plan.rows if r.role.value == "router_gate"}
+    assert len(gates) == 3 and all(r.quant is not None for r in conversion.plan.rows if r.role.value == "routed_experts")
+    differ = {k for k in ours.keys() | theirs.keys()
+              if k not in ours or k not in theirs or ours[k].dtype != theirs[k].dtype
+              or not mx.array_equal(ours[k], theirs[k])}
+    if gate_bits is None:  # kept float: weight float32 [E, H] here, packed weight, scales and biases there
+        assert differ == {f"{g}.{s}" for g in gates for s in ("weight", "scales", "biases")}
+        assert all(ours[f"{g}.weight"].dtype == mx.float32 for g in gates)
+    else:
+        assert differ == set()
+
+
+def test_a_row_block_that_the_expert_count_does_not_divide_is_refused_in_one_line(tmp_path, produced):
+    import shutil
+
+    src, _ = produced("dbrx")
+    bad = shutil.copytree(src, tmp_path / "src")
+    tensors = mx.load(str(bad / "model.safetensors"))
+    key = "transformer.blocks.1.ffn.experts.mlp.w2"
+    tensors[key] = tensors[key][:-2]
+    mx.save_safetensors(str(bad / "model.safetensors"), tensors, metadata={"format": "pt"})
+    with pytest.raises(MoequantError, match=rf"^{key}: shape \(254, 128\); expected \[E·rows, cols\], rows a "
+                                            r"multiple of E=4 \(num_experts\)$"):
+        list(Conversion(bad).run(tmp_path / "dst"))
+    assert not (tmp_path / "dst").exists()

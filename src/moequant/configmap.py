@@ -44,6 +44,14 @@ def _layer_types(value, what: str) -> list[str]:
     return value
 
 
+@converter("attn_config_rope_theta")
+def _attn_config_rope_theta(theta, config: dict) -> dict | None:
+    """attn_config with rope_theta set to `theta`: DBRX's attention reads attn_config.rope_theta in mlx-lm,
+    rope_parameters.rope_theta in transformers 5 (DbrxRotaryEmbedding)."""
+    attn = config.get("attn_config")
+    return {**attn, "rope_theta": theta} if isinstance(attn, dict) else None
+
+
 @converter("rope_scaling_with_factor")
 def _rope_scaling_with_factor(rope: dict, _: dict) -> dict | None:
     """rope_parameters as a rope_scaling that always has `factor` (1.0 for plain RoPE): for mlx-lm
@@ -324,6 +332,11 @@ def apply_renames(resolved: dict, takes, model_type: str, where: str = "") -> li
         if stated == value:
             continue
         resolved[rename.key] = value
-        instead = "" if stated is MISSING else f", which transformers reads instead of {rename.key}={stated!r}"
-        notes.append(f"{where}{rename.key} = {value!r} (from {where}{rename.source or rename.convert}{instead})")
+        key = rename.key
+        if isinstance(value, dict) and isinstance(stated, dict):  # one value inside a dict: say only that one
+            changed = [k for k in value if stated.get(k, MISSING) != value[k]]
+            if len(changed) == 1:
+                key, value, stated = f"{key}.{changed[0]}", value[changed[0]], stated.get(changed[0], MISSING)
+        instead = "" if stated is MISSING else f", which transformers reads instead of {key}={stated!r}"
+        notes.append(f"{where}{key} = {value!r} (from {where}{rename.source or rename.convert}{instead})")
     return notes

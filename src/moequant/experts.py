@@ -140,11 +140,15 @@ def expert_sources(family: Family, keys) -> dict[str, tuple[str, str]]:
 
 def num_experts(family: Family, config: dict) -> int:
     """The expert count, from the first of the family's keys set at the top of config.json or,
-    for VLM-style configs (Llama-4), under text_config."""
+    for VLM-style configs (Llama-4), under text_config; a dotted key reads a nested one (DBRX's
+    ffn_config.moe_num_experts)."""
     for where in (config, config.get("text_config") or {}):
         for key in num_experts_keys(family):
-            if isinstance(where.get(key), int):
-                return where[key]
+            value = where
+            for part in key.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            if isinstance(value, int):
+                return value
     raise LayoutError(f"config.json: none of {', '.join(num_experts_keys(family))} is set (nor under text_config); "
                       "expected the expert count")
 
@@ -166,12 +170,16 @@ def to_stacked(family: Family, weights: dict[str, mx.array], n_experts: int
     stacked into `<layer>.<family.stacked>.<proj>.<suffix>` [E, out, in], or — for a family whose
     sanitize stacks them itself and keys other conversions on seeing them (Handoff.PER_EXPERT)
     — per expert, in the published names (fused tensors split into them). Also returns each stack
-    made here with its parts."""
+    made here with its parts. Row blocks (Family.row_blocks) are checked and handed over as they are."""
     pattern, fused = _per_expert_pattern(family), _fused_publications(family)
+    blocks = re.compile(rf"\.{re.escape(family.experts)}\.(?:{'|'.join(map(re.escape, family.row_blocks)) or '(?!)'})$")
     found: dict[tuple[str, str, str], dict[int, mx.array]] = {}
     out: dict[str, mx.array] = {}
     stacks: list[ExpertStack] = []
     for key, value in weights.items():
+        if blocks.search(key) and (value.ndim != 2 or value.shape[0] % n_experts):
+            raise LayoutError(f"{key}: shape {tuple(value.shape)}; expected [E·rows, cols], rows a multiple of "
+                              f"E={n_experts} (num_experts)")
         if publication := _match_fused(fused, key):
             m, found_in = publication
             found_in = replace(found_in, layout=_oriented(family, m, found_in, weights))

@@ -7,6 +7,7 @@ import fnmatch
 import inspect
 import json
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -184,6 +185,9 @@ def find_roles(model: nn.Module) -> list[Module]:
     # parent's children (layers.{l}.router.proj): the parent is the MoE block
     moe_blocks = {(b.rpartition(".")[0] if all(isinstance(m, switch) for p, m in leaves if p.startswith(f"{b}."))
                    else b): e for b, e in moe_blocks.items()}
+    # or the parent of a list of per-expert MLPs (mlx-lm's dbrx: ffn.experts.{e}.w1/v1/w2, no SwitchLinear)
+    expert_lists = _expert_lists(leaves)
+    moe_blocks |= {b.rpartition(".")[0]: e for b, e in expert_lists.items()}
     wrapped = {p.rpartition(".")[0] for p, _ in leaves}
     wrappers = {w: w.rpartition(".")[0] for w in wrapped if w.rpartition(".")[0] in moe_blocks
                 and sum(p.startswith(f"{w}.") for p, _ in leaves) == 1}
@@ -195,7 +199,7 @@ def find_roles(model: nn.Module) -> list[Module]:
         parent, _, _ = path.rpartition(".")
         parent = wrappers.get(parent, parent)
         role = None
-        if isinstance(m, switch):
+        if isinstance(m, switch) or parent.rpartition(".")[0] in expert_lists:
             role = Role.ROUTED_EXPERTS
         elif parent in moe_blocks and weight.ndim == 2:
             # one score per expert, or more: LongCat's router also scores its zero (identity) experts
@@ -213,6 +217,34 @@ def find_roles(model: nn.Module) -> list[Module]:
                               quantizable, takes_global_scale, keeps,
                               kind=f"{type(m).__module__.rpartition('.')[2]}.{type(m).__name__}"))
     return modules
+
+
+def _expert_lists(leaves: list[tuple[str, nn.Module]]) -> dict[str, int]:
+    """Lists of per-expert MLPs, path -> E: `<list>.{e}.<leaf>` for e in 0..E-1 (E >= 2), every entry the
+    same set of two or more quantizable 2-D leaves of the same shapes, beside a router: a 2-D leaf of E rows
+    in the list's parent, directly or inside a wrapper holding nothing else (dbrx's ffn.router.layer). A
+    decoder layer list never is one (its entries hold norms), nor a list of dense MLPs (LongCat's mlps)."""
+    entries: dict[str, dict[int, dict[str, object]]] = {}
+    for path, m in leaves:
+        head, _, leaf = path.rpartition(".")
+        where, _, e = head.rpartition(".")
+        if e.isdigit():
+            weight = getattr(m, "weight", None)
+            shape = tuple(weight.shape) if hasattr(m, "to_quantized") and getattr(weight, "ndim", 0) == 2 else None
+            entries.setdefault(where, {}).setdefault(int(e), {})[leaf] = shape
+    lists = {where: len(by_e) for where, by_e in entries.items()
+             if len(by_e) >= 2 and sorted(by_e) == list(range(len(by_e))) and len(by_e[0]) >= 2
+             and None not in by_e[0].values() and all(by_e[e] == by_e[0] for e in by_e)}
+    parts = [p.split(".") for p, _ in leaves]
+    under = Counter(".".join(p[:i]) for p in parts for i in range(1, len(p)))  # module -> leaves inside it
+    routers = set()
+    for path, m in leaves:
+        weight, parent = getattr(m, "weight", None), path.rpartition(".")[0]
+        if getattr(weight, "ndim", 0) == 2:
+            routers.add((parent, weight.shape[0]))
+            if under[parent] == 1:
+                routers.add((parent.rpartition(".")[0], weight.shape[0]))
+    return {where: e for where, e in lists.items() if (where.rpartition(".")[0], e) in routers}
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,9 @@ class Family:
     # other names the same fused experts are published under, each with its own orientation; the fused
     # biases (fused_bias_names) are the same rows in every publication
     fused_also: tuple[FusedAlso, ...] = ()
+    # tensors inside `experts` holding every expert's rows one after another, [E·rows, cols], that the runner's
+    # sanitize splits itself (DBRX's mlp.w1 / v1 / w2): checked, then handed over as they are
+    row_blocks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -796,6 +799,23 @@ ROWS: tuple[Arch, ...] = (
              "mlx_lm/models/rope_utils.py:151-152), so every rotary frequency in "
              "the blend range differs slightly and so do the logits (6e-3 at most on a tiny gpt-oss)")),),
          fixture="gpt_oss"),
+    # databricks/dbrx-instruct (and transformers 5's save): transformer.blocks.{l}.ffn.experts.mlp.w1 / v1 / w2, each
+    # [E·I, H] (w2 holds each expert's down weight transposed), router ffn.router.layer; mlx-lm's sanitize splits them
+    # into per-expert Linear modules ffn.experts.{e}.w1/v1/w2 (no SwitchLinear), which plan.find_roles takes as
+    # routed experts and quantizes one by one, as mlx_lm.convert does. The fused tensors reach sanitize as they are
+    # (row_blocks, checked first); mlx_lm.convert's own output (per expert) is handed over per expert
+    Arch("dbrx", _LM, "dbrx", S, "databricks/dbrx-instruct",
+         "ffn.experts.mlp.w1/v1/w2 fused [E·I, H], split by mlx-lm's sanitize into one Linear per expert (each "
+         "quantized on its own, as mlx_lm.convert does); ffn.router.layer is the router gate; transformers 5 "
+         "rotates with rope_parameters.rope_theta, mlx-lm with attn_config.rope_theta: where config.json states "
+         "both and they differ, the output takes transformers' (the plan notes it)",
+         family=Family("ffn.experts", "ffn.experts", {"w1": "w1", "v1": "v1", "w2": "w2"},
+                       "ffn_config.moe_num_experts", handoff=Handoff.PER_EXPERT,
+                       row_blocks=("mlp.w1", "mlp.v1", "mlp.w2")),
+         # transformers 5.25 reads rope_parameters.rope_theta (its default 10000 where config.json has none:
+         # DbrxConfig never reads attn_config.rope_theta) and attn_config.clip_qkv
+         renames=(Rename("attn_config", "rope_parameters.rope_theta", "attn_config_rope_theta", overrides=True),),
+         fixture="dbrx"),
     # ---- not yet ----
     # MiniMax-Text-01/M1 in transformers: lightning (linear) attention layers beside softmax attention
     # (modeling_minimax.py MiniMaxLightningAttention) and a softmax router; mlx-lm's minimax module is
@@ -803,12 +823,6 @@ ROWS: tuple[Arch, ...] = (
     Arch("minimax", _LM, "minimax", N, "MiniMaxAI/MiniMax-Text-01",
          "MiniMax-Text-01 / MiniMax-M1 (lightning attention) cannot run in mlx-lm: its minimax model is MiniMax-M2's "
          "architecture. MiniMax-M2 checkpoints (model_type minimax_m2) are supported"),
-    # mlx-lm keeps DBRX's experts as a list of per-expert Linear modules (no SwitchLinear), so plan.find_roles
-    # sees neither routed experts nor a router; the release (and transformers 5's save) fuses them as
-    # transformer.blocks.{l}.ffn.experts.mlp.w1/v1/w2 [E·I, H], w2 transposed per expert
-    Arch("dbrx", _LM, "dbrx", N, "databricks/dbrx-instruct",
-         "not converted yet (mlx-lm holds DBRX's experts as separate layers, which moequant's plan cannot tell "
-         "apart from the rest yet); mlx_lm.convert converts it meanwhile, experts quantized like any layer"),
     Arch("flex_olmo", _LM, "flex_olmo", N, "allenai/FlexOlmo-7x7B-1T",
          "mlx-lm 0.32.2 has no model for it (FlexOlmo normalizes after attention and after the MoE block, OLMo-2 "
          "style; mlx-lm's olmoe normalizes before them, so it cannot run FlexOlmo's weights): run it with "

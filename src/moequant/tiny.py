@@ -230,7 +230,21 @@ def _ernie_moe_statics(shapes: Tensors, config: dict) -> Tensors:
 
 
 # Shape changes mlx-lm's sanitize makes, undone: name -> function(shapes, config) -> shapes
+def _dbrx_fused_experts(shapes: Tensors, config: dict) -> Tensors:
+    """mlx-lm splits DBRX's ffn.experts.mlp.w1 / v1 / w2, each [E·I, H], into per-expert Linear modules."""
+    out = {}
+    for key, shape in shapes.items():
+        if m := re.match(r"^(?P<ffn>.+\.ffn\.experts)\.(?P<e>\d+)\.(?P<w>w1|v1|w2)\.weight$", key):
+            rows, cols = (shape[1], shape[0]) if m["w"] == "w2" else shape
+            fused = f"{m['ffn']}.mlp.{m['w']}"
+            out[fused] = (out.get(fused, (0,))[0] + rows, cols)
+        else:
+            out[key] = shape
+    return out
+
+
 SHAPE_FIXES: dict[str, Callable[[Tensors, dict], Tensors]] = {
+    "dbrx_fused_experts": _dbrx_fused_experts,
     "mla_kv_b": _mla_kv_b,
     "conv1d_channels_first": _conv1d_channels_first,
     "ernie_moe_statics": _ernie_moe_statics,
@@ -1056,6 +1070,17 @@ GENERATED: dict[str, TinyArch] = {
                       "rope_type": "yarn", "truncate": False}),
         "gpt-oss: MXFP4 fused experts (gate/up rows interleaved) with biases, router bias, sinks",
         pack="gpt_oss_mxfp4"),
+    # databricks/dbrx-instruct: GPT-style names (d_model, n_heads, n_layers), attention and MoE settings in
+    # attn_config / ffn_config, experts fused as ffn.experts.mlp.w1/v1/w2 [E·I, H], LayerNorms without bias
+    "dbrx": TinyArch(None, lambda style: {
+        "architectures": ["DbrxForCausalLM"], "model_type": "dbrx", "d_model": H, "n_heads": HEADS, "n_layers": LAYERS,
+        "vocab_size": V, "max_seq_len": 1024, "emb_pdrop": 0.0, "resid_pdrop": 0.0, "initializer_range": 0.02,
+        "output_router_logits": False, "router_aux_loss_coef": 0.05, "tie_word_embeddings": False, "use_cache": True,
+        "attn_config": {"clip_qkv": 8, "kv_n_heads": KV_HEADS, "model_type": "", "rope_theta": ROPE_THETA},
+        "ffn_config": {"ffn_hidden_size": I_MOE, "model_type": "", "moe_jitter_eps": 0, "moe_loss_weight": 0.05,
+                       "moe_num_experts": E, "moe_top_k": TOP_K}},
+        "DBRX: fused ffn.experts.mlp.w1/v1/w2 split per expert, router.layer, clip_qkv",
+        fixes=("dbrx_fused_experts",)),
 }
 
 ALL_ARCHS: dict[str, TinyArch] = {**ARCHS, **GENERATED}
