@@ -129,7 +129,7 @@ PRODUCED: dict[str, Produced] = {p.model_type: p for p in (
     Produced("solar_open"),
     # no step3p5: transformers 5.25 reads model_type step3p5 only as step3p7's text_config (Step3p7TextConfig); its
     # one model for it, Step3p7TextModel, has no lm_head, and no causal-LM class takes it (the release is custom code)
-    Produced("gemma4_text", {"layer_types": _SLIDING}),
+    Produced("gemma4_text", {"layer_types": _SLIDING, "enable_moe_block": True, "top_k_experts": TOP_K}),  # MoE as 26B-A4B
     Produced("qwen3_5_moe_text", {"layer_types": _HYBRID}),
     Produced("flex_olmo"),
     Produced("granitemoeshared"),
