@@ -391,13 +391,10 @@ class RoutedMoments:
             inputs.append((self._load(f"x{c}"), np.load(chosen) if chosen.is_file() else None))
         out = [_mixed(everyone, _routed_products(inputs, e) if routed[e] >= MIN_ROUTED else 0.0, int(routed[e]))
                for e in ([which] if isinstance(which, int) else which)]
-        return out[0] if isinstance(which, int) else np.stack(out) if out else np.zeros((0, *self.shape[1:]), np.float32)
+        return out[0] if isinstance(which, int) else np.stack(out)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         return self[:] if dtype is None else self[:].astype(dtype)
-
-    def __len__(self) -> int:
-        return self.shape[0]
 
 
 class Moments(Mapping):
@@ -415,20 +412,21 @@ class Moments(Mapping):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_folder": None}  # a copy elsewhere never removes the folder
 
-    def _file(self, path: str) -> str:
+    def _file(self) -> str:
+        """A new file name in the folder (made on first use)."""
         if self.root is None:
             self._folder = tempfile.TemporaryDirectory(prefix="moequant-moments-")
             self.root = Path(self._folder.name)
         return str(len(self._index))
 
     def put(self, path: str, value: np.ndarray) -> None:
-        name = self._file(path)
+        name = self._file()
         np.save(self.root / f"{name}.npy", np.asarray(value, np.float32))
         self._index[path] = ("array", name)
 
     def put_stack(self, path: str, experts: int, expert) -> None:
         """An [E, in, in] stack written expert by expert: expert(e) -> E[x xᵀ] of expert e."""
-        name = self._file(path)
+        name = self._file()
         first = np.asarray(expert(0), np.float32)
         out = np.lib.format.open_memmap(self.root / f"{name}.npy", "w+", np.float32, (experts, *first.shape))
         out[0] = first
@@ -440,7 +438,7 @@ class Moments(Mapping):
 
     def put_routed(self, paths: list[str], everyone: np.ndarray, inputs: list, routed: np.ndarray) -> None:
         """The RoutedMoments of `paths` (projections of the same input), one record for all."""
-        name = self._file(paths[0])
+        name = self._file()
         np.save(self.root / f"{name}.shared.npy", np.asarray(everyone, np.float32))
         np.save(self.root / f"{name}.routed.npy", routed)
         for c, (xn, chosen) in enumerate(inputs):
