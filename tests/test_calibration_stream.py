@@ -14,7 +14,7 @@ from safetensors.numpy import load_file, save_file
 from moequant.calibrate import MIN_ROUTED, measure
 from moequant.convert import Conversion
 from moequant.evaluate import load_float32
-from moequant.plan import Quant
+from moequant.formats import Quant
 from moequant.surgery import expert_containers, module_at, recording
 from moequant.target import build_model
 from moequant.tiny import write_tiny_checkpoint
