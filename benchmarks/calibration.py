@@ -14,6 +14,11 @@ The baseline is the source tree of an earlier commit, e.g.
 
     git archive 1c7a4a4 src | tar -x -C /tmp/moequant-base
     python benchmarks/calibration.py --baseline /tmp/moequant-base/src
+
+`--synthetic FOLDER …` instead: on each synthetic checkpoint of benchmarks/make_synthetic.py,
+`--target-bpw 4 --calib ids.npy --rounding gptq` (ids drawn at random from the vocabulary,
+--calib-sequences × --calib-length) with this tree and the baseline, and a plain `--bits 4`:
+wall time, CPU time and peak RSS (no KL: the weights are random).
 """
 
 from __future__ import annotations
@@ -50,12 +55,12 @@ sys.exit(code)
 """
 
 
-def convert(tree: Path, dst: Path, options: list[str]) -> dict:
-    """One `moequant convert SRC DST options` in a subprocess running `tree`'s moequant."""
+def convert(tree: Path, dst: Path, options: list[str], src: Path = SRC) -> dict:
+    """One `moequant convert src DST options` in a subprocess running `tree`'s moequant."""
     rss = dst.parent / f"{dst.name}.maxrss"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), *filter(None, [os.environ.get("PYTHONPATH")])])}
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", WRAPPER, str(rss), "convert", str(SRC), str(dst), *options, "--json",
+    done = subprocess.run([sys.executable, "-c", WRAPPER, str(rss), "convert", str(src), str(dst), *options, "--json",
                            "--pool", "threads", "--force"], env=env, capture_output=True, text=True)
     wall = time.monotonic() - start
     if done.returncode:
@@ -72,8 +77,13 @@ def main() -> None:
     p.add_argument("--windows", type=int, default=32, help="dev windows of 512 tokens scored")
     p.add_argument("--target-bpw", default="4")
     p.add_argument("--skip", action="append", default=[], help="leave out the runs whose name contains this")
+    p.add_argument("--synthetic", type=Path, nargs="+", help="make_synthetic.py checkpoints to measure instead")
+    p.add_argument("--calib-sequences", type=int, default=8)
+    p.add_argument("--calib-length", type=int, default=512)
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.synthetic:
+        return synthetic(args)
     if not CALIB.is_file():
         np.save(CALIB, np.frombuffer(CALIB_TEXT.read_bytes(), np.uint8).astype(np.int32))
     target = ["--target-bpw", args.target_bpw, "--calib", str(CALIB)]
@@ -107,6 +117,34 @@ def main() -> None:
     for r in rows:
         if r["seconds"]:
             print(f"{r['name']}: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["seconds"].items()))
+
+
+def synthetic(args: argparse.Namespace) -> None:
+    """Peak RSS, wall and CPU time of --rounding gptq on synthetic checkpoints, this tree against
+    the baseline, side by side with a plain conversion."""
+    rows = []
+    for src in args.synthetic:
+        config = json.loads((src / "config.json").read_text())
+        calib = args.work / f"{src.name}-ids.npy"
+        n = args.calib_sequences * args.calib_length
+        np.save(calib, np.random.default_rng(0).integers(0, config["vocab_size"], n).astype(np.int32))
+        gptq = ["--target-bpw", args.target_bpw, "--calib", str(calib), "--rounding", "gptq",
+                "--calib-sequences", str(args.calib_sequences), "--calib-length", str(args.calib_length)]
+        runs = [("plain --bits 4", TREE, ["--bits", "4"]), ("gptq, this tree", TREE, gptq)]
+        runs += [("gptq, baseline", args.baseline, gptq)] if args.baseline else []
+        size = sum(f.stat().st_size for f in src.glob("*.safetensors")) / 1e9
+        for name, tree, options in runs:
+            if name != "plain --bits 4" and any(s in name for s in args.skip):
+                continue
+            result = convert(tree, args.work / "synthetic-out", options, src)
+            result.update(name=name, src=f"{src.name} ({config['num_hidden_layers']} layers, {size:.2f} GB)")
+            rows.append(result)
+            print(json.dumps(result), flush=True)
+    print("\n| checkpoint | run | wall s | CPU s | peak RSS GiB | phases |")
+    print("| --- | --- | ---: | ---: | ---: | --- |")
+    for r in rows:
+        phases = ", ".join(f"{k} {v:.0f} s" for k, v in r["seconds"].items())
+        print(f"| {r['src']} | {r['name']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['peak_rss_gib']:.2f} | {phases} |")
 
 
 if __name__ == "__main__":

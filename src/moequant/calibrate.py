@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,7 +275,9 @@ class _Experts:
     """An expert container's inputs, summed chunk by chunk. Every token goes through every expert:
     Σx² and Σx xᵀ of the hidden states (the gate/up projections' input, the same for every
     expert), per expert Σh² and Σh hᵀ of its own activation h (down_proj's input) on every token,
-    and each expert's Σ over the tokens routed to it."""
+    and each expert's Σh hᵀ over the tokens routed to it. Of the hidden states routed to each
+    expert no sum is kept (E of them would be [E, in, in]): the states and the routing are kept
+    instead, tokens × in, for RoutedMoments to sum one expert at a time."""
 
     def __init__(self, glu: nn.Module, moments: bool, seen: _Seen | None = None):
         self.glu, self.moments = glu, moments
@@ -284,7 +287,7 @@ class _Experts:
         self.routed = np.zeros(self.experts, dtype=np.int64)  # tokens routed to each expert
         self.hidden = _Linear(moments, seen)
         self.act = [_Linear(moments) for _ in range(self.experts if self.down else 0)]
-        self.hidden_routed = [0.0] * self.experts
+        self.inputs: list[tuple[np.ndarray, np.ndarray | None]] = []  # per call (x, chosen): for RoutedMoments
         self.act_routed = [0.0] * self.experts
         self.seen_indices = False
 
@@ -300,10 +303,7 @@ class _Experts:
                     rows[e] = picked
                     self.routed[e] += picked.size
         if self.moments:
-            for e in range(self.experts):
-                if rows[e] is not None:
-                    xr = xn[rows[e]]
-                    self.hidden_routed[e] = self.hidden_routed[e] + xr.T @ xr
+            self.inputs.append((xn, chosen if indices is not None else None))
         if not self.down:
             return
         inner = self.glu.up_proj.weight.shape[1]
@@ -340,22 +340,141 @@ class _Experts:
             out[f"{container}.down_proj"] = weight * np.stack([a.mean_squares() for a in self.act])
         return {p: mx.array(v, dtype=mx.float32) for p, v in out.items()}
 
-    def input_moments(self, container: str) -> dict[str, mx.array]:
-        """Per expert E[x xᵀ]: the mean of that over every token and that over the tokens routed to
-        it, or over every token alone for an expert routed fewer than MIN_ROUTED tokens."""
-        def mixed(everyone: np.ndarray, routed, e: int) -> np.ndarray:
-            return everyone if self.routed[e] < MIN_ROUTED else (everyone + routed / int(self.routed[e])) / 2
+    def input_moments(self, container: str, store: "Moments", wanted: set[str]) -> None:
+        """Per expert E[x xᵀ] of the projections in `wanted` into `store`: the mean of that over
+        every token and that over the tokens routed to it (see _mixed); gate/up as RoutedMoments,
+        formed when read."""
+        names = [f"{container}.{n}" for n in ("gate_proj", "up_proj") if hasattr(self.glu, n)]
+        if names := [p for p in names if p in wanted]:
+            store.put_routed(names, self.hidden.mean_products(), self.inputs, self.routed)
+        if self.down and f"{container}.down_proj" in wanted:
+            store.put_stack(f"{container}.down_proj", self.experts,
+                            lambda e: _mixed(self.act[e].mean_products(), self.act_routed[e], int(self.routed[e])))
 
-        out = {}
-        shared = self.hidden.mean_products()
-        for name in ("gate_proj", "up_proj"):
-            if hasattr(self.glu, name):
-                out[f"{container}.{name}"] = np.stack([mixed(shared, self.hidden_routed[e], e)
-                                                       for e in range(self.experts)])
-        if self.down:
-            out[f"{container}.down_proj"] = np.stack([mixed(a.mean_products(), self.act_routed[e], e)
-                                                      for e, a in enumerate(self.act)])
-        return {p: mx.array(v, dtype=mx.float32) for p, v in out.items()}
+
+def _mixed(everyone: np.ndarray, routed, count: int) -> np.ndarray:
+    """An expert's E[x xᵀ]: the mean of that over every token and `routed` / `count`, that over the
+    `count` tokens routed to it; over every token alone if fewer than MIN_ROUTED were."""
+    return everyone if count < MIN_ROUTED else (everyone + routed / count) / 2
+
+
+def _routed_products(inputs: list[tuple[np.ndarray, np.ndarray | None]], e: int):
+    """Σ x xᵀ over the tokens routed to expert `e`, call by call (`inputs`: each call's states and
+    chosen experts), or 0.0."""
+    total = 0.0
+    for xn, chosen in inputs:
+        if chosen is not None and (picked := np.nonzero((chosen == e).any(-1))[0]).size:
+            xr = xn[picked]
+            total = total + xr.T @ xr
+    return total
+
+
+class RoutedMoments:
+    """E[x xᵀ] per expert ([E, in, in]) of projections whose input is an expert container's hidden
+    states (gate/up), formed when sliced, one expert at a time (see _mixed), from what Moments
+    stored: the mean over every token, each expert's routed token count, and each call's states and
+    routing. Indexing gives numpy float32; so does np.asarray (all experts at once)."""
+
+    def __init__(self, folder: Path, name: str, experts: int, calls: int, n_in: int):
+        self.folder, self.name, self.calls = folder, name, calls
+        self.shape, self.ndim = (experts, n_in, n_in), 3
+
+    def _load(self, what: str) -> np.ndarray:
+        return np.load(self.folder / f"{self.name}.{what}.npy", mmap_mode="r", allow_pickle=False)
+
+    def __getitem__(self, key) -> np.ndarray:
+        which = range(self.shape[0])[key]
+        everyone, routed = np.array(self._load("shared")), self._load("routed")
+        inputs = []
+        for c in range(self.calls):
+            chosen = self.folder / f"{self.name}.chosen{c}.npy"
+            inputs.append((self._load(f"x{c}"), np.load(chosen) if chosen.is_file() else None))
+        out = [_mixed(everyone, _routed_products(inputs, e) if routed[e] >= MIN_ROUTED else 0.0, int(routed[e]))
+               for e in ([which] if isinstance(which, int) else which)]
+        return out[0] if isinstance(which, int) else np.stack(out)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self[:] if dtype is None else self[:].astype(dtype)
+
+
+class Moments(Mapping):
+    """Module path -> E[x xᵀ] of its inputs (numpy float32, read from disk when asked for): each
+    decoder layer's written to files of a temporary folder as the streamed pass leaves the layer, so
+    that memory holds one layer's at a time, and read by whichever thread or worker process
+    quantizes the module (pickled, a Moments names the folder; the folder is its creator's, removed
+    by `close`, by leaving its `with` block, or at exit)."""
+
+    def __init__(self):
+        self._folder: tempfile.TemporaryDirectory | None = None
+        self.root: Path | None = None
+        self._index: dict[str, tuple] = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_folder": None}  # a copy elsewhere never removes the folder
+
+    def _file(self) -> str:
+        """A new file name in the folder (made on first use)."""
+        if self.root is None:
+            self._folder = tempfile.TemporaryDirectory(prefix="moequant-moments-")
+            self.root = Path(self._folder.name)
+        return str(len(self._index))
+
+    def put(self, path: str, value: np.ndarray) -> None:
+        name = self._file()
+        np.save(self.root / f"{name}.npy", np.asarray(value, np.float32))
+        self._index[path] = ("array", name)
+
+    def put_stack(self, path: str, experts: int, expert) -> None:
+        """An [E, in, in] stack written expert by expert: expert(e) -> E[x xᵀ] of expert e."""
+        name = self._file()
+        first = np.asarray(expert(0), np.float32)
+        out = np.lib.format.open_memmap(self.root / f"{name}.npy", "w+", np.float32, (experts, *first.shape))
+        out[0] = first
+        for e in range(1, experts):
+            out[e] = expert(e)
+        out.flush()
+        del out
+        self._index[path] = ("array", name)
+
+    def put_routed(self, paths: list[str], everyone: np.ndarray, inputs: list, routed: np.ndarray) -> None:
+        """The RoutedMoments of `paths` (projections of the same input), one record for all."""
+        name = self._file()
+        np.save(self.root / f"{name}.shared.npy", np.asarray(everyone, np.float32))
+        np.save(self.root / f"{name}.routed.npy", routed)
+        for c, (xn, chosen) in enumerate(inputs):
+            np.save(self.root / f"{name}.x{c}.npy", xn)
+            if chosen is not None:
+                np.save(self.root / f"{name}.chosen{c}.npy", chosen)
+        for path in paths:
+            self._index[path] = ("routed", name, len(routed), len(inputs), everyone.shape[-1])
+
+    def __getitem__(self, path: str):
+        kind, name, *shape = self._index[path]
+        if kind == "routed":
+            return RoutedMoments(self.root, name, *shape)
+        return np.load(self.root / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+
+    def __iter__(self):
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def only(self, paths) -> "Moments":
+        """These paths' moments, in the same folder (closing either removes it)."""
+        view = Moments.__new__(Moments)
+        view.__dict__.update(self.__dict__, _index={p: v for p, v in self._index.items() if p in paths})
+        return view
+
+    def close(self) -> None:
+        if self._folder is not None:
+            self._folder.cleanup()
+
+    def __enter__(self) -> "Moments":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 @dataclass
@@ -363,7 +482,7 @@ class Statistics:
     """What one streamed calibration pass measured (see `measure`)."""
 
     energy: dict[str, mx.array] = field(default_factory=dict)  # path -> E[x_j²] ([in], [E, in] for stacks)
-    moments: dict[str, mx.array] = field(default_factory=dict)  # path -> E[x xᵀ] ([in, in], [E, in, in])
+    moments: Moments = field(default_factory=Moments)  # path -> E[x xᵀ] ([in, in], [E, in, in])
     sensitivity: dict[str, float] = field(default_factory=dict)  # path -> KL (nats/token) at PROBE
     thin: dict[str, list[int]] = field(default_factory=dict)  # expert container -> experts routed < MIN_ROUTED
     tokens: int = 0
@@ -555,12 +674,12 @@ def _collect(stats: Statistics, recorded: dict, energy: set[str], moments: set[s
         if isinstance(r, _Experts):
             stats.energy.update((p, v) for p, v in r.energy(path).items() if p in energy)
             if r.moments:
-                stats.moments.update((p, v) for p, v in r.input_moments(path).items() if p in moments)
+                r.input_moments(path, stats.moments, moments)
             if thin := r.thin():
                 stats.thin[path] = thin
             continue
         if path in energy:
             stats.energy[path] = mx.array(r.mean_squares(), dtype=mx.float32)
         if path in moments:
-            stats.moments[path] = mx.array(r.mean_products(), dtype=mx.float32)
-    mx.eval(list(stats.energy.values()), list(stats.moments.values()))
+            stats.moments.put(path, r.mean_products())
+    mx.eval(list(stats.energy.values()))

@@ -7,7 +7,7 @@ import logging
 import queue
 import threading
 import time
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
@@ -17,7 +17,7 @@ import mlx.nn as nn
 
 from .checkpoint import DTYPE_TAGS, ITEMSIZE, Checkpoint, Group, Stacked, mlx_quantization, read_checkpoint
 from .allocate import allocate, candidate_errors, model_errors
-from .calibrate import PROBE, measure, read_calibration
+from .calibrate import PROBE, Moments, measure, read_calibration
 from .dequant import MLX, SourceContext, dequantize_packed, source_format
 from .errors import CheckpointError, PlanError
 from .experts import ExpertStack, expert_sources, num_experts, to_stacked
@@ -342,12 +342,13 @@ class Conversion:
         groups = self.ckpt.groups()
         with Output(dst, force, shard_size, self.ckpt.path) as out:
             out.allocate(manifest)  # refuses a DST without room for it before any slow work
-            moments = self._moments() if self.plan.options.rounding == Rounding.GPTQ else None
             if workers is None:  # as many as the cores and the memory available allow
                 workers = procpool.default_workers(len(groups), max(t.nbytes for t in self.ckpt.tensors.values()))
             convert = procpool.convert_groups if pool == "processes" else Conversion._convert_groups
-            # closed (its workers stopped, threads joined) before Output cleans up, however this generator ends
-            with closing(convert(self, out, groups, max(1, workers), moments)) as done:
+            # the moments' files are removed, and before that the workers stopped and threads joined
+            # (closing), before Output cleans up, however this generator ends
+            with self._moments() if self.plan.options.rounding == Rounding.GPTQ else nullcontext() as moments, \
+                    closing(convert(self, out, groups, max(1, workers), moments)) as done:
                 for i in done:
                     group = groups[i]
                     yield Step(group.name, i + 1, len(groups), sum(self.ckpt.tensors[k].nbytes for k in group.keys))
@@ -359,13 +360,14 @@ class Conversion:
                 files[PLOT_FILE] = plan_png(self.plan)
             out.finish(output_config(self.config, self.plan), self.ckpt.path, self.plan, files)
 
-    def _moments(self) -> dict[str, mx.array]:
-        """--rounding gptq: E[x xᵀ] of the inputs of each affine module, on the calibration text:
-        measured with --target-bpw's statistics, else now, in one pass streamed over the decoder
-        layers of the float model (packed sources dequantized)."""
+    def _moments(self) -> Moments:
+        """--rounding gptq: E[x xᵀ] of the inputs of each affine module, on the calibration text
+        (in files, read by the workers a module at a time; see calibrate.Moments): measured with
+        --target-bpw's statistics (taken: a second run measures again), else now, in one pass
+        streamed over the decoder layers of the float model (packed sources dequantized)."""
         paths = {r.path for r in self.plan.rows if r.quant is not None and r.quant.mode == Mode.AFFINE and not r.as_stored}
         if hasattr(self, "_calibrated_moments"):
-            return {p: m for p, m in self._calibrated_moments.items() if p in paths}
+            return self.__dict__.pop("_calibrated_moments").only(paths)
         context, self.context = self.context, replace(self.context, as_stored=frozenset())
         try:
             groups = self._normalized_groups()
@@ -378,7 +380,7 @@ class Conversion:
         return stats.moments
 
     def _convert_groups(self, out: Output, groups: list[Group], workers: int,
-                        moments: dict[str, mx.array] | None = None) -> Iterator[int]:
+                        moments: Moments | None = None) -> Iterator[int]:
         """Indices of groups as they are written, by `workers` threads."""
         todo = iter(range(len(groups)))
         lock, stop = threading.Lock(), threading.Event()

@@ -242,9 +242,12 @@ def quantize_gptq(w: mx.array, h, q: Quant, damp: float = DAMP) -> tuple[mx.arra
     tr(ΔW H ΔWᵀ).
 
     `w` is a Linear weight [out, in] with `h` = E[x xᵀ] [in, in], or an expert stack [E, out, in]
-    with one H per expert [E, in, in] or one shared [in, in]; `h` is an mx.array or numpy array.
+    with one H per expert [E, in, in] or one shared [in, in]; `h` is an mx.array, a numpy array, or
+    per expert, anything else of shape [E, in, in] whose slices are numpy arrays (read a few experts
+    at a time: calibrate.RoutedMoments forms them then).
     `damp` is λ: λ·mean(diag H) is added to H's diagonal for the GPTQ updates only."""
-    h = _as_numpy(h)
+    if isinstance(h, (mx.array, np.ndarray)) or len(getattr(h, "shape", ())) != 3:
+        h = _as_numpy(h)
     _check(w, h, q)
     return _quantize_gptq(w, h, q, damp)
 
@@ -254,8 +257,9 @@ def _quantize_gptq(w: mx.array, h: np.ndarray, q: Quant, damp: float) -> tuple[m
     bits, group_size, n = q.bits, q.group_size, w.shape[-1]
     stack = w.reshape(-1, *w.shape[-2:])
     num, rows = stack.shape[:2]
-    hs = h.reshape(-1, n, n)
+    hs = h if len(h.shape) == 3 else h.reshape(-1, n, n)
     shared = hs.shape[0] == 1
+    hs = hs[:] if shared else hs  # a lazy one in memory
     a_shared = _feedback(hs, damp) if shared else None
     step = max(1, _CHUNK // (rows * n)) if shared else max(1, min(_CHUNK // (rows * n), _CHUNK // (n * n)))
     packed = np.empty(packed_shape((num, rows, n), q), np.uint32)

@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Iterator
 
 import mlx.core as mx
-import numpy as np
 
 from .errors import MoequantError, OutputError
 
@@ -122,7 +121,7 @@ class Spec:
     groups: list  # the keys of each group, for read-ahead
     units: list  # (group, share, shares): see units()
     workers: int
-    moments: dict | None = None  # path -> numpy float32 (--rounding gptq)
+    moments: object = None  # calibrate.Moments, read from its files (--rounding gptq)
     timeline: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -178,7 +177,7 @@ def _spec(conv, out, groups, workers: int, moments) -> Spec:
     return Spec(type(conv), state, model_class, args, parameter_shapes(model), dict(out.slots),
                 [str(out.tmp / name) for name in out.names], [list(g.keys) for g in groups],
                 units(conv, groups, workers), workers,
-                {k: np.array(v.astype(mx.float32)) for k, v in moments.items()} if moments else None,
+                moments,
                 os.environ.get(TIMELINE, "") not in ("", "0"), {"dst": str(out.dst), "nbytes": out.nbytes})
 
 
@@ -395,13 +394,12 @@ def _setup(spec: Spec):
 
     conv.model = rebuild(conv.config)
     conv.build_model = rebuild  # the target models of this process's Conversion (_target)
-    moments = {k: mx.array(v) for k, v in spec.moments.items()} if spec.moments else None
 
     def fresh():
         """A quantizer (it quantizes the target's modules in place: each once) and every group's
         lazy graph (each used once, then dropped), expert stacks carried as their parts."""
         normalized = dict(enumerate(conv._normalized_groups(as_parts=True)))
-        return Quantizer(conv._target(), conv.plan, moments=moments), normalized
+        return Quantizer(conv._target(), conv.plan, moments=spec.moments), normalized
 
     out = Output.attached(spec.slots, spec.paths, spec.extra.get("dst"), spec.extra.get("nbytes", 0))
     files = {str(conv.ckpt.tensors[k].file) for keys in spec.groups for k in keys}

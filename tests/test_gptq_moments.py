@@ -1,0 +1,98 @@
+"""--rounding gptq with the input moments in files (calibrate.Moments): the same bytes whatever the
+workers, processes or threads, and the files removed however the conversion ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pytest
+
+from moequant.card import CARD_FILE
+from moequant.convert import Conversion
+from moequant.formats import Quant
+from moequant.tiny import write_tiny_checkpoint
+
+from test_streaming import _slow_checkpoint
+
+GPTQ = ("--rounding", "gptq", "--calib-sequences", "2", "--calib-length", "32")
+
+
+def _files(folder):
+    """Every file's bytes but the model card's, which names DST (tests/test_card.py checks it)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != CARD_FILE}
+
+
+@pytest.fixture
+def temp(tmp_path, monkeypatch):
+    """This process's temporary folder (where the moments' files go), empty."""
+    folder = tmp_path / "temp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def _ids(path, n: int = 64):
+    np.save(path, np.random.default_rng(1).integers(0, 256, n))
+    return path
+
+
+@pytest.mark.parametrize("budget", [(), ("--target-bpw", "4")], ids=["moments", "target-bpw"])
+def test_one_and_many_workers_processes_and_threads_write_the_same_bytes(tmp_path, cli, temp, budget):
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe", shards=2)
+    calib = _ids(tmp_path / "ids.npy")
+    runs = {"p1": ("--workers", "1"), "p2": ("--workers", "2"), "p5": ("--workers", "5"),  # p5: layers shared
+            "t1": ("--workers", "1", "--pool", "threads"), "t3": ("--workers", "3", "--pool", "threads")}
+    for name, args in runs.items():
+        result = cli("convert", src, tmp_path / name, "--calib", calib, *GPTQ, *budget, "--quiet", *args)
+        assert result.exit_code == 0, result.output
+        assert not list(temp.glob("moequant-*")), name  # the moments' files are gone
+    first = _files(tmp_path / "p1")
+    assert len(first) > 3
+    for name in runs:
+        assert _files(tmp_path / name) == first, name
+    plain = cli("convert", src, tmp_path / "plain", "--quiet", *budget, *(("--calib", calib, *GPTQ[2:]) if budget else ()))
+    assert plain.exit_code == 0 and _files(tmp_path / "plain") != first  # GPTQ rounded something
+
+
+@pytest.mark.parametrize("budget", [{}, {"target_bpw": 4.0}], ids=["moments", "target-bpw"])
+@pytest.mark.parametrize("pool", ["threads", "processes"])
+def test_the_moments_files_are_removed_when_a_conversion_fails(tmp_path, temp, budget, pool):
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe")
+    conversion = Conversion(src, Quant.make("affine", 4), rounding="gptq", calib=str(_ids(tmp_path / "ids.npy")),
+                            calib_sequences=2, calib_length=32, **budget)
+    steps = conversion.run(tmp_path / "dst", workers=2, pool=pool)
+    next(steps)
+    assert list(temp.glob("moequant-moments-*"))  # in use
+    for error in (KeyboardInterrupt, RuntimeError):
+        with pytest.raises(error):
+            steps.throw(error)
+        assert not list(temp.glob("moequant-*")) and not (tmp_path / "dst").exists()
+        steps = conversion.run(tmp_path / "dst", workers=2, pool=pool)  # measures again
+        next(steps)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals")
+def test_an_interrupted_gptq_conversion_leaves_no_moments_files(tmp_path):
+    src = _slow_checkpoint(tmp_path / "src")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "moequant", "convert", str(src), str(tmp_path / "dst"), *GPTQ,
+                             "--calib", str(_ids(tmp_path / "ids.npy")), "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(temp)})
+    deadline = time.time() + 120
+    # wait until the workers quantize with the moments
+    while not (list(temp.glob("moequant-moments-*")) and list(tmp_path.glob(".dst.moequant-partial-*"))):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "error: interrupted; DST was not written" in stderr
+    assert not list(temp.glob("moequant-*")) and not (tmp_path / "dst").exists()
