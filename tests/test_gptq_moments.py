@@ -3,6 +3,7 @@ workers, processes or threads, and the files removed however the conversion ends
 
 from __future__ import annotations
 
+import multiprocessing.util
 import os
 import signal
 import subprocess
@@ -33,6 +34,9 @@ def temp(tmp_path, monkeypatch):
     """This process's temporary folder (where the moments' files go), empty."""
     folder = tmp_path / "temp"
     folder.mkdir()
+    # multiprocessing's own folder (the forkserver's socket) made first, where it always is: a pytest
+    # tmp_path is too long for an AF_UNIX socket path, and it is cached for the whole process
+    multiprocessing.util.get_temp_dir()
     monkeypatch.setattr(tempfile, "tempdir", str(folder))
     return folder
 
