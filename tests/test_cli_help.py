@@ -61,6 +61,18 @@ def test_data_free_target_bpw_is_noted_once_after_the_summary(tmp_path, cli):
         "note: --target-bpw: data-free proxy (relative weight reconstruction error)"]
 
 
+@pytest.mark.parametrize("options", [("--target-bpw", "4"), ("--rounding", "gptq")], ids=["target-bpw", "gptq"])
+def test_experts_with_few_calibration_tokens_are_noted_once_after_the_summary(tmp_path, cli, options):
+    src = write_tiny_checkpoint(tmp_path / "src", "mixtral")
+    (tmp_path / "calib.txt").write_text("".join(chr(32 + i % 95) for i in range(64)))
+    # 16 tokens, top-2 of 4 experts: every expert is routed fewer than calibrate.MIN_ROUTED (32)
+    result = cli("convert", src, tmp_path / "dst", *options, "--calib", tmp_path / "calib.txt",
+                 "--calib-sequences", "1", "--calib-length", "16", "--quiet")
+    assert result.exit_code == 0, result.output
+    notes = _after_summary(result.output, tmp_path / "dst")
+    assert len(notes) == 1 and notes[0].startswith("note: --calib: experts routed fewer than 32 of 16 tokens: "), notes
+
+
 def test_nvfp4_global_scales_are_noted_and_not_without_them(tmp_path, cli):
     src = write_tiny_checkpoint(tmp_path / "src", "mixtral")
     result = cli("convert", src, tmp_path / "dst", "--mode", "nvfp4", "--quiet")

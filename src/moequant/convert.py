@@ -190,7 +190,9 @@ class Conversion:
                 f"--target-bpw: calibrated on {options.calib} ({tokens.size:,} tokens): input energy of "
                 f"{len(energy)} and output sensitivity (KL with the module alone at {PROBE}, from its decoder layer's "
                 f"output error) of {len(sensitivity)} of {len(free)} modules, the rest data-free")
-            notes += [note] if (note := stats.thin_note()) else []
+            if note := stats.thin_note():  # a note that changes the result: printed after the summary too
+                notes.append(note)
+                self.notices.append(note)
         else:
             notes.append("--target-bpw: data-free proxy (relative weight reconstruction error)")
         start = time.monotonic()
@@ -377,6 +379,7 @@ class Conversion:
         self.timings = {**getattr(self, "timings", {}), "calibration": stats.seconds}
         if note := stats.thin_note():
             self.plan.notes.append(note)
+            self.notices.append(note)
         return stats.moments
 
     def _convert_groups(self, out: Output, groups: list[Group], workers: int,
