@@ -19,7 +19,7 @@ from mlx.utils import tree_flatten
 from .errors import PlanError
 from .formats import DTYPES, Mode, Quant, Rounding, divides
 from .names import layer_of
-from .target import switch_linear_types
+from .surgery import expert_stack_types
 
 
 GATE_QUANT = Quant(Mode.AFFINE, 8, 64)  # --gate-bits 8: what mlx-lm's quant_predicate gives mlp.gate
@@ -179,7 +179,7 @@ def find_roles(model: nn.Module) -> list[Module]:
     # An MoE block is the parent of a SwitchLinear container (…mlp.switch_mlp.gate_proj -> …mlp);
     # its children that map hidden states to one score per expert (or one) are gates — directly
     # (mlp.gate) or inside a router wrapper that holds nothing else (mlp.gate.wg, router.layer).
-    switch = switch_linear_types()  # mlx-lm's SwitchLinear, and mlx-vlm's copy of it
+    switch = expert_stack_types(model)  # mlx-lm's SwitchLinear, and mlx-vlm's copy of it
     moe_blocks = {p.rsplit(".", 2)[0]: m.weight.shape[0] for p, m in leaves if isinstance(m, switch)}
     # a block holding nothing but its expert stacks (Gemma 4's layers.{l}.experts) is routed by its
     # parent's children (layers.{l}.router.proj): the parent is the MoE block

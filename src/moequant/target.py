@@ -62,16 +62,6 @@ def runner_of(config: dict) -> str:
     return MLX_VLM if is_vision_language(config) else MLX_LM
 
 
-def switch_linear_types(quantized: bool = False) -> tuple[type, ...]:
-    """The expert-stack classes (`[E, out, in]`) of the runners loaded: mlx-lm's SwitchLinear, and
-    mlx-vlm's own copy once an mlx-vlm model has been built (or their Quantized… counterparts)."""
-    from mlx_lm.models import switch_layers
-
-    name = "QuantizedSwitchLinear" if quantized else "SwitchLinear"
-    vlm = sys.modules.get("mlx_vlm.models.switch_layers")
-    return (getattr(switch_layers, name),) + ((getattr(vlm, name),) if vlm is not None else ())
-
-
 def _vlm_arch(config: dict):
     """mlx-vlm's model package for config["model_type"] (mlx_vlm.models.<module>)."""
     from mlx_vlm.utils import get_model_and_args
