@@ -445,7 +445,7 @@ def convert(
                             done=f"{short_size(progress.tasks[0].completed + step.bytes_read)} of {short_size(total)}")
     plan, quality = conversion.plan, None
     # phases: plan (calibration and allocation for --target-bpw included), convert (GPTQ's calibration included)
-    seconds = {"plan": planned - started, "convert": time.monotonic() - planned, **getattr(conversion, "timings", {})}
+    seconds = {"plan": planned - started, "convert": time.monotonic() - planned, **conversion.timings}
     if verify_after:
         from .verify import verify as run_verify
 

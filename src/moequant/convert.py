@@ -76,6 +76,8 @@ class Conversion:
         follow instead; `runner` is "mlx-lm" or "mlx-vlm" (default: target.choose_runner decides
         from the config)."""
         self.src = str(src)
+        self.timings: dict[str, float] = {}  # seconds of the calibration and allocation phases, if any
+        self.calibrated = None  # calibrate.Moments the --target-bpw pass measured for --rounding gptq (run takes them)
         self.ckpt = read_checkpoint(src)
         # every option checked before any other work (a plan file's, by plan_from_json)
         options = None if plan is not None else Options(quant, dtype=dtype or default_dtype(self.ckpt),
@@ -171,7 +173,7 @@ class Conversion:
         group at a time) and pick the least-error candidates that fit the budget. `rows` are the
         decisions without a budget; returns the allocation and its notes. With --calib, the
         calibration pass's timings go to self.timings and, with --rounding gptq, its moments to
-        self._calibrated_moments (run quantizes with them: one pass, not two)."""
+        self.calibrated (run quantizes with them: one pass, not two)."""
         options = self.options
         free = {r.path for r in rows if r.quantizable and r.free}
         energy, sensitivity, notes = {}, {}, []
@@ -183,9 +185,9 @@ class Conversion:
                              and not r.as_stored} if options.rounding == "gptq" else set()
             stats = measure(build_model(self.config), self._normalized_groups(), tokens, energy=free,
                             moments=affine, sensitivity=free)
-            self._calibrated_moments = stats.moments  # for run: --rounding gptq
+            self.calibrated = stats.moments  # for run: --rounding gptq
             energy, sensitivity = stats.energy, stats.sensitivity
-            self.timings = {**getattr(self, "timings", {}), "calibration": stats.seconds}
+            self.timings["calibration"] = stats.seconds
             notes.append(
                 f"--target-bpw: calibrated on {options.calib} ({tokens.size:,} tokens): input energy of "
                 f"{len(energy)} and output sensitivity (KL with the module alone at {PROBE}, from its decoder layer's "
@@ -207,7 +209,7 @@ class Conversion:
         fixed = sum(r.bytes_after for r in rows if r.path not in errors)
         budget = int(options.target_bpw * sum(r.params for r in rows) / 8)
         chosen = allocate(modules, errors, budget, fixed, options.dtype)
-        self.timings = {**getattr(self, "timings", {}), "allocation": time.monotonic() - start}
+        self.timings["allocation"] = time.monotonic() - start
         return chosen, notes
 
     def _packed_modules(self, n_in: dict[str, int]) -> dict[str, Quant]:
@@ -368,15 +370,16 @@ class Conversion:
         --target-bpw's statistics (taken: a second run measures again), else now, in one pass
         streamed over the decoder layers of the float model (packed sources dequantized)."""
         paths = {r.path for r in self.plan.rows if r.quant is not None and r.quant.mode == Mode.AFFINE and not r.as_stored}
-        if hasattr(self, "_calibrated_moments"):
-            return self.__dict__.pop("_calibrated_moments").only(paths)
+        if self.calibrated is not None:  # measured with --target-bpw's statistics; a second run measures again
+            moments, self.calibrated = self.calibrated, None
+            return moments.only(paths)
         context, self.context = self.context, replace(self.context, as_stored=frozenset())
         try:
             groups = self._normalized_groups()
         finally:
             self.context = context
         stats = measure(build_model(self.config), groups, self.calibration(), moments=paths)
-        self.timings = {**getattr(self, "timings", {}), "calibration": stats.seconds}
+        self.timings["calibration"] = stats.seconds
         if note := stats.thin_note():
             self.plan.notes.append(note)
             self.notices.append(note)
