@@ -124,12 +124,19 @@ class Closeness:
                 f"relative RMS error {self.rel_rms:.4f}")
 
 
+def token_kl(reference: mx.array, other: mx.array) -> mx.array:
+    """KL(reference ‖ other) of each token's next-token distribution, in nats (the logits' shape
+    without the vocabulary axis)."""
+    reference, other = reference.astype(mx.float32), other.astype(mx.float32)
+    p_log = reference - mx.logsumexp(reference, axis=-1, keepdims=True)
+    q_log = other - mx.logsumexp(other, axis=-1, keepdims=True)
+    return (mx.exp(p_log) * (p_log - q_log)).sum(-1)
+
+
 def compare_logits(reference: mx.array, other: mx.array) -> Closeness:
     reference, other = reference.astype(mx.float32), other.astype(mx.float32)
     diff = other - reference
-    p_log = reference - mx.logsumexp(reference, axis=-1, keepdims=True)
-    q_log = other - mx.logsumexp(other, axis=-1, keepdims=True)
-    kl = (mx.exp(p_log) * (p_log - q_log)).sum(-1).mean()
+    kl = token_kl(reference, other).mean()
     cos = ((reference * other).sum(-1) / (mx.linalg.norm(reference, axis=-1) * mx.linalg.norm(other, axis=-1))).mean()
     return Closeness(
         max_abs=mx.abs(diff).max().item(),

@@ -58,7 +58,8 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map
 
 from .errors import CheckpointError, LayoutError
-from .evaluate import Closeness, compare_logits, dequantize_model, fixed_tokens, free_memory, load_float32, text_logits
+from .evaluate import (Closeness, compare_logits, dequantize_model, fixed_tokens, free_memory, load_float32,
+                       text_logits, token_kl)
 from .names import layer_of
 from .surgery import expert_containers, module_at, natural_order, recording
 
@@ -612,6 +613,6 @@ def verify(dst: str | Path, reference: str | Path, tokens: mx.array | None = Non
             theirs = compare_logits(transformers_logits(reference, tokens), dst_logits)
         else:
             layers = compare_layers(dst, reference, tokens)
-    by_position = tuple(compare_logits(ref_logits[:, i], dst_logits[:, i]).kl for i in range(ref_logits.shape[1]))
+    by_position = tuple(max(kl, 0.0) for kl in token_kl(ref_logits, dst_logits).mean(0).tolist())
     return Report(compare_logits(ref_logits, dst_logits), agreement, tokens.size, top_k, converted, theirs,
                   by_position, layers, why)
