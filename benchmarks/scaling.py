@@ -24,8 +24,8 @@ memory the run really holds).
 
 moequant keeps transformers' reading of config.json in its cache (target._transformers_config).
 `--config-cache warm` (the default) gives every run a cache folder primed once, untimed: a model
-converted before. `cold` gives each run an empty one: a model's first conversion, whose main
-process imports transformers (and torch) to read config.json.
+converted before. `cold` gives each run an empty one: a model's first conversion, which has transformers
+read config.json in a child process (without torch).
 """
 
 from __future__ import annotations
