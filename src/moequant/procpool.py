@@ -352,6 +352,30 @@ def _advise(ranges: dict, keys) -> None:
             os.close(fd)
 
 
+def _trim() -> None:
+    """Hand the C heap's free pages back to the system (glibc's malloc_trim; nothing elsewhere).
+    Without it a worker's RSS creeps up with every group it converts, though what it holds does
+    not: 3 -> 9 layers of the 6 GB layout, 2 workers, the larger worker's peak grew 231 -> 273 MB
+    (with it, 200-208 -> 211 MB)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:  # musl and other C libraries without malloc_trim
+        return None
+
+
+_LIBC = _load_libc()
+
+
 def _picklable(e: BaseException) -> BaseException:
     try:
         pickle.loads(pickle.dumps(e))
@@ -440,6 +464,7 @@ def _worker(n: int, spec: Spec, tasks, results) -> None:
                 wait0, bytes0 = writes.wait_s, writes.bytes
                 out.add(tensors, only)
                 mx.clear_cache()
+                _trim()
                 t2 = time.perf_counter()
                 name = conv.ckpt.groups()[i].name if spec.timeline else str(i)
                 row = {"worker": n, "group": name + (f" {share + 1}/{shares}" if shares > 1 else ""), "t0": t0,
