@@ -1184,6 +1184,29 @@ def _glm4v_moe(style: str) -> dict:
                               "initializer_range": 0.02}}
 
 
+def _qwen4_exp(style: str) -> dict:
+    """Qwen/Qwen4-Exp's config.json at tiny dims: Gated DeltaNet then QSA-indexed gated attention (its indexer
+    keeps 8 of a longer prompt's tokens, blocks of 4), two hyper-connection streams, a shared expert gate, and
+    Qwen3-VL's vision tower without deepstack; no per-layer n-gram embeddings (their hashed tables' sizes are
+    computed, not drawn)."""
+    text = {**_release(drop=("architectures", "rope_theta", "rope_scaling"))(style), "model_type": "qwen4_exp_text",
+            "vocab_size": V_VLM, "moe_intermediate_size": I_MOE, "shared_expert_intermediate_size": I_MOE,
+            "num_experts": E, "num_experts_per_tok": TOP_K, "norm_topk_prob": True, "head_dim": HEAD_DIM,
+            "layer_types": ["linear_attention", "full_attention"], "linear_conv_kernel_dim": 4,
+            "linear_key_head_dim": 32, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
+            "linear_value_head_dim": 32, "attention_bias": False, "hc_count": 2, "hc_lowrank": 64,
+            "ple_layer_ids": [], "indexer_n_heads": 8, "indexer_kv_heads": 1, "indexer_head_dim": 32,
+            "indexer_budget": 8, "indexer_compress_ratio": 4, "output_gate_type": "silu",
+            "rope_parameters": {"rope_type": "default", "rope_theta": ROPE_THETA, "partial_rotary_factor": 0.25,
+                                "mrope_section": [2, 1, 1], "mrope_interleaved": True}}
+    return {"architectures": ["Qwen4ExpForConditionalGeneration"], "model_type": "qwen4_exp", "text_config": text,
+            "image_token_id": V + 2, "video_token_id": V + 3, "vision_start_token_id": V, "vision_end_token_id": V + 1,
+            "tie_word_embeddings": False,
+            "vision_config": {"model_type": "qwen4_exp_vision", "depth": 2, "hidden_size": 64, "intermediate_size": 128,
+                              "num_heads": 2, "out_hidden_size": H, "patch_size": 16, "spatial_merge_size": 2,
+                              "temporal_patch_size": 2, "in_channels": 3, "num_position_embeddings": 64,
+                              "hidden_act": "gelu_pytorch_tanh", "initializer_range": 0.02}}
+
 VLM_ARCHS: dict[str, TinyArch] = {
     # Qwen/Qwen3-VL-30B-A3B-Instruct whole: model.visual.{patch_embed.proj (Conv3d [out, in, t, p, p]),
     # pos_embed, blocks.{b}.{norm1, norm2, attn.qkv, attn.proj, mlp.linear_fc1/2}, merger,
@@ -1281,4 +1304,13 @@ VLM_ARCHS: dict[str, TinyArch] = {
         renames=((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.lm_head\.", "lm_head."),
                  (r"^vision_tower\.", "model.visual.")),
         fixes=("conv3d_channels_first", "downsample_channels_first"), runner="mlx-vlm", files=_glm4v_files),
+    # Qwen/Qwen4-Exp whole: model.visual (Qwen3-VL's tower, no deepstack) beside model.language_model.{embed_tokens,
+    # hyper_connection_mixer, norm, layers.{l}.{linear_attn | self_attn (with indexer), attn_hyper_connection,
+    # mlp_hyper_connection, mlp.experts.{e}.*, mlp.shared_expert, mlp.shared_expert_gate}}: mlx-vlm's own names
+    "qwen4_exp": TinyArch(None, _qwen4_exp,
+        "Qwen4-Exp whole: vision tower (model.visual) + per-expert experts under model.language_model, Gated "
+        "DeltaNet, QSA-indexed attention, hyper-connections",
+        renames=((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.lm_head\.", "lm_head."),
+                 (r"^vision_tower\.", "model.visual.")),
+        fixes=("conv1d_channels_first", "conv3d_channels_first"), runner="mlx-vlm", files=_qwen_vl_files),
 }
