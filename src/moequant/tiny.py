@@ -1164,6 +1164,12 @@ def _glm4v_files() -> dict[str, dict]:
     return {"tokenizer.json": tokenizer, "preprocessor_config.json": image}
 
 
+# GLM-V releases' config.json: the ids of the tokens around and in images and videos (ids V to V + 3 are
+# _GLM_VISION_TOKENS' in the tokenizer)
+_GLM_VISION_TOKEN_IDS = {"image_token_id": V + 2, "video_token_id": V + 3, "image_start_token_id": V,
+                         "image_end_token_id": V + 1, "video_start_token_id": V + 4, "video_end_token_id": V + 5}
+
+
 def _glm4v_moe(style: str) -> dict:
     """zai-org/GLM-4.5V's config.json at tiny dims: GLM-4.5-Air's MoE (partial rotary with mrope sections,
     attention bias, dense first layer, shared experts, correction bias) and GLM's ViT."""
@@ -1175,8 +1181,7 @@ def _glm4v_moe(style: str) -> dict:
             "rope_parameters": {"rope_type": "default", "rope_theta": ROPE_THETA, "mrope_section": [2, 3, 3],
                                 "partial_rotary_factor": 0.5}}
     return {"architectures": ["Glm4vMoeForConditionalGeneration"], "model_type": "glm4v_moe", "text_config": text,
-            "image_token_id": V + 2, "video_token_id": V + 3, "image_start_token_id": V, "image_end_token_id": V + 1,
-            "video_start_token_id": V + 4, "video_end_token_id": V + 5, "tie_word_embeddings": False,
+            **_GLM_VISION_TOKEN_IDS, "tie_word_embeddings": False,
             "vision_config": {"model_type": "glm4v_moe", "depth": 2, "hidden_size": 64, "intermediate_size": 128,
                               "num_heads": 2, "patch_size": 14, "image_size": 56, "out_hidden_size": H,
                               "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3,
@@ -1252,12 +1257,17 @@ def _glm5_next(style: str) -> dict:
             "index_topk": 8, "index_head_dim": 32, "index_n_heads": 8, "index_kpool": 4, "linear_head_dim": 32,
             "linear_num_heads": HEADS, "hc_mult": 2, "rms_norm_eps": 1e-5, "pad_token_id": None}
     return {"architectures": ["Glm5NextForConditionalGeneration"], "model_type": "glm5_next", "text_config": text,
-            "image_token_id": V + 2, "video_token_id": V + 3, "image_start_token_id": V, "image_end_token_id": V + 1,
-            "video_start_token_id": V + 4, "video_end_token_id": V + 5, "tie_word_embeddings": False,
+            **_GLM_VISION_TOKEN_IDS, "tie_word_embeddings": False,
             "vision_config": {"model_type": "glm5_next_vision", "depth": 2, "hidden_size": 64, "intermediate_size": 128,
                               "num_heads": 2, "patch_size": 14, "image_size": 56, "out_hidden_size": H,
                               "projection_intermediate_size": 128, "spatial_merge_size": 2, "temporal_patch_size": 2,
                               "in_channels": 3, "rms_norm_eps": 1e-5, "hidden_act": "silu", "attention_bias": True}}
+
+
+# mlx-vlm's names -> the releases' that put the language model under model.language_model and the vision tower
+# under model.visual (Qwen-VL and GLM-V releases)
+_MODEL_VISUAL = ((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.lm_head\.", "lm_head."),
+                 (r"^vision_tower\.", "model.visual."))
 
 VLM_ARCHS: dict[str, TinyArch] = {
     # Qwen/Qwen3-VL-30B-A3B-Instruct whole: model.visual.{patch_embed.proj (Conv3d [out, in, t, p, p]),
@@ -1273,8 +1283,7 @@ VLM_ARCHS: dict[str, TinyArch] = {
                           "deepstack_visual_indexes": [0], "hidden_act": "gelu_pytorch_tanh",
                           "initializer_range": 0.02}},
         "Qwen3-VL-MoE whole: vision tower (model.visual) + fused in x out experts under model.language_model",
-        renames=((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.lm_head\.", "lm_head."),
-                 (r"^vision_tower\.", "model.visual.")),
+        renames=_MODEL_VISUAL,
         fixes=("conv3d_channels_first",), runner="mlx-vlm", files=_qwen_vl_files),
     # Qwen/Qwen3.5-35B-A3B whole: model.visual.{patch_embed.proj, pos_embed, blocks.{b}, merger} (Qwen3-VL's
     # tower without deepstack mergers) beside the language model of GENERATED["qwen3_5_moe"]
@@ -1288,8 +1297,7 @@ VLM_ARCHS: dict[str, TinyArch] = {
                           "deepstack_visual_indexes": [], "hidden_act": "gelu_pytorch_tanh",
                           "initializer_range": 0.02}},
         "Qwen3.5-MoE whole: vision tower (model.visual) + fused experts under model.language_model, Gated DeltaNet",
-        renames=((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.lm_head\.", "lm_head."),
-                 (r"^vision_tower\.", "model.visual.")),
+        renames=_MODEL_VISUAL,
         fixes=("conv1d_channels_first", "conv3d_channels_first"), values=_ZERO_CENTERED_NORMS, runner="mlx-vlm",
         files=_qwen_vl_files),    # meta-llama/Llama-4-Scout-17B-16E-Instruct whole: vision_model.{patch_embedding.linear ([D, 3·p·p], an
     # unfold + linear), class_embedding, positional_embedding_vlm, layernorm_pre/post, model.layers.{b}.{self_attn
@@ -1353,8 +1361,7 @@ VLM_ARCHS: dict[str, TinyArch] = {
     # post_layernorm, downsample (Conv2d [out, in, 2, 2]), merger} beside GLM-4.5's MoE under model.language_model
     "glm4v_moe": TinyArch(None, _glm4v_moe,
         "GLM-4.5V whole: GLM ViT (model.visual) + GLM-4.5 MoE under model.language_model",
-        renames=((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.lm_head\.", "lm_head."),
-                 (r"^vision_tower\.", "model.visual.")),
+        renames=_MODEL_VISUAL,
         fixes=("conv3d_channels_first", "downsample_channels_first"), runner="mlx-vlm", files=_glm4v_files),
     # Qwen/Qwen4-Exp whole: model.visual (Qwen3-VL's tower, no deepstack) beside model.language_model.{embed_tokens,
     # hyper_connection_mixer, norm, layers.{l}.{linear_attn | self_attn (with indexer), attn_hyper_connection,
@@ -1362,8 +1369,7 @@ VLM_ARCHS: dict[str, TinyArch] = {
     "qwen4_exp": TinyArch(None, _qwen4_exp,
         "Qwen4-Exp whole: vision tower (model.visual) + per-expert experts under model.language_model, Gated "
         "DeltaNet, QSA-indexed attention, hyper-connections",
-        renames=((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.lm_head\.", "lm_head."),
-                 (r"^vision_tower\.", "model.visual.")),
+        renames=_MODEL_VISUAL,
         fixes=("conv1d_channels_first", "conv3d_channels_first"), runner="mlx-vlm", files=_qwen_vl_files),
     # zai-org/GLM-5.3-Flash whole: model.visual.{patch_embed.proj (Conv3d), blocks.{b} (q/k norms, SwiGLU MLP),
     # post_layernorm, downsample (Conv2d), merger} beside model.language_model.layers.{l}.{self_attn (KDA's q/k/v,
@@ -1371,8 +1377,7 @@ VLM_ARCHS: dict[str, TinyArch] = {
     "glm5_next": TinyArch(None, _glm5_next,
         "GLM-5-Next whole: GLM ViT (model.visual) + per-expert experts under model.language_model, KDA, MLA with a "
         "DSA indexer, hyper-connections",
-        renames=((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.lm_head\.", "lm_head."),
-                 (r"^vision_tower\.", "model.visual.")),
+        renames=_MODEL_VISUAL,
         fixes=("glm5_next_fused", "mla_kv_b", "conv3d_channels_first", "downsample_channels_first"), runner="mlx-vlm",
         files=_glm4v_files),
 }
