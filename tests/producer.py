@@ -206,6 +206,29 @@ PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
                 # patches flattened, each with its (x, y) place (transformers' Gemma4ImageProcessor), pooled 2x2
                 image={"pixel_values": (1, 16, 3 * 16 * 16),
                        "image_position_ids": [[[x, y] for y in range(4) for x in range(4)]]}),
+    # zai-org/GLM-5.3-Flash's language model: KDA linear attention around one MLA layer whose DSA indexer keeps
+    # index_topk of TOKENS' 32 (pools of index_kpool, so sparse attention is exercised), two hyper-connection
+    # streams, a dense first layer; every head both queries and keys (the class requires it)
+    ProducedVLM("glm5_next", {**_MLA, "layer_types": _HYBRID, "mlp_layer_types": ["dense", "sparse", "sparse"],
+                              "qk_rope_head_dim": 0, "index_topk": 8, "index_kpool": 4, "index_head_dim": 32,
+                              "index_n_heads": 8, "linear_head_dim": 32, "linear_num_heads": HEADS, "hc_mult": 2},
+                {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2, "patch_size": 14,
+                 "image_size": 56, "out_hidden_size": H, "projection_intermediate_size": 128,
+                 "spatial_merge_size": 2, "temporal_patch_size": 2},
+                {"image_token_id": VOCAB + 2, "video_token_id": VOCAB + 3, "image_start_token_id": VOCAB,
+                 "image_end_token_id": VOCAB + 1, "video_start_token_id": VOCAB + 4, "video_end_token_id": VOCAB + 5},
+                files="_glm4v_files", image={"pixel_values": (16, 3 * 2 * 14 * 14), "image_grid_thw": [[1, 4, 4]]}),
+    # Qwen/Qwen4-Exp's language model: Gated DeltaNet around one QSA-indexed attention layer keeping
+    # indexer_budget of TOKENS' 32 (blocks of 4; 8 indexer heads, so no two blocks tie at a zero score),
+    # two hyper-connection streams, per-layer n-gram embeddings (PLE, small hashed tables) on the first layer
+    ProducedVLM("qwen4_exp", {"layer_types": _HYBRID, "hc_count": 2, "hc_lowrank": 64, "ple_layer_ids": [1],
+                              "ple_embed_dim": 64, "heads_per_ngram": 2, "ngram_vocab_size_base": 1000,
+                              "split_ngram_parts": 2, "eos_token_id": 1, "indexer_n_heads": 8, "indexer_kv_heads": 1,
+                              "indexer_head_dim": 32, "indexer_budget": 8, "indexer_compress_ratio": 4,
+                              "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                                  "partial_rotary_factor": 0.25, "mrope_section": [2, 1, 1],
+                                                  "mrope_interleaved": True}},
+                _QWEN_VISION, _IMAGE_TOKENS, files="_qwen_vl_files", image=_QWEN_IMAGE),
 )}
 
 

@@ -31,6 +31,8 @@ SEEN = {
     "qwen3_vl_moe": (0.9653, 0.0336, 0.9569, 0.0421, 0.9803, 0.0185),  # mlx-lm text-only: 0.9654, 0.0335, …
     "glm4v_moe": (0.9704, 0.0295, 0.9524, 0.0471, 0.9718, 0.0268),
     "gemma4": (0.8122, 0.1800, 0.7536, 0.2277, 0.8479, 0.1453),  # mlx-lm text-only: 0.8125, 0.1780, … (see test_archs)
+    "qwen4_exp": (0.9416, 0.0560, 0.9222, 0.0757, 0.9268, 0.0689),
+    "glm5_next": (0.9331, 0.0647, 0.9087, 0.0922, 0.9576, 0.0394),
 }
 COSINE_MARGIN, KL_FACTOR = 0.01, 1.25  # as tests/test_archs.py
 
@@ -70,6 +72,8 @@ IMAGES = {
     "kimi_vl": _pixels("media_placeholder_token_id", 4, (16, 3, 14, 14), image_grid_hws=[[4, 4]]),
     # 4x4 patches of 2 frames x 14x14 pixels x 3 channels, merged 2x2: 4 tokens
     "glm4v_moe": _pixels("image_token_id", 4, (16, 3 * 2 * 14 * 14), image_grid_thw=[[1, 4, 4]]),
+    "qwen4_exp": _qwen_image,
+    "glm5_next": _pixels("image_token_id", 4, (16, 3 * 2 * 14 * 14), image_grid_thw=[[1, 4, 4]]),  # as glm4v_moe
     "gemma4": _pixels("image_token_id", 4, (1, 3, 64, 64)),  # (64 / patch 16)² patches, pooled 2x2: 4
 }
 
@@ -141,6 +145,8 @@ MLX_LM_CANNOT = {
     "kimi_vl": ("mlx-lm's kimi_vl sanitize does not split self_attn.kv_b_proj", LayoutError),
     # mlx-lm 0.32.2 has no glm4v_moe module: the conversion refuses it with one line
     "glm4v_moe": ("mlx-lm has no glm4v_moe model", CheckpointError),
+    "qwen4_exp": ("mlx-lm has no qwen4_exp model", CheckpointError),
+    "glm5_next": ("mlx-lm has no glm5_next model", CheckpointError),
 }
 
 
@@ -203,6 +209,8 @@ TRANSFORMERS_CLASS = {
     "kimi_vl": None,  # moonshotai/Kimi-VL-A3B-Instruct: trust_remote_code
     "glm4v_moe": "Glm4vMoeForConditionalGeneration",
     "gemma4": "Gemma4ForConditionalGeneration",
+    "qwen4_exp": "Qwen4ExpForConditionalGeneration",
+    "glm5_next": "Glm5NextForConditionalGeneration",
 }
 
 

@@ -232,6 +232,20 @@ def _full_attention_interval(layer_types, _: dict) -> int:
         "full_attention_interval can say (layer l full iff (l + 1) % n == 0)")
 
 
+@converter("indexed_as_full_attention")
+def _indexed_as_full_attention(layer_types, _: dict) -> list[str]:
+    """transformers' Qwen4ExpTextConfig renames the releases' full_attention layers (QSA-indexed attention) to
+    indexed_attention; mlx-vlm's qwen4_exp takes the releases' name."""
+    return ["full_attention" if t == "indexed_attention" else t for t in _layer_types(layer_types, "layer_types")]
+
+
+@converter("output_gate_type")
+def _output_gate_type(config: dict, _: dict) -> str | None:
+    """transformers' Qwen4-Exp gates its linear attention's output with output_gate_type, or hidden_act when that
+    is None; mlx-vlm's qwen4_exp defaults it to sigmoid."""
+    return config.get("output_gate_type") or config.get("hidden_act")
+
+
 # transformers' layer type names -> mlx-lm's granitemoehybrid (modeling_granitemoehybrid: a layer is Mamba iff
 # its type is "linear_attention", else attention; mlx-lm's GraniteMoeHybridLayer takes "mamba" / "attention")
 _GRANITE_LAYER_TYPES = {"linear_attention": "mamba", "mamba": "mamba", "full_attention": "attention",

@@ -920,10 +920,40 @@ ROWS: tuple[Arch, ...] = (
     Arch("qwen3_omni_moe", _VLM, "qwen3_omni_moe", N, "Qwen/Qwen3-Omni-30B-A3B-Instruct",
          "not converted yet (two MoE language models, thinker and talker, beside vision and audio towers); "
          "mlx_vlm.convert converts it meanwhile"),
+    Arch("glm5_next", _VLM, "glm5_next", S, "zai-org/GLM-5.3-Flash",
+         "GLM ViT (model.visual: Conv3d patch embedding, SwiGLU blocks with q/k norms, downsample Conv2d, merger) + "
+         "GLM-5-Next's MoE (KDA linear attention, MLA with a DSA indexer, multi-stream hyper-connections, dense "
+         "first layers, shared experts, correction bias) under model.language_model, for mlx-vlm only: " + VLM_DONE +
+         ". No text-only output: mlx-lm 0.32.2 has no glm5_next model",
+         # zai-org/GLM-5.3-Flash (mlx-vlm only): model.language_model.layers.{l}.mlp.experts.{e}.{gate,up,down}_proj
+         # as transformers 5 writes them; mlx-vlm's sanitize fuses the attention projections itself
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts"),
+         # model.visual.{patch_embed.proj, blocks.{b}, post_layernorm, downsample, merger} beside
+         # model.language_model.*; mlx-vlm: vision_tower.*, language_model.model.*
+         vision=VisionLanguage("glm5_next", fixture="glm5_next")),
+    Arch("qwen4_exp", _VLM, "qwen4_exp", S, "Qwen/Qwen4-Exp",
+         "Qwen3-VL's vision tower (model.visual, no deepstack) + Qwen4-Exp's MoE (Gated DeltaNet, gated attention "
+         "with a QSA block indexer, hyper-connections, per-layer n-gram embeddings, shared expert gate) under "
+         "model.language_model, for mlx-vlm only: " + VLM_DONE + ". No text-only output: mlx-lm 0.32.2 has no "
+         "qwen4_exp model. Where QSA block scores tie exactly, mlx-vlm may keep another of the tied blocks than "
+         "transformers",
+         # Qwen/Qwen4-Exp: model.language_model.layers.{l}.mlp.experts.{e}.{gate,up,down}_proj as transformers 5
+         # writes them; mlx-vlm's sanitize would stack them itself
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "num_experts"),
+         # model.visual.{patch_embed, pos_embed, blocks.{b}, merger} beside model.language_model.*; mlx-vlm:
+         # vision_tower.*, language_model.model.*
+         vision=VisionLanguage("qwen4_exp", fixture="qwen4_exp")),
+    # qwen4_exp's text_config: transformers' Qwen4ExpTextConfig writes the releases' full_attention layers as
+    # indexed_attention and leaves output_gate_type None, meaning hidden_act (modeling_qwen4_exp.py
+    # Qwen4ExpTextGatedDeltaNet); mlx-vlm's TextConfig takes full_attention and defaults output_gate_type to sigmoid
+    Arch("qwen4_exp_text", renames=(
+        Rename("layer_types", "layer_types", "indexed_as_full_attention", overrides=True),
+        Rename("output_gate_type", "", "output_gate_type", overrides=True),
+    )),
     # MoE model_types mlx-vlm 0.7.10 runs (Switch layers in its module) that no moequant row covers yet
     *(Arch(model_type, _VLM, model_type, N, "", NOT_BUILT_VLM) for model_type in (
-        "cohere2_moe", "deepseek_v4", "flint", "glm5_next", "hy_v4", "inkling", "kolibri1", "llada2_moe",
-        "longcat_flash_sparse", "moondream3", "openai_privacy_filter", "qwen4_exp", "step3p7", "youtu_vl",
+        "cohere2_moe", "deepseek_v4", "flint", "hy_v4", "inkling", "kolibri1", "llada2_moe",
+        "longcat_flash_sparse", "moondream3", "openai_privacy_filter", "step3p7", "youtu_vl",
         "zaya1_vl")),
 )
 

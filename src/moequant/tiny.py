@@ -1164,6 +1164,12 @@ def _glm4v_files() -> dict[str, dict]:
     return {"tokenizer.json": tokenizer, "preprocessor_config.json": image}
 
 
+# GLM-V releases' config.json: the ids of the tokens around and in images and videos (ids V to V + 3 are
+# _GLM_VISION_TOKENS' in the tokenizer)
+_GLM_VISION_TOKEN_IDS = {"image_token_id": V + 2, "video_token_id": V + 3, "image_start_token_id": V,
+                         "image_end_token_id": V + 1, "video_start_token_id": V + 4, "video_end_token_id": V + 5}
+
+
 def _glm4v_moe(style: str) -> dict:
     """zai-org/GLM-4.5V's config.json at tiny dims: GLM-4.5-Air's MoE (partial rotary with mrope sections,
     attention bias, dense first layer, shared experts, correction bias) and GLM's ViT."""
@@ -1175,14 +1181,93 @@ def _glm4v_moe(style: str) -> dict:
             "rope_parameters": {"rope_type": "default", "rope_theta": ROPE_THETA, "mrope_section": [2, 3, 3],
                                 "partial_rotary_factor": 0.5}}
     return {"architectures": ["Glm4vMoeForConditionalGeneration"], "model_type": "glm4v_moe", "text_config": text,
-            "image_token_id": V + 2, "video_token_id": V + 3, "image_start_token_id": V, "image_end_token_id": V + 1,
-            "video_start_token_id": V + 4, "video_end_token_id": V + 5, "tie_word_embeddings": False,
+            **_GLM_VISION_TOKEN_IDS, "tie_word_embeddings": False,
             "vision_config": {"model_type": "glm4v_moe", "depth": 2, "hidden_size": 64, "intermediate_size": 128,
                               "num_heads": 2, "patch_size": 14, "image_size": 56, "out_hidden_size": H,
                               "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3,
                               "rms_norm_eps": 1e-5, "hidden_act": "silu", "attention_bias": False,
                               "initializer_range": 0.02}}
 
+
+def _qwen4_exp(style: str) -> dict:
+    """Qwen/Qwen4-Exp's config.json at tiny dims: Gated DeltaNet then QSA-indexed gated attention (its indexer
+    keeps 8 of a longer prompt's tokens, blocks of 4), two hyper-connection streams, a shared expert gate, and
+    Qwen3-VL's vision tower without deepstack; no per-layer n-gram embeddings (their hashed tables' sizes are
+    computed, not drawn)."""
+    text = {**_release(drop=("architectures", "rope_theta", "rope_scaling"))(style), "model_type": "qwen4_exp_text",
+            "vocab_size": V_VLM, "moe_intermediate_size": I_MOE, "shared_expert_intermediate_size": I_MOE,
+            "num_experts": E, "num_experts_per_tok": TOP_K, "norm_topk_prob": True, "head_dim": HEAD_DIM,
+            "layer_types": ["linear_attention", "full_attention"], "linear_conv_kernel_dim": 4,
+            "linear_key_head_dim": 32, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
+            "linear_value_head_dim": 32, "attention_bias": False, "hc_count": 2, "hc_lowrank": 64,
+            "ple_layer_ids": [], "indexer_n_heads": 8, "indexer_kv_heads": 1, "indexer_head_dim": 32,
+            "indexer_budget": 8, "indexer_compress_ratio": 4, "output_gate_type": "silu",
+            "rope_parameters": {"rope_type": "default", "rope_theta": ROPE_THETA, "partial_rotary_factor": 0.25,
+                                "mrope_section": [2, 1, 1], "mrope_interleaved": True}}
+    return {"architectures": ["Qwen4ExpForConditionalGeneration"], "model_type": "qwen4_exp", "text_config": text,
+            "image_token_id": V + 2, "video_token_id": V + 3, "vision_start_token_id": V, "vision_end_token_id": V + 1,
+            "tie_word_embeddings": False,
+            "vision_config": {"model_type": "qwen4_exp_vision", "depth": 2, "hidden_size": 64, "intermediate_size": 128,
+                              "num_heads": 2, "out_hidden_size": H, "patch_size": 16, "spatial_merge_size": 2,
+                              "temporal_patch_size": 2, "in_channels": 3, "num_position_embeddings": 64,
+                              "hidden_act": "gelu_pytorch_tanh", "initializer_range": 0.02}}
+
+def _glm5_next_fused(shapes: Tensors, config: dict) -> Tensors:
+    """GLM-5-Next's projections that mlx-vlm's sanitize concatenates (dense and shared-expert gate_up_proj; KDA's
+    qkv_proj, fbg_a_proj and qkv_conv; MLA's qkv_a_proj), split back into the release's, its convolutions
+    channels first, and its hyper-connection parameters under their published names (hc_attn_fn, ...)."""
+    text = config["text_config"]
+    head_dim, heads, q_lora = text["linear_head_dim"], text["linear_num_heads"], text["q_lora_rank"]
+    out: Tensors = {}
+    for key, shape in shapes.items():
+        stem = key.rsplit(".", 2)[0] if key.endswith(".conv.weight") else key.rsplit(".", 1)[0]
+        parent = stem.rsplit(".", 1)[0]
+        if key.endswith(".gate_up_proj.weight"):
+            parts = {f"{parent}.gate_proj.weight": shape[0] // 2, f"{parent}.up_proj.weight": shape[0] // 2}
+        elif key.endswith(".qkv_proj.weight"):
+            parts = {f"{parent}.{p}_proj.weight": shape[0] // 3 for p in "qkv"}
+        elif key.endswith(".fbg_a_proj.weight"):
+            parts = {f"{parent}.f_a_proj.weight": head_dim, f"{parent}.b_proj.weight": heads,
+                     f"{parent}.g_a_proj.weight": head_dim}
+        elif key.endswith(".qkv_a_proj.weight"):
+            parts = {f"{parent}.q_a_proj.weight": q_lora, f"{parent}.kv_a_proj_with_mqa.weight": shape[0] - q_lora}
+        elif key.endswith(".qkv_conv.conv.weight"):
+            out.update({f"{parent}.{p}_conv1d.weight": (shape[0] // 3, shape[2], shape[1]) for p in "qkv"})
+            continue
+        else:
+            out[re.sub(r"\.(attn|ffn)_hc\.(fn|base|scale)$", r".hc_\1_\2", key)] = shape
+            continue
+        out.update({k: (rows, *shape[1:]) for k, rows in parts.items()})
+    return out
+
+
+SHAPE_FIXES["glm5_next_fused"] = _glm5_next_fused
+
+
+def _glm5_next(style: str) -> dict:
+    """zai-org/GLM-5.3-Flash's config.json at tiny dims: KDA linear attention then MLA (NoPE) with a DSA indexer
+    (8 tokens in pools of 4), two hyper-connection streams, a dense first layer, shared experts, correction
+    bias; GLM's SwiGLU ViT."""
+    text = {**_release(drop=("architectures", "rope_theta", "rope_scaling"))(style), "model_type": "glm5_next_text",
+            "vocab_size": V_VLM, "num_key_value_heads": HEADS, "intermediate_size": I_DENSE,
+            "moe_intermediate_size": I_MOE, "n_routed_experts": E, "n_shared_experts": 1, "num_experts_per_tok": TOP_K,
+            "norm_topk_prob": True, "routed_scaling_factor": 2.5, "n_group": 1, "topk_group": 1,
+            "q_lora_rank": 64, "kv_lora_rank": 64, "qk_rope_head_dim": 0, "qk_nope_head_dim": 64, "v_head_dim": 64,
+            "mlp_layer_types": ["dense", "sparse"], "layer_types": ["linear_attention", "full_attention"],
+            "index_topk": 8, "index_head_dim": 32, "index_n_heads": 8, "index_kpool": 4, "linear_head_dim": 32,
+            "linear_num_heads": HEADS, "hc_mult": 2, "rms_norm_eps": 1e-5, "pad_token_id": None}
+    return {"architectures": ["Glm5NextForConditionalGeneration"], "model_type": "glm5_next", "text_config": text,
+            **_GLM_VISION_TOKEN_IDS, "tie_word_embeddings": False,
+            "vision_config": {"model_type": "glm5_next_vision", "depth": 2, "hidden_size": 64, "intermediate_size": 128,
+                              "num_heads": 2, "patch_size": 14, "image_size": 56, "out_hidden_size": H,
+                              "projection_intermediate_size": 128, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                              "in_channels": 3, "rms_norm_eps": 1e-5, "hidden_act": "silu", "attention_bias": True}}
+
+
+# mlx-vlm's names -> the releases' that put the language model under model.language_model and the vision tower
+# under model.visual (Qwen-VL and GLM-V releases)
+_MODEL_VISUAL = ((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.lm_head\.", "lm_head."),
+                 (r"^vision_tower\.", "model.visual."))
 
 VLM_ARCHS: dict[str, TinyArch] = {
     # Qwen/Qwen3-VL-30B-A3B-Instruct whole: model.visual.{patch_embed.proj (Conv3d [out, in, t, p, p]),
@@ -1198,8 +1283,7 @@ VLM_ARCHS: dict[str, TinyArch] = {
                           "deepstack_visual_indexes": [0], "hidden_act": "gelu_pytorch_tanh",
                           "initializer_range": 0.02}},
         "Qwen3-VL-MoE whole: vision tower (model.visual) + fused in x out experts under model.language_model",
-        renames=((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.lm_head\.", "lm_head."),
-                 (r"^vision_tower\.", "model.visual.")),
+        renames=_MODEL_VISUAL,
         fixes=("conv3d_channels_first",), runner="mlx-vlm", files=_qwen_vl_files),
     # Qwen/Qwen3.5-35B-A3B whole: model.visual.{patch_embed.proj, pos_embed, blocks.{b}, merger} (Qwen3-VL's
     # tower without deepstack mergers) beside the language model of GENERATED["qwen3_5_moe"]
@@ -1213,8 +1297,7 @@ VLM_ARCHS: dict[str, TinyArch] = {
                           "deepstack_visual_indexes": [], "hidden_act": "gelu_pytorch_tanh",
                           "initializer_range": 0.02}},
         "Qwen3.5-MoE whole: vision tower (model.visual) + fused experts under model.language_model, Gated DeltaNet",
-        renames=((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.lm_head\.", "lm_head."),
-                 (r"^vision_tower\.", "model.visual.")),
+        renames=_MODEL_VISUAL,
         fixes=("conv1d_channels_first", "conv3d_channels_first"), values=_ZERO_CENTERED_NORMS, runner="mlx-vlm",
         files=_qwen_vl_files),    # meta-llama/Llama-4-Scout-17B-16E-Instruct whole: vision_model.{patch_embedding.linear ([D, 3·p·p], an
     # unfold + linear), class_embedding, positional_embedding_vlm, layernorm_pre/post, model.layers.{b}.{self_attn
@@ -1278,7 +1361,23 @@ VLM_ARCHS: dict[str, TinyArch] = {
     # post_layernorm, downsample (Conv2d [out, in, 2, 2]), merger} beside GLM-4.5's MoE under model.language_model
     "glm4v_moe": TinyArch(None, _glm4v_moe,
         "GLM-4.5V whole: GLM ViT (model.visual) + GLM-4.5 MoE under model.language_model",
-        renames=((r"^language_model\.model\.", "model.language_model."), (r"^language_model\.lm_head\.", "lm_head."),
-                 (r"^vision_tower\.", "model.visual.")),
+        renames=_MODEL_VISUAL,
         fixes=("conv3d_channels_first", "downsample_channels_first"), runner="mlx-vlm", files=_glm4v_files),
+    # Qwen/Qwen4-Exp whole: model.visual (Qwen3-VL's tower, no deepstack) beside model.language_model.{embed_tokens,
+    # hyper_connection_mixer, norm, layers.{l}.{linear_attn | self_attn (with indexer), attn_hyper_connection,
+    # mlp_hyper_connection, mlp.experts.{e}.*, mlp.shared_expert, mlp.shared_expert_gate}}: mlx-vlm's own names
+    "qwen4_exp": TinyArch(None, _qwen4_exp,
+        "Qwen4-Exp whole: vision tower (model.visual) + per-expert experts under model.language_model, Gated "
+        "DeltaNet, QSA-indexed attention, hyper-connections",
+        renames=_MODEL_VISUAL,
+        fixes=("conv1d_channels_first", "conv3d_channels_first"), runner="mlx-vlm", files=_qwen_vl_files),
+    # zai-org/GLM-5.3-Flash whole: model.visual.{patch_embed.proj (Conv3d), blocks.{b} (q/k norms, SwiGLU MLP),
+    # post_layernorm, downsample (Conv2d), merger} beside model.language_model.layers.{l}.{self_attn (KDA's q/k/v,
+    # f/g/b projections and q/k/v_conv1d, or MLA's q_a/kv_a/kv_b and indexer), hc_attn_*/hc_ffn_*, mlp}
+    "glm5_next": TinyArch(None, _glm5_next,
+        "GLM-5-Next whole: GLM ViT (model.visual) + per-expert experts under model.language_model, KDA, MLA with a "
+        "DSA indexer, hyper-connections",
+        renames=_MODEL_VISUAL,
+        fixes=("glm5_next_fused", "mla_kv_b", "conv3d_channels_first", "downsample_channels_first"), runner="mlx-vlm",
+        files=_glm4v_files),
 }
