@@ -423,6 +423,10 @@ def convert(
     check_destination(dst, force, local if local.is_dir() else None)
     size = _shard_size(shard_size)
     started = time.monotonic()
+    if pool == "processes" and choices.get("calib") is None:  # not idle through a calibration pass
+        from .procpool import start_server
+
+        start_server()  # the workers' forkserver imports while SRC is read and planned
     if plan_file is not None:
         if given := _given(**choices):
             raise MoequantError(f"--plan {plan_file} {given[0]}: the plan file decides every module and its "
