@@ -205,7 +205,16 @@ PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
                 files="_llama4_files",
                 # patches flattened, each with its (x, y) place (transformers' Gemma4ImageProcessor), pooled 2x2
                 image={"pixel_values": (1, 16, 3 * 16 * 16),
-                       "image_position_ids": [[[x, y] for y in range(4) for x in range(4)]]}),
+                       "image_position_ids": [[[x, y] for y in range(4) for x in range(4)]]}),    # moonshotai/Kimi-K2.5: DeepSeek-V3's language model (MLA, dense first layer, shared expert) beside MoonViT; the
+    # position table as large as the image's 4x4 patches (mlx-vlm interpolates only another size); image grids as
+    # transformers' processor (image_grid_thw, t h w) and mlx-vlm's (image_grid_hws, h w) give them
+    ProducedVLM("kimi_k25", _MLA,
+                {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
+                 "pos_emb_height": 4, "pos_emb_width": 4},
+                {"image_token_id": VOCAB + 2, "video_token_id": VOCAB + 3, "vision_start_token_id": VOCAB,
+                 "vision_end_token_id": VOCAB + 1, "projection_hidden_size": 64, "tie_word_embeddings": False},
+                files="_qwen_vl_files",
+                image={"pixel_values": (16, 3, 14, 14), "image_grid_thw": [[1, 4, 4]], "image_grid_hws": [[4, 4]]}),
 )}
 
 
@@ -246,7 +255,11 @@ def tiny_config(model_type: str) -> transformers.PretrainedConfig:
     config_class = transformers.CONFIG_MAPPING[model_type]
     if model_type in PRODUCED_VLM:
         row = PRODUCED_VLM[model_type]
-        text = _tiny_kwargs(config_class.sub_configs["text_config"], row.text, {**TINY, "vocab_size": VOCAB_VLM})
+        # a text_config of AutoConfig (Kimi-K2.5's) is its default model_type's config class
+        text_class = config_class.sub_configs["text_config"]
+        if text_class is transformers.AutoConfig:
+            text_class = transformers.CONFIG_MAPPING[config_class.sub_configs_defaults["text_config"].model_type]
+        text = _tiny_kwargs(text_class, row.text, {**TINY, "vocab_size": VOCAB_VLM})
         config = config_class(text_config=text, vision_config=row.vision, **row.extra)
         mapping = modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
     else:

@@ -72,6 +72,12 @@ def _vision_as_transformers(model) -> None:
         for layer in tower.model.layers:
             layer.mlp.activation_fn = nn.GELU()
         tower.vision_adapter.mlp.activation_fn = nn.GELU()
+    elif inner.config.model_type == "kimi_k25":  # blocks: hidden_act gelu_pytorch_tanh, LayerNorm eps 1e-5
+        tower = inner.vision_tower
+        for block in tower.blocks:
+            block.mlp.activation_fn = nn.GELU(approx="tanh")
+            block.norm0.eps = block.norm1.eps = 1e-5
+        tower.final_layernorm.eps = 1e-5
     else:
         raise AssertionError(f"no undoing for {inner.config.model_type}")
 
@@ -157,7 +163,8 @@ def test_image_input_matches_transformers_or_says_why_not(tmp_path, produced, mo
     closeness = compare_logits(reference, ours(ids, **mlx_inputs))
     if notes := _differs(conversion, "mlx-vlm"):  # said, located, and the whole difference
         assert len(notes) == 1 and "on prompts with an image" in notes[0], notes
-        assert closeness.max_abs > 3 * MAX_ABS, closeness
+        differs = closeness.max_abs
         _vision_as_transformers(ours)
         closeness = compare_logits(reference, ours(ids, **mlx_inputs))
+        assert differs > 3 * closeness.max_abs, (differs, closeness)  # undone, most of the difference goes
     assert closeness.max_abs <= MAX_ABS and closeness.top1 == 1.0, closeness

@@ -212,6 +212,9 @@ class Arch:
     # replacement is, so a release's own names pass untouched (names.renamed)
     tensor_renames: tuple[tuple[str, str], ...] = ()
     absent_as_zeros: tuple[AbsentAsZeros, ...] = ()  # tensors mlx-lm always has, transformers only when a flag says
+    # tensor-key prefixes transformers 5's save_pretrained writes where the release and the runner have others: (SRC
+    # prefix, the release's), first match wins, applied to SRC's keys as they are read (checkpoint.read_checkpoint)
+    source_prefixes: tuple[tuple[str, str], ...] = ()
     fixture: str = ""  # its tiny checkpoint's recipe: a key of tiny.ALL_ARCHS
 
     def to_dict(self) -> dict:
@@ -897,11 +900,41 @@ ROWS: tuple[Arch, ...] = (
     Arch("glm4v_moe_text", renames=(
         Rename("use_qk_norm", "", fixed(False)),
     )),
-    # the release stores its routed experts as compressed-tensors INT4 (weight_packed / weight_scale /
-    # weight_shape), a source format dequant.py does not read; mm_projector.* needs a vision role pattern
-    Arch("kimi_k25", _VLM, "kimi_k25", N, "moonshotai/Kimi-K2.5",
-         "not converted yet: its experts are compressed-tensors INT4, a source format moequant does not read yet; "
-         "mlx_vlm.convert converts it meanwhile"),
+    Arch("kimi_k25", _VLM, "kimi_k25", S, "moonshotai/Kimi-K2.5",
+         "MoonViT vision tower (vision_tower.encoder.*) + projector (mm_projector) + DeepSeek-V3 MoE (MLA, dense first "
+         "layer, shared experts, correction bias, MoEGate) under language_model.model, as transformers' "
+         "Kimi_K25ForConditionalGeneration saves it, for mlx-vlm only: " + VLM_DONE + ". The release's own experts are "
+         "compressed-tensors INT4, a source format moequant does not read yet (mlx_vlm.convert converts it meanwhile)",
+         # moonshotai/Kimi-K2.5: language_model.model.layers.{l}.mlp.experts.{e}.* (DeepSeek-V3 layout)
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts"),
+         # vision_tower.{patch_embed.{proj, pos_emb}, encoder.blocks.{b}.{wqkv, wo, norm0, norm1, mlp.fc0/fc1},
+         # encoder.final_layernorm} and mm_projector.{pre_norm, proj.0, proj.2} beside language_model.*; mlx-vlm drops
+         # `encoder.` and nests wqkv/wo under attn
+         vision=VisionLanguage("kimi_k25", fixture="kimi_k25"),
+         # transformers 5.25's save_pretrained undoes its own load renames (conversion_mapping.py "kimi_k25"): its
+         # blocks -> layers rename, meant for the vision tower, writes the language model's layers as blocks, and
+         # the projector's pre_norm (no rename) keeps the model. prefix
+         source_prefixes=(("language_model.model.blocks.", "language_model.model.layers."),
+                          ("model.mm_projector.", "mm_projector.")),
+         # mlx-vlm's kimi_k25 ModelConfig finds image tokens by media_placeholder_token_id (the release's name)
+         renames=(Rename("media_placeholder_token_id", "image_token_id"),),
+         ignored_by_vlm=(Ignored("vision_config.hidden_act", "always", (
+             "on prompts with an image: transformers' Kimi-K2.5 vision blocks apply vision_config.hidden_act (the "
+             "release's gelu_pytorch_tanh, GELU's tanh approximation) in their MLPs and LayerNorms with eps 1e-5 "
+             "(modeling_kimi_k25.py Kimi_K25VisionMLP, Kimi_K25VisionEncoderLayer); mlx-vlm's kimi_k25 applies exact "
+             "GELU and eps 1e-6 (mlx_vlm/models/kimi_k25/vision.py MLP, Qwen2VLVisionBlock, VisionModel), so image "
+             "features and the logits of prompts with an image differ (5e-5 on a tiny Kimi-K2.5); text-only prompts "
+             "are unaffected")),)),
+    # kimi_k25's vision_config in transformers' names; mlx-vlm's VisionConfig reads the release's (its defaults are
+    # the release's 27 layers x 1152 x 16 heads) and builds its tower only for model_type moonvit
+    Arch("kimi_k25_vision", renames=(
+        Rename("model_type", "", fixed("moonvit"), overrides=True),
+        Rename("depth", "num_hidden_layers"),
+        Rename("embed_dim", "hidden_size"),
+        Rename("num_heads", "num_attention_heads"),
+        Rename("init_pos_emb_height", "pos_emb_height"),
+        Rename("init_pos_emb_width", "pos_emb_width"),
+    )),
     # one per-expert numbering (mlp.experts.{0..2E-1}) holds two expert sets that mlx-vlm stacks into two stacks
     # (switch_mlp: text, switch_mlp_1: multimodal) with two routers, and moe_num_experts is a list: a Family row
     # names one stack for one range; needs a per-expert handoff that accepts a list expert count
@@ -963,6 +996,9 @@ MODEL_ARCHITECTURES: dict[tuple[str, str], str] = {
     (a.model_type, architecture): runs_as for a in ROWS for architecture, runs_as in a.architectures}
 TENSOR_RENAMES: dict[str, tuple[tuple[str, str], ...]] = {a.model_type: a.tensor_renames for a in ROWS
                                                           if a.tensor_renames}
+# model_type -> the prefixes its SRC keys are read under: a wrapped language model's wrapper's, or source_prefixes
+SOURCE_PREFIXES: dict[str, tuple[tuple[str, str], ...]] = {
+    a.model_type: a.wrapped.prefixes if a.wrapped else a.source_prefixes for a in ROWS if a.wrapped or a.source_prefixes}
 ABSENT_AS_ZEROS: dict[str, tuple[AbsentAsZeros, ...]] = {a.model_type: a.absent_as_zeros for a in ROWS
                                                          if a.absent_as_zeros}
 # model_type (mlx-lm's; for mlx-vlm's sub-configs, text_config's and vision_config's own) -> its renames
