@@ -134,6 +134,10 @@ PRODUCED: dict[str, Produced] = {p.model_type: p for p in (
     Produced("flex_olmo"),
     Produced("granitemoeshared"),
     Produced("jetmoe"),
+    # mlx-vlm runs it (no vision part), tied as the release; a dense first layer (transformers' mlp_layer_types)
+    # and a full-attention layer
+    Produced("cohere2_moe", {"first_k_dense_replace": 1, "sliding_window_pattern": 2,
+                             "tie_word_embeddings": True}),
 )}
 
 
