@@ -138,6 +138,12 @@ PRODUCED: dict[str, Produced] = {p.model_type: p for p in (
     # and a full-attention layer
     Produced("cohere2_moe", {"first_k_dense_replace": 1, "sliding_window_pattern": 2,
                              "tie_word_embeddings": True}),
+    # a token classifier (class logits, no lm_head) that mlx-vlm runs: gpt-oss's experts (fused in x out, halves),
+    # biases, sinks, bidirectional attention within sliding_window; its YaRN as the release (factor 32, not truncated)
+    # (I neither H nor H / 2: gate_up [E, H, 2I] and down [E, I, H] are then told apart by shape, here and in
+    # simulated_logits, and an orientation mistake cannot pass)
+    Produced("openai_privacy_filter", {"intermediate_size": 3 * I_MOE},
+             model_class="OpenAIPrivacyFilterForTokenClassification"),
 )}
 
 
@@ -377,8 +383,10 @@ def simulated_logits(model_type: str, src: Path, bits: int, group_size: int = 64
     hidden = text.hidden_size if hasattr(text, "hidden_size") else getattr(text, "d_model", H)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            # a norm by its own module's name (DBRX's attention sits inside norm_attn_norm)
-            if p.ndim < 2 or "norm" in name.split(".")[-2] or "conv" in name or _is_router(name, p, num_experts):
+            # a norm by its own module's name (DBRX's attention sits inside norm_attn_norm); fused expert biases
+            # ([E, out]: gpt-oss's gate_up_proj_bias) are vectors, never quantized
+            if p.ndim < 2 or "norm" in name.split(".")[-2] or "conv" in name or name.endswith("bias") or _is_router(
+                    name, p, num_experts):
                 continue
             if _kept(name, keep):
                 continue

@@ -973,10 +973,20 @@ ROWS: tuple[Arch, ...] = (
                  "computes logits with embed_tokens (mlx_vlm/models/cohere2_moe/language.py LanguageModel.__call__: "
                  "embed_tokens.as_linear) and has no lm_head"), expected="tie_word_embeddings true"),
          )),
+    # openai/privacy-filter (transformers' OpenAIPrivacyFilterForTokenClassification): gpt-oss-style experts as
+    # transformers saves them, mlp.experts.gate_up_proj [E, H, 2I] (gate columns, then up: _apply_gate chunks) and
+    # down_proj [E, I, H], fused biases, mlp.router with a bias, self_attn.sinks; score (the classifier) in place of
+    # an lm_head. mlx-vlm stacks in place (mlp.experts.{gate,up,down}_proj)
+    Arch("openai_privacy_filter", _VLM, "openai_privacy_filter", S, "openai/privacy-filter",
+         "token classifier (transformers' OpenAIPrivacyFilterForTokenClassification: class logits per token, score in "
+         "place of an lm_head) that mlx-vlm runs, mlx-lm has none: output for mlx-vlm. gpt-oss-style fused in x out "
+         "experts with biases, router bias, attention sinks, bidirectional attention within sliding_window",
+         family=Family("mlp.experts", "mlp.experts", _GLU, "num_local_experts", fused="halves_transposed",
+                       layout="fused", fused_bias_names=("gate_up_proj_bias", "down_proj_bias"))),
     # MoE model_types mlx-vlm 0.7.10 runs (Switch layers in its module) that no moequant row covers yet
     *(Arch(model_type, _VLM, model_type, N, "", NOT_BUILT_VLM) for model_type in (
         "deepseek_v4", "flint", "glm5_next", "hy_v4", "inkling", "kolibri1", "llada2_moe",
-        "longcat_flash_sparse", "moondream3", "openai_privacy_filter", "qwen4_exp", "step3p7", "youtu_vl",
+        "longcat_flash_sparse", "moondream3", "qwen4_exp", "step3p7", "youtu_vl",
         "zaya1_vl")),
 )
 
