@@ -215,7 +215,8 @@ PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
                 files="_llama4_files",
                 # patches flattened, each with its (x, y) place (transformers' Gemma4ImageProcessor), pooled 2x2
                 image={"pixel_values": (1, 16, 3 * 16 * 16),
-                       "image_position_ids": [[[x, y] for y in range(4) for x in range(4)]]}),    # moonshotai/Kimi-K2.5: DeepSeek-V3's language model (MLA, dense first layer, shared expert) beside MoonViT; the
+                       "image_position_ids": [[[x, y] for y in range(4) for x in range(4)]]}),
+    # moonshotai/Kimi-K2.5: DeepSeek-V3's language model (MLA, dense first layer, shared expert) beside MoonViT; the
     # position table as large as the image's 4x4 patches (mlx-vlm interpolates only another size); image grids as
     # transformers' processor (image_grid_thw, t h w) and mlx-vlm's (image_grid_hws, h w) give them
     ProducedVLM("kimi_k25", _MLA,

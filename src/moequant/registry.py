@@ -905,8 +905,9 @@ ROWS: tuple[Arch, ...] = (
     Arch("kimi_k25", _VLM, "kimi_k25", S, "moonshotai/Kimi-K2.5",
          "MoonViT vision tower (vision_tower.encoder.*) + projector (mm_projector) + DeepSeek-V3 MoE (MLA, dense first "
          "layer, shared experts, correction bias, MoEGate) under language_model.model, as transformers' "
-         "Kimi_K25ForConditionalGeneration saves it, for mlx-vlm only: " + VLM_DONE + ". The release's own experts are "
-         "compressed-tensors INT4, a source format moequant does not read yet (mlx_vlm.convert converts it meanwhile)",
+         "Kimi_K25ForConditionalGeneration saves it and as the release publishes it (routed experts in compressed-tensors "
+         "pack-quantized int4, read exactly), for mlx-vlm: " + VLM_DONE + "; for mlx-lm, mlx-lm's kimi_k25 runs the "
+         "language model (text only)",
          # moonshotai/Kimi-K2.5: language_model.model.layers.{l}.mlp.experts.{e}.* (DeepSeek-V3 layout)
          family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts"),
          # vision_tower.{patch_embed.{proj, pos_emb}, encoder.blocks.{b}.{wqkv, wo, norm0, norm1, mlp.fc0/fc1},
@@ -1029,8 +1030,8 @@ MODEL_ARCHITECTURES: dict[tuple[str, str], str] = {
 TENSOR_RENAMES: dict[str, tuple[tuple[str, str], ...]] = {a.model_type: a.tensor_renames for a in ROWS
                                                           if a.tensor_renames}
 # model_type -> the prefixes its SRC keys are read under: a wrapped language model's wrapper's, or source_prefixes
-SOURCE_PREFIXES: dict[str, tuple[tuple[str, str], ...]] = {
-    a.model_type: a.wrapped.prefixes if a.wrapped else a.source_prefixes for a in ROWS if a.wrapped or a.source_prefixes}
+SOURCE_PREFIXES: dict[str, tuple[tuple[str, str], ...]] = {a.model_type: a.wrapped.prefixes if a.wrapped else a.source_prefixes
+                                                         for a in ROWS if a.wrapped or a.source_prefixes}
 ABSENT_AS_ZEROS: dict[str, tuple[AbsentAsZeros, ...]] = {a.model_type: a.absent_as_zeros for a in ROWS
                                                          if a.absent_as_zeros}
 # model_type (mlx-lm's; for mlx-vlm's sub-configs, text_config's and vision_config's own) -> its renames
