@@ -272,7 +272,7 @@ def read_checkpoint(src: str | os.PathLike) -> Checkpoint:
         for file in files:
             tensors.update(read_safetensors_header(file))
     log.debug("read %d tensors from %s", len(tensors), path)
-    if prefixes := SOURCE_PREFIXES.get(config["model_type"]):  # e.g. a language model alone: its keys as its wrapper's
+    if prefixes := SOURCE_PREFIXES.get(config["model_type"]):  # e.g. a wrapped language model: its wrapper's keys
         tensors = {_prefixed_key(key, prefixes): info for key, info in tensors.items()}
     return Checkpoint(path, config, tensors)
 
