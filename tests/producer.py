@@ -134,6 +134,16 @@ PRODUCED: dict[str, Produced] = {p.model_type: p for p in (
     Produced("flex_olmo"),
     Produced("granitemoeshared"),
     Produced("jetmoe"),
+    # mlx-vlm runs it (no vision part), tied as the release; a dense first layer (transformers' mlp_layer_types)
+    # and a full-attention layer
+    Produced("cohere2_moe", {"first_k_dense_replace": 1, "sliding_window_pattern": 2,
+                             "tie_word_embeddings": True}),
+    # a token classifier (class logits, no lm_head) that mlx-vlm runs: gpt-oss's experts (fused in x out, halves),
+    # biases, sinks, bidirectional attention within sliding_window; its YaRN as the release (factor 32, not truncated)
+    # (I neither H nor H / 2: gate_up [E, H, 2I] and down [E, I, H] are then told apart by shape, here and in
+    # simulated_logits, and an orientation mistake cannot pass)
+    Produced("openai_privacy_filter", {"intermediate_size": 3 * I_MOE},
+             model_class="OpenAIPrivacyFilterForTokenClassification"),
 )}
 
 
@@ -229,6 +239,16 @@ PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
                                                   "partial_rotary_factor": 0.25, "mrope_section": [2, 1, 1],
                                                   "mrope_interleaved": True}},
                 _QWEN_VISION, _IMAGE_TOKENS, files="_qwen_vl_files", image=_QWEN_IMAGE),
+    # moonshotai/Kimi-K2.5: DeepSeek-V3's language model (MLA, dense first layer, shared expert) beside MoonViT; the
+    # position table as large as the image's 4x4 patches (mlx-vlm interpolates only another size); image grids as
+    # transformers' processor (image_grid_thw, t h w) and mlx-vlm's (image_grid_hws, h w) give them
+    ProducedVLM("kimi_k25", _MLA,
+                {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
+                 "pos_emb_height": 4, "pos_emb_width": 4},
+                {"image_token_id": VOCAB + 2, "video_token_id": VOCAB + 3, "vision_start_token_id": VOCAB,
+                 "vision_end_token_id": VOCAB + 1, "projection_hidden_size": 64, "tie_word_embeddings": False},
+                files="_qwen_vl_files",
+                image={"pixel_values": (16, 3, 14, 14), "image_grid_thw": [[1, 4, 4]], "image_grid_hws": [[4, 4]]}),
 )}
 
 
@@ -269,7 +289,11 @@ def tiny_config(model_type: str) -> transformers.PretrainedConfig:
     config_class = transformers.CONFIG_MAPPING[model_type]
     if model_type in PRODUCED_VLM:
         row = PRODUCED_VLM[model_type]
-        text = _tiny_kwargs(config_class.sub_configs["text_config"], row.text, {**TINY, "vocab_size": VOCAB_VLM})
+        # a text_config of AutoConfig (Kimi-K2.5's) is its default model_type's config class
+        text_class = config_class.sub_configs["text_config"]
+        if text_class is transformers.AutoConfig:
+            text_class = transformers.CONFIG_MAPPING[config_class.sub_configs_defaults["text_config"].model_type]
+        text = _tiny_kwargs(text_class, row.text, {**TINY, "vocab_size": VOCAB_VLM})
         config = config_class(text_config=text, vision_config=row.vision, **row.extra)
         mapping = modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
     else:
@@ -383,8 +407,10 @@ def simulated_logits(model_type: str, src: Path, bits: int, group_size: int = 64
     hidden = text.hidden_size if hasattr(text, "hidden_size") else getattr(text, "d_model", H)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            # a norm by its own module's name (DBRX's attention sits inside norm_attn_norm)
-            if p.ndim < 2 or "norm" in name.split(".")[-2] or "conv" in name or _is_router(name, p, num_experts):
+            # a norm by its own module's name (DBRX's attention sits inside norm_attn_norm); fused expert biases
+            # ([E, out]: gpt-oss's gate_up_proj_bias) are vectors, never quantized
+            if p.ndim < 2 or "norm" in name.split(".")[-2] or "conv" in name or name.endswith("bias") or _is_router(
+                    name, p, num_experts):
                 continue
             if _kept(name, keep):
                 continue

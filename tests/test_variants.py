@@ -3,7 +3,7 @@ of transformers-written checkpoints (tests/producer.py), each converted with `--
 float32 and run by mlx-lm, against transformers' own forward.
 
 Lossless variants (a transformers-4 config, the other expert layout) must match transformers'
-forward of the original weights. Lossy ones (bf16, FP8, NVFP4, MLX 4-bit) store other weights;
+forward of the original weights. Lossy ones (bf16, FP8, NVFP4, MLX 4-bit, compressed-tensors int4) store other weights;
 they must match transformers' forward of exactly the weights they store (decoded by variants.py,
 independently of moequant's readers) — the quantization error itself is not moequant's to hide.
 Both sides compute in float32 from the same weights, so only summation order differs: measured
@@ -28,6 +28,7 @@ import mlx.core as mx  # noqa: E402
 import producer  # noqa: E402
 import variants  # noqa: E402
 from moequant.convert import Conversion  # noqa: E402
+from moequant.errors import CheckpointError  # noqa: E402
 from moequant.evaluate import compare_logits, load_float32  # noqa: E402
 
 MAX_ABS = 1e-4
@@ -99,7 +100,7 @@ def test_fused_variant_of_a_natively_fused_family_round_trips_per_expert(tmp_pat
 
 LOSSY = {"bf16": variants.to_bf16, "fp8_128": variants.to_fp8,
          "fp8_48x80": lambda src, dst: variants.to_fp8(src, dst, (48, 80)),  # partial edge blocks both ways
-         "nvfp4": variants.to_modelopt_nvfp4}
+         "nvfp4": variants.to_modelopt_nvfp4, "compressed_tensors": variants.to_compressed_tensors}
 
 
 @pytest.mark.parametrize("variant", LOSSY)
@@ -109,6 +110,17 @@ def test_lossy_variant_matches_transformers_forward_of_the_weights_it_stores(tmp
     stored = LOSSY[variant](src, tmp_path / "variant")
     theirs = _transformers_logits(variants.float_copy(src, tmp_path / "reference", stored))
     _assert_close(theirs, _ours(tmp_path / "variant", tmp_path / "dst"))
+
+
+def test_a_compressed_tensors_format_other_than_pack_quantized_is_refused_in_one_line(tmp_path, produced):
+    src, _ = produced("deepseek_v3")
+    variants.to_compressed_tensors(src, tmp_path / "variant")
+    config = json.loads((tmp_path / "variant" / "config.json").read_text())
+    config["quantization_config"]["format"] = "marlin-24"
+    (tmp_path / "variant" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"^quantization_config: compressed-tensors format 'marlin-24'; "
+                                              r"expected 'pack-quantized'$"):
+        Conversion(tmp_path / "variant", dtype="float32")
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)

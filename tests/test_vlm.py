@@ -28,6 +28,7 @@ SEEN = {
     "qwen3_5_moe": (0.9592, 0.0396, 0.9418, 0.0568, 0.9631, 0.0357),  # mlx-lm text-only: 0.9591, 0.0394, …
     "llama4": (0.9601, 0.0393, 0.9366, 0.0619, 0.9532, 0.0484),  # mlx-lm text-only: 0.9598, 0.0394, …
     "kimi_vl": (0.9544, 0.0474, 0.9264, 0.0751, 0.9358, 0.0660),
+    "kimi_k25": (0.9275, 0.0728, 0.9279, 0.0735, 0.9435, 0.0578),
     "qwen3_vl_moe": (0.9653, 0.0336, 0.9569, 0.0421, 0.9803, 0.0185),  # mlx-lm text-only: 0.9654, 0.0335, …
     "glm4v_moe": (0.9704, 0.0295, 0.9524, 0.0471, 0.9718, 0.0268),
     "gemma4": (0.8122, 0.1800, 0.7536, 0.2277, 0.8479, 0.1453),  # mlx-lm text-only: 0.8125, 0.1780, … (see test_archs)
@@ -70,6 +71,7 @@ IMAGES = {
     "llama4": _pixels("image_token_index", 4, (1, 3, 64, 64)),  # (64 / patch 16)² patches, pixel shuffle 0.5: 4
     # 4x4 patches of 14x14 pixels, merged 2x2: 4 tokens
     "kimi_vl": _pixels("media_placeholder_token_id", 4, (16, 3, 14, 14), image_grid_hws=[[4, 4]]),
+    "kimi_k25": _pixels("image_token_id", 4, (16, 3, 14, 14), image_grid_hws=[[4, 4]]),  # as kimi_vl
     # 4x4 patches of 2 frames x 14x14 pixels x 3 channels, merged 2x2: 4 tokens
     "glm4v_moe": _pixels("image_token_id", 4, (16, 3 * 2 * 14 * 14), image_grid_thw=[[1, 4, 4]]),
     "qwen4_exp": _qwen_image,
@@ -207,6 +209,7 @@ TRANSFORMERS_CLASS = {
     "qwen3_5_moe": "Qwen3_5MoeForConditionalGeneration",
     "llama4": "Llama4ForConditionalGeneration",
     "kimi_vl": None,  # moonshotai/Kimi-VL-A3B-Instruct: trust_remote_code
+    "kimi_k25": "Kimi_K25ForConditionalGeneration",
     "glm4v_moe": "Glm4vMoeForConditionalGeneration",
     "gemma4": "Gemma4ForConditionalGeneration",
     "qwen4_exp": "Qwen4ExpForConditionalGeneration",

@@ -11,6 +11,7 @@ so a test can compare against transformers' forward of exactly those weights (`f
 from __future__ import annotations
 
 import copy
+import re
 import json
 import shutil
 from pathlib import Path
@@ -253,3 +254,46 @@ def to_modelopt_nvfp4(src: Path, dst: Path) -> Tensors:
                          "exclude_modules": excluded}}, indent=2))
     return stored
 
+
+
+# ---- (g) compressed-tensors pack-quantized int4 (moonshotai/Kimi-K2.5's routed experts) ------
+
+_PER_EXPERT_WEIGHT = re.compile(r"\.experts\.\d+\.\w+\.weight$")
+
+
+def to_compressed_tensors(src: Path, dst: Path, group_size: int = 32) -> Tensors:
+    """Routed experts (per-expert 2-D weights) as compressed-tensors' pack-quantized format stores them
+    (neuralmagic/compressed-tensors pack_quantized.py, the layout of moonshotai/Kimi-K2.5): symmetric int4
+    per group of `group_size` inputs, q = clamp(round(w / s), -8, 7) with s = absmax / 7.5 (bfloat16),
+    `weight_packed` int32 [out, in/8] holding q + 8 eight to a word (value j of a row at bits 4·(j mod 8)
+    of word j // 8), `weight_scale` [out, in/group], `weight_shape` [2]; everything else float, as the
+    release keeps it. Returns the values the file holds, q·s."""
+    config, tensors = read(src)
+    tagged, stored = {}, {}
+    for key, value in tensors.items():
+        if not _PER_EXPERT_WEIGHT.search(key):
+            tagged[key], stored[key] = (DTYPE_TAGS[value.dtype], value), value
+            continue
+        w = np.array(value.astype(mx.float32))
+        n_out, n_in = w.shape
+        groups = w.reshape(n_out, n_in // group_size, group_size)
+        scale = mx.array(np.abs(groups).max(-1) / 7.5).astype(mx.bfloat16)
+        s = np.array(scale.astype(mx.float32))[..., None]
+        q = np.clip(np.round(groups / s), -8, 7)
+        unsigned = (q.reshape(n_out, n_in) + 8).astype(np.uint32)
+        packed = np.zeros((n_out, n_in // 8), dtype=np.uint32)
+        for i in range(8):
+            packed |= unsigned[:, i::8] << (4 * i)
+        base = key[: -len("weight")]
+        tagged[base + "weight_packed"] = ("I32", mx.array(packed.view(np.int32)))
+        tagged[base + "weight_scale"] = ("BF16", scale)
+        tagged[base + "weight_shape"] = ("I32", mx.array([n_out, n_in], dtype=mx.int32))
+        stored[key] = mx.array((q * s).reshape(n_out, n_in).astype(np.float32))
+    config["quantization_config"] = {
+        "quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
+        "config_groups": {"group_0": {"targets": ["re:.*mlp\\.experts.*"], "input_activations": None,
+                                      "weights": {"num_bits": 4, "type": "int", "symmetric": True,
+                                                  "strategy": "group", "group_size": group_size}}},
+        "ignore": ["lm_head"]}
+    _write(src, dst, config, tagged)
+    return stored

@@ -17,7 +17,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from .errors import CheckpointError
-from .registry import WRAPPED
+from .registry import SOURCE_PREFIXES
 from .names import layer_of
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ class Checkpoint:
         out = {}
         for file, names in by_file.items():
             arrays = mx.load(str(file))
-            out.update((k, arrays[self.tensors[k].key]) for k in names)  # a WRAPPED source's keys are renamed
+            out.update((k, arrays[self.tensors[k].key]) for k in names)  # SOURCE_PREFIXES renamed the keys
         return out
 
 
@@ -272,12 +272,12 @@ def read_checkpoint(src: str | os.PathLike) -> Checkpoint:
         for file in files:
             tensors.update(read_safetensors_header(file))
     log.debug("read %d tensors from %s", len(tensors), path)
-    if wrapped := WRAPPED.get(config["model_type"]):  # a language model alone: its keys as its wrapper's
-        tensors = {_wrapped_key(key, wrapped.prefixes): info for key, info in tensors.items()}
+    if prefixes := SOURCE_PREFIXES.get(config["model_type"]):  # e.g. a wrapped language model: its wrapper's keys
+        tensors = {_prefixed_key(key, prefixes): info for key, info in tensors.items()}
     return Checkpoint(path, config, tensors)
 
 
-def _wrapped_key(key: str, prefixes: tuple[tuple[str, str], ...]) -> str:
+def _prefixed_key(key: str, prefixes: tuple[tuple[str, str], ...]) -> str:
     for old, new in prefixes:
         if key.startswith(old):
             return new + key[len(old):]

@@ -140,6 +140,41 @@ def _mxfp4_blocks_to_mlx(weights: dict[str, mx.array], ctx: SourceContext) -> di
     return out
 
 
+def _pack_quantized_to_mlx(weights: dict[str, mx.array], ctx: SourceContext) -> dict[str, mx.array]:
+    """compressed-tensors pack-quantized (symmetric int, group scales; moonshotai/Kimi-K2.5's experts):
+    `P.weight_packed` int32 [out, in·bits/32] holds unsigned q = value + 2^(bits-1), value j of a row at bits
+    bits·(j mod 32/bits) of word j·bits/32 (compressed_tensors pack_to_int32): MLX affine's packing bit for bit.
+    With `P.weight_scale` s [out, in/group], value·s = q·s - 2^(bits-1)·s, so it is renamed to `P.weight`
+    (viewed as uint32), `P.scales` = s and `P.biases` = -2^(bits-1)·s (exact: a power of two times s), and
+    no value changes; both in float32 (mx.dequantize computes in the scales' dtype: bfloat16 scales would round
+    q·s + biases). Modules the release left out of its config_groups (no weight_packed) pass through."""
+    out = {}
+    for key, value in weights.items():
+        base, _, name = key.rpartition(".")
+        if name in ("weight_zero_point", "weight_g_idx"):
+            raise LayoutError(f"{key}: an asymmetric or reordered (act-order) compressed-tensors weight; expected "
+                              "symmetric weights without g_idx (pack-quantized as Kimi-K2.5)")
+        if name in ("weight_scale", "weight_shape") and f"{base}.weight_packed" in weights:
+            continue  # consumed with weight_packed below
+        if name != "weight_packed":
+            out[key] = value
+            continue
+        scale, shape = weights.get(f"{base}.weight_scale"), weights.get(f"{base}.weight_shape")
+        n_out, n_in = (int(n) for n in np.asarray(shape).tolist()) if shape is not None else (-1, -1)
+        bits = 32 * value.shape[-1] // n_in if n_in > 0 else 0
+        if ctx.infos[key].dtype != "I32" or scale is None or bits not in (4, 8) or value.shape[-2] != n_out \
+                or 32 * value.shape[-1] != bits * n_in or scale.shape[-2] != n_out or n_in % scale.shape[-1] \
+                or n_in // scale.shape[-1] not in (32, 64, 128):
+            got = f"weight_scale {tuple(scale.shape)}" if scale is not None else "no weight_scale"
+            raise LayoutError(f"{key}: {ctx.infos[key].dtype} {tuple(value.shape)} with {got} and weight_shape "
+                              f"{(n_out, n_in)}; expected int32 [out, in·bits/32] (bits 4 or 8) and scales [out, "
+                              "in/group] (group 32, 64 or 128)")
+        out[f"{base}.weight"] = value.view(mx.uint32)
+        out[f"{base}.scales"] = scale.astype(mx.float32)
+        out[f"{base}.biases"] = scale.astype(mx.float32) * -(2 ** (bits - 1))
+    return out
+
+
 def dequantize_packed(weights: dict[str, mx.array], ctx: SourceContext) -> dict[str, mx.array]:
     """Each packed module dequantized with its own (mode, bits, group_size, global scale), read
     from its tensors (and, for MLX sources, checked against config.json) — except modules copied
@@ -184,6 +219,8 @@ SOURCE_FORMATS: dict[str | None, SourceFormat] = {
     "fp8": SourceFormat("fp8", _fp8_blocks),  # DeepSeek-V3, Qwen3-*-FP8: fmt e4m3, weight_block_size
     "modelopt": SourceFormat("nvfp4", _modelopt_to_mlx, packed=True),  # NVIDIA ModelOpt NVFP4 exports
     "mxfp4": SourceFormat("mxfp4", _mxfp4_blocks_to_mlx, packed=True),  # openai/gpt-oss: expert _blocks/_scales
+    # moonshotai/Kimi-K2.5: routed experts in compressed-tensors' pack-quantized int4 (group 32)
+    "compressed-tensors": SourceFormat("compressed-tensors", _pack_quantized_to_mlx, packed=True),
 }
 
 
@@ -195,6 +232,8 @@ def source_format(config: dict) -> tuple[SourceFormat, dict]:
     method = qconfig.get("quant_method")
     if method == "modelopt" and (algo := qconfig.get("quantization", qconfig).get("quant_algo")) != "NVFP4":
         raise CheckpointError(f"quantization_config: ModelOpt quant_algo {algo!r}; expected 'NVFP4'")
+    if method == "compressed-tensors" and (fmt := qconfig.get("format")) != "pack-quantized":
+        raise CheckpointError(f"quantization_config: compressed-tensors format {fmt!r}; expected 'pack-quantized'")
     if method not in SOURCE_FORMATS:
         raise CheckpointError(
             f"config.json: quantization_config.quant_method {method!r}; expected one of "

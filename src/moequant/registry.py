@@ -185,7 +185,9 @@ class Arch:
     row without one is another spelling (`runs_as`) or a sub-config's model_type (renames only)."""
 
     model_type: str  # as config.json says it
-    runner: str = ""  # "mlx-lm" or "mlx-vlm": which runner has its model (mlx-vlm: only mlx-vlm)
+    # "mlx-lm" or "mlx-vlm": which runner has its model (mlx-vlm: only mlx-vlm; with no `vision` part, a text model
+    # that only mlx-vlm runs, its output for mlx-vlm: TEXT_BY_MLX_VLM)
+    runner: str = ""
     module: str = ""  # the runner's model module (mlx_lm.models.<module>)
     status: Status | None = None
     release: str = ""  # the release whose layout and config keys the tiny checkpoint follows (hub id where known)
@@ -212,6 +214,9 @@ class Arch:
     # replacement is, so a release's own names pass untouched (names.renamed)
     tensor_renames: tuple[tuple[str, str], ...] = ()
     absent_as_zeros: tuple[AbsentAsZeros, ...] = ()  # tensors mlx-lm always has, transformers only when a flag says
+    # tensor-key prefixes transformers 5's save_pretrained writes where the release and the runner have others: (SRC
+    # prefix, the release's), first match wins, applied to SRC's keys as they are read (checkpoint.read_checkpoint)
+    source_prefixes: tuple[tuple[str, str], ...] = ()
     fixture: str = ""  # its tiny checkpoint's recipe: a key of tiny.ALL_ARCHS
 
     def to_dict(self) -> dict:
@@ -897,11 +902,42 @@ ROWS: tuple[Arch, ...] = (
     Arch("glm4v_moe_text", renames=(
         Rename("use_qk_norm", "", fixed(False)),
     )),
-    # the release stores its routed experts as compressed-tensors INT4 (weight_packed / weight_scale /
-    # weight_shape), a source format dequant.py does not read; mm_projector.* needs a vision role pattern
-    Arch("kimi_k25", _VLM, "kimi_k25", N, "moonshotai/Kimi-K2.5",
-         "not converted yet: its experts are compressed-tensors INT4, a source format moequant does not read yet; "
-         "mlx_vlm.convert converts it meanwhile"),
+    Arch("kimi_k25", _VLM, "kimi_k25", S, "moonshotai/Kimi-K2.5",
+         "MoonViT vision tower (vision_tower.encoder.*) + projector (mm_projector) + DeepSeek-V3 MoE (MLA, dense first "
+         "layer, shared experts, correction bias, MoEGate) under language_model.model, as transformers' "
+         "Kimi_K25ForConditionalGeneration saves it and as the release publishes it (routed experts in compressed-tensors "
+         "pack-quantized int4, read exactly), for mlx-vlm: " + VLM_DONE + "; for mlx-lm, mlx-lm's kimi_k25 runs the "
+         "language model (text only)",
+         # moonshotai/Kimi-K2.5: language_model.model.layers.{l}.mlp.experts.{e}.* (DeepSeek-V3 layout)
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts"),
+         # vision_tower.{patch_embed.{proj, pos_emb}, encoder.blocks.{b}.{wqkv, wo, norm0, norm1, mlp.fc0/fc1},
+         # encoder.final_layernorm} and mm_projector.{pre_norm, proj.0, proj.2} beside language_model.*; mlx-vlm drops
+         # `encoder.` and nests wqkv/wo under attn
+         vision=VisionLanguage("kimi_k25", fixture="kimi_k25"),
+         # transformers 5.25's save_pretrained undoes its own load renames (conversion_mapping.py "kimi_k25"): its
+         # blocks -> layers rename, meant for the vision tower, writes the language model's layers as blocks, and
+         # the projector's pre_norm (no rename) keeps the model. prefix
+         source_prefixes=(("language_model.model.blocks.", "language_model.model.layers."),
+                          ("model.mm_projector.", "mm_projector.")),
+         # mlx-vlm's kimi_k25 ModelConfig finds image tokens by media_placeholder_token_id (the release's name)
+         renames=(Rename("media_placeholder_token_id", "image_token_id"),),
+         ignored_by_vlm=(Ignored("vision_config.hidden_act", "always", (
+             "on prompts with an image: transformers' Kimi-K2.5 vision blocks apply vision_config.hidden_act (the "
+             "release's gelu_pytorch_tanh, GELU's tanh approximation) in their MLPs and LayerNorms with eps 1e-5 "
+             "(modeling_kimi_k25.py Kimi_K25VisionMLP, Kimi_K25VisionEncoderLayer); mlx-vlm's kimi_k25 applies exact "
+             "GELU and eps 1e-6 (mlx_vlm/models/kimi_k25/vision.py MLP, Qwen2VLVisionBlock, VisionModel), so image "
+             "features and the logits of prompts with an image differ (5e-5 on a tiny Kimi-K2.5); text-only prompts "
+             "are unaffected")),)),
+    # kimi_k25's vision_config in transformers' names; mlx-vlm's VisionConfig reads the release's (its defaults are
+    # the release's 27 layers x 1152 x 16 heads) and builds its tower only for model_type moonvit
+    Arch("kimi_k25_vision", renames=(
+        Rename("model_type", "", fixed("moonvit"), overrides=True),
+        Rename("depth", "num_hidden_layers"),
+        Rename("embed_dim", "hidden_size"),
+        Rename("num_heads", "num_attention_heads"),
+        Rename("init_pos_emb_height", "pos_emb_height"),
+        Rename("init_pos_emb_width", "pos_emb_width"),
+    )),
     # one per-expert numbering (mlp.experts.{0..2E-1}) holds two expert sets that mlx-vlm stacks into two stacks
     # (switch_mlp: text, switch_mlp_1: multimodal) with two routers, and moe_num_experts is a list: a Family row
     # names one stack for one range; needs a per-expert handoff that accepts a list expert count
@@ -950,10 +986,38 @@ ROWS: tuple[Arch, ...] = (
         Rename("layer_types", "layer_types", "indexed_as_full_attention", overrides=True),
         Rename("output_gate_type", "", "output_gate_type", overrides=True),
     )),
+    # ---- text models only mlx-vlm runs (no vision part): output for mlx-vlm, config.json as the source's ----
+    # CohereLabs/command-a-plus-05-2026 (transformers' Cohere2MoeForCausalLM): mlp.experts.gate_up_proj / down_proj
+    # fused as Mixtral's, mlp.gate.weight the router, a shared MLP (mlp.shared_experts) per MoE layer
+    Arch("cohere2_moe", _VLM, "cohere2_moe", S, "CohereLabs/command-a-plus-05-2026",
+         "text model (transformers' Cohere2MoeForCausalLM) that mlx-vlm runs, mlx-lm has none: output for mlx-vlm. "
+         "Parallel attention + MoE, dense first layers, shared experts, sliding + full layers, tied logits "
+         "(an untied lm_head is refused: mlx-vlm's cohere2_moe has none)",
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "num_experts"),
+         # transformers' Cohere2Moe: a layer is dense iff mlp_layer_types says so (first_k_dense_replace is only a
+         # constructor argument); mlx-vlm's reads first_k_dense_replace (dense layers first)
+         renames=(Rename("first_k_dense_replace", "mlp_layer_types", "dense_then_sparse", overrides=True),
+                  Rename("prefix_dense_intermediate_size", "", "prefix_dense_intermediate_size", overrides=True)),
+         ignored_by_vlm=(
+             Ignored("tie_word_embeddings", "untied", (
+                 "an lm_head of its own (transformers' Cohere2MoeForCausalLM uses it), but mlx-vlm's cohere2_moe "
+                 "computes logits with embed_tokens (mlx_vlm/models/cohere2_moe/language.py LanguageModel.__call__: "
+                 "embed_tokens.as_linear) and has no lm_head"), expected="tie_word_embeddings true"),
+         )),
+    # openai/privacy-filter (transformers' OpenAIPrivacyFilterForTokenClassification): gpt-oss-style experts as
+    # transformers saves them, mlp.experts.gate_up_proj [E, H, 2I] (gate columns, then up: _apply_gate chunks) and
+    # down_proj [E, I, H], fused biases, mlp.router with a bias, self_attn.sinks; score (the classifier) in place of
+    # an lm_head. mlx-vlm stacks in place (mlp.experts.{gate,up,down}_proj)
+    Arch("openai_privacy_filter", _VLM, "openai_privacy_filter", S, "openai/privacy-filter",
+         "token classifier (transformers' OpenAIPrivacyFilterForTokenClassification: class logits per token, score in "
+         "place of an lm_head) that mlx-vlm runs, mlx-lm has none: output for mlx-vlm. gpt-oss-style fused in x out "
+         "experts with biases, router bias, attention sinks, bidirectional attention within sliding_window",
+         family=Family("mlp.experts", "mlp.experts", _GLU, "num_local_experts", fused="halves_transposed",
+                       layout="fused", fused_bias_names=("gate_up_proj_bias", "down_proj_bias"))),
     # MoE model_types mlx-vlm 0.7.10 runs (Switch layers in its module) that no moequant row covers yet
     *(Arch(model_type, _VLM, model_type, N, "", NOT_BUILT_VLM) for model_type in (
-        "cohere2_moe", "deepseek_v4", "flint", "hy_v4", "inkling", "kolibri1", "llada2_moe",
-        "longcat_flash_sparse", "moondream3", "openai_privacy_filter", "step3p7", "youtu_vl",
+        "deepseek_v4", "flint", "hy_v4", "inkling", "kolibri1", "llada2_moe", "longcat_flash_sparse", "moondream3",
+        "step3p7", "youtu_vl",
         "zaya1_vl")),
 )
 
@@ -984,6 +1048,8 @@ ARCHITECTURES: tuple[Arch, ...] = tuple(a for a in ROWS if a.status is not None)
 FAMILIES: dict[str, Family] = {a.model_type: a.family for a in ROWS if a.family and a.status != Status.BLOCKED}
 PENDING: dict[str, Family] = {a.model_type: a.family for a in ROWS if a.family and a.status == Status.BLOCKED}
 VISION_LANGUAGE: dict[str, VisionLanguage] = {a.model_type: a.vision for a in ROWS if a.vision}
+# model_types only mlx-vlm has a model for, and no vision part: mlx-vlm runs the text model (no vision_config)
+TEXT_BY_MLX_VLM: frozenset[str] = frozenset(a.model_type for a in ROWS if a.runner == _VLM and a.vision is None)
 # transformers model_type -> the one mlx-lm runs it under (mlx-lm's own MODEL_REMAPPING needs no row)
 MODEL_TYPES: dict[str, str] = {a.model_type: a.runs_as for a in ROWS if a.runs_as}
 WRAPPED: dict[str, Wrapped] = {a.model_type: a.wrapped for a in ROWS if a.wrapped}
@@ -993,6 +1059,9 @@ MODEL_ARCHITECTURES: dict[tuple[str, str], str] = {
     (a.model_type, architecture): runs_as for a in ROWS for architecture, runs_as in a.architectures}
 TENSOR_RENAMES: dict[str, tuple[tuple[str, str], ...]] = {a.model_type: a.tensor_renames for a in ROWS
                                                           if a.tensor_renames}
+# model_type -> the prefixes its SRC keys are read under: a wrapped language model's wrapper's, or source_prefixes
+SOURCE_PREFIXES: dict[str, tuple[tuple[str, str], ...]] = {a.model_type: a.wrapped.prefixes if a.wrapped else a.source_prefixes
+                                                         for a in ROWS if a.wrapped or a.source_prefixes}
 ABSENT_AS_ZEROS: dict[str, tuple[AbsentAsZeros, ...]] = {a.model_type: a.absent_as_zeros for a in ROWS
                                                          if a.absent_as_zeros}
 # model_type (mlx-lm's; for mlx-vlm's sub-configs, text_config's and vision_config's own) -> its renames

@@ -1338,6 +1338,33 @@ VLM_ARCHS: dict[str, TinyArch] = {
         renames=((r"^vision_tower\.blocks\.(\d+)\.attn\.", r"vision_tower.encoder.blocks.\1."),
                  (r"^vision_tower\.(blocks|final_layernorm)", r"vision_tower.encoder.\1")),
         fixes=("conv2d_channels_first",), runner="mlx-vlm", files=_kimi_vl_files),
+    # moonshotai/Kimi-K2.5 whole: Kimi-VL's MoonViT names (vision_tower.patch_embed.{proj, pos_emb},
+    # encoder.blocks.{b}.{wqkv, wo, norm0, norm1, mlp.fc0/fc1}, encoder.final_layernorm), mm_projector.{pre_norm,
+    # proj.0, proj.2}, and a DeepSeek-V3 language model (MLA with q_lora, dense first layer, shared expert,
+    # correction bias) under language_model.model. Float experts (the release's are compressed-tensors INT4).
+    # vision_config in transformers' names and mlx-vlm's (depth, embed_dim, num_heads, init_pos_emb_*: its defaults
+    # are the release's, whose own vision_config says vt_hidden_size, …), model_type moonvit as mlx-vlm requires
+    "kimi_k25": TinyArch(None, lambda style: {
+        "architectures": ["Kimi_K25ForConditionalGeneration"], "model_type": "kimi_k25", "image_token_id": V + 2,
+        "media_placeholder_token_id": V + 2,  # the release's name for it, which mlx-vlm reads
+        "video_token_id": V + 3, "vision_start_token_id": V, "vision_end_token_id": V + 1,
+        "projection_hidden_size": 64, "projection_layer_norm_eps": 1e-5, "tie_word_embeddings": False,
+        "text_config": {**_release(drop=("architectures",))(style), "model_type": "deepseek_v3", "vocab_size": V_VLM,
+                        "num_attention_heads": DS_HEADS, "num_key_value_heads": DS_HEADS, "intermediate_size": I_DENSE,
+                        "moe_intermediate_size": I_MOE, "n_routed_experts": E, "n_shared_experts": 1,
+                        "num_experts_per_tok": TOP_K, "first_k_dense_replace": 1, "moe_layer_freq": 1, "n_group": 1,
+                        "topk_group": 1, "topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": True,
+                        "routed_scaling_factor": 2.827, "q_lora_rank": Q_LORA, "kv_lora_rank": KV_LORA,
+                        "qk_nope_head_dim": NOPE, "qk_rope_head_dim": ROPE, "v_head_dim": V_HEAD},
+        "vision_config": {"model_type": "moonvit", "patch_size": 14, "pos_emb_height": 4, "pos_emb_width": 4,
+                          "pos_emb_time": 4, "num_attention_heads": 2, "num_hidden_layers": 2, "hidden_size": 64,
+                          "intermediate_size": 128, "merge_kernel_size": [2, 2], "hidden_act": "gelu_pytorch_tanh",
+                          "rope_parameters": {"rope_type": "axial", "rope_theta": 10000.0}, "depth": 2,
+                          "embed_dim": 64, "num_heads": 2, "init_pos_emb_height": 4, "init_pos_emb_width": 4}},
+        "Kimi-K2.5 whole: MoonViT vision tower + mm_projector + DeepSeek-V3 MoE under language_model.model",
+        renames=((r"^vision_tower\.blocks\.(\d+)\.attn\.", r"vision_tower.encoder.blocks.\1."),
+                 (r"^vision_tower\.(blocks|final_layernorm)", r"vision_tower.encoder.\1")),
+        fixes=("mla_kv_b", "conv2d_channels_first"), runner="mlx-vlm", files=_kimi_vl_files),
     # google/gemma-4-26B-A4B-it whole: model.vision_tower.{patch_embedder.{input_proj, position_embedding_table},
     # encoder.layers.{b}.{self_attn.{q,k,v,o}_proj.linear, q_norm, k_norm, mlp.*.linear, four norms}} and
     # model.embed_vision.embedding_projection beside the language model of GENERATED["gemma4"]; no audio tower.
