@@ -195,8 +195,8 @@ class Arch:
     vision: VisionLanguage | None = None  # a vision part mlx-vlm runs (the runner choice: target.choose_runner)
     renames: tuple[Rename, ...] = ()  # config renames for the runner's config class (configmap.apply_renames)
     ignored: tuple[Ignored, ...] = ()  # where mlx-lm's model differs from transformers' (ignored.ignored_notes)
-    # where mlx-vlm's model (vision tower, projector) differs from transformers' for the same weights, read as
-    # `ignored` for an output for mlx-vlm; measured on the producer's tiny checkpoints (tests/test_producer_vlm.py),
+    # where mlx-vlm's model (vision tower, projector, or a language model of its own) differs from transformers'
+    # for the same weights, read as `ignored` for an output for mlx-vlm; measured on the producer's tiny checkpoints (tests/test_producer_vlm.py),
     # one image, float32: max abs logit difference
     ignored_by_vlm: tuple[Ignored, ...] = ()
     runs_as: str = ""  # the model_type mlx-lm runs this one under (its config.json carries that one)
@@ -763,10 +763,28 @@ ROWS: tuple[Arch, ...] = (
          # MiniMaxAI/MiniMax-M3: language_model.model.layers.{l}.block_sparse_moe.experts.{e}.w1/w2/w3 (mlx-lm runs
          # the language model; the vision tower is dropped), shared_experts and dense layers' mlp.{gate,up,down}_proj
          family=Family("block_sparse_moe.experts", "block_sparse_moe.switch_mlp", _W123, "num_local_experts"),
+         vision=VisionLanguage("minimax_m3_vl"),
+         renames=(
+             # transformers' MiniMaxM3VL rotates int(head_dim * rope_parameters.partial_rotary_factor) dims (default
+             # 1.0, modeling_minimax_m3_vl.py:309) and never reads rotary_dim, which mlx-lm and mlx-vlm rotate
+             Rename("rotary_dim", "", "rotary_dim", overrides=True),
+             # mlx-vlm packs the shared expert into the routed stack (switch_mlp.gate_up_proj [E + 1, 2I, H]) where
+             # shared_intermediate_size == intermediate_size, unless pack_shared_expert is false
+             # (mlx_vlm/models/minimax_m3_vl/config.py TextConfig): false keeps mlx-lm's layout, per-projection
+             # switch_mlp beside shared_experts, the same function (the shared expert's weight is 1 either way)
+             Rename("pack_shared_expert", "", fixed(False)),
+         ),
+         ignored_by_vlm=(Ignored("text_config.index_n_heads", "index_heads_pooled", (
+             "on prompts longer than index_block_size x index_topk_blocks tokens: transformers' lightning indexer "
+             "selects key blocks for each index head, one selection per key/value head group "
+             "(modeling_minimax_m3_vl.py MiniMaxM3VLIndexer.forward, build_block_mask); mlx-vlm's takes the maximum "
+             "block score over the index heads and selects one set of blocks for every head "
+             "(mlx_vlm/models/minimax_m3_vl/language.py MiniMaxM3Indexer.select_blocks, "
+             "_select_sparse_block_indices_compiled), so the sparse layers attend to other keys and the logits "
+             "differ (5.9 max abs on a tiny MiniMax-M3 at 32 tokens); shorter prompts are unaffected, and mlx-lm's "
+             "minimax_m3_vl selects as transformers does")),),
+         text_args="mlx_lm.models.minimax_m3_vl.TextArgs",
          fixture="minimax_m3_vl"),
-    # mlx-vlm's minimax_m3_vl stacks the routed experts and the shared expert together as one fused
-    # block_sparse_moe.switch_mlp.gate_up_proj [E + 1, 2I, H] (pack_shared_expert), a layout a Family
-    # (one per model_type, shared with mlx-lm's per-projection switch_mlp) cannot say
     Arch("step3p5", _LM, "step3p5", S, "stepfun-ai/Step-3.5-Flash",
          "experts published stacked (moe.{gate,up,down}_proj [E, out, in]) and handed to sanitize under those names, "
          "which renames them and adds 1 to every zero-centred norm on seeing them; router_bias, share_expert, "
