@@ -39,7 +39,7 @@ from moequant.ignored import IGNORED_BY_MLX_VLM  # noqa: E402
 from moequant.plan import Role  # noqa: E402
 
 from producer import (PRODUCED_VLM, TOKENS, image_inputs, model_class, produced,  # noqa: E402,F401  (a fixture)
-                      simulated_logits)
+                      simulated_logits, tiny_config)
 
 MAX_ABS = 1e-4  # as test_producer: float32 both sides, only summation order differs
 
@@ -170,6 +170,18 @@ def test_quantized_for_mlx_vlm_is_within_a_simulated_round_trip(tmp_path, produc
     logits = getattr(out, "logits", out)
     mx.eval(logits)
     assert logits.shape[:2] == TOKENS.shape and np.isfinite(np.array(logits)).all()
+
+
+def test_minimax_m3_vl_vision_sizes_reach_mlx_vlm():
+    # mlx-vlm's vision tower reads them from img_token_compression_config only (its default 2, transformers' too)
+    from mlx_vlm.models.minimax_m3_vl import ModelConfig
+
+    from moequant.target import resolve_config
+
+    config = tiny_config("minimax_m3_vl").to_dict()
+    config["vision_config"].update(spatial_merge_size=1, temporal_patch_size=1)
+    vision = ModelConfig.from_dict(resolve_config(config, "mlx-vlm")[0]).vision_config
+    assert (vision.spatial_merge_size, vision.temporal_patch_size) == (1, 1)
 
 
 def test_every_mlx_vlm_row_names_code_on_both_sides():

@@ -31,6 +31,7 @@ SEEN = {
     "qwen3_vl_moe": (0.9653, 0.0336, 0.9569, 0.0421, 0.9803, 0.0185),  # mlx-lm text-only: 0.9654, 0.0335, …
     "glm4v_moe": (0.9704, 0.0295, 0.9524, 0.0471, 0.9718, 0.0268),
     "gemma4": (0.8122, 0.1800, 0.7536, 0.2277, 0.8479, 0.1453),  # mlx-lm text-only: 0.8125, 0.1780, … (see test_archs)
+    "minimax_m3_vl": (0.9528, 0.0481, 0.9148, 0.0866, 0.9532, 0.0418),  # mlx-lm text-only: 0.9528, 0.0483, …
 }
 COSINE_MARGIN, KL_FACTOR = 0.01, 1.25  # as tests/test_archs.py
 
@@ -71,6 +72,8 @@ IMAGES = {
     # 4x4 patches of 2 frames x 14x14 pixels x 3 channels, merged 2x2: 4 tokens
     "glm4v_moe": _pixels("image_token_id", 4, (16, 3 * 2 * 14 * 14), image_grid_thw=[[1, 4, 4]]),
     "gemma4": _pixels("image_token_id", 4, (1, 3, 64, 64)),  # (64 / patch 16)² patches, pooled 2x2: 4
+    # 4x4 patches of 2 frames x 14x14 pixels x 3 channels, merged 2x2: 4 tokens
+    "minimax_m3_vl": _pixels("image_token_index", 4, (16, 3 * 2 * 14 * 14), image_grid_thw=[[1, 4, 4]]),
 }
 
 
@@ -203,6 +206,7 @@ TRANSFORMERS_CLASS = {
     "kimi_vl": None,  # moonshotai/Kimi-VL-A3B-Instruct: trust_remote_code
     "glm4v_moe": "Glm4vMoeForConditionalGeneration",
     "gemma4": "Gemma4ForConditionalGeneration",
+    "minimax_m3_vl": "MiniMaxM3SparseForConditionalGeneration",
 }
 
 

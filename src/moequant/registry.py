@@ -758,12 +758,17 @@ ROWS: tuple[Arch, ...] = (
     Arch("minimax_m3_vl", _LM, "minimax_m3_vl", S, "MiniMaxAI/MiniMax-M3",
          "language model under language_model.model, for mlx-lm (text only; mlx-lm drops the vision tower): "
          "block_sparse_moe.experts.{e}.w1/w2/w3, shared experts, dense first layer (mlp.*), e_score_correction_bias, "
-         "lightning-indexer sparse attention (self_attn.index_*), (1 + w) norms. An mlx-vlm output (vision tower "
-         "kept) is not converted yet: mlx_vlm.convert converts it meanwhile",
+         "lightning-indexer sparse attention (self_attn.index_*), (1 + w) norms; and the whole release (CLIP-like "
+         "vision tower, patch-merging projector) for mlx-vlm's minimax_m3_vl: " + VLM_DONE + ", the shared expert "
+         "beside the routed stack (pack_shared_expert false). mlx-vlm's indexer selects one set of key blocks for "
+         "all index heads where transformers' selects per head, so on prompts longer than index_block_size x "
+         "index_topk_blocks tokens its logits differ from transformers' (the plan notes it; mlx-lm's do not)",
          # MiniMaxAI/MiniMax-M3: language_model.model.layers.{l}.block_sparse_moe.experts.{e}.w1/w2/w3 (mlx-lm runs
          # the language model; the vision tower is dropped), shared_experts and dense layers' mlp.{gate,up,down}_proj
          family=Family("block_sparse_moe.experts", "block_sparse_moe.switch_mlp", _W123, "num_local_experts"),
-         vision=VisionLanguage("minimax_m3_vl"),
+         # MiniMaxAI/MiniMax-M3: vision_tower.vision_model.* (CLIP-like, Conv3d patch embedding), multi_modal_projector.*
+         # and patch_merge_mlp.* beside language_model.model.*, which mlx-vlm keeps as they are
+         vision=VisionLanguage("minimax_m3_vl", fixture="minimax_m3_vl"),
          renames=(
              # transformers' MiniMaxM3VL rotates int(head_dim * rope_parameters.partial_rotary_factor) dims (default
              # 1.0, modeling_minimax_m3_vl.py:309) and never reads rotary_dim, which mlx-lm and mlx-vlm rotate
@@ -785,6 +790,12 @@ ROWS: tuple[Arch, ...] = (
              "minimax_m3_vl selects as transformers does")),),
          text_args="mlx_lm.models.minimax_m3_vl.TextArgs",
          fixture="minimax_m3_vl"),
+    # minimax_m3_vl's vision_config: mlx-vlm's VisionConfig takes its merge and temporal patch sizes from
+    # img_token_compression_config only (mlx_vlm/models/minimax_m3_vl/config.py VisionConfig.__post_init__), where
+    # transformers' MiniMaxM3VLVisionConfig states them flat
+    Arch("minimax_m3_vl_vision", renames=(
+        Rename("img_token_compression_config", "", "img_token_compression_config"),
+    )),
     Arch("step3p5", _LM, "step3p5", S, "stepfun-ai/Step-3.5-Flash",
          "experts published stacked (moe.{gate,up,down}_proj [E, out, in]) and handed to sanitize under those names, "
          "which renames them and adds 1 to every zero-centred norm on seeing them; router_bias, share_expert, "
