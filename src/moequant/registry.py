@@ -931,9 +931,27 @@ ROWS: tuple[Arch, ...] = (
     Arch("kimi_k25", _VLM, "kimi_k25", N, "moonshotai/Kimi-K2.5",
          "not converted yet: its experts are compressed-tensors INT4, a source format moequant does not read yet; "
          "mlx_vlm.convert converts it meanwhile"),
-    # one per-expert numbering (mlp.experts.{0..2E-1}) holds two expert sets that mlx-vlm stacks into two stacks
-    # (switch_mlp: text, switch_mlp_1: multimodal) with two routers, and moe_num_experts is a list: a Family row
-    # names one stack for one range; needs a per-expert handoff that accepts a list expert count
+    # transformers 5.25 writes it as model_type ernie4_5_vl_moe (Ernie4_5_VLMoeForConditionalGeneration), in the
+    # release's tensor names: model.layers.{l}.mlp.experts.{0..2E-1}.{gate,up,down}_proj (text experts, then
+    # multimodal), mlp.gate.weight and mlp.gate.weight_1 stored [H, E], mlp.moe_statics.e_score_correction_bias
+    # [2, E], model.vision_model.*, model.resampler_model.{spatial,temporal}_linear.{0,2,3}; but config.json nested
+    # (text_config with moe_num_experts = E per set, an int, mlp_layer_types, rope_parameters.mrope_section).
+    # Tried (a tiny save_pretrained, --no-quantize for mlx-vlm): a Family handing the 2E experts over per expert
+    # (Handoff.PER_EXPERT; mlx-vlm's sanitize stacks 0..E-1 into switch_mlp and E..2E-1 into switch_mlp_1,
+    # transposes both gates, splits the bias) with experts.num_experts summing a list count, plus the rows
+    # ernie4_5_vl_moe runs_as ernie4_5_moe_vl and text renames (moe_num_experts [E, E], overriding the int, which
+    # mlx-vlm needs to build switch_mlp_1 / gate_1; moe_layer_start_index / moe_layer_end_index / moe_layer_interval
+    # from mlp_layer_types: mlx-vlm's default start is layer 3) gets as far as sanitize. What stops it: mlx-vlm's
+    # ernie4_5_moe_vl ModelConfig.from_dict reads the language model's keys from the root of config.json (the
+    # release's flat layout; mlx_vlm/models/ernie4_5_moe_vl/config.py) and ignores text_config, so a transformers
+    # 5 config builds a model at mlx-vlm's defaults (moe_num_experts 128). It takes a row kind that writes
+    # text_config's keys at the root of the output's config.json, root renames (im_patch_id from image_token_id,
+    # which mlx-vlm lets override image_token_id; pixel_hidden_size, spatial_conv_size, temporal_conv_size from
+    # vision_config; freq_allocation from mrope_section), then the float / image comparison against transformers
+    # (transformers sends image tokens, their start and end tokens included, to the multimodal experts by
+    # moe_mm_token_type_ids; mlx-vlm by the token_type_ids it is given: unchecked), a PRODUCED_VLM row (MODEL_TYPES
+    # spellings in test_every_vision_language_row_transformers_has_is_produced) and a tiny whole release with
+    # processor files for tests/test_vlm.py
     Arch("ernie4_5_moe_vl", _VLM, "ernie4_5_moe_vl", N, "baidu/ERNIE-4.5-VL-28B-A3B-PT",
          "not converted yet (two expert sets per layer, text and multimodal); mlx_vlm.convert converts it "
          "meanwhile"),
@@ -945,7 +963,20 @@ ROWS: tuple[Arch, ...] = (
          "it meanwhile"),
     # mlx-vlm runs the whole release (thinker with vision and audio towers; talker and code2wav), and both
     # thinker.model.layers.{l}.mlp.experts.{e}.* and talker.model.layers.{l}.mlp.experts.{e}.* are MoE stacks with
-    # expert counts under thinker_config.text_config / talker_config.text_config (one count per checkpoint today)
+    # expert counts under thinker_config.text_config / talker_config.text_config (one count per checkpoint today).
+    # Tried (a tiny Qwen3OmniMoeForConditionalGeneration save_pretrained: per-expert release names for both, the
+    # talker with shared_expert + shared_expert_gate): a row with Family("mlp.experts", "mlp.switch_mlp", _GLU,
+    # "thinker_config.text_config.num_experts") and VisionLanguage(vision_keys=("thinker_config",)) converts at
+    # --no-quantize, and mlx-vlm's thinker logits match transformers' model.thinker(...) (5e-7 max abs), once
+    # thinker_config.text_config / talker_config.text_config get rope_theta from rope_parameters by hand: what it
+    # takes is (1) target.resolve_config filling aliases and renames in sub-configs two levels down
+    # (thinker_config.{text,vision,audio}_config, talker_config.{text,code_predictor}_config, code2wav_config; it
+    # walks text_config / vision_config only, so mlx-vlm's TextConfig misses rope_theta); (2) an expert count per
+    # stack prefix (thinker.* vs talker.*: a Family has one count, right only where both have as many experts);
+    # (3) roles for the audio tower, talker projections, code predictor and code2wav, which the plan now calls
+    # "other" (kept float like the vision tower, as mlx_vlm.convert does); (4) a producer row whose reference is
+    # model.thinker(...) (and the talker's codec logits held to transformers' talker forward), image and audio
+    # inputs, and a tiny whole release with processor and feature-extractor files for tests/test_vlm.py
     Arch("qwen3_omni_moe", _VLM, "qwen3_omni_moe", N, "Qwen/Qwen3-Omni-30B-A3B-Instruct",
          "not converted yet (two MoE language models, thinker and talker, beside vision and audio towers); "
          "mlx_vlm.convert converts it meanwhile"),
