@@ -249,6 +249,19 @@ PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
                  "vision_end_token_id": VOCAB + 1, "projection_hidden_size": 64, "tie_word_embeddings": False},
                 files="_qwen_vl_files",
                 image={"pixel_values": (16, 3, 14, 14), "image_grid_thw": [[1, 4, 4]], "image_grid_hws": [[4, 4]]}),
+    # MiniMaxAI/MiniMax-M3 whole: the FFN sizes are the experts' (intermediate_size), the dense first layer's and the
+    # shared expert's (equal to the experts': mlx-vlm would pack it with them); the second layer's indexer attends
+    # to 2 of TOKENS' 4 blocks; a CLIP-like tower (Conv3d patches, 3-D RoPE) and a patch-merging projector
+    ProducedVLM("minimax_m3_vl", {"intermediate_size": I_MOE, "dense_intermediate_size": I_DENSE,
+                                  "shared_intermediate_size": I_MOE, "rotary_dim": HEAD_DIM // 2,
+                                  "mlp_layer_types": ["dense", "sparse", "sparse"],
+                                  "layer_types": ["full_attention", "minimax_m3_sparse", "full_attention"],
+                                  "index_n_heads": 2, "index_head_dim": 32, "index_block_size": 8,
+                                  "index_topk_blocks": 2},
+                {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
+                 "patch_size": 14, "image_size": 56},
+                {"image_token_index": VOCAB + 2, "video_token_index": VOCAB + 3, "projector_hidden_size": 128},
+                image={"pixel_values": (16, 3 * 2 * 14 * 14), "image_grid_thw": [[1, 4, 4]]}),
 )}
 
 

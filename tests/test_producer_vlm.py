@@ -39,7 +39,7 @@ from moequant.ignored import IGNORED_BY_MLX_VLM  # noqa: E402
 from moequant.plan import Role  # noqa: E402
 
 from producer import (PRODUCED_VLM, TOKENS, image_inputs, model_class, produced,  # noqa: E402,F401  (a fixture)
-                      simulated_logits)
+                      simulated_logits, tiny_config)
 
 MAX_ABS = 1e-4  # as test_producer: float32 both sides, only summation order differs
 
@@ -55,6 +55,42 @@ def _differs(conversion: Conversion, runner: str = "mlx-lm") -> list[str]:
     """The plan's notes saying the runner's model differs from transformers' (mlx-lm's: the language
     model; mlx-vlm's: its vision tower, on prompts with an image)."""
     return [n for n in conversion.plan.notes if n.startswith(f"{runner}'s ") and "differs from transformers" in n]
+
+
+def _on_text(conversion: Conversion) -> list[str]:
+    """The plan's notes saying mlx-vlm's own language model differs from transformers' (on text too)."""
+    return [n for n in _differs(conversion, "mlx-vlm") if "on prompts with an image" not in n]
+
+
+class _LanguageAttention(nn.Module):
+    """An attention of mlx-lm's, called as mlx-vlm's decoder layers call theirs."""
+
+    def __init__(self, attention):
+        super().__init__()
+        self.attention = attention
+
+    def __call__(self, x, mask=None, cache=None, position_ids=None):
+        return self.attention(x, mask, cache)
+
+
+def _language_as_transformers(model) -> None:
+    """What IGNORED_BY_MLX_VLM says mlx-vlm's language model computes differently (_on_text), undone on a
+    loaded model: mlx-lm's layer (which computes as transformers' does) holding the same modules."""
+    inner = model.model
+    if inner.config.model_type == "minimax_m3_vl":  # sparse layers: key blocks selected per index head
+        from mlx_lm.models import minimax_m3_vl
+
+        args = minimax_m3_vl.TextArgs.from_dict(vars(inner.config.text_config))
+        for i, layer in enumerate(inner.language_model.model.layers):
+            theirs = layer.self_attn
+            if theirs.has_sparse_index:
+                ours = minimax_m3_vl.Attention(args, i)
+                for name in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm", "index_q_proj",
+                             "index_k_proj", "index_q_norm", "index_k_norm"):
+                    setattr(ours, name, getattr(theirs, name))
+                layer.self_attn = _LanguageAttention(ours)
+    else:
+        raise AssertionError(f"no undoing for {inner.config.model_type}")
 
 
 def _vision_as_transformers(model) -> None:
@@ -102,11 +138,16 @@ def test_no_quantize_matches_transformers_or_says_why_not(tmp_path, produced, mo
     vision_kept = all(out.get(k) for k in VISION_LANGUAGE[model_type].vision_keys)
     assert vision_kept == (runner == "mlx-vlm")
     assert runner == "mlx-vlm" or not _differs(conversion, "mlx-vlm")  # no vision tower, no note about one
-    closeness = compare_logits(mx.array(reference), load_float32(tmp_path / "dst")(_ids()))
+    ours = load_float32(tmp_path / "dst")
+    closeness = compare_logits(mx.array(reference), ours(_ids()))
     if _differs(conversion):  # said, and true
         assert closeness.max_abs > 100 * MAX_ABS, closeness
-    else:
-        assert closeness.max_abs <= MAX_ABS and closeness.top1 == 1.0, closeness
+        return
+    if _on_text(conversion):  # said, true, and the whole difference
+        assert closeness.max_abs > 100 * MAX_ABS, closeness
+        _language_as_transformers(ours)
+        closeness = compare_logits(mx.array(reference), ours(_ids()))
+    assert closeness.max_abs <= MAX_ABS and closeness.top1 == 1.0, closeness
 
 
 @pytest.mark.parametrize("model_type", list(PRODUCED_VLM))
@@ -116,7 +157,10 @@ def test_quantized_for_mlx_vlm_is_within_a_simulated_round_trip(tmp_path, produc
     if _differs(conversion):
         pytest.skip("mlx-vlm's model differs from transformers' (the float test checks the note)")
     list(conversion.run(tmp_path / "dst", pool="threads"))  # the process pool is tested elsewhere
-    ours = compare_logits(mx.array(reference), load_float32(tmp_path / "dst")(_ids()))
+    model = load_float32(tmp_path / "dst")
+    if _on_text(conversion):  # said (the float test checks it): the round trip is held to transformers' function
+        _language_as_transformers(model)
+    ours = compare_logits(mx.array(reference), model(_ids()))
     # what the plan keeps float in the language model (the vision tower's paths would match its layers by
     # number and name, and no vision weight reaches logits on text tokens)
     kept = [r for r in conversion.plan.rows if r.quant is None and r.role != Role.VISION]
@@ -132,6 +176,18 @@ def test_quantized_for_mlx_vlm_is_within_a_simulated_round_trip(tmp_path, produc
     logits = getattr(out, "logits", out)
     mx.eval(logits)
     assert logits.shape[:2] == TOKENS.shape and np.isfinite(np.array(logits)).all()
+
+
+def test_minimax_m3_vl_vision_sizes_reach_mlx_vlm():
+    # mlx-vlm's vision tower reads them from img_token_compression_config only (its default 2, transformers' too)
+    from mlx_vlm.models.minimax_m3_vl import ModelConfig
+
+    from moequant.target import resolve_config
+
+    config = tiny_config("minimax_m3_vl").to_dict()
+    config["vision_config"].update(spatial_merge_size=1, temporal_patch_size=1)
+    vision = ModelConfig.from_dict(resolve_config(config, "mlx-vlm")[0]).vision_config
+    assert (vision.spatial_merge_size, vision.temporal_patch_size) == (1, 1)
 
 
 def test_every_mlx_vlm_row_names_code_on_both_sides():
@@ -158,10 +214,13 @@ def test_image_input_matches_transformers_or_says_why_not(tmp_path, produced, mo
     conversion = Conversion(src, None, dtype="float32", runner="mlx-vlm")
     list(conversion.run(tmp_path / "dst", pool="threads"))
     ours = load_float32(tmp_path / "dst")
+    if _on_text(conversion):  # said, and checked on text (test_no_quantize_matches_transformers_or_says_why_not)
+        _language_as_transformers(ours)
     mlx_inputs = {k: mx.array(v) for k, v in inputs.items() if k != "mm_token_type_ids"}
     ids = mlx_inputs.pop("input_ids")
     closeness = compare_logits(reference, ours(ids, **mlx_inputs))
-    if notes := _differs(conversion, "mlx-vlm"):  # said, located, and the whole difference
+    if notes := [n for n in _differs(conversion, "mlx-vlm") if n not in _on_text(conversion)]:
+        # said, located, and the whole difference
         assert len(notes) == 1 and "on prompts with an image" in notes[0], notes
         differs = closeness.max_abs
         _vision_as_transformers(ours)

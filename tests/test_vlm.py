@@ -34,6 +34,7 @@ SEEN = {
     "gemma4": (0.8122, 0.1800, 0.7536, 0.2277, 0.8479, 0.1453),  # mlx-lm text-only: 0.8125, 0.1780, … (see test_archs)
     "qwen4_exp": (0.9416, 0.0560, 0.9222, 0.0757, 0.9268, 0.0689),
     "glm5_next": (0.9331, 0.0647, 0.9087, 0.0922, 0.9576, 0.0394),
+    "minimax_m3_vl": (0.9528, 0.0481, 0.9148, 0.0866, 0.9532, 0.0418),  # mlx-lm text-only: 0.9528, 0.0483, …
 }
 COSINE_MARGIN, KL_FACTOR = 0.01, 1.25  # as tests/test_archs.py
 
@@ -77,6 +78,8 @@ IMAGES = {
     "qwen4_exp": _qwen_image,
     "glm5_next": _pixels("image_token_id", 4, (16, 3 * 2 * 14 * 14), image_grid_thw=[[1, 4, 4]]),  # as glm4v_moe
     "gemma4": _pixels("image_token_id", 4, (1, 3, 64, 64)),  # (64 / patch 16)² patches, pooled 2x2: 4
+    # 4x4 patches of 2 frames x 14x14 pixels x 3 channels, merged 2x2: 4 tokens
+    "minimax_m3_vl": _pixels("image_token_index", 4, (16, 3 * 2 * 14 * 14), image_grid_thw=[[1, 4, 4]]),
 }
 
 
@@ -214,6 +217,7 @@ TRANSFORMERS_CLASS = {
     "gemma4": "Gemma4ForConditionalGeneration",
     "qwen4_exp": "Qwen4ExpForConditionalGeneration",
     "glm5_next": "Glm5NextForConditionalGeneration",
+    "minimax_m3_vl": "MiniMaxM3SparseForConditionalGeneration",
 }
 
 

@@ -177,6 +177,14 @@ def _kda_layers(config: dict, _: dict) -> dict | None:
     }
 
 
+@converter("img_token_compression_config")
+def _img_token_compression_config(config: dict, _: dict) -> dict | None:
+    """transformers' vision_config spatial_merge_size / temporal_patch_size, as the img_token_compression_config
+    mlx-vlm's minimax_m3_vl vision tower reads them from (2 and 2 where it has none)."""
+    sizes = {k: config[k] for k in ("spatial_merge_size", "temporal_patch_size") if k in config}
+    return sizes or None
+
+
 @converter("same_partial_rotary_factor")
 def _same_partial_rotary_factor(rope: dict, _: dict) -> float | None:
     """Per-layer-type rope_parameters ({"full_attention": {...}, "sliding_attention": {...}}) -> the

@@ -12,8 +12,8 @@ Whether an entry shows for a source is a predicate here, in MATTERS, that the en
 An entry belongs to the row of the model_type mlx-lm runs (target.resolve_config's) and reads the
 resolved config (config.json with transformers' defaults filled in, so a key the file leaves out
 reads as transformers reads it), or SRC's tensor names. A row's `ignored_by_vlm` entries
-(registry.IGNORED_BY_MLX_VLM) say the same of mlx-vlm's models (0.7.10; their vision towers), for
-an output for mlx-vlm.
+(registry.IGNORED_BY_MLX_VLM) say the same of mlx-vlm's models (0.7.10; their vision towers, or a language
+model of mlx-vlm's own), for an output for mlx-vlm.
 """
 
 from __future__ import annotations
@@ -83,6 +83,13 @@ def _false(value, config: dict) -> bool:
 def _hunyuan_v1_top_k(moe_topk, config: dict) -> bool:
     """transformers' HunYuanMoEV1 (which mlx-lm runs as hunyuan) choosing fewer experts than it has."""
     return "HunYuanMoEV1ForCausalLM" in (config.get("architectures") or ()) and moe_topk != config.get("num_experts")
+
+
+@matters("index_heads_pooled")
+def _index_heads_pooled(index_n_heads, config: dict) -> bool:
+    """MiniMax-M3's sparse layers with more than one index head (mlx-vlm selects one set of blocks for all)."""
+    text = config.get("text_config") or {}
+    return isinstance(index_n_heads, int) and index_n_heads > 1 and "minimax_m3_sparse" in (text.get("layer_types") or ())
 
 
 @matters("top_k_below_all")

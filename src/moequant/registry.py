@@ -197,8 +197,8 @@ class Arch:
     vision: VisionLanguage | None = None  # a vision part mlx-vlm runs (the runner choice: target.choose_runner)
     renames: tuple[Rename, ...] = ()  # config renames for the runner's config class (configmap.apply_renames)
     ignored: tuple[Ignored, ...] = ()  # where mlx-lm's model differs from transformers' (ignored.ignored_notes)
-    # where mlx-vlm's model (vision tower, projector) differs from transformers' for the same weights, read as
-    # `ignored` for an output for mlx-vlm; measured on the producer's tiny checkpoints (tests/test_producer_vlm.py),
+    # where mlx-vlm's model (vision tower, projector, or a language model of its own) differs from transformers'
+    # for the same weights, read as `ignored` for an output for mlx-vlm; measured on the producer's tiny checkpoints (tests/test_producer_vlm.py),
     # one image, float32: max abs logit difference
     ignored_by_vlm: tuple[Ignored, ...] = ()
     runs_as: str = ""  # the model_type mlx-lm runs this one under (its config.json carries that one)
@@ -763,15 +763,44 @@ ROWS: tuple[Arch, ...] = (
     Arch("minimax_m3_vl", _LM, "minimax_m3_vl", S, "MiniMaxAI/MiniMax-M3",
          "language model under language_model.model, for mlx-lm (text only; mlx-lm drops the vision tower): "
          "block_sparse_moe.experts.{e}.w1/w2/w3, shared experts, dense first layer (mlp.*), e_score_correction_bias, "
-         "lightning-indexer sparse attention (self_attn.index_*), (1 + w) norms. An mlx-vlm output (vision tower "
-         "kept) is not converted yet: mlx_vlm.convert converts it meanwhile",
+         "lightning-indexer sparse attention (self_attn.index_*), (1 + w) norms; and the whole release (CLIP-like "
+         "vision tower, patch-merging projector) for mlx-vlm's minimax_m3_vl: " + VLM_DONE + ", the shared expert "
+         "beside the routed stack (pack_shared_expert false). mlx-vlm's indexer selects one set of key blocks for "
+         "all index heads where transformers' selects per head, so on prompts longer than index_block_size x "
+         "index_topk_blocks tokens its logits differ from transformers' (the plan notes it; mlx-lm's do not)",
          # MiniMaxAI/MiniMax-M3: language_model.model.layers.{l}.block_sparse_moe.experts.{e}.w1/w2/w3 (mlx-lm runs
          # the language model; the vision tower is dropped), shared_experts and dense layers' mlp.{gate,up,down}_proj
          family=Family("block_sparse_moe.experts", "block_sparse_moe.switch_mlp", _W123, "num_local_experts"),
+         # MiniMaxAI/MiniMax-M3: vision_tower.vision_model.* (CLIP-like, Conv3d patch embedding), multi_modal_projector.*
+         # and patch_merge_mlp.* beside language_model.model.*, which mlx-vlm keeps as they are
+         vision=VisionLanguage("minimax_m3_vl", fixture="minimax_m3_vl"),
+         renames=(
+             # transformers' MiniMaxM3VL rotates int(head_dim * rope_parameters.partial_rotary_factor) dims (default
+             # 1.0, modeling_minimax_m3_vl.py:309) and never reads rotary_dim, which mlx-lm and mlx-vlm rotate
+             Rename("rotary_dim", "", "rotary_dim", overrides=True),
+             # mlx-vlm packs the shared expert into the routed stack (switch_mlp.gate_up_proj [E + 1, 2I, H]) where
+             # shared_intermediate_size == intermediate_size, unless pack_shared_expert is false
+             # (mlx_vlm/models/minimax_m3_vl/config.py TextConfig): false keeps mlx-lm's layout, per-projection
+             # switch_mlp beside shared_experts, the same function (the shared expert's weight is 1 either way)
+             Rename("pack_shared_expert", "", fixed(False)),
+         ),
+         ignored_by_vlm=(Ignored("text_config.index_n_heads", "index_heads_pooled", (
+             "on prompts longer than index_block_size x index_topk_blocks tokens: transformers' lightning indexer "
+             "selects key blocks for each index head, one selection per key/value head group "
+             "(modeling_minimax_m3_vl.py MiniMaxM3VLIndexer.forward, build_block_mask); mlx-vlm's takes the maximum "
+             "block score over the index heads and selects one set of blocks for every head "
+             "(mlx_vlm/models/minimax_m3_vl/language.py MiniMaxM3Indexer.select_blocks, "
+             "_select_sparse_block_indices_compiled), so the sparse layers attend to other keys and the logits "
+             "differ (5.9 max abs on a tiny MiniMax-M3 at 32 tokens); shorter prompts are unaffected, and mlx-lm's "
+             "minimax_m3_vl selects as transformers does")),),
+         text_args="mlx_lm.models.minimax_m3_vl.TextArgs",
          fixture="minimax_m3_vl"),
-    # mlx-vlm's minimax_m3_vl stacks the routed experts and the shared expert together as one fused
-    # block_sparse_moe.switch_mlp.gate_up_proj [E + 1, 2I, H] (pack_shared_expert), a layout a Family
-    # (one per model_type, shared with mlx-lm's per-projection switch_mlp) cannot say
+    # minimax_m3_vl's vision_config: mlx-vlm's VisionConfig takes its merge and temporal patch sizes from
+    # img_token_compression_config only (mlx_vlm/models/minimax_m3_vl/config.py VisionConfig.__post_init__), where
+    # transformers' MiniMaxM3VLVisionConfig states them flat
+    Arch("minimax_m3_vl_vision", renames=(
+        Rename("img_token_compression_config", "", "img_token_compression_config"),
+    )),
     Arch("step3p5", _LM, "step3p5", S, "stepfun-ai/Step-3.5-Flash",
          "experts published stacked (moe.{gate,up,down}_proj [E, out, in]) and handed to sanitize under those names, "
          "which renames them and adds 1 to every zero-centred norm on seeing them; router_bias, share_expert, "
@@ -938,9 +967,27 @@ ROWS: tuple[Arch, ...] = (
         Rename("init_pos_emb_height", "pos_emb_height"),
         Rename("init_pos_emb_width", "pos_emb_width"),
     )),
-    # one per-expert numbering (mlp.experts.{0..2E-1}) holds two expert sets that mlx-vlm stacks into two stacks
-    # (switch_mlp: text, switch_mlp_1: multimodal) with two routers, and moe_num_experts is a list: a Family row
-    # names one stack for one range; needs a per-expert handoff that accepts a list expert count
+    # transformers 5.25 writes it as model_type ernie4_5_vl_moe (Ernie4_5_VLMoeForConditionalGeneration), in the
+    # release's tensor names: model.layers.{l}.mlp.experts.{0..2E-1}.{gate,up,down}_proj (text experts, then
+    # multimodal), mlp.gate.weight and mlp.gate.weight_1 stored [H, E], mlp.moe_statics.e_score_correction_bias
+    # [2, E], model.vision_model.*, model.resampler_model.{spatial,temporal}_linear.{0,2,3}; but config.json nested
+    # (text_config with moe_num_experts = E per set, an int, mlp_layer_types, rope_parameters.mrope_section).
+    # Tried (a tiny save_pretrained, --no-quantize for mlx-vlm): a Family handing the 2E experts over per expert
+    # (Handoff.PER_EXPERT; mlx-vlm's sanitize stacks 0..E-1 into switch_mlp and E..2E-1 into switch_mlp_1,
+    # transposes both gates, splits the bias) with experts.num_experts summing a list count, plus the rows
+    # ernie4_5_vl_moe runs_as ernie4_5_moe_vl and text renames (moe_num_experts [E, E], overriding the int, which
+    # mlx-vlm needs to build switch_mlp_1 / gate_1; moe_layer_start_index / moe_layer_end_index / moe_layer_interval
+    # from mlp_layer_types: mlx-vlm's default start is layer 3) gets as far as sanitize. What stops it: mlx-vlm's
+    # ernie4_5_moe_vl ModelConfig.from_dict reads the language model's keys from the root of config.json (the
+    # release's flat layout; mlx_vlm/models/ernie4_5_moe_vl/config.py) and ignores text_config, so a transformers
+    # 5 config builds a model at mlx-vlm's defaults (moe_num_experts 128). It takes a row kind that writes
+    # text_config's keys at the root of the output's config.json, root renames (im_patch_id from image_token_id,
+    # which mlx-vlm lets override image_token_id; pixel_hidden_size, spatial_conv_size, temporal_conv_size from
+    # vision_config; freq_allocation from mrope_section), then the float / image comparison against transformers
+    # (transformers sends image tokens, their start and end tokens included, to the multimodal experts by
+    # moe_mm_token_type_ids; mlx-vlm by the token_type_ids it is given: unchecked), a PRODUCED_VLM row (MODEL_TYPES
+    # spellings in test_every_vision_language_row_transformers_has_is_produced) and a tiny whole release with
+    # processor files for tests/test_vlm.py
     Arch("ernie4_5_moe_vl", _VLM, "ernie4_5_moe_vl", N, "baidu/ERNIE-4.5-VL-28B-A3B-PT",
          "not converted yet (two expert sets per layer, text and multimodal); mlx_vlm.convert converts it "
          "meanwhile"),
@@ -952,7 +999,20 @@ ROWS: tuple[Arch, ...] = (
          "it meanwhile"),
     # mlx-vlm runs the whole release (thinker with vision and audio towers; talker and code2wav), and both
     # thinker.model.layers.{l}.mlp.experts.{e}.* and talker.model.layers.{l}.mlp.experts.{e}.* are MoE stacks with
-    # expert counts under thinker_config.text_config / talker_config.text_config (one count per checkpoint today)
+    # expert counts under thinker_config.text_config / talker_config.text_config (one count per checkpoint today).
+    # Tried (a tiny Qwen3OmniMoeForConditionalGeneration save_pretrained: per-expert release names for both, the
+    # talker with shared_expert + shared_expert_gate): a row with Family("mlp.experts", "mlp.switch_mlp", _GLU,
+    # "thinker_config.text_config.num_experts") and VisionLanguage(vision_keys=("thinker_config",)) converts at
+    # --no-quantize, and mlx-vlm's thinker logits match transformers' model.thinker(...) (5e-7 max abs), once
+    # thinker_config.text_config / talker_config.text_config get rope_theta from rope_parameters by hand: what it
+    # takes is (1) target.resolve_config filling aliases and renames in sub-configs two levels down
+    # (thinker_config.{text,vision,audio}_config, talker_config.{text,code_predictor}_config, code2wav_config; it
+    # walks text_config / vision_config only, so mlx-vlm's TextConfig misses rope_theta); (2) an expert count per
+    # stack prefix (thinker.* vs talker.*: a Family has one count, right only where both have as many experts);
+    # (3) roles for the audio tower, talker projections, code predictor and code2wav, which the plan now calls
+    # "other" (kept float like the vision tower, as mlx_vlm.convert does); (4) a producer row whose reference is
+    # model.thinker(...) (and the talker's codec logits held to transformers' talker forward), image and audio
+    # inputs, and a tiny whole release with processor and feature-extractor files for tests/test_vlm.py
     Arch("qwen3_omni_moe", _VLM, "qwen3_omni_moe", N, "Qwen/Qwen3-Omni-30B-A3B-Instruct",
          "not converted yet (two MoE language models, thinker and talker, beside vision and audio towers); "
          "mlx_vlm.convert converts it meanwhile"),

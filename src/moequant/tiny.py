@@ -1168,6 +1168,19 @@ def _glm4v_files() -> dict[str, dict]:
 # _GLM_VISION_TOKENS' in the tokenizer)
 _GLM_VISION_TOKEN_IDS = {"image_token_id": V + 2, "video_token_id": V + 3, "image_start_token_id": V,
                          "image_end_token_id": V + 1, "video_start_token_id": V + 4, "video_end_token_id": V + 5}
+_MINIMAX_VISION_TOKENS = ("]<]start of image[>[", "]<]end of image[>[", "]<]image[>[", "]<]video[>[")  # ids V, V+1, …
+
+
+def _minimax_m3_files() -> dict[str, dict]:
+    """The byte tokenizer with MiniMax-M3's image tokens (from id V; mlx-vlm's MiniMaxM3VLProcessor looks them
+    up by name) and its image processor's settings at a tiny size (patch 14, 2x2 merge); the smoke test feeds
+    patches [16, 3·2·14·14] and image_grid_thw itself."""
+    tokenizer = byte_tokenizer()
+    tokenizer["added_tokens"] = [{"id": V + i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                                  "normalized": False, "special": True} for i, t in enumerate(_MINIMAX_VISION_TOKENS)]
+    image = {"patch_size": 14, "temporal_patch_size": 2, "merge_size": 2, "min_pixels": 28 * 28,
+             "max_pixels": 56 * 56, "processor_class": "MiniMaxM3VLProcessor"}
+    return {"tokenizer.json": tokenizer, "preprocessor_config.json": image}
 
 
 def _glm4v_moe(style: str) -> dict:
@@ -1383,6 +1396,24 @@ VLM_ARCHS: dict[str, TinyArch] = {
         renames=((r"^language_model\.model\.", "model.language_model."), (r"^vision_tower\.", "model.vision_tower."),
                  (r"^embed_vision\.", "model.embed_vision.")),
         values=GENERATED["gemma4"].values, runner="mlx-vlm", files=_llama4_files),
+    # MiniMaxAI/MiniMax-M3 whole: vision_tower.vision_model.{embeddings.patch_embedding (Conv3d [out, in, t, p, p],
+    # which mlx-vlm applies as one matmul), pre_layrnorm, encoder.layers.{b}.{self_attn.{q,k,v,out}_proj,
+    # layer_norm1/2, mlp.fc1/fc2}}, multi_modal_projector.linear_1/2 and patch_merge_mlp.linear_1/2 beside the
+    # language model of GENERATED["minimax_m3_vl"]; the names are mlx-vlm's (and transformers 5's save_pretrained's)
+    "minimax_m3_vl": TinyArch(None, lambda style: {
+        **GENERATED["minimax_m3_vl"].config(style), "image_token_index": V + 2, "video_token_index": V + 3,
+        "projector_hidden_size": 128,
+        "text_config": {**GENERATED["minimax_m3_vl"].config(style)["text_config"], "vocab_size": V_VLM,
+                        # the flag mlx-vlm builds the indexer by (transformers and mlx-lm go by sparse_attention_freq)
+                        "sparse_attention_config": {**GENERATED["minimax_m3_vl"].config(style)["text_config"][
+                            "sparse_attention_config"], "use_sparse_attention": True}},
+        "vision_config": {"model_type": "minimax_m3_vl_vision", "hidden_size": 64, "intermediate_size": 128,
+                          "num_hidden_layers": 2, "num_attention_heads": 2, "patch_size": 14, "image_size": 56,
+                          "num_channels": 3, "temporal_patch_size": 2, "spatial_merge_size": 2, "hidden_act": "gelu",
+                          "layer_norm_eps": 1e-5, "rope_parameters": {"rope_type": "axial", "rope_theta": 10000.0}}},
+        "MiniMax-M3 whole: CLIP-like vision tower (3-D RoPE) + patch-merging projector + the MoE language model "
+        "under language_model.model",
+        values=GENERATED["minimax_m3_vl"].values, runner="mlx-vlm", files=_minimax_m3_files),
     # zai-org/GLM-4.5V whole: model.visual.{patch_embed.proj (Conv3d [out, in, t, p, p]), post_conv_layernorm,
     # embeddings.position_embedding, blocks.{b}.{norm1, norm2, attn.qkv, attn.proj, mlp.gate/up/down_proj},
     # post_layernorm, downsample (Conv2d [out, in, 2, 2]), merger} beside GLM-4.5's MoE under model.language_model
