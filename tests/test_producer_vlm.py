@@ -44,7 +44,8 @@ from producer import (PRODUCED_VLM, TOKENS, image_inputs, model_class, produced,
 MAX_ABS = 1e-4  # as test_producer: float32 both sides, only summation order differs
 
 # text-only outputs mlx-lm 0.32.2 has no model for: refused in one line
-MLX_LM_HAS_NONE = {"glm4v_moe"}  # no mlx_lm.models.glm4v_moe (mlx-vlm runs it)
+MLX_LM_HAS_NONE = {"glm4v_moe",  # no mlx_lm.models.glm4v_moe (mlx-vlm runs it)
+                   "inkling_mm_model"}  # no inkling model in mlx-lm 0.32.2
 
 
 def _ids() -> mx.array:

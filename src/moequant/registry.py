@@ -920,9 +920,31 @@ ROWS: tuple[Arch, ...] = (
     Arch("qwen3_omni_moe", _VLM, "qwen3_omni_moe", N, "Qwen/Qwen3-Omni-30B-A3B-Instruct",
          "not converted yet (two MoE language models, thinker and talker, beside vision and audio towers); "
          "mlx_vlm.convert converts it meanwhile"),
+    # thinkingmachines/Inkling: config.json says inkling_mm_model (mlx-vlm's MODEL_REMAPPING: inkling), and the
+    # tensors are the release's own names, which transformers 5.25's save_pretrained writes back
+    # (conversion_mapping.py inkling_mm_model): model.llm.layers.{l}.{attn.wq_du/wk_dv/wv_dv/wr_du/wo_ud,
+    # mlp.experts.w13_weight [E, 2I, H] (gate and up rows interleaved), mlp.experts.w2_weight [E, H, I],
+    # mlp.shared_experts.shared_w13_weight / shared_w2_weight, mlp.gate (weight [E + shared, H], bias)},
+    # model.visual.layers.{linear_j, norm_j}, model.audio.{encoder, final_norm}; mlx-vlm's sanitize reads them
+    Arch("inkling_mm_model", _VLM, "inkling", S, "thinkingmachines/Inkling",
+         "interleaved fused experts (mlp.experts.w13_weight), shared experts scored by the router, relative-position "
+         "attention with short convolutions, sliding layers, under the release's own names (model.llm.*), for "
+         "mlx-vlm only: the whole release (model.visual, its patch MLP; model.audio, its mel embedding, kept float "
+         "as mlx_vlm.convert keeps it), processor files copied; checked against transformers' forward on text and "
+         "an image. No text-only output: mlx-lm 0.32.2 has no inkling model",
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts", fused="interleaved",
+                       fused_names=("w13_weight", "w2_weight"), layout="fused"),
+         vision=VisionLanguage("inkling", vision_keys=("vision_config", "audio_config"))),
+    # inkling_mm_model's text_config: transformers' intermediate_size is the dense MLP's and moe_intermediate_size
+    # the experts'; mlx-vlm's inkling TextConfig reads intermediate_size for the experts (and shared experts) and
+    # dense_intermediate_size for the dense MLP (mlx_vlm/models/inkling/config.py)
+    Arch("inkling_text", renames=(
+        Rename("dense_intermediate_size", "intermediate_size"),
+        Rename("intermediate_size", "moe_intermediate_size", overrides=True),
+    )),
     # MoE model_types mlx-vlm 0.7.10 runs (Switch layers in its module) that no moequant row covers yet
     *(Arch(model_type, _VLM, model_type, N, "", NOT_BUILT_VLM) for model_type in (
-        "cohere2_moe", "deepseek_v4", "flint", "glm5_next", "hy_v4", "inkling", "kolibri1", "llada2_moe",
+        "cohere2_moe", "deepseek_v4", "flint", "glm5_next", "hy_v4", "kolibri1", "llada2_moe",
         "longcat_flash_sparse", "moondream3", "openai_privacy_filter", "qwen4_exp", "step3p7", "youtu_vl",
         "zaya1_vl")),
 )

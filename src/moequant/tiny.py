@@ -1164,6 +1164,26 @@ def _glm4v_files() -> dict[str, dict]:
     return {"tokenizer.json": tokenizer, "preprocessor_config.json": image}
 
 
+# thinkingmachines/Inkling's media tokens, ids V.. (its image and audio placeholders are unused_* tokens of its vocabulary)
+_INKLING_TOKENS = ("<|content_image|>", "<|content_image_end|>", "<|unused_200054|>", "<|unused_200053|>",
+                   "<|content_audio_input|>")
+
+
+def _inkling_files() -> dict[str, dict]:
+    """The byte tokenizer with Inkling's media tokens (from id V: image start, image end, image, audio, audio
+    start) and processor_config.json naming them as the release's does (mlx-vlm's InklingProcessor reads it);
+    the image processor is mlx-vlm's own (40x40 patches), so the test feeds patches itself."""
+    tokenizer = byte_tokenizer()
+    tokenizer["added_tokens"] = [{"id": V + i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                                  "normalized": False, "special": True} for i, t in enumerate(_INKLING_TOKENS)]
+    processor = {"processor_class": "InklingProcessor", "image_bos_token": _INKLING_TOKENS[0],
+                 "image_token": _INKLING_TOKENS[2], "audio_token": _INKLING_TOKENS[3],
+                 "audio_bos_token": _INKLING_TOKENS[4]}
+    return {"tokenizer.json": tokenizer, "tokenizer_config.json": {"tokenizer_class": "PreTrainedTokenizerFast",
+                                                                   "model_max_length": 1024},
+            "processor_config.json": processor}
+
+
 def _glm4v_moe(style: str) -> dict:
     """zai-org/GLM-4.5V's config.json at tiny dims: GLM-4.5-Air's MoE (partial rotary with mrope sections,
     attention bias, dense first layer, shared experts, correction bias) and GLM's ViT."""
