@@ -217,6 +217,20 @@ PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
                 {"image_token_id": VOCAB + 2, "audio_token_id": VOCAB + 3, "image_bos_token_id": VOCAB,
                  "audio_bos_token_id": VOCAB + 4, "audio_config": {"n_mel_bins": 8, "mel_vocab_size": 16}},
                 files="_inkling_files", image={"pixel_values": (4, 2, 8, 8, 3)}),
+    # stepfun-ai/Step-3.7-Flash: Step-3.5's language model (text_config model_type step3p5: experts stacked
+    # moe.{gate,up,down}_proj, router_bias, share_expert, sliding layers with their own head count, head-wise
+    # attention gate, RoPE per layer type, clamped SwiGLU (tight bounds, so they clamp), routed scaling) and its
+    # perception-encoder vision tower; one 112x112 image: 8x8 patches, two stride-2 downsamplers, 4 image tokens
+    ProducedVLM("step3p7", {"layer_types": ["full_attention", "sliding_attention", "full_attention"],
+                            "mlp_layer_types": ["dense", "sparse", "sparse"], "share_expert_dim": I_MOE,
+                            "num_sliding_attention_heads": 2, "pad_token_id": 0, "moe_router_scaling_factor": 3.0,
+                            "swiglu_limits": [0.0, 0.0, 1.0], "swiglu_limits_shared": [0.0, 0.0, 2.0],
+                            "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 5000000.0,
+                                                                   "partial_rotary_factor": 0.5},
+                                                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}},
+                {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 112,
+                 "patch_size": 14, "mlp_ratio": 2.0},
+                {"image_token_id": VOCAB + 2}, files="_step3p7_files", image={"pixel_values": (1, 3, 112, 112)}),
 )}
 
 

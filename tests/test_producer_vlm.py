@@ -45,7 +45,8 @@ MAX_ABS = 1e-4  # as test_producer: float32 both sides, only summation order dif
 
 # text-only outputs mlx-lm 0.32.2 has no model for: refused in one line
 MLX_LM_HAS_NONE = {"glm4v_moe",  # no mlx_lm.models.glm4v_moe (mlx-vlm runs it)
-                   "inkling_mm_model"}  # no inkling model in mlx-lm 0.32.2
+                   "inkling_mm_model",  # no inkling model in mlx-lm 0.32.2
+                   "step3p7"}  # no step3p7 model (its step3p5 reads a flat Step-3.5 config, not text_config)
 
 
 def _ids() -> mx.array:

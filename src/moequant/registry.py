@@ -775,6 +775,18 @@ ROWS: tuple[Arch, ...] = (
          # reach mlx-lm's sanitize under those names (no per-expert key matches `moe.{e}.…`), which renames
          # them to mlp.switch_mlp and, on seeing them, adds 1 to every zero-centred norm
          family=Family("moe", "mlp.switch_mlp", _GLU, "moe_num_experts", layout="stacked"),
+         # transformers 5.25 reads step3p5 only as step3p7's text_config (Step3p7TextConfig), in its own names: a
+         # head-wise attention gate always (gating), sigmoid routing with router_bias always, the MoE layers in
+         # mlp_layer_types, the sliding layers' heads in num_sliding_attention_heads, RoPE per layer type
+         renames=(
+             Rename("use_head_wise_attn_gate", "", fixed(True)),
+             Rename("use_moe_router_bias", "", fixed(True)),
+             Rename("moe_router_activation", "", fixed("sigmoid")),
+             Rename("moe_layers_enum", "mlp_layer_types", "sparse_indices"),
+             Rename("attention_other_setting", "num_sliding_attention_heads", "sliding_attention_setting"),
+             Rename("rope_theta", "rope_parameters", "per_layer_rope_theta"),
+             Rename("partial_rotary_factors", "rope_parameters", "per_layer_partial_rotary_factors"),
+         ),
          fixture="step3p5"),
     Arch("gpt_oss", _LM, "gpt_oss", S, "openai/gpt-oss-20b",
          "MXFP4 fused experts (gate/up rows interleaved) read as MLX mxfp4, fused biases, router bias, sinks; and "
@@ -942,10 +954,30 @@ ROWS: tuple[Arch, ...] = (
         Rename("dense_intermediate_size", "intermediate_size"),
         Rename("intermediate_size", "moe_intermediate_size", overrides=True),
     )),
+    # stepfun-ai/Step-3.7-Flash (transformers 5.25's save_pretrained writes the release's names back,
+    # conversion_mapping.py step3p7): Step-3.5's language model under model.layers.{l} (moe.{gate,up,down}_proj
+    # [E, out, in], moe.gate, moe.router_bias, share_expert.*), vision_model.{conv1, positional_embedding, ln_pre,
+    # transformer.resblocks.{b}, vit_downsampler1/2} and vit_large_projector; mlx-vlm's sanitize reads them
+    Arch("step3p7", _VLM, "step3p7", S, "stepfun-ai/Step-3.7-Flash",
+         "Step-3.5's language model (experts published stacked, router_bias, share_expert, full + sliding layers "
+         "with their own heads, head-wise attention gate) under model.layers, for mlx-vlm only: the whole release "
+         "(vision_model, its two downsamplers, vit_large_projector) kept float, processor files copied; checked "
+         "against transformers' forward on text and an image. No text-only output: mlx-lm 0.32.2 has no step3p7 model (its "
+         "step3p5 model is this language model, but reads a Step-3.5 release's flat config.json, not text_config)",
+         family=Family("moe", "mlp.switch_mlp", _GLU, "n_routed_experts", layout="stacked"),
+         vision=VisionLanguage("step3p7")),
+    # step3p7's vision_config: transformers' Step3p7VisionConfig names the perception encoder's dims as CLIP does;
+    # mlx-vlm's step3p7 VisionConfig reads the release's width / layers / heads / ls_init_value
+    Arch("step3p5_vision", renames=(
+        Rename("width", "hidden_size"),
+        Rename("layers", "num_hidden_layers"),
+        Rename("heads", "num_attention_heads"),
+        Rename("ls_init_value", "layer_scale_init_value"),
+    )),
     # MoE model_types mlx-vlm 0.7.10 runs (Switch layers in its module) that no moequant row covers yet
     *(Arch(model_type, _VLM, model_type, N, "", NOT_BUILT_VLM) for model_type in (
         "cohere2_moe", "deepseek_v4", "flint", "glm5_next", "hy_v4", "kolibri1", "llada2_moe",
-        "longcat_flash_sparse", "moondream3", "openai_privacy_filter", "qwen4_exp", "step3p7", "youtu_vl",
+        "longcat_flash_sparse", "moondream3", "openai_privacy_filter", "qwen4_exp", "youtu_vl",
         "zaya1_vl")),
 )
 

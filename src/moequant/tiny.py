@@ -1184,6 +1184,20 @@ def _inkling_files() -> dict[str, dict]:
             "processor_config.json": processor}
 
 
+# stepfun-ai/Step-3.7-Flash's image tokens, ids V.. (mlx-vlm's Step3VLProcessor looks each up by name)
+_STEP_VISION_TOKENS = ("<im_start>", "<im_end>", "<im_patch>", "<patch_start>", "<patch_end>", "<patch_newline>")
+
+
+def _step3p7_files() -> dict[str, dict]:
+    """The byte tokenizer with Step-3.7's image tokens (from id V: <im_patch> is V + 2); mlx-vlm's
+    Step3VLProcessor has its own image settings (728-pixel views), so the test feeds pixels itself."""
+    tokenizer = byte_tokenizer()
+    tokenizer["added_tokens"] = [{"id": V + i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                                  "normalized": False, "special": True} for i, t in enumerate(_STEP_VISION_TOKENS)]
+    return {"tokenizer.json": tokenizer, "tokenizer_config.json": {"tokenizer_class": "PreTrainedTokenizerFast",
+                                                                   "model_max_length": 1024}}
+
+
 def _glm4v_moe(style: str) -> dict:
     """zai-org/GLM-4.5V's config.json at tiny dims: GLM-4.5-Air's MoE (partial rotary with mrope sections,
     attention bias, dense first layer, shared experts, correction bias) and GLM's ViT."""
