@@ -869,11 +869,17 @@ ROWS: tuple[Arch, ...] = (
     Arch("deepseek_v41_text", _LM, "deepseek_v41", N, "DeepSeek-V4.1",
          "not converted yet, as deepseek_v41; mlx_lm.convert converts it meanwhile"),
     # mlx-lm's muse_spark attention calls Metal-only kernels (mlx_lm.kernels.qk_norm_rope, qk_norm,
-    # rms_norm_sigmoid_gate): no Linux CPU smoke test. The rest is rows: fused experts (mlp.experts.gate_up_proj
-    # [E, 2I, h], h = moe_hidden_size, stacked in place) and a tiny release
+    # rms_norm_sigmoid_gate): no Linux CPU smoke test. mlx-vlm 0.7.10's muse_spark (transformers'
+    # MuseSparkForConditionalGeneration, whole) likewise: its attention calls mlx_vlm.kernels.qk_norm_rope
+    # (mlx_vlm/models/muse_spark/language.py:153; qk_norm at :157, rms_norm_sigmoid_gate at :172, expert_routing at
+    # :235, norm_add_norm at :293), each an mx.fast.metal_kernel with no CPU path: on Linux CPU the first forward
+    # raises "RuntimeError [metal_kernel] No Metal back-end." (mlx_vlm/kernels/qk_norm_rope.py:83). The rest is
+    # rows: fused experts (mlp.experts.gate_up_proj [E, 2I, h], h = moe_hidden_size, stacked in place) and a tiny
+    # release
     Arch("muse_spark", _LM, "muse_spark", N, "meta-models/Muse-Spark-Open-816B-A42B",
-         "not converted yet: mlx-lm runs it only on Apple GPUs (Metal kernels), so moequant cannot check its "
-         "output; mlx_lm.convert on a Mac converts it meanwhile"),
+         "not converted yet: mlx-lm and mlx-vlm run it only on Apple GPUs (Metal kernels in its attention and "
+         "router), so moequant cannot check its output; mlx_lm.convert or mlx_vlm.convert on a Mac converts it "
+         "meanwhile"),
     # ---- VLMs (mlx-vlm; mlx-lm runs some of their language models) ----
     Arch("kimi_vl", _VLM, "kimi_vl", S, "moonshotai/Kimi-VL-A3B-Instruct",
          "MoonViT vision tower (vision_tower.encoder.*) + projector + DeepSeek-V3 MoE (MLA without q_lora, shared "
