@@ -207,12 +207,13 @@ PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
                 image={"pixel_values": (1, 16, 3 * 16 * 16),
                        "image_position_ids": [[[x, y] for y in range(4) for x in range(4)]]}),
     # thinkingmachines/Inkling: sliding layers with their own head counts and dims, relative-position bias over a
-    # window shorter than TOKENS, log-scaled logits past n_floor, a dense first layer; a patch MLP vision tower (one
-    # token per [2, 8, 8, 3] patch) and the dMel audio embedding (small, as mlx-vlm's loader builds it too)
+    # window shorter than TOKENS, log-scaled logits past n_floor, a dense first layer, the final hidden states divided
+    # by 2 (neither the release's 24, too flat a logit for a 4-bit KL to tell, nor mlx-vlm's default 1); a patch MLP
+    # vision tower (one token per [2, 8, 8, 3] patch) and the dMel audio embedding (small)
     ProducedVLM("inkling_mm_model", {"layer_types": ["hybrid", "hybrid_sliding", "hybrid"],
                                      "mlp_layer_types": ["dense", "sparse", "sparse"], "swa_num_attention_heads": 2,
                                      "swa_num_key_value_heads": 1, "swa_head_dim": 64, "sliding_window_size": 16,
-                                     "rel_extent": 24, "log_scaling_n_floor": 8},
+                                     "rel_extent": 24, "log_scaling_n_floor": 8, "logits_mup_width_multiplier": 2.0},
                 {"patch_size": 8, "num_hidden_layers": 3},
                 {"image_token_id": VOCAB + 2, "audio_token_id": VOCAB + 3, "image_bos_token_id": VOCAB,
                  "audio_bos_token_id": VOCAB + 4, "audio_config": {"n_mel_bins": 8, "mel_vocab_size": 16}},

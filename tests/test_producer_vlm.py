@@ -163,3 +163,15 @@ def test_image_input_matches_transformers_or_says_why_not(tmp_path, produced, mo
         _vision_as_transformers(ours)
         closeness = compare_logits(reference, ours(ids, **mlx_inputs))
     assert closeness.max_abs <= MAX_ABS and closeness.top1 == 1.0, closeness
+
+
+def test_verify_against_transformers_records_routes_of_a_model_that_reads_its_expert_stack(tmp_path, produced):
+    """mlx-vlm's inkling reads its expert stack's down_proj before calling the stack: verify's router capture,
+    standing in for the stack, still answers for it (surgery.Recorder), and the whole comparison runs."""
+    from moequant.verify import verify
+
+    src, _ = produced("inkling_mm_model")
+    list(Conversion(src, None, dtype="float32", runner="mlx-vlm").run(tmp_path / "dst", pool="threads"))
+    report = verify(tmp_path / "dst", src, _ids(), against_transformers=True)
+    assert report.transformers.max_abs <= MAX_ABS and report.transformers.top1 == 1.0, report.transformers
+    assert len(report.router_agreement) == 2 and report.min_router_agreement == 1.0
