@@ -220,14 +220,17 @@ PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
                 files="_inkling_files", image={"pixel_values": (4, 2, 8, 8, 3)}),
     # stepfun-ai/Step-3.7-Flash: Step-3.5's language model (text_config model_type step3p5: experts stacked
     # moe.{gate,up,down}_proj, router_bias, share_expert, sliding layers with their own head count, head-wise
-    # attention gate, RoPE per layer type, clamped SwiGLU (tight bounds, so they clamp), routed scaling) and its
-    # perception-encoder vision tower; one 112x112 image: 8x8 patches, two stride-2 downsamplers, 4 image tokens
+    # attention gate, RoPE per layer type with YaRN on full attention only, clamped SwiGLU (tight bounds, so they
+    # clamp), routed scaling) and its perception-encoder vision tower; one 112x112 image: 8x8 patches, two stride-2
+    # downsamplers, 4 image tokens
     ProducedVLM("step3p7", {"layer_types": ["full_attention", "sliding_attention", "full_attention"],
                             "mlp_layer_types": ["dense", "sparse", "sparse"], "share_expert_dim": I_MOE,
                             "num_sliding_attention_heads": 2, "pad_token_id": 0, "moe_router_scaling_factor": 3.0,
+                            "max_position_embeddings": 64,
                             "swiglu_limits": [0.0, 0.0, 1.0], "swiglu_limits_shared": [0.0, 0.0, 2.0],
-                            "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 5000000.0,
-                                                                   "partial_rotary_factor": 0.5},
+                            "rope_parameters": {"full_attention": {"rope_type": "yarn", "rope_theta": 5000000.0,
+                                                                   "partial_rotary_factor": 0.5, "factor": 4.0,
+                                                                   "original_max_position_embeddings": 16},
                                                 "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}},
                 {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 112,
                  "patch_size": 14, "mlp_ratio": 2.0},

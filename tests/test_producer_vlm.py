@@ -39,7 +39,7 @@ from moequant.ignored import IGNORED_BY_MLX_VLM  # noqa: E402
 from moequant.plan import Role  # noqa: E402
 
 from producer import (PRODUCED_VLM, TOKENS, image_inputs, model_class, produced,  # noqa: E402,F401  (a fixture)
-                      simulated_logits)
+                      redraw, simulated_logits, tiny_config)
 
 MAX_ABS = 1e-4  # as test_producer: float32 both sides, only summation order differs
 
@@ -175,3 +175,20 @@ def test_verify_against_transformers_records_routes_of_a_model_that_reads_its_ex
     report = verify(tmp_path / "dst", src, _ids(), against_transformers=True)
     assert report.transformers.max_abs <= MAX_ABS and report.transformers.top1 == 1.0, report.transformers
     assert len(report.router_agreement) == 2 and report.min_router_agreement == 1.0
+
+
+def test_an_attention_scale_mlx_vlm_ignores_is_said(tmp_path):
+    """transformers' Step-3.7 scales attention by query_pre_attn_scalar, mlx-vlm's step3p7 by head_dim: a
+    release stating another scale converts with the plan saying so, and the logits do differ."""
+    config = tiny_config("step3p7")
+    config.text_config.query_pre_attn_scalar = 2 * config.text_config.head_dim
+    model = model_class("step3p7").from_config(config, dtype=torch.float32).eval()
+    redraw(model)
+    with torch.inference_mode():
+        reference = model(torch.from_numpy(TOKENS), use_cache=False).logits.numpy()
+    model.save_pretrained(tmp_path / "src")
+    conversion = Conversion(tmp_path / "src", None, dtype="float32", runner="mlx-vlm")
+    assert [n for n in _differs(conversion, "mlx-vlm") if "query_pre_attn_scalar = 64" in n] == _differs(
+        conversion, "mlx-vlm") != []
+    list(conversion.run(tmp_path / "dst", pool="threads"))
+    assert compare_logits(mx.array(reference), load_float32(tmp_path / "dst")(_ids())).max_abs > 100 * MAX_ABS

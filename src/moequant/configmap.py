@@ -130,6 +130,33 @@ CONVERTERS["per_layer_rope_theta"] = _per_layer_rope("rope_theta", None)
 CONVERTERS["per_layer_partial_rotary_factors"] = _per_layer_rope("partial_rotary_factor", 1.0)
 
 
+def _scaled_layer_types(rope) -> dict[str, dict]:
+    """Layer type -> its scaled RoPE (rope_type not plain, without the per-layer theta / rotary share) in a
+    rope_parameters kept per layer type; a CheckpointError where two layer types scale differently."""
+    scaled = {t: {k: v for k, v in p.items() if k not in ("rope_theta", "partial_rotary_factor")}
+              for t, p in rope.items() if isinstance(p, dict) and p.get("rope_type") not in PLAIN_ROPE_TYPES}
+    if len({repr(sorted(p.items())) for p in scaled.values()}) > 1:
+        raise CheckpointError(f"config.json: rope_parameters scales RoPE differently per layer type ({scaled!r}); "
+                              "expected one scaling (step3p5 reads one rope_scaling for the layer types it names)")
+    return scaled
+
+
+@converter("scaled_rope_scaling")
+def _scaled_rope_scaling(rope, config: dict) -> dict | None:
+    """transformers' Step3p7TextConfig scales RoPE per layer type (a release's rope_scaling goes to
+    rope_parameters["full_attention"]): the one scaling, as step3p5's rope_scaling."""
+    scaled = _scaled_layer_types(rope) if isinstance(rope, dict) else {}
+    scaling = next(iter(scaled.values()), None)
+    return {**scaling, "type": scaling["rope_type"]} if scaling else None
+
+
+@converter("scaled_layer_types")
+def _scaled_layer_types_list(rope, config: dict) -> list[str] | None:
+    """The layer types whose RoPE transformers scales, as step3p5's yarn_only_types (the others rotate plainly)."""
+    scaled = _scaled_layer_types(rope) if isinstance(rope, dict) else {}
+    return sorted(scaled) or None
+
+
 @converter("sliding_ints")
 def _sliding_ints(layer_types, _: dict) -> list[int]:
     """layer_types -> 1 for a sliding-window layer, 0 for full attention (hybrid_layer_pattern)."""

@@ -85,6 +85,13 @@ def _hunyuan_v1_top_k(moe_topk, config: dict) -> bool:
     return "HunYuanMoEV1ForCausalLM" in (config.get("architectures") or ()) and moe_topk != config.get("num_experts")
 
 
+@matters("not_head_dim")
+def _not_head_dim(query_pre_attn_scalar, config: dict) -> bool:
+    """An attention scale other than 1/sqrt(head_dim) (of the language model: text_config's where it has one)."""
+    text = config.get("text_config") or config
+    return isinstance(query_pre_attn_scalar, (int, float)) and query_pre_attn_scalar != text.get("head_dim")
+
+
 @matters("top_k_below_all")
 def _top_k_below_all(num_experts_per_tok, config: dict) -> bool:
     return num_experts_per_tok < (config.get("num_experts") or 0)

@@ -777,7 +777,8 @@ ROWS: tuple[Arch, ...] = (
          family=Family("moe", "mlp.switch_mlp", _GLU, "moe_num_experts", layout="stacked"),
          # transformers 5.25 reads step3p5 only as step3p7's text_config (Step3p7TextConfig), in its own names: a
          # head-wise attention gate always (gating), sigmoid routing with router_bias always, the MoE layers in
-         # mlp_layer_types, the sliding layers' heads in num_sliding_attention_heads, RoPE per layer type
+         # mlp_layer_types, the sliding layers' heads in num_sliding_attention_heads, RoPE (and its scaling) per
+         # layer type
          renames=(
              Rename("use_head_wise_attn_gate", "", fixed(True)),
              Rename("use_moe_router_bias", "", fixed(True)),
@@ -786,6 +787,8 @@ ROWS: tuple[Arch, ...] = (
              Rename("attention_other_setting", "num_sliding_attention_heads", "sliding_attention_setting"),
              Rename("rope_theta", "rope_parameters", "per_layer_rope_theta"),
              Rename("partial_rotary_factors", "rope_parameters", "per_layer_partial_rotary_factors"),
+             Rename("rope_scaling", "rope_parameters", "scaled_rope_scaling"),
+             Rename("yarn_only_types", "rope_parameters", "scaled_layer_types"),
          ),
          fixture="step3p5"),
     Arch("gpt_oss", _LM, "gpt_oss", S, "openai/gpt-oss-20b",
@@ -971,7 +974,11 @@ ROWS: tuple[Arch, ...] = (
          "against transformers' forward on text and an image. No text-only output: mlx-lm 0.32.2 has no step3p7 model (its "
          "step3p5 model is this language model, but reads a Step-3.5 release's flat config.json, not text_config)",
          family=Family("moe", "mlp.switch_mlp", _GLU, "n_routed_experts", layout="stacked"),
-         vision=VisionLanguage("step3p7")),
+         vision=VisionLanguage("step3p7"),
+         ignored_by_vlm=(Ignored("text_config.query_pre_attn_scalar", "not_head_dim", (
+             "transformers' Step-3.7 attention scales its scores by query_pre_attn_scalar ** -0.5 "
+             "(modeling_step3p7.py Step3p7Attention); mlx-vlm's step3p7 by head_dim ** -0.5 "
+             "(mlx_vlm/models/step3p7/language.py Attention), so every logit differs where the two differ")),)),
     # step3p7's vision_config: transformers' Step3p7VisionConfig names the perception encoder's dims as CLIP does;
     # mlx-vlm's step3p7 VisionConfig reads the release's width / layers / heads / ls_init_value
     Arch("step3p5_vision", renames=(
