@@ -199,3 +199,25 @@ def test_an_attention_scale_mlx_vlm_ignores_is_said(tmp_path):
         conversion, "mlx-vlm") != []
     list(conversion.run(tmp_path / "dst", pool="threads"))
     assert compare_logits(mx.array(reference), load_float32(tmp_path / "dst")(_ids())).max_abs > 100 * MAX_ABS
+
+
+def test_audio_input_matches_transformers(tmp_path, produced):
+    """inkling's audio tower (dMel bins summed through one embedding, normed) copied float: a prompt with three
+    audio frames gives transformers' logits within 1e-4, both sides given the same token ids and bins."""
+    src, _ = produced("inkling_mm_model")
+    row = PRODUCED_VLM["inkling_mm_model"]
+    ids = np.array([[5, 9, 17, row.extra["audio_bos_token_id"]] + [row.extra["audio_token_id"]] * 3 + [33, 40, 7]])
+    buckets, mels = row.extra["audio_config"]["mel_vocab_size"], row.extra["audio_config"]["n_mel_bins"]
+    bins = np.random.default_rng(0).integers(0, buckets, (1, 3, mels))
+    model = model_class("inkling_mm_model").from_pretrained(src, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        def forward(audio):
+            return model(input_ids=torch.from_numpy(ids), audio_input_ids=torch.from_numpy(audio),
+                         use_cache=False).logits.numpy()
+
+        reference = mx.array(forward(bins))
+        assert mx.abs(reference - mx.array(forward((bins + 1) % buckets))).max().item() > 0.01  # the audio reaches them
+    list(Conversion(src, None, dtype="float32", runner="mlx-vlm").run(tmp_path / "dst", pool="threads"))
+    ours = load_float32(tmp_path / "dst")
+    closeness = compare_logits(reference, ours(mx.array(ids), audio_input_ids=mx.array(bins)))
+    assert closeness.max_abs <= MAX_ABS and closeness.top1 == 1.0, closeness

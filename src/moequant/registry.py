@@ -971,8 +971,9 @@ ROWS: tuple[Arch, ...] = (
          "Step-3.5's language model (experts published stacked, router_bias, share_expert, full + sliding layers "
          "with their own heads, head-wise attention gate) under model.layers, for mlx-vlm only: the whole release "
          "(vision_model, its two downsamplers, vit_large_projector) kept float, processor files copied; checked "
-         "against transformers' forward on text and an image. No text-only output: mlx-lm 0.32.2 has no step3p7 model (its "
-         "step3p5 model is this language model, but reads a Step-3.5 release's flat config.json, not text_config)",
+         "against transformers' forward on text and an image. No text-only output: mlx-lm 0.32.2 has no step3p7 "
+         "model (its step3p5 model is this language model, but reads a Step-3.5 release's flat config.json, not "
+         "text_config)",
          family=Family("moe", "mlp.switch_mlp", _GLU, "n_routed_experts", layout="stacked"),
          vision=VisionLanguage("step3p7"),
          ignored_by_vlm=(Ignored("text_config.query_pre_attn_scalar", "not_head_dim", (

@@ -1164,7 +1164,8 @@ def _glm4v_files() -> dict[str, dict]:
     return {"tokenizer.json": tokenizer, "preprocessor_config.json": image}
 
 
-# thinkingmachines/Inkling's media tokens, ids V.. (its image and audio placeholders are unused_* tokens of its vocabulary)
+# thinkingmachines/Inkling's media tokens, ids V.. (its image and audio placeholders are unused_* tokens of its
+# vocabulary)
 _INKLING_TOKENS = ("<|content_image|>", "<|content_image_end|>", "<|unused_200054|>", "<|unused_200053|>",
                    "<|content_audio_input|>")
 
