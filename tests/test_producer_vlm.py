@@ -120,6 +120,9 @@ def test_quantized_for_mlx_vlm_is_within_a_simulated_round_trip(tmp_path, produc
         r.role.value for r in kept if r.role.value in ("embedding", "lm_head"))
     simulated = compare_logits(mx.array(reference), mx.array(simulated_logits(model_type, src, 4, keep=keep)))
     assert ours.kl <= 1.1 * simulated.kl + 1e-4, (ours, simulated)
+    # only the language model is quantized: vision (and audio) towers and projectors stay float
+    scales = [k for f in (tmp_path / "dst").glob("*.safetensors") for k in mx.load(str(f)) if k.endswith(".scales")]
+    assert scales and all(k.startswith("language_model.") for k in scales), scales
 
     # the quantized model runs in mlx-vlm itself, loaded as a user loads it (model and processor) where the
     # release has processor files
