@@ -949,10 +949,9 @@ ROWS: tuple[Arch, ...] = (
     # model.visual.layers.{linear_j, norm_j}, model.audio.{encoder, final_norm}; mlx-vlm's sanitize reads them
     Arch("inkling_mm_model", _VLM, "inkling", S, "thinkingmachines/Inkling",
          "interleaved fused experts (mlp.experts.w13_weight), shared experts scored by the router, relative-position "
-         "attention with short convolutions, sliding layers, under the release's own names (model.llm.*), for "
-         "mlx-vlm only: the whole release (model.visual, its patch MLP; model.audio, its mel embedding, kept float "
-         "as mlx_vlm.convert keeps it), processor files copied; checked against transformers' forward on text and "
-         "an image. No text-only output: mlx-lm 0.32.2 has no inkling model",
+         "attention with short convolutions, sliding layers, under the release's own names (model.llm.*; vision "
+         "tower model.visual, audio tower model.audio, kept float as mlx_vlm.convert keeps both), for mlx-vlm "
+         "only: " + VLM_DONE + ". No text-only output: mlx-lm 0.32.2 has no inkling model",
          family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts", fused="interleaved",
                        fused_names=("w13_weight", "w2_weight"), layout="fused"),
          vision=VisionLanguage("inkling", vision_keys=("vision_config", "audio_config"))),
@@ -969,11 +968,11 @@ ROWS: tuple[Arch, ...] = (
     # transformer.resblocks.{b}, vit_downsampler1/2} and vit_large_projector; mlx-vlm's sanitize reads them
     Arch("step3p7", _VLM, "step3p7", S, "stepfun-ai/Step-3.7-Flash",
          "Step-3.5's language model (experts published stacked, router_bias, share_expert, full + sliding layers "
-         "with their own heads, head-wise attention gate) under model.layers, for mlx-vlm only: the whole release "
-         "(vision_model, its two downsamplers, vit_large_projector) kept float, processor files copied; checked "
-         "against transformers' forward on text and an image. No text-only output: mlx-lm 0.32.2 has no step3p7 "
-         "model (its step3p5 model is this language model, but reads a Step-3.5 release's flat config.json, not "
-         "text_config)",
+         "with their own heads, head-wise attention gate, RoPE per layer type) under model.layers, its vision tower "
+         "(vision_model with two downsamplers) and vit_large_projector, for mlx-vlm only: " + VLM_DONE + ". No "
+         "text-only output: mlx-lm 0.32.2 has no step3p7 model (its step3p5 model is this language model, but "
+         "reads a Step-3.5 release's flat config.json, not text_config). mlx-vlm's step3p7 scales attention by head_dim, transformers' by query_pre_attn_scalar "
+         "(head_dim unless config.json says otherwise): where they differ, logits differ (the plan notes it)",
          family=Family("moe", "mlp.switch_mlp", _GLU, "n_routed_experts", layout="stacked"),
          vision=VisionLanguage("step3p7"),
          ignored_by_vlm=(Ignored("text_config.query_pre_attn_scalar", "not_head_dim", (
