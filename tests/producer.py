@@ -262,6 +262,35 @@ PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
                  "patch_size": 14, "image_size": 56},
                 {"image_token_index": VOCAB + 2, "video_token_index": VOCAB + 3, "projector_hidden_size": 128},
                 image={"pixel_values": (16, 3 * 2 * 14 * 14), "image_grid_thw": [[1, 4, 4]]}),
+    # thinkingmachines/Inkling: sliding layers with their own head counts and dims, relative-position bias over a
+    # window shorter than TOKENS, log-scaled logits past n_floor, a dense first layer, the final hidden states divided
+    # by 2 (neither the release's 24, too flat a logit for a 4-bit KL to tell, nor mlx-vlm's default 1); a patch MLP
+    # vision tower (one token per [2, 8, 8, 3] patch) and the dMel audio embedding (small)
+    ProducedVLM("inkling_mm_model", {"layer_types": ["hybrid", "hybrid_sliding", "hybrid"],
+                                     "mlp_layer_types": ["dense", "sparse", "sparse"], "swa_num_attention_heads": 2,
+                                     "swa_num_key_value_heads": 1, "swa_head_dim": 64, "sliding_window_size": 16,
+                                     "rel_extent": 24, "log_scaling_n_floor": 8, "logits_mup_width_multiplier": 2.0},
+                {"patch_size": 8, "num_hidden_layers": 3},
+                {"image_token_id": VOCAB + 2, "audio_token_id": VOCAB + 3, "image_bos_token_id": VOCAB,
+                 "audio_bos_token_id": VOCAB + 4, "audio_config": {"n_mel_bins": 8, "mel_vocab_size": 16}},
+                files="_inkling_files", image={"pixel_values": (4, 2, 8, 8, 3)}),
+    # stepfun-ai/Step-3.7-Flash: Step-3.5's language model (text_config model_type step3p5: experts stacked
+    # moe.{gate,up,down}_proj, router_bias, share_expert, sliding layers with their own head count, head-wise
+    # attention gate, RoPE per layer type with YaRN on full attention only, clamped SwiGLU (tight bounds, so they
+    # clamp), routed scaling) and its perception-encoder vision tower; one 112x112 image: 8x8 patches, two stride-2
+    # downsamplers, 4 image tokens
+    ProducedVLM("step3p7", {"layer_types": ["full_attention", "sliding_attention", "full_attention"],
+                            "mlp_layer_types": ["dense", "sparse", "sparse"], "share_expert_dim": I_MOE,
+                            "num_sliding_attention_heads": 2, "pad_token_id": 0, "moe_router_scaling_factor": 3.0,
+                            "max_position_embeddings": 64,
+                            "swiglu_limits": [0.0, 0.0, 1.0], "swiglu_limits_shared": [0.0, 0.0, 2.0],
+                            "rope_parameters": {"full_attention": {"rope_type": "yarn", "rope_theta": 5000000.0,
+                                                                   "partial_rotary_factor": 0.5, "factor": 4.0,
+                                                                   "original_max_position_embeddings": 16},
+                                                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}},
+                {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 112,
+                 "patch_size": 14, "mlp_ratio": 2.0},
+                {"image_token_id": VOCAB + 2}, files="_step3p7_files", image={"pixel_values": (1, 3, 112, 112)}),
 )}
 
 

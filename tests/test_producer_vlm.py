@@ -39,12 +39,14 @@ from moequant.ignored import IGNORED_BY_MLX_VLM  # noqa: E402
 from moequant.plan import Role  # noqa: E402
 
 from producer import (PRODUCED_VLM, TOKENS, image_inputs, model_class, produced,  # noqa: E402,F401  (a fixture)
-                      simulated_logits, tiny_config)
+                      redraw, simulated_logits, tiny_config)
 
 MAX_ABS = 1e-4  # as test_producer: float32 both sides, only summation order differs
 
 # text-only outputs mlx-lm 0.32.2 has no model for: refused in one line
-MLX_LM_HAS_NONE = {"glm4v_moe", "glm5_next", "qwen4_exp"}  # no mlx_lm.models.<model_type> (mlx-vlm runs them)
+MLX_LM_HAS_NONE = {"glm4v_moe", "glm5_next", "qwen4_exp",  # no mlx_lm.models.<model_type> (mlx-vlm runs them)
+                   "inkling_mm_model",  # no inkling model in mlx-lm 0.32.2
+                   "step3p7"}  # no step3p7 model (its step3p5 reads a flat Step-3.5 config, not text_config)
 
 
 def _ids() -> mx.array:
@@ -168,11 +170,21 @@ def test_quantized_for_mlx_vlm_is_within_a_simulated_round_trip(tmp_path, produc
         r.role.value for r in kept if r.role.value in ("embedding", "lm_head"))
     simulated = compare_logits(mx.array(reference), mx.array(simulated_logits(model_type, src, 4, keep=keep)))
     assert ours.kl <= 1.1 * simulated.kl + 1e-4, (ours, simulated)
+    # only the language model is quantized: vision (and audio) towers and projectors stay float
+    scales = [k for f in (tmp_path / "dst").glob("*.safetensors") for k in mx.load(str(f)) if k.endswith(".scales")]
+    assert scales and all(k.startswith("language_model.") for k in scales), scales
 
-    # the quantized model runs in mlx-vlm itself
+    # the quantized model runs in mlx-vlm itself, loaded as a user loads it (model and processor) where the
+    # release has processor files
+    import mlx_vlm
     from mlx_vlm.utils import load_model
 
-    out = load_model(tmp_path / "dst")(_ids(), pixel_values=None)
+    if PRODUCED_VLM[model_type].files:
+        model, processor = mlx_vlm.load(str(tmp_path / "dst"))
+        assert processor.tokenizer.convert_ids_to_tokens(image_inputs(model_type)["input_ids"][0, 4].item())
+    else:
+        model = load_model(tmp_path / "dst")
+    out = model(_ids(), pixel_values=None)
     logits = getattr(out, "logits", out)
     mx.eval(logits)
     assert logits.shape[:2] == TOKENS.shape and np.isfinite(np.array(logits)).all()
@@ -251,3 +263,54 @@ def test_kimi_k25_with_compressed_tensors_experts_converts_exactly(tmp_path, pro
     experts = "language_model.model.blocks.2.mlp.experts"
     packed = mx.stack([theirs[f"{experts}.{e}.down_proj.weight_packed"].view(mx.uint32) for e in range(4)])
     assert mx.array_equal(ours["language_model.model.layers.2.mlp.switch_mlp.down_proj.weight"], packed)
+
+
+def test_verify_against_transformers_records_routes_of_a_model_that_reads_its_expert_stack(tmp_path, produced):
+    """mlx-vlm's inkling reads its expert stack's down_proj before calling the stack: verify's router capture,
+    standing in for the stack, still answers for it (surgery.Recorder), and the whole comparison runs."""
+    from moequant.verify import verify
+
+    src, _ = produced("inkling_mm_model")
+    list(Conversion(src, None, dtype="float32", runner="mlx-vlm").run(tmp_path / "dst", pool="threads"))
+    report = verify(tmp_path / "dst", src, _ids(), against_transformers=True)
+    assert report.transformers.max_abs <= MAX_ABS and report.transformers.top1 == 1.0, report.transformers
+    assert len(report.router_agreement) == 2 and report.min_router_agreement == 1.0
+
+
+def test_an_attention_scale_mlx_vlm_ignores_is_said(tmp_path):
+    """transformers' Step-3.7 scales attention by query_pre_attn_scalar, mlx-vlm's step3p7 by head_dim: a
+    release stating another scale converts with the plan saying so, and the logits do differ."""
+    config = tiny_config("step3p7")
+    config.text_config.query_pre_attn_scalar = 2 * config.text_config.head_dim
+    model = model_class("step3p7").from_config(config, dtype=torch.float32).eval()
+    redraw(model)
+    with torch.inference_mode():
+        reference = model(torch.from_numpy(TOKENS), use_cache=False).logits.numpy()
+    model.save_pretrained(tmp_path / "src")
+    conversion = Conversion(tmp_path / "src", None, dtype="float32", runner="mlx-vlm")
+    assert [n for n in _differs(conversion, "mlx-vlm") if "query_pre_attn_scalar = 64" in n] == _differs(
+        conversion, "mlx-vlm") != []
+    list(conversion.run(tmp_path / "dst", pool="threads"))
+    assert compare_logits(mx.array(reference), load_float32(tmp_path / "dst")(_ids())).max_abs > 100 * MAX_ABS
+
+
+def test_audio_input_matches_transformers(tmp_path, produced):
+    """inkling's audio tower (dMel bins summed through one embedding, normed) copied float: a prompt with three
+    audio frames gives transformers' logits within 1e-4, both sides given the same token ids and bins."""
+    src, _ = produced("inkling_mm_model")
+    row = PRODUCED_VLM["inkling_mm_model"]
+    ids = np.array([[5, 9, 17, row.extra["audio_bos_token_id"]] + [row.extra["audio_token_id"]] * 3 + [33, 40, 7]])
+    buckets, mels = row.extra["audio_config"]["mel_vocab_size"], row.extra["audio_config"]["n_mel_bins"]
+    bins = np.random.default_rng(0).integers(0, buckets, (1, 3, mels))
+    model = model_class("inkling_mm_model").from_pretrained(src, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        def forward(audio):
+            return model(input_ids=torch.from_numpy(ids), audio_input_ids=torch.from_numpy(audio),
+                         use_cache=False).logits.numpy()
+
+        reference = mx.array(forward(bins))
+        assert mx.abs(reference - mx.array(forward((bins + 1) % buckets))).max().item() > 0.01  # the audio reaches them
+    list(Conversion(src, None, dtype="float32", runner="mlx-vlm").run(tmp_path / "dst", pool="threads"))
+    ours = load_float32(tmp_path / "dst")
+    closeness = compare_logits(reference, ours(mx.array(ids), audio_input_ids=mx.array(bins)))
+    assert closeness.max_abs <= MAX_ABS and closeness.top1 == 1.0, closeness

@@ -198,7 +198,8 @@ def test_cli_for_option(tmp_path, cli):
 def test_every_vision_language_row_has_a_tiny_release_and_a_supported_arch_row():
     from moequant.registry import ARCHITECTURES, VLM_DONE, Status
 
-    assert set(VISION_LANGUAGE) == set(VLM_ARCHS)
+    # a row without a tiny release of its own is one transformers writes (tests/test_producer_vlm.py)
+    assert {m for m, part in VISION_LANGUAGE.items() if part.fixture} == set(VLM_ARCHS)
     rows = {a.model_type: a for a in ARCHITECTURES}
     for arch in VISION_LANGUAGE:
         assert rows[arch].status == Status.SUPPORTED and VLM_DONE in rows[arch].note

@@ -106,6 +106,64 @@ def _sparse_ints(mlp_layer_types, _: dict) -> list[int]:
     return [int(t == "sparse") for t in _layer_types(mlp_layer_types, "mlp_layer_types")]
 
 
+@converter("sparse_indices")
+def _sparse_indices(mlp_layer_types, _: dict) -> list[int]:
+    """mlp_layer_types -> the indices of the MoE layers (step3p5's moe_layers_enum)."""
+    return [i for i, t in enumerate(_layer_types(mlp_layer_types, "mlp_layer_types")) if t == "sparse"]
+
+
+@converter("sliding_attention_setting")
+def _sliding_attention_setting(heads, config: dict) -> dict | None:
+    """transformers' Step3p7TextConfig: the sliding layers' own head count (num_sliding_attention_heads), their
+    key/value heads every layer's; step3p5 reads both from attention_other_setting."""
+    if not isinstance(heads, int):
+        return None
+    return {"num_attention_heads": heads, "num_attention_groups": config.get("num_key_value_heads")}
+
+
+def _per_layer_rope(key: str, default):
+    """transformers' Step3p7TextConfig keeps RoPE per layer type (rope_parameters {"full_attention": {…},
+    "sliding_attention": {…}}); step3p5 reads one value per layer (rope_theta, partial_rotary_factors)."""
+    def convert(rope, config: dict):
+        types = config.get("layer_types")
+        if not isinstance(rope, dict) or not isinstance(types, list) or not all(
+                isinstance(rope.get(t), dict) for t in types):
+            return None
+        return [rope[t].get(key, default) for t in types]
+    return convert
+
+
+CONVERTERS["per_layer_rope_theta"] = _per_layer_rope("rope_theta", None)
+CONVERTERS["per_layer_partial_rotary_factors"] = _per_layer_rope("partial_rotary_factor", 1.0)
+
+
+def _scaled_layer_types(rope) -> dict[str, dict]:
+    """Layer type -> its scaled RoPE (rope_type not plain, without the per-layer theta / rotary share) in a
+    rope_parameters kept per layer type; a CheckpointError where two layer types scale differently."""
+    scaled = {t: {k: v for k, v in p.items() if k not in ("rope_theta", "partial_rotary_factor")}
+              for t, p in rope.items() if isinstance(p, dict) and p.get("rope_type") not in PLAIN_ROPE_TYPES}
+    if len({repr(sorted(p.items())) for p in scaled.values()}) > 1:
+        raise CheckpointError(f"config.json: rope_parameters scales RoPE differently per layer type ({scaled!r}); "
+                              "expected one scaling (step3p5 reads one rope_scaling for the layer types it names)")
+    return scaled
+
+
+@converter("scaled_rope_scaling")
+def _scaled_rope_scaling(rope, config: dict) -> dict | None:
+    """transformers' Step3p7TextConfig scales RoPE per layer type (a release's rope_scaling goes to
+    rope_parameters["full_attention"]): the one scaling, as step3p5's rope_scaling."""
+    scaled = _scaled_layer_types(rope) if isinstance(rope, dict) else {}
+    scaling = next(iter(scaled.values()), None)
+    return {**scaling, "type": scaling["rope_type"]} if scaling else None
+
+
+@converter("scaled_layer_types")
+def _scaled_layer_types_list(rope, config: dict) -> list[str] | None:
+    """The layer types whose RoPE transformers scales, as step3p5's yarn_only_types (the others rotate plainly)."""
+    scaled = _scaled_layer_types(rope) if isinstance(rope, dict) else {}
+    return sorted(scaled) or None
+
+
 @converter("sliding_ints")
 def _sliding_ints(layer_types, _: dict) -> list[int]:
     """layer_types -> 1 for a sliding-window layer, 0 for full attention (hybrid_layer_pattern)."""

@@ -90,6 +90,11 @@ def _index_heads_pooled(index_n_heads, config: dict) -> bool:
     """MiniMax-M3's sparse layers with more than one index head (mlx-vlm selects one set of blocks for all)."""
     text = config.get("text_config") or {}
     return isinstance(index_n_heads, int) and index_n_heads > 1 and "minimax_m3_sparse" in (text.get("layer_types") or ())
+@matters("not_head_dim")
+def _not_head_dim(query_pre_attn_scalar, config: dict) -> bool:
+    """An attention scale other than 1/sqrt(head_dim) (of the language model: text_config's where it has one)."""
+    text = config.get("text_config") or config
+    return isinstance(query_pre_attn_scalar, (int, float)) and query_pre_attn_scalar != text.get("head_dim")
 
 
 @matters("top_k_below_all")

@@ -809,6 +809,21 @@ ROWS: tuple[Arch, ...] = (
          # reach mlx-lm's sanitize under those names (no per-expert key matches `moe.{e}.…`), which renames
          # them to mlp.switch_mlp and, on seeing them, adds 1 to every zero-centred norm
          family=Family("moe", "mlp.switch_mlp", _GLU, "moe_num_experts", layout="stacked"),
+         # transformers 5.25 reads step3p5 only as step3p7's text_config (Step3p7TextConfig), in its own names: a
+         # head-wise attention gate always (gating), sigmoid routing with router_bias always, the MoE layers in
+         # mlp_layer_types, the sliding layers' heads in num_sliding_attention_heads, RoPE (and its scaling) per
+         # layer type
+         renames=(
+             Rename("use_head_wise_attn_gate", "", fixed(True)),
+             Rename("use_moe_router_bias", "", fixed(True)),
+             Rename("moe_router_activation", "", fixed("sigmoid")),
+             Rename("moe_layers_enum", "mlp_layer_types", "sparse_indices"),
+             Rename("attention_other_setting", "num_sliding_attention_heads", "sliding_attention_setting"),
+             Rename("rope_theta", "rope_parameters", "per_layer_rope_theta"),
+             Rename("partial_rotary_factors", "rope_parameters", "per_layer_partial_rotary_factors"),
+             Rename("rope_scaling", "rope_parameters", "scaled_rope_scaling"),
+             Rename("yarn_only_types", "rope_parameters", "scaled_layer_types"),
+         ),
          fixture="step3p5"),
     Arch("gpt_oss", _LM, "gpt_oss", S, "openai/gpt-oss-20b",
          "MXFP4 fused experts (gate/up rows interleaved) read as MLX mxfp4, fused biases, router bias, sinks; and "
@@ -891,11 +906,17 @@ ROWS: tuple[Arch, ...] = (
     Arch("deepseek_v41_text", _LM, "deepseek_v41", N, "DeepSeek-V4.1",
          "not converted yet, as deepseek_v41; mlx_lm.convert converts it meanwhile"),
     # mlx-lm's muse_spark attention calls Metal-only kernels (mlx_lm.kernels.qk_norm_rope, qk_norm,
-    # rms_norm_sigmoid_gate): no Linux CPU smoke test. The rest is rows: fused experts (mlp.experts.gate_up_proj
-    # [E, 2I, h], h = moe_hidden_size, stacked in place) and a tiny release
+    # rms_norm_sigmoid_gate): no Linux CPU smoke test. mlx-vlm 0.7.10's muse_spark (transformers'
+    # MuseSparkForConditionalGeneration, whole) likewise: its attention calls mlx_vlm.kernels.qk_norm_rope
+    # (mlx_vlm/models/muse_spark/language.py:153; qk_norm at :157, rms_norm_sigmoid_gate at :172, expert_routing at
+    # :235, norm_add_norm at :293), each an mx.fast.metal_kernel with no CPU path: on Linux CPU the first forward
+    # raises "RuntimeError [metal_kernel] No Metal back-end." (mlx_vlm/kernels/qk_norm_rope.py:83). The rest is
+    # rows: fused experts (mlp.experts.gate_up_proj [E, 2I, h], h = moe_hidden_size, stacked in place) and a tiny
+    # release
     Arch("muse_spark", _LM, "muse_spark", N, "meta-models/Muse-Spark-Open-816B-A42B",
-         "not converted yet: mlx-lm runs it only on Apple GPUs (Metal kernels), so moequant cannot check its "
-         "output; mlx_lm.convert on a Mac converts it meanwhile"),
+         "not converted yet: mlx-lm and mlx-vlm run it only on Apple GPUs (Metal kernels in its attention and "
+         "router), so moequant cannot check its output; mlx_lm.convert or mlx_vlm.convert on a Mac converts it "
+         "meanwhile"),
     # ---- VLMs (mlx-vlm; mlx-lm runs some of their language models) ----
     Arch("kimi_vl", _VLM, "kimi_vl", S, "moonshotai/Kimi-VL-A3B-Instruct",
          "MoonViT vision tower (vision_tower.encoder.*) + projector + DeepSeek-V3 MoE (MLA without q_lora, shared "
@@ -1074,10 +1095,55 @@ ROWS: tuple[Arch, ...] = (
          "experts with biases, router bias, attention sinks, bidirectional attention within sliding_window",
          family=Family("mlp.experts", "mlp.experts", _GLU, "num_local_experts", fused="halves_transposed",
                        layout="fused", fused_bias_names=("gate_up_proj_bias", "down_proj_bias"))),
+    # thinkingmachines/Inkling: config.json says inkling_mm_model (mlx-vlm's MODEL_REMAPPING: inkling), and the
+    # tensors are the release's own names, which transformers 5.25's save_pretrained writes back
+    # (conversion_mapping.py inkling_mm_model): model.llm.layers.{l}.{attn.wq_du/wk_dv/wv_dv/wr_du/wo_ud,
+    # mlp.experts.w13_weight [E, 2I, H] (gate and up rows interleaved), mlp.experts.w2_weight [E, H, I],
+    # mlp.shared_experts.shared_w13_weight / shared_w2_weight, mlp.gate (weight [E + shared, H], bias)},
+    # model.visual.layers.{linear_j, norm_j}, model.audio.{encoder, final_norm}; mlx-vlm's sanitize reads them
+    Arch("inkling_mm_model", _VLM, "inkling", S, "thinkingmachines/Inkling",
+         "interleaved fused experts (mlp.experts.w13_weight), shared experts scored by the router, relative-position "
+         "attention with short convolutions, sliding layers, under the release's own names (model.llm.*; vision "
+         "tower model.visual, audio tower model.audio, kept float as mlx_vlm.convert keeps both), for mlx-vlm "
+         "only: " + VLM_DONE + ". No text-only output: mlx-lm 0.32.2 has no inkling model",
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts", fused="interleaved",
+                       fused_names=("w13_weight", "w2_weight"), layout="fused"),
+         vision=VisionLanguage("inkling", vision_keys=("vision_config", "audio_config"))),
+    # inkling_mm_model's text_config: transformers' intermediate_size is the dense MLP's and moe_intermediate_size
+    # the experts'; mlx-vlm's inkling TextConfig reads intermediate_size for the experts (and shared experts) and
+    # dense_intermediate_size for the dense MLP (mlx_vlm/models/inkling/config.py)
+    Arch("inkling_text", renames=(
+        Rename("dense_intermediate_size", "intermediate_size"),
+        Rename("intermediate_size", "moe_intermediate_size", overrides=True),
+    )),
+    # stepfun-ai/Step-3.7-Flash (transformers 5.25's save_pretrained writes the release's names back,
+    # conversion_mapping.py step3p7): Step-3.5's language model under model.layers.{l} (moe.{gate,up,down}_proj
+    # [E, out, in], moe.gate, moe.router_bias, share_expert.*), vision_model.{conv1, positional_embedding, ln_pre,
+    # transformer.resblocks.{b}, vit_downsampler1/2} and vit_large_projector; mlx-vlm's sanitize reads them
+    Arch("step3p7", _VLM, "step3p7", S, "stepfun-ai/Step-3.7-Flash",
+         "Step-3.5's language model (experts published stacked, router_bias, share_expert, full + sliding layers "
+         "with their own heads, head-wise attention gate, RoPE per layer type) under model.layers, its vision tower "
+         "(vision_model with two downsamplers) and vit_large_projector, for mlx-vlm only: " + VLM_DONE + ". No "
+         "text-only output: mlx-lm 0.32.2 has no step3p7 model (its step3p5 model is this language model, but "
+         "reads a Step-3.5 release's flat config.json, not text_config). mlx-vlm's step3p7 scales attention by head_dim, transformers' by query_pre_attn_scalar "
+         "(head_dim unless config.json says otherwise): where they differ, logits differ (the plan notes it)",
+         family=Family("moe", "mlp.switch_mlp", _GLU, "n_routed_experts", layout="stacked"),
+         vision=VisionLanguage("step3p7"),
+         ignored_by_vlm=(Ignored("text_config.query_pre_attn_scalar", "not_head_dim", (
+             "transformers' Step-3.7 attention scales its scores by query_pre_attn_scalar ** -0.5 "
+             "(modeling_step3p7.py Step3p7Attention); mlx-vlm's step3p7 by head_dim ** -0.5 "
+             "(mlx_vlm/models/step3p7/language.py Attention), so every logit differs where the two differ")),)),
+    # step3p7's vision_config: transformers' Step3p7VisionConfig names the perception encoder's dims as CLIP does;
+    # mlx-vlm's step3p7 VisionConfig reads the release's width / layers / heads / ls_init_value
+    Arch("step3p5_vision", renames=(
+        Rename("width", "hidden_size"),
+        Rename("layers", "num_hidden_layers"),
+        Rename("heads", "num_attention_heads"),
+        Rename("ls_init_value", "layer_scale_init_value"),
+    )),
     # MoE model_types mlx-vlm 0.7.10 runs (Switch layers in its module) that no moequant row covers yet
     *(Arch(model_type, _VLM, model_type, N, "", NOT_BUILT_VLM) for model_type in (
-        "deepseek_v4", "flint", "hy_v4", "inkling", "kolibri1", "llada2_moe", "longcat_flash_sparse", "moondream3",
-        "step3p7", "youtu_vl",
+        "deepseek_v4", "flint", "hy_v4", "kolibri1", "llada2_moe", "longcat_flash_sparse", "moondream3", "youtu_vl",
         "zaya1_vl")),
 )
 

@@ -70,6 +70,16 @@ class Recorder(nn.Module):
         self.inner = inner
         object.__setattr__(self, "_seen", seen)  # a plain attribute, not part of the module tree
 
+    def __getattr__(self, key: str):
+        """The module's own attributes too: a caller may read them before calling it (mlx-vlm's inkling reads
+        its expert stack's down_proj)."""
+        try:
+            return super().__getattr__(key)
+        except AttributeError:
+            if "inner" not in self:  # still being built
+                raise
+            return getattr(self["inner"], key)
+
     def __call__(self, x, *args, **kwargs):
         indices = args[0] if args else kwargs.get("indices")
         routed = isinstance(indices, mx.array) and mx.issubdtype(indices.dtype, mx.integer)

@@ -1181,6 +1181,39 @@ def _minimax_m3_files() -> dict[str, dict]:
     image = {"patch_size": 14, "temporal_patch_size": 2, "merge_size": 2, "min_pixels": 28 * 28,
              "max_pixels": 56 * 56, "processor_class": "MiniMaxM3VLProcessor"}
     return {"tokenizer.json": tokenizer, "preprocessor_config.json": image}
+# thinkingmachines/Inkling's media tokens, ids V.. (its image and audio placeholders are unused_* tokens of its
+# vocabulary)
+_INKLING_TOKENS = ("<|content_image|>", "<|content_image_end|>", "<|unused_200054|>", "<|unused_200053|>",
+                   "<|content_audio_input|>")
+
+
+def _inkling_files() -> dict[str, dict]:
+    """The byte tokenizer with Inkling's media tokens (from id V: image start, image end, image, audio, audio
+    start) and processor_config.json naming them as the release's does (mlx-vlm's InklingProcessor reads it);
+    the image processor is mlx-vlm's own (40x40 patches), so the test feeds patches itself."""
+    tokenizer = byte_tokenizer()
+    tokenizer["added_tokens"] = [{"id": V + i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                                  "normalized": False, "special": True} for i, t in enumerate(_INKLING_TOKENS)]
+    processor = {"processor_class": "InklingProcessor", "image_bos_token": _INKLING_TOKENS[0],
+                 "image_token": _INKLING_TOKENS[2], "audio_token": _INKLING_TOKENS[3],
+                 "audio_bos_token": _INKLING_TOKENS[4]}
+    return {"tokenizer.json": tokenizer, "tokenizer_config.json": {"tokenizer_class": "PreTrainedTokenizerFast",
+                                                                   "model_max_length": 1024},
+            "processor_config.json": processor}
+
+
+# stepfun-ai/Step-3.7-Flash's image tokens, ids V.. (mlx-vlm's Step3VLProcessor looks each up by name)
+_STEP_VISION_TOKENS = ("<im_start>", "<im_end>", "<im_patch>", "<patch_start>", "<patch_end>", "<patch_newline>")
+
+
+def _step3p7_files() -> dict[str, dict]:
+    """The byte tokenizer with Step-3.7's image tokens (from id V: <im_patch> is V + 2); mlx-vlm's
+    Step3VLProcessor has its own image settings (728-pixel views), so the test feeds pixels itself."""
+    tokenizer = byte_tokenizer()
+    tokenizer["added_tokens"] = [{"id": V + i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                                  "normalized": False, "special": True} for i, t in enumerate(_STEP_VISION_TOKENS)]
+    return {"tokenizer.json": tokenizer, "tokenizer_config.json": {"tokenizer_class": "PreTrainedTokenizerFast",
+                                                                   "model_max_length": 1024}}
 
 
 def _glm4v_moe(style: str) -> dict:
