@@ -138,6 +138,10 @@ PRODUCED: dict[str, Produced] = {p.model_type: p for p in (
     # and a full-attention layer
     Produced("cohere2_moe", {"first_k_dense_replace": 1, "sliding_window_pattern": 2,
                              "tie_word_embeddings": True}),
+    # mlx-vlm runs it; RoPE in the sliding layers only, a dense first layer (mlp_only_layers), attention sinks
+    Produced("flint", {"layer_types": _SLIDING, "mlp_only_layers": [0]}),
+    # mlx-vlm runs it; RoPE in the sliding layers only, GLM-4's four norms per layer
+    Produced("kolibri1", {"layer_types": _SLIDING}),
 )}
 
 
