@@ -928,7 +928,9 @@ ROWS: tuple[Arch, ...] = (
     Arch("cohere2_moe", _VLM, "cohere2_moe", S, "CohereLabs/command-a-plus-05-2026",
          "text model (transformers' Cohere2MoeForCausalLM) that mlx-vlm runs, mlx-lm has none: output for mlx-vlm. "
          "Parallel attention + MoE, dense first layers, shared experts, sliding + full layers, tied logits "
-         "(an untied lm_head is refused: mlx-vlm's cohere2_moe has none)",
+         "(an untied lm_head is refused: mlx-vlm's cohere2_moe has none). mlx-vlm's cohere2_moe computes otherwise "
+         "than transformers where norm_topk_prob is false with softmax routing, where RoPE is scaled, and where "
+         "layer_types makes a dense first layer sliding-window: its outputs differ then (the plan notes it)",
          family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "num_experts"),
          # transformers' Cohere2Moe: a layer is dense iff mlp_layer_types says so (first_k_dense_replace is only a
          # constructor argument); mlx-vlm's reads first_k_dense_replace (dense layers first)
@@ -959,7 +961,8 @@ ROWS: tuple[Arch, ...] = (
     Arch("flint", _VLM, "flint", S, "RecursiveSI/flint",
          "text model (transformers' FlintForCausalLM) that mlx-vlm runs, mlx-lm has none: output for mlx-vlm. "
          "Sliding layers with RoPE, full-attention layers without (NoPE), attention sinks, q/k norm, dense first "
-         "layers, an ungated shared expert, sigmoid routing",
+         "layers, an ungated shared expert, sigmoid routing. mlx-vlm's flint always renormalizes the chosen experts' "
+         "weights: with norm_topk_prob false its outputs differ from transformers' (the plan notes it)",
          family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "num_experts"),
          # transformers' Flint: RoPE only in sliding layers (mlx-vlm: every layer but no_rope_layer_indices); a layer
          # is dense as Qwen-MoE's rule says (mlx-vlm: mlp_only_layers alone); sliding layers whatever
