@@ -235,6 +235,12 @@ VLM_DONE = ("mlx-vlm output (the default when mlx-vlm is installed; --for mlx-lm
             "projector copied float, language model under language_model.*, processor files copied; "
             "smoke-tested with mlx_vlm.load on text and an image")
 
+def _text_by_vlm(transformers_class: str) -> str:
+    """The start of the note of a text model only mlx-vlm runs (TEXT_BY_MLX_VLM)."""
+    return (f"text model (transformers' {transformers_class}) that mlx-vlm runs, mlx-lm has none: output for mlx-vlm, "
+            "config.json as the source's. ")
+
+
 ROWS: tuple[Arch, ...] = (
     # ---- supported: family, tiny checkpoint (fixture), smoke test ----
     Arch("mixtral", _LM, "mixtral", S, "mistralai/Mixtral-8x7B-v0.1",
@@ -926,8 +932,8 @@ ROWS: tuple[Arch, ...] = (
     # CohereLabs/command-a-plus-05-2026 (transformers' Cohere2MoeForCausalLM): mlp.experts.gate_up_proj / down_proj
     # fused as Mixtral's, mlp.gate.weight the router, a shared MLP (mlp.shared_experts) per MoE layer
     Arch("cohere2_moe", _VLM, "cohere2_moe", S, "CohereLabs/command-a-plus-05-2026",
-         "text model (transformers' Cohere2MoeForCausalLM) that mlx-vlm runs, mlx-lm has none: output for mlx-vlm. "
-         "Parallel attention + MoE, dense first layers, shared experts, sliding + full layers, tied logits "
+         _text_by_vlm("Cohere2MoeForCausalLM") + "Parallel attention + MoE, dense first layers, shared experts, "
+         "sliding + full layers, tied logits "
          "(an untied lm_head is refused: mlx-vlm's cohere2_moe has none). mlx-vlm's cohere2_moe computes otherwise "
          "than transformers where norm_topk_prob is false with softmax routing, where RoPE is scaled, and where "
          "layer_types makes a dense first layer sliding-window: its outputs differ then (the plan notes it)",
@@ -959,8 +965,8 @@ ROWS: tuple[Arch, ...] = (
     # RecursiveSI/flint (transformers' FlintForCausalLM): Qwen3-MoE's layout (fused experts, mlp.gate router,
     # q/k norm) plus an ungated mlp.shared_expert and per-head attention sinks (self_attn.sinks)
     Arch("flint", _VLM, "flint", S, "RecursiveSI/flint",
-         "text model (transformers' FlintForCausalLM) that mlx-vlm runs, mlx-lm has none: output for mlx-vlm. "
-         "Sliding layers with RoPE, full-attention layers without (NoPE), attention sinks, q/k norm, dense first "
+         _text_by_vlm("FlintForCausalLM") + "Sliding layers with RoPE, full-attention layers without (NoPE), "
+         "attention sinks, q/k norm, dense first "
          "layers, an ungated shared expert, sigmoid routing. mlx-vlm's flint always renormalizes the chosen experts' "
          "weights: with norm_topk_prob false its outputs differ from transformers' (the plan notes it)",
          family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "num_experts"),
@@ -982,8 +988,8 @@ ROWS: tuple[Arch, ...] = (
     # Aleph-Alpha/Kolibri-1 (transformers' Kolibri1ForCausalLM): Qwen3-MoE's fused experts, a router with
     # e_score_correction_bias, shared experts, GLM-4's four norms per layer (post_self_attn / post_mlp_layernorm)
     Arch("kolibri1", _VLM, "kolibri1", S, "Aleph-Alpha/Kolibri-1",
-         "text model (transformers' Kolibri1ForCausalLM) that mlx-vlm runs, mlx-lm has none: output for mlx-vlm. "
-         "Sliding layers with RoPE, full-attention layers without, q/k norm, norms after attention and MoE, "
+         _text_by_vlm("Kolibri1ForCausalLM") + "Sliding layers with RoPE, full-attention layers without, q/k norm, "
+         "norms after attention and MoE, "
          "sigmoid routing with a correction bias, shared experts",
          family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "num_experts"),
          # GLM-4's decoder-layer norms (transformers) under mlx-vlm's kolibri1 names
