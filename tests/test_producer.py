@@ -115,7 +115,7 @@ def test_a_text_model_only_mlx_vlm_runs_converts_for_mlx_vlm_and_is_refused_for_
     src, _ = produced(model_type)
     conversion = Conversion(src, None, dtype="float32")
     assert conversion.runner == "mlx-vlm"
-    assert any(n.startswith("output for mlx-vlm: a text model") for n in conversion.plan.notes), conversion.plan.notes
+    assert any(n.startswith(f"output for mlx-vlm: mlx-lm has no {model_type} model") for n in conversion.plan.notes), conversion.plan.notes
     card = conversion.card()
     assert "pipeline_tag: text-generation" in card and "from mlx_vlm import load" in card
     with pytest.raises(MoequantError, match=rf"^config.json: model_type '{model_type}' is not supported by mlx-lm "):

@@ -1029,7 +1029,8 @@ ARCHITECTURES: tuple[Arch, ...] = tuple(a for a in ROWS if a.status is not None)
 FAMILIES: dict[str, Family] = {a.model_type: a.family for a in ROWS if a.family and a.status != Status.BLOCKED}
 PENDING: dict[str, Family] = {a.model_type: a.family for a in ROWS if a.family and a.status == Status.BLOCKED}
 VISION_LANGUAGE: dict[str, VisionLanguage] = {a.model_type: a.vision for a in ROWS if a.vision}
-# model_types only mlx-vlm has a model for, and no vision part: mlx-vlm runs the text model (no vision_config)
+# model_types only mlx-vlm has a model for, and no vision part: mlx-vlm runs the text model (no vision_config); a "not
+# yet" row among them is refused (family_of) with its note
 TEXT_BY_MLX_VLM: frozenset[str] = frozenset(a.model_type for a in ROWS if a.runner == _VLM and a.vision is None)
 # transformers model_type -> the one mlx-lm runs it under (mlx-lm's own MODEL_REMAPPING needs no row)
 MODEL_TYPES: dict[str, str] = {a.model_type: a.runs_as for a in ROWS if a.runs_as}
