@@ -144,6 +144,10 @@ PRODUCED: dict[str, Produced] = {p.model_type: p for p in (
     # simulated_logits, and an orientation mistake cannot pass)
     Produced("openai_privacy_filter", {"intermediate_size": 3 * I_MOE},
              model_class="OpenAIPrivacyFilterForTokenClassification"),
+    # mlx-vlm runs it; RoPE in the sliding layers only, a dense first layer (mlp_only_layers), attention sinks
+    Produced("flint", {"layer_types": _SLIDING, "mlp_only_layers": [0]}),
+    # mlx-vlm runs it; RoPE in the sliding layers only, GLM-4's four norms per layer
+    Produced("kolibri1", {"layer_types": _SLIDING}),
 )}
 
 

@@ -222,8 +222,8 @@ def choose_runner(config: dict, runner: str | None = None) -> tuple[str, str | N
         if not mlx_vlm_installed():
             raise CheckpointError(f"config.json: model_type {model_type!r} runs in mlx-vlm only (mlx-lm has no model "
                                   "for it), and mlx-vlm is not installed; expected `pip install 'moequant[vlm]'`")
-        return MLX_VLM, (f"output for mlx-vlm: a text model that mlx-vlm runs (mlx-lm has no {model_type} model), "
-                         "config.json as the source's")
+        return MLX_VLM, (f"output for mlx-vlm: mlx-lm has no {model_type} model, mlx-vlm runs it; config.json as "
+                         "the source's")
     if runner == MLX_VLM:
         if not vlm:
             keys = VISION_LANGUAGE[model_type].vision_keys if model_type in VISION_LANGUAGE else ("vision_config",)
