@@ -134,6 +134,10 @@ PRODUCED: dict[str, Produced] = {p.model_type: p for p in (
     Produced("flex_olmo"),
     Produced("granitemoeshared"),
     Produced("jetmoe"),
+    # mlx-vlm runs it (no vision part), tied as the release; a dense first layer (transformers' mlp_layer_types)
+    # and a full-attention layer
+    Produced("cohere2_moe", {"first_k_dense_replace": 1, "sliding_window_pattern": 2,
+                             "tie_word_embeddings": True}),
     # mlx-vlm runs it (no vision part); no prompt longer than index_topk and no SwiGLU clamp (swiglu_limit inf), the
     # two places mlx-vlm's hy_v4 differs (plan notes; test_producer holds them true with limits that bite)
     Produced("hy_v4", {"index_topk": 64, "max_position_embeddings": 64, "swiglu_limit": math.inf}),

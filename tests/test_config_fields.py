@@ -2,7 +2,7 @@
 
 For each model_type transformers writes (tests/producer.py) and `moequant archs` supports, the
 config.json save_pretrained wrote is resolved as moequant resolves it, mlx-lm's ModelArgs is built
-from that, and each ModelArgs field with a counterpart in transformers' own config object — the
+from that (mlx-vlm's ModelConfig for a text model only mlx-vlm runs: registry.TEXT_BY_MLX_VLM), and each ModelArgs field with a counterpart in transformers' own config object — the
 same name (transformers' attribute_map aliases included) or a registry row's Rename — must hold
 transformers' value. A field that silently kept ModelArgs' own default while transformers reads
 another value fails here, whatever the logits of a tiny model show.
@@ -24,8 +24,8 @@ from transformers.integrations.heterogeneity.configuration_utils import (  # noq
 )
 
 from moequant.configmap import COMMON, CONVERTERS, MISSING, NONE, RENAMES, lookup  # noqa: E402
-from moequant.registry import TEXT_ARGS  # noqa: E402
-from moequant.target import model_classes, resolve_config, text_args_class  # noqa: E402
+from moequant.registry import TEXT_ARGS, TEXT_BY_MLX_VLM  # noqa: E402
+from moequant.target import MLX_VLM, build_model, model_classes, resolve_config, runner_of, text_args_class  # noqa: E402
 
 from producer import BOOKKEEPING, PRODUCED, tiny_config  # noqa: E402
 from test_producer import SUPPORTED  # noqa: E402
@@ -80,8 +80,11 @@ def test_every_model_args_field_holds_transformers_value(tmp_path, model_type):
     config.save_pretrained(tmp_path)
     written = json.loads((tmp_path / "config.json").read_text())
     theirs = type(config).from_pretrained(tmp_path)
-    resolved, _ = resolve_config(written, "mlx-lm")
-    args = model_classes(resolved)[1].from_dict(resolved)
+    resolved, _ = resolve_config(written, MLX_VLM if model_type in TEXT_BY_MLX_VLM else "mlx-lm")
+    if runner_of(resolved) == MLX_VLM:  # the ModelConfig mlx-vlm's loader builds
+        args = build_model(resolved).config
+    else:
+        args = model_classes(resolved)[1].from_dict(resolved)
     if resolved["model_type"] in TEXT_ARGS:  # the language model's keys reach another class (text_config or flat)
         args = text_args_class(resolved).from_dict(resolved.get("text_config") or resolved)
     full = theirs.to_dict()

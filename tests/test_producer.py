@@ -6,7 +6,8 @@ or a config key is checked against transformers' — not against mlx-lm's float 
 moequant's config reading. A model_type `moequant archs` calls supported must:
 - convert with --no-quantize to logits within 1e-4 of transformers' (float32), top-1 equal;
 - convert at 4 and 8 bits to logits no further from transformers' float ones than a simulated
-  round trip of the same weights (producer.simulated_logits) is, and run quantized in mlx-lm.
+  round trip of the same weights (producer.simulated_logits) is, and run quantized in its runner
+  (mlx-lm; mlx-vlm for a text model only mlx-vlm runs: registry.TEXT_BY_MLX_VLM).
 A model_type it does not support must be refused in one line.
 """
 
@@ -22,9 +23,9 @@ import mlx.core as mx  # noqa: E402
 
 from moequant.convert import Conversion  # noqa: E402
 from moequant.errors import MoequantError  # noqa: E402
-from moequant.evaluate import compare_logits, load_float32  # noqa: E402
+from moequant.evaluate import compare_logits, load_float32, text_logits  # noqa: E402
 from moequant.formats import Quant  # noqa: E402
-from moequant.registry import ARCHITECTURES, MODEL_TYPES, Status  # noqa: E402
+from moequant.registry import ARCHITECTURES, MODEL_TYPES, TEXT_BY_MLX_VLM, Status  # noqa: E402
 
 from producer import PRODUCED, TOKENS, produced, simulated_logits  # noqa: E402,F401  (produced: a fixture)
 
@@ -91,13 +92,28 @@ def test_quantized_is_within_a_simulated_round_trip(tmp_path, produced, model_ty
     # A wrong layout or a module quantized along its output dimension is many times further.
     assert ours.kl <= 1.1 * simulated.kl + 1e-4, (ours, simulated)
 
-    # the quantized model runs in mlx-lm itself, close to its dequantized float32 forward
-    from mlx_lm.utils import load_model
+    # the quantized model runs in its runner itself (mlx-lm's loader, or mlx-vlm's for an output for mlx-vlm)
+    if conversion.runner == "mlx-vlm":
+        from mlx_vlm.utils import load_model
 
-    model, _ = load_model(tmp_path / "dst")
-    quantized = model(mx.array(TOKENS.astype(np.int32)))
+        model = load_model(tmp_path / "dst")
+    else:
+        from mlx_lm.utils import load_model
+
+        model, _ = load_model(tmp_path / "dst")
+    quantized = text_logits(model, mx.array(TOKENS.astype(np.int32)))
     mx.eval(quantized)
     assert np.isfinite(np.array(quantized)).all()
+
+
+@pytest.mark.parametrize("model_type", [m for m in SUPPORTED if m in TEXT_BY_MLX_VLM])
+def test_a_text_model_only_mlx_vlm_runs_converts_for_mlx_vlm_and_is_refused_for_mlx_lm(tmp_path, produced, model_type):
+    src, _ = produced(model_type)
+    conversion = Conversion(src, None, dtype="float32")
+    assert conversion.runner == "mlx-vlm"
+    assert any(n.startswith("output for mlx-vlm: a text model") for n in conversion.plan.notes), conversion.plan.notes
+    with pytest.raises(MoequantError, match=rf"^config.json: model_type '{model_type}' is not supported by mlx-lm "):
+        Conversion(src, runner="mlx-lm")
 
 
 @pytest.mark.parametrize("model_type", REFUSED)

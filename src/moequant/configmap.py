@@ -82,6 +82,13 @@ def _rotary_dim(config: dict, _: dict) -> int | None:
     return int(head_dim * rope.get("partial_rotary_factor", 1.0))
 
 
+@converter("prefix_dense_intermediate_size")
+def _prefix_dense_intermediate_size(config: dict, _: dict) -> int | None:
+    """transformers' Cohere2Moe dense layers: prefix_dense_intermediate_size, None meaning intermediate_size."""
+    size = config.get("prefix_dense_intermediate_size")
+    return config.get("intermediate_size") if size is None else size
+
+
 @converter("twice")
 def _twice(value, _: dict):
     return 2 * value if isinstance(value, int) else None

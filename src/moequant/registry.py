@@ -185,7 +185,9 @@ class Arch:
     row without one is another spelling (`runs_as`) or a sub-config's model_type (renames only)."""
 
     model_type: str  # as config.json says it
-    runner: str = ""  # "mlx-lm" or "mlx-vlm": which runner has its model (mlx-vlm: only mlx-vlm)
+    # "mlx-lm" or "mlx-vlm": which runner has its model (mlx-vlm: only mlx-vlm; with no `vision` part, a text model
+    # that only mlx-vlm runs, its output for mlx-vlm: TEXT_BY_MLX_VLM)
+    runner: str = ""
     module: str = ""  # the runner's model module (mlx_lm.models.<module>)
     status: Status | None = None
     release: str = ""  # the release whose layout and config keys the tiny checkpoint follows (hub id where known)
@@ -920,6 +922,24 @@ ROWS: tuple[Arch, ...] = (
     Arch("qwen3_omni_moe", _VLM, "qwen3_omni_moe", N, "Qwen/Qwen3-Omni-30B-A3B-Instruct",
          "not converted yet (two MoE language models, thinker and talker, beside vision and audio towers); "
          "mlx_vlm.convert converts it meanwhile"),
+    # ---- text models only mlx-vlm runs (no vision part): output for mlx-vlm, config.json as the source's ----
+    # CohereLabs/command-a-plus-05-2026 (transformers' Cohere2MoeForCausalLM): mlp.experts.gate_up_proj / down_proj
+    # fused as Mixtral's, mlp.gate.weight the router, a shared MLP (mlp.shared_experts) per MoE layer
+    Arch("cohere2_moe", _VLM, "cohere2_moe", S, "CohereLabs/command-a-plus-05-2026",
+         "text model (transformers' Cohere2MoeForCausalLM) that mlx-vlm runs, mlx-lm has none: output for mlx-vlm. "
+         "Parallel attention + MoE, dense first layers, shared experts, sliding + full layers, tied logits "
+         "(an untied lm_head is refused: mlx-vlm's cohere2_moe has none)",
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "num_experts"),
+         # transformers' Cohere2Moe: a layer is dense iff mlp_layer_types says so (first_k_dense_replace is only a
+         # constructor argument); mlx-vlm's reads first_k_dense_replace (dense layers first)
+         renames=(Rename("first_k_dense_replace", "mlp_layer_types", "dense_then_sparse", overrides=True),
+                  Rename("prefix_dense_intermediate_size", "", "prefix_dense_intermediate_size", overrides=True)),
+         ignored_by_vlm=(
+             Ignored("tie_word_embeddings", "untied", (
+                 "an lm_head of its own (transformers' Cohere2MoeForCausalLM uses it), but mlx-vlm's cohere2_moe "
+                 "computes logits with embed_tokens (mlx_vlm/models/cohere2_moe/language.py LanguageModel.__call__: "
+                 "embed_tokens.as_linear) and has no lm_head"), expected="tie_word_embeddings true"),
+         )),
     # tencent/Hy4-preview (transformers' HYV4ForCausalLM; mlx-vlm's hy_v4, built on its deepseek_v32): MLA whose
     # kv_b_proj mlx-vlm splits into embed_q / unembed_out only from the release's MXFP8 (hy_v4/language.py
     # Model.sanitize), a DSA indexer on the "full" layers (the "shared" ones reuse its top-k), an attention output
@@ -995,7 +1015,7 @@ ROWS: tuple[Arch, ...] = (
          )),
     # MoE model_types mlx-vlm 0.7.10 runs (Switch layers in its module) that no moequant row covers yet
     *(Arch(model_type, _VLM, model_type, N, "", NOT_BUILT_VLM) for model_type in (
-        "cohere2_moe", "flint", "glm5_next", "inkling", "kolibri1", "llada2_moe",
+        "flint", "glm5_next", "inkling", "kolibri1", "llada2_moe",
         "longcat_flash_sparse", "moondream3", "openai_privacy_filter", "qwen4_exp", "step3p7", "youtu_vl",
         "zaya1_vl")),
 )
@@ -1027,6 +1047,8 @@ ARCHITECTURES: tuple[Arch, ...] = tuple(a for a in ROWS if a.status is not None)
 FAMILIES: dict[str, Family] = {a.model_type: a.family for a in ROWS if a.family and a.status != Status.BLOCKED}
 PENDING: dict[str, Family] = {a.model_type: a.family for a in ROWS if a.family and a.status == Status.BLOCKED}
 VISION_LANGUAGE: dict[str, VisionLanguage] = {a.model_type: a.vision for a in ROWS if a.vision}
+# model_types only mlx-vlm has a model for, and no vision part: mlx-vlm runs the text model (no vision_config)
+TEXT_BY_MLX_VLM: frozenset[str] = frozenset(a.model_type for a in ROWS if a.runner == _VLM and a.vision is None)
 # transformers model_type -> the one mlx-lm runs it under (mlx-lm's own MODEL_REMAPPING needs no row)
 MODEL_TYPES: dict[str, str] = {a.model_type: a.runs_as for a in ROWS if a.runs_as}
 WRAPPED: dict[str, Wrapped] = {a.model_type: a.wrapped for a in ROWS if a.wrapped}

@@ -6,9 +6,11 @@ lazy), so the module tree can be planned before a byte of tensor data is read.
 
 Which runner: a vision-language checkpoint (a registry row with a vision part, its vision keys set in
 config.json) converts for mlx-vlm — vision tower and projector kept — when mlx-vlm is installed,
-and otherwise (or when asked: `runner="mlx-lm"`) for mlx-lm, text only. `resolve_config` makes the
-choice and records it in the config itself: a config resolved for mlx-lm has its vision keys
-removed (its output has no vision weights either), so `build_model`, and anything reading the
+and otherwise (or when asked: `runner="mlx-lm"`) for mlx-lm, text only. A text model that only
+mlx-vlm has a model for (a row of runner mlx-vlm without a vision part: registry.TEXT_BY_MLX_VLM)
+converts for mlx-vlm, its config.json as the source's, as mlx_vlm.convert writes it. `resolve_config`
+makes the choice and records it in the config itself: a config resolved for mlx-lm has its vision
+keys removed (its output has no vision weights either), so `build_model`, and anything reading the
 output, tells the two apart from the config alone.
 """
 
@@ -35,8 +37,8 @@ import mlx.nn as nn
 
 from .configmap import MISSING, PLAIN_ROPE_TYPES, TRANSFORMERS_BOOKKEEPING, apply_renames, lookup
 from .errors import CheckpointError
-from .registry import (ABSENT_AS_ZEROS, CONFIG_ALIASES, MODEL_ARCHITECTURES, MODEL_TYPES, TEXT_ARGS, VISION_LANGUAGE,
-                       WRAPPED)
+from .registry import (ABSENT_AS_ZEROS, CONFIG_ALIASES, MODEL_ARCHITECTURES, MODEL_TYPES, TEXT_ARGS, TEXT_BY_MLX_VLM,
+                       VISION_LANGUAGE, WRAPPED)
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +60,9 @@ def is_vision_language(config: dict) -> bool:
 
 
 def runner_of(config: dict) -> str:
-    """The runner a resolved config is for (resolve_config removes the vision keys for mlx-lm)."""
-    return MLX_VLM if is_vision_language(config) else MLX_LM
+    """The runner a resolved config is for (resolve_config removes the vision keys for mlx-lm; a text
+    model only mlx-vlm runs is mlx-vlm's)."""
+    return MLX_VLM if is_vision_language(config) or config.get("model_type") in TEXT_BY_MLX_VLM else MLX_LM
 
 
 def _vlm_arch(config: dict):
@@ -208,10 +211,18 @@ def text_args_class(config: dict):
 
 def choose_runner(config: dict, runner: str | None = None) -> tuple[str, str | None]:
     """(runner, note): mlx-vlm for a vision-language config when mlx-vlm is installed, else mlx-lm;
-    `runner` asks for one ("mlx-lm": text only, whatever the source)."""
+    mlx-vlm for a text model only mlx-vlm runs (TEXT_BY_MLX_VLM); `runner` asks for one ("mlx-lm":
+    text only, whatever the source)."""
     model_type, vlm = config.get("model_type"), is_vision_language(config)
+    text_vlm = model_type in TEXT_BY_MLX_VLM
     if runner not in (None, *RUNNERS):
         raise CheckpointError(f"--for {runner}: expected one of {', '.join(RUNNERS)}")
+    if text_vlm and runner != MLX_LM:  # --for mlx-lm: refused where mlx-lm has no model for it (model_classes)
+        if not mlx_vlm_installed():
+            raise CheckpointError(f"config.json: model_type {model_type!r} runs in mlx-vlm only (mlx-lm has no model "
+                                  "for it), and mlx-vlm is not installed; expected `pip install 'moequant[vlm]'`")
+        return MLX_VLM, (f"output for mlx-vlm: a text model that mlx-vlm runs (mlx-lm has no {model_type} model), "
+                         "config.json as the source's")
     if runner == MLX_VLM:
         if not vlm:
             keys = VISION_LANGUAGE[model_type].vision_keys if model_type in VISION_LANGUAGE else ("vision_config",)
