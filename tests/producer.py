@@ -138,6 +138,10 @@ PRODUCED: dict[str, Produced] = {p.model_type: p for p in (
     # and a full-attention layer
     Produced("cohere2_moe", {"first_k_dense_replace": 1, "sliding_window_pattern": 2,
                              "tie_word_embeddings": True}),
+    # mlx-vlm runs it; RoPE in the sliding layers only, a dense first layer (mlp_only_layers), attention sinks
+    Produced("flint", {"layer_types": _SLIDING, "mlp_only_layers": [0]}),
+    # mlx-vlm runs it; RoPE in the sliding layers only, GLM-4's four norms per layer
+    Produced("kolibri1", {"layer_types": _SLIDING}),
     # mlx-vlm runs it (no vision part); no prompt longer than index_topk and no SwiGLU clamp (swiglu_limit inf), the
     # two places mlx-vlm's hy_v4 differs (plan notes; test_producer holds them true with limits that bite)
     Produced("hy_v4", {"index_topk": 64, "max_position_embeddings": 64, "swiglu_limit": math.inf}),

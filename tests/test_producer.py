@@ -13,6 +13,8 @@ A model_type it does not support must be refused in one line.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -20,6 +22,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers", minversion="5.0")
 
 import mlx.core as mx  # noqa: E402
+import mlx.nn as nn  # noqa: E402
 
 from moequant.convert import Conversion  # noqa: E402
 from moequant.errors import MoequantError  # noqa: E402
@@ -27,7 +30,8 @@ from moequant.evaluate import compare_logits, load_float32, text_logits  # noqa:
 from moequant.formats import Quant  # noqa: E402
 from moequant.registry import ARCHITECTURES, MODEL_TYPES, TEXT_BY_MLX_VLM, Status  # noqa: E402
 
-from producer import PRODUCED, TOKENS, produced, simulated_logits  # noqa: E402,F401  (produced: a fixture)
+from producer import (PRODUCED, TOKENS, produced, simulated_logits,  # noqa: E402,F401  (produced: a fixture)
+                      write_produced)
 
 STATUS = {a.model_type: a.status for a in ARCHITECTURES}
 
@@ -114,6 +118,67 @@ def test_a_text_model_only_mlx_vlm_runs_converts_for_mlx_vlm_and_is_refused_for_
     assert any(n.startswith("output for mlx-vlm: a text model") for n in conversion.plan.notes), conversion.plan.notes
     with pytest.raises(MoequantError, match=rf"^config.json: model_type '{model_type}' is not supported by mlx-lm "):
         Conversion(src, runner="mlx-lm")
+
+
+def _flint_unnormalized(layers) -> None:
+    """transformers' Flint router with norm_topk_prob false: the chosen experts' sigmoid scores as they are."""
+    def route(block, x):
+        scores = mx.sigmoid(block.gate(x).astype(mx.float32))
+        indices = mx.argpartition(scores + block.expert_bias, kth=-block.top_k, axis=-1)[..., -block.top_k:]
+        return indices, mx.take_along_axis(scores, indices, axis=-1)
+
+    for layer in layers:
+        if "switch_mlp" in layer.mlp:
+            layer.mlp.route = lambda x, block=layer.mlp: route(block, x)
+
+
+def _cohere2_softmax_over_chosen(layers) -> None:
+    """transformers' Cohere2Moe router: softmax over the chosen experts' logits (renormalized all-expert softmax)."""
+    for layer in layers:
+        if "switch_mlp" in layer.mlp:
+            layer.mlp.norm_topk_prob = True
+
+
+def _cohere2_linear_rope(layers) -> None:
+    """transformers' linear RoPE scaling (rope_parameters factor 2) in place of mlx-vlm's plain RoPE."""
+    for layer in layers:
+        layer.self_attn.rope = nn.RoPE(layer.self_attn.head_dim, traditional=True, base=10000.0, scale=0.5)
+
+
+def _cohere2_sliding_prefix(layers) -> None:
+    """transformers' sliding window in the dense first layer that layer_types makes sliding."""
+    layers[0].self_attn.use_sliding_window = True
+
+
+# Producer checkpoints (extra config over the row's) where mlx-vlm's model for a text model computes otherwise than
+# transformers' (registry ignored_by_vlm rows), and the difference undone on the loaded model
+DIFFERS_BY_MLX_VLM = {
+    "flint norm_topk_prob": ("flint", {"norm_topk_prob": False}, _flint_unnormalized),
+    "cohere2_moe norm_topk_prob": ("cohere2_moe", {"norm_topk_prob": False}, _cohere2_softmax_over_chosen),
+    "cohere2_moe rope": ("cohere2_moe", {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}},
+                         _cohere2_linear_rope),
+    "cohere2_moe sliding prefix": ("cohere2_moe", {"first_k_dense_replace": None,
+                                                   "mlp_layer_types": ["dense", "sparse", "sparse"]},
+                                   _cohere2_sliding_prefix),
+}
+
+
+@pytest.mark.parametrize("case", DIFFERS_BY_MLX_VLM)
+def test_where_mlx_vlm_differs_from_transformers_the_plan_says_so_and_that_is_the_whole_difference(
+        tmp_path, monkeypatch, case):
+    model_type, extra, undo = DIFFERS_BY_MLX_VLM[case]
+    row = PRODUCED[model_type]
+    monkeypatch.setitem(PRODUCED, model_type, replace(row, extra={**row.extra, **extra}))
+    reference = mx.array(write_produced(tmp_path / "src", model_type))
+    conversion = Conversion(tmp_path / "src", None, dtype="float32")
+    assert len(_differs(conversion)) == 1 and _differs(conversion)[0].startswith(f"mlx-vlm's {model_type} differs")
+    list(conversion.run(tmp_path / "dst"))
+    ours = load_float32(tmp_path / "dst")
+    ids = mx.array(TOKENS.astype(np.int32))
+    assert compare_logits(reference, ours(ids)).max_abs > 100 * MAX_ABS
+    undo(ours.model.language_model.model.layers)
+    closeness = compare_logits(reference, ours(ids))
+    assert closeness.max_abs <= MAX_ABS and closeness.top1 == 1.0, closeness
 
 
 @pytest.mark.parametrize("model_type", REFUSED)

@@ -89,6 +89,24 @@ def _prefix_dense_intermediate_size(config: dict, _: dict) -> int | None:
     return config.get("intermediate_size") if size is None else size
 
 
+@converter("full_attention_indices")
+def _full_attention_indices(layer_types, _: dict) -> list[int]:
+    """layer_types -> the indices of its full-attention layers (transformers' Flint: NoPE there, RoPE in
+    the sliding ones; mlx-vlm's flint: no_rope_layer_indices)."""
+    return [i for i, t in enumerate(_layer_types(layer_types, "layer_types")) if t == "full_attention"]
+
+
+@converter("qwen_dense_layers")
+def _qwen_dense_layers(config: dict, _: dict) -> list[int] | None:
+    """transformers' Qwen-MoE decoder layers (Flint's): MoE iff the layer is not in mlp_only_layers and
+    num_experts > 0 and (layer + 1) % decoder_sparse_step == 0; the dense ones' indices."""
+    n, step = config.get("num_hidden_layers"), config.get("decoder_sparse_step") or 1
+    if not isinstance(n, int):
+        return None
+    dense = config.get("mlp_only_layers") or []
+    return [i for i in range(n) if i in dense or not ((config.get("num_experts") or 0) > 0 and (i + 1) % step == 0)]
+
+
 @converter("twice")
 def _twice(value, _: dict):
     return 2 * value if isinstance(value, int) else None

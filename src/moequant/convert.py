@@ -237,11 +237,7 @@ class Conversion:
         """One group's tensors (lazy), unpacked from the source format, renamed and stacked (and the
         expert stacks made, see to_stacked); packed modules still packed."""
         weights = self.format.unpack(self.ckpt.load(group.keys), self.context)
-        weights = {canonical_name(k): v for k, v in weights.items()}
-        if rows := TENSOR_RENAMES.get(self.config["model_type"]):
-            if not hasattr(self, "_targets"):  # the target's parameter names, once (not per group)
-                self._targets = frozenset(parameter_shapes(self.model))
-            weights = {renamed(k, rows, self._targets): v for k, v in weights.items()}
+        weights = self._renamed({canonical_name(k): v for k, v in weights.items()})
         weights, stacks = to_stacked(self.family, weights, self.num_experts)
         if not hasattr(self.model, "sanitize"):
             return weights, stacks
@@ -258,6 +254,14 @@ class Conversion:
             weights = dequantize_packed(weights, replace(self.context, stored=stray, as_stored=frozenset()))
         return weights, stacks
 
+    def _renamed(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        """`weights` under the row's tensor_renames (names.renamed: only into the target's parameter names)."""
+        if rows := TENSOR_RENAMES.get(self.config["model_type"]):
+            if not hasattr(self, "_targets"):  # the target's parameter names, once (not per group)
+                self._targets = frozenset(parameter_shapes(self.model))
+            weights = {renamed(k, rows, self._targets): v for k, v in weights.items()}
+        return weights
+
     def _sanitized(self) -> tuple[dict[str, mx.array], list[ExpertStack]]:
         """Every tensor (lazy) in the target's names: unpacked, renamed and stacked group by group,
         then through mlx-lm's sanitize at once, as it is written for: several decide what to
@@ -271,7 +275,10 @@ class Conversion:
             unpacked, made = self._unpacked(group)
             weights.update(unpacked)
             stacks += made
-        weights = self.model.sanitize(weights) if hasattr(self.model, "sanitize") else weights
+        if hasattr(self.model, "sanitize"):
+            # renamed again: a target whose sanitize prefixes every key (mlx-vlm's language_model.) has the
+            # renamed names only after it
+            weights = self._renamed(self.model.sanitize(weights))
         for key, shape in absent_as_zeros(self.config, parameter_shapes(self.model)).items():
             weights.setdefault(key, mx.zeros(shape))  # a bias transformers' config says the model has not
         return weights, stacks

@@ -12,8 +12,8 @@ Whether an entry shows for a source is a predicate here, in MATTERS, that the en
 An entry belongs to the row of the model_type mlx-lm runs (target.resolve_config's) and reads the
 resolved config (config.json with transformers' defaults filled in, so a key the file leaves out
 reads as transformers reads it), or SRC's tensor names. A row's `ignored_by_vlm` entries
-(registry.IGNORED_BY_MLX_VLM) say the same of mlx-vlm's models (0.7.10; their vision towers), for
-an output for mlx-vlm.
+(registry.IGNORED_BY_MLX_VLM) say the same of mlx-vlm's models (0.7.10; their vision towers, and the
+text models only mlx-vlm runs), for an output for mlx-vlm.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import logging
 import math
 from typing import Any, Callable, Iterable
 
-from .configmap import MISSING, lookup
+from .configmap import MISSING, PLAIN_ROPE_TYPES, lookup
 from .errors import CheckpointError
 from .registry import IGNORED_BY_MLX_LM, IGNORED_BY_MLX_VLM, registrar
 from .target import MLX_VLM, runner_of
@@ -73,6 +73,25 @@ def _sliding_window_used(use_sliding_window, config: dict) -> bool:
 @matters("always")
 def _always(found, config: dict) -> bool:
     return True
+
+
+@matters("softmax_top_k_unnormalized")
+def _softmax_top_k_unnormalized(norm_topk_prob, config: dict) -> bool:
+    """Softmax routing over fewer experts than there are, the chosen weights not renormalized."""
+    return norm_topk_prob is False and config.get("expert_selection_fn") == "softmax" and \
+        (config.get("num_experts_per_tok") or 0) < (config.get("num_experts") or 0)
+
+
+@matters("scaled_rope")
+def _scaled_rope(rope_type, config: dict) -> bool:
+    return rope_type not in PLAIN_ROPE_TYPES
+
+
+@matters("sliding_dense_prefix")
+def _sliding_dense_prefix(layer_types, config: dict) -> bool:
+    """A dense first layer (first_k_dense_replace) that layer_types makes sliding-window attention."""
+    dense = config.get("first_k_dense_replace") or 0
+    return isinstance(layer_types, list) and "sliding_attention" in layer_types[:dense]
 
 
 @matters("false")

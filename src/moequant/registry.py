@@ -197,9 +197,9 @@ class Arch:
     vision: VisionLanguage | None = None  # a vision part mlx-vlm runs (the runner choice: target.choose_runner)
     renames: tuple[Rename, ...] = ()  # config renames for the runner's config class (configmap.apply_renames)
     ignored: tuple[Ignored, ...] = ()  # where mlx-lm's model differs from transformers' (ignored.ignored_notes)
-    # where mlx-vlm's model (vision tower, projector) differs from transformers' for the same weights, read as
-    # `ignored` for an output for mlx-vlm; measured on the producer's tiny checkpoints (tests/test_producer_vlm.py),
-    # one image, float32: max abs logit difference
+    # where mlx-vlm's model (vision tower, projector; or the language model of a text model only mlx-vlm runs) differs
+    # from transformers' for the same weights, read as `ignored` for an output for mlx-vlm; measured on the producer's
+    # tiny checkpoints (tests/test_producer_vlm.py, one image, float32: max abs logit difference; tests/test_producer.py)
     ignored_by_vlm: tuple[Ignored, ...] = ()
     runs_as: str = ""  # the model_type mlx-lm runs this one under (its config.json carries that one)
     wrapped: Wrapped | None = None  # a language model alone that mlx-lm runs inside its wrapper (runs_as)
@@ -939,6 +939,20 @@ ROWS: tuple[Arch, ...] = (
                  "an lm_head of its own (transformers' Cohere2MoeForCausalLM uses it), but mlx-vlm's cohere2_moe "
                  "computes logits with embed_tokens (mlx_vlm/models/cohere2_moe/language.py LanguageModel.__call__: "
                  "embed_tokens.as_linear) and has no lm_head"), expected="tie_word_embeddings true"),
+             Ignored("norm_topk_prob", "softmax_top_k_unnormalized", (
+                 "transformers' Cohere2Moe router takes the softmax over the chosen experts' logits alone "
+                 "(modeling_cohere2_moe.py Cohere2MoeTopKRouter), mlx-vlm's cohere2_moe the softmax over every expert, "
+                 "not renormalized when norm_topk_prob is false (mlx_vlm/models/cohere2_moe/language.py "
+                 "CohereMoeSparseMoeBlock), so expert outputs are weighed differently")),
+             Ignored("rope_parameters.rope_type", "scaled_rope", (
+                 "transformers' Cohere2Moe scales its RoPE as rope_parameters says (Cohere2MoeRotaryEmbedding), "
+                 "mlx-vlm's cohere2_moe rotates with plain RoPE at rope_theta (mlx_vlm/models/cohere2_moe/language.py "
+                 "Attention: nn.RoPE), so positions are encoded differently")),
+             Ignored("layer_types", "sliding_dense_prefix", (
+                 "transformers' Cohere2Moe gives a dense first layer the attention layer_types says, here a sliding "
+                 "window (modeling_cohere2_moe.py Cohere2MoeAttention), mlx-vlm's cohere2_moe always full attention "
+                 "there (mlx_vlm/models/cohere2_moe/language.py is_sliding_layer), and RoPE only where "
+                 "prefix_dense_sliding_window_pattern is 1, so outputs differ on prompts longer than sliding_window")),
          )),
     # tencent/Hy4-preview (transformers' HYV4ForCausalLM; mlx-vlm's hy_v4, built on its deepseek_v32): MLA whose
     # kv_b_proj mlx-vlm splits into embed_q / unembed_out only from the release's MXFP8 (hy_v4/language.py
@@ -1013,9 +1027,41 @@ ROWS: tuple[Arch, ...] = (
                  "index_block x index_keep of them, so long prompts attend to other entries (index_block 0 in "
                  "config.json makes mlx-vlm select exactly)")),
          )),
+    # RecursiveSI/flint (transformers' FlintForCausalLM): Qwen3-MoE's layout (fused experts, mlp.gate router,
+    # q/k norm) plus an ungated mlp.shared_expert and per-head attention sinks (self_attn.sinks)
+    Arch("flint", _VLM, "flint", S, "RecursiveSI/flint",
+         "text model (transformers' FlintForCausalLM) that mlx-vlm runs, mlx-lm has none: output for mlx-vlm. "
+         "Sliding layers with RoPE, full-attention layers without (NoPE), attention sinks, q/k norm, dense first "
+         "layers, an ungated shared expert, sigmoid routing",
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "num_experts"),
+         # transformers' Flint: RoPE only in sliding layers (mlx-vlm: every layer but no_rope_layer_indices); a layer
+         # is dense as Qwen-MoE's rule says (mlx-vlm: mlp_only_layers alone); sliding layers whatever
+         # use_sliding_window says (FlintConfig has none; mlx-vlm drops the window when it is false)
+         renames=(Rename("no_rope_layer_indices", "layer_types", "full_attention_indices", overrides=True),
+                  Rename("mlp_only_layers", "", "qwen_dense_layers", overrides=True),
+                  Rename("use_sliding_window", "", fixed(True), overrides=True)),
+         # transformers' per-head sink logits are mlx-vlm's softmax_offset (named so after its sanitize)
+         tensor_renames=((r"\.self_attn\.sinks$", ".self_attn.softmax_offset"),),
+         ignored_by_vlm=(
+             Ignored("norm_topk_prob", "false", (
+                 "transformers' Flint router weighs the chosen experts by their sigmoid scores as they are when "
+                 "norm_topk_prob is false (modeling_flint.py FlintTopKRouter), mlx-vlm's flint always divides them by "
+                 "their sum (mlx_vlm/models/flint/language.py SparseMoeBlock.route), so expert outputs are weighed "
+                 "differently")),
+         )),
+    # Aleph-Alpha/Kolibri-1 (transformers' Kolibri1ForCausalLM): Qwen3-MoE's fused experts, a router with
+    # e_score_correction_bias, shared experts, GLM-4's four norms per layer (post_self_attn / post_mlp_layernorm)
+    Arch("kolibri1", _VLM, "kolibri1", S, "Aleph-Alpha/Kolibri-1",
+         "text model (transformers' Kolibri1ForCausalLM) that mlx-vlm runs, mlx-lm has none: output for mlx-vlm. "
+         "Sliding layers with RoPE, full-attention layers without, q/k norm, norms after attention and MoE, "
+         "sigmoid routing with a correction bias, shared experts",
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "num_experts"),
+         # GLM-4's decoder-layer norms (transformers) under mlx-vlm's kolibri1 names
+         tensor_renames=((r"\.post_self_attn_layernorm\.", ".post_attn_norm."),
+                         (r"\.post_mlp_layernorm\.", ".post_ffn_norm."))),
     # MoE model_types mlx-vlm 0.7.10 runs (Switch layers in its module) that no moequant row covers yet
     *(Arch(model_type, _VLM, model_type, N, "", NOT_BUILT_VLM) for model_type in (
-        "flint", "glm5_next", "inkling", "kolibri1", "llada2_moe",
+        "glm5_next", "inkling", "llada2_moe",
         "longcat_flash_sparse", "moondream3", "openai_privacy_filter", "qwen4_exp", "step3p7", "youtu_vl",
         "zaya1_vl")),
 )
@@ -1064,7 +1110,7 @@ ABSENT_AS_ZEROS: dict[str, tuple[AbsentAsZeros, ...]] = {a.model_type: a.absent_
 RENAMES: dict[str, tuple[Rename, ...]] = {a.model_type: a.renames for a in ROWS if a.renames}
 # mlx-lm model_type -> what its model ignores or computes differently
 IGNORED_BY_MLX_LM: dict[str, tuple[Ignored, ...]] = {a.model_type: a.ignored for a in ROWS if a.ignored}
-# mlx-vlm model_type -> what its model (vision tower, projector) computes differently
+# mlx-vlm model_type -> what its model (vision tower, projector; a text model's language model) computes differently
 IGNORED_BY_MLX_VLM: dict[str, tuple[Ignored, ...]] = {a.model_type: a.ignored_by_vlm for a in ROWS if a.ignored_by_vlm}
 
 
