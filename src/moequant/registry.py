@@ -214,6 +214,12 @@ class Arch:
     # replacement is, so a release's own names pass untouched (names.renamed)
     tensor_renames: tuple[tuple[str, str], ...] = ()
     absent_as_zeros: tuple[AbsentAsZeros, ...] = ()  # tensors mlx-lm always has, transformers only when a flag says
+    # tensors SRC holds whole that the runner's model holds split and its sanitize does not split (from a float
+    # SRC): keys of experts.SPLITTERS, applied after tensor_renames, before sanitize
+    splits: tuple[str, ...] = ()
+    # the runner's model computes transformers' function only when given its cache, as its generate always does:
+    # moequant's own forward passes (verify, calibration, tests) give it a fresh one (evaluate.text_logits)
+    needs_cache: bool = False
     fixture: str = ""  # its tiny checkpoint's recipe: a key of tiny.ALL_ARCHS
 
     def to_dict(self) -> dict:
@@ -960,13 +966,13 @@ ROWS: tuple[Arch, ...] = (
     # gate and sinks, hyper-connections (hc_mult streams: hc_fn / hc_base / hc_scale, float32) around attention and
     # MLP and before the final norm, fused experts split in halves here and fused back by mlx-vlm's sanitize
     # (switch_mlp.gate_up_proj), a sigmoid router with e_score_correction_bias (MoEGate: no to_quantized)
-    Arch("hy_v4", _VLM, "hy_v4", N, "tencent/Hy4-preview",
+    Arch("hy_v4", _VLM, "hy_v4", S, "tencent/Hy4-preview",
          "text model (transformers' HYV4ForCausalLM) that mlx-vlm runs, mlx-lm has none: output for mlx-vlm. MLA "
          "(kv_b_proj split into embed_q / unembed_out), sparse-attention indexer, gated attention with sinks, "
          "hyper-connections kept float32, dense first layer, fused and shared experts, sigmoid router with correction "
          "bias. mlx-vlm's hy_v4 differs from transformers on prompts longer than index_topk (its indexer rotates "
-         "other dimensions) and where an expert's SwiGLU input passes swiglu_limit (no clamp). Not converted yet: "
-         "waits on output for mlx-vlm of a text-only checkpoint",
+         "other dimensions) and where an expert's SwiGLU input passes swiglu_limit (no clamp): the plan notes both",
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts", layout="fused"),
          # transformers' HYV4: MoE iff mlp_layer_types[l] == "sparse"; mlx-vlm's (deepseek_v32's) decoder layer reads
          # first_k_dense_replace / moe_layer_freq
          renames=(
@@ -982,6 +988,7 @@ ROWS: tuple[Arch, ...] = (
              (r"\.hc_pre\.hc_head\.", ".hc_head."),
              (r"\.mlp\.(shared_experts\.)?linear_gate\.", r".mlp.\1gate_proj."),
          ),
+         splits=("mla_kv_b",),
          ignored_by_vlm=(
              Ignored("index_topk", "window_shorter_than_context", (
                  "transformers' indexer rotates the last qk_rope_head_dim dimensions of each indexer head "
@@ -997,13 +1004,13 @@ ROWS: tuple[Arch, ...] = (
     # ffn.experts.{e}.w1/w2/w3, ffn.gate with tid2eid on the hash-routed layers, hc_attn_fn / hc_ffn_fn, head),
     # which transformers saves again and mlx-vlm's sanitize renames; wo_a is a grouped projection (MultiLinear in
     # mlx-vlm, not experts), the hyper-connection mixers and the router stay float32, tid2eid stays integer
-    Arch("deepseek_v4", _VLM, "deepseek_v4", N, "deepseek-ai/DeepSeek-V4-Flash",
+    Arch("deepseek_v4", _VLM, "deepseek_v4", S, "deepseek-ai/DeepSeek-V4-Flash",
          "text model (transformers' DeepseekV4ForCausalLM) that mlx-vlm runs, mlx-lm has none: output for mlx-vlm. "
          "Sliding, compressed-sparse (indexer) and heavily compressed attention layers, grouped output projection, "
          "sinks, hyper-connections kept float32, hash-routed first layers (tid2eid), shared experts, sqrt-softplus "
          "router. mlx-vlm's deepseek_v4 picks the indexer's top-k hierarchically (HISA) on prompts long enough for "
-         "index_block x index_keep compressed entries (4096 tokens at its defaults). Not converted yet: waits on "
-         "output for mlx-vlm of a text-only checkpoint",
+         "index_block x index_keep compressed entries (4096 tokens at its defaults): the plan notes it",
+         family=Family("ffn.experts", "ffn.switch_mlp", _W123, "n_routed_experts"),
          # transformers' DeepseekV4: the attention of layer l is layer_types[l] (compress_rates per type), the first
          # layers hash-routed per mlp_layer_types, YaRN only for the compressed branches (rope_parameters.compress);
          # mlx-vlm's reads compress_ratios (0 / 4 / 128 per layer), num_hash_layers and rope_scaling
@@ -1019,6 +1026,9 @@ ROWS: tuple[Arch, ...] = (
              (r"\.attn\.norm\.", ".attn.kv_norm."),
              (r"\.hc_head\.hc_", ".hc_head."),
          ),
+         # called without a cache, mlx-vlm's compressed attention lets every token see every compressed window,
+         # later ones too (language.py CompressedAttention / SparseCompressedAttention: no pool cache, no pool mask)
+         needs_cache=True,
          ignored_by_vlm=(
              Ignored("index_topk", "hierarchical_top_k", (
                  "transformers' indexer keeps the exact top index_topk compressed entries (modeling_deepseek_v4.py "
@@ -1106,6 +1116,8 @@ TENSOR_RENAMES: dict[str, tuple[tuple[str, str], ...]] = {a.model_type: a.tensor
                                                           if a.tensor_renames}
 ABSENT_AS_ZEROS: dict[str, tuple[AbsentAsZeros, ...]] = {a.model_type: a.absent_as_zeros for a in ROWS
                                                          if a.absent_as_zeros}
+SPLITS: dict[str, tuple[str, ...]] = {a.model_type: a.splits for a in ROWS if a.splits}
+NEEDS_CACHE: frozenset[str] = frozenset(a.model_type for a in ROWS if a.needs_cache)
 # model_type (mlx-lm's; for mlx-vlm's sub-configs, text_config's and vision_config's own) -> its renames
 RENAMES: dict[str, tuple[Rename, ...]] = {a.model_type: a.renames for a in ROWS if a.renames}
 # mlx-lm model_type -> what its model ignores or computes differently
