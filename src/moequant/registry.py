@@ -965,7 +965,9 @@ ROWS: tuple[Arch, ...] = (
     # Model.sanitize), a DSA indexer on the "full" layers (the "shared" ones reuse its top-k), an attention output
     # gate and sinks, hyper-connections (hc_mult streams: hc_fn / hc_base / hc_scale, float32) around attention and
     # MLP and before the final norm, fused experts split in halves here and fused back by mlx-vlm's sanitize
-    # (switch_mlp.gate_up_proj), a sigmoid router with e_score_correction_bias (MoEGate: no to_quantized)
+    # (switch_mlp.gate_up_proj), a sigmoid router with e_score_correction_bias (MoEGate: no to_quantized).
+    # Not noted, as it stays below float32 rounding: transformers adds hc_eps (1e-6) to the hyper-connections' post
+    # weights (modeling_hy_v4.py HYV4HyperConnection), mlx-vlm does not (hy_v4/hyper_connection.py)
     Arch("hy_v4", _VLM, "hy_v4", S, "tencent/Hy4-preview",
          "text model (transformers' HYV4ForCausalLM) that mlx-vlm runs, mlx-lm has none: output for mlx-vlm. MLA "
          "(kv_b_proj split into embed_q / unembed_out), sparse-attention indexer, gated attention with sinks, "
