@@ -30,8 +30,8 @@ from moequant.evaluate import compare_logits, load_float32, text_logits  # noqa:
 from moequant.formats import Quant  # noqa: E402
 from moequant.registry import ARCHITECTURES, MODEL_TYPES, TEXT_BY_MLX_VLM, Status  # noqa: E402
 
-from producer import (PRODUCED, TOKENS, produced, simulated_logits,  # noqa: E402,F401  (produced: a fixture)
-                      write_produced)
+from producer import (E, PRODUCED, TOKENS, model_class, produced, redraw,  # noqa: E402,F401  (a fixture)
+                      simulated_logits, tiny_config, write_produced)
 
 STATUS = {a.model_type: a.status for a in ARCHITECTURES}
 
@@ -116,6 +116,8 @@ def test_a_text_model_only_mlx_vlm_runs_converts_for_mlx_vlm_and_is_refused_for_
     conversion = Conversion(src, None, dtype="float32")
     assert conversion.runner == "mlx-vlm"
     assert any(n.startswith("output for mlx-vlm: a text model") for n in conversion.plan.notes), conversion.plan.notes
+    card = conversion.card()
+    assert "pipeline_tag: text-generation" in card and "from mlx_vlm import load" in card
     with pytest.raises(MoequantError, match=rf"^config.json: model_type '{model_type}' is not supported by mlx-lm "):
         Conversion(src, runner="mlx-lm")
 
@@ -217,6 +219,23 @@ def test_where_mlx_vlm_differs_from_transformers_the_plan_says_so_and_that_is_th
     assert compare_logits(reference, ours(ids)).max_abs > 100 * MAX_ABS
     undo(ours.model.language_model.model.layers)
     closeness = compare_logits(reference, ours(ids))
+    assert closeness.max_abs <= MAX_ABS and closeness.top1 == 1.0, closeness
+
+
+def test_a_router_correction_bias_reaches_mlx_vlm(tmp_path):
+    """Kolibri-1's e_score_correction_bias is a buffer (the producer's redraw leaves it zero): drawn here, it
+    changes which experts transformers picks, and the output picks the same."""
+    config = tiny_config("kolibri1")
+    model = model_class("kolibri1").from_config(config, dtype=torch.float32).eval()
+    redraw(model)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.gate.e_score_correction_bias.copy_(2 * torch.randn(E, generator=g))
+        reference = model(torch.from_numpy(TOKENS), use_cache=False).logits.numpy()
+    model.save_pretrained(tmp_path / "src")
+    list(Conversion(tmp_path / "src", None, dtype="float32").run(tmp_path / "dst"))
+    closeness = compare_logits(mx.array(reference), mx.array(_logits(tmp_path / "dst")))
     assert closeness.max_abs <= MAX_ABS and closeness.top1 == 1.0, closeness
 
 

@@ -13,6 +13,7 @@ from . import __version__
 from .errors import OutputError
 from .formats import Mode
 from .plan import Plan
+from .registry import TEXT_BY_MLX_VLM
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,10 @@ def model_card(plan: Plan, *, src: str, src_folder: Path, runner: str, command: 
     theirs = source_card(src_folder)
     local = Path(src).expanduser().exists()
     base_model = src if not local and _HUB_ID.match(src) else theirs.get("base_model")
+    # a text model that mlx-vlm runs (no vision part) generates text from text
+    tag = "text-generation" if plan.model_type in TEXT_BY_MLX_VLM else PIPELINE_TAGS.get(runner, "text-generation")
     data = ModelCardData(
-        base_model=base_model or None, library_name="mlx", pipeline_tag=PIPELINE_TAGS.get(runner, "text-generation"),
+        base_model=base_model or None, library_name="mlx", pipeline_tag=tag,
         tags=["mlx", "moequant", *quant_tags(plan), "moe"], license=theirs.get("license") or None)
     title = name or (base_model.split("/")[-1] if isinstance(base_model, str) else plan.model_type)
     where = name or "PATH"  # mlx-lm's load takes the folder (or, once uploaded, the repo id)

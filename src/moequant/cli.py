@@ -119,7 +119,7 @@ CalibOpt = Annotated[Optional[Path], typer.Option("--calib", metavar="FILE", ric
 CalibSeqOpt = Annotated[Optional[int], typer.Option("--calib-sequences", metavar="N", rich_help_panel="Plan", help="Sequences read from --calib, spread over the file (default 8).")]
 CalibLenOpt = Annotated[Optional[int], typer.Option("--calib-length", metavar="TOKENS", rich_help_panel="Plan", help="Tokens per calibration sequence (default 512).")]
 OverrideOpt = Annotated[Optional[list[str]], typer.Option("--override", metavar="PATTERN=SPEC", rich_help_panel="Plan", help="Repeatable: '*.shared_expert.*=bits=8,group=64' or '*.mlp.gate=keep'.")]
-RunnerOpt = Annotated[Optional[str], typer.Option("--for", metavar="mlx-lm|mlx-vlm", rich_help_panel="Plan", help="mlx-lm (text only) or mlx-vlm (vision tower kept); default: mlx-vlm for a vision-language SRC when mlx-vlm is installed.")]
+RunnerOpt = Annotated[Optional[str], typer.Option("--for", metavar="mlx-lm|mlx-vlm", rich_help_panel="Plan", help="mlx-lm (text only) or mlx-vlm (vision tower kept); default: mlx-vlm for a vision-language SRC when mlx-vlm is installed, and for a text model only mlx-vlm runs.")]
 JsonOpt = Annotated[bool, typer.Option("--json", rich_help_panel="Output", help="Print JSON instead of a table.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel="Run", help="No progress or info on stderr.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", rich_help_panel="Run", help="Debug logging on stderr (and how config.json was read).")]

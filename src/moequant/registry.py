@@ -241,6 +241,12 @@ VLM_DONE = ("mlx-vlm output (the default when mlx-vlm is installed; --for mlx-lm
             "projector copied float, language model under language_model.*, processor files copied; "
             "smoke-tested with mlx_vlm.load on text and an image")
 
+def _text_by_vlm(transformers_class: str) -> str:
+    """The start of the note of a text model only mlx-vlm runs (TEXT_BY_MLX_VLM)."""
+    return (f"text model (transformers' {transformers_class}) that mlx-vlm runs, mlx-lm has none: output for mlx-vlm, "
+            "config.json as the source's. ")
+
+
 ROWS: tuple[Arch, ...] = (
     # ---- supported: family, tiny checkpoint (fixture), smoke test ----
     Arch("mixtral", _LM, "mixtral", S, "mistralai/Mixtral-8x7B-v0.1",
@@ -932,9 +938,11 @@ ROWS: tuple[Arch, ...] = (
     # CohereLabs/command-a-plus-05-2026 (transformers' Cohere2MoeForCausalLM): mlp.experts.gate_up_proj / down_proj
     # fused as Mixtral's, mlp.gate.weight the router, a shared MLP (mlp.shared_experts) per MoE layer
     Arch("cohere2_moe", _VLM, "cohere2_moe", S, "CohereLabs/command-a-plus-05-2026",
-         "text model (transformers' Cohere2MoeForCausalLM) that mlx-vlm runs, mlx-lm has none: output for mlx-vlm. "
-         "Parallel attention + MoE, dense first layers, shared experts, sliding + full layers, tied logits "
-         "(an untied lm_head is refused: mlx-vlm's cohere2_moe has none)",
+         _text_by_vlm("Cohere2MoeForCausalLM") + "Parallel attention + MoE, dense first layers, shared experts, "
+         "sliding + full layers, tied logits "
+         "(an untied lm_head is refused: mlx-vlm's cohere2_moe has none). mlx-vlm's cohere2_moe computes otherwise "
+         "than transformers where norm_topk_prob is false with softmax routing, where RoPE is scaled, and where "
+         "layer_types makes a dense first layer sliding-window: its outputs differ then (the plan notes it)",
          family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "num_experts"),
          # transformers' Cohere2Moe: a layer is dense iff mlp_layer_types says so (first_k_dense_replace is only a
          # constructor argument); mlx-vlm's reads first_k_dense_replace (dense layers first)
@@ -969,10 +977,9 @@ ROWS: tuple[Arch, ...] = (
     # Not noted, as it stays below float32 rounding: transformers adds hc_eps (1e-6) to the hyper-connections' post
     # weights (modeling_hy_v4.py HYV4HyperConnection), mlx-vlm does not (hy_v4/hyper_connection.py)
     Arch("hy_v4", _VLM, "hy_v4", S, "tencent/Hy4-preview",
-         "text model (transformers' HYV4ForCausalLM) that mlx-vlm runs, mlx-lm has none: output for mlx-vlm. MLA "
-         "(kv_b_proj split into embed_q / unembed_out), sparse-attention indexer, gated attention with sinks, "
-         "hyper-connections kept float32, dense first layer, fused and shared experts, sigmoid router with correction "
-         "bias. mlx-vlm's hy_v4 differs from transformers on prompts longer than index_topk (its indexer rotates "
+         _text_by_vlm("HYV4ForCausalLM") + "MLA (kv_b_proj split into embed_q / unembed_out), sparse-attention "
+         "indexer, gated attention with sinks, hyper-connections kept float32, dense first layer, fused and shared "
+         "experts, sigmoid router with correction bias. mlx-vlm's hy_v4 differs from transformers on prompts longer than index_topk (its indexer rotates "
          "other dimensions) and where an expert's SwiGLU input passes swiglu_limit (no clamp): the plan notes both",
          family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts", layout="fused"),
          # transformers' HYV4: MoE iff mlp_layer_types[l] == "sparse"; mlx-vlm's (deepseek_v32's) decoder layer reads
@@ -1007,9 +1014,8 @@ ROWS: tuple[Arch, ...] = (
     # which transformers saves again and mlx-vlm's sanitize renames; wo_a is a grouped projection (MultiLinear in
     # mlx-vlm, not experts), the hyper-connection mixers and the router stay float32, tid2eid stays integer
     Arch("deepseek_v4", _VLM, "deepseek_v4", S, "deepseek-ai/DeepSeek-V4-Flash",
-         "text model (transformers' DeepseekV4ForCausalLM) that mlx-vlm runs, mlx-lm has none: output for mlx-vlm. "
-         "Sliding, compressed-sparse (indexer) and heavily compressed attention layers, grouped output projection, "
-         "sinks, hyper-connections kept float32, hash-routed first layers (tid2eid), shared experts, sqrt-softplus "
+         _text_by_vlm("DeepseekV4ForCausalLM") + "Sliding, compressed-sparse (indexer) and heavily compressed "
+         "attention layers, grouped output projection, sinks, hyper-connections kept float32, hash-routed first layers (tid2eid), shared experts, sqrt-softplus "
          "router. mlx-vlm's deepseek_v4 picks the indexer's top-k hierarchically (HISA) on prompts long enough for "
          "index_block x index_keep compressed entries (4096 tokens at its defaults): the plan notes it",
          family=Family("ffn.experts", "ffn.switch_mlp", _W123, "n_routed_experts"),
@@ -1042,9 +1048,10 @@ ROWS: tuple[Arch, ...] = (
     # RecursiveSI/flint (transformers' FlintForCausalLM): Qwen3-MoE's layout (fused experts, mlp.gate router,
     # q/k norm) plus an ungated mlp.shared_expert and per-head attention sinks (self_attn.sinks)
     Arch("flint", _VLM, "flint", S, "RecursiveSI/flint",
-         "text model (transformers' FlintForCausalLM) that mlx-vlm runs, mlx-lm has none: output for mlx-vlm. "
-         "Sliding layers with RoPE, full-attention layers without (NoPE), attention sinks, q/k norm, dense first "
-         "layers, an ungated shared expert, sigmoid routing",
+         _text_by_vlm("FlintForCausalLM") + "Sliding layers with RoPE, full-attention layers without (NoPE), "
+         "attention sinks, q/k norm, dense first "
+         "layers, an ungated shared expert, sigmoid routing. mlx-vlm's flint always renormalizes the chosen experts' "
+         "weights: with norm_topk_prob false its outputs differ from transformers' (the plan notes it)",
          family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "num_experts"),
          # transformers' Flint: RoPE only in sliding layers (mlx-vlm: every layer but no_rope_layer_indices); a layer
          # is dense as Qwen-MoE's rule says (mlx-vlm: mlp_only_layers alone); sliding layers whatever
@@ -1064,8 +1071,8 @@ ROWS: tuple[Arch, ...] = (
     # Aleph-Alpha/Kolibri-1 (transformers' Kolibri1ForCausalLM): Qwen3-MoE's fused experts, a router with
     # e_score_correction_bias, shared experts, GLM-4's four norms per layer (post_self_attn / post_mlp_layernorm)
     Arch("kolibri1", _VLM, "kolibri1", S, "Aleph-Alpha/Kolibri-1",
-         "text model (transformers' Kolibri1ForCausalLM) that mlx-vlm runs, mlx-lm has none: output for mlx-vlm. "
-         "Sliding layers with RoPE, full-attention layers without, q/k norm, norms after attention and MoE, "
+         _text_by_vlm("Kolibri1ForCausalLM") + "Sliding layers with RoPE, full-attention layers without, q/k norm, "
+         "norms after attention and MoE, "
          "sigmoid routing with a correction bias, shared experts",
          family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "num_experts"),
          # GLM-4's decoder-layer norms (transformers) under mlx-vlm's kolibri1 names
