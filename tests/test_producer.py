@@ -222,16 +222,23 @@ def test_where_mlx_vlm_differs_from_transformers_the_plan_says_so_and_that_is_th
     assert closeness.max_abs <= MAX_ABS and closeness.top1 == 1.0, closeness
 
 
-def test_a_router_correction_bias_reaches_mlx_vlm(tmp_path):
-    """Kolibri-1's e_score_correction_bias is a buffer (the producer's redraw leaves it zero): drawn here, it
-    changes which experts transformers picks, and the output picks the same."""
-    config = tiny_config("kolibri1")
-    model = model_class("kolibri1").from_config(config, dtype=torch.float32).eval()
+@pytest.mark.parametrize("model_type", ["kolibri1", "hy_v4", "deepseek_v4"])
+def test_a_router_correction_bias_reaches_mlx_vlm(tmp_path, model_type):
+    """Routers' e_score_correction_bias and DeepSeek-V4's hash table tid2eid (a token's experts) are buffers (the
+    producer's redraw leaves them zero): drawn here, they change which experts transformers picks, and the output
+    picks the same."""
+    config = tiny_config(model_type)
+    model = model_class(model_type).from_config(config, dtype=torch.float32).eval()
     redraw(model)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for layer in model.model.layers:
-            layer.mlp.gate.e_score_correction_bias.copy_(2 * torch.randn(E, generator=g))
+        buffers = [(n, b) for n, b in model.named_buffers() if n.endswith(("e_score_correction_bias", "tid2eid"))]
+        assert buffers
+        for name, buffer in buffers:
+            if name.endswith("tid2eid"):  # [vocab, top_k]: distinct experts per token
+                buffer.copy_(torch.stack([torch.randperm(E, generator=g)[: buffer.shape[1]] for _ in buffer]))
+            else:
+                buffer.copy_(2 * torch.randn(E, generator=g))
         reference = model(torch.from_numpy(TOKENS), use_cache=False).logits.numpy()
     model.save_pretrained(tmp_path / "src")
     list(Conversion(tmp_path / "src", None, dtype="float32").run(tmp_path / "dst"))
