@@ -148,6 +148,19 @@ PRODUCED: dict[str, Produced] = {p.model_type: p for p in (
     Produced("flint", {"layer_types": _SLIDING, "mlp_only_layers": [0]}),
     # mlx-vlm runs it; RoPE in the sliding layers only, GLM-4's four norms per layer
     Produced("kolibri1", {"layer_types": _SLIDING}),
+    # mlx-vlm runs it (no vision part); no prompt longer than index_topk and no SwiGLU clamp (swiglu_limit inf), the
+    # two places mlx-vlm's hy_v4 differs (plan notes; test_producer holds them true with limits that bite)
+    Produced("hy_v4", {"index_topk": 64, "max_position_embeddings": 64, "swiglu_limit": math.inf}),
+    # mlx-vlm runs it (no vision part): a sliding, a compressed sparse (indexer: 8 heads, top 4 of 8 entries at 32
+    # tokens) and a heavily compressed layer, the first hash-routed, grouped output projection (2 groups), YaRN on
+    # the compressed branches; a context too short for mlx-vlm's hierarchical top-k (a plan note otherwise)
+    Produced("deepseek_v4", {"num_key_value_heads": 1, "head_dim": 128, "o_groups": 2, "o_lora_rank": 64,
+                             "index_n_heads": 8, "index_head_dim": 64, "index_topk": 4, "max_position_embeddings": 64,
+                             "layer_types": ["sliding_attention", "compressed_sparse_attention",
+                                             "heavily_compressed_attention"],
+                             "mlp_layer_types": ["hash_moe", "moe", "moe"],
+                             "rope_parameters": {"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                                                 "original_max_position_embeddings": 16}}),
 )}
 
 

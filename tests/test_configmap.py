@@ -62,6 +62,18 @@ def test_different_partial_rotary_factors_per_layer_type_is_one_line():
         CONVERTERS["same_partial_rotary_factor"](rope, {})
 
 
+def test_deepseek_v4_layer_schedule_reaches_mlx_vlm_or_is_one_line():
+    config = {"layer_types": ["sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention"],
+              "compress_rates": {"compressed_sparse_attention": 4, "heavily_compressed_attention": 128}}
+    assert CONVERTERS["compress_ratios"](config, config) == [0, 4, 128]
+    assert CONVERTERS["hash_layers"](["hash_moe", "hash_moe", "moe"], {}) == 2
+    with pytest.raises(CheckpointError, match=r"compress_rates\['heavily_compressed_attention'\] is 64; expected 128"):
+        CONVERTERS["compress_ratios"]({**config, "compress_rates": {**config["compress_rates"],
+                                                                     "heavily_compressed_attention": 64}}, config)
+    with pytest.raises(CheckpointError, match=r"has hash_moe after a moe layer; expected hash_moe layers first"):
+        CONVERTERS["hash_layers"](["hash_moe", "moe", "hash_moe"], {})
+
+
 # transformers-written tiny checkpoints (tests/producer.py) whose conversion these renames make exact
 PRODUCED_HERE = ("deepseek_v2", "glm_moe_dsa", "longcat_flash", "mimo_v2_flash", "solar_open", "exaone_moe",
                  "minimax_m2", "mistral4")

@@ -154,6 +154,40 @@ def _cohere2_sliding_prefix(layers) -> None:
     layers[0].self_attn.use_sliding_window = True
 
 
+class _LastDimsRope:
+    """A rope that rotates the last `dims` features of each head, as transformers' HYV4Indexer does."""
+
+    def __init__(self, rope, dims: int):
+        self.rope, self.dims = rope, dims
+
+    def __call__(self, x: mx.array, offset=0) -> mx.array:
+        cut = x.shape[-1] - self.dims
+        return mx.concatenate([x[..., :cut], self.rope(x[..., cut:], offset=offset)], axis=-1)
+
+
+def _hy_v4_indexer_last_dims(layers) -> None:
+    """transformers' HYV4Indexer: RoPE on the last qk_rope_head_dim features of each indexer head."""
+    for indexer in (layer.self_attn.indexer for layer in layers if layer.self_attn.indexer is not None):
+        indexer.rope = _LastDimsRope(indexer.rope, indexer.rope_head_dim)
+
+
+def _hy_v4_clamped_swiglu(limit: float):
+    """transformers' HYV4Experts._apply_gate: the gate clamped from above at `limit`, up within ±limit."""
+    def undo(layers) -> None:
+        for layer in layers:
+            if "switch_mlp" in layer.mlp:
+                layer.mlp.switch_mlp.activation = lambda up, gate: nn.silu(mx.minimum(gate, limit)) * mx.clip(
+                    up, -limit, limit)
+    return undo
+
+
+def _deepseek_v4_exact_top_k(layers) -> None:
+    """transformers' DeepseekV4Indexer: the exact top index_topk (index_block 0 turns mlx-vlm's HISA off)."""
+    for layer in layers:
+        if "indexer" in layer.attn:
+            layer.attn.indexer.index_block = 0
+
+
 # Producer checkpoints (extra config over the row's) where mlx-vlm's model for a text model computes otherwise than
 # transformers' (registry ignored_by_vlm rows), and the difference undone on the loaded model
 DIFFERS_BY_MLX_VLM = {
@@ -164,6 +198,11 @@ DIFFERS_BY_MLX_VLM = {
     "cohere2_moe sliding prefix": ("cohere2_moe", {"first_k_dense_replace": None,
                                                    "mlp_layer_types": ["dense", "sparse", "sparse"]},
                                    _cohere2_sliding_prefix),
+    # prompts longer than index_topk; a SwiGLU clamp the experts' inputs pass
+    "hy_v4 index_topk": ("hy_v4", {"index_topk": 8}, _hy_v4_indexer_last_dims),
+    "hy_v4 swiglu_limit": ("hy_v4", {"swiglu_limit": 0.5}, _hy_v4_clamped_swiglu(0.5)),
+    # mlx-vlm's hierarchical top-k from 4 compressed entries on (its own config keys, which transformers keeps)
+    "deepseek_v4 hisa": ("deepseek_v4", {"index_block": 2, "index_keep": 2}, _deepseek_v4_exact_top_k),
 }
 
 
@@ -185,16 +224,23 @@ def test_where_mlx_vlm_differs_from_transformers_the_plan_says_so_and_that_is_th
     assert closeness.max_abs <= MAX_ABS and closeness.top1 == 1.0, closeness
 
 
-def test_a_router_correction_bias_reaches_mlx_vlm(tmp_path):
-    """Kolibri-1's e_score_correction_bias is a buffer (the producer's redraw leaves it zero): drawn here, it
-    changes which experts transformers picks, and the output picks the same."""
-    config = tiny_config("kolibri1")
-    model = model_class("kolibri1").from_config(config, dtype=torch.float32).eval()
+@pytest.mark.parametrize("model_type", ["kolibri1", "hy_v4", "deepseek_v4"])
+def test_a_router_correction_bias_reaches_mlx_vlm(tmp_path, model_type):
+    """Routers' e_score_correction_bias and DeepSeek-V4's hash table tid2eid (a token's experts) are buffers (the
+    producer's redraw leaves them zero): drawn here, they change which experts transformers picks, and the output
+    picks the same."""
+    config = tiny_config(model_type)
+    model = model_class(model_type).from_config(config, dtype=torch.float32).eval()
     redraw(model)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for layer in model.model.layers:
-            layer.mlp.gate.e_score_correction_bias.copy_(2 * torch.randn(E, generator=g))
+        buffers = [(n, b) for n, b in model.named_buffers() if n.endswith(("e_score_correction_bias", "tid2eid"))]
+        assert buffers
+        for name, buffer in buffers:
+            if name.endswith("tid2eid"):  # [vocab, top_k]: distinct experts per token
+                buffer.copy_(torch.stack([torch.randperm(E, generator=g)[: buffer.shape[1]] for _ in buffer]))
+            else:
+                buffer.copy_(2 * torch.randn(E, generator=g))
         reference = model(torch.from_numpy(TOKENS), use_cache=False).logits.numpy()
     model.save_pretrained(tmp_path / "src")
     list(Conversion(tmp_path / "src", None, dtype="float32").run(tmp_path / "dst"))

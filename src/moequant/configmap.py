@@ -393,6 +393,49 @@ def _interleave_moe_layer_step(moe_layers, config: dict) -> int | None:
         "interleave_moe_layer_step can say (layer l MoE iff l % step == step - 1)")
 
 
+# transformers' DeepseekV4 attention types -> mlx-vlm's compress_ratios entry (0: sliding window only)
+_COMPRESSED = {"sliding_attention": None, "compressed_sparse_attention": 4, "heavily_compressed_attention": 128}
+
+
+@converter("compress_ratios")
+def _compress_ratios(config: dict, _: dict) -> list[int] | None:
+    """transformers' DeepseekV4 layer_types and compress_rates -> mlx-vlm's compress_ratios (one per layer: 0 for
+    a sliding-window layer, else its type's rate), or a one-line error for a rate mlx-vlm's model does not run."""
+    types, rates = _layer_types(config.get("layer_types"), "layer_types"), config.get("compress_rates")
+    if not isinstance(rates, dict):
+        return None
+    if bad := [t for t in types if t not in _COMPRESSED]:
+        raise CheckpointError(f"config.json: layer_types has {bad[0]!r}; expected one of {', '.join(_COMPRESSED)}")
+    ratios = [0 if _COMPRESSED[t] is None else rates.get(t) for t in types]
+    for t, ratio in zip(types, ratios):
+        if _COMPRESSED[t] is not None and ratio != _COMPRESSED[t]:
+            raise CheckpointError(f"config.json: compress_rates[{t!r}] is {ratio!r}; expected {_COMPRESSED[t]} "
+                                  "(mlx-vlm's deepseek_v4 compresses by 4 with an indexer, by 128 without)")
+    return ratios
+
+
+@converter("hash_layers")
+def _hash_layers(mlp_layer_types, _: dict) -> int:
+    """transformers' DeepseekV4 mlp_layer_types -> mlx-vlm's num_hash_layers (the first layers hash-routed)."""
+    types = _layer_types(mlp_layer_types, "mlp_layer_types")
+    n = next((i for i, t in enumerate(types) if t != "hash_moe"), len(types))
+    if "hash_moe" in types[n:]:
+        raise CheckpointError(f"config.json: mlp_layer_types {types!r} has hash_moe after a moe layer; expected "
+                              "hash_moe layers first (mlx-vlm reads num_hash_layers)")
+    return n
+
+
+@converter("scaled_rope")
+def _scaled_rope(rope: dict, _: dict):
+    """One rope_parameters entry (DeepseekV4's compress) -> a rope_scaling: None for plain RoPE, else its
+    values without the base and the rotary share (read from their own keys)."""
+    if not isinstance(rope, dict):
+        return None
+    if rope.get("rope_type", rope.get("type")) in PLAIN_ROPE_TYPES:
+        return NONE
+    return {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor")}
+
+
 # Renames every model_type gets, after its registry row's (registry.RENAMES; tried in order, the first
 # source found wins).
 COMMON: tuple[Rename, ...] = (

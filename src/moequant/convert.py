@@ -20,11 +20,11 @@ from .allocate import allocate, candidate_errors, model_errors
 from .calibrate import PROBE, Moments, measure, read_calibration
 from .dequant import MLX, SourceContext, dequantize_packed, source_format
 from .errors import CheckpointError, PlanError
-from .experts import ExpertStack, expert_sources, num_experts, to_stacked
+from .experts import SPLITTERS, ExpertStack, expert_sources, num_experts, to_stacked
 from .formats import DTYPES, Mode, Quant, Rounding, infer_fp_quant, infer_quant
 from .ignored import ignored_notes
 from .names import canonical_name, layer_of, renamed
-from .registry import TENSOR_RENAMES, family_of
+from .registry import SPLITS, TENSOR_RENAMES, family_of
 from .plan import Decision, Options, Plan, build_plan, find_roles, plan_from_json, plan_rows
 from .stored import Stored, read_stored, stale_notes
 from .quantize import Quantizer, check_complete, check_weights, parameter_shapes
@@ -34,6 +34,8 @@ from .writer import DEFAULT_SHARD_SIZE, Output, check_destination, output_config
 from . import procpool
 
 log = logging.getLogger(__name__)
+
+_LANGUAGE_MODEL = "language_model."  # where mlx-vlm's Model holds the language model
 
 
 
@@ -238,6 +240,8 @@ class Conversion:
         expert stacks made, see to_stacked); packed modules still packed."""
         weights = self.format.unpack(self.ckpt.load(group.keys), self.context)
         weights = self._renamed({canonical_name(k): v for k, v in weights.items()})
+        for name in SPLITS.get(self.config["model_type"], ()):
+            weights = SPLITTERS[name](weights, self.config)
         weights, stacks = to_stacked(self.family, weights, self.num_experts)
         if not hasattr(self.model, "sanitize"):
             return weights, stacks
@@ -257,8 +261,10 @@ class Conversion:
     def _renamed(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """`weights` under the row's tensor_renames (names.renamed: only into the target's parameter names)."""
         if rows := TENSOR_RENAMES.get(self.config["model_type"]):
-            if not hasattr(self, "_targets"):  # the target's parameter names, once (not per group)
-                self._targets = frozenset(parameter_shapes(self.model))
+            if not hasattr(self, "_targets"):  # the target's parameter names, once (not per group); a text model's
+                # in mlx-vlm also as its sanitize is handed them, before it puts them under language_model.
+                targets = set(parameter_shapes(self.model))
+                self._targets = frozenset(targets | {k.removeprefix(_LANGUAGE_MODEL) for k in targets})
             weights = {renamed(k, rows, self._targets): v for k, v in weights.items()}
         return weights
 

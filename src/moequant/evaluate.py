@@ -15,6 +15,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map, tree_unflatten
 
+from .registry import NEEDS_CACHE
 from .surgery import expert_stack_types
 
 
@@ -87,9 +88,12 @@ class _Logits(nn.Module):
 
 
 def text_logits(model: nn.Module, inputs: mx.array, **kwargs) -> mx.array:
-    """An mlx-lm or mlx-vlm model's logits for token ids alone (no image)."""
+    """An mlx-lm or mlx-vlm model's logits for token ids alone (no image); with a fresh cache of its own
+    where the model computes its function only with one (registry.NEEDS_CACHE)."""
     if "pixel_values" in inspect.signature(model.__call__).parameters:
         kwargs.setdefault("pixel_values", None)  # text only (llama4's Model requires the argument)
+    if getattr(getattr(model, "config", None), "model_type", None) in NEEDS_CACHE:
+        kwargs.setdefault("cache", model.make_cache())
     out = model(inputs, **kwargs)
     return getattr(out, "logits", out)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import mlx.core as mx
 
 from .errors import LayoutError
-from .registry import Family, Handoff, num_experts_keys
+from .registry import Family, Handoff, num_experts_keys, registrar
 
 
 @dataclass(frozen=True)
@@ -260,3 +260,26 @@ def _unfuse(family: Family, key: str, match: re.Match, publication: _Fused, valu
 
 def _ids(ids: list[int]) -> str:
     return ", ".join(map(str, ids[:8])) + (" …" if len(ids) > 8 else "")
+
+
+# name -> function(weights, config) -> weights: a tensor SRC holds whole, split as the runner's model holds it
+# (a registry row's `splits`, for a runner whose sanitize splits it only from another source format)
+SPLITTERS: dict = {}
+splitter = registrar(SPLITTERS)
+
+
+@splitter("mla_kv_b")
+def _mla_kv_b(weights: dict[str, mx.array], config: dict) -> dict[str, mx.array]:
+    """MLA's float kv_b_proj [heads·(nope + v), kv_lora] as mlx's DeepSeek attentions hold it (mlx-vlm's
+    deepseek_v32 sanitize): embed_q [heads, kv_lora, nope] and unembed_out [heads, v, kv_lora]."""
+    heads, nope = config["num_attention_heads"], config["qk_nope_head_dim"]
+    out = {}
+    for key, value in weights.items():
+        path = key.removesuffix(".kv_b_proj.weight")
+        if path == key or f"{path}.kv_b_proj.scales" in weights:
+            out[key] = value
+            continue
+        per_head = value.reshape(heads, -1, value.shape[-1])
+        out[f"{path}.embed_q.weight"] = mx.contiguous(per_head[:, :nope].swapaxes(-1, -2))
+        out[f"{path}.unembed_out.weight"] = mx.contiguous(per_head[:, nope:])
+    return out

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import math
 from typing import Any, Callable, Iterable
 
 from .configmap import MISSING, PLAIN_ROPE_TYPES, lookup
@@ -35,7 +36,7 @@ matters = registrar(MATTERS)
 
 @matters("window_shorter_than_context")
 def _window_shorter_than_context(window, config: dict) -> bool:
-    """A sliding window that some sequence mlx-lm accepts is longer than."""
+    """A sliding window (or another length: hy_v4's index_topk) that some sequence the runner accepts is longer than."""
     return isinstance(window, int) and 0 < window < (config.get("max_position_embeddings") or float("inf"))
 
 
@@ -119,6 +120,23 @@ def _not_head_dim(query_pre_attn_scalar, config: dict) -> bool:
 @matters("top_k_below_all")
 def _top_k_below_all(num_experts_per_tok, config: dict) -> bool:
     return num_experts_per_tok < (config.get("num_experts") or 0)
+
+
+@matters("finite")
+def _finite(limit, config: dict) -> bool:
+    return isinstance(limit, (int, float)) and math.isfinite(limit)
+
+
+@matters("hierarchical_top_k")
+def _hierarchical_top_k(index_topk, config: dict) -> bool:
+    """Whether mlx-vlm's deepseek_v4 indexer (HISA) can take over from the exact top-k: a compressed sparse layer
+    that holds index_block x index_keep entries (64 x 16 unless config.json says, mlx_vlm/models/deepseek_v4/
+    config.py) at the longest context, and no more entries kept than those."""
+    block, keep = config.get("index_block", 64), config.get("index_keep", 16)
+    rate = (config.get("compress_rates") or {}).get("compressed_sparse_attention")
+    entries = (config.get("max_position_embeddings") or 0) // rate if isinstance(rate, int) and rate > 0 else 0
+    return ("compressed_sparse_attention" in (config.get("layer_types") or ()) and block > 0
+            and entries >= block * keep >= index_topk)
 
 
 def ignored_notes(config: dict, tensor_keys: Iterable[str] = ()) -> list[str]:

@@ -218,6 +218,12 @@ class Arch:
     # tensor-key prefixes transformers 5's save_pretrained writes where the release and the runner have others: (SRC
     # prefix, the release's), first match wins, applied to SRC's keys as they are read (checkpoint.read_checkpoint)
     source_prefixes: tuple[tuple[str, str], ...] = ()
+    # tensors SRC holds whole that the runner's model holds split and its sanitize does not split (from a float
+    # SRC): keys of experts.SPLITTERS, applied after tensor_renames, before sanitize
+    splits: tuple[str, ...] = ()
+    # the runner's model computes transformers' function only when given its cache, as its generate always does:
+    # moequant's own forward passes (verify, calibration, tests) give it a fresh one (evaluate.text_logits)
+    needs_cache: bool = False
     fixture: str = ""  # its tiny checkpoint's recipe: a key of tiny.ALL_ARCHS
 
     def to_dict(self) -> dict:
@@ -1164,6 +1170,83 @@ ROWS: tuple[Arch, ...] = (
         Rename("heads", "num_attention_heads"),
         Rename("ls_init_value", "layer_scale_init_value"),
     )),
+    # tencent/Hy4-preview (transformers' HYV4ForCausalLM; mlx-vlm's hy_v4, built on its deepseek_v32): MLA whose
+    # kv_b_proj mlx-vlm splits into embed_q / unembed_out only from the release's MXFP8 (hy_v4/language.py
+    # Model.sanitize), a DSA indexer on the "full" layers (the "shared" ones reuse its top-k), an attention output
+    # gate and sinks, hyper-connections (hc_mult streams: hc_fn / hc_base / hc_scale, float32) around attention and
+    # MLP and before the final norm, fused experts split in halves here and fused back by mlx-vlm's sanitize
+    # (switch_mlp.gate_up_proj), a sigmoid router with e_score_correction_bias (MoEGate: no to_quantized).
+    # Not noted, as it stays below float32 rounding: transformers adds hc_eps (1e-6) to the hyper-connections' post
+    # weights (modeling_hy_v4.py HYV4HyperConnection), mlx-vlm does not (hy_v4/hyper_connection.py)
+    Arch("hy_v4", _VLM, "hy_v4", S, "tencent/Hy4-preview",
+         _text_by_vlm("HYV4ForCausalLM") + "MLA (kv_b_proj split into embed_q / unembed_out), sparse-attention "
+         "indexer, gated attention with sinks, hyper-connections kept float32, dense first layer, fused and shared "
+         "experts, sigmoid router with correction bias. mlx-vlm's hy_v4 differs from transformers on prompts longer than index_topk (its indexer rotates "
+         "other dimensions) and where an expert's SwiGLU input passes swiglu_limit (no clamp): the plan notes both",
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts", layout="fused"),
+         # transformers' HYV4: MoE iff mlp_layer_types[l] == "sparse"; mlx-vlm's (deepseek_v32's) decoder layer reads
+         # first_k_dense_replace / moe_layer_freq
+         renames=(
+             Rename("first_k_dense_replace", "mlp_layer_types", "first_k_dense_replace", overrides=True),
+             Rename("moe_layer_freq", "mlp_layer_types", "moe_layer_freq", overrides=True),
+         ),
+         # transformers' conversion_mapping.py (hy_v4) renames the release's names on load (.hc_pre.hc_ -> .hc_,
+         # .linear_gate -> .gate_proj, hc_attn_layer.hc_fn -> attn_hc.fn, hc_head_fn -> hc_fn, ...) and undoes the
+         # renames in another order on save: its hyper-connections come back as hc_pre.hc_attn_layer.hc_fn /
+         # hc_pre.hc_head.hc_head_fn, and every MLP's gate_proj as linear_gate
+         tensor_renames=(
+             (r"\.hc_pre\.(hc_attn_layer|hc_mlp_layer)\.hc_", r".\1.hc_pre.hc_"),
+             (r"\.hc_pre\.hc_head\.", ".hc_head."),
+             (r"\.mlp\.(shared_experts\.)?linear_gate\.", r".mlp.\1gate_proj."),
+         ),
+         splits=("mla_kv_b",),
+         ignored_by_vlm=(
+             Ignored("index_topk", "window_shorter_than_context", (
+                 "transformers' indexer rotates the last qk_rope_head_dim dimensions of each indexer head "
+                 "(modeling_hy_v4.py HYV4Indexer.forward), mlx-vlm's the first ones (mlx_vlm/models/hy_v4/indexer.py, "
+                 "rope from deepseek_v32's Indexer), so prompts longer than index_topk attend to other tokens")),
+             Ignored("swiglu_limit", "finite", (
+                 "transformers clamps each routed expert's gate to at most swiglu_limit and its up projection to "
+                 "within it (modeling_hy_v4.py HYV4Experts._apply_gate); mlx-vlm's fused experts do not clamp "
+                 "(mlx_vlm/models/hy_v4/fused_switch_glu.py), so outputs differ where a projection passes the limit")),
+         )),
+    # deepseek-ai/DeepSeek-V4-Flash (transformers' DeepseekV4ForCausalLM; mlx-vlm's deepseek_v4, text only without
+    # vision_n_layers): DeepSeek's own names (layers.{l}.attn.wq_a / wkv / wo_a / compressor / indexer,
+    # ffn.experts.{e}.w1/w2/w3, ffn.gate with tid2eid on the hash-routed layers, hc_attn_fn / hc_ffn_fn, head),
+    # which transformers saves again and mlx-vlm's sanitize renames; wo_a is a grouped projection (MultiLinear in
+    # mlx-vlm, not experts), the hyper-connection mixers and the router stay float32, tid2eid stays integer
+    Arch("deepseek_v4", _VLM, "deepseek_v4", S, "deepseek-ai/DeepSeek-V4-Flash",
+         _text_by_vlm("DeepseekV4ForCausalLM") + "Sliding, compressed-sparse (indexer) and heavily compressed "
+         "attention layers, grouped output projection, sinks, hyper-connections kept float32, hash-routed first layers (tid2eid), shared experts, sqrt-softplus "
+         "router. mlx-vlm's deepseek_v4 picks the indexer's top-k hierarchically (HISA) on prompts long enough for "
+         "index_block x index_keep compressed entries (4096 tokens at its defaults): the plan notes it",
+         family=Family("ffn.experts", "ffn.switch_mlp", _W123, "n_routed_experts"),
+         # transformers' DeepseekV4: the attention of layer l is layer_types[l] (compress_rates per type), the first
+         # layers hash-routed per mlp_layer_types, YaRN only for the compressed branches (rope_parameters.compress);
+         # mlx-vlm's reads compress_ratios (0 / 4 / 128 per layer), num_hash_layers and rope_scaling
+         renames=(
+             Rename("compress_ratios", "", "compress_ratios", overrides=True),
+             Rename("num_hash_layers", "mlp_layer_types", "hash_layers", overrides=True),
+             Rename("rope_scaling", "rope_parameters.compress", "scaled_rope", overrides=True),
+         ),
+         # transformers' conversion_mapping.py (deepseek_v4): .norm. -> .kv_norm. and hc_head_fn -> hc_head.hc_fn on
+         # load; saved back, the attention's kv_norm is attn.norm and the head's mixer model.hc_head.hc_fn, names
+         # mlx-vlm's sanitize does not rename (it reads attn.kv_norm and hc_head.fn)
+         tensor_renames=(
+             (r"\.attn\.norm\.", ".attn.kv_norm."),
+             (r"\.hc_head\.hc_", ".hc_head."),
+         ),
+         # called without a cache, mlx-vlm's compressed attention lets every token see every compressed window,
+         # later ones too (language.py CompressedAttention / SparseCompressedAttention: no pool cache, no pool mask)
+         needs_cache=True,
+         ignored_by_vlm=(
+             Ignored("index_topk", "hierarchical_top_k", (
+                 "transformers' indexer keeps the exact top index_topk compressed entries (modeling_deepseek_v4.py "
+                 "DeepseekV4Indexer.forward); mlx-vlm's picks them among the best index_keep blocks of index_block "
+                 "entries (HISA: mlx_vlm/models/deepseek_v4/language.py Indexer, hisa_kernel.py) once a layer has "
+                 "index_block x index_keep of them, so long prompts attend to other entries (index_block 0 in "
+                 "config.json makes mlx-vlm select exactly)")),
+         )),
     # RecursiveSI/flint (transformers' FlintForCausalLM): Qwen3-MoE's layout (fused experts, mlp.gate router,
     # q/k norm) plus an ungated mlp.shared_expert and per-head attention sinks (self_attn.sinks)
     Arch("flint", _VLM, "flint", S, "RecursiveSI/flint",
@@ -1199,7 +1282,7 @@ ROWS: tuple[Arch, ...] = (
                          (r"\.post_mlp_layernorm\.", ".post_ffn_norm."))),
     # MoE model_types mlx-vlm 0.7.10 runs (Switch layers in its module) that no moequant row covers yet
     *(Arch(model_type, _VLM, model_type, N, "", NOT_BUILT_VLM) for model_type in (
-        "deepseek_v4", "hy_v4", "llada2_moe", "longcat_flash_sparse", "moondream3", "youtu_vl",
+        "llada2_moe", "longcat_flash_sparse", "moondream3", "youtu_vl",
         "zaya1_vl")),
 )
 
@@ -1247,6 +1330,8 @@ SOURCE_PREFIXES: dict[str, tuple[tuple[str, str], ...]] = {a.model_type: a.wrapp
                                                          for a in ROWS if a.wrapped or a.source_prefixes}
 ABSENT_AS_ZEROS: dict[str, tuple[AbsentAsZeros, ...]] = {a.model_type: a.absent_as_zeros for a in ROWS
                                                          if a.absent_as_zeros}
+SPLITS: dict[str, tuple[str, ...]] = {a.model_type: a.splits for a in ROWS if a.splits}
+NEEDS_CACHE: frozenset[str] = frozenset(a.model_type for a in ROWS if a.needs_cache)
 # model_type (mlx-lm's; for mlx-vlm's sub-configs, text_config's and vision_config's own) -> its renames
 RENAMES: dict[str, tuple[Rename, ...]] = {a.model_type: a.renames for a in ROWS if a.renames}
 # mlx-lm model_type -> what its model ignores or computes differently
