@@ -178,6 +178,28 @@ _QWEN_VISION = {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_he
 _QWEN_IMAGE = {"pixel_values": (16, 3 * 2 * 16 * 16), "image_grid_thw": [[1, 4, 4]]}
 
 
+# Qwen3-Omni's audio tower, talker (its code predictor) and code2wav, tiny; the talker has twice the thinker's experts
+_OMNI_AUDIO = {"d_model": 64, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 128,
+               "num_mel_bins": 16, "output_dim": H, "downsample_hidden_size": 16, "max_source_positions": 64,
+               "n_window": 4, "n_window_infer": 16}
+_OMNI_TALKER = {
+    "talker_config": {
+        "text_config": {**{k: TINY[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                                  "num_attention_heads", "num_key_value_heads", "moe_intermediate_size",
+                                                  "num_experts_per_tok", "shared_expert_intermediate_size")},
+                        "vocab_size": 128, "num_experts": 2 * E},
+        "code_predictor_config": {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+                                  "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32,
+                                  "num_code_groups": 4},
+        "thinker_hidden_size": H, "num_code_groups": 4, "accept_hidden_layer": 1, "spatial_merge_size": 2},
+    "code2wav_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
+                        "num_key_value_heads": 2, "decoder_dim": 64, "codebook_dim": 16, "codebook_size": 32,
+                        "num_quantizers": 4, "upsample_rates": [2, 2], "upsampling_ratios": [2, 2],
+                        "vector_quantization_hidden_dimension": 16, "sliding_window": 8,
+                        "semantic_codebook_size": 32},
+}
+
+
 @dataclass(frozen=True)
 class ProducedVLM:
     """A vision-language model_type written whole by its ...ForConditionalGeneration class:
@@ -193,6 +215,11 @@ class ProducedVLM:
     model_class: str = "AutoModelForImageTextToText"
     files: str = ""
     image: dict = field(default_factory=dict)
+    # the sub-config holding text_config, vision_config and `extra` (Qwen3-Omni's thinker_config), and the
+    # top-level keys beside it (its talker_config, code2wav_config); "" = the top level
+    within: str = ""
+    top: dict = field(default_factory=dict)
+    reference: str = ""  # the submodule whose forward gives the logits (Qwen3-Omni's thinker); "" = the model
 
 
 PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
@@ -308,6 +335,14 @@ PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
                 {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 112,
                  "patch_size": 14, "mlp_ratio": 2.0},
                 {"image_token_id": VOCAB + 2}, files="_step3p7_files", image={"pixel_values": (1, 3, 112, 112)}),
+    # Qwen/Qwen3-Omni-30B-A3B-Instruct whole: the thinker (Qwen3-VL's tower, an audio tower, the MoE language model
+    # whose logits are the reference) under thinker_config; a talker (a second MoE, with a shared expert, and more
+    # experts than the thinker's: each stack has its own count), its code predictor and code2wav, all tiny
+    ProducedVLM("qwen3_omni_moe", {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                                       "mrope_section": [6, 5, 5], "mrope_interleaved": True}},
+                {**_QWEN_VISION, "deepstack_visual_indexes": [0]},
+                {**_IMAGE_TOKENS, "audio_config": _OMNI_AUDIO}, image=_QWEN_IMAGE, within="thinker_config",
+                top=_OMNI_TALKER, reference="thinker", model_class="Qwen3OmniMoeForConditionalGeneration"),
 )}
 
 
@@ -348,12 +383,14 @@ def tiny_config(model_type: str) -> transformers.PretrainedConfig:
     config_class = transformers.CONFIG_MAPPING[model_type]
     if model_type in PRODUCED_VLM:
         row = PRODUCED_VLM[model_type]
+        holder = config_class.sub_configs[row.within] if row.within else config_class
         # a text_config of AutoConfig (Kimi-K2.5's) is its default model_type's config class
-        text_class = config_class.sub_configs["text_config"]
+        text_class = holder.sub_configs["text_config"]
         if text_class is transformers.AutoConfig:
             text_class = transformers.CONFIG_MAPPING[config_class.sub_configs_defaults["text_config"].model_type]
         text = _tiny_kwargs(text_class, row.text, {**TINY, "vocab_size": VOCAB_VLM})
-        config = config_class(text_config=text, vision_config=row.vision, **row.extra)
+        within = {"text_config": text, "vision_config": row.vision, **row.extra}
+        config = config_class(**({row.within: within} if row.within else within), **row.top)
         mapping = modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
     else:
         row = PRODUCED[model_type]
@@ -368,6 +405,12 @@ def tiny_config(model_type: str) -> transformers.PretrainedConfig:
 def model_class(model_type: str) -> type:
     """The transformers class that writes (and runs) the model_type's row."""
     return getattr(transformers, (PRODUCED_VLM.get(model_type) or PRODUCED[model_type]).model_class)
+
+
+def reference_model(model_type: str, model: torch.nn.Module) -> torch.nn.Module:
+    """The part of a model_type's model whose forward gives the logits (ProducedVLM.reference)."""
+    part = getattr(PRODUCED_VLM.get(model_type), "reference", "")
+    return getattr(model, part) if part else model
 
 
 def redraw(model: torch.nn.Module, seed: int = 0) -> None:
@@ -397,7 +440,7 @@ def write_produced(dst: Path, model_type: str, dtype: torch.dtype = torch.float3
     model = build(config, dtype=torch.float32).eval()
     redraw(model, seed)
     with torch.inference_mode():  # a vision-language model too: token ids only, no pixels
-        logits = model(torch.from_numpy(TOKENS), use_cache=False).logits.float().numpy()
+        logits = reference_model(model_type, model)(torch.from_numpy(TOKENS), use_cache=False).logits.float().numpy()
     model.to(dtype).save_pretrained(dst)
     if model_type in PRODUCED_VLM and PRODUCED_VLM[model_type].files:
         from moequant import tiny
@@ -457,8 +500,8 @@ def simulated_logits(model_type: str, src: Path, bits: int, group_size: int = 64
     uniform plan quantizes (linear and expert weights and embeddings whose input dimension the
     group divides; router gates, norms, convolutions and vectors kept, and what `keep` names,
     see _kept): what a correct quantized conversion computes."""
-    config = transformers.AutoConfig.from_pretrained(src)
-    model = model_class(model_type).from_pretrained(src, dtype=torch.float32).eval()
+    model = reference_model(model_type, model_class(model_type).from_pretrained(src, dtype=torch.float32).eval())
+    config = model.config
     text = getattr(config, "text_config", None) or config
     num_experts = next((getattr(where, k) for where in (text, getattr(text, "ffn_config", None))  # DBRX's: nested
                         for k in ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")

@@ -39,14 +39,15 @@ from moequant.ignored import IGNORED_BY_MLX_VLM  # noqa: E402
 from moequant.plan import Role  # noqa: E402
 
 from producer import (PRODUCED_VLM, TOKENS, image_inputs, model_class, produced,  # noqa: E402,F401  (a fixture)
-                      redraw, simulated_logits, tiny_config)
+                      redraw, reference_model, simulated_logits, tiny_config)
 
 MAX_ABS = 1e-4  # as test_producer: float32 both sides, only summation order differs
 
 # text-only outputs mlx-lm 0.32.2 has no model for: refused in one line
 MLX_LM_HAS_NONE = {"glm4v_moe", "glm5_next", "qwen4_exp",  # no mlx_lm.models.<model_type> (mlx-vlm runs them)
                    "inkling_mm_model",  # no inkling model in mlx-lm 0.32.2
-                   "step3p7"}  # no step3p7 model (its step3p5 reads a flat Step-3.5 config, not text_config)
+                   "step3p7",
+                   "qwen3_omni_moe"}  # no step3p7 model (its step3p5 reads a flat Step-3.5 config, not text_config)
 
 
 def _ids() -> mx.array:
@@ -208,11 +209,19 @@ def test_every_mlx_vlm_row_names_code_on_both_sides():
             assert "transformers" in row.message and f"mlx_vlm/models/{model_type}/" in row.message, row
 
 
-@pytest.mark.parametrize("model_type", list(PRODUCED_VLM))
+# mlx-vlm's logits on a prompt with an image, not yet held to transformers': why not
+IMAGE_UNMATCHED = {
+    "qwen3_omni_moe": "1.4 max abs from transformers' thinker on the one-image prompt (text-only prompts match); "
+                      "where mlx-vlm's qwen3_omni_moe differs (vision tower or 3-D positions) is not located yet",
+}
+
+
+@pytest.mark.parametrize("model_type", [pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=IMAGE_UNMATCHED[m]))
+                                        if m in IMAGE_UNMATCHED else m for m in PRODUCED_VLM])
 def test_image_input_matches_transformers_or_says_why_not(tmp_path, produced, model_type):
     src, _ = produced(model_type)
     inputs = image_inputs(model_type)
-    model = model_class(model_type).from_pretrained(src, dtype=torch.float32).eval()
+    model = reference_model(model_type, model_class(model_type).from_pretrained(src, dtype=torch.float32).eval())
     takes = inspect.signature(model.forward).parameters
     with torch.inference_mode():
         def forward(pixel_values):

@@ -20,7 +20,7 @@ from .allocate import allocate, candidate_errors, model_errors
 from .calibrate import PROBE, Moments, measure, read_calibration
 from .dequant import MLX, SourceContext, dequantize_packed, source_format
 from .errors import CheckpointError, PlanError
-from .experts import SPLITTERS, ExpertStack, expert_sources, num_experts, to_stacked
+from .experts import SPLITTERS, ExpertStack, expert_counts, expert_sources, to_stacked
 from .formats import DTYPES, Mode, Quant, Rounding, infer_fp_quant, infer_quant
 from .ignored import ignored_notes
 from .names import canonical_name, layer_of, renamed
@@ -92,7 +92,7 @@ class Conversion:
         self.notices = ignored_notes(self.config, self.ckpt.tensors)
         notes += self.notices
         self.family = family_of(self.config)
-        self.num_experts = num_experts(self.family, self.config)
+        self.expert_count = expert_counts(self.family, self.config)
         self.format, qconfig = source_format(self.ckpt.config)
         self.model = build_model(self.config)
         modules = find_roles(self.model)
@@ -242,7 +242,7 @@ class Conversion:
         weights = self._renamed({canonical_name(k): v for k, v in weights.items()})
         for name in SPLITS.get(self.config["model_type"], ()):
             weights = SPLITTERS[name](weights, self.config)
-        weights, stacks = to_stacked(self.family, weights, self.num_experts)
+        weights, stacks = to_stacked(self.family, weights, self.expert_count)
         if not hasattr(self.model, "sanitize"):
             return weights, stacks
         # Packed fp-mode modules that sanitize reshapes into other modules (DeepSeek's kv_b_proj ->

@@ -164,7 +164,25 @@ class ExpertStack:
     parts: list[mx.array]
 
 
-def to_stacked(family: Family, weights: dict[str, mx.array], n_experts: int
+@dataclass(frozen=True)
+class ExpertCounts:
+    """The expert count of the stack a tensor key belongs to: that of the first prefix in `at` the key starts
+    with (Qwen3-Omni's talker.*), else `default`."""
+
+    default: int
+    at: tuple[tuple[str, int], ...] = ()
+
+    def __call__(self, key: str) -> int:
+        return next((n for prefix, n in self.at if key.startswith(prefix)), self.default)
+
+
+def expert_counts(family: Family, config: dict) -> ExpertCounts:
+    """The family's expert counts: num_experts', and each of num_experts_at's under its own config key."""
+    return ExpertCounts(num_experts(family, config), tuple(
+        (prefix, num_experts(replace(family, num_experts=key), config)) for prefix, key in family.num_experts_at))
+
+
+def to_stacked(family: Family, weights: dict[str, mx.array], count: ExpertCounts
                ) -> tuple[dict[str, mx.array], list[ExpertStack]]:
     """Every expert of one layer checked, then handed over as the target's sanitize expects it:
     stacked into `<layer>.<family.stacked>.<proj>.<suffix>` [E, out, in], or — for a family whose
@@ -177,6 +195,7 @@ def to_stacked(family: Family, weights: dict[str, mx.array], n_experts: int
     out: dict[str, mx.array] = {}
     stacks: list[ExpertStack] = []
     for key, value in weights.items():
+        n_experts = count(key)
         if blocks.search(key) and (value.ndim != 2 or value.shape[0] % n_experts):
             raise LayoutError(f"{key}: shape {tuple(value.shape)}; expected [E·rows, cols], rows a multiple of "
                               f"E={n_experts} (num_experts)")
@@ -192,6 +211,7 @@ def to_stacked(family: Family, weights: dict[str, mx.array], n_experts: int
         found.setdefault((m["layer"], m["proj"], m["suffix"]), {})[int(m["e"])] = value
     for (layer, proj, suffix), by_expert in sorted(found.items()):
         where = f"{layer}.{family.experts}"
+        n_experts = count(where)
         missing = sorted(set(range(n_experts)) - set(by_expert))
         extra = sorted(set(by_expert) - set(range(n_experts)))
         if missing or extra:

@@ -56,6 +56,9 @@ class Family:
     projections: dict[str, str]  # source projection name -> stacked projection name
     # the config key naming E; its other spellings are CONFIG_ALIASES' (num_experts_keys)
     num_experts: str = "num_experts"
+    # (tensor-key prefix, config key naming E) for stacks of another count, first match wins (Qwen3-Omni's
+    # talker.* by talker_config.text_config.num_experts); the other stacks have num_experts' count
+    num_experts_at: tuple[tuple[str, str], ...] = ()
     fused: str = "halves"  # how the fused gate_up tensor splits: a key of experts.FUSED_SPLITTERS
     fused_names: tuple[str, str] = ("gate_up_proj", "down_proj")  # fused (gate_up, down) inside `experts`
     fused_bias_names: tuple[str, ...] = ()  # fused (gate_up, down) biases [E, out], if the release has them
@@ -1031,25 +1034,21 @@ ROWS: tuple[Arch, ...] = (
     Arch("deepseek_vl_v2", _VLM, "deepseek_vl_v2", N, "deepseek-ai/deepseek-vl2",
          "not converted yet (its config nests the language model under language_config); mlx_vlm.convert converts "
          "it meanwhile"),
-    # mlx-vlm runs the whole release (thinker with vision and audio towers; talker and code2wav), and both
-    # thinker.model.layers.{l}.mlp.experts.{e}.* and talker.model.layers.{l}.mlp.experts.{e}.* are MoE stacks with
-    # expert counts under thinker_config.text_config / talker_config.text_config (one count per checkpoint today).
-    # Tried (a tiny Qwen3OmniMoeForConditionalGeneration save_pretrained: per-expert release names for both, the
-    # talker with shared_expert + shared_expert_gate): a row with Family("mlp.experts", "mlp.switch_mlp", _GLU,
-    # "thinker_config.text_config.num_experts") and VisionLanguage(vision_keys=("thinker_config",)) converts at
-    # --no-quantize, and mlx-vlm's thinker logits match transformers' model.thinker(...) (5e-7 max abs), once
-    # thinker_config.text_config / talker_config.text_config get rope_theta from rope_parameters by hand: what it
-    # takes is (1) target.resolve_config filling aliases and renames in sub-configs two levels down
-    # (thinker_config.{text,vision,audio}_config, talker_config.{text,code_predictor}_config, code2wav_config; it
-    # walks text_config / vision_config only, so mlx-vlm's TextConfig misses rope_theta); (2) an expert count per
-    # stack prefix (thinker.* vs talker.*: a Family has one count, right only where both have as many experts);
-    # (3) roles for the audio tower, talker projections, code predictor and code2wav, which the plan now calls
-    # "other" (kept float like the vision tower, as mlx_vlm.convert does); (4) a producer row whose reference is
-    # model.thinker(...) (and the talker's codec logits held to transformers' talker forward), image and audio
-    # inputs, and a tiny whole release with processor and feature-extractor files for tests/test_vlm.py
-    Arch("qwen3_omni_moe", _VLM, "qwen3_omni_moe", N, "Qwen/Qwen3-Omni-30B-A3B-Instruct",
-         "not converted yet (two MoE language models, thinker and talker, beside vision and audio towers); "
-         "mlx_vlm.convert converts it meanwhile"),
+    Arch("qwen3_omni_moe", _VLM, "qwen3_omni_moe", S, "Qwen/Qwen3-Omni-30B-A3B-Instruct",
+         "the whole release for mlx-vlm only (no mlx-lm model): the thinker (vision tower, audio tower, MoE language "
+         "model) and the talker (a second MoE with a shared expert, each stack with its own expert count), code "
+         "predictor and code2wav; the vision and audio towers and the code predictor copied float (as "
+         "mlx_vlm.convert keeps them). The thinker's logits on text match transformers'; on a prompt with an image "
+         "they do not yet (1.4 max abs on a tiny model, where mlx-vlm's model differs is not located)",
+         # Qwen/Qwen3-Omni-30B-A3B-Instruct: thinker.model.layers.{l}.mlp.experts.{e}.* and
+         # talker.model.layers.{l}.mlp.experts.{e}.* (+ shared_expert, shared_expert_gate), counts under
+         # thinker_config.text_config / talker_config.text_config (num_local_experts, transformers 5); mlx-vlm's
+         # sanitize renames thinker.model -> thinker.language_model.model, thinker.visual -> thinker.vision_tower
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "thinker_config.text_config.num_experts",
+                       num_experts_at=(("talker.", "talker_config.text_config.num_experts"),)),
+         # thinker_config holds the towers and the thinker's text_config; the sub-configs two levels down reach
+         # mlx-vlm's config classes through target.resolve_config (rope_theta, head_dim)
+         vision=VisionLanguage("qwen3_omni_moe", vision_keys=("thinker_config",))),
     Arch("glm5_next", _VLM, "glm5_next", S, "zai-org/GLM-5.3-Flash",
          "GLM ViT (model.visual: Conv3d patch embedding, SwiGLU blocks with q/k norms, downsample Conv2d, merger) + "
          "GLM-5-Next's MoE (KDA linear attention, MLA with a DSA indexer, multi-stream hyper-connections, dense "

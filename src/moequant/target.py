@@ -32,6 +32,7 @@ import os
 import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import mlx.nn as nn
@@ -543,6 +544,7 @@ def resolve_config(config: dict, runner: str | None = None) -> tuple[dict, list[
             sub = resolved.get(key)
             if isinstance(sub, dict) and hasattr(arch, part):
                 notes += _fill_aliases(sub, _config_fields(getattr(arch, part)), f"{key}.", of)
+        notes += _fill_nested(resolved, arch.ModelConfig, "", ("text_config", "vision_config"))
     else:
         for key in VISION_LANGUAGE[config["model_type"]].vision_keys if is_vision_language(config) else ():
             resolved.pop(key)
@@ -567,6 +569,20 @@ def resolve_config(config: dict, runner: str | None = None) -> tuple[dict, list[
     for line in notes:  # which runner the output is for is said; how config.json was read only with -v
         log.log(logging.INFO if line == note else logging.DEBUG, "config: %s", line)
     return resolved, notes
+
+
+def _fill_nested(resolved: dict, config_class, where: str, done: tuple[str, ...] = ()) -> list[str]:
+    """Aliases filled (in place) in the sub-configs an mlx-vlm config class builds from its own config
+    classes (a field typed as one), at any depth but `done`'s (Qwen3-Omni's thinker_config.text_config,
+    talker_config.code_predictor_config), each by the fields of its class; one note per fill."""
+    notes = []
+    for name, sub_class in typing.get_type_hints(config_class).items():
+        sub = resolved.get(name)
+        if name in done or not isinstance(sub, dict) or not dataclasses.is_dataclass(sub_class):
+            continue
+        notes += _fill_aliases(sub, _config_fields(sub_class), f"{where}{name}.")
+        notes += _fill_nested(sub, sub_class, f"{where}{name}.")
+    return notes
 
 
 def _zero_rows(config: dict):
