@@ -350,7 +350,9 @@ def image_inputs(model_type: str) -> dict[str, np.ndarray]:
     """One prompt with one image for a PRODUCED_VLM row, as transformers' processor gives its model:
     input_ids (text, the image's start token VOCAB, its 4 image tokens, its end token VOCAB + 1, text),
     pixel_values drawn N(0, 1) in the row's `image` layout, the row's other image arrays (grid sizes,
-    patch places), and mm_token_type_ids (1 at image tokens: transformers' 3-D positions need it).
+    patch places), mm_token_type_ids (1 at image tokens: transformers' 3-D positions need it) and
+    attention_mask (all ones: transformers' Qwen3-Omni thinker computes 3-D positions only when given one, else
+    text positions: 1.4 max abs logit difference on its tiny model).
     The start token matters as a processor writes it: mlx-vlm's Qwen-VL and GLM-4.5V models find an
     image by it for its 3-D positions (transformers by mm_token_type_ids); without it mlx-vlm gives the
     image tokens text positions (1.5 max abs logit difference on qwen3_vl_moe)."""
@@ -360,7 +362,7 @@ def image_inputs(model_type: str) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     return {"input_ids": ids, "pixel_values": rng.standard_normal(row.image["pixel_values"]).astype(np.float32),
             **{k: np.array(v, dtype=np.int64) for k, v in row.image.items() if k != "pixel_values"},
-            "mm_token_type_ids": (ids == image).astype(np.int64)}
+            "mm_token_type_ids": (ids == image).astype(np.int64), "attention_mask": np.ones_like(ids)}
 
 
 def _tiny_kwargs(config_class, extra: dict, base: dict = TINY) -> dict:

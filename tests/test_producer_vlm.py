@@ -209,15 +209,7 @@ def test_every_mlx_vlm_row_names_code_on_both_sides():
             assert "transformers" in row.message and f"mlx_vlm/models/{model_type}/" in row.message, row
 
 
-# mlx-vlm's logits on a prompt with an image, not yet held to transformers': why not
-IMAGE_UNMATCHED = {
-    "qwen3_omni_moe": "1.4 max abs from transformers' thinker on the one-image prompt (text-only prompts match); "
-                      "where mlx-vlm's qwen3_omni_moe differs (vision tower or 3-D positions) is not located yet",
-}
-
-
-@pytest.mark.parametrize("model_type", [pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=IMAGE_UNMATCHED[m]))
-                                        if m in IMAGE_UNMATCHED else m for m in PRODUCED_VLM])
+@pytest.mark.parametrize("model_type", list(PRODUCED_VLM))
 def test_image_input_matches_transformers_or_says_why_not(tmp_path, produced, model_type):
     src, _ = produced(model_type)
     inputs = image_inputs(model_type)
@@ -237,7 +229,8 @@ def test_image_input_matches_transformers_or_says_why_not(tmp_path, produced, mo
     ours = load_float32(tmp_path / "dst")
     if _on_text(conversion):  # said, and checked on text (test_no_quantize_matches_transformers_or_says_why_not)
         _language_as_transformers(ours)
-    mlx_inputs = {k: mx.array(v) for k, v in inputs.items() if k != "mm_token_type_ids"}
+    # mlx-vlm's models take neither: they find images by their tokens, and one unpadded prompt needs no mask
+    mlx_inputs = {k: mx.array(v) for k, v in inputs.items() if k not in ("mm_token_type_ids", "attention_mask")}
     ids = mlx_inputs.pop("input_ids")
     closeness = compare_logits(reference, ours(ids, **mlx_inputs))
     if notes := [n for n in _differs(conversion, "mlx-vlm") if n not in _on_text(conversion)]:
