@@ -98,3 +98,36 @@ def test_every_model_args_field_holds_transformers_value(tmp_path, model_type):
             differ.append(f"{f.name}: ModelArgs {getattr(args, f.name)!r}, transformers {expected!r}")
     assert not differ, differ
     assert checked
+
+
+def _sub_configs(ours, theirs, where: str = ""):
+    """(path, mlx-vlm's sub-config, transformers' sub-config) for each sub-config mlx-vlm's ModelConfig builds
+    from one of its own config classes, at any depth."""
+    for f in dataclasses.fields(ours):
+        sub, their_sub = getattr(ours, f.name), getattr(theirs, f.name, None)
+        if dataclasses.is_dataclass(sub) and isinstance(their_sub, transformers.PretrainedConfig):
+            yield f"{where}{f.name}", sub, their_sub
+            yield from _sub_configs(sub, their_sub, f"{where}{f.name}.")
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_omni_moe"])  # sub-configs two levels down (thinker_config.text_config)
+def test_every_nested_mlx_vlm_field_holds_transformers_value(tmp_path, model_type):
+    config = tiny_config(model_type)
+    config.save_pretrained(tmp_path)
+    theirs = type(config).from_pretrained(tmp_path)
+    resolved, _ = resolve_config(json.loads((tmp_path / "config.json").read_text()), MLX_VLM)
+    checked, differ = [], []
+    for where, sub, their_sub in _sub_configs(build_model(resolved).config, theirs):
+        full = their_sub.to_dict()
+        for f in dataclasses.fields(sub):
+            expected = _counterpart(f.name, {}, their_sub, full)
+            if f.name == "rope_theta" and expected is _MISSING:  # transformers 5 reads it in rope_parameters
+                expected = lookup(full, "rope_parameters.rope_theta")
+            if dataclasses.is_dataclass(getattr(sub, f.name)) or expected is _MISSING or f.name in BOOKKEEPING:
+                continue
+            checked.append(f"{where}.{f.name}")
+            if not _same(getattr(sub, f.name), expected):
+                differ.append(f"{where}.{f.name}: mlx-vlm {getattr(sub, f.name)!r}, transformers {expected!r}")
+    assert not differ, differ
+    assert {"thinker_config.text_config.rope_theta", "talker_config.text_config.num_experts",
+            "talker_config.code_predictor_config.rope_theta"} <= set(checked)
