@@ -28,7 +28,7 @@ from .registry import SPLITS, TENSOR_RENAMES, family_of
 from .plan import Decision, Options, Plan, build_plan, find_roles, plan_from_json, plan_rows
 from .stored import Stored, read_stored, stale_notes
 from .quantize import Quantizer, check_complete, check_weights, parameter_shapes
-from .target import absent_as_zeros, build_model, resolve_config, runner_of
+from .target import absent_as_zeros, build_model, language_config, resolve_config, runner_of
 from .card import CARD_FILE, PLAN_FILE, PLOT_FILE, model_card
 from .writer import DEFAULT_SHARD_SIZE, Output, check_destination, output_config
 from . import procpool
@@ -41,7 +41,7 @@ _LANGUAGE_MODEL = "language_model."  # where mlx-vlm's Model holds the language 
 
 def vocab_size(config: dict) -> int | None:
     """The (resolved) config's vocabulary size: token ids must be below it."""
-    for source in (config, config.get("text_config") or {}):
+    for source in (config, language_config(config)):
         if isinstance(value := source.get("vocab_size"), int) and value > 0:
             return value
     return None

@@ -83,6 +83,7 @@ class VisionLanguage:
     # a text-only (mlx-lm) output's config.json leaves them out, as it leaves out their weights
     vision_keys: tuple[str, ...] = ("vision_config",)
     fixture: str = ""  # the whole release's recipe: a key of tiny.VLM_ARCHS
+    text: str = "text_config"  # where config.json holds the language model's keys (dotted for nested)
 
 
 @dataclass(frozen=True)
@@ -1048,7 +1049,7 @@ ROWS: tuple[Arch, ...] = (
                        num_experts_at=(("talker.", "talker_config.text_config.num_experts"),)),
          # thinker_config holds the towers and the thinker's text_config; the sub-configs two levels down reach
          # mlx-vlm's config classes through target.resolve_config (rope_theta, head_dim)
-         vision=VisionLanguage("qwen3_omni_moe", vision_keys=("thinker_config",))),
+         vision=VisionLanguage("qwen3_omni_moe", vision_keys=("thinker_config",), text="thinker_config.text_config")),
     Arch("glm5_next", _VLM, "glm5_next", S, "zai-org/GLM-5.3-Flash",
          "GLM ViT (model.visual: Conv3d patch embedding, SwiGLU blocks with q/k norms, downsample Conv2d, merger) + "
          "GLM-5-Next's MoE (KDA linear attention, MLA with a DSA indexer, multi-stream hyper-connections, dense "

@@ -571,6 +571,14 @@ def resolve_config(config: dict, runner: str | None = None) -> tuple[dict, list[
     return resolved, notes
 
 
+def language_config(config: dict) -> dict:
+    """The language model's keys in a config: its text_config, or where its VisionLanguage row says
+    (Qwen3-Omni's thinker_config.text_config); {} if it has none."""
+    row = VISION_LANGUAGE.get(config.get("model_type"))
+    text = lookup(config, row.text if row else "text_config")
+    return text if isinstance(text, dict) else {}
+
+
 def _fill_nested(resolved: dict, config_class, where: str, done: tuple[str, ...] = ()) -> list[str]:
     """Aliases filled (in place) in the sub-configs an mlx-vlm config class builds from its own config
     classes (a field typed as one), at any depth but `done`'s (Qwen3-Omni's thinker_config.text_config,

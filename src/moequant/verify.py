@@ -230,9 +230,10 @@ def _vocab_size(model: nn.Module, path: Path) -> int:
         value = source.get("vocab_size") if isinstance(source, dict) else getattr(source, "vocab_size", None)
         if isinstance(value, int) and value > 0:
             return value
-    config = json.loads((path / "config.json").read_text())
-    value = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")
-    if not isinstance(value, int):
+    from .convert import vocab_size
+
+    value = vocab_size(json.loads((path / "config.json").read_text()))
+    if value is None:
         raise CheckpointError(f"{path / 'config.json'}: no vocab_size; expected an int (or pass a prompt)")
     return value
 
