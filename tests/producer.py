@@ -220,6 +220,9 @@ class ProducedVLM:
     within: str = ""
     top: dict = field(default_factory=dict)
     reference: str = ""  # the submodule whose forward gives the logits (Qwen3-Omni's thinker); "" = the model
+    # the output's tensor-key prefixes a quantized conversion quantizes, as mlx_vlm.convert does: the language
+    # model (Qwen3-Omni's talker and code2wav too, but not its code predictor); the towers and projectors stay float
+    quantized: tuple[str, ...] = ("language_model.",)
 
 
 PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
@@ -342,7 +345,9 @@ PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
                                                        "mrope_section": [6, 5, 5], "mrope_interleaved": True}},
                 {**_QWEN_VISION, "deepstack_visual_indexes": [0]},
                 {**_IMAGE_TOKENS, "audio_config": _OMNI_AUDIO}, image=_QWEN_IMAGE, within="thinker_config",
-                top=_OMNI_TALKER, reference="thinker", model_class="Qwen3OmniMoeForConditionalGeneration"),
+                top=_OMNI_TALKER, reference="thinker", model_class="Qwen3OmniMoeForConditionalGeneration",
+                quantized=("thinker.language_model.", "talker.model.", "talker.codec_head.", "talker.text_projection.",
+                           "talker.hidden_projection.", "code2wav.")),
 )}
 
 

@@ -46,8 +46,8 @@ MAX_ABS = 1e-4  # as test_producer: float32 both sides, only summation order dif
 # text-only outputs mlx-lm 0.32.2 has no model for: refused in one line
 MLX_LM_HAS_NONE = {"glm4v_moe", "glm5_next", "qwen4_exp",  # no mlx_lm.models.<model_type> (mlx-vlm runs them)
                    "inkling_mm_model",  # no inkling model in mlx-lm 0.32.2
-                   "step3p7",
-                   "qwen3_omni_moe"}  # no step3p7 model (its step3p5 reads a flat Step-3.5 config, not text_config)
+                   "step3p7",  # no step3p7 model (its step3p5 reads a flat Step-3.5 config, not text_config)
+                   "qwen3_omni_moe"}
 
 
 def _ids() -> mx.array:
@@ -171,9 +171,9 @@ def test_quantized_for_mlx_vlm_is_within_a_simulated_round_trip(tmp_path, produc
         r.role.value for r in kept if r.role.value in ("embedding", "lm_head"))
     simulated = compare_logits(mx.array(reference), mx.array(simulated_logits(model_type, src, 4, keep=keep)))
     assert ours.kl <= 1.1 * simulated.kl + 1e-4, (ours, simulated)
-    # only the language model is quantized: vision (and audio) towers and projectors stay float
+    # only the language model is quantized (ProducedVLM.quantized): vision (and audio) towers and projectors stay float
     scales = [k for f in (tmp_path / "dst").glob("*.safetensors") for k in mx.load(str(f)) if k.endswith(".scales")]
-    assert scales and all(k.startswith("language_model.") for k in scales), scales
+    assert scales and all(k.startswith(PRODUCED_VLM[model_type].quantized) for k in scales), scales
 
     # the quantized model runs in mlx-vlm itself, loaded as a user loads it (model and processor) where the
     # release has processor files

@@ -195,6 +195,13 @@ def test_cli_for_option(tmp_path, cli):
     assert result.exit_code == 1 and "--for mlx-xyz: expected one of mlx-lm, mlx-vlm" in result.output
 
 
+# rows not smoke-tested with mlx_vlm.load (model and processor), and why; the note says so instead of VLM_DONE
+NOT_LOADED_WHOLE = {
+    # mlx_vlm/models/qwen3_omni_moe/processing_qwen3_omni_moe.py builds Qwen3VLVideoProcessor, which needs torchvision
+    "qwen3_omni_moe": "mlx-vlm's processor needs torchvision",
+}
+
+
 def test_every_vision_language_row_has_a_tiny_release_and_a_supported_arch_row():
     from moequant.registry import ARCHITECTURES, VLM_DONE, Status
 
@@ -202,8 +209,10 @@ def test_every_vision_language_row_has_a_tiny_release_and_a_supported_arch_row()
     assert {m for m, part in VISION_LANGUAGE.items() if part.fixture} == set(VLM_ARCHS)
     rows = {a.model_type: a for a in ARCHITECTURES}
     for arch in VISION_LANGUAGE:
-        assert rows[arch].status == Status.SUPPORTED and VLM_DONE in rows[arch].note
-    assert sorted(a.model_type for a in ARCHITECTURES if VLM_DONE in a.note) == sorted(VISION_LANGUAGE)
+        assert rows[arch].status == Status.SUPPORTED
+        assert VLM_DONE in rows[arch].note if arch not in NOT_LOADED_WHOLE else NOT_LOADED_WHOLE[arch] in rows[arch].note
+    assert sorted(a.model_type for a in ARCHITECTURES if VLM_DONE in a.note) == sorted(
+        set(VISION_LANGUAGE) - set(NOT_LOADED_WHOLE))
 
 
 # transformers' class for each release (its checkpoint loading knows the published names); None: not in

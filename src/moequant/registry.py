@@ -1039,8 +1039,9 @@ ROWS: tuple[Arch, ...] = (
          "the whole release for mlx-vlm only (no mlx-lm model): the thinker (vision tower, audio tower, MoE language "
          "model) and the talker (a second MoE with a shared expert, each stack with its own expert count), code "
          "predictor and code2wav; the vision and audio towers and the code predictor copied float (as "
-         "mlx_vlm.convert keeps them). The thinker's logits match transformers' on text and with an image (no tiny "
-         "release with processor files yet: not smoke-tested with mlx_vlm.load)",
+         "mlx_vlm.convert keeps them), processor files copied. The thinker's logits match transformers' on text and "
+         "with an image; the output loads with mlx_vlm.utils.load_model, but not with mlx_vlm.load here: mlx-vlm's "
+         "processor needs torchvision (Qwen3VLVideoProcessor), which the test extra does not install",
          # Qwen/Qwen3-Omni-30B-A3B-Instruct: thinker.model.layers.{l}.mlp.experts.{e}.* and
          # talker.model.layers.{l}.mlp.experts.{e}.* (+ shared_expert, shared_expert_gate), counts under
          # thinker_config.text_config / talker_config.text_config (num_local_experts, transformers 5); mlx-vlm's
