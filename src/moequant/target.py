@@ -581,8 +581,9 @@ def language_config(config: dict) -> dict:
 
 def _fill_nested(resolved: dict, config_class, where: str, done: tuple[str, ...] = ()) -> list[str]:
     """Aliases filled (in place) in the sub-configs an mlx-vlm config class builds from its own config
-    classes (a field typed as one), at any depth but `done`'s (Qwen3-Omni's thinker_config.text_config,
-    talker_config.code_predictor_config), each by the fields of its class; one note per fill."""
+    classes (a field typed as one), at any depth (Qwen3-Omni's thinker_config.text_config,
+    talker_config.code_predictor_config), each by the fields of its class, but for the keys in `done`
+    (filled already); one note per fill."""
     notes = []
     for name, sub_class in typing.get_type_hints(config_class).items():
         sub = resolved.get(name)
