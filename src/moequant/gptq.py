@@ -143,16 +143,20 @@ def _cholesky(h: np.ndarray, block: int = 256) -> np.ndarray:
     return h
 
 
-def _inverse_lower(l: np.ndarray, block: int = 256) -> np.ndarray:
+def _inverse_lower(l: np.ndarray, block: int = 256, out: np.ndarray | None = None) -> np.ndarray:
     """Inverse of each lower triangular matrix in `l` [B, n, n] (whatever its strict upper triangle
-    holds), by halves: [[A, 0], [C, D]]⁻¹ = [[A⁻¹, 0], [−D⁻¹ C A⁻¹, D⁻¹]]: mostly matrix products."""
+    holds), by halves: [[A, 0], [C, D]]⁻¹ = [[A⁻¹, 0], [−D⁻¹ C A⁻¹, D⁻¹]]: mostly matrix products,
+    written into `out` (one array for all the halves: a fresh zeroed one per half cost as much time
+    in page faults as the products)."""
     n = l.shape[-1]
+    out = np.empty_like(l) if out is None else out
     if n <= block:
-        return np.linalg.inv(np.tril(l))
+        out[...] = np.linalg.inv(np.tril(l))
+        return out
     m = n // 2
-    top, bottom = _inverse_lower(l[:, :m, :m], block), _inverse_lower(l[:, m:, m:], block)
-    out = np.zeros_like(l)
-    out[:, :m, :m], out[:, m:, m:] = top, bottom
+    top, bottom = _inverse_lower(l[:, :m, :m], block, out[:, :m, :m]), _inverse_lower(l[:, m:, m:], block,
+                                                                                       out[:, m:, m:])
+    out[:, :m, m:] = 0
     out[:, m:, :m] = -(bottom @ (l[:, m:, :m] @ top))
     return out
 
