@@ -17,13 +17,26 @@ The baseline is the source tree of an earlier commit, e.g.
 
 `--synthetic FOLDER …` instead: on each synthetic checkpoint of benchmarks/make_synthetic.py,
 `--target-bpw 4 --calib ids.npy --rounding gptq` (ids drawn at random from the vocabulary,
---calib-sequences × --calib-length) with this tree and the baseline, and a plain `--bits 4`:
-wall time, CPU time and peak RSS (no KL: the weights are random).
+--calib-sequences × --calib-length) with this tree (and the baseline, if given), a plain
+`--bits 4`, and mlx-lm's own GPTQ (`mlx_lm.gptq`: mlx_lm.quant.gptq.gptq_quantize at 4 bits, group
+64, on the same ids; its command line would download its own calibration text, so it is called as
+its main() does, with the ids instead): wall time, CPU time and peak RSS (no KL: the weights are
+random). Then, in this process, the rate of GPTQ's matrix work: layer 0's moments measured as the
+conversion measures them, each of its modules rounded by moequant's GPTQ on one thread (as each
+conversion worker runs it), its floating point operations (Cholesky n³/3 and triangular inverse
+n³/3 per H, the lazy updates R·n² and the check against plain rounding 2·R·n² per matrix of R rows)
+over its CPU time, against numpy's float32 matmul rate measured in the same run on GPTQ's shapes
+([n, n] @ [n, R]), on one thread and on every core. Needs only mlx, mlx-lm, numpy, safetensors,
+typer and rich (no torch):
+
+    python benchmarks/make_synthetic.py /tmp/syn6 --target-gb 6
+    python benchmarks/calibration.py --synthetic /tmp/syn6 --mlx-lm-timeout 3600
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -55,19 +68,52 @@ sys.exit(code)
 """
 
 
+# mlx-lm's GPTQ as mlx_lm.quant.gptq.main runs it, on token ids from a file instead of its download
+MLX_LM_GPTQ = """
+import resource, sys
+import mlx.core as mx
+import numpy as np
+from mlx_lm.quant.gptq import gptq_quantize
+from mlx_lm.utils import load, save
+rss, src, dst, ids, sequences, length = sys.argv[1:7]
+model, tokenizer, config = load(src, lazy=True, return_config=True)
+data = mx.array(np.load(ids)[: int(sequences) * int(length)].reshape(int(sequences), int(length)))
+model, config["quantization"] = gptq_quantize(model, data, 4, 64, 6, 64)
+save(dst, src, model, tokenizer, config)
+usage = resource.getrusage(resource.RUSAGE_SELF)
+peak = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+open(rss, "w").write(f"{peak} {usage.ru_utime + usage.ru_stime}")
+"""
+
+
+def _run(name: str, command: list[str], rss: Path, tree: Path | None = None, timeout: float | None = None,
+         may_fail: bool = False) -> dict:
+    """A subprocess that writes its peak RSS (KiB) and CPU seconds to `rss`: wall, CPU, peak RSS, and
+    its stdout; or, past `timeout` seconds, the time it was stopped at; or, `may_fail`, its error."""
+    env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(tree), *filter(None, [os.environ.get("PYTHONPATH")])])
+    start = time.monotonic()
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"wall_s": time.monotonic() - start, "stopped": True}
+    wall = time.monotonic() - start
+    if done.returncode and may_fail:
+        return {"wall_s": wall, "failed": done.stderr.strip().splitlines()[-1]}
+    if done.returncode:
+        raise SystemExit(f"{name}: exit {done.returncode}\n{done.stderr[-2000:]}")
+    rss_kib, cpu = rss.read_text().split()
+    return {"wall_s": wall, "cpu_s": float(cpu), "peak_rss_gib": int(rss_kib) / 2**20, "stdout": done.stdout}
+
+
 def convert(tree: Path, dst: Path, options: list[str], src: Path = SRC) -> dict:
     """One `moequant convert src DST options` in a subprocess running `tree`'s moequant."""
     rss = dst.parent / f"{dst.name}.maxrss"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    start = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", WRAPPER, str(rss), "convert", str(src), str(dst), *options, "--json",
-                           "--pool", "threads", "--force"], env=env, capture_output=True, text=True)
-    wall = time.monotonic() - start
-    if done.returncode:
-        raise SystemExit(f"{dst.name}: exit {done.returncode}\n{done.stderr[-2000:]}")
-    report = json.loads(done.stdout)
-    rss_kib, cpu = rss.read_text().split()
-    return {"wall_s": wall, "cpu_s": float(cpu), "peak_rss_gib": int(rss_kib) / 2**20, "seconds": report.get("seconds", {})}
+    result = _run(dst.name, [sys.executable, "-c", WRAPPER, str(rss), "convert", str(src), str(dst), *options,
+                             "--json", "--pool", "threads", "--force"], rss, tree)
+    result["seconds"] = json.loads(result.pop("stdout")).get("seconds", {})
+    return result
 
 
 def main() -> None:
@@ -80,6 +126,7 @@ def main() -> None:
     p.add_argument("--synthetic", type=Path, nargs="+", help="make_synthetic.py checkpoints to measure instead")
     p.add_argument("--calib-sequences", type=int, default=8)
     p.add_argument("--calib-length", type=int, default=512)
+    p.add_argument("--mlx-lm-timeout", type=float, default=3600, help="seconds mlx_lm.gptq may run (then stopped)")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.synthetic:
@@ -120,8 +167,8 @@ def main() -> None:
 
 
 def synthetic(args: argparse.Namespace) -> None:
-    """Peak RSS, wall and CPU time of --rounding gptq on synthetic checkpoints, this tree against
-    the baseline, side by side with a plain conversion."""
+    """Peak RSS, wall and CPU time of --rounding gptq on synthetic checkpoints, side by side with a
+    plain conversion and mlx_lm.gptq (and the baseline tree, if given); then GPTQ's matmul rate."""
     rows = []
     for src in args.synthetic:
         config = json.loads((src / "config.json").read_text())
@@ -133,18 +180,93 @@ def synthetic(args: argparse.Namespace) -> None:
         runs = [("plain --bits 4", TREE, ["--bits", "4"]), ("gptq, this tree", TREE, gptq)]
         runs += [("gptq, baseline", args.baseline, gptq)] if args.baseline else []
         size = sum(f.stat().st_size for f in src.glob("*.safetensors")) / 1e9
+        where = f"{src.name} ({config['num_hidden_layers']} layers, {size:.2f} GB)"
         for name, tree, options in runs:
             if name != "plain --bits 4" and any(s in name for s in args.skip):
                 continue
             result = convert(tree, args.work / "synthetic-out", options, src)
-            result.update(name=name, src=f"{src.name} ({config['num_hidden_layers']} layers, {size:.2f} GB)")
+            result.update(name=name, src=where)
+            rows.append(result)
+            print(json.dumps(result), flush=True)
+        if not any(s in "mlx_lm.gptq" for s in args.skip):
+            rss, dst = args.work / "mlx-lm-gptq.maxrss", args.work / "mlx-lm-gptq-out"
+            subprocess.run(["rm", "-rf", str(dst)], check=True)
+            result = _run("mlx_lm.gptq", [sys.executable, "-c", MLX_LM_GPTQ, str(rss), str(src), str(dst), str(calib),
+                                          str(args.calib_sequences), str(args.calib_length)], rss,
+                          timeout=args.mlx_lm_timeout, may_fail=True)
+            result.pop("stdout", None)
+            result.update(name="mlx_lm.gptq (4 bits, group 64)", src=where, seconds={})
             rows.append(result)
             print(json.dumps(result), flush=True)
     print("\n| checkpoint | run | wall s | CPU s | peak RSS GiB | phases |")
     print("| --- | --- | ---: | ---: | ---: | --- |")
     for r in rows:
+        if r.get("stopped") or r.get("failed"):
+            what = f"failed: {r['failed']}" if r.get("failed") else "stopped"
+            print(f"| {r['src']} | {r['name']} | {what} after {r['wall_s']:.0f} s | | | |")
+            continue
         phases = ", ".join(f"{k} {v:.0f} s" for k, v in r["seconds"].items())
         print(f"| {r['src']} | {r['name']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['peak_rss_gib']:.2f} | {phases} |")
+    gptq_rate(args.synthetic[0], args)
+
+
+def _matmul_rate(n: int, rows: int, one_thread: bool) -> float:
+    """numpy's float32 GFLOP/s on [8, n, n] @ [8, n, rows] (the shapes of GPTQ's products), the best of 3."""
+    from moequant.gptq import _one_blas_thread
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((8, n, n), dtype=np.float32), rng.standard_normal((8, n, rows), dtype=np.float32)
+    best = float("inf")
+    with _one_blas_thread() if one_thread else contextlib.nullcontext():
+        for _ in range(3):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+    return 2 * 8 * n * n * rows / best / 1e9
+
+
+def gptq_rate(src: Path, args: argparse.Namespace) -> None:
+    """GPTQ's achieved GFLOP/s on one thread, module by module of layer 0, against numpy's matmul rate."""
+    import mlx.core as mx
+
+    from moequant.calibrate import measure, read_calibration
+    from moequant.convert import Conversion, vocab_size
+    from moequant.formats import Quant
+    from moequant.gptq import quantize_gptq
+    from moequant.target import build_model
+
+    q = Quant.make("affine", 4, 64)
+    conversion = Conversion(src, q)
+    paths = {r.path for r in conversion.plan.rows if r.quant is not None and ".layers.0." in r.path}
+    tokens = read_calibration(args.work / f"{src.name}-ids.npy", None, args.calib_length, args.calib_sequences,
+                              vocab_size(conversion.config))
+    stats = measure(build_model(conversion.config), conversion._normalized_groups(), tokens, moments=paths)
+    weights = {}
+    for group in conversion._normalized_groups():
+        weights.update((k, v) for k, v in group.items() if k.removesuffix(".weight") in paths)
+    print("\n| module | shape | GPTQ CPU s | GFLOP | GFLOP/s | numpy 1 thread | share |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    total_flops = total_cpu = 0.0
+    rates = {}
+    for path in sorted(paths):
+        w = weights[f"{path}.weight"]
+        mx.eval(w)
+        experts, rows, n = (1, *w.shape) if w.ndim == 2 else w.shape
+        flops = experts * (2 * n**3 / 3 + 3 * rows * n * n)
+        start = time.process_time()
+        mx.eval(quantize_gptq(w, stats.moments[path], q))
+        cpu = time.process_time() - start
+        rates.setdefault((n, rows), _matmul_rate(n, rows, one_thread=True))
+        total_flops, total_cpu = total_flops + flops, total_cpu + cpu
+        print(f"| {path.split('.layers.0.')[-1]} | {tuple(w.shape)} | {cpu:.1f} | {flops / 1e9:.0f} | "
+              f"{flops / cpu / 1e9:.1f} | {rates[n, rows]:.1f} | {flops / cpu / 1e9 / rates[n, rows]:.0%} |", flush=True)
+    peak_one = max(rates.values())
+    n, rows = max(rates)
+    every = _matmul_rate(n, rows, one_thread=False)
+    print(f"\nGPTQ, layer 0: {total_flops / 1e9:.0f} GFLOP in {total_cpu:.1f} CPU s = {total_flops / total_cpu / 1e9:.1f} "
+          f"GFLOP/s per core; numpy float32 matmul on GPTQ's shapes: {peak_one:.1f} GFLOP/s on one thread "
+          f"({total_flops / total_cpu / 1e9 / peak_one:.0%}), {every:.1f} GFLOP/s on all {os.cpu_count()} cores "
+          f"(each conversion worker runs GPTQ on one thread, one decoder layer per worker)")
 
 
 if __name__ == "__main__":

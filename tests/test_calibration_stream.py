@@ -116,6 +116,9 @@ def _deeper(src: Path, dst: Path, layers: int) -> Path:
 
 
 def test_peak_memory_does_not_grow_with_the_number_of_layers(tmp_path):
+    """Peak memory of mlx and of numpy (tracemalloc: the products run there)."""
+    import tracemalloc
+
     src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe", dtype="float32")
     layer_bytes = sum(v.nbytes for k, v in load_file(next(src.glob("*.safetensors"))).items() if ".layers.1." in k)
     tokens = TOKENS[:2, :16]
@@ -126,9 +129,14 @@ def test_peak_memory_does_not_grow_with_the_number_of_layers(tmp_path):
         mx.clear_cache()
         mx.reset_peak_memory()
         base = mx.get_active_memory()
-        stats = _stream(deep, tokens, energy=wanted, sensitivity=wanted)
+        tracemalloc.start()
+        try:
+            stats = _stream(deep, tokens, energy=wanted, sensitivity=wanted)
+            numpy_peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
         assert len(stats.energy) > 4 * layers
-        peaks[layers] = mx.get_peak_memory() - base
+        peaks[layers] = mx.get_peak_memory() - base + numpy_peak
         del stats
     assert peaks[8] - peaks[2] < layer_bytes, (peaks, layer_bytes)  # 6 more layers, not one more in memory
 
@@ -182,3 +190,43 @@ def test_hidden_states_kept_on_disk_give_the_same_statistics(tmp_path, monkeypat
         assert mx.array_equal(in_memory.energy[path], spilled.energy[path]).item(), path
         assert np.array_equal(np.asarray(in_memory.moments[path]), np.asarray(spilled.moments[path])), path
     assert spilled.sensitivity == pytest.approx(in_memory.sensitivity, rel=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral"])
+def test_numpy_products_are_mlx_products(tmp_path, arch):
+    """The pass runs the model's own code with its Linear, expert stack and embedding products in
+    numpy (mlx's CPU BLAS is the reference one): a decoder layer, the whole model, and each with a
+    module at the probe (the weight mx.quantize and mx.dequantize give) match mlx's to float32
+    tolerance."""
+    from moequant.calibrate import PROBE, _at_probe, _in_numpy, _InNumpy
+
+    src = write_tiny_checkpoint(tmp_path / "src", arch, dtype="bfloat16")
+    for _ in Conversion(src, dtype="float32").run(tmp_path / "float"):
+        pass
+    model = load_float32(tmp_path / "float")
+    tokens = TOKENS[:2]
+    layer = model.model.layers[1]
+    x = mx.random.normal((2, 48, model.args.hidden_size), key=mx.random.key(0))
+    stack = next(p for p, m in layer.named_modules() if p.endswith("_proj") and m.weight.ndim == 3)
+
+    def probed(module):  # mlx's own: the weight quantized at the probe, dequantized
+        return mx.dequantize(*mx.quantize(module.weight, PROBE.group_size, PROBE.bits), PROBE.group_size, PROBE.bits)
+
+    expected = {"layer": layer(x, mask="causal"), "model": model(tokens)}
+    for path, root in ((stack, layer), ("lm_head", model), ("model.embed_tokens", model)):
+        module = module_at(root, path)
+        weight, module.weight = module.weight, probed(module)
+        expected[path] = layer(x, mask="causal") if root is layer else model(tokens)
+        module.weight = weight
+    with _in_numpy(model):
+        assert all(isinstance(module_at(model, p), _InNumpy) for p in ("lm_head", "model.embed_tokens"))
+        assert isinstance(module_at(layer, stack), _InNumpy)
+        got = {"layer": layer(x, mask="causal"), "model": model(tokens)}
+        for path, root in ((stack, layer), ("lm_head", model), ("model.embed_tokens", model)):
+            with _at_probe(module_at(root, path)):
+                got[path] = layer(x, mask="causal") if root is layer else model(tokens)
+    for key, value in expected.items():
+        assert got[key].shape == value.shape
+        scale = mx.abs(value).max().item()
+        assert mx.abs(got[key] - value).max().item() < 1e-4 * scale, key
+    assert not mx.allclose(expected["lm_head"], expected["model"]).item()  # the probe changes something

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from moequant.errors import LayoutError, PlanError
-from moequant.gptq import _feedback, _gptq, _grid, _pack, _rounded, calibration_error, quantize_gptq
+from moequant.gptq import _feedback, _gptq, _grid, _pack, _rounded, calibration_error, dequantized_affine, \
+    quantize_gptq
 from moequant.formats import Quant
 
 BITS = (2, 3, 4, 5, 6, 8)
@@ -61,6 +62,14 @@ def test_grid_is_mlx_affine_formula(bits, dtype):
         scale, bias = (_rounded(v, dtype) for v in _grid(groups, bits, axis=2))
         assert (scale == np.array(scales.astype(mx.float32))).all()
         assert (bias == np.array(biases.astype(mx.float32))).all()
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_dequantized_affine_is_mlx_bit_for_bit(bits):
+    w = _weights(bits, (3, 16, 512), mx.float32)
+    for group_size in GROUP_SIZES:
+        expected = mx.dequantize(*mx.quantize(w, group_size, bits), group_size, bits)
+        assert np.array_equal(dequantized_affine(np.array(w), bits, group_size), np.array(expected))
 
 
 @pytest.mark.parametrize("group_size", GROUP_SIZES)

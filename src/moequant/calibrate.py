@@ -1,7 +1,8 @@
 """Calibration for `--target-bpw --calib FILE` and `--rounding gptq`: the calibration tokens
 (`read_calibration`, through the checkpoint's own tokenizer) and what the float model does with
-them, measured with the real mlx-lm forward in one pass streamed over the decoder layers (`measure`:
-one layer's weights in memory at a time):
+them, measured with the model's own mlx-lm code (its matrix products computed by numpy's BLAS:
+_InNumpy) in one pass streamed over the decoder layers (`measure`: one layer's weights in memory at
+a time):
 
 * per module, the energy E[x_j²] of each input channel, and the moments E[x xᵀ] GPTQ weighs
   rounding errors by. Expert stacks: every calibration token is
@@ -18,10 +19,11 @@ one layer's weights in memory at a time):
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,10 +32,11 @@ import mlx.nn as nn
 import numpy as np
 
 from .errors import CheckpointError, PlanError, os_reason
-from .evaluate import compare_logits, free_memory, text_logits
+from .evaluate import free_memory, text_logits
 from .names import layer_of
 from .formats import Mode, Quant
-from .surgery import expert_containers, module_at, recording
+from .gptq import dequantized_affine
+from .surgery import expert_containers, expert_stack_types, module_at, parent_and_key, recording
 from .target import quiet_transformers
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,7 @@ PROBE = Quant.make(Mode.AFFINE, 3, 64)  # the setting each module's output sensi
 CHUNK = 2  # sequences per call of a decoder layer; the first chunk is what output sensitivity is measured on
 MIN_ROUTED = 32  # an expert routed fewer tokens has its input moments from every token alone
 SPILL_SHARE = 0.25  # hidden states beyond this share of the memory available are kept on disk
+TAIL_BLOCK = 1 << 24  # logits (float32 elements) the KL of the sensitivity takes at once
 
 
 CALIB_SEQUENCES, CALIB_LENGTH = 8, 512  # defaults: sequences of tokens read from a calibration file
@@ -191,8 +195,123 @@ class _States:
         return mx.array(self._file[c * CHUNK: min((c + 1) * CHUNK, self.sequences)])
 
 
-def _float32(weights: dict[str, mx.array]) -> dict[str, mx.array]:
-    return {k: v.astype(mx.float32) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
+# --- the pass's matrix products in numpy ---------------------------------------------------------
+# mlx's Linux CPU wheel multiplies matrices with the reference BLAS (mlx_cpu.libs/libblas): measured
+# on 2 cores, [1024, 1024] @ [1024, 32768] runs at 2.2 GFLOP/s in mlx against 48 in numpy's
+# OpenBLAS, 20x more CPU time. The pass therefore runs the model's own code with the products of its
+# float Linear modules, expert stacks and embeddings computed by numpy (_InNumpy).
+
+_BLOCK = 1 << 22  # weight elements widened (or put at PROBE) at once
+
+
+def _numpy(a: mx.array) -> np.ndarray:
+    """float32 numpy of an mlx array (bfloat16 widened exactly, without mlx's CPU cast)."""
+    if a.dtype == mx.bfloat16:
+        return (np.asarray(a.view(mx.uint16)).astype(np.uint32) << 16).view(np.float32)
+    return np.asarray(a if a.dtype == mx.float32 else a.astype(mx.float32))
+
+
+class _InNumpy(nn.Module):
+    """Stands in for a float Linear, expert stack or Embedding (`inner`) during the pass: the same
+    products, by numpy, on inner's weight or, while `probe` is set, on that weight quantized at
+    PROBE and dequantized. The weight is widened to float32 (and put at PROBE) a block of rows or an
+    expert at a time, never whole: mlx's dequantize takes 5x its output's memory. An expert stack's
+    product is mx.gather_mm's: each row of x by the expert its index names."""
+
+    def __init__(self, inner: nn.Module, stack: bool):
+        super().__init__()
+        self.inner = inner
+        self.stack, self.probe = stack, False
+
+    def _weight(self, rows) -> np.ndarray:
+        w = _numpy(self.inner.weight[rows])
+        return dequantized_affine(w, PROBE.bits, PROBE.group_size) if self.probe else w
+
+    def __call__(self, x: mx.array, *args, **kwargs) -> mx.array:
+        if isinstance(self.inner, nn.Embedding):
+            if not self.probe:
+                return self.inner(x)
+            return mx.array(dequantized_affine(_numpy(self.inner.weight[x]), PROBE.bits, PROBE.group_size))
+        if self.stack:
+            return self._gather(x, args[0] if args else kwargs["indices"])
+        y = self._product(x)
+        if "bias" in self.inner:
+            y += _numpy(self.inner.bias)
+        return mx.array(y)
+
+    def as_linear(self, x: mx.array) -> mx.array:
+        return mx.array(self._product(x))
+
+    @property
+    def weight(self) -> mx.array:  # for model code that reads it (a dtype, a tied head)
+        return self.inner.weight
+
+    def _product(self, x: mx.array) -> np.ndarray:
+        """x Wᵀ, a block of W's rows at a time."""
+        xn = _numpy(x)
+        out, n = self.inner.weight.shape
+        y = np.empty((*xn.shape[:-1], out), np.float32)
+        step = max(1, _BLOCK // n)
+        for r in range(0, out, step):
+            y[..., r:r + step] = xn @ self._weight(slice(r, r + step)).T
+        return y
+
+    def _gather(self, x: mx.array, indices: mx.array) -> mx.array:
+        experts, out_dims = self.inner.weight.shape[:2]  # [E, out, in]
+        xn, idx = _numpy(x), np.asarray(indices)
+        rows_of, m = xn.shape[:-2], xn.shape[-2]  # x [..., M, in] broadcast against indices [...]
+        batch = np.broadcast_shapes(rows_of, idx.shape)
+        source = np.broadcast_to(np.arange(math.prod(rows_of)).reshape(rows_of), batch).reshape(-1)
+        flat = np.broadcast_to(idx, batch).reshape(-1)
+        xs = xn.reshape(-1, m, xn.shape[-1])
+        out = np.empty((flat.size, m, out_dims), np.float32)
+        order = np.argsort(flat, kind="stable")
+        bounds = np.searchsorted(flat[order], np.arange(experts + 1))
+        for e in np.nonzero(np.diff(bounds))[0]:
+            picked = order[bounds[e]:bounds[e + 1]]
+            out[picked] = xs[source[picked]] @ self._weight(int(e)).T
+        if "bias" in self.inner:
+            out += _numpy(self.inner.bias)[flat][:, None]
+        return mx.array(out.reshape(*batch, m, out_dims))
+
+
+def _products(root: nn.Module) -> list[tuple[str, nn.Module, bool]]:
+    """(path, module, is an expert stack) of each module under `root` that _in_numpy stands in for:
+    Linear, Embedding and expert stacks (mlx-lm's and mlx-vlm's SwitchLinear), not subclasses
+    that compute something else."""
+    kinds = [(k, False) for k in (nn.Linear, nn.Embedding)]
+    kinds += [(t, True) for t in expert_stack_types(root) if t.__name__ == "SwitchLinear"]
+    return [(path, m, stack) for path, m in root.named_modules() for kind, stack in kinds
+            if path and isinstance(m, kind) and type(m).__call__ is kind.__call__]
+
+
+@contextmanager
+def _in_numpy(root: nn.Module):
+    """Inside the block, the modules of `_products(root)` are stood in for by _InNumpy (module_at
+    finds those); put back on exit."""
+    swapped = []
+    try:
+        for path, module, stack in _products(root):
+            parent, key = parent_and_key(root, path)
+            parent[key] = _InNumpy(module, stack)
+            swapped.append((parent, key, module))
+        yield
+    finally:
+        for parent, key, module in reversed(swapped):
+            parent[key] = module
+
+
+def _float32(weights: dict[str, mx.array], keep=frozenset()) -> dict[str, mx.array]:
+    """The floating point weights as float32, but those in `keep` (numpy's products widen those)."""
+    return {k: v.astype(mx.float32) if mx.issubdtype(v.dtype, mx.floating) and k not in keep else v
+            for k, v in weights.items()}
+
+
+def _widened(root: nn.Module) -> set[str]:
+    """The names of the weights under `root` that only numpy's products read (widened there): those
+    of its Linear modules and expert stacks (an embedding's rows are read by mlx: it stays float32)."""
+    return {f"{path}.{name}" for path, module, _ in _products(root) if not isinstance(module, nn.Embedding)
+            for name in ("weight", "bias")}
 
 
 def _decoder_layers(model: nn.Module, keys) -> str:
@@ -207,23 +326,22 @@ def _decoder_layers(model: nn.Module, keys) -> str:
 
 
 @contextmanager
-def _at_probe(module: nn.Module):
-    """The module with its weight replaced by the weight quantized at PROBE, dequantized."""
-    weight = module.weight
-    module.weight = mx.dequantize(*mx.quantize(weight, PROBE.group_size, PROBE.bits), PROBE.group_size, PROBE.bits)
+def _at_probe(module: _InNumpy):
+    """The stand-in computing with its weight quantized at PROBE, dequantized."""
+    module.probe = True
     try:
         yield
     finally:
-        module.weight = weight
+        module.probe = False
 
 
-def _probed(model: nn.Module, paths) -> list[tuple[str, nn.Module]]:
-    """(path, module) of each path whose module has a weight the probe can quantize."""
+def _probed(model: nn.Module, paths) -> list[tuple[str, _InNumpy]]:
+    """(path, stand-in) of each path whose module numpy stands in for (inside `_in_numpy`) with a
+    weight the probe can quantize."""
     out = []
     for path in sorted(paths):
         module = module_at(model, path)
-        weight = getattr(module, "weight", None) if isinstance(module, nn.Module) else None
-        if weight is not None and weight.ndim >= 2 and weight.shape[-1] % PROBE.group_size == 0:
+        if isinstance(module, _InNumpy) and module.inner.weight.shape[-1] % PROBE.group_size == 0:
             out.append((path, module))
     return out
 
@@ -283,6 +401,7 @@ class _Experts:
         self.glu, self.moments = glu, moments
         self.experts = glu.up_proj.weight.shape[0] if hasattr(glu, "up_proj") else 0
         self.down = all(hasattr(glu, n) for n in ("gate_proj", "up_proj", "down_proj"))
+        self.stacks = {n: glu[n] for n in ("up_proj", "gate_proj") if self.down}  # _in_numpy stands in for glu's
         self.slots = np.zeros(self.experts, dtype=np.int64)  # (token, choice) slots per expert
         self.routed = np.zeros(self.experts, dtype=np.int64)  # tokens routed to each expert
         self.hidden = _Linear(moments, seen)
@@ -306,16 +425,17 @@ class _Experts:
             self.inputs.append((xn, chosen if indices is not None else None))
         if not self.down:
             return
-        inner = self.glu.up_proj.weight.shape[1]
+        inner = self.stacks["up_proj"].weight.shape[1]
         block = max(1, (1 << 24) // max(xn.shape[0] * inner, 1))  # experts at a time: ~64 MB of activations
         for first in range(0, self.experts, block):
             part = slice(first, min(first + block, self.experts))
-            up, gate = (np.array(getattr(self.glu, n).weight[part].astype(mx.float32)) for n in ("up_proj", "gate_proj"))
-            u = (xn @ up.reshape(-1, up.shape[-1]).T).reshape(xn.shape[0], -1, inner)
-            g = (xn @ gate.reshape(-1, gate.shape[-1]).T).reshape(xn.shape[0], -1, inner)
-            act = np.array(self.glu.activation(mx.array(u), mx.array(g)).astype(mx.float32))
+            # [experts, inner, tokens]: each expert's activations contiguous
+            u, g = ((_numpy(self.stacks[n].weight[part]).reshape(-1, xn.shape[1]) @ xn.T).reshape(-1, inner, xn.shape[0])
+                    for n in ("up_proj", "gate_proj"))
+            act = _activation(self.glu.activation, u, g)
+            del u, g
             for j, e in enumerate(range(part.start, part.stop)):
-                h = np.ascontiguousarray(act[:, j])
+                h = act[j].T  # [tokens, inner]
                 self.act[e].add(h)
                 if self.moments and rows[e] is not None:
                     hr = h[rows[e]]
@@ -350,6 +470,16 @@ class _Experts:
         if self.down and f"{container}.down_proj" in wanted:
             store.put_stack(f"{container}.down_proj", self.experts,
                             lambda e: _mixed(self.act[e].mean_products(), self.act_routed[e], int(self.routed[e])))
+
+
+def _activation(activation: nn.Module, up: np.ndarray, gate: np.ndarray) -> np.ndarray:
+    """An expert container's activation of its up and gate projections (numpy float32): mlx-lm's
+    and mlx-vlm's SwiGLU, silu(gate)·up, in numpy (mlx's CPU takes ~35 ns an element for a
+    sigmoid); any other by mlx."""
+    if type(activation).__name__ == "SwiGLU" and type(activation).__module__.endswith(".switch_layers"):
+        with np.errstate(over="ignore"):  # exp(-gate) overflows to inf where silu is -0
+            return gate / (1 + np.exp(-gate)) * up
+    return _numpy(activation(mx.array(up), mx.array(gate)))
 
 
 def _mixed(everyone: np.ndarray, routed, count: int) -> np.ndarray:
@@ -534,11 +664,13 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
         where = layer_of(key)
         inside = where is not None and where[0] == prefix and where[1] < len(layers)
         (by_layer[where[1]] if inside else outside)[key] = tensors.pop(key)
-    model.load_weights(list(_float32(outside).items()), strict=False)
+    model.load_weights(list(_float32(outside, _widened(model)).items()), strict=False)
     del outside
     chunks = [tokens[i:i + CHUNK] for i in range(0, tokens.shape[0], CHUNK)]
     containers = {c for c in expert_containers(model).values() if c.startswith(prefix + ".")}
     outside_paths = {p for p in wanted | sensitivity if not p.startswith(prefix + ".")}
+    for i in range(len(layers)):  # a layer is in the model while the pass is at it
+        layers[i] = _Stub()
 
     def embedded(chunk: mx.array) -> tuple[mx.array, list]:
         """(layer 0's input, each layer's other arguments) for a chunk: the model's own forward
@@ -558,25 +690,28 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
         arguments.append(args)
     # sensitivity: the states of chunk 0 carried with a module outside the layers (an embedding) at
     # PROBE, and with all of layer i's at PROBE (with ε_i and each module's ε_m)
-    outside_probed = _probed(model, outside_paths & sensitivity)
     perturbed_inputs = {}
-    for path, module in outside_probed:
-        with _at_probe(module):
-            h, _ = embedded(chunks[0])
-        if not mx.array_equal(h, states[0]).item():
-            perturbed_inputs[path] = h
+    with _in_numpy(model):
+        outside_probed = [path for path, _ in _probed(model, outside_paths & sensitivity)]
+        for path in outside_probed:
+            with _at_probe(module_at(model, path)):
+                h, _ = embedded(chunks[0])
+            if not mx.array_equal(h, states[0]).item():
+                perturbed_inputs[path] = h
     perturbed_layers: dict[int, tuple[float, dict[str, float]]] = {}
 
     log.info("calibration: %d decoder layers, %s tokens in %d chunks", len(layers), f"{tokens.size:,}", len(chunks))
     for i, layer in enumerate(real):
         layer_start = time.monotonic()
         layers[i] = layer
-        layer.load_weights([(k[len(f"{prefix}.{i}."):], v) for k, v in _float32(by_layer[i]).items()], strict=False)
+        weights = {k[len(f"{prefix}.{i}."):]: v for k, v in by_layer[i].items()}
+        layer.load_weights(list(_float32(weights, _widened(layer)).items()), strict=False)
         by_layer[i] = real[i] = None
+        del weights
         mx.eval(layer.parameters())
         own = {p for p in wanted | sensitivity if p.startswith(f"{prefix}.{i}.")}
         recorders = _recorders(model, own & wanted, moments, {c for c in containers if c.startswith(f"{prefix}.{i}.")})
-        with recording(model, recorders):
+        with _in_numpy(layer), recording(model, recorders):
             for c in range(len(chunks)):
                 x, (args, kwargs) = states[c], arguments[c][i]
                 out = layer(x, *args, **kwargs)
@@ -585,7 +720,7 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
                     x0, reference = x, out
                 states[c] = out
         _collect(stats, recorders, energy, moments)
-        if sensitivity:
+        with _in_numpy(layer):
             args, kwargs = arguments[0][i]
             for name, h in perturbed_inputs.items():
                 perturbed_inputs[name] = layer(h, *args, **kwargs)
@@ -609,23 +744,21 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
         log.info("calibration: layer %d/%d, %s tokens (%.1f s; ETA %.0f s)", i + 1, len(real), f"{tokens.size:,}",
                  time.monotonic() - layer_start, elapsed / (i + 1) * (len(real) - i - 1))
 
-    # the tail (final norm, lm_head) on the float states: its modules' inputs, the reference logits
+    # the tail (final norm, lm_head) on the float states: its modules' inputs (the logits are not
+    # needed, hence never evaluated), then the KL of each perturbation of chunk 0
     reached: set[str] = set()
     recorders = _recorders(model, outside_paths & wanted, moments, set())
     with recording(model, {p: _reaching(reached, p, recorders.get(p)) for p in recorders.keys() | outside_paths}):
         for c in range(len(chunks)):
-            logits = _tail(model, layers, chunks[c], states[c])
-            if c == 0:
-                reference = logits
+            _tail(model, layers, chunks[c], states[c])
     _collect(stats, recorders, energy, moments)
-    for path, module in outside_probed:
-        if path in perturbed_inputs or path in reached:
-            with _at_probe(module):
-                logits = _tail(model, layers, chunks[0], perturbed_inputs.get(path, states[0]))
-            stats.sensitivity[path] = compare_logits(reference, logits).kl
+    perturbed = {path: (perturbed_inputs.get(path, states[0]), path) for path in outside_probed
+                 if path in perturbed_inputs or path in reached}
+    perturbed.update((i, (perturbed_inputs[i], None)) for i in perturbed_layers)
+    kls = _tail_kl(model, layers, chunks[0], states[0], perturbed)
+    stats.sensitivity.update((path, kls[path]) for path in outside_probed if path in kls)
     for i, (error, errors) in perturbed_layers.items():
-        kl = compare_logits(reference, _tail(model, layers, chunks[0], perturbed_inputs[i])).kl
-        stats.sensitivity.update((path, kl * e / max(error, 1e-30)) for path, e in errors.items())
+        stats.sensitivity.update((path, kls[i] * e / max(error, 1e-30)) for path, e in errors.items())
     stats.seconds = time.monotonic() - start
     log.info("calibration: done in %.1f s", stats.seconds)
     return stats
@@ -645,11 +778,39 @@ def _tail(model: nn.Module, layers: list, chunk: mx.array, final: mx.array) -> m
     the rest: final norm, lm_head or tied embeddings)."""
     layers[-1].out = final
     try:
-        logits = text_logits(model, chunk)
-        mx.eval(logits)
-        return logits
+        return text_logits(model, chunk)
     finally:
         layers[-1].out = None
+
+
+def _log_probs(logits: mx.array) -> np.ndarray:
+    """Log-softmax of float32 logits [..., V] as numpy [tokens, V]."""
+    z = _numpy(logits).reshape(-1, logits.shape[-1])
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _tail_kl(model: nn.Module, layers: list, chunk: mx.array, final: mx.array, perturbed: dict) -> dict:
+    """Mean KL(reference ‖ perturbed) of the next-token distributions over the tokens of `chunk`,
+    for each key of `perturbed` -> (the last decoder layer's output, the path of a module outside
+    the layers to put at PROBE, or None); the reference's is `final`. In blocks of tokens
+    (TAIL_BLOCK logits at a time), with the reference's log-probabilities kept: one lm_head product
+    per block and state, by numpy."""
+    rows, length = chunk.shape
+    vocab = _tail(model, layers, chunk[:1, :1], final[:1, :1]).shape[-1]  # mlx's lazy logits: never evaluated
+    step = max(1, min(length, TAIL_BLOCK // vocab))
+    blocks = [(slice(r, r + 1), slice(s, s + step)) for r in range(rows) for s in range(0, length, step)]
+    kl = {}
+    with _in_numpy(model):
+        reference = [_log_probs(_tail(model, layers, chunk[b], final[b])) for b in blocks]
+        for key, (states, path) in perturbed.items():
+            total = 0.0
+            with _at_probe(module_at(model, path)) if path is not None else nullcontext():
+                for b, p_log in zip(blocks, reference):
+                    q_log = _log_probs(_tail(model, layers, chunk[b], states[b]))
+                    total += float((np.exp(p_log) * (p_log - q_log)).sum(dtype=np.float64))
+            kl[key] = max(total / chunk.size, 0.0)
+    return kl
 
 
 def _recorders(model: nn.Module, paths: set[str], moments: set[str], containers: set[str]) -> dict:

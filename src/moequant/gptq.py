@@ -89,6 +89,15 @@ def _grid(groups: np.ndarray, bits: int, axis: int) -> tuple[np.ndarray, np.ndar
     return scale, np.where(shifted, edge, np.float32(0))
 
 
+def dequantized_affine(w: np.ndarray, bits: int, group_size: int) -> np.ndarray:
+    """`mx.dequantize(*mx.quantize(w, group_size, bits), group_size, bits)` of float32 `w` [..., n],
+    in numpy, bit for bit (without mlx's CPU dequantize, which takes 5x its output's memory)."""
+    groups = w.reshape(-1, group_size)
+    scale, bias = (v[:, None] for v in _grid(groups, bits, axis=1))
+    q = np.clip(np.rint((groups - bias) / scale), 0, 2**bits - 1)
+    return _dequantized(q, scale, bias, mx.float32).reshape(w.shape)
+
+
 def _rounded(x: np.ndarray, dtype: mx.Dtype) -> np.ndarray:
     """float32 `x` rounded to `dtype` (to nearest, ties to even, as mlx casts), back in float32."""
     if dtype == mx.float16:
@@ -134,16 +143,20 @@ def _cholesky(h: np.ndarray, block: int = 256) -> np.ndarray:
     return h
 
 
-def _inverse_lower(l: np.ndarray, block: int = 256) -> np.ndarray:
+def _inverse_lower(l: np.ndarray, block: int = 256, out: np.ndarray | None = None) -> np.ndarray:
     """Inverse of each lower triangular matrix in `l` [B, n, n] (whatever its strict upper triangle
-    holds), by halves: [[A, 0], [C, D]]⁻¹ = [[A⁻¹, 0], [−D⁻¹ C A⁻¹, D⁻¹]]: mostly matrix products."""
+    holds), by halves: [[A, 0], [C, D]]⁻¹ = [[A⁻¹, 0], [−D⁻¹ C A⁻¹, D⁻¹]]: mostly matrix products,
+    written into `out` (one array for all the halves: a fresh zeroed one per half cost as much time
+    in page faults as the products)."""
     n = l.shape[-1]
+    out = np.empty_like(l) if out is None else out
     if n <= block:
-        return np.linalg.inv(np.tril(l))
+        out[...] = np.linalg.inv(np.tril(l))
+        return out
     m = n // 2
-    top, bottom = _inverse_lower(l[:, :m, :m], block), _inverse_lower(l[:, m:, m:], block)
-    out = np.zeros_like(l)
-    out[:, :m, :m], out[:, m:, m:] = top, bottom
+    top, bottom = _inverse_lower(l[:, :m, :m], block, out[:, :m, :m]), _inverse_lower(l[:, m:, m:], block,
+                                                                                       out[:, m:, m:])
+    out[:, :m, m:] = 0
     out[:, m:, :m] = -(bottom @ (l[:, m:, :m] @ top))
     return out
 
