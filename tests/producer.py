@@ -348,6 +348,18 @@ PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
                 top=_OMNI_TALKER, reference="thinker", model_class="Qwen3OmniMoeForConditionalGeneration",
                 quantized=("thinker.language_model.", "talker.model.", "talker.codec_head.", "talker.text_projection.",
                            "talker.hidden_projection.", "code2wav.")),
+    # baidu/ERNIE-4.5-VL-28B-A3B-PT: two expert sets per MoE layer (text, then multimodal: its own, smaller
+    # intermediate size as the release's [1536, 512]), a dense first layer, tied (Ernie4_5_VLMoeConfig's root flag,
+    # which transformers reads over text_config's); 3-D RoPE sections (h, w, t) adding up to HEAD_DIM / 2
+    ProducedVLM("ernie4_5_vl_moe", {"moe_intermediate_size": [I_DENSE, I_MOE],
+                                    "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                                        "mrope_section": [6, 6, 4]}},
+                {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2, "patch_size": 14,
+                 "spatial_merge_size": 2},
+                {"image_token_id": VOCAB + 2, "video_token_id": VOCAB + 3, "image_start_token_id": VOCAB,
+                 "image_end_token_id": VOCAB + 1, "video_start_token_id": VOCAB + 4, "video_end_token_id": VOCAB + 5},
+                # 4x4 patches of 14x14 pixels x 3 channels (one frame), merged 2x2 into 4 image tokens
+                image={"pixel_values": (16, 3 * 14 * 14), "image_grid_thw": [[1, 4, 4]]}),
 )}
 
 
@@ -355,9 +367,11 @@ def image_inputs(model_type: str) -> dict[str, np.ndarray]:
     """One prompt with one image for a PRODUCED_VLM row, as transformers' processor gives its model:
     input_ids (text, the image's start token VOCAB, its 4 image tokens, its end token VOCAB + 1, text),
     pixel_values drawn N(0, 1) in the row's `image` layout, the row's other image arrays (grid sizes,
-    patch places), mm_token_type_ids (1 at image tokens: transformers' 3-D positions need it) and
+    patch places), mm_token_type_ids (1 at image tokens: transformers' 3-D positions need it),
     attention_mask (all ones: transformers' Qwen3-Omni thinker computes 3-D positions only when given one, else
-    text positions: 1.4 max abs logit difference on its tiny model).
+    text positions: 1.4 max abs logit difference on its tiny model) and moe_mm_token_type_ids (1 at image tokens
+    and the image's start and end tokens: ERNIE-4.5-VL's processor sends all three to the multimodal experts,
+    create_moe_mm_token_type_ids).
     The start token matters as a processor writes it: mlx-vlm's Qwen-VL and GLM-4.5V models find an
     image by it for its 3-D positions (transformers by mm_token_type_ids); without it mlx-vlm gives the
     image tokens text positions (1.5 max abs logit difference on qwen3_vl_moe)."""
@@ -367,7 +381,8 @@ def image_inputs(model_type: str) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     return {"input_ids": ids, "pixel_values": rng.standard_normal(row.image["pixel_values"]).astype(np.float32),
             **{k: np.array(v, dtype=np.int64) for k, v in row.image.items() if k != "pixel_values"},
-            "mm_token_type_ids": (ids == image).astype(np.int64), "attention_mask": np.ones_like(ids)}
+            "mm_token_type_ids": (ids == image).astype(np.int64), "attention_mask": np.ones_like(ids),
+            "moe_mm_token_type_ids": np.isin(ids, [image, VOCAB, VOCAB + 1]).astype(np.int64)}
 
 
 def _tiny_kwargs(config_class, extra: dict, base: dict = TINY) -> dict:

@@ -33,7 +33,7 @@ import mlx.nn as nn  # noqa: E402
 from moequant.convert import Conversion  # noqa: E402
 from moequant.errors import CheckpointError  # noqa: E402
 from moequant.evaluate import compare_logits, load_float32  # noqa: E402
-from moequant.registry import VISION_LANGUAGE  # noqa: E402
+from moequant.registry import MODEL_TYPES, VISION_LANGUAGE  # noqa: E402
 from moequant.formats import Quant  # noqa: E402
 from moequant.ignored import IGNORED_BY_MLX_VLM  # noqa: E402
 from moequant.plan import Role  # noqa: E402
@@ -47,7 +47,8 @@ MAX_ABS = 1e-4  # as test_producer: float32 both sides, only summation order dif
 MLX_LM_HAS_NONE = {"glm4v_moe", "glm5_next", "qwen4_exp",  # no mlx_lm.models.<model_type> (mlx-vlm runs them)
                    "inkling_mm_model",  # no inkling model in mlx-lm 0.32.2
                    "step3p7",  # no step3p7 model (its step3p5 reads a flat Step-3.5 config, not text_config)
-                   "qwen3_omni_moe"}
+                   "qwen3_omni_moe",
+                   "ernie4_5_vl_moe"}  # no ernie4_5_moe_vl model (its ernie4_5_moe is the text-only release's)
 
 
 def _ids() -> mx.array:
@@ -111,6 +112,15 @@ def _vision_as_transformers(model) -> None:
         for layer in tower.model.layers:
             layer.mlp.activation_fn = nn.GELU()
         tower.vision_adapter.mlp.activation_fn = nn.GELU()
+    elif inner.config.model_type == "ernie4_5_moe_vl":  # the image's start and end tokens to the multimodal experts
+        config, token_types = inner.config, inner._build_token_type_ids
+
+        def as_transformers(input_ids, pixel_values=None):
+            types = token_types(input_ids, pixel_values)
+            ends = (input_ids == config.image_start_token_id) | (input_ids == config.image_end_token_id)
+            return types if types is None else mx.where(ends, 1, types)
+
+        inner._build_token_type_ids = as_transformers
     elif inner.config.model_type == "kimi_k25":  # blocks: hidden_act gelu_pytorch_tanh, LayerNorm eps 1e-5
         tower = inner.vision_tower
         for block in tower.blocks:
@@ -122,8 +132,13 @@ def _vision_as_transformers(model) -> None:
 
 
 def test_every_vision_language_row_transformers_has_is_produced():
-    # kimi_vl's release is custom code (trust_remote_code): transformers has no kimi_vl config class
-    assert set(PRODUCED_VLM) == {m for m in VISION_LANGUAGE if m in transformers.CONFIG_MAPPING}
+    # kimi_vl's release is custom code (trust_remote_code): transformers has no kimi_vl config class; a row that
+    # transformers names otherwise (ernie4_5_moe_vl: its ernie4_5_vl_moe, MODEL_TYPES) is produced under its name
+    def spelled(m: str) -> set[str]:
+        return {m} if m in transformers.CONFIG_MAPPING else {
+            t for t, runs_as in MODEL_TYPES.items() if runs_as == m and t in transformers.CONFIG_MAPPING}
+
+    assert set(PRODUCED_VLM) == set().union(*map(spelled, VISION_LANGUAGE))
 
 
 @pytest.mark.parametrize("runner", ["mlx-vlm", "mlx-lm"])
@@ -131,14 +146,15 @@ def test_every_vision_language_row_transformers_has_is_produced():
 def test_no_quantize_matches_transformers_or_says_why_not(tmp_path, produced, model_type, runner):
     src, reference = produced(model_type)
     if runner == "mlx-lm" and model_type in MLX_LM_HAS_NONE:
-        with pytest.raises(CheckpointError, match=rf"model_type '{model_type}' is not supported by mlx-lm") as e:
+        runs_as = MODEL_TYPES.get(model_type, model_type)  # as mlx-vlm names it
+        with pytest.raises(CheckpointError, match=rf"model_type '{runs_as}' is not supported by mlx-lm") as e:
             Conversion(src, None, dtype="float32", runner=runner)
         assert "\n" not in str(e.value)
         return
     conversion = Conversion(src, None, dtype="float32", runner=runner)
     list(conversion.run(tmp_path / "dst", pool="threads"))  # the process pool is tested elsewhere
     out = json.loads((tmp_path / "dst" / "config.json").read_text())
-    vision_kept = all(out.get(k) for k in VISION_LANGUAGE[model_type].vision_keys)
+    vision_kept = all(out.get(k) for k in VISION_LANGUAGE[MODEL_TYPES.get(model_type, model_type)].vision_keys)
     assert vision_kept == (runner == "mlx-vlm")
     assert runner == "mlx-vlm" or not _differs(conversion, "mlx-vlm")  # no vision tower, no note about one
     ours = load_float32(tmp_path / "dst")
@@ -229,8 +245,9 @@ def test_image_input_matches_transformers_or_says_why_not(tmp_path, produced, mo
     ours = load_float32(tmp_path / "dst")
     if _on_text(conversion):  # said, and checked on text (test_no_quantize_matches_transformers_or_says_why_not)
         _language_as_transformers(ours)
-    # mlx-vlm's models take neither: they find images by their tokens, and one unpadded prompt needs no mask
-    mlx_inputs = {k: mx.array(v) for k, v in inputs.items() if k not in ("mm_token_type_ids", "attention_mask")}
+    # mlx-vlm's models take none of these: they find images by their tokens, and one unpadded prompt needs no mask
+    mlx_inputs = {k: mx.array(v) for k, v in inputs.items()
+                  if k not in ("mm_token_type_ids", "moe_mm_token_type_ids", "attention_mask")}
     ids = mlx_inputs.pop("input_ids")
     closeness = compare_logits(reference, ours(ids, **mlx_inputs))
     if notes := [n for n in _differs(conversion, "mlx-vlm") if n not in _on_text(conversion)]:

@@ -223,6 +223,45 @@ def _dense_then_sparse(mlp_layer_types, _: dict) -> int:
     return first
 
 
+def _moe_span(mlp_layer_types) -> tuple[int, int, int]:
+    """(moe_layer_start_index, moe_layer_end_index, moe_layer_interval) for which mlx-vlm's ernie4_5_moe_vl rule
+    "MoE iff start <= l <= end and (l + 1) % interval == 0" gives exactly mlp_layer_types, or a one-line error."""
+    types = _layer_types(mlp_layer_types, "mlp_layer_types")
+    sparse = [t == "sparse" for t in types]
+    if True in sparse:
+        start, end = sparse.index(True), len(types) - 1 - sparse[::-1].index(True)
+        for interval in range(1, len(types) + 1):
+            if sparse == [start <= i <= end and (i + 1) % interval == 0 for i in range(len(types))]:
+                return start, end, interval
+    raise CheckpointError(
+        f"config.json: mlp_layer_types {types!r} is not an MoE layer every n within one span of layers; expected a "
+        "pattern mlx-vlm's moe_layer_start_index / moe_layer_end_index / moe_layer_interval can say")
+
+
+CONVERTERS.update({key: (lambda i: lambda types, _: _moe_span(types)[i])(i) for i, key in enumerate(
+    ("moe_layer_start_index", "moe_layer_end_index", "moe_layer_interval"))})
+
+
+@converter("text_and_multimodal")
+def _text_and_multimodal(moe_num_experts, _: dict) -> list[int] | None:
+    """transformers' ERNIE-4.5-VL: moe_num_experts experts in each of its two sets (text, multimodal); mlx-vlm's
+    ernie4_5_moe_vl builds the multimodal set only from a list of the two counts."""
+    return [moe_num_experts, moe_num_experts] if isinstance(moe_num_experts, int) else None
+
+
+@converter("last")
+def _last(values, _: dict):
+    return values[-1] if isinstance(values, list) and values else None
+
+
+@converter("mlp_ratio")
+def _mlp_ratio(config: dict, _: dict) -> float | None:
+    """A vision MLP's width as a multiple of its tower's: intermediate_size / hidden_size."""
+    if config.get("intermediate_size") and config.get("hidden_size"):
+        return config["intermediate_size"] / config["hidden_size"]
+    return None
+
+
 @converter("layer_group_size")
 def _layer_group_size(layer_types, config: dict) -> int:
     """layer_types -> the group size g for which mlx-lm's bailing_moe_v3 rule "full attention iff (l + 1) % g

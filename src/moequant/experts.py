@@ -138,10 +138,11 @@ def expert_sources(family: Family, keys) -> dict[str, tuple[str, str]]:
     return out
 
 
-def num_experts(family: Family, config: dict) -> int:
+def num_experts(family: Family, config: dict) -> int | tuple[int, ...]:
     """The expert count, from the first of the family's keys set at the top of config.json or,
     for VLM-style configs (Llama-4), under text_config; a dotted key reads a nested one (DBRX's
-    ffn_config.moe_num_experts)."""
+    ffn_config.moe_num_experts). A list gives the counts of expert sets numbered one after another
+    (ERNIE-4.5-VL's text experts, then its multimodal ones): see ExpertCounts."""
     for where in (config, config.get("text_config") or {}):
         for key in num_experts_keys(family):
             value = where
@@ -149,6 +150,8 @@ def num_experts(family: Family, config: dict) -> int:
                 value = value.get(part) if isinstance(value, dict) else None
             if isinstance(value, int):
                 return value
+            if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+                return tuple(value)
     raise LayoutError(f"config.json: none of {', '.join(num_experts_keys(family))} is set (nor under text_config); "
                       "expected the expert count")
 
@@ -167,13 +170,19 @@ class ExpertStack:
 @dataclass(frozen=True)
 class ExpertCounts:
     """The expert count of the stack a tensor key belongs to: that of the first prefix in `at` the key starts
-    with (Qwen3-Omni's talker.*), else `default`."""
+    with (Qwen3-Omni's talker.*), else `default`. A count may be a tuple: the sizes of expert sets numbered
+    one after another (ERNIE-4.5-VL's text experts, then its multimodal ones), each set's experts shaped alike
+    (a set's own intermediate size)."""
 
-    default: int
-    at: tuple[tuple[str, int], ...] = ()
+    default: int | tuple[int, ...]
+    at: tuple[tuple[str, int | tuple[int, ...]], ...] = ()
+
+    def sets(self, key: str) -> tuple[int, ...]:
+        n = next((n for prefix, n in self.at if key.startswith(prefix)), self.default)
+        return n if isinstance(n, tuple) else (n,)
 
     def __call__(self, key: str) -> int:
-        return next((n for prefix, n in self.at if key.startswith(prefix)), self.default)
+        return sum(self.sets(key))
 
 
 def expert_counts(family: Family, config: dict) -> ExpertCounts:
@@ -211,7 +220,8 @@ def to_stacked(family: Family, weights: dict[str, mx.array], count: ExpertCounts
         found.setdefault((m["layer"], m["proj"], m["suffix"]), {})[int(m["e"])] = value
     for (layer, proj, suffix), by_expert in sorted(found.items()):
         where = f"{layer}.{family.experts}"
-        n_experts = count(where)
+        n_experts, sets = count(where), count.sets(where)
+        firsts = [sum(sets[:i]) for i in range(len(sets)) for _ in range(sets[i])]  # expert -> its set's first
         missing = sorted(set(range(n_experts)) - set(by_expert))
         extra = sorted(set(by_expert) - set(range(n_experts)))
         if missing or extra:
@@ -220,12 +230,11 @@ def to_stacked(family: Family, weights: dict[str, mx.array], count: ExpertCounts
                 f"{where}: {found} for {proj}.{suffix}; expected {n_experts} experts (num_experts), "
                 f"found {len(by_expert)}"
             )
-        shape0 = by_expert[0].shape
         for e in range(n_experts):
-            if by_expert[e].shape != shape0:
+            if by_expert[e].shape != by_expert[firsts[e]].shape:
                 raise LayoutError(
                     f"{where}.{e}.{proj}.{suffix}: shape {tuple(by_expert[e].shape)}; "
-                    f"expected {tuple(shape0)} like expert 0"
+                    f"expected {tuple(by_expert[firsts[e]].shape)} like expert {firsts[e]}"
                 )
         if family.handoff == Handoff.PER_EXPERT:
             out.update((f"{where}.{e}.{proj}.{suffix}", by_expert[e]) for e in range(n_experts))

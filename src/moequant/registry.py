@@ -84,6 +84,10 @@ class VisionLanguage:
     vision_keys: tuple[str, ...] = ("vision_config",)
     fixture: str = ""  # the whole release's recipe: a key of tiny.VLM_ARCHS
     text: str = "text_config"  # where config.json holds the language model's keys (dotted for nested)
+    # the runner's ModelConfig reads the language model's keys from the root of config.json (the release's flat
+    # layout) and ignores text_config: the output's config.json carries text_config's keys at the root too, beside
+    # the root's own (which win: transformers reads the root's, e.g. tie_word_embeddings)
+    text_at_root: bool = False
 
 
 @dataclass(frozen=True)
@@ -1005,30 +1009,55 @@ ROWS: tuple[Arch, ...] = (
         Rename("init_pos_emb_height", "pos_emb_height"),
         Rename("init_pos_emb_width", "pos_emb_width"),
     )),
-    # transformers 5.25 writes it as model_type ernie4_5_vl_moe (Ernie4_5_VLMoeForConditionalGeneration), in the
-    # release's tensor names: model.layers.{l}.mlp.experts.{0..2E-1}.{gate,up,down}_proj (text experts, then
-    # multimodal), mlp.gate.weight and mlp.gate.weight_1 stored [H, E], mlp.moe_statics.e_score_correction_bias
-    # [2, E], model.vision_model.*, model.resampler_model.{spatial,temporal}_linear.{0,2,3}; but config.json nested
-    # (text_config with moe_num_experts = E per set, an int, mlp_layer_types, rope_parameters.mrope_section).
-    # Tried (a tiny save_pretrained, --no-quantize for mlx-vlm): a Family handing the 2E experts over per expert
-    # (Handoff.PER_EXPERT; mlx-vlm's sanitize stacks 0..E-1 into switch_mlp and E..2E-1 into switch_mlp_1,
-    # transposes both gates, splits the bias) with experts.num_experts summing a list count, plus the rows
-    # ernie4_5_vl_moe runs_as ernie4_5_moe_vl and text renames (moe_num_experts [E, E], overriding the int, which
-    # mlx-vlm needs to build switch_mlp_1 / gate_1; moe_layer_start_index / moe_layer_end_index / moe_layer_interval
-    # from mlp_layer_types: mlx-vlm's default start is layer 3) gets as far as sanitize. What stops it: mlx-vlm's
-    # ernie4_5_moe_vl ModelConfig.from_dict reads the language model's keys from the root of config.json (the
-    # release's flat layout; mlx_vlm/models/ernie4_5_moe_vl/config.py) and ignores text_config, so a transformers
-    # 5 config builds a model at mlx-vlm's defaults (moe_num_experts 128). It takes a row kind that writes
-    # text_config's keys at the root of the output's config.json, root renames (im_patch_id from image_token_id,
-    # which mlx-vlm lets override image_token_id; pixel_hidden_size, spatial_conv_size, temporal_conv_size from
-    # vision_config; freq_allocation from mrope_section), then the float / image comparison against transformers
-    # (transformers sends image tokens, their start and end tokens included, to the multimodal experts by
-    # moe_mm_token_type_ids; mlx-vlm by the token_type_ids it is given: unchecked), a PRODUCED_VLM row (MODEL_TYPES
-    # spellings in test_every_vision_language_row_transformers_has_is_produced) and a tiny whole release with
-    # processor files for tests/test_vlm.py
-    Arch("ernie4_5_moe_vl", _VLM, "ernie4_5_moe_vl", N, "baidu/ERNIE-4.5-VL-28B-A3B-PT",
-         "not converted yet (two expert sets per layer, text and multimodal); mlx_vlm.convert converts it "
-         "meanwhile"),
+    # transformers 5.25 writes it as model_type ernie4_5_vl_moe (Ernie4_5_VLMoeForConditionalGeneration) in the
+    # release's tensor names: model.layers.{l}.mlp.experts.{0..2E-1}.{gate,up,down}_proj (text experts, then the
+    # multimodal ones, each set its own moe_intermediate_size), mlp.gate.weight and mlp.gate.weight_1 stored [H, E],
+    # mlp.moe_statics.e_score_correction_bias [2, E], model.vision_model.*, model.resampler_model.*; its config.json
+    # nested (text_config: moe_num_experts = E per set, mlp_layer_types, rope_parameters.mrope_section). mlx-vlm's
+    # sanitize stacks experts 0..E-1 into switch_mlp and E..2E-1 into switch_mlp_1 (its moe_num_experts [E, E]),
+    # transposes both gates and splits the bias
+    Arch("ernie4_5_moe_vl", _VLM, "ernie4_5_moe_vl", S, "baidu/ERNIE-4.5-VL-28B-A3B-PT",
+         "DFNRope vision tower (model.vision_model) + resampler + ERNIE-4.5's MoE with two expert sets per layer "
+         "(text and multimodal, each with its router and correction bias), shared experts, dense first layer, "
+         "3-D RoPE, for mlx-vlm only: " + VLM_DONE + ". No text-only output: mlx-lm 0.32.2 has no ernie4_5_moe_vl "
+         "model. On prompts with an image, mlx-vlm sends the image's start and end tokens to the text experts, "
+         "transformers to the multimodal ones",
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "moe_num_experts", handoff=Handoff.PER_EXPERT),
+         vision=VisionLanguage("ernie4_5_moe_vl", text_at_root=True),
+         # mlx-vlm's ModelConfig: the resampler's sizes, and the image token by the release's name (im_patch_id,
+         # which replaces image_token_id in its __post_init__)
+         renames=(
+             Rename("im_patch_id", "image_token_id"),
+             Rename("pixel_hidden_size", "vision_config.hidden_size"),
+             Rename("spatial_conv_size", "vision_config.spatial_merge_size"),
+             Rename("temporal_conv_size", "vision_config.temporal_merge_size"),
+         ),
+         ignored_by_vlm=(Ignored("image_start_token_id", "always", (
+             "on prompts with an image: transformers' Ernie4_5_VLMoeMoeBlock sends the image's start and end "
+             "tokens (image_start_token_id, image_end_token_id) to the multimodal experts with its image tokens "
+             "(moe_mm_token_type_ids, processing_ernie4_5_vl_moe.py create_moe_mm_token_type_ids); mlx-vlm's "
+             "ernie4_5_moe_vl sends only the image tokens there, the start and end tokens to the text experts "
+             "(mlx_vlm/models/ernie4_5_moe_vl/ernie4_5_moe_vl.py Model._build_token_type_ids), so the logits of "
+             "prompts with an image differ; text-only prompts are unaffected")),)),
+    # transformers' Ernie4_5_VLMoeConfig, which mlx-vlm runs as ernie4_5_moe_vl. Its save_pretrained undoes its load
+    # rename vision_model -> vision_tower under its model. prefix (conversion_mapping.py "ernie4_5_vl_moe"); the
+    # release and mlx-vlm's sanitize have vision_model.*
+    Arch("ernie4_5_vl_moe", runs_as="ernie4_5_moe_vl", source_prefixes=(("model.vision_model.", "vision_model."),)),
+    # its text_config: mlx-vlm's TextConfig takes the two sets' expert counts as a list (an int: no multimodal
+    # experts) and MoE layers as start / end / interval (its default start is layer 3)
+    Arch("ernie4_5_vl_moe_text", renames=(
+        Rename("moe_num_experts", "moe_num_experts", "text_and_multimodal", overrides=True),
+        Rename("moe_layer_start_index", "mlp_layer_types", "moe_layer_start_index"),
+        Rename("moe_layer_end_index", "mlp_layer_types", "moe_layer_end_index"),
+        Rename("moe_layer_interval", "mlp_layer_types", "moe_layer_interval"),
+        Rename("freq_allocation", "rope_parameters.mrope_section", "last"),
+    )),
+    # its vision_config in transformers' names; mlx-vlm's VisionConfig reads the release's
+    Arch("ernie4_5_vl_moe_vision", renames=(
+        Rename("embed_dim", "hidden_size"),
+        Rename("mlp_ratio", "", "mlp_ratio"),
+        Rename("layer_norm_eps", "rms_norm_eps"),
+    )),
     # config.json names its language model language_config (not text_config), where experts.num_experts does not
     # look; then a tiny release (language.model.layers.{l}.mlp.experts.{e}.*, vision.* SigLIP via timm,
     # projector.*, image_newline, view_seperator) and its custom processor's image inputs

@@ -545,6 +545,14 @@ def resolve_config(config: dict, runner: str | None = None) -> tuple[dict, list[
             if isinstance(sub, dict) and hasattr(arch, part):
                 notes += _fill_aliases(sub, _config_fields(getattr(arch, part)), f"{key}.", of)
         notes += _fill_nested(resolved, arch.ModelConfig, "", ("text_config", "vision_config"))
+        text = resolved.get("text_config")
+        if getattr(VISION_LANGUAGE.get(resolved["model_type"]), "text_at_root", False) and isinstance(text, dict):
+            # the runner reads the language model's keys at the root; the root's own keys win, as in transformers
+            filled = [k for k in text if k not in resolved and k not in TRANSFORMERS_BOOKKEEPING]
+            resolved.update((k, copy.deepcopy(text[k])) for k in filled)
+            notes.append(f"config: {len(filled)} keys of text_config also at the root, where mlx-vlm's "
+                         f"{resolved['model_type']} reads them "
+                         f"({', '.join(filled[:8])}{', …' if len(filled) > 8 else ''})")
     else:
         for key in VISION_LANGUAGE[config["model_type"]].vision_keys if is_vision_language(config) else ():
             resolved.pop(key)
