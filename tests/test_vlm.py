@@ -35,6 +35,7 @@ SEEN = {
     "qwen4_exp": (0.9416, 0.0560, 0.9222, 0.0757, 0.9268, 0.0689),
     "glm5_next": (0.9331, 0.0647, 0.9087, 0.0922, 0.9576, 0.0394),
     "minimax_m3_vl": (0.9528, 0.0481, 0.9148, 0.0866, 0.9532, 0.0418),  # mlx-lm text-only: 0.9528, 0.0483, …
+    "ernie4_5_moe_vl": (0.9044, 0.0936, 0.8554, 0.1434, 0.9393, 0.0627),  # tied: the 4-bit embedding is the lm_head
 }
 COSINE_MARGIN, KL_FACTOR = 0.01, 1.25  # as tests/test_archs.py
 
@@ -80,6 +81,8 @@ IMAGES = {
     "gemma4": _pixels("image_token_id", 4, (1, 3, 64, 64)),  # (64 / patch 16)² patches, pooled 2x2: 4
     # 4x4 patches of 2 frames x 14x14 pixels x 3 channels, merged 2x2: 4 tokens
     "minimax_m3_vl": _pixels("image_token_index", 4, (16, 3 * 2 * 14 * 14), image_grid_thw=[[1, 4, 4]]),
+    # 4x4 patches of 14x14 pixels x 3 channels (one frame), merged 2x2: 4 tokens
+    "ernie4_5_moe_vl": _pixels("im_patch_id", 4, (16, 3 * 14 * 14), image_grid_thw=[[1, 4, 4]]),
 }
 
 
@@ -124,7 +127,9 @@ def test_vlm_converts_loads_in_mlx_vlm_and_stays_close_to_its_float_model(tmp_pa
         assert all(r.quant is not None for r in rows if r.role == Role.ROUTED_EXPERTS)
 
         out = json.loads((dst / "config.json").read_text())
-        assert out["text_config"] and all(out[k] for k in VISION_LANGUAGE[arch].vision_keys)
+        # the language model's keys in text_config, or at the root where mlx-vlm reads them there (ERNIE-4.5-VL)
+        assert (out.get("text_config") or VISION_LANGUAGE[arch].text_at_root) and all(
+            out[k] for k in VISION_LANGUAGE[arch].vision_keys)
         assert out["quantization"]["mode"] == mode and out["quantization"] == out["quantization_config"]
         sidecars = [f.name for f in src.glob("*.json") if f.name not in ("config.json", "model.safetensors.index.json")]
         assert "tokenizer.json" in sidecars
@@ -152,6 +157,7 @@ MLX_LM_CANNOT = {
     "glm4v_moe": ("mlx-lm has no glm4v_moe model", CheckpointError),
     "qwen4_exp": ("mlx-lm has no qwen4_exp model", CheckpointError),
     "glm5_next": ("mlx-lm has no glm5_next model", CheckpointError),
+    "ernie4_5_moe_vl": ("mlx-lm has no ernie4_5_moe_vl model", CheckpointError),
 }
 
 
@@ -228,6 +234,9 @@ TRANSFORMERS_CLASS = {
     "qwen4_exp": "Qwen4ExpForConditionalGeneration",
     "glm5_next": "Glm5NextForConditionalGeneration",
     "minimax_m3_vl": "MiniMaxM3SparseForConditionalGeneration",
+    # the release's config.json (flat, model_type ernie4_5_moe_vl) is not transformers' (ernie4_5_vl_moe, nested);
+    # transformers' own save of the layout is tests/producer.py's (test_producer_vlm.py)
+    "ernie4_5_moe_vl": None,
 }
 
 

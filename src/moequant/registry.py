@@ -1023,7 +1023,7 @@ ROWS: tuple[Arch, ...] = (
          "model. On prompts with an image, mlx-vlm sends the image's start and end tokens to the text experts, "
          "transformers to the multimodal ones",
          family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "moe_num_experts", handoff=Handoff.PER_EXPERT),
-         vision=VisionLanguage("ernie4_5_moe_vl", text_at_root=True),
+         vision=VisionLanguage("ernie4_5_moe_vl", text_at_root=True, fixture="ernie4_5_moe_vl"),
          # mlx-vlm's ModelConfig: the resampler's sizes, and the image token by the release's name (im_patch_id,
          # which replaces image_token_id in its __post_init__)
          renames=(

@@ -521,7 +521,10 @@ def write_tiny_checkpoint(dst: str | Path, arch: str, *, dtype: str = "bfloat16"
     (dst / "tokenizer_config.json").write_text(
         json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 1024}))
     for name, content in (spec.files() if spec.files else {}).items():
-        (dst / name).write_text(content if isinstance(content, str) else json.dumps(content, indent=2))
+        if isinstance(content, bytes):  # a binary file (a SentencePiece model)
+            (dst / name).write_bytes(content)
+        else:
+            (dst / name).write_text(content if isinstance(content, str) else json.dumps(content, indent=2))
     return dst
 
 
@@ -1216,6 +1219,62 @@ def _step3p7_files() -> dict[str, dict]:
                                                                    "model_max_length": 1024}}
 
 
+def _ernie_vl_files() -> dict[str, bytes]:
+    """A byte-fallback SentencePiece model (tokenizer.model: <unk>, <s>, </s>, then the 256 bytes): mlx-vlm's
+    Ernie4_5_VLProcessor loads ERNIE-4.5-VL's SentencePiece tokenizer; the smoke test feeds token ids itself."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    model = pb.ModelProto()
+    model.trainer_spec.model_type = pb.TrainerSpec.BPE
+    model.trainer_spec.byte_fallback = True
+    model.normalizer_spec.name, model.normalizer_spec.add_dummy_prefix = "identity", False
+    kinds = pb.ModelProto.SentencePiece
+    for piece, kind in [("<unk>", kinds.UNKNOWN), ("<s>", kinds.CONTROL), ("</s>", kinds.CONTROL)] + [
+            (f"<0x{b:02X}>", kinds.BYTE) for b in range(256)]:
+        model.pieces.add(piece=piece, score=0.0, type=kind)
+    return {"tokenizer.model": model.SerializeToString()}
+
+
+def _ernie_vl_experts(shapes: Tensors, config: dict) -> Tensors:
+    """ERNIE-4.5-VL's release: both expert sets numbered one after another (mlx-vlm's switch_mlp_1 holds experts
+    E..2E-1), the routers stored [H, E] as mlp.gate.weight / mlp.gate.weight_1, both correction biases in one
+    mlp.moe_statics.e_score_correction_bias [2, E]."""
+    out = {}
+    for key, shape in shapes.items():
+        if m := re.match(r"^(?P<mlp>.+\.mlp)\.switch_mlp_1\.(?P<proj>\w+)\.weight$", key):
+            n = shapes[f"{m['mlp']}.switch_mlp.{m['proj']}.weight"][0]
+            out.update((f"{m['mlp']}.experts.{n + e}.{m['proj']}.weight", shape[1:]) for e in range(shape[0]))
+        elif m := re.match(r"^(?P<mlp>.+\.mlp)\.gate(?P<one>_1)?\.weight$", key):
+            out[f"{m['mlp']}.gate.weight{m['one'] or ''}"] = shape[::-1]
+        elif m := re.match(r"^(?P<mlp>.+\.mlp)\.e_score_correction_bias$", key):
+            out[f"{m['mlp']}.moe_statics.e_score_correction_bias"] = (2, *shape)
+        elif not key.endswith(".e_score_correction_bias_1"):
+            out[key] = shape
+    return out
+
+
+SHAPE_FIXES["ernie_vl_experts"] = _ernie_vl_experts
+
+
+def _ernie4_5_moe_vl(style: str) -> dict:
+    """baidu/ERNIE-4.5-VL-28B-A3B-PT's config.json at tiny dims: the language model's keys at the root (its
+    flat layout: two expert sets, text and multimodal, with their own intermediate sizes; a dense first layer;
+    shared experts), the resampler's sizes and the DFNRope tower's vision_config. mrope_section (h, w, t) at
+    head_dim 32: the release states only freq_allocation (its t share), mlx-vlm's default sections fit head_dim
+    128."""
+    return {**_release(drop=("rope_scaling",))(style), "architectures": ["Ernie4_5_VLMoeForConditionalGeneration"],
+            "model_type": "ernie4_5_moe_vl", "vocab_size": V_VLM, "intermediate_size": I_DENSE, "head_dim": HEAD_DIM,
+            "tie_word_embeddings": True, "use_bias": False, "rms_norm_eps": 1e-5, "moe_num_experts": [E, E],
+            "moe_intermediate_size": [2 * I_MOE, I_MOE], "moe_k": TOP_K, "moe_num_shared_experts": 1,
+            "moe_layer_start_index": 1, "moe_layer_end_index": LAYERS - 1, "moe_layer_interval": 1,
+            "moe_use_aux_free": True, "rope_3d": True, "freq_allocation": 4, "mrope_section": [6, 6, 4],
+            **_GLM_VISION_TOKEN_IDS, "im_patch_id": V + 2, "pixel_hidden_size": 64, "spatial_conv_size": 2,
+            "temporal_conv_size": 2, "use_temporal_conv": True,
+            "vision_config": {"depth": 2, "embed_dim": 64, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2.0,
+                              "hidden_act": "quick_gelu", "in_channels": 3, "patch_size": 14, "spatial_merge_size": 2,
+                              "layer_norm_eps": 1e-6}}
+
+
 def _glm4v_moe(style: str) -> dict:
     """zai-org/GLM-4.5V's config.json at tiny dims: GLM-4.5-Air's MoE (partial rotary with mrope sections,
     attention bias, dense first layer, shared experts, correction bias) and GLM's ViT."""
@@ -1471,4 +1530,13 @@ VLM_ARCHS: dict[str, TinyArch] = {
         renames=_MODEL_VISUAL,
         fixes=("glm5_next_fused", "mla_kv_b", "conv3d_channels_first", "downsample_channels_first"), runner="mlx-vlm",
         files=_glm4v_files),
+    # baidu/ERNIE-4.5-VL-28B-A3B-PT whole: vision_model.{patch_embed.proj, blocks.{b}.{norm1, norm2, attn.qkv,
+    # attn.proj, mlp.fc1/fc2}, ln} and model.resampler_model.{spatial_linear.{0,2,3}, temporal_linear.{0,2,3}, mlp,
+    # after_norm} beside the language model under model.* (experts 0..2E-1: text, then multimodal); tied
+    "ernie4_5_moe_vl": TinyArch(None, _ernie4_5_moe_vl,
+        "ERNIE-4.5-VL whole: DFNRope vision tower + resampler + MoE with text and multimodal experts under model.*",
+        renames=((r"^language_model\.model\.", "model."), (r"^vision_tower\.", "vision_model."),
+                 (r"^resampler_model\.", "model.resampler_model."),
+                 (r"\.(spatial_linear|temporal_linear)\.layers\.", r".\1.")),
+        fixes=("ernie_vl_experts",), values=_TIED, runner="mlx-vlm", files=_ernie_vl_files),
 }
