@@ -31,14 +31,14 @@ import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 
 from moequant.convert import Conversion  # noqa: E402
-from moequant.errors import CheckpointError  # noqa: E402
+from moequant.errors import CheckpointError, LayoutError  # noqa: E402
 from moequant.evaluate import compare_logits, load_float32  # noqa: E402
 from moequant.registry import MODEL_TYPES, VISION_LANGUAGE  # noqa: E402
 from moequant.formats import Quant  # noqa: E402
 from moequant.ignored import IGNORED_BY_MLX_VLM  # noqa: E402
 from moequant.plan import Role  # noqa: E402
 
-from producer import (PRODUCED_VLM, TOKENS, image_inputs, model_class, produced,  # noqa: E402,F401  (a fixture)
+from producer import (E, PRODUCED_VLM, TOKENS, image_inputs, model_class, produced,  # noqa: E402,F401  (a fixture)
                       redraw, reference_model, simulated_logits, tiny_config)
 
 MAX_ABS = 1e-4  # as test_producer: float32 both sides, only summation order differs
@@ -333,3 +333,63 @@ def test_audio_input_matches_transformers(tmp_path, produced):
     ours = load_float32(tmp_path / "dst")
     closeness = compare_logits(reference, ours(mx.array(ids), audio_input_ids=mx.array(bins)))
     assert closeness.max_abs <= MAX_ABS and closeness.top1 == 1.0, closeness
+
+
+def test_ernie4_5_vl_moe_config_reaches_mlx_vlm():
+    # mlx-vlm's ernie4_5_moe_vl reads the language model's keys at the root of config.json, MoE layers as a span and
+    # an interval, the expert sets as a list, the resampler's sizes under its own names, the tower's in the release's
+    from mlx_vlm.models.ernie4_5_moe_vl.language import Ernie4_5_MoeMLP
+
+    from moequant.target import build_model, resolve_config
+
+    config = tiny_config("ernie4_5_vl_moe")
+    config.text_config.num_hidden_layers = 5
+    config.text_config.mlp_layer_types = ["dense", "sparse", "dense", "sparse", "dense"]
+    config.text_config.rms_norm_eps = 1e-6
+    config.vision_config.update({"temporal_merge_size": 2, "rms_norm_eps": 1e-5})
+    model = build_model(resolve_config(config.to_dict(), "mlx-vlm")[0])
+    ours, text, vision = model.config, model.config.text_config, model.config.vision_config
+    assert [isinstance(layer.mlp, Ernie4_5_MoeMLP) for layer in model.language_model.model.layers] == [
+        t == "sparse" for t in config.text_config.mlp_layer_types]
+    theirs = config.text_config
+    assert (text.moe_num_experts, text.moe_intermediate_size, text.moe_k, text.moe_num_shared_experts) == (
+        [E, E], theirs.moe_intermediate_size, theirs.moe_k, theirs.moe_num_shared_experts)
+    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads,
+            text.vocab_size, text.rms_norm_eps, text.rope_theta, text.mrope_section, text.tie_word_embeddings) == (
+        theirs.hidden_size, 5, theirs.num_attention_heads, theirs.num_key_value_heads, theirs.vocab_size, 1e-6,
+        theirs.rope_parameters["rope_theta"], theirs.rope_parameters["mrope_section"], config.tie_word_embeddings)
+    assert (ours.hidden_size, ours.pixel_hidden_size, ours.spatial_conv_size, ours.temporal_conv_size) == (
+        theirs.hidden_size, config.vision_config.hidden_size, config.vision_config.spatial_merge_size, 2)
+    assert (ours.image_token_id, ours.video_token_id, ours.image_start_token_id, ours.image_end_token_id) == (
+        config.image_token_id, config.video_token_id, config.image_start_token_id, config.image_end_token_id)
+    block = model.vision_tower.blocks[0]
+    assert (vision.depth, vision.num_heads, vision.patch_size, vision.spatial_merge_size, block.norm1.eps,
+            block.mlp.fc1.weight.shape[0]) == (2, 2, 14, 2, 1e-5, config.vision_config.intermediate_size)
+
+
+def test_ernie4_5_vl_moe_layer_pattern_mlx_vlm_cannot_say_is_one_line():
+    from moequant.target import resolve_config
+
+    config = tiny_config("ernie4_5_vl_moe").to_dict()
+    config["text_config"]["mlp_layer_types"] = ["sparse", "dense", "sparse"]  # MoE at 0 and 2: (l + 1) % n says no
+    with pytest.raises(CheckpointError, match=r"mlp_layer_types \['sparse', 'dense', 'sparse'\] is not an MoE layer "
+                                              r"every n within one span") as e:
+        resolve_config(config, "mlx-vlm")
+    assert "\n" not in str(e.value)
+
+
+def test_ernie4_5_vl_moe_experts_are_checked_set_by_set(tmp_path, produced):
+    # the multimodal experts have their own (smaller) intermediate size; one of them shaped otherwise is named
+    from safetensors.numpy import load_file, save_file
+
+    src, _ = produced("ernie4_5_vl_moe")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in src.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    tensors = load_file(src / "model.safetensors")
+    key = "model.layers.1.mlp.experts.6.up_proj.weight"
+    tensors[key] = tensors[key][:32]
+    save_file(tensors, bad / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(LayoutError, match=rf"{key}: shape \(32, 128\); expected \(64, 128\) like expert 4"):
+        list(Conversion(bad, None, dtype="float32", runner="mlx-vlm").run(tmp_path / "dst", pool="threads"))

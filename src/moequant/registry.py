@@ -1017,7 +1017,7 @@ ROWS: tuple[Arch, ...] = (
     # sanitize stacks experts 0..E-1 into switch_mlp and E..2E-1 into switch_mlp_1 (its moe_num_experts [E, E]),
     # transposes both gates and splits the bias
     Arch("ernie4_5_moe_vl", _VLM, "ernie4_5_moe_vl", S, "baidu/ERNIE-4.5-VL-28B-A3B-PT",
-         "DFNRope vision tower (model.vision_model) + resampler + ERNIE-4.5's MoE with two expert sets per layer "
+         "DFNRope vision tower (vision_model) + resampler + ERNIE-4.5's MoE with two expert sets per layer "
          "(text and multimodal, each with its router and correction bias), shared experts, dense first layer, "
          "3-D RoPE, for mlx-vlm only: " + VLM_DONE + ". No text-only output: mlx-lm 0.32.2 has no ernie4_5_moe_vl "
          "model. On prompts with an image, mlx-vlm sends the image's start and end tokens to the text experts, "
