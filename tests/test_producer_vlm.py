@@ -340,6 +340,7 @@ def test_ernie4_5_vl_moe_config_reaches_mlx_vlm():
     # an interval, the expert sets as a list, the resampler's sizes under its own names, the tower's in the release's
     from mlx_vlm.models.ernie4_5_moe_vl.language import Ernie4_5_MoeMLP
 
+    from moequant.ignored import ignored_notes
     from moequant.target import build_model, resolve_config
 
     config = tiny_config("ernie4_5_vl_moe")
@@ -365,6 +366,11 @@ def test_ernie4_5_vl_moe_config_reaches_mlx_vlm():
     block = model.vision_tower.blocks[0]
     assert (vision.depth, vision.num_heads, vision.patch_size, vision.spatial_merge_size, block.norm1.eps,
             block.mlp.fc1.weight.shape[0]) == (2, 2, 14, 2, 1e-5, config.vision_config.intermediate_size)
+    # the resampler's norms and the tower's rotary base, constants in mlx-vlm: said where transformers reads others
+    notes = ignored_notes(resolve_config(config.to_dict(), "mlx-vlm")[0])
+    assert [n.split(": ")[1] for n in notes if "on prompts with an image" in n] == [
+        "image_start_token_id = 256", "rms_norm_eps = 1e-06", "vision_config.rms_norm_eps = 1e-05"]
+    assert len(ignored_notes(resolve_config(tiny_config("ernie4_5_vl_moe").to_dict(), "mlx-vlm")[0])) == 1
 
 
 def test_ernie4_5_vl_moe_layer_pattern_mlx_vlm_cannot_say_is_one_line():

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 
 from .configmap import MISSING, PLAIN_ROPE_TYPES, lookup
 from .errors import CheckpointError
-from .registry import IGNORED_BY_MLX_LM, IGNORED_BY_MLX_VLM, registrar
+from .registry import IGNORED_BY_MLX_LM, IGNORED_BY_MLX_VLM, OTHER_THAN, registrar
 from .target import MLX_VLM, runner_of
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,11 @@ def _hierarchical_top_k(index_topk, config: dict) -> bool:
     entries = (config.get("max_position_embeddings") or 0) // rate if isinstance(rate, int) and rate > 0 else 0
     return ("compressed_sparse_attention" in (config.get("layer_types") or ()) and block > 0
             and entries >= block * keep >= index_topk)
+
+
+# the predicates the registry's rows name with registry.other_than(value): each shows for any other value
+MATTERS.update({name: (lambda value: lambda found, config: found != value)(value)
+                for name, value in OTHER_THAN.items()})
 
 
 def ignored_notes(config: dict, tensor_keys: Iterable[str] = ()) -> list[str]:

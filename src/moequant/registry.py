@@ -141,6 +141,17 @@ def fixed(value) -> str:
     return name
 
 
+OTHER_THAN: dict[str, object] = {}  # predicate name -> the one value that does not show (ignored.MATTERS)
+
+
+def other_than(value) -> str:
+    """The name of an Ignored predicate that shows for any value but `value`: for a constant the runner's model
+    hard-codes where transformers reads a config value (its default `value`)."""
+    name = f"!={value!r}"
+    OTHER_THAN.setdefault(name, value)
+    return name
+
+
 @dataclass(frozen=True)
 class Ignored:
     """Where mlx-lm's model computes something other than transformers' (ignored.ignored_notes)."""
@@ -1021,7 +1032,8 @@ ROWS: tuple[Arch, ...] = (
          "(text and multimodal, each with its router and correction bias), shared experts, dense first layer, "
          "3-D RoPE, for mlx-vlm only: " + VLM_DONE + ". No text-only output: mlx-lm 0.32.2 has no ernie4_5_moe_vl "
          "model. On prompts with an image, mlx-vlm sends the image's start and end tokens to the text experts, "
-         "transformers to the multimodal ones",
+         "transformers to the multimodal ones; mlx-vlm's resampler norms and vision rotary base are constants (the "
+         "plan notes a config stating others)",
          family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "moe_num_experts", handoff=Handoff.PER_EXPERT),
          vision=VisionLanguage("ernie4_5_moe_vl", text_at_root=True, fixture="ernie4_5_moe_vl"),
          # mlx-vlm's ModelConfig: the resampler's sizes, and the image token by the release's name (im_patch_id,
@@ -1038,7 +1050,25 @@ ROWS: tuple[Arch, ...] = (
              "(moe_mm_token_type_ids, processing_ernie4_5_vl_moe.py create_moe_mm_token_type_ids); mlx-vlm's "
              "ernie4_5_moe_vl sends only the image tokens there, the start and end tokens to the text experts "
              "(mlx_vlm/models/ernie4_5_moe_vl/ernie4_5_moe_vl.py Model._build_token_type_ids), so the logits of "
-             "prompts with an image differ; text-only prompts are unaffected")),)),
+             "prompts with an image differ; text-only prompts are unaffected")),
+             # constants of mlx-vlm's ernie4_5_moe_vl where transformers reads config values (their defaults)
+             Ignored("rms_norm_eps", other_than(1e-5), (
+                 "on prompts with an image: transformers' resampler normalizes its output with "
+                 "text_config.rms_norm_eps (modeling_ernie4_5_vl_moe.py "
+                 "Ernie4_5_VLMoeVariableResolutionResamplerModel.after_norm); mlx-vlm's "
+                 "with 1e-5 (mlx_vlm/models/ernie4_5_moe_vl/ernie4_5_moe_vl.py VariableResolutionResamplerModel), so "
+                 "image features differ; text-only prompts are unaffected")),
+             Ignored("vision_config.rms_norm_eps", other_than(1e-6), (
+                 "on prompts with an image: transformers' resampler LayerNorms use vision_config.rms_norm_eps "
+                 "(modeling_ernie4_5_vl_moe.py Ernie4_5_VLMoeVisionMLP); mlx-vlm's 1e-6 "
+                 "(mlx_vlm/models/ernie4_5_moe_vl/ernie4_5_moe_vl.py VariableResolutionResamplerModel), so image "
+                 "features differ; text-only prompts are unaffected")),
+             Ignored("vision_config.rope_parameters.rope_theta", other_than(10000.0), (
+                 "on prompts with an image: transformers' vision tower rotates by vision_config.rope_parameters."
+                 "rope_theta (modeling_ernie4_5_vl_moe.py Ernie4_5_VLMoeVisionRotaryEmbedding); mlx-vlm's by 10000 "
+                 "(mlx_vlm/models/ernie4_5_moe_vl/vision.py VisionRotaryEmbedding), so image features differ; "
+                 "text-only prompts are unaffected")),
+         )),
     # transformers' Ernie4_5_VLMoeConfig, which mlx-vlm runs as ernie4_5_moe_vl. Its save_pretrained undoes its load
     # rename vision_model -> vision_tower under its model. prefix (conversion_mapping.py "ernie4_5_vl_moe"); the
     # release and mlx-vlm's sanitize have vision_model.*
