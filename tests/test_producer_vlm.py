@@ -2,11 +2,12 @@
 
 The checkpoints are written whole by the producer (tests/producer.py PRODUCED_VLM: transformers'
 ...ForConditionalGeneration with a tiny text_config and vision_config, weights re-drawn,
-save_pretrained); transformers' forward on text tokens (input_ids only, no pixels) is the reference.
-Each must:
+save_pretrained); transformers' forward on text tokens (input_ids only, no pixels) is the reference (a
+block-diffusion model's: its logits over a given canvas after them, producer.canvas_inputs). Each must:
 - convert with --no-quantize for mlx-vlm (vision tower kept) to logits within 1e-4 of
-  transformers' (float32), top-1 equal, or the plan must say that mlx-vlm's model differs;
-- convert at 4 bits for mlx-vlm to logits no further from transformers' than a simulated round trip
+  transformers' (float32; the row's max_abs where transformers' own float32 logits are further from its
+  float64 ones), top-1 equal, or the plan must say that mlx-vlm's model differs;
+- convert at 4 and 8 bits for mlx-vlm to logits no further from transformers' than a simulated round trip
   of the same weights (producer.simulated_logits) is, and run quantized in mlx-vlm;
 - convert text only for mlx-lm (`--for mlx-lm`) to logits within 1e-4 of transformers' too, where
   mlx-lm has the language model (else be refused in one line);
@@ -159,10 +160,11 @@ def test_no_quantize_matches_transformers_or_says_why_not(tmp_path, produced, mo
     assert closeness.max_abs <= PRODUCED_VLM[model_type].max_abs and closeness.top1 == 1.0, closeness
 
 
+@pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("model_type", list(PRODUCED_VLM))
-def test_quantized_for_mlx_vlm_is_within_a_simulated_round_trip(tmp_path, produced, model_type):
+def test_quantized_for_mlx_vlm_is_within_a_simulated_round_trip(tmp_path, produced, model_type, bits):
     src, reference = produced(model_type)
-    conversion = Conversion(src, Quant.make("affine", 4, 64), dtype="float32", runner="mlx-vlm")
+    conversion = Conversion(src, Quant.make("affine", bits, 64), dtype="float32", runner="mlx-vlm")
     if _differs(conversion):
         pytest.skip("mlx-vlm's model differs from transformers' (the float test checks the note)")
     list(conversion.run(tmp_path / "dst", pool="threads"))  # the process pool is tested elsewhere
@@ -175,7 +177,7 @@ def test_quantized_for_mlx_vlm_is_within_a_simulated_round_trip(tmp_path, produc
     kept = [r for r in conversion.plan.rows if r.quant is None and r.role != Role.VISION]
     keep = frozenset(r.path for r in kept) | frozenset(
         r.role.value for r in kept if r.role.value in ("embedding", "lm_head"))
-    simulated = compare_logits(mx.array(reference), mx.array(simulated_logits(model_type, src, 4, keep=keep)))
+    simulated = compare_logits(mx.array(reference), mx.array(simulated_logits(model_type, src, bits, keep=keep)))
     assert ours.kl <= 1.1 * simulated.kl + 1e-4, (ours, simulated)
     # only the language model is quantized: vision (and audio) towers and projectors stay float (DiffusionGemma's
     # language model is its canvas decoder, model.decoder, whose weights its prompt encoder shares)

@@ -1089,12 +1089,14 @@ ROWS: tuple[Arch, ...] = (
     # with the same weights (saved once, under model.decoder.*; the encoder keeps only its layer_scalar buffers), a
     # self-conditioning MLP on the decoder's input, and Gemma 4's vision tower under model.encoder.*. Experts fused as
     # gemma4's: model.decoder.layers.{l}.experts.gate_up_proj [E, 2I, H] (gate rows first), down_proj [E, H, I];
-    # mlx-vlm's sanitize fuses the stacked gate_proj / up_proj (and their scales) back into gate_up_proj
+    # mlx-vlm's model holds them fused too (experts.gate_up_proj, one SwitchLinear), as its sanitize writes them
     Arch("diffusion_gemma", _VLM, "diffusion_gemma", S, "google/diffusiongemma-26B-A4B-it",
          "block-diffusion language model (transformers' DiffusionGemmaForBlockDiffusion: logits over a canvas given a "
          "prompt) with Gemma 4's MoE layers shared by a causal prompt encoder and a bidirectional canvas decoder, a "
-         "self-conditioning MLP and Gemma 4's vision tower, for mlx-vlm only: " + VLM_DONE + ". No text-only output: "
-         "mlx-lm 0.32.2 has no diffusion_gemma model",
+         "self-conditioning MLP and Gemma 4's vision tower, for mlx-vlm only (mlx-lm 0.32.2 has no diffusion_gemma "
+         "model): vision tower and projector copied float, the rest in mlx-vlm's names (model.decoder.*, "
+         "model.encoder.*), processor files copied; checked on the one deterministic step both have, the logits "
+         "over a given canvas after a given prompt (verify gives both the prompt's own tokens as the canvas)",
          family=Family("experts", "experts", _GLU, "num_experts", layout="fused"),
          vision=VisionLanguage("diffusion_gemma"),
          canvas=("decoder_input_ids", "canvas_ids"),
@@ -1102,8 +1104,8 @@ ROWS: tuple[Arch, ...] = (
          # is_causal twice: TypeError in modeling_diffusion_gemma.py DiffusionGemmaEncoderTextAttention.forward)
          ignored_by_vlm=(
              Ignored("text_config.use_bidirectional_attention", "all", (
-                 "transformers' prompt encoder then attends both ways over the whole prompt within half the sliding "
-                 "window (configuration_diffusion_gemma.py, modeling_diffusion_gemma.py "
+                 "transformers' prompt encoder then attends both ways over the prompt, sliding layers within "
+                 "sliding_window / 2 each way (configuration_diffusion_gemma.py, modeling_diffusion_gemma.py "
                  "DiffusionGemmaEncoderTextAttention: is_causal false), mlx-vlm's causally, only image blocks both "
                  "ways (mlx_vlm/models/diffusion_gemma/language.py EncoderModel._make_encoder_masks), so every "
                  "prompt is read otherwise")),
