@@ -25,6 +25,9 @@ VOCAB = 256
 TOKENS = np.array(
     [[(7 * i + 3) % VOCAB for i in range(32)], [(11 * i + 5) % VOCAB for i in range(32)]], dtype=np.int64
 )
+# the canvas a block-diffusion model denoises after TOKENS (canvas_inputs): not TOKENS, so that a prompt and
+# canvas swapped shows
+CANVAS = np.array([[(5 * i + 1) % VOCAB for i in range(16)], [(3 * i + 2) % VOCAB for i in range(16)]], dtype=np.int64)
 
 # Shared tiny dimensions: every Linear input a multiple of 64, a few experts, 3 layers.
 H, I_DENSE, I_MOE, HEADS, KV_HEADS, HEAD_DIM, E, TOP_K, LAYERS = 128, 128, 64, 4, 2, 32, 4, 2, 3
@@ -173,6 +176,13 @@ _IMAGE_TOKENS = {"image_token_id": VOCAB + 2, "video_token_id": VOCAB + 3, "visi
 _QWEN_VISION = {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2, "out_hidden_size": H,
                 "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 64}
 
+# Gemma 4's vision tower, tiny; one image of 4x4 patches flattened, each with its (x, y) place (transformers'
+# Gemma4ImageProcessor), pooled 2x2
+_GEMMA4_VISION = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
+                  "num_key_value_heads": 2, "head_dim": 32, "global_head_dim": 32, "patch_size": 16,
+                  "position_embedding_size": 64, "pooling_kernel_size": 2, "default_output_length": 4}
+_GEMMA4_IMAGE = {"pixel_values": (1, 16, 3 * 16 * 16), "image_position_ids": [[[x, y] for y in range(4) for x in range(4)]]}
+
 # One image of 4x4 patches (each 2 frames x 16x16 pixels x 3 channels, flattened: transformers' Qwen2VLImageProcessor
 # layout), merged 2x2 into 4 image tokens
 _QWEN_IMAGE = {"pixel_values": (16, 3 * 2 * 16 * 16), "image_grid_thw": [[1, 4, 4]]}
@@ -223,6 +233,15 @@ class ProducedVLM:
     # the output's tensor-key prefixes a quantized conversion quantizes, as mlx_vlm.convert does: the language
     # model (Qwen3-Omni's talker and code2wav too, but not its code predictor); the towers and projectors stay float
     quantized: tuple[str, ...] = ("language_model.",)
+    # mlx-vlm's model takes the image as its processor gives it, unlike transformers' (mlx_image_inputs): "" the
+    # same arrays, "channels_first" Gemma 4's patches as the [1, 3, H, W] image they are cut from (mlx-vlm's
+    # Gemma4ImageProcessor leaves patching to the model; DiffusionGemma's Model takes no image_position_ids)
+    mlx_image: str = ""
+    # mlx-vlm's model reads mm_token_type_ids too (DiffusionGemma's: the image block attended bidirectionally)
+    mlx_token_types: bool = False
+    # largest float32 |logit difference| the float tests allow, where transformers' own float32 forward is further
+    # than MAX_ABS from its float64 one (summation order alone)
+    max_abs: float = 1e-4
 
 
 PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
@@ -255,14 +274,9 @@ PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
                            "hidden_size_per_layer_input": 0, "vocab_size_per_layer_input": VOCAB_VLM,
                            "global_head_dim": 64, "num_global_key_value_heads": 1, "attention_k_eq_v": True,
                            "final_logit_softcapping": 30.0, "pad_token_id": 0, "tie_word_embeddings": True},
-                {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
-                 "num_key_value_heads": 2, "head_dim": 32, "global_head_dim": 32, "patch_size": 16,
-                 "position_embedding_size": 64, "pooling_kernel_size": 2, "default_output_length": 4},
+                _GEMMA4_VISION,
                 {"image_token_id": VOCAB + 2, "boi_token_id": VOCAB, "eoi_token_id": VOCAB + 1, "audio_config": None},
-                files="_llama4_files",
-                # patches flattened, each with its (x, y) place (transformers' Gemma4ImageProcessor), pooled 2x2
-                image={"pixel_values": (1, 16, 3 * 16 * 16),
-                       "image_position_ids": [[[x, y] for y in range(4) for x in range(4)]]}),
+                files="_llama4_files", image=_GEMMA4_IMAGE),
     # zai-org/GLM-5.3-Flash's language model: KDA linear attention around one MLA layer whose DSA indexer keeps
     # index_topk of TOKENS' 32 (pools of index_kpool, so sparse attention is exercised), two hyper-connection
     # streams, a dense first layer; every head both queries and keys (the class requires it)
@@ -360,7 +374,37 @@ PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
                  "image_end_token_id": VOCAB + 1, "video_start_token_id": VOCAB + 4, "video_end_token_id": VOCAB + 5},
                 # 4x4 patches of 14x14 pixels x 3 channels (one frame), merged 2x2 into 4 image tokens
                 image={"pixel_values": (16, 3 * 14 * 14), "image_grid_thw": [[1, 4, 4]]}),
+    # google/diffusiongemma-26B-A4B-it: gemma4's language model and vision tower (as the gemma4 row; the last layer
+    # full attention, as the class forces), its weights shared by the causal prompt encoder and the canvas decoder
+    # (saved once, model.decoder.*), the image block attended bidirectionally (use_bidirectional_attention "vision",
+    # mlx-vlm's default); logits over CANVAS given TOKENS. transformers' own float32 logits are up to 3.3e-4 from its
+    # float64 ones on this model (TOKENS as the canvas; mlx-vlm's no further), hence 5e-4 (a swapped expert: 24)
+    ProducedVLM("diffusion_gemma", {"layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
+                                    "top_k_experts": TOP_K, "global_head_dim": 64, "num_global_key_value_heads": 1,
+                                    "use_bidirectional_attention": "vision", "pad_token_id": 0,
+                                    "tie_word_embeddings": True},
+                _GEMMA4_VISION,
+                {"image_token_id": VOCAB + 2, "boi_token_id": VOCAB, "eoi_token_id": VOCAB + 1,
+                 "canvas_length": CANVAS.shape[1]},
+                model_class="DiffusionGemmaForBlockDiffusion", image=_GEMMA4_IMAGE,
+                mlx_image="channels_first", mlx_token_types=True, max_abs=5e-4, quantized=("model.decoder.",)),
 )}
+
+
+def canvas_inputs(model_type: str, side: str, batch: int = len(CANVAS)) -> dict:
+    """The canvas a block-diffusion model's forward takes besides the prompt (moequant.registry.CANVAS), `batch`
+    rows of CANVAS, as `side` ("transformers": torch, "mlx-vlm": mx) takes it: the one deterministic step both
+    sides have (without it each draws a random canvas); none for another model."""
+    from moequant.registry import CANVAS as KEYWORDS
+
+    names = KEYWORDS.get(model_type)
+    if not names:
+        return {}
+    if side == "transformers":
+        return {names[0]: torch.from_numpy(CANVAS[:batch])}
+    import mlx.core as mx
+
+    return {names[1]: mx.array(CANVAS[:batch].astype(np.int32))}
 
 
 def image_inputs(model_type: str) -> dict[str, np.ndarray]:
@@ -383,6 +427,24 @@ def image_inputs(model_type: str) -> dict[str, np.ndarray]:
             **{k: np.array(v, dtype=np.int64) for k, v in row.image.items() if k != "pixel_values"},
             "mm_token_type_ids": (ids == image).astype(np.int64), "attention_mask": np.ones_like(ids),
             "moe_mm_token_type_ids": np.isin(ids, [image, VOCAB, VOCAB + 1]).astype(np.int64)}
+
+
+def mlx_image_inputs(model_type: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """image_inputs' arrays but input_ids (and mm_token_type_ids unless ProducedVLM.mlx_token_types) as mlx-vlm's
+    model takes them (ProducedVLM.mlx_image): the very same pixels."""
+    row = PRODUCED_VLM[model_type]
+    # mlx-vlm's models find images by their tokens (mm_token_type_ids only where mlx_token_types), routing (ERNIE's
+    # moe_mm_token_type_ids) from them too, and one unpadded prompt needs no attention_mask
+    inputs = {k: v for k, v in inputs.items() if k not in ("input_ids", "moe_mm_token_type_ids", "attention_mask")
+              and (k != "mm_token_type_ids" or row.mlx_token_types)}
+    if row.mlx_image == "channels_first":
+        # patches [1, pH·pW, p·p·3] in row-major places ((x, y) = image_position_ids), each (p, p, channel)
+        patches = inputs.pop("pixel_values")
+        inputs.pop("image_position_ids")
+        side, p = math.isqrt(patches.shape[1]), math.isqrt(patches.shape[2] // 3)
+        image = patches.reshape(1, side, side, p, p, 3).transpose(0, 5, 1, 3, 2, 4)
+        inputs["pixel_values"] = np.ascontiguousarray(image.reshape(1, 3, side * p, side * p))
+    return inputs
 
 
 def _tiny_kwargs(config_class, extra: dict, base: dict = TINY) -> dict:
@@ -462,7 +524,8 @@ def write_produced(dst: Path, model_type: str, dtype: torch.dtype = torch.float3
     model = build(config, dtype=torch.float32).eval()
     redraw(model, seed)
     with torch.inference_mode():  # a vision-language model too: token ids only, no pixels
-        logits = reference_model(model_type, model)(torch.from_numpy(TOKENS), use_cache=False).logits.float().numpy()
+        logits = reference_model(model_type, model)(torch.from_numpy(TOKENS), use_cache=False,
+                                                    **canvas_inputs(model_type, "transformers")).logits.float().numpy()
     model.to(dtype).save_pretrained(dst)
     if model_type in PRODUCED_VLM and PRODUCED_VLM[model_type].files:
         from moequant import tiny
@@ -553,5 +616,6 @@ def simulated_logits(model_type: str, src: Path, bits: int, group_size: int = 64
             if p.shape[axis] % group_size:
                 continue
             p.copy_(_round_trip(p, bits, group_size, axis))
-        logits = model(torch.from_numpy(TOKENS), use_cache=False).logits.float().numpy()
+        logits = model(torch.from_numpy(TOKENS), use_cache=False,
+                       **canvas_inputs(model_type, "transformers")).logits.float().numpy()
     return logits

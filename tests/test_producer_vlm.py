@@ -2,11 +2,12 @@
 
 The checkpoints are written whole by the producer (tests/producer.py PRODUCED_VLM: transformers'
 ...ForConditionalGeneration with a tiny text_config and vision_config, weights re-drawn,
-save_pretrained); transformers' forward on text tokens (input_ids only, no pixels) is the reference.
-Each must:
+save_pretrained); transformers' forward on text tokens (input_ids only, no pixels) is the reference (a
+block-diffusion model's: its logits over a given canvas after them, producer.canvas_inputs). Each must:
 - convert with --no-quantize for mlx-vlm (vision tower kept) to logits within 1e-4 of
-  transformers' (float32), top-1 equal, or the plan must say that mlx-vlm's model differs;
-- convert at 4 bits for mlx-vlm to logits no further from transformers' than a simulated round trip
+  transformers' (float32; the row's max_abs where transformers' own float32 logits are further from its
+  float64 ones), top-1 equal, or the plan must say that mlx-vlm's model differs;
+- convert at 4 and 8 bits for mlx-vlm to logits no further from transformers' than a simulated round trip
   of the same weights (producer.simulated_logits) is, and run quantized in mlx-vlm;
 - convert text only for mlx-lm (`--for mlx-lm`) to logits within 1e-4 of transformers' too, where
   mlx-lm has the language model (else be refused in one line);
@@ -38,8 +39,9 @@ from moequant.formats import Quant  # noqa: E402
 from moequant.ignored import IGNORED_BY_MLX_VLM  # noqa: E402
 from moequant.plan import Role  # noqa: E402
 
-from producer import (E, PRODUCED_VLM, TOKENS, image_inputs, model_class, produced,  # noqa: E402,F401  (a fixture)
-                      redraw, reference_model, simulated_logits, tiny_config)
+from producer import (CANVAS, E, PRODUCED_VLM, TOKENS, canvas_inputs, image_inputs, mlx_image_inputs,  # noqa: E402
+                      model_class, produced, redraw, reference_model, simulated_logits,  # noqa: F401  (produced: a fixture)
+                      tiny_config)
 
 MAX_ABS = 1e-4  # as test_producer: float32 both sides, only summation order differs
 
@@ -48,11 +50,18 @@ MLX_LM_HAS_NONE = {"glm4v_moe", "glm5_next", "qwen4_exp",  # no mlx_lm.models.<m
                    "inkling_mm_model",  # no inkling model in mlx-lm 0.32.2
                    "step3p7",  # no step3p7 model (its step3p5 reads a flat Step-3.5 config, not text_config)
                    "qwen3_omni_moe",
-                   "ernie4_5_vl_moe"}  # no ernie4_5_moe_vl model (its ernie4_5_moe is the text-only release's)
+                   "ernie4_5_vl_moe",  # no ernie4_5_moe_vl model (its ernie4_5_moe is the text-only release's)
+                   "diffusion_gemma"}  # no diffusion_gemma model (a block-diffusion encoder-decoder)
 
 
 def _ids() -> mx.array:
     return mx.array(TOKENS.astype(np.int32))
+
+
+def _logits(model, model_type: str, **kwargs) -> mx.array:
+    """mlx-vlm's logits for TOKENS (over CANVAS for a block-diffusion model: producer.canvas_inputs)."""
+    out = model(_ids(), **kwargs, **canvas_inputs(model_type, "mlx-vlm"))
+    return getattr(out, "logits", out)
 
 
 def _differs(conversion: Conversion, runner: str = "mlx-lm") -> list[str]:
@@ -158,34 +167,35 @@ def test_no_quantize_matches_transformers_or_says_why_not(tmp_path, produced, mo
     assert vision_kept == (runner == "mlx-vlm")
     assert runner == "mlx-vlm" or not _differs(conversion, "mlx-vlm")  # no vision tower, no note about one
     ours = load_float32(tmp_path / "dst")
-    closeness = compare_logits(mx.array(reference), ours(_ids()))
+    closeness = compare_logits(mx.array(reference), _logits(ours, model_type))
     if _differs(conversion):  # said, and true
         assert closeness.max_abs > 100 * MAX_ABS, closeness
         return
     if _on_text(conversion):  # said, true, and the whole difference
         assert closeness.max_abs > 100 * MAX_ABS, closeness
         _language_as_transformers(ours)
-        closeness = compare_logits(mx.array(reference), ours(_ids()))
-    assert closeness.max_abs <= MAX_ABS and closeness.top1 == 1.0, closeness
+        closeness = compare_logits(mx.array(reference), _logits(ours, model_type))
+    assert closeness.max_abs <= PRODUCED_VLM[model_type].max_abs and closeness.top1 == 1.0, closeness
 
 
+@pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("model_type", list(PRODUCED_VLM))
-def test_quantized_for_mlx_vlm_is_within_a_simulated_round_trip(tmp_path, produced, model_type):
+def test_quantized_for_mlx_vlm_is_within_a_simulated_round_trip(tmp_path, produced, model_type, bits):
     src, reference = produced(model_type)
-    conversion = Conversion(src, Quant.make("affine", 4, 64), dtype="float32", runner="mlx-vlm")
+    conversion = Conversion(src, Quant.make("affine", bits, 64), dtype="float32", runner="mlx-vlm")
     if _differs(conversion):
         pytest.skip("mlx-vlm's model differs from transformers' (the float test checks the note)")
     list(conversion.run(tmp_path / "dst", pool="threads"))  # the process pool is tested elsewhere
     model = load_float32(tmp_path / "dst")
     if _on_text(conversion):  # said (the float test checks it): the round trip is held to transformers' function
         _language_as_transformers(model)
-    ours = compare_logits(mx.array(reference), model(_ids()))
+    ours = compare_logits(mx.array(reference), _logits(model, model_type))
     # what the plan keeps float in the language model (the vision tower's paths would match its layers by
     # number and name, and no vision weight reaches logits on text tokens)
     kept = [r for r in conversion.plan.rows if r.quant is None and r.role != Role.VISION]
     keep = frozenset(r.path for r in kept) | frozenset(
         r.role.value for r in kept if r.role.value in ("embedding", "lm_head"))
-    simulated = compare_logits(mx.array(reference), mx.array(simulated_logits(model_type, src, 4, keep=keep)))
+    simulated = compare_logits(mx.array(reference), mx.array(simulated_logits(model_type, src, bits, keep=keep)))
     assert ours.kl <= 1.1 * simulated.kl + 1e-4, (ours, simulated)
     # only the language model is quantized (ProducedVLM.quantized): vision (and audio) towers and projectors stay float
     scales = [k for f in (tmp_path / "dst").glob("*.safetensors") for k in mx.load(str(f)) if k.endswith(".scales")]
@@ -201,10 +211,10 @@ def test_quantized_for_mlx_vlm_is_within_a_simulated_round_trip(tmp_path, produc
         assert processor.tokenizer.convert_ids_to_tokens(image_inputs(model_type)["input_ids"][0, 4].item())
     else:
         model = load_model(tmp_path / "dst")
-    out = model(_ids(), pixel_values=None)
-    logits = getattr(out, "logits", out)
+    logits = _logits(model, model_type, pixel_values=None)
     mx.eval(logits)
-    assert logits.shape[:2] == TOKENS.shape and np.isfinite(np.array(logits)).all()
+    shape = (CANVAS if canvas_inputs(model_type, "mlx-vlm") else TOKENS).shape
+    assert logits.shape[:2] == shape and np.isfinite(np.array(logits)).all()
 
 
 def test_minimax_m3_vl_vision_sizes_reach_mlx_vlm():
@@ -233,8 +243,11 @@ def test_image_input_matches_transformers_or_says_why_not(tmp_path, produced, mo
     takes = inspect.signature(model.forward).parameters
     with torch.inference_mode():
         def forward(pixel_values):
-            kwargs = {k: torch.from_numpy(v) for k, v in inputs.items() if k in takes}
-            return model(**{**kwargs, "pixel_values": torch.from_numpy(pixel_values)}, use_cache=False).logits.numpy()
+            # a block-diffusion model hands its prompt's inputs on to its encoder (**kwargs) beside the canvas
+            canvas = canvas_inputs(model_type, "transformers", 1)
+            kwargs = {k: torch.from_numpy(v) for k, v in inputs.items() if k in takes or canvas}
+            return model(**{**kwargs, "pixel_values": torch.from_numpy(pixel_values)}, use_cache=False,
+                         **canvas).logits.numpy()
 
         reference = mx.array(forward(inputs["pixel_values"]))
         other_image = mx.array(forward(-inputs["pixel_values"]))
@@ -245,10 +258,9 @@ def test_image_input_matches_transformers_or_says_why_not(tmp_path, produced, mo
     ours = load_float32(tmp_path / "dst")
     if _on_text(conversion):  # said, and checked on text (test_no_quantize_matches_transformers_or_says_why_not)
         _language_as_transformers(ours)
-    # mlx-vlm's models take none of these: they find images by their tokens, and one unpadded prompt needs no mask
-    mlx_inputs = {k: mx.array(v) for k, v in inputs.items()
-                  if k not in ("mm_token_type_ids", "moe_mm_token_type_ids", "attention_mask")}
-    ids = mlx_inputs.pop("input_ids")
+    mlx_inputs = {k: mx.array(v) for k, v in mlx_image_inputs(model_type, inputs).items()}
+    ids = mx.array(inputs["input_ids"])
+    mlx_inputs.update(canvas_inputs(model_type, "mlx-vlm", 1))
     closeness = compare_logits(reference, ours(ids, **mlx_inputs))
     if notes := [n for n in _differs(conversion, "mlx-vlm") if n not in _on_text(conversion)]:
         # said, located, and the whole difference
@@ -257,7 +269,7 @@ def test_image_input_matches_transformers_or_says_why_not(tmp_path, produced, mo
         _vision_as_transformers(ours)
         closeness = compare_logits(reference, ours(ids, **mlx_inputs))
         assert differs > 3 * closeness.max_abs, (differs, closeness)  # undone, most of the difference goes
-    assert closeness.max_abs <= MAX_ABS and closeness.top1 == 1.0, closeness
+    assert closeness.max_abs <= PRODUCED_VLM[model_type].max_abs and closeness.top1 == 1.0, closeness
 
 
 def test_kimi_k25_with_compressed_tensors_experts_converts_exactly(tmp_path, produced):
@@ -294,6 +306,50 @@ def test_verify_against_transformers_records_routes_of_a_model_that_reads_its_ex
     report = verify(tmp_path / "dst", src, _ids(), against_transformers=True)
     assert report.transformers.max_abs <= MAX_ABS and report.transformers.top1 == 1.0, report.transformers
     assert len(report.router_agreement) == 2 and report.min_router_agreement == 1.0
+
+
+def test_verify_gives_a_block_diffusion_model_the_same_canvas_on_both_sides(tmp_path, produced):
+    """DiffusionGemma's forward draws a random canvas unless given one: verify hands mlx-vlm's model and
+    transformers' the prompt's own tokens as the canvas (registry.CANVAS), so the float output compares equal."""
+    from moequant.verify import verify
+
+    src, _ = produced("diffusion_gemma")
+    list(Conversion(src, None, dtype="float32", runner="mlx-vlm").run(tmp_path / "dst", pool="threads"))
+    report = verify(tmp_path / "dst", src, _ids(), against_transformers=True)
+    for closeness in (report.closeness, report.transformers):
+        assert closeness.max_abs <= PRODUCED_VLM["diffusion_gemma"].max_abs and closeness.top1 == 1.0, closeness
+
+
+def test_diffusion_gemma_encoder_keeps_its_own_layer_scalars(tmp_path, produced):
+    """DiffusionGemma's prompt encoder shares every weight with the canvas decoder but its layer_scalar buffers
+    (saved apart, model.encoder.language_model.layers.*): made unlike the decoder's, they reach mlx-vlm."""
+    src, _ = produced("diffusion_gemma")
+    model = model_class("diffusion_gemma").from_pretrained(src, dtype=torch.float32).eval()
+    for i, (encoder, decoder) in enumerate(zip(model.model.encoder.language_model.layers, model.model.decoder.layers)):
+        encoder.layer_scalar.fill_(0.5 + 0.2 * i)
+        decoder.layer_scalar.fill_(1.3 - 0.1 * i)
+    with torch.inference_mode():
+        reference = model(torch.from_numpy(TOKENS), **canvas_inputs("diffusion_gemma", "transformers")).logits.numpy()
+    model.save_pretrained(tmp_path / "src")
+    list(Conversion(tmp_path / "src", None, dtype="float32", runner="mlx-vlm").run(tmp_path / "dst", pool="threads"))
+    closeness = compare_logits(mx.array(reference), _logits(load_float32(tmp_path / "dst"), "diffusion_gemma"))
+    assert closeness.max_abs <= PRODUCED_VLM["diffusion_gemma"].max_abs and closeness.top1 == 1.0, closeness
+
+
+def test_a_prompt_encoder_attending_both_ways_is_said(tmp_path, produced):
+    """DiffusionGemma's use_bidirectional_attention "all" (transformers: the whole prompt both ways) is causal in
+    mlx-vlm's encoder: the plan says so. Not measured: transformers 5.25's own encoder fails on it (is_causal
+    passed twice to its attention)."""
+    import shutil
+
+    src, _ = produced("diffusion_gemma")
+    assert not _differs(Conversion(src, None, dtype="float32", runner="mlx-vlm"), "mlx-vlm")  # "vision": none
+    shutil.copytree(src, tmp_path / "src")
+    config = json.loads((tmp_path / "src" / "config.json").read_text())
+    config["text_config"]["use_bidirectional_attention"] = "all"
+    (tmp_path / "src" / "config.json").write_text(json.dumps(config))
+    notes = _on_text(Conversion(tmp_path / "src", None, dtype="float32", runner="mlx-vlm"))
+    assert len(notes) == 1 and "use_bidirectional_attention = 'all'" in notes[0], notes
 
 
 def test_an_attention_scale_mlx_vlm_ignores_is_said(tmp_path):

@@ -15,7 +15,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map, tree_unflatten
 
-from .registry import NEEDS_CACHE
+from .registry import CANVAS, NEEDS_CACHE
 from .surgery import expert_stack_types
 
 
@@ -89,11 +89,15 @@ class _Logits(nn.Module):
 
 def text_logits(model: nn.Module, inputs: mx.array, **kwargs) -> mx.array:
     """An mlx-lm or mlx-vlm model's logits for token ids alone (no image); with a fresh cache of its own
-    where the model computes its function only with one (registry.NEEDS_CACHE)."""
+    where the model computes its function only with one (registry.NEEDS_CACHE); a block-diffusion model's
+    over the prompt's own tokens as its canvas (registry.CANVAS)."""
     if "pixel_values" in inspect.signature(model.__call__).parameters:
         kwargs.setdefault("pixel_values", None)  # text only (llama4's Model requires the argument)
-    if getattr(getattr(model, "config", None), "model_type", None) in NEEDS_CACHE:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in NEEDS_CACHE:
         kwargs.setdefault("cache", model.make_cache())
+    if model_type in CANVAS:
+        kwargs.setdefault(CANVAS[model_type][1], inputs)
     out = model(inputs, **kwargs)
     return getattr(out, "logits", out)
 

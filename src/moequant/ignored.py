@@ -122,6 +122,11 @@ def _top_k_below_all(num_experts_per_tok, config: dict) -> bool:
     return num_experts_per_tok < (config.get("num_experts") or 0)
 
 
+@matters("all")
+def _all(value, config: dict) -> bool:
+    return value == "all"
+
+
 @matters("finite")
 def _finite(limit, config: dict) -> bool:
     return isinstance(limit, (int, float)) and math.isfinite(limit)

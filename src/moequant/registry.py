@@ -243,6 +243,10 @@ class Arch:
     # the runner's model computes transformers' function only when given its cache, as its generate always does:
     # moequant's own forward passes (verify, calibration, tests) give it a fresh one (evaluate.text_logits)
     needs_cache: bool = False
+    # a block-diffusion model's canvas, the tokens it denoises given the prompt: (transformers' keyword, the runner's);
+    # without one each side draws a random canvas, so moequant's own forward passes (verify, calibration) denoise the
+    # prompt's own tokens (evaluate.text_logits)
+    canvas: tuple[str, str] = ()
     fixture: str = ""  # its tiny checkpoint's recipe: a key of tiny.ALL_ARCHS
 
     def to_dict(self) -> dict:
@@ -1140,6 +1144,38 @@ ROWS: tuple[Arch, ...] = (
         Rename("layer_types", "layer_types", "indexed_as_full_attention", overrides=True),
         Rename("output_gate_type", "", "output_gate_type", overrides=True),
     )),
+    # google/diffusiongemma-26B-A4B-it (transformers' DiffusionGemmaForBlockDiffusion): Gemma 4's language model run
+    # twice, as a causal encoder of the prompt and a bidirectional decoder of the canvas over the encoder's KV cache,
+    # with the same weights (saved once, under model.decoder.*; the encoder keeps only its layer_scalar buffers), a
+    # self-conditioning MLP on the decoder's input, and Gemma 4's vision tower under model.encoder.*. Experts fused as
+    # gemma4's: model.decoder.layers.{l}.experts.gate_up_proj [E, 2I, H] (gate rows first), down_proj [E, H, I];
+    # mlx-vlm's model holds them fused too (experts.gate_up_proj, one SwitchLinear), as its sanitize writes them
+    Arch("diffusion_gemma", _VLM, "diffusion_gemma", S, "google/diffusiongemma-26B-A4B-it",
+         "block-diffusion language model (transformers' DiffusionGemmaForBlockDiffusion: logits over a canvas given a "
+         "prompt) with Gemma 4's MoE layers shared by a causal prompt encoder and a bidirectional canvas decoder, a "
+         "self-conditioning MLP and Gemma 4's vision tower, for mlx-vlm only (mlx-lm 0.32.2 has no diffusion_gemma "
+         "model): vision tower and projector copied float, the rest in mlx-vlm's names (model.decoder.*, "
+         "model.encoder.*), processor files copied; checked on the one deterministic step both have, the logits "
+         "over a given canvas after a given prompt (verify gives both the prompt's own tokens as the canvas)",
+         family=Family("experts", "experts", _GLU, "num_experts", layout="fused"),
+         vision=VisionLanguage("diffusion_gemma"),
+         canvas=("decoder_input_ids", "canvas_ids"),
+         # read from the code alone: transformers 5.25 cannot run "all" itself (its encoder attention passes
+         # is_causal twice: TypeError in modeling_diffusion_gemma.py DiffusionGemmaEncoderTextAttention.forward)
+         ignored_by_vlm=(
+             Ignored("text_config.use_bidirectional_attention", "all", (
+                 "transformers' prompt encoder then attends both ways over the prompt, sliding layers within "
+                 "sliding_window / 2 each way (configuration_diffusion_gemma.py, modeling_diffusion_gemma.py "
+                 "DiffusionGemmaEncoderTextAttention: is_causal false), mlx-vlm's causally, only image blocks both "
+                 "ways (mlx_vlm/models/diffusion_gemma/language.py EncoderModel._make_encoder_masks), so every "
+                 "prompt is read otherwise")),
+         )),
+    # diffusion_gemma's text_config: the full-attention layers' head_dim / kv heads in per_layer_config (as
+    # gemma4_text's); mlx-vlm's TextConfig reads global_head_dim / num_global_key_value_heads (defaults 512 and 2)
+    Arch("diffusion_gemma_text", renames=(
+        Rename("global_head_dim", "per_layer_config", "full_attention_head_dim"),
+        Rename("num_global_key_value_heads", "per_layer_config", "full_attention_kv_heads"),
+    )),
     # ---- text models only mlx-vlm runs (no vision part): output for mlx-vlm, config.json as the source's ----
     # CohereLabs/command-a-plus-05-2026 (transformers' Cohere2MoeForCausalLM): mlp.experts.gate_up_proj / down_proj
     # fused as Mixtral's, mlp.gate.weight the router, a shared MLP (mlp.shared_experts) per MoE layer
@@ -1392,6 +1428,7 @@ ABSENT_AS_ZEROS: dict[str, tuple[AbsentAsZeros, ...]] = {a.model_type: a.absent_
                                                          if a.absent_as_zeros}
 SPLITS: dict[str, tuple[str, ...]] = {a.model_type: a.splits for a in ROWS if a.splits}
 NEEDS_CACHE: frozenset[str] = frozenset(a.model_type for a in ROWS if a.needs_cache)
+CANVAS: dict[str, tuple[str, str]] = {a.model_type: a.canvas for a in ROWS if a.canvas}
 # model_type (mlx-lm's; for mlx-vlm's sub-configs, text_config's and vision_config's own) -> its renames
 RENAMES: dict[str, tuple[Rename, ...]] = {a.model_type: a.renames for a in ROWS if a.renames}
 # mlx-lm model_type -> what its model ignores or computes differently

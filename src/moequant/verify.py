@@ -61,6 +61,7 @@ from .errors import CheckpointError, LayoutError
 from .evaluate import (Closeness, compare_logits, dequantize_model, fixed_tokens, free_memory, load_float32,
                        text_logits, token_kl)
 from .names import layer_of
+from .registry import CANVAS
 from .surgery import expert_containers, module_at, natural_order, recording
 
 log = logging.getLogger(__name__)
@@ -313,8 +314,6 @@ def too_large_whole(src: str | Path) -> str | None:
 def transformers_logits(src: str | Path, tokens: mx.array) -> mx.array:
     """SRC's logits on `tokens` from transformers' own forward pass (PyTorch, float32): the
     reference that shares nothing with moequant's or mlx-lm's reading of the checkpoint."""
-    import numpy as np
-
     torch, transformers = _torch()
     from .checkpoint import read_checkpoint
     from .target import quiet_transformers
@@ -327,8 +326,18 @@ def transformers_logits(src: str | Path, tokens: mx.array) -> mx.array:
         except Exception as e:  # noqa: BLE001 - transformers raises many types for a model it cannot build
             raise _cannot(src, transformers, e) from None
         with torch.inference_mode():
-            logits = model(torch.from_numpy(np.array(tokens, dtype=np.int64)), use_cache=False).logits
+            logits = model(**_transformers_inputs(torch, config, tokens)).logits
     return mx.array(logits.float().numpy())
+
+
+def _transformers_inputs(torch, config, tokens: mx.array) -> dict:
+    """transformers' forward's keywords for `tokens`: a block-diffusion model's canvas the same tokens, as
+    evaluate.text_logits gives mlx's (registry.CANVAS)."""
+    import numpy as np
+
+    ids = torch.from_numpy(np.array(tokens, dtype=np.int64))
+    canvas = CANVAS.get(config.model_type)
+    return {"input_ids": ids, "use_cache": False, **({canvas[0]: ids} if canvas else {})}
 
 
 # --- layer by layer ---------------------------------------------------------------------------
@@ -471,7 +480,7 @@ def transformers_layers(src: str | Path, tokens: mx.array) -> list[_LayerRun]:
                     for name in ROUTED & set(parameters):
                         module.register_forward_pre_hook(route(i, name, parameters.index(name)), with_kwargs=True)
             with torch.inference_mode():
-                model(torch.from_numpy(np.array(tokens, dtype=np.int64)), use_cache=False)
+                model(**_transformers_inputs(torch, config, tokens))
         except _Stop:
             pass
         except Exception as e:  # noqa: BLE001 - transformers raises many types for a model it cannot build
