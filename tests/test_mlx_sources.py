@@ -142,7 +142,8 @@ def test_stale_gate_entry_for_a_float_moegate_converts_with_a_note(tmp_path, cli
     stale = [n for n in conversion.plan.notes if "is stale" in n]
     assert stale == [f"config.json: quantization[{gate!r}] is stale: it says affine·8·g64, but the module is stored "
                      "F32 and mlx-lm's module has no to_quantized; read as stored (F32), entry not written"]
-    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == stale
+    # moequant's warnings only: transformers warns once per process (its reference mamba kernel) during the producer
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("moequant")] == stale
     list(conversion.run(tmp_path / "float"))
     assert compare_logits(reference, logits_of(tmp_path / "float")).max_abs <= 1e-4
     inspected = cli("inspect", src, "--check", "--json")  # still a problem for mlx-lm: --check says so
