@@ -193,6 +193,10 @@ class ProducedVLM:
     model_class: str = "AutoModelForImageTextToText"
     files: str = ""
     image: dict = field(default_factory=dict)
+    image_tokens: int = 4  # the image's features: how many image tokens the prompt holds for them
+    # how mlx-vlm's model takes the image where its inputs are laid out otherwise than transformers': a key of
+    # MLX_IMAGE_INPUTS
+    mlx_image: str = ""
 
 
 PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
@@ -308,6 +312,15 @@ PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
                 {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 112,
                  "patch_size": 14, "mlp_ratio": 2.0},
                 {"image_token_id": VOCAB + 2}, files="_step3p7_files", image={"pixel_values": (1, 3, 112, 112)}),
+    # baidu/Unlimited-OCR: DeepSeek-V2's MoE with multi-head attention (a dense first layer, a shared expert);
+    # the SAM encoder at the release's sizes (mlx-vlm builds no other), the CLIP blocks 1024 wide (SAM's output
+    # channels) and short; one 1024x1024 global view without tiles: 16 x (16 + 1) + 1 image tokens, no interpolated
+    # position table
+    ProducedVLM("unlimited_ocr", {},
+                {"encoder_config": {"num_hidden_layers": 2, "intermediate_size": 128}},
+                {"image_token_id": VOCAB + 2},
+                image={"pixel_values": (1, 3, 1024, 1024), "num_local_patches": [0], "patches_grid": [[1, 1]]},
+                image_tokens=16 * 17 + 1, mlx_image="deepseek_ocr"),
 )}
 
 
@@ -321,11 +334,32 @@ def image_inputs(model_type: str) -> dict[str, np.ndarray]:
     image tokens text positions (1.5 max abs logit difference on qwen3_vl_moe)."""
     row = PRODUCED_VLM[model_type]
     image = row.extra.get("image_token_id", row.extra.get("image_token_index"))
-    ids = np.array([[5, 9, 17, VOCAB] + [image] * 4 + [VOCAB + 1, 33, 40, 41, 7, 8, 100, 3]], dtype=np.int64)
+    ids = np.array([[5, 9, 17, VOCAB] + [image] * row.image_tokens + [VOCAB + 1, 33, 40, 41, 7, 8, 100, 3]],
+                   dtype=np.int64)
     rng = np.random.default_rng(0)
     return {"input_ids": ids, "pixel_values": rng.standard_normal(row.image["pixel_values"]).astype(np.float32),
             **{k: np.array(v, dtype=np.int64) for k, v in row.image.items() if k != "pixel_values"},
             "mm_token_type_ids": (ids == image).astype(np.int64)}
+
+
+def _deepseek_ocr_inputs(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """mlx-vlm's DeepSeek-OCR models (unlimited_ocr): pixel_values [local tiles, global views] (the tiles zeros when
+    there are none, as its processor gives them), each image's tile grid, and the image tokens' places."""
+    pixels = inputs["pixel_values"]
+    return {"input_ids": inputs["input_ids"], "pixel_values": np.stack([np.zeros_like(pixels), pixels]),
+            "images_spatial_crop": inputs["patches_grid"], "images_seq_mask": inputs["mm_token_type_ids"] == 1}
+
+
+MLX_IMAGE_INPUTS = {"deepseek_ocr": _deepseek_ocr_inputs}
+
+
+def mlx_image_inputs(model_type: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """image_inputs as mlx-vlm's model takes them: the same arrays (mm_token_type_ids aside: mlx-vlm finds images by
+    their tokens), or the row's own layout of them (mlx_image)."""
+    row = PRODUCED_VLM[model_type]
+    if row.mlx_image:
+        return MLX_IMAGE_INPUTS[row.mlx_image](inputs)
+    return {k: v for k, v in inputs.items() if k != "mm_token_type_ids"}
 
 
 def _tiny_kwargs(config_class, extra: dict, base: dict = TINY) -> dict:

@@ -38,15 +38,16 @@ from moequant.formats import Quant  # noqa: E402
 from moequant.ignored import IGNORED_BY_MLX_VLM  # noqa: E402
 from moequant.plan import Role  # noqa: E402
 
-from producer import (PRODUCED_VLM, TOKENS, image_inputs, model_class, produced,  # noqa: E402,F401  (a fixture)
-                      redraw, simulated_logits, tiny_config)
+from producer import (PRODUCED_VLM, TOKENS, image_inputs, mlx_image_inputs, model_class,  # noqa: E402
+                      produced, redraw, simulated_logits, tiny_config)  # noqa: F401  (produced: a fixture)
 
 MAX_ABS = 1e-4  # as test_producer: float32 both sides, only summation order differs
 
 # text-only outputs mlx-lm 0.32.2 has no model for: refused in one line
 MLX_LM_HAS_NONE = {"glm4v_moe", "glm5_next", "qwen4_exp",  # no mlx_lm.models.<model_type> (mlx-vlm runs them)
                    "inkling_mm_model",  # no inkling model in mlx-lm 0.32.2
-                   "step3p7"}  # no step3p7 model (its step3p5 reads a flat Step-3.5 config, not text_config)
+                   "step3p7",  # no step3p7 model (its step3p5 reads a flat Step-3.5 config, not text_config)
+                   "unlimited_ocr"}  # no unlimited_ocr model (its deepseek_v2 has MLA attention only)
 
 
 def _ids() -> mx.array:
@@ -116,6 +117,9 @@ def _vision_as_transformers(model) -> None:
             block.mlp.activation_fn = nn.GELU(approx="tanh")
             block.norm0.eps = block.norm1.eps = 1e-5
         tower.final_layernorm.eps = 1e-5
+    elif inner.config.model_type == "unlimited_ocr":  # CLIP blocks: hidden_act quick_gelu
+        for layer in inner.vision_model.transformer.layers:
+            layer.mlp.activation_fn = lambda x: x * mx.sigmoid(1.702 * x)
     else:
         raise AssertionError(f"no undoing for {inner.config.model_type}")
 
@@ -228,7 +232,7 @@ def test_image_input_matches_transformers_or_says_why_not(tmp_path, produced, mo
     ours = load_float32(tmp_path / "dst")
     if _on_text(conversion):  # said, and checked on text (test_no_quantize_matches_transformers_or_says_why_not)
         _language_as_transformers(ours)
-    mlx_inputs = {k: mx.array(v) for k, v in inputs.items() if k != "mm_token_type_ids"}
+    mlx_inputs = {k: mx.array(v) for k, v in mlx_image_inputs(model_type, inputs).items()}
     ids = mlx_inputs.pop("input_ids")
     closeness = compare_logits(reference, ours(ids, **mlx_inputs))
     if notes := [n for n in _differs(conversion, "mlx-vlm") if n not in _on_text(conversion)]:

@@ -141,10 +141,11 @@ ROLE_PATTERNS: tuple[tuple[Role, tuple[str, ...]], ...] = (
     # Klear's coefficient: softmax over 2 logits that weighs the routed against the shared output
     (Role.SHARED_EXPERT_GATE, ("*.mlp.coefficient",)),
     # audio towers too, as mlx_vlm.convert keeps them (mlx_vlm.utils.skip_multimodal_module); the projectors of
-    # Gemma 4 (embed_vision) and Step-3.7 (vit_large_projector)
+    # Gemma 4 (embed_vision) and Step-3.7 (vit_large_projector); DeepSeek-OCR's SAM encoder and projector
+    # (mlx-vlm's unlimited_ocr)
     (Role.VISION, ("vision_tower.*", "vision_model.*", "*.visual.*", "visual.*", "multi_modal_projector.*",
                    "*.vision_tower.*", "*.multi_modal_projector.*", "audio_tower.*", "*.audio_tower.*",
-                   "embed_vision.*", "vit_large_projector")),
+                   "embed_vision.*", "vit_large_projector", "sam_model.*", "projector.*")),
     (Role.NORM, ("*norm", "*_layernorm", "*.ln_*")),
     (Role.SHARED_EXPERTS, ("*.shared_expert.*", "*.shared_experts.*", "*.shared_mlp.*")),
     # Token mixers other than attention count as attention: linear attention (Qwen3-Next), short

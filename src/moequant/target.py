@@ -570,7 +570,8 @@ def resolve_config(config: dict, runner: str | None = None) -> tuple[dict, list[
 
 
 def _zero_rows(config: dict):
-    return [row for row in ABSENT_AS_ZEROS.get(config.get("model_type"), ()) if config.get(row.flag) is False]
+    return [row for row in ABSENT_AS_ZEROS.get(config.get("model_type"), ())
+            if not row.flag or config.get(row.flag) is False]
 
 
 def absent_as_zeros(config: dict, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
