@@ -318,3 +318,17 @@ def test_audio_input_matches_transformers(tmp_path, produced):
     ours = load_float32(tmp_path / "dst")
     closeness = compare_logits(reference, ours(mx.array(ids), audio_input_ids=mx.array(bins)))
     assert closeness.max_abs <= MAX_ABS and closeness.top1 == 1.0, closeness
+
+
+def test_an_unlimited_ocr_sam_mlx_vlm_does_not_build_is_refused_in_one_line():
+    """mlx-vlm's unlimited_ocr builds its SAM encoder at the release's sizes whatever sam_config says: a release with
+    another SAM (global attention in other layers: the same tensor shapes) is refused, the release's converts."""
+    from moequant.ignored import ignored_notes
+    from moequant.target import resolve_config
+
+    config = tiny_config("unlimited_ocr").to_dict()
+    assert not [n for n in ignored_notes(resolve_config(config, "mlx-vlm")[0]) if "sam_config" in n]
+    config["vision_config"]["sam_config"]["global_attn_indexes"] = [3, 7, 11]
+    with pytest.raises(CheckpointError, match=r"vision_config\.sam_config = .*; expected the release's SAM") as e:
+        ignored_notes(resolve_config(config, "mlx-vlm")[0])
+    assert "\n" not in str(e.value) and "SAMViTConfig()" in str(e.value)
