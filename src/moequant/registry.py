@@ -1329,13 +1329,8 @@ ROWS: tuple[Arch, ...] = (
     Arch("unlimited_ocr_vision", renames=(
         Rename("model_type", "", fixed("vision"), overrides=True),
         Rename("layers", "encoder_config.num_hidden_layers"),
-        Rename("hidden_size", "encoder_config.hidden_size"),
-        Rename("intermediate_size", "encoder_config.intermediate_size"),
-        Rename("num_attention_heads", "encoder_config.num_attention_heads"),
-        Rename("image_size", "encoder_config.image_size"),
-        Rename("patch_size", "encoder_config.patch_size"),
-        Rename("num_channels", "encoder_config.num_channels"),
-        Rename("layer_norm_eps", "encoder_config.layer_norm_eps"),
+        *(Rename(key, f"encoder_config.{key}") for key in ("hidden_size", "intermediate_size", "num_attention_heads",
+                                                           "image_size", "patch_size", "num_channels", "layer_norm_eps")),
     )),
     # MoE model_types mlx-vlm 0.7.10 runs (Switch layers in its module) that no moequant row covers yet
     *(Arch(model_type, _VLM, model_type, N, "", NOT_BUILT_VLM) for model_type in (
