@@ -197,6 +197,7 @@ class ProducedVLM:
     # how mlx-vlm's model takes the image where its inputs are laid out otherwise than transformers': a key of
     # MLX_IMAGE_INPUTS
     mlx_image: str = ""
+    image_slow: bool = False  # the image test takes minutes on a CPU (pytest's slow mark)
 
 
 PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
@@ -315,12 +316,13 @@ PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
     # baidu/Unlimited-OCR: DeepSeek-V2's MoE with multi-head attention (a dense first layer, a shared expert);
     # the SAM encoder at the release's sizes (mlx-vlm builds no other), the CLIP blocks 1024 wide (SAM's output
     # channels) and short; one 1024x1024 global view without tiles: 16 x (16 + 1) + 1 image tokens, no interpolated
-    # position table
+    # position table, and minutes on a CPU (SAM over 64 x 64 patches: 57 s in transformers, 476 s in mlx-vlm per
+    # forward on a loaded 2-core machine)
     ProducedVLM("unlimited_ocr", {},
                 {"encoder_config": {"num_hidden_layers": 2, "intermediate_size": 128}},
                 {"image_token_id": VOCAB + 2},
                 image={"pixel_values": (1, 3, 1024, 1024), "num_local_patches": [0], "patches_grid": [[1, 1]]},
-                image_tokens=16 * 17 + 1, mlx_image="deepseek_ocr"),
+                image_tokens=16 * 17 + 1, mlx_image="deepseek_ocr", image_slow=True),
 )}
 
 

@@ -212,7 +212,8 @@ def test_every_mlx_vlm_row_names_code_on_both_sides():
             assert "transformers" in row.message and f"mlx_vlm/models/{model_type}/" in row.message, row
 
 
-@pytest.mark.parametrize("model_type", list(PRODUCED_VLM))
+@pytest.mark.parametrize("model_type", [pytest.param(m, marks=pytest.mark.slow) if row.image_slow else m
+                                        for m, row in PRODUCED_VLM.items()])
 def test_image_input_matches_transformers_or_says_why_not(tmp_path, produced, model_type):
     src, _ = produced(model_type)
     inputs = image_inputs(model_type)
