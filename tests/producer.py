@@ -235,13 +235,15 @@ class ProducedVLM:
     quantized: tuple[str, ...] = ("language_model.",)
     # mlx-vlm's model takes the image as its processor gives it, unlike transformers' (mlx_image_inputs): "" the
     # same arrays, "channels_first" Gemma 4's patches as the [1, 3, H, W] image they are cut from (mlx-vlm's
-    # Gemma4ImageProcessor leaves patching to the model; DiffusionGemma's Model takes no image_position_ids)
+    # Gemma4ImageProcessor leaves patching to the model; DiffusionGemma's Model takes no image_position_ids), or a
+    # key of MLX_IMAGE_INPUTS
     mlx_image: str = ""
     # mlx-vlm's model reads mm_token_type_ids too (DiffusionGemma's: the image block attended bidirectionally)
     mlx_token_types: bool = False
     # largest float32 |logit difference| the float tests allow, where transformers' own float32 forward is further
     # than MAX_ABS from its float64 one (summation order alone)
     max_abs: float = 1e-4
+    image_tokens: int = 4  # the image's features: how many image tokens the prompt holds for them
 
 
 PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
@@ -388,6 +390,16 @@ PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
                  "canvas_length": CANVAS.shape[1]},
                 model_class="DiffusionGemmaForBlockDiffusion", image=_GEMMA4_IMAGE,
                 mlx_image="channels_first", mlx_token_types=True, max_abs=5e-4, quantized=("model.decoder.",)),
+    # baidu/Unlimited-OCR: DeepSeek-V2's MoE with multi-head attention (a dense first layer, a shared expert);
+    # the SAM encoder at the release's sizes (mlx-vlm builds no other), the CLIP blocks 1024 wide (SAM's output
+    # channels) and short; one 1024x1024 global view without tiles: 16 x (16 + 1) + 1 image tokens, no interpolated
+    # position table, and minutes on a CPU (SAM over 64 x 64 patches: 57 s in transformers, 476 s in mlx-vlm per
+    # forward on a loaded 2-core machine)
+    ProducedVLM("unlimited_ocr", {},
+                {"encoder_config": {"num_hidden_layers": 2, "intermediate_size": 128}},
+                {"image_token_id": VOCAB + 2},
+                image={"pixel_values": (1, 3, 1024, 1024), "num_local_patches": [0], "patches_grid": [[1, 1]]},
+                image_tokens=16 * 17 + 1, mlx_image="deepseek_ocr"),
 )}
 
 
@@ -421,7 +433,8 @@ def image_inputs(model_type: str) -> dict[str, np.ndarray]:
     image tokens text positions (1.5 max abs logit difference on qwen3_vl_moe)."""
     row = PRODUCED_VLM[model_type]
     image = row.extra.get("image_token_id", row.extra.get("image_token_index"))
-    ids = np.array([[5, 9, 17, VOCAB] + [image] * 4 + [VOCAB + 1, 33, 40, 41, 7, 8, 100, 3]], dtype=np.int64)
+    ids = np.array([[5, 9, 17, VOCAB] + [image] * row.image_tokens + [VOCAB + 1, 33, 40, 41, 7, 8, 100, 3]],
+                   dtype=np.int64)
     rng = np.random.default_rng(0)
     return {"input_ids": ids, "pixel_values": rng.standard_normal(row.image["pixel_values"]).astype(np.float32),
             **{k: np.array(v, dtype=np.int64) for k, v in row.image.items() if k != "pixel_values"},
@@ -433,6 +446,8 @@ def mlx_image_inputs(model_type: str, inputs: dict[str, np.ndarray]) -> dict[str
     """image_inputs' arrays but input_ids (and mm_token_type_ids unless ProducedVLM.mlx_token_types) as mlx-vlm's
     model takes them (ProducedVLM.mlx_image): the very same pixels."""
     row = PRODUCED_VLM[model_type]
+    if row.mlx_image in MLX_IMAGE_INPUTS:
+        return MLX_IMAGE_INPUTS[row.mlx_image](inputs)
     # mlx-vlm's models find images by their tokens (mm_token_type_ids only where mlx_token_types), routing (ERNIE's
     # moe_mm_token_type_ids) from them too, and one unpadded prompt needs no attention_mask
     inputs = {k: v for k, v in inputs.items() if k not in ("input_ids", "moe_mm_token_type_ids", "attention_mask")
@@ -445,6 +460,17 @@ def mlx_image_inputs(model_type: str, inputs: dict[str, np.ndarray]) -> dict[str
         image = patches.reshape(1, side, side, p, p, 3).transpose(0, 5, 1, 3, 2, 4)
         inputs["pixel_values"] = np.ascontiguousarray(image.reshape(1, 3, side * p, side * p))
     return inputs
+
+
+def _deepseek_ocr_inputs(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """mlx-vlm's DeepSeek-OCR models (unlimited_ocr): pixel_values [local tiles, global views] (the tiles zeros when
+    there are none, as its processor gives them), each image's tile grid, and the image tokens' places."""
+    pixels = inputs["pixel_values"]
+    return {"pixel_values": np.stack([np.zeros_like(pixels), pixels]),
+            "images_spatial_crop": inputs["patches_grid"], "images_seq_mask": inputs["mm_token_type_ids"] == 1}
+
+
+MLX_IMAGE_INPUTS = {"deepseek_ocr": _deepseek_ocr_inputs}
 
 
 def _tiny_kwargs(config_class, extra: dict, base: dict = TINY) -> dict:

@@ -300,6 +300,17 @@ def _img_token_compression_config(config: dict, _: dict) -> dict | None:
     return sizes or None
 
 
+@converter("ocr_projector")
+def _ocr_projector(config: dict, _: dict) -> dict | None:
+    """transformers' Unlimited-OCR projector, one Linear from SAM's last channels and the CLIP blocks' width side by
+    side to the language model's width, as the projector_config mlx-vlm's deepseekocr MlpProjector reads."""
+    sam = lookup(config, "vision_config.sam_config.downsample_channels")
+    width, hidden = lookup(config, "vision_config.encoder_config.hidden_size"), lookup(config, "text_config.hidden_size")
+    if not isinstance(sam, list) or not sam or not isinstance(width, int) or not isinstance(hidden, int):
+        return None
+    return {"projector_type": "linear", "input_dim": sam[-1] + width, "n_embed": hidden}
+
+
 @converter("same_partial_rotary_factor")
 def _same_partial_rotary_factor(rope: dict, _: dict) -> float | None:
     """Per-layer-type rope_parameters ({"full_attention": {...}, "sliding_attention": {...}}) -> the

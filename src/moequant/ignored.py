@@ -149,6 +149,21 @@ MATTERS.update({name: (lambda value: lambda found, config: found != value)(value
                 for name, value in OTHER_THAN.items()})
 
 
+# what mlx-vlm's unlimited_ocr builds its SAM encoder with whatever config.json says (mlx_vlm/models/deepseekocr/
+# config.py SAMViTConfig, sam.py SAMEncoder defaults), in transformers' UnlimitedOcrSamVisionConfig names
+_RELEASE_SAM = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "mlp_dim": 3072,
+                "window_size": 14, "global_attn_indexes": [2, 5, 8, 11], "output_channels": 256,
+                "downsample_channels": [512, 1024], "image_size": 1024, "patch_size": 16, "num_channels": 3,
+                "qkv_bias": True, "use_abs_pos": True, "use_rel_pos": True, "layer_norm_eps": 1e-6, "hidden_act": "gelu"}
+
+
+@matters("not_release_sam")
+def _not_release_sam(sam_config, config: dict) -> bool:
+    return isinstance(sam_config, dict) and any(
+        list(v) != list(sam_config[k]) if isinstance(v, list) else sam_config.get(k, v) != v
+        for k, v in _RELEASE_SAM.items() if k in sam_config)
+
+
 def ignored_notes(config: dict, tensor_keys: Iterable[str] = ()) -> list[str]:
     """One note (and one warning line) per IGNORED_BY_MLX_LM row that SRC triggers, and per
     IGNORED_BY_MLX_VLM row for an output for mlx-vlm, for the resolved `config` (its model_type is

@@ -143,11 +143,11 @@ ROLE_PATTERNS: tuple[tuple[Role, tuple[str, ...]], ...] = (
     # audio towers too, as mlx_vlm.convert keeps them (mlx_vlm.utils.skip_multimodal_module), and every projector:
     # Gemma 4's (embed_vision; DiffusionGemma's under its encoder), Step-3.7's (vit_large_projector), Kimi-K2.5's
     # (mm_projector), MiniMax-M3's (patch_merge_mlp), ERNIE-4.5-VL's (resampler_model); Qwen3-Omni's code predictor
-    # (skip_multimodal_module's too)
+    # (skip_multimodal_module's too); DeepSeek-OCR's SAM encoder and projector (mlx-vlm's unlimited_ocr)
     (Role.VISION, ("vision_tower.*", "vision_model.*", "*.visual.*", "visual.*", "multi_modal_projector.*",
                    "*.vision_tower.*", "*.multi_modal_projector.*", "audio_tower.*", "*.audio_tower.*",
                    "embed_vision.*", "*.embed_vision.*", "vit_large_projector", "mm_projector.*", "patch_merge_mlp.*",
-                   "resampler_model.*", "*.code_predictor.*")),
+                   "resampler_model.*", "*.code_predictor.*", "sam_model.*", "projector.*")),
     (Role.NORM, ("*norm", "*_layernorm", "*.ln_*")),
     (Role.SHARED_EXPERTS, ("*.shared_expert.*", "*.shared_experts.*", "*.shared_mlp.*")),
     # Token mixers other than attention count as attention: linear attention (Qwen3-Next), short

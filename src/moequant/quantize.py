@@ -159,6 +159,9 @@ class Quantizer:
         out = {}
         for path in paths:
             module = module_at(self.model, path)
+            if isinstance(module, mx.array):  # a parameter of the model itself (mlx-vlm's image_newline): its own key
+                out[path] = module
+                continue
             arrays = {k: v for k, v in module.items() if isinstance(v, mx.array) and not k.startswith("_")}
             out.update((f"{path}.{k}", v) for k, v in arrays.items())
             module.update({k: mx.array([]) for k in arrays})  # release: the writer holds them now

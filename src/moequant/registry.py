@@ -103,7 +103,7 @@ class AbsentAsZeros:
     """Tensors mlx-lm's model always has and transformers' only when a config flag is on (biases):
     with the flag off, SRC has none and they are written as zeros, which compute the same function."""
 
-    flag: str  # transformers' config key
+    flag: str  # transformers' config key; "" for tensors transformers' model never has (the runner never uses them)
     keys: str  # regex over mlx-lm's parameter keys
     what: str  # the tensors, in the user's words
 
@@ -1376,6 +1376,59 @@ ROWS: tuple[Arch, ...] = (
          # GLM-4's decoder-layer norms (transformers) under mlx-vlm's kolibri1 names
          tensor_renames=((r"\.post_self_attn_layernorm\.", ".post_attn_norm."),
                          (r"\.post_mlp_layernorm\.", ".post_ffn_norm."))),
+    # baidu/Unlimited-OCR (transformers' UnlimitedOcrForConditionalGeneration, whose save_pretrained writes the
+    # release's names back, conversion_mapping.py unlimited_ocr): DeepSeek-V2's MoE with plain multi-head attention
+    # (q/k/v/o_proj, no MLA) under model.layers.{l} (mlp.experts.{e}.{gate,up,down}_proj, mlp.gate,
+    # mlp.shared_experts), model.sam_model.* (a SAM ViT-B), model.vision_model.* (CLIP-L blocks fed SAM's features),
+    # model.projector.layers, model.image_newline and model.view_seperator; mlx-vlm's sanitize (deepseekocr's) reads
+    # them. mlx-vlm builds its SAM at the release's sizes whatever sam_config says (deepseekocr.py Model: SAMViTConfig())
+    Arch("unlimited_ocr", _VLM, "unlimited_ocr", S, "baidu/Unlimited-OCR",
+         "SAM + CLIP vision encoder (model.sam_model, model.vision_model), linear projector, DeepSeek-V2's MoE with "
+         "multi-head attention (dense first layer, shared experts, greedy softmax routing) under model.layers, for "
+         "mlx-vlm only: " + VLM_DONE + ". No text-only output: mlx-lm 0.32.2 has no unlimited_ocr model. mlx-vlm's "
+         "CLIP blocks use exact GELU where transformers' use quick_gelu: logits of prompts with an image differ "
+         "(the plan notes it)",
+         family=Family("mlp.experts", "mlp.switch_mlp", _GLU, "n_routed_experts"),
+         vision=VisionLanguage("unlimited_ocr"),
+         # mlx-vlm's ModelConfig requires projector_config, which transformers' UnlimitedOcrConfig has no key for
+         renames=(Rename("projector_config", "", "ocr_projector"),),
+         # mlx-vlm's CLIP embeddings hold a patch convolution they never use (SAM's features are the patches);
+         # transformers' model drops it (modeling_unlimited_ocr.py UnlimitedOcrVisionEmbeddings), the release has it
+         absent_as_zeros=(AbsentAsZeros("", r"^vision_model\.embeddings\.patch_embedding\.weight$",
+                                        "the CLIP patch embedding"),),
+         ignored_by_vlm=(
+             Ignored("vision_config.encoder_config.hidden_act", "always", (
+                 "on prompts with an image: transformers' Unlimited-OCR CLIP blocks apply "
+                 "vision_config.encoder_config.hidden_act (quick_gelu unless config.json says otherwise) in their "
+                 "MLPs (modeling_unlimited_ocr.py UnlimitedOcrMLP); mlx-vlm's apply exact GELU "
+                 "(mlx_vlm/models/unlimited_ocr/unlimitedocr.py, deepseekocr/vision.py MLP), so image features and "
+                 "the logits of prompts with an image differ (0.28 max abs on a tiny Unlimited-OCR); text-only prompts "
+                 "are unaffected")),
+             Ignored("vision_config.sam_config", "not_release_sam", (
+                 "transformers' Unlimited-OCR builds its SAM encoder from vision_config.sam_config; mlx-vlm's builds "
+                 "one at the release's sizes whatever config.json says (mlx_vlm/models/unlimited_ocr/unlimitedocr.py "
+                 "Model, deepseekocr.py Model.__init__: SAMViTConfig())"),
+                     expected="the release's SAM (hidden_size 768, 12 layers and heads, mlp_dim 3072, window 14, "
+                              "global attention in layers 2, 5, 8, 11, output 256 then 512, 1024 channels, image "
+                              "1024, patch 16)"),
+         )),
+    # unlimited_ocr's text_config: transformers' MoE layers are mlp_layer_types' "sparse" ones and its routing is
+    # always softmax; mlx-vlm's deepseekocr decoder layer reads first_k_dense_replace / moe_layer_freq, its gate
+    # scoring_func, and its cache sliding_window_size (mlx_vlm/models/unlimited_ocr/config.py TextConfig)
+    Arch("unlimited_ocr_text", renames=(
+        Rename("first_k_dense_replace", "mlp_layer_types", "first_k_dense_replace", overrides=True),
+        Rename("moe_layer_freq", "mlp_layer_types", "moe_layer_freq", overrides=True),
+        Rename("scoring_func", "", fixed("softmax"), overrides=True),
+        Rename("sliding_window_size", "sliding_window", overrides=True),
+    )),
+    # unlimited_ocr's vision_config: transformers nests the CLIP blocks' sizes under encoder_config; mlx-vlm's
+    # deepseekocr VisionConfig reads them flat, and builds its tower only for model_type vision
+    Arch("unlimited_ocr_vision", renames=(
+        Rename("model_type", "", fixed("vision"), overrides=True),
+        Rename("layers", "encoder_config.num_hidden_layers"),
+        *(Rename(key, f"encoder_config.{key}") for key in ("hidden_size", "intermediate_size", "num_attention_heads",
+                                                           "image_size", "patch_size", "num_channels", "layer_norm_eps")),
+    )),
     # MoE model_types mlx-vlm 0.7.10 runs (Switch layers in its module) that no moequant row covers yet
     *(Arch(model_type, _VLM, model_type, N, "", NOT_BUILT_VLM) for model_type in (
         "llada2_moe", "longcat_flash_sparse", "moondream3", "youtu_vl",

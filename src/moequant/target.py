@@ -603,7 +603,8 @@ def _fill_nested(resolved: dict, config_class, where: str, done: tuple[str, ...]
 
 
 def _zero_rows(config: dict):
-    return [row for row in ABSENT_AS_ZEROS.get(config.get("model_type"), ()) if config.get(row.flag) is False]
+    return [row for row in ABSENT_AS_ZEROS.get(config.get("model_type"), ())
+            if not row.flag or config.get(row.flag) is False]
 
 
 def absent_as_zeros(config: dict, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
