@@ -36,7 +36,7 @@ from .evaluate import free_memory, text_logits
 from .names import layer_of
 from .formats import Mode, Quant
 from .gptq import dequantized_affine
-from .surgery import expert_containers, expert_stack_types, module_at, parent_and_key, recording
+from .surgery import expert_containers, expert_stack_types, module_at, recording, standing_in
 from .target import quiet_transformers
 
 log = logging.getLogger(__name__)
@@ -285,20 +285,10 @@ def _products(root: nn.Module) -> list[tuple[str, nn.Module, bool]]:
             if path and isinstance(m, kind) and type(m).__call__ is kind.__call__]
 
 
-@contextmanager
 def _in_numpy(root: nn.Module):
     """Inside the block, the modules of `_products(root)` are stood in for by _InNumpy (module_at
     finds those); put back on exit."""
-    swapped = []
-    try:
-        for path, module, stack in _products(root):
-            parent, key = parent_and_key(root, path)
-            parent[key] = _InNumpy(module, stack)
-            swapped.append((parent, key, module))
-        yield
-    finally:
-        for parent, key, module in reversed(swapped):
-            parent[key] = module
+    return standing_in(root, {path: (lambda m, s=stack: _InNumpy(m, s)) for path, _, stack in _products(root)})
 
 
 def _float32(weights: dict[str, mx.array], keep=frozenset()) -> dict[str, mx.array]:

@@ -88,17 +88,23 @@ class Recorder(nn.Module):
 
 
 @contextmanager
-def recording(model: nn.Module, seen: dict[str, Callable[[mx.array, mx.array | None], None]]) -> Iterator[None]:
-    """Inside the block, each module at a path of `seen` reports every call to its callback (see
-    Recorder). The original modules are put back on exit."""
+def standing_in(model: nn.Module, stand_ins: dict[str, Callable[[nn.Module], nn.Module]]) -> Iterator[None]:
+    """Inside the block, the module at each path of `stand_ins` is replaced by what its function makes
+    of it; the original modules are put back on exit."""
     swapped = []
     try:
-        for path, callback in seen.items():
+        for path, make in stand_ins.items():
             parent, key = parent_and_key(model, path)
             original = parent[key]
-            parent[key] = Recorder(original, callback)
+            parent[key] = make(original)
             swapped.append((parent, key, original))
         yield
     finally:
         for parent, key, original in reversed(swapped):
             parent[key] = original
+
+
+def recording(model: nn.Module, seen: dict[str, Callable[[mx.array, mx.array | None], None]]):
+    """Inside the block, each module at a path of `seen` reports every call to its callback (see
+    Recorder). The original modules are put back on exit."""
+    return standing_in(model, {path: (lambda m, c=callback: Recorder(m, c)) for path, callback in seen.items()})
