@@ -120,6 +120,9 @@ def test_a_text_model_only_mlx_vlm_runs_converts_for_mlx_vlm_and_is_refused_for_
     assert "from mlx_vlm import load" in card
     if PRODUCED[model_type].model_class.endswith("ForCausalLM"):  # a causal LM generates text
         assert "pipeline_tag: text-generation" in card
+    else:  # a token classifier labels tokens
+        assert PRODUCED[model_type].model_class.endswith("ForTokenClassification")
+        assert "pipeline_tag: token-classification" in card
     with pytest.raises(MoequantError, match=rf"^config.json: model_type '{model_type}' is not supported by mlx-lm "):
         Conversion(src, runner="mlx-lm")
 

@@ -13,7 +13,7 @@ from . import __version__
 from .errors import OutputError
 from .formats import Mode
 from .plan import Plan
-from .registry import TEXT_BY_MLX_VLM
+from .registry import PIPELINE_TAG, TEXT_BY_MLX_VLM
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,8 @@ def model_card(plan: Plan, *, src: str, src_folder: Path, runner: str, command: 
     local = Path(src).expanduser().exists()
     base_model = src if not local and _HUB_ID.match(src) else theirs.get("base_model")
     # a text model that mlx-vlm runs (no vision part) generates text from text
-    tag = "text-generation" if plan.model_type in TEXT_BY_MLX_VLM else PIPELINE_TAGS.get(runner, "text-generation")
+    tag = PIPELINE_TAG.get(plan.model_type) or (
+        "text-generation" if plan.model_type in TEXT_BY_MLX_VLM else PIPELINE_TAGS.get(runner, "text-generation"))
     data = ModelCardData(
         base_model=base_model or None, library_name="mlx", pipeline_tag=tag,
         tags=["mlx", "moequant", *quant_tags(plan), "moe"], license=theirs.get("license") or None)

@@ -247,6 +247,7 @@ class Arch:
     # without one each side draws a random canvas, so moequant's own forward passes (verify, calibration) denoise the
     # prompt's own tokens (evaluate.text_logits)
     canvas: tuple[str, str] = ()
+    pipeline_tag: str = ""  # the model card's pipeline_tag where not its runner's (a token classifier's)
     fixture: str = ""  # its tiny checkpoint's recipe: a key of tiny.ALL_ARCHS
 
     def to_dict(self) -> dict:
@@ -1219,7 +1220,8 @@ ROWS: tuple[Arch, ...] = (
          "place of an lm_head) that mlx-vlm runs, mlx-lm has none: output for mlx-vlm. gpt-oss-style fused in x out "
          "experts with biases, router bias, attention sinks, bidirectional attention within sliding_window",
          family=Family("mlp.experts", "mlp.experts", _GLU, "num_local_experts", fused="halves_transposed",
-                       layout="fused", fused_bias_names=("gate_up_proj_bias", "down_proj_bias"))),
+                       layout="fused", fused_bias_names=("gate_up_proj_bias", "down_proj_bias")),
+         pipeline_tag="token-classification"),
     # thinkingmachines/Inkling: config.json says inkling_mm_model (mlx-vlm's MODEL_REMAPPING: inkling), and the
     # tensors are the release's own names, which transformers 5.25's save_pretrained writes back
     # (conversion_mapping.py inkling_mm_model): model.llm.layers.{l}.{attn.wq_du/wk_dv/wv_dv/wr_du/wo_ud,
@@ -1482,6 +1484,7 @@ ABSENT_AS_ZEROS: dict[str, tuple[AbsentAsZeros, ...]] = {a.model_type: a.absent_
 SPLITS: dict[str, tuple[str, ...]] = {a.model_type: a.splits for a in ROWS if a.splits}
 NEEDS_CACHE: frozenset[str] = frozenset(a.model_type for a in ROWS if a.needs_cache)
 CANVAS: dict[str, tuple[str, str]] = {a.model_type: a.canvas for a in ROWS if a.canvas}
+PIPELINE_TAG: dict[str, str] = {a.model_type: a.pipeline_tag for a in ROWS if a.pipeline_tag}
 # model_type (mlx-lm's; for mlx-vlm's sub-configs, text_config's and vision_config's own) -> its renames
 RENAMES: dict[str, tuple[Rename, ...]] = {a.model_type: a.renames for a in ROWS if a.renames}
 # mlx-lm model_type -> what its model ignores or computes differently
