@@ -29,6 +29,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 import numpy as np
 
 from .errors import CheckpointError, PlanError, os_reason
@@ -204,11 +205,21 @@ class _States:
 _BLOCK = 1 << 22  # weight elements widened (or put at PROBE) at once
 
 
-def _numpy(a: mx.array) -> np.ndarray:
+def _stored(a: mx.array) -> np.ndarray:
+    """numpy's view of an mlx array's memory (no copy; bfloat16 as its uint16 bits), for as_float32."""
+    return np.asarray(a.view(mx.uint16) if a.dtype == mx.bfloat16 else a)
+
+
+def _widened_bits(a: np.ndarray) -> np.ndarray:
+    """float32 of a _stored array: bfloat16's bits widened exactly, another float converted."""
+    if a.dtype == np.uint16:
+        return (a.astype(np.uint32) << 16).view(np.float32)
+    return a.astype(np.float32, copy=False)
+
+
+def as_float32(a: mx.array) -> np.ndarray:
     """float32 numpy of an mlx array (bfloat16 widened exactly, without mlx's CPU cast)."""
-    if a.dtype == mx.bfloat16:
-        return (np.asarray(a.view(mx.uint16)).astype(np.uint32) << 16).view(np.float32)
-    return np.asarray(a if a.dtype == mx.float32 else a.astype(mx.float32))
+    return _widened_bits(_stored(a))
 
 
 class _InNumpy(nn.Module):
@@ -224,19 +235,19 @@ class _InNumpy(nn.Module):
         self.stack, self.probe = stack, False
 
     def _weight(self, rows) -> np.ndarray:
-        w = _numpy(self.inner.weight[rows])
+        w = _widened_bits(_stored(self.inner.weight)[rows])  # numpy's slice: mlx's would copy it first
         return dequantized_affine(w, PROBE.bits, PROBE.group_size) if self.probe else w
 
     def __call__(self, x: mx.array, *args, **kwargs) -> mx.array:
         if isinstance(self.inner, nn.Embedding):
             if not self.probe:
                 return self.inner(x)
-            return mx.array(dequantized_affine(_numpy(self.inner.weight[x]), PROBE.bits, PROBE.group_size))
+            return mx.array(dequantized_affine(as_float32(self.inner.weight[x]), PROBE.bits, PROBE.group_size))
         if self.stack:
             return self._gather(x, args[0] if args else kwargs["indices"])
         y = self._product(x)
         if "bias" in self.inner:
-            y += _numpy(self.inner.bias)
+            y += as_float32(self.inner.bias)
         return mx.array(y)
 
     def as_linear(self, x: mx.array) -> mx.array:
@@ -248,17 +259,17 @@ class _InNumpy(nn.Module):
 
     def _product(self, x: mx.array) -> np.ndarray:
         """x Wᵀ, a block of W's rows at a time."""
-        xn = _numpy(x)
+        xn = as_float32(x)
         out, n = self.inner.weight.shape
         y = np.empty((*xn.shape[:-1], out), np.float32)
         step = max(1, _BLOCK // n)
         for r in range(0, out, step):
-            y[..., r:r + step] = xn @ self._weight(slice(r, r + step)).T
+            y[..., r:r + step] = (xn.reshape(-1, n) @ self._weight(slice(r, r + step)).T).reshape(*xn.shape[:-1], -1)
         return y
 
     def _gather(self, x: mx.array, indices: mx.array) -> mx.array:
         experts, out_dims = self.inner.weight.shape[:2]  # [E, out, in]
-        xn, idx = _numpy(x), np.asarray(indices)
+        xn, idx = as_float32(x), np.asarray(indices)
         rows_of, m = xn.shape[:-2], xn.shape[-2]  # x [..., M, in] broadcast against indices [...]
         batch = np.broadcast_shapes(rows_of, idx.shape)
         source = np.broadcast_to(np.arange(math.prod(rows_of)).reshape(rows_of), batch).reshape(-1)
@@ -269,9 +280,11 @@ class _InNumpy(nn.Module):
         bounds = np.searchsorted(flat[order], np.arange(experts + 1))
         for e in np.nonzero(np.diff(bounds))[0]:
             picked = order[bounds[e]:bounds[e + 1]]
-            out[picked] = xs[source[picked]] @ self._weight(int(e)).T
+            # one matrix product per expert (a batch of [M, in] products would run as M-row ones)
+            rows = xs[source[picked]].reshape(-1, xs.shape[-1])
+            out[picked] = (rows @ self._weight(int(e)).T).reshape(-1, m, out_dims)
         if "bias" in self.inner:
-            out += _numpy(self.inner.bias)[flat][:, None]
+            out += as_float32(self.inner.bias)[flat][:, None]
         return mx.array(out.reshape(*batch, m, out_dims))
 
 
@@ -380,12 +393,14 @@ class _Linear:
 
 
 class _Experts:
-    """An expert container's inputs, summed chunk by chunk. Every token goes through every expert:
-    Σx² and Σx xᵀ of the hidden states (the gate/up projections' input, the same for every
-    expert), per expert Σh² and Σh hᵀ of its own activation h (down_proj's input) on every token,
-    and each expert's Σh hᵀ over the tokens routed to it. Of the hidden states routed to each
-    expert no sum is kept (E of them would be [E, in, in]): the states and the routing are kept
-    instead, tokens × in, for RoutedMoments to sum one expert at a time."""
+    """An expert container's inputs. Every token goes through every expert: Σx² and Σx xᵀ of the
+    hidden states (the gate/up projections' input, the same for every expert), summed chunk by
+    chunk; per expert Σh² and Σh hᵀ of its own activation h (down_proj's input) on every token,
+    and its Σh hᵀ over the tokens routed to it, taken once the layer's chunks are all recorded, a
+    block of experts at a time (`_activations`: one block's sums in memory, not every expert's). Of
+    the hidden states routed to each expert no sum is kept (E of them would be [E, in, in]): the
+    states and the routing are kept instead, tokens × in, for RoutedMoments to sum one expert at a
+    time."""
 
     def __init__(self, glu: nn.Module, moments: bool, seen: _Seen | None = None):
         self.glu, self.moments = glu, moments
@@ -395,41 +410,48 @@ class _Experts:
         self.slots = np.zeros(self.experts, dtype=np.int64)  # (token, choice) slots per expert
         self.routed = np.zeros(self.experts, dtype=np.int64)  # tokens routed to each expert
         self.hidden = _Linear(moments, seen)
-        self.act = [_Linear(moments) for _ in range(self.experts if self.down else 0)]
-        self.inputs: list[tuple[np.ndarray, np.ndarray | None]] = []  # per call (x, chosen): for RoutedMoments
-        self.act_routed = [0.0] * self.experts
+        self.inputs: list[tuple[np.ndarray, np.ndarray | None]] = []  # per call (x, chosen)
+        self.act_squares: np.ndarray | None = None  # [E, inner] E[h²], once _activations has run
         self.seen_indices = False
 
     def __call__(self, x: mx.array, indices: mx.array | None) -> None:
         xn = self.hidden(x)
-        rows = [None] * self.experts
+        chosen = None
         if indices is not None:
             self.seen_indices = True
             chosen = np.array(indices).reshape(xn.shape[0], -1)
             self.slots += np.bincount(chosen.reshape(-1), minlength=self.experts)[: self.experts]
-            for e in range(self.experts):
-                if (picked := np.nonzero((chosen == e).any(-1))[0]).size:
-                    rows[e] = picked
-                    self.routed[e] += picked.size
-        if self.moments:
-            self.inputs.append((xn, chosen if indices is not None else None))
-        if not self.down:
-            return
+            self.routed += [np.count_nonzero((chosen == e).any(-1)) for e in range(self.experts)]
+        self.inputs.append((xn, chosen))
+
+    def _activations(self, products: bool):
+        """Each expert's activation statistics over every recorded call, yielded expert by expert in
+        order: its E[h hᵀ] (see _mixed) if `products`, else None; self.act_squares filled on the way.
+        The sums are those chunk by chunk (per call, the same blocks of experts and the same order)."""
         inner = self.stacks["up_proj"].weight.shape[1]
-        block = max(1, (1 << 24) // max(xn.shape[0] * inner, 1))  # experts at a time: ~64 MB of activations
+        block = max(1, (1 << 22) // max(self.inputs[0][0].shape[0] * inner, 1))  # experts: ~16 MB of activations
+        self.act_squares = np.empty((self.experts, inner))
         for first in range(0, self.experts, block):
             part = slice(first, min(first + block, self.experts))
-            # [experts, inner, tokens]: each expert's activations contiguous
-            u, g = ((_numpy(self.stacks[n].weight[part]).reshape(-1, xn.shape[1]) @ xn.T).reshape(-1, inner, xn.shape[0])
-                    for n in ("up_proj", "gate_proj"))
-            act = _activation(self.glu.activation, u, g)
-            del u, g
+            act = [_Linear(products) for _ in range(part.start, part.stop)]
+            routed = [0.0] * len(act)
+            for xn, chosen in self.inputs:
+                # [experts, inner, tokens]: each expert's activations contiguous
+                u, g = ((_widened_bits(_stored(self.stacks[n].weight)[part]).reshape(-1, xn.shape[1]) @ xn.T)
+                        .reshape(-1, inner, xn.shape[0]) for n in ("up_proj", "gate_proj"))
+                h_all = _activation(self.glu.activation, u, g)
+                del u, g
+                for j, e in enumerate(range(part.start, part.stop)):
+                    h = h_all[j].T  # [tokens, inner]
+                    act[j].add(h)
+                    if products and chosen is not None and (picked := np.nonzero((chosen == e).any(-1))[0]).size:
+                        hr = h[picked]
+                        routed[j] = routed[j] + hr.T @ hr
+                del h_all
             for j, e in enumerate(range(part.start, part.stop)):
-                h = act[j].T  # [tokens, inner]
-                self.act[e].add(h)
-                if self.moments and rows[e] is not None:
-                    hr = h[rows[e]]
-                    self.act_routed[e] = self.act_routed[e] + hr.T @ hr
+                self.act_squares[e] = act[j].mean_squares()
+                yield _mixed(act[j].mean_products(), routed[j], int(self.routed[e])) if products else None
+                act[j] = routed[j] = None
 
     @property
     def n(self) -> int:
@@ -447,7 +469,10 @@ class _Experts:
         out = {f"{container}.{name}": weight * self.hidden.mean_squares()[None] for name in ("gate_proj", "up_proj")
                if hasattr(self.glu, name)}
         if self.down:
-            out[f"{container}.down_proj"] = weight * np.stack([a.mean_squares() for a in self.act])
+            if self.act_squares is None:
+                for _ in self._activations(products=False):
+                    pass
+            out[f"{container}.down_proj"] = weight * self.act_squares
         return {p: mx.array(v, dtype=mx.float32) for p, v in out.items()}
 
     def input_moments(self, container: str, store: "Moments", wanted: set[str]) -> None:
@@ -458,8 +483,8 @@ class _Experts:
         if names := [p for p in names if p in wanted]:
             store.put_routed(names, self.hidden.mean_products(), self.inputs, self.routed)
         if self.down and f"{container}.down_proj" in wanted:
-            store.put_stack(f"{container}.down_proj", self.experts,
-                            lambda e: _mixed(self.act[e].mean_products(), self.act_routed[e], int(self.routed[e])))
+            sweep = self._activations(products=True)  # expert by expert, in order: as put_stack asks
+            store.put_stack(f"{container}.down_proj", self.experts, lambda e: next(sweep))
 
 
 def _activation(activation: nn.Module, up: np.ndarray, gate: np.ndarray) -> np.ndarray:
@@ -469,7 +494,7 @@ def _activation(activation: nn.Module, up: np.ndarray, gate: np.ndarray) -> np.n
     if type(activation).__name__ == "SwiGLU" and type(activation).__module__.endswith(".switch_layers"):
         with np.errstate(over="ignore"):  # exp(-gate) overflows to inf where silu is -0
             return gate / (1 + np.exp(-gate)) * up
-    return _numpy(activation(mx.array(up), mx.array(gate)))
+    return as_float32(activation(mx.array(up), mx.array(gate)))
 
 
 def _mixed(everyone: np.ndarray, routed, count: int) -> np.ndarray:
@@ -698,7 +723,8 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
         layer.load_weights(list(_float32(weights, _widened(layer)).items()), strict=False)
         by_layer[i] = real[i] = None
         del weights
-        mx.eval(layer.parameters())
+        for _, parameter in tree_flatten(layer.parameters()):  # one at a time: an expert stack made of its
+            mx.eval(parameter)  # experts' tensors holds both until evaluated (2x a layer's weights at once)
         own = {p for p in wanted | sensitivity if p.startswith(f"{prefix}.{i}.")}
         recorders = _recorders(model, own & wanted, moments, {c for c in containers if c.startswith(f"{prefix}.{i}.")})
         with _in_numpy(layer), recording(model, recorders):
@@ -775,7 +801,7 @@ def _tail(model: nn.Module, layers: list, chunk: mx.array, final: mx.array) -> m
 
 def _log_probs(logits: mx.array) -> np.ndarray:
     """Log-softmax of float32 logits [..., V] as numpy [tokens, V]."""
-    z = _numpy(logits).reshape(-1, logits.shape[-1])
+    z = as_float32(logits).reshape(-1, logits.shape[-1])
     z = z - z.max(-1, keepdims=True)
     return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
@@ -823,9 +849,9 @@ def _collect(stats: Statistics, recorded: dict, energy: set[str], moments: set[s
         if not r.n:
             continue
         if isinstance(r, _Experts):
-            stats.energy.update((p, v) for p, v in r.energy(path).items() if p in energy)
-            if r.moments:
+            if r.moments:  # first: its pass over the activations gives the energy too
                 r.input_moments(path, stats.moments, moments)
+            stats.energy.update((p, v) for p, v in r.energy(path).items() if p in energy)
             if thin := r.thin():
                 stats.thin[path] = thin
             continue
