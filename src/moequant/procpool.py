@@ -134,6 +134,19 @@ def _context():
     return ctx
 
 
+def start_server() -> None:
+    """Start the forkserver in the background (its imports take longer than the main process's
+    own until it reads SRC); Workers forks from it once it is up. A second call does nothing."""
+    def start():
+        try:
+            _context()
+            from multiprocessing import forkserver
+            forkserver.ensure_running()
+        except Exception:  # Workers starts it again and reports what fails
+            pass
+    threading.Thread(target=start, daemon=True, name="moequant-forkserver").start()
+
+
 def _age() -> float | None:
     """Seconds since this process started (Linux), for the timeline."""
     try:
