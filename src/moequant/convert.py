@@ -366,6 +366,8 @@ class Conversion:
         if started is not None and started.count < workers:  # too few forked ahead
             started.close()
             started = None
+        elif started is not None:
+            started.limit(workers)  # no more forked than needed
         if started is None and processes and not gptq:
             # forked while the manifest is made (with GPTQ, once its calibration pass is over:
             # convert_groups forks them then)

@@ -214,17 +214,24 @@ class Workers:
                 self.done = True
                 self.cond.notify_all()
 
-    def take(self, workers: int) -> list:
-        """The first `workers` (at most `count`) processes, once forked; no more are forked, and
-        those forked beyond them are let go (their pipes closed: they exit)."""
+    def limit(self, workers: int) -> None:
+        """No more than `workers` are needed (at most `count`): no more are forked, and those forked
+        beyond them are let go (their pipes closed: they exit)."""
         with self.cond:
             self.wanted = workers
+            for w in self.pipes[workers:]:
+                w.close()
+
+    def take(self, workers: int) -> list:
+        """The first `workers` (at most `count`) processes, once forked (see limit)."""
+        self.limit(workers)
+        with self.cond:
             while len(self.procs) < workers and not self.done:
                 self.cond.wait()
         if len(self.procs) < workers:
             raise self.error or OutputError(f"{workers} worker processes: only {len(self.procs)} started")
         self.thread.join()
-        for w in self.pipes[workers:]:
+        for w in self.pipes[workers:]:  # forked while this waited
             w.close()
         return self.procs[:workers]
 
