@@ -15,13 +15,15 @@ own of both. The dry-run manifest already fixes every output tensor's offset, so
   package `__init__` (it imports transformers and torch: ~0.3 GB and seconds per process;
   target.lazy_mlx_lm); each worker rebuilds the target model from its class and ModelArgs, sent
   pickled.
+* The workers are forked ahead (Workers), while the main process still imports, reads SRC and
+  makes the manifest, and then wait for their Spec: pickled once, sent down each one's pipe.
 * Each worker reads ahead: when it starts group i it asks the kernel for group i's and group
   i + workers' bytes (`posix_fadvise WILLNEED`), so the next layer's reads overlap this one's work.
 * It never waits on a write: evaluated tensors go to a writer thread (at most WRITE_AHEAD bytes in
   flight), so quantizing the next module overlaps the `pwrite` of the last.
 * SIGINT is the main process's business: workers ignore it and are terminated (SIGTERM) and
-  joined by the main process before it removes the temporary folder; a worker whose main process
-  died finds its task queue closed and exits.
+  joined by the main process before it removes the temporary folder; a worker still waiting for
+  its Spec exits when its pipe closes (the main process let it go, or died).
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ def default_workers(groups: int, largest_tensor: int) -> int:
 
 @dataclass
 class Spec:
-    """What a worker needs, pickled once per worker: the Conversion's class (by reference: the
+    """What a worker needs, pickled once for all: the Conversion's class (by reference: the
     worker imports convert.py only when it unpickles it) and state (no mlx objects), how to rebuild
     its target model without importing mlx-lm's package, and where to write."""
 
