@@ -202,6 +202,9 @@ class Workers:
                                      daemon=True)
                 try:
                     p.start()
+                except BaseException:
+                    w.close()
+                    raise
                 finally:
                     r.close()
                 with self.cond:
