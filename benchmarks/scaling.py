@@ -22,6 +22,12 @@ memory the run really holds).
     python benchmarks/scaling.py SRC --workers 16 --mode mxfp4 --no-mlx-lm
     python benchmarks/scaling.py SRC --workers 16 --config-cache cold --no-mlx-lm
 
+Before the runs, untimed: `moequant inspect SRC` and the imports of the workers and of
+mlx_lm.convert, which leave the bytecode of every module they import written (the runs keep it, as
+an installed package has it; earlier runs of this script compiled the checkout's modules, and the
+wheels device-scale.sh installs with --no-compile, in every run). Each run's wall is taken when it
+exits (a thread waits on it), not at the next turn of the memory-sampling loop.
+
 moequant keeps transformers' reading of config.json in its cache (target._transformers_config).
 `--config-cache warm` (the default) gives every run a cache folder primed once, untimed: a model
 converted before. `cold` gives each run an empty one: a model's first conversion, which has transformers
@@ -97,8 +103,11 @@ def measure(tag: str, cmd: list[str], env: dict, timeout: float, cores: list[int
 
     reader = threading.Thread(target=lambda: err.append(p.stderr.read()), daemon=True)
     reader.start()
+    ended: list[float] = []  # the exit's time, taken by a thread waiting on it (not the sampling loop's next turn)
+    waiter = threading.Thread(target=lambda: (p.wait(), ended.append(time.perf_counter())), daemon=True)
+    waiter.start()
     n = 0
-    while p.poll() is None:
+    while waiter.is_alive():
         if n % 3 == 0:
             pids = tree(p.pid)
         rss, pss = memory(pids)
@@ -106,8 +115,8 @@ def measure(tag: str, cmd: list[str], env: dict, timeout: float, cores: list[int
         n += 1
         if time.perf_counter() - t0 > timeout:
             os.killpg(p.pid, 9)
-        time.sleep(0.1)
-    wall = time.perf_counter() - t0
+        waiter.join(0.1)
+    wall = ended[0] - t0
     reader.join()
     r1 = os.times()
     text = b"".join(err).decode(errors="replace")
@@ -184,7 +193,10 @@ def main() -> int:
     a.out_dir.mkdir(parents=True, exist_ok=True)
     dst = a.out_dir / "out"
     py = sys.executable
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    # bytecode written and kept (PYTHONDONTWRITEBYTECODE dropped), as an installed package has it: a source
+    # checkout or wheels installed with --no-compile (../shared/bench/device-scale.sh) would otherwise have every
+    # run compile typer, rich, pydantic, mlx-lm's and moequant's modules anew (0.45 s of CPU on the 2-core VM)
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}, "HF_HUB_OFFLINE": "1"}
 
     def moequant(workers: int | None, timeline: bool = False) -> list[str]:
         cmd = [py, "-m", "moequant", "convert", str(a.src), str(dst), "--mode", a.mode, "--bits", str(bits),
@@ -196,9 +208,11 @@ def main() -> int:
 
     cache = a.out_dir / "cache"
     shutil.rmtree(cache, ignore_errors=True)
-    if a.config_cache == "warm":
-        subprocess.run([py, "-c", "import sys; from moequant.convert import Conversion; Conversion(sys.argv[1])",
-                        str(a.src)], env={**env, "XDG_CACHE_HOME": str(cache)}, check=True)
+    # untimed: the modules both tools import compiled, and SRC's config reading cached (emptied per run if cold)
+    subprocess.run([py, "-m", "moequant", "inspect", str(a.src), "--quiet"], env={**env, "XDG_CACHE_HOME": str(cache)},
+                   stdout=subprocess.DEVNULL, check=True)
+    subprocess.run([py, "-c", "import moequant._workerboot, huggingface_hub.repocard_data" +
+                    ("" if a.no_mlx_lm else "; import mlx_lm.convert")], env=env, check=True)
 
     def run(tag, cmd, timeline=False, cores=None):
         shutil.rmtree(dst, ignore_errors=True)

@@ -112,3 +112,34 @@ def test_interrupted_multiprocess_run_leaves_no_dst_folder_or_process(tmp_path, 
     while (left := _session(proc.pid)) and time.time() < deadline:
         time.sleep(0.1)
     assert not left, f"processes left running: {left}"
+
+
+def test_workers_forked_ahead_and_not_taken_exit():
+    """Workers forked ahead (procpool.Workers) that the conversion does not need exit on their own
+    once let go; closing the pool stops the rest."""
+    with procpool.Workers(3) as pool:
+        taken = pool.take(1)
+        assert len(taken) == 1 and 1 <= len(pool.procs) <= 3
+        for p in pool.procs[1:]:
+            p.join(timeout=30)
+            assert p.exitcode == 0, p
+        assert taken[0].is_alive()  # waiting for its Spec
+    assert [p for p in pool.procs if p.is_alive()] == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_an_error_after_the_workers_were_forked_ahead_leaves_no_process(tmp_path):
+    """The CLI forks the workers before it reads SRC: a conversion refused after that (here by its
+    options) exits with its one-line error and no process of its own left running."""
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe")
+    proc = subprocess.Popen([sys.executable, "-m", "moequant", "convert", str(src), str(tmp_path / "dst"),
+                             "--group-size", "7", "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and stderr.startswith("error: --mode/--bits/--group-size:"), stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    deadline = time.time() + 10
+    while (left := _session(proc.pid)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not left, f"processes left running: {left}"
+    assert not (tmp_path / "dst").exists()

@@ -38,6 +38,7 @@ class _App(typer.Typer):
     """The Typer app; run as a program, the process ends quietly however it is interrupted."""
 
     def __call__(self, *args, **kwargs):
+        _forkserver_early(sys.argv[1:])
         try:
             return super().__call__(*args, **kwargs)
         except KeyboardInterrupt:  # before a command took over the signals (while importing)
@@ -48,6 +49,17 @@ class _App(typer.Typer):
             # interpreter shutdown must not turn into "Exception ignored in atexit callback".
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_IGN)
+
+
+def _forkserver_early(argv: list[str]) -> None:
+    """Start the workers' forkserver (procpool) before typer parses the command line (a tenth of a
+    second), when the arguments say `convert` with its default worker processes: the forkserver's
+    imports take longer than this process's work until the workers start. A guess from the raw
+    arguments: when it is wrong (`convert --help`) the forkserver idles and exits with the process."""
+    if argv[:1] == ["convert"] and not {"--calib", "--pool", "-h", "--help"} & {a.split("=")[0] for a in argv}:
+        from .procpool import start_server
+
+        start_server()
 
 
 def _tidy(params: list) -> list:
@@ -403,50 +415,57 @@ def convert(
     json_out: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
     """Convert SRC into a quantized MLX checkpoint in DST."""
-    from .convert import Conversion
-    from .writer import check_destination
-
-    _logging(quiet, verbose, notices_later=True)
-    if plot:
-        from .plot import check_target
-
-        check_target(None)  # matplotlib missing: refused before any work
-    if not verify_after and (given := _given(min_top1=min_top1, max_kl=max_kl, min_router=min_router)):
-        raise MoequantError(f"{given[0]}: a threshold on `verify`'s figures; expected --verify with it")
-    if private and upload_repo is None:
-        raise MoequantError("--private: only used with --upload-repo; expected --upload-repo ORG/NAME with it")
-    if upload_repo is not None:
-        from .publish import check_can_upload
-
-        check_can_upload(upload_repo)  # offline, no token, a bad repo id: refused before any work
-    local = Path(src).expanduser()
-    check_destination(dst, force, local if local.is_dir() else None)
-    size = _shard_size(shard_size)
-    started = time.monotonic()
+    ahead = None
     if pool == "processes" and choices.get("calib") is None:  # not idle through a calibration pass
-        from .procpool import start_server
+        from . import procpool
 
-        start_server()  # the workers' forkserver imports while SRC is read and planned
-    if plan_file is not None:
-        if given := _given(**choices):
-            raise MoequantError(f"--plan {plan_file} {given[0]}: the plan file decides every module and its "
-                                f"options; expected no plan option beside --plan (edit the plan instead)")
-        conversion = Conversion(src, plan=_read_plan(plan_file), plan_where=str(plan_file), runner=runner)
-    else:
-        conversion = Conversion(src, runner=runner, **_choices(**choices))
-    if pool not in ("processes", "threads"):
-        raise MoequantError(f"--pool {pool}: expected processes or threads")
-    command = _command_line("convert", src, dst, **choices, plan=plan_file, plot=plot, **{"for": runner},
-                            shard_size=shard_size if shard_size != "5GB" else None)
-    total, planned = conversion.ckpt.nbytes, time.monotonic()
-    with closing(conversion.run(dst, force=force, shard_size=size, workers=workers, pool=pool,
-                                command=command, plot=plot)) as steps, \
-            Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),
-                     TimeRemainingColumn(), console=err, disable=quiet, transient=True) as progress:
-        task = progress.add_task("converting", total=total, done="")
-        for step in steps:
-            progress.update(task, advance=step.bytes_read, description=f"{step.group} ({step.index}/{step.total})",
-                            done=f"{short_size(progress.tasks[0].completed + step.bytes_read)} of {short_size(total)}")
+        # the workers' forkserver imports, then the workers are forked, while this process imports,
+        # reads SRC and plans (Conversion.run takes them over)
+        ahead = procpool.Workers(procpool.ahead_count(workers))
+    try:
+        from .convert import Conversion
+        from .writer import check_destination
+
+        _logging(quiet, verbose, notices_later=True)
+        if plot:
+            from .plot import check_target
+
+            check_target(None)  # matplotlib missing: refused before any work
+        if not verify_after and (given := _given(min_top1=min_top1, max_kl=max_kl, min_router=min_router)):
+            raise MoequantError(f"{given[0]}: a threshold on `verify`'s figures; expected --verify with it")
+        if private and upload_repo is None:
+            raise MoequantError("--private: only used with --upload-repo; expected --upload-repo ORG/NAME with it")
+        if upload_repo is not None:
+            from .publish import check_can_upload
+
+            check_can_upload(upload_repo)  # offline, no token, a bad repo id: refused before any work
+        local = Path(src).expanduser()
+        check_destination(dst, force, local if local.is_dir() else None)
+        size = _shard_size(shard_size)
+        started = time.monotonic()
+        if plan_file is not None:
+            if given := _given(**choices):
+                raise MoequantError(f"--plan {plan_file} {given[0]}: the plan file decides every module and its "
+                                    f"options; expected no plan option beside --plan (edit the plan instead)")
+            conversion = Conversion(src, plan=_read_plan(plan_file), plan_where=str(plan_file), runner=runner)
+        else:
+            conversion = Conversion(src, runner=runner, **_choices(**choices))
+        if pool not in ("processes", "threads"):
+            raise MoequantError(f"--pool {pool}: expected processes or threads")
+        command = _command_line("convert", src, dst, **choices, plan=plan_file, plot=plot, **{"for": runner},
+                                shard_size=shard_size if shard_size != "5GB" else None)
+        total, planned = conversion.ckpt.nbytes, time.monotonic()
+        with closing(conversion.run(dst, force=force, shard_size=size, workers=workers, pool=ahead or pool,
+                                    command=command, plot=plot)) as steps, \
+                Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),
+                         TimeRemainingColumn(), console=err, disable=quiet, transient=True) as progress:
+            task = progress.add_task("converting", total=total, done="")
+            for step in steps:
+                progress.update(task, advance=step.bytes_read, description=f"{step.group} ({step.index}/{step.total})",
+                                done=f"{short_size(progress.tasks[0].completed + step.bytes_read)} of {short_size(total)}")
+    finally:
+        if ahead is not None:
+            ahead.close()
     plan, quality = conversion.plan, None
     # phases: plan (calibration and allocation for --target-bpw included), convert (GPTQ's calibration included)
     seconds = {"plan": planned - started, "convert": time.monotonic() - planned, **conversion.timings}

@@ -9,6 +9,7 @@ import threading
 import time
 from contextlib import closing, nullcontext
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -339,43 +340,64 @@ class Conversion:
         (dst / CARD_FILE).write_text(self.card(dst.name, command, quality, picture))
 
     def run(self, dst: Path, force: bool = False, shard_size: int = DEFAULT_SHARD_SIZE,
-            workers: int | None = None, pool: str = "threads", command: str | None = None,
+            workers: int | None = None, pool: str | procpool.Workers = "threads", command: str | None = None,
             plot: bool = False) -> Iterator[Step]:
         """Convert into DST, yielding a Step per finished group. `workers` each take the next
         decoder layer, so reading, stacking, quantizing and writing run on every core while at
         most `workers` layers are in memory. `pool="processes"` (the CLI's default) runs them as
         worker processes (procpool); the default here is threads of this process, since worker
         processes re-import the caller's __main__ module (a script without an
-        `if __name__ == "__main__":` guard would run again in each). DST gets a model card
-        (naming `command`, the command line, if given) and the plan; with `plot`, the plan's picture
-        too (plot.plan_png, embedded in the card)."""
+        `if __name__ == "__main__":` guard would run again in each); `pool` may also be worker
+        processes forked ahead (procpool.Workers: the CLI forks them before it reads SRC), which run
+        takes over and stops however it ends. DST gets a model card (naming `command`, the command
+        line, if given) and the plan; with `plot`, the plan's picture too (plot.plan_png, embedded in
+        the card)."""
         dst = Path(dst)
         check_destination(dst, force, self.ckpt.path)
         if shard_size <= 0:
             raise PlanError(f"shard_size {shard_size}: expected a size above 0 bytes")
-        if pool == "processes":
-            procpool.start_server()  # its imports overlap the manifest
-        manifest = self.manifest()
         groups = self.ckpt.groups()
-        with Output(dst, force, shard_size, self.ckpt.path) as out:
-            out.allocate(manifest)  # refuses a DST without room for it before any slow work
-            if workers is None:  # as many as the cores and the memory available allow
-                workers = procpool.default_workers(len(groups), max(t.nbytes for t in self.ckpt.tensors.values()))
-            convert = procpool.convert_groups if pool == "processes" else Conversion._convert_groups
-            # the moments' files are removed, and before that the workers stopped and threads joined
-            # (closing), before Output cleans up, however this generator ends
-            with self._moments() if self.plan.options.rounding == Rounding.GPTQ else nullcontext() as moments, \
-                    closing(convert(self, out, groups, max(1, workers), moments)) as done:
-                for i in done:
-                    group = groups[i]
-                    yield Step(group.name, i + 1, len(groups), sum(self.ckpt.tensors[k].nbytes for k in group.keys))
-            files = {CARD_FILE: self.card(dst.name, command, picture=PLOT_FILE if plot else None),
-                     PLAN_FILE: json.dumps(self.plan.to_json(), indent=2) + "\n"}
-            if plot:
-                from .plot import plan_png
+        if workers is None:  # as many as the cores and the memory available allow
+            workers = procpool.default_workers(len(groups), max(t.nbytes for t in self.ckpt.tensors.values()))
+        workers = max(1, workers)
+        gptq = self.plan.options.rounding == Rounding.GPTQ
+        processes = pool == "processes" or isinstance(pool, procpool.Workers)
+        started = pool if isinstance(pool, procpool.Workers) else None
+        if started is not None and started.count < workers:  # too few forked ahead
+            started.close()
+            started = None
+        elif started is not None:
+            started.limit(workers)  # no more forked than needed
+        if started is None and processes and not gptq:
+            # forked while the manifest is made (with GPTQ, once its calibration pass is over:
+            # convert_groups forks them then)
+            started = procpool.Workers(workers)
+        with started or nullcontext():
+            manifest = self.manifest()
+            with Output(dst, force, shard_size, self.ckpt.path) as out:
+                out.allocate(manifest)  # refuses a DST without room for it before any slow work
+                convert = partial(procpool.convert_groups, started=started) if processes else Conversion._convert_groups
+                # the moments' files are removed, and before that the workers stopped and threads joined
+                # (closing), before Output cleans up, however this generator ends
+                with self._moments() if gptq else nullcontext() as moments, \
+                        closing(convert(self, out, groups, workers, moments)) as done:
+                    for n, i in enumerate(done):
+                        if n == 0:  # the index, config, card and plan written while the other groups convert
+                            out.write_files(output_config(self.config, self.plan), self.ckpt.path, self.plan,
+                                            self._files(dst, command, plot))
+                        group = groups[i]
+                        yield Step(group.name, i + 1, len(groups), sum(self.ckpt.tensors[k].nbytes for k in group.keys))
+                out.finish(self.plan)
 
-                files[PLOT_FILE] = plan_png(self.plan)
-            out.finish(output_config(self.config, self.plan), self.ckpt.path, self.plan, files)
+    def _files(self, dst: Path, command: str | None, plot: bool) -> dict[str, str | bytes]:
+        """DST's model card and plan (and with `plot`, the plan's picture)."""
+        files = {CARD_FILE: self.card(dst.name, command, picture=PLOT_FILE if plot else None),
+                 PLAN_FILE: json.dumps(self.plan.to_json(), indent=2) + "\n"}
+        if plot:
+            from .plot import plan_png
+
+            files[PLOT_FILE] = plan_png(self.plan)
+        return files
 
     def _moments(self) -> Moments:
         """--rounding gptq: E[x xᵀ] of the inputs of each affine module, on the calibration text

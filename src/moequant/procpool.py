@@ -15,13 +15,15 @@ own of both. The dry-run manifest already fixes every output tensor's offset, so
   package `__init__` (it imports transformers and torch: ~0.3 GB and seconds per process;
   target.lazy_mlx_lm); each worker rebuilds the target model from its class and ModelArgs, sent
   pickled.
+* The workers are forked ahead (Workers), while the main process still imports, reads SRC and
+  makes the manifest, and then wait for their Spec: pickled once, sent down each one's pipe.
 * Each worker reads ahead: when it starts group i it asks the kernel for group i's and group
   i + workers' bytes (`posix_fadvise WILLNEED`), so the next layer's reads overlap this one's work.
 * It never waits on a write: evaluated tensors go to a writer thread (at most WRITE_AHEAD bytes in
   flight), so quantizing the next module overlaps the `pwrite` of the last.
 * SIGINT is the main process's business: workers ignore it and are terminated (SIGTERM) and
-  joined by the main process before it removes the temporary folder; a worker whose main process
-  died finds its task queue closed and exits.
+  joined by the main process before it removes the temporary folder; a worker still waiting for
+  its Spec exits when its pipe closes (the main process let it go, or died).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import struct
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -107,7 +110,7 @@ def default_workers(groups: int, largest_tensor: int) -> int:
 
 @dataclass
 class Spec:
-    """What a worker needs, pickled once per worker: the Conversion's class (by reference: the
+    """What a worker needs, pickled once for all: the Conversion's class (by reference: the
     worker imports convert.py only when it unpickles it) and state (no mlx objects), how to rebuild
     its target model without importing mlx-lm's package, and where to write."""
 
@@ -134,18 +137,128 @@ def _context():
 
 
 def start_server() -> None:
-    """Start the forkserver (its imports take a second or more) in the background, so that it is
-    ready when the workers start: the CLI calls it before reading SRC (a 16-worker conversion of the
-    6 GB layout waited 0.42 s for it when it started at the manifest), Conversion.run before the
-    manifest; a second call does nothing."""
+    """Start the forkserver in the background (its imports take longer than the main process's
+    own until it reads SRC); Workers forks from it once it is up. A second call does nothing."""
     def start():
         try:
             _context()
             from multiprocessing import forkserver
             forkserver.ensure_running()
-        except Exception:  # convert_groups starts it again and reports what fails
+        except Exception:  # Workers starts it again and reports what fails
             pass
     threading.Thread(target=start, daemon=True, name="moequant-forkserver").start()
+
+
+def _age() -> float | None:
+    """Seconds since this process started (Linux), for the timeline."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            return float(f.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def ahead_count(workers: int | None) -> int:
+    """How many workers to fork before SRC is read: `workers` if given, else the most that
+    default_workers can choose before it knows the groups and tensors (cores, memory)."""
+    return workers or max(1, min(cores(), int(available_memory() * 0.5 // WORKER_BASE)))
+
+
+class Workers:
+    """Up to `count` worker processes, forked one after another from the forkserver (started
+    first: its imports take a second or more) by a thread of their own, ahead of the work, so that
+    the imports and the forks (tens of milliseconds each) overlap the main process's own work: the
+    CLI starts them before it imports the conversion modules and reads SRC, Conversion.run before
+    its dry-run manifest. Each worker waits on a pipe of its own for its Spec (convert_groups sends
+    it) and exits when the pipe closes unused (`take` closes those not needed). A context manager:
+    leaving it stops the forking and terminates and joins any worker still running (an error or a
+    signal before or during the conversion leaves no process behind); closing twice is harmless."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self.ctx = _context()
+        self.tasks, self.results = self.ctx.Queue(), self.ctx.Queue()
+        self.procs: list = []
+        self.pipes: list = []  # the main process's end of each worker's pipe
+        self.forked: list[float] = []  # perf_counter when each fork returned (the timeline)
+        self.rows: list[dict] = []  # the workers' timeline rows (MOEQUANT_TIMELINE)
+        self.error: BaseException | None = None
+        self.wanted, self.stopped, self.done = count, False, False
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._fork, daemon=True, name="moequant-workers")
+        self.thread.start()
+
+    def _fork(self) -> None:
+        try:
+            while True:
+                with self.cond:
+                    if self.stopped or len(self.procs) >= self.wanted:
+                        return
+                    n = len(self.procs)
+                r, w = self.ctx.Pipe(duplex=False)
+                p = self.ctx.Process(target=_worker, args=(n, r, self.tasks, self.results), name=f"moequant-{n}",
+                                     daemon=True)
+                try:
+                    p.start()
+                except BaseException:
+                    w.close()
+                    raise
+                finally:
+                    r.close()
+                with self.cond:
+                    self.procs.append(p)
+                    self.pipes.append(w)
+                    self.forked.append(time.perf_counter())
+                    self.cond.notify_all()
+        except BaseException as e:  # take raises it
+            self.error = e
+        finally:
+            with self.cond:
+                self.done = True
+                self.cond.notify_all()
+
+    def limit(self, workers: int) -> None:
+        """No more than `workers` are needed (at most `count`): no more are forked, and those forked
+        beyond them are let go (their pipes closed: they exit)."""
+        with self.cond:
+            self.wanted = workers
+            for w in self.pipes[workers:]:
+                w.close()
+
+    def take(self, workers: int) -> list:
+        """The first `workers` (at most `count`) processes, once forked (see limit)."""
+        self.limit(workers)
+        with self.cond:
+            while len(self.procs) < workers and not self.done:
+                self.cond.wait()
+        if len(self.procs) < workers:
+            raise self.error or OutputError(f"{workers} worker processes: only {len(self.procs)} started")
+        self.thread.join()
+        for w in self.pipes[workers:]:  # forked while this waited
+            w.close()
+        return self.procs[:workers]
+
+    def __enter__(self) -> "Workers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self.cond:
+            self.stopped = True
+        self.thread.join()
+        for w in self.pipes:
+            w.close()
+        for p in self.procs:
+            if p.is_alive():
+                p.terminate()
+        for p in self.procs:
+            p.join()
+        self.tasks.close()
+        self.results.close()
 
 
 def units(conv, groups, workers: int) -> list[tuple[int, int, int]]:
@@ -183,28 +296,36 @@ def _spec(conv, out, groups, workers: int, moments) -> Spec:
                 os.environ.get(TIMELINE, "") not in ("", "0"), {"dst": str(out.dst), "nbytes": out.nbytes})
 
 
-def convert_groups(conv, out, groups, workers: int, moments=None) -> Iterator[int]:
-    """Indices of groups as they are written, by `workers` processes (see the module docstring).
-    Output `out` has allocated the shard files; each worker's written tensors are adopted into it."""
-    ctx = _context()
-    spec = _spec(conv, out, groups, workers, moments)
-    tasks, results = ctx.Queue(), ctx.Queue()
-    for u in range(len(spec.units)):
-        tasks.put(u)
-    for _ in range(workers):
-        tasks.put(None)
-    start = time.perf_counter()
-    procs = [ctx.Process(target=_worker, args=(n, spec, tasks, results), name=f"moequant-{n}", daemon=True)
-             for n in range(workers)]
-    for p in procs:
-        p.start()
+def convert_groups(conv, out, groups, workers: int, moments=None, started: Workers | None = None) -> Iterator[int]:
+    """Indices of groups as they are written, by `workers` processes (see the module docstring):
+    those `started` ahead (Workers of at least `workers`), else forked now. Output `out` has
+    allocated the shard files; each worker's written tensors are adopted into it."""
+    with (nullcontext(started) if started is not None else Workers(workers)) as pool:
+        spec = _spec(conv, out, groups, workers, moments)
+        for u in range(len(spec.units)):
+            pool.tasks.put(u)
+        for _ in range(workers):
+            pool.tasks.put(None)
+        start, age = time.perf_counter(), _age()
+        procs = pool.take(workers)
+        blob = pickle.dumps(spec)
+        for w in pool.pipes[:workers]:
+            w.send_bytes(blob)
+        sent = time.perf_counter()
+        yield from _results(pool, procs, out, spec, len(groups))
+        if spec.timeline:
+            print_timeline(pool.rows, start, workers, {"age": age, "forked": [t - start for t in pool.forked],
+                                                       "sent": sent - start, "joined": time.perf_counter() - start})
+
+
+def _results(pool: Workers, procs: list, out, spec: Spec, pending: int) -> Iterator[int]:
     shares_left = {i: n for i, k, n in spec.units if k == 0}
     written: dict[int, set] = {}
-    pending, running, clean, rows = len(groups), workers, False, []
+    running, clean = len(procs), False
     try:
         while pending or running:
             try:
-                kind, n, payload = results.get(timeout=0.2)
+                kind, n, payload = pool.results.get(timeout=0.2)
             except queue.Empty:
                 for p in procs:
                     if p.exitcode not in (None, 0):
@@ -215,7 +336,7 @@ def convert_groups(conv, out, groups, workers: int, moments=None) -> Iterator[in
                 raise payload
             if kind == "done":
                 i, keys, row = payload
-                rows.append(row)
+                pool.rows.append(row)
                 written.setdefault(i, set()).update(keys)
                 shares_left[i] -= 1
                 if shares_left[i] == 0:
@@ -224,7 +345,7 @@ def convert_groups(conv, out, groups, workers: int, moments=None) -> Iterator[in
                     yield i
             elif kind == "bye":
                 running -= 1
-                rows.extend(payload)
+                pool.rows.extend(payload)
         clean = True
     finally:
         if not clean:
@@ -233,10 +354,6 @@ def convert_groups(conv, out, groups, workers: int, moments=None) -> Iterator[in
                     p.terminate()
         for p in procs:
             p.join()
-        tasks.close()
-        results.close()
-    if spec.timeline:
-        print_timeline(rows, start, workers)
 
 
 def _exit(code: int) -> str:
@@ -248,9 +365,12 @@ def _exit(code: int) -> str:
     return f"exit status {code}"
 
 
-def print_timeline(rows: list[dict], start: float, workers: int) -> None:
+def print_timeline(rows: list[dict], start: float, workers: int, main: dict) -> None:
     """Per worker: its setup, then each group with the seconds spent building the lazy graph,
-    evaluating (read + dequantize + quantize, fused by mlx), waiting for the writer, and idle."""
+    evaluating (read + dequantize + quantize, fused by mlx), waiting for the writer, and idle.
+    Then the main process's share: its age when the pool started (interpreter, imports, reading
+    SRC, the plan, the manifest), the wait for the forks and the sending of the Spec, and the
+    joining of the workers after the last group."""
     err = sys.stderr
     print(f"timeline ({workers} worker processes; seconds from pool start):", file=err)
     print(f"{'worker':>6} {'group':>22} {'start':>7} {'end':>7} {'graph':>7} {'eval':>7} {'write-wait':>10} "
@@ -264,6 +384,12 @@ def print_timeline(rows: list[dict], start: float, workers: int) -> None:
     end = max((r["t1"] for r in rows), default=start)
     print(f"pool wall {end - start:.2f} s; busy per worker: " +
           ", ".join(f"{w}: {b:.2f}" for w, b in sorted(busy.items())), file=err)
+    age = f"{main['age']:.2f} s" if main["age"] is not None else "?"
+    forked = main["forked"]
+    print(f"main process: {age} old at the pool's start (interpreter, imports, reading SRC, the plan, the "
+          f"manifest); {len(forked)} workers forked ahead, the first {forked[0]:+.2f} s and the last of {workers} "
+          f"{forked[workers - 1]:+.2f} s from the pool's start; Spec sent at {main['sent']:.2f} s; workers joined "
+          f"{main['joined'] - (end - start):.2f} s after the last group", file=err)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,11 +558,19 @@ def _setup(spec: Spec):
     return conv, fresh, out, _ranges(files)
 
 
-def _worker(n: int, spec: Spec, tasks, results) -> None:
+def _worker(n: int, conn, tasks, results) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process stops us (SIGTERM)
+    try:
+        blob = conn.recv_bytes()
+    except (EOFError, OSError):  # not needed (Workers.take), or the main process is gone
+        return
+    finally:
+        conn.close()
     rows, i = [], None
     try:
         t_setup = time.perf_counter()
+        spec = pickle.loads(blob)
+        del blob
         with mx.stream(mx.new_stream(mx.cpu)):
             conv, fresh, out, ranges = _setup(spec)
             quantizer, normalized = fresh()

@@ -331,13 +331,10 @@ class Output:
                               f"{' (written twice)' if twice else ''}")
         return slot
 
-    def finish(self, config: dict, source: Path, plan: Plan, files: dict[str, str | bytes] | None = None) -> None:
-        """Index, config.json, SRC's tokenizer and license files, `files` (name -> text or bytes: the
-        model card, the plan, its picture) and the mark listing all of them; checked against the plan,
-        then renamed."""
-        if missing := sorted(set(self.slots) - self.written):
-            raise OutputError(f"{missing[0]}: in the manifest but never computed ({len(missing)} in all)")
-        self._close()
+    def write_files(self, config: dict, source: Path, plan: Plan, files: dict[str, str | bytes] | None = None) -> None:
+        """Index, config.json, SRC's tokenizer and license files and `files` (name -> text or bytes:
+        the model card, the plan, its picture) into the temporary folder; none depends on the tensors'
+        bytes, so this may run while the shards are still being written."""
         index = {"metadata": {"total_size": sum(s.nbytes for s in self.slots.values()), "total_parameters": plan.params},
                  "weight_map": {k: self.names[s.shard] for k, s in sorted(self.slots.items())}}
         with self._os("writing its index, config.json, tokenizer files and model card"):
@@ -352,6 +349,14 @@ class Output:
                     (self.tmp / name).write_bytes(content)
                 else:
                     (self.tmp / name).write_text(content)
+
+    def finish(self, plan: Plan) -> None:
+        """Once every tensor is written (and write_files has run): the mark listing every file, the
+        whole checked against the plan, then renamed into place."""
+        if missing := sorted(set(self.slots) - self.written):
+            raise OutputError(f"{missing[0]}: in the manifest but never computed ({len(missing)} in all)")
+        self._close()
+        with self._os("writing its index, config.json, tokenizer files and model card"):
             files = sorted(p.name for p in self.tmp.iterdir())
             mark = {"written_by": "moequant", "version": __version__, "files": [*files, MARK_FILE]}
             (self.tmp / MARK_FILE).write_text(json.dumps(mark, indent=4))
