@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from .calibrate import as_float32
+from .calibrate import as_float32, stored_bits, widened_bits
 from .errors import PlanError
 from .formats import Mode, Quant
 from .gptq import dequantized_affine
@@ -41,7 +41,7 @@ from .plan import Module
 CANDIDATES: tuple[Quant, ...] = tuple(Quant.make(Mode.AFFINE, b, g) for b in (2, 3, 4, 5, 6, 8) for g in (128, 64, 32))
 SAMPLE_ROWS = 256  # rows per expert (or per matrix) whose quantization error is measured
 BINS = 20000  # resolution of the byte budget in the knapsack
-_BLOCK = 1 << 23  # sampled weight elements measured at once (32 MB as float32)
+_BLOCK = 1 << 21  # sampled weight elements measured at once (8 MB as float32; a thread's temporaries ~6x)
 
 
 @dataclass(frozen=True)
@@ -54,20 +54,34 @@ class Choice:
 def candidate_errors(weight: mx.array, candidates=CANDIDATES, channel_energy: mx.array | None = None,
                      seed: int = 0) -> dict[Quant, float]:
     """Relative output error of quantizing `weight` ([out, in] or [E, out, in]) each way, on a
-    sample of rows of every expert; `channel_energy` is E[x_j²] ([in] or [E, in]), default 1.
-    In numpy (gptq.dequantized_affine restores exactly what mx.quantize and mx.dequantize give), a
-    few experts at a time: mlx's CPU dequantize takes 5x its output's memory, ~1.1 GB for a
-    64-expert stack of 768 x 2048 at once."""
+    sample of rows of every expert; `channel_energy` is E[x_j²] ([in] or [E, in]), default 1."""
+    return sample_errors(sampled(weight, seed), candidates, channel_energy)
+
+
+def sampled(weight: mx.array, seed: int = 0) -> mx.array:
+    """The rows of `weight` ([out, in] or [E, out, in]) whose errors candidate_errors measures,
+    [E or 1, ≤ SAMPLE_ROWS, in], evaluated (in the thread that made `weight`'s graph: mlx's rule)."""
     w = weight if weight.ndim == 3 else weight[None]
-    experts, rows, n = w.shape
-    if rows > SAMPLE_ROWS:
-        w = w[:, mx.array(np.sort(np.random.default_rng(seed).choice(rows, SAMPLE_ROWS, replace=False)))]
+    if w.shape[1] > SAMPLE_ROWS:
+        w = w[:, mx.array(np.sort(np.random.default_rng(seed).choice(w.shape[1], SAMPLE_ROWS, replace=False)))]
+    mx.eval(w)
+    return w
+
+
+def sample_errors(sample: mx.array, candidates=CANDIDATES, channel_energy: mx.array | None = None
+                  ) -> dict[Quant, float]:
+    """candidate_errors on an evaluated `sample` (see sampled), in numpy only (any thread may run
+    it; gptq.dequantized_affine restores exactly what mx.quantize and mx.dequantize give), a few
+    experts at a time: mlx's CPU dequantize takes 5x its output's memory, ~1.1 GB for a 64-expert
+    stack of 768 x 2048 at once."""
+    stored = stored_bits(sample)
+    experts, rows, n = stored.shape
     h = np.ones((1, 1, n), np.float32) if channel_energy is None else as_float32(channel_energy).reshape(-1, 1, n)
     valid = [q for q in candidates if n % q.group_size == 0]
     energy, errors = 0.0, dict.fromkeys(valid, 0.0)
-    step = max(1, _BLOCK // (w.shape[1] * n))
+    step = max(1, _BLOCK // (rows * n))
     for e0 in range(0, experts, step):
-        x = as_float32(w[e0:e0 + step])
+        x = widened_bits(stored[e0:e0 + step])
         hx = h if h.shape[0] == 1 else h[e0:e0 + step]
         energy += float(((x * x) * hx).sum(dtype=np.float64))
         for q in valid:

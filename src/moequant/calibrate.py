@@ -205,12 +205,12 @@ class _States:
 _BLOCK = 1 << 22  # weight elements widened (or put at PROBE) at once
 
 
-def _stored(a: mx.array) -> np.ndarray:
+def stored_bits(a: mx.array) -> np.ndarray:
     """numpy's view of an mlx array's memory (no copy; bfloat16 as its uint16 bits), for as_float32."""
     return np.asarray(a.view(mx.uint16) if a.dtype == mx.bfloat16 else a)
 
 
-def _widened_bits(a: np.ndarray) -> np.ndarray:
+def widened_bits(a: np.ndarray) -> np.ndarray:
     """float32 of a _stored array: bfloat16's bits widened exactly, another float converted."""
     if a.dtype == np.uint16:
         return (a.astype(np.uint32) << 16).view(np.float32)
@@ -219,7 +219,7 @@ def _widened_bits(a: np.ndarray) -> np.ndarray:
 
 def as_float32(a: mx.array) -> np.ndarray:
     """float32 numpy of an mlx array (bfloat16 widened exactly, without mlx's CPU cast)."""
-    return _widened_bits(_stored(a))
+    return widened_bits(stored_bits(a))
 
 
 class _InNumpy(nn.Module):
@@ -235,7 +235,7 @@ class _InNumpy(nn.Module):
         self.stack, self.probe = stack, False
 
     def _weight(self, rows) -> np.ndarray:
-        w = _widened_bits(_stored(self.inner.weight)[rows])  # numpy's slice: mlx's would copy it first
+        w = widened_bits(stored_bits(self.inner.weight)[rows])  # numpy's slice: mlx's would copy it first
         return dequantized_affine(w, PROBE.bits, PROBE.group_size) if self.probe else w
 
     def __call__(self, x: mx.array, *args, **kwargs) -> mx.array:
@@ -437,7 +437,7 @@ class _Experts:
             routed = [0.0] * len(act)
             for xn, chosen in self.inputs:
                 # [experts, inner, tokens]: each expert's activations contiguous
-                u, g = ((_widened_bits(_stored(self.stacks[n].weight)[part]).reshape(-1, xn.shape[1]) @ xn.T)
+                u, g = ((widened_bits(stored_bits(self.stacks[n].weight)[part]).reshape(-1, xn.shape[1]) @ xn.T)
                         .reshape(-1, inner, xn.shape[0]) for n in ("up_proj", "gate_proj"))
                 h_all = _activation(self.glu.activation, u, g)
                 del u, g

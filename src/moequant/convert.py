@@ -7,6 +7,7 @@ import logging
 import queue
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import closing, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -17,7 +18,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .checkpoint import DTYPE_TAGS, ITEMSIZE, Checkpoint, Group, Stacked, mlx_quantization, read_checkpoint
-from .allocate import allocate, candidate_errors, model_errors
+from .allocate import allocate, model_errors, sample_errors, sampled
 from .calibrate import PROBE, Moments, measure, read_calibration
 from .dequant import MLX, SourceContext, dequantize_packed, source_format
 from .errors import CheckpointError, PlanError
@@ -37,6 +38,7 @@ from . import procpool
 log = logging.getLogger(__name__)
 
 _LANGUAGE_MODEL = "language_model."  # where mlx-vlm's Model holds the language model
+ALLOCATE_THREADS = 8  # --target-bpw's error measurement: threads at most (each ~60 MB of temporaries)
 
 
 
@@ -201,12 +203,7 @@ class Conversion:
         else:
             notes.append("--target-bpw: data-free proxy (relative weight reconstruction error)")
         start = time.monotonic()
-        errors, normalized = {}, self._normalized_groups()
-        while normalized:
-            weights = normalized.pop(0)
-            for path in sorted(free & {k[: -len(".weight")] for k in weights if k.endswith(".weight")}):
-                errors[path] = candidate_errors(weights[f"{path}.weight"], channel_energy=energy.get(path))
-            del weights
+        errors = self._candidate_errors(free, energy)
         if sensitivity:
             errors = model_errors(errors, sensitivity, PROBE)
         fixed = sum(r.bytes_after for r in rows if r.path not in errors)
@@ -214,6 +211,23 @@ class Conversion:
         chosen = allocate(modules, errors, budget, fixed, options.dtype)
         self.timings["allocation"] = time.monotonic() - start
         return chosen, notes
+
+    def _candidate_errors(self, free: set[str], energy: dict) -> dict[str, dict[Quant, float]]:
+        """Each free module's candidate errors (allocate.candidate_errors): its sample of rows read
+        here, one group at a time, its errors measured by numpy in a pool of threads (as many as
+        cores, at most ALLOCATE_THREADS), with at most one sample waiting."""
+        threads = max(1, min(procpool.cores(), ALLOCATE_THREADS))
+        futures, normalized = {}, self._normalized_groups()
+        with ThreadPoolExecutor(threads, thread_name_prefix="moequant-allocate") as pool:
+            while normalized:
+                weights = normalized.pop(0)
+                for path in sorted(free & {k[: -len(".weight")] for k in weights if k.endswith(".weight")}):
+                    if sum(not f.done() for f in futures.values()) > threads:
+                        wait([f for f in futures.values() if not f.done()], return_when=FIRST_COMPLETED)
+                    futures[path] = pool.submit(sample_errors, sampled(weights[f"{path}.weight"]),
+                                                channel_energy=energy.get(path))
+                del weights
+        return {path: f.result() for path, f in futures.items()}
 
     def _packed_modules(self, n_in: dict[str, int]) -> dict[str, Quant]:
         """Target module path -> how SRC stores it packed, read from the shapes of the unpacked,
