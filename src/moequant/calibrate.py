@@ -239,10 +239,9 @@ class _InNumpy(nn.Module):
         return dequantized_affine(w, PROBE.bits, PROBE.group_size) if self.probe else w
 
     def __call__(self, x: mx.array, *args, **kwargs) -> mx.array:
-        if isinstance(self.inner, nn.Embedding):
-            if not self.probe:
-                return self.inner(x)
-            return mx.array(dequantized_affine(as_float32(self.inner.weight[x]), PROBE.bits, PROBE.group_size))
+        if isinstance(self.inner, nn.Embedding):  # its rows, widened: the table stays as stored
+            rows = widened_bits(stored_bits(self.inner.weight)[np.asarray(x)])
+            return mx.array(dequantized_affine(rows, PROBE.bits, PROBE.group_size) if self.probe else rows)
         if self.stack:
             return self._gather(x, args[0] if args else kwargs["indices"])
         y = self._product(x)
@@ -311,10 +310,10 @@ def _float32(weights: dict[str, mx.array], keep=frozenset()) -> dict[str, mx.arr
 
 
 def _widened(root: nn.Module) -> set[str]:
-    """The names of the weights under `root` that only numpy's products read (widened there): those
-    of its Linear modules and expert stacks (an embedding's rows are read by mlx: it stays float32)."""
-    return {f"{path}.{name}" for path, module, _ in _products(root) if not isinstance(module, nn.Embedding)
-            for name in ("weight", "bias")}
+    """The names of the weights under `root` that only numpy reads (widened there): those of its
+    Linear modules, expert stacks and embeddings (a float32 copy of a 151k-token table of 2048 is
+    1.2 GB)."""
+    return {f"{path}.{name}" for path, _, _ in _products(root) for name in ("weight", "bias")}
 
 
 def _decoder_layers(model: nn.Module, keys) -> str:
@@ -700,9 +699,11 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
         return calls[0][0][0].astype(mx.float32), [(args, kwargs) for _, args, kwargs in (c[0] for c in calls)]
 
     states, arguments = _States(tokens.shape[0]), []
-    for c, chunk in enumerate(chunks):
-        states[c], args = embedded(chunk)
-        arguments.append(args)
+    with _in_numpy(model):  # the embeddings' rows widened as stored
+        for c, chunk in enumerate(chunks):
+            states[c], args = embedded(chunk)
+            mx.eval(states[c])
+            arguments.append(args)
     # sensitivity: the states of chunk 0 carried with a module outside the layers (an embedding) at
     # PROBE, and with all of layer i's at PROBE (with ε_i and each module's ε_m)
     perturbed_inputs = {}
