@@ -230,3 +230,28 @@ def test_numpy_products_are_mlx_products(tmp_path, arch):
         scale = mx.abs(value).max().item()
         assert mx.abs(got[key] - value).max().item() < 1e-4 * scale, key
     assert not mx.allclose(expected["lm_head"], expected["model"]).item()  # the probe changes something
+
+
+@pytest.mark.parametrize("heads, kv_heads, length, keys, mask", [
+    (4, 4, 16, 16, None), (8, 2, 16, 16, "causal"), (8, 2, 5, 16, "causal"), (4, 1, 12, 12, "bool"),
+    (4, 2, 12, 12, "additive")])
+def test_attention_in_numpy_is_mlx_attention(heads, kv_heads, length, keys, mask):
+    """The pass's attention (numpy's products, one sequence and key/value head at a time) gives mlx's
+    mx.fast.scaled_dot_product_attention, grouped heads, a causal mask over more keys than queries,
+    and boolean and additive masks included; mlx's own is back after the block."""
+    from moequant.calibrate import _attention_in_numpy
+
+    rng = np.random.default_rng(0)
+    q, k, v = (mx.array(rng.standard_normal(s, dtype=np.float32)) for s in
+               ((2, heads, length, 32), (2, kv_heads, keys, 32), (2, kv_heads, keys, 24)))
+    if mask == "bool":
+        mask = mx.array(rng.random((2, 1, length, keys)) > 0.3) | mx.eye(length, keys, dtype=mx.bool_)
+    elif mask == "additive":
+        mask = mx.array(rng.standard_normal((1, heads, length, keys), dtype=np.float32))
+    own = mx.fast.scaled_dot_product_attention
+    expected = own(q, k, v, scale=0.2, mask=mask)
+    with _attention_in_numpy():
+        assert mx.fast.scaled_dot_product_attention is not own
+        got = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.2, mask=mask)
+    assert mx.fast.scaled_dot_product_attention is own
+    assert got.shape == expected.shape and mx.abs(got - expected).max().item() < 1e-5

@@ -36,7 +36,7 @@ from .errors import CheckpointError, PlanError, os_reason
 from .evaluate import free_memory, text_logits
 from .names import layer_of
 from .formats import Mode, Quant
-from .gptq import dequantized_affine
+from .gptq import _one_blas_thread, dequantized_affine
 from .surgery import expert_containers, expert_stack_types, module_at, recording, standing_in
 from .target import quiet_transformers
 
@@ -203,6 +203,17 @@ class _States:
 # float Linear modules, expert stacks and embeddings computed by numpy (_InNumpy).
 
 _BLOCK = 1 << 22  # weight elements widened (or put at PROBE) at once
+THREADED_FLOPS = 1 << 28  # products of fewer floating point operations run on one BLAS thread
+
+
+def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b (2-D), on one BLAS thread when it is small (below THREADED_FLOPS): OpenBLAS threads
+    small products too, and its threads' hand-offs cost more than the product (the trained tiny
+    MoE's pass on the loaded 2-core VM: 8.4 s of CPU with one thread, 27-34 s with two)."""
+    if 2 * a.shape[0] * a.shape[1] * b.shape[1] < THREADED_FLOPS:
+        with _one_blas_thread():
+            return a @ b
+    return a @ b
 
 
 def stored_bits(a: mx.array) -> np.ndarray:
@@ -263,7 +274,7 @@ class _InNumpy(nn.Module):
         y = np.empty((*xn.shape[:-1], out), np.float32)
         step = max(1, _BLOCK // n)
         for r in range(0, out, step):
-            y[..., r:r + step] = (xn.reshape(-1, n) @ self._weight(slice(r, r + step)).T).reshape(*xn.shape[:-1], -1)
+            y[..., r:r + step] = _mm(xn.reshape(-1, n), self._weight(slice(r, r + step)).T).reshape(*xn.shape[:-1], -1)
         return y
 
     def _gather(self, x: mx.array, indices: mx.array) -> mx.array:
@@ -281,7 +292,7 @@ class _InNumpy(nn.Module):
             picked = order[bounds[e]:bounds[e + 1]]
             # one matrix product per expert (a batch of [M, in] products would run as M-row ones)
             rows = xs[source[picked]].reshape(-1, xs.shape[-1])
-            out[picked] = (rows @ self._weight(int(e)).T).reshape(-1, m, out_dims)
+            out[picked] = _mm(rows, self._weight(int(e)).T).reshape(-1, m, out_dims)
         if "bias" in self.inner:
             out += as_float32(self.inner.bias)[flat][:, None]
         return mx.array(out.reshape(*batch, m, out_dims))
@@ -295,6 +306,50 @@ def _products(root: nn.Module) -> list[tuple[str, nn.Module, bool]]:
     kinds += [(t, True) for t in expert_stack_types(root) if t.__name__ == "SwitchLinear"]
     return [(path, m, stack) for path, m in root.named_modules() for kind, stack in kinds
             if path and isinstance(m, kind) and type(m).__call__ is kind.__call__]
+
+
+@contextmanager
+def _attention_in_numpy():
+    """Inside the block, mx.fast.scaled_dot_product_attention (which mlx-lm's and mlx-vlm's models
+    call) computes by numpy, in float32, one sequence and key/value head at a time: mlx's CPU
+    product runs its [2, 32, 512, 128] causal attention in ~1.5 s, numpy in ~0.15 s. Attention
+    sinks and any other mask than None, "causal" or an array go to mlx's own."""
+    own = mx.fast.scaled_dot_product_attention
+
+    def attention(q, k, v, *, scale, mask=None, sinks=None, **kwargs):
+        if sinks is not None or kwargs or q.ndim != 4 or not (mask is None or isinstance(mask, mx.array)
+                                                               or mask == "causal"):
+            return own(q, k, v, scale=scale, mask=mask, sinks=sinks, **kwargs)
+        (b, h, length, _), (kv_heads, keys) = q.shape, k.shape[1:3]
+        qn, kn, vn = (as_float32(a) for a in (q, k, v))
+        if mask is None or isinstance(mask, str):
+            masks = None if mask is None else np.broadcast_to(
+                ~np.triu(np.ones((length, keys), bool), keys - length + 1), (b, h, length, keys))
+        else:
+            masks = np.broadcast_to(np.asarray(mask) if mask.dtype == mx.bool_ else as_float32(mask),
+                                    (b, h, length, keys))
+        group = h // kv_heads  # query heads per key/value head, in order (mlx's grouped attention)
+        out = np.empty((b, h, length, vn.shape[-1]), np.float32)
+        for i in range(b):
+            for j in range(kv_heads):
+                heads = slice(j * group, (j + 1) * group)
+                scores = _mm((qn[i, heads] * np.float32(scale)).reshape(-1, qn.shape[-1]), kn[i, j].T)
+                scores = scores.reshape(group, length, keys)
+                if masks is not None and masks.dtype == bool:
+                    scores[~masks[i, heads]] = -np.inf
+                elif masks is not None:
+                    scores += masks[i, heads]
+                scores -= scores.max(-1, keepdims=True)
+                np.exp(scores, out=scores)
+                scores /= scores.sum(-1, keepdims=True)
+                out[i, heads] = _mm(scores.reshape(-1, keys), vn[i, j]).reshape(group, length, -1)
+        return mx.array(out).astype(q.dtype)
+
+    mx.fast.scaled_dot_product_attention = attention
+    try:
+        yield
+    finally:
+        mx.fast.scaled_dot_product_attention = own
 
 
 def _in_numpy(root: nn.Module):
@@ -378,7 +433,7 @@ class _Linear:
         if "squares" not in sums:
             sums["squares"] = np.einsum("ij,ij->j", xn, xn, dtype=np.float64)
         if self.moments and "products" not in sums:
-            sums["products"] = xn.T @ xn
+            sums["products"] = _mm(xn.T, xn)
         self.n += xn.shape[0]
         self.squares = self.squares + sums["squares"]
         if self.moments:
@@ -436,7 +491,7 @@ class _Experts:
             routed = [0.0] * len(act)
             for xn, chosen in self.inputs:
                 # [experts, inner, tokens]: each expert's activations contiguous
-                u, g = ((widened_bits(stored_bits(self.stacks[n].weight)[part]).reshape(-1, xn.shape[1]) @ xn.T)
+                u, g = (_mm(widened_bits(stored_bits(self.stacks[n].weight)[part]).reshape(-1, xn.shape[1]), xn.T)
                         .reshape(-1, inner, xn.shape[0]) for n in ("up_proj", "gate_proj"))
                 h_all = _activation(self.glu.activation, u, g)
                 del u, g
@@ -445,7 +500,7 @@ class _Experts:
                     act[j].add(h)
                     if products and chosen is not None and (picked := np.nonzero((chosen == e).any(-1))[0]).size:
                         hr = h[picked]
-                        routed[j] = routed[j] + hr.T @ hr
+                        routed[j] = routed[j] + _mm(hr.T, hr)
                 del h_all
             for j, e in enumerate(range(part.start, part.stop)):
                 self.act_squares[e] = act[j].mean_squares()
@@ -642,6 +697,7 @@ class Statistics:
                 "their routing frequency as every expert's")
 
 
+@_attention_in_numpy()
 def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.array, *, energy=frozenset(),
             moments=frozenset(), sensitivity=frozenset()) -> Statistics:
     """Calibration statistics in one streamed pass over the decoder layers of `model` (a target
