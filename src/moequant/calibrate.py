@@ -493,11 +493,18 @@ class RoutedMoments:
     """E[x xᵀ] per expert ([E, in, in]) of projections whose input is an expert container's hidden
     states (gate/up), formed when sliced, one expert at a time (see _mixed), from what Moments
     stored: the mean over every token, each expert's routed token count, and each call's states and
-    routing. Indexing gives numpy float32; so does np.asarray (all experts at once)."""
+    routing. Indexing gives numpy float32; so does np.asarray (all experts at once). Equal for the
+    projections of one record (an expert stack's gate and up): quantize rounds those together."""
 
     def __init__(self, folder: Path, name: str, experts: int, calls: int, n_in: int):
         self.folder, self.name, self.calls = folder, name, calls
         self.shape, self.ndim = (experts, n_in, n_in), 3
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, RoutedMoments) and (self.folder, self.name) == (other.folder, other.name)
+
+    def __hash__(self) -> int:
+        return hash((self.folder, self.name))
 
     def _load(self, what: str) -> np.ndarray:
         return np.load(self.folder / f"{self.name}.{what}.npy", mmap_mode="r", allow_pickle=False)
