@@ -23,13 +23,21 @@ grid and the error uses what `mx.dequantize` restores (products and sums rounded
 Rows are independent, so each row finally keeps whichever of GPTQ and `mx.quantize` has the
 smaller output error on the undamped H: the result is never worse than plain rounding on the
 calibration objective.
+
+Cost: an expert stack goes a few experts at a time; weights with the same inputs (an expert stack's
+gate and up) share each chunk's H and feedback (`quantize_gptq_together`); chunks go to the cores
+no other GPTQ call of the process holds (THREADS). None of this changes a byte: each expert's
+products and factorizations are the same, whoever computes them and whatever else is batched.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
-from contextlib import contextmanager
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from pathlib import Path
 
@@ -44,6 +52,8 @@ log = logging.getLogger(__name__)
 DAMP = 0.01  # λ: λ·mean(diag H) is added to the diagonal of H (Frantar et al.'s default)
 BLOCK = 512  # columns per lazy update: a multiple of every affine group size
 _CHUNK = 1 << 25  # float32 elements of weights, or of H, handled at once (128 MB)
+THREADS = os.cpu_count() or 1  # GPTQ threads one process runs at once; procpool's worker processes set 1
+_busy, _busy_lock = 0, threading.Lock()  # GPTQ threads running in this process
 
 
 @lru_cache(maxsize=None)
@@ -92,10 +102,19 @@ def _grid(groups: np.ndarray, bits: int, axis: int) -> tuple[np.ndarray, np.ndar
 def dequantized_affine(w: np.ndarray, bits: int, group_size: int) -> np.ndarray:
     """`mx.dequantize(*mx.quantize(w, group_size, bits), group_size, bits)` of float32 `w` [..., n],
     in numpy, bit for bit (without mlx's CPU dequantize, which takes 5x its output's memory)."""
-    groups = w.reshape(-1, group_size)
-    scale, bias = (v[:, None] for v in _grid(groups, bits, axis=1))
-    q = np.clip(np.rint((groups - bias) / scale), 0, 2**bits - 1)
-    return _dequantized(q, scale, bias, mx.float32).reshape(w.shape)
+    return _plain_affine(w, bits, group_size, mx.float32)[3]
+
+
+def _plain_affine(w: np.ndarray, bits: int, group_size: int, dtype: mx.Dtype):
+    """`mx.quantize(w, group_size, bits)` in numpy, bit for bit, for float32 `w` [..., n] holding
+    values of `dtype`: codes (float32 [..., n], on mlx's float32 grid), the stored scales and biases
+    (float32 [..., n / group_size], rounded to `dtype`) and what `mx.dequantize` restores from them
+    (float32 [..., n]; mlx computes it in `dtype`, whatever dtype it is asked to return)."""
+    groups = w.reshape(*w.shape[:-1], -1, group_size)
+    scale, bias = _grid(groups, bits, axis=-1)
+    q = np.clip(np.rint((groups - bias[..., None]) / scale[..., None]), 0, 2**bits - 1)
+    scale, bias = _rounded(scale, dtype), _rounded(bias, dtype)
+    return q.reshape(w.shape), scale, bias, _dequantized(q, scale[..., None], bias[..., None], dtype).reshape(w.shape)
 
 
 def _rounded(x: np.ndarray, dtype: mx.Dtype) -> np.ndarray:
@@ -117,9 +136,11 @@ def _dequantized(q: np.ndarray, scale: np.ndarray, bias: np.ndarray, dtype: mx.D
 def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
     """Codes [..., n] (< 2**bits) -> uint32 [..., n * bits / 32], as mx.quantize packs them: one
     little-endian bitstream per row, each code least significant bit first."""
-    c = np.ascontiguousarray(codes, np.uint64).reshape(*codes.shape[:-1], -1, 8)  # 8 codes fill `bits` whole bytes
-    word = (c << (np.arange(8, dtype=np.uint64) * np.uint64(bits))).sum(-1, dtype=np.uint64)
-    stream = np.ascontiguousarray(word, "<u8").view(np.uint8).reshape(*word.shape, 8)[..., :bits]
+    c = np.ascontiguousarray(codes).reshape(*codes.shape[:-1], -1, 8)  # 8 codes fill `bits` whole bytes
+    word = c[..., 0].astype(np.uint64)
+    for k in range(1, 8):
+        word |= c[..., k].astype(np.uint64) << np.uint64(k * bits)
+    stream = word.astype("<u8").view(np.uint8).reshape(*word.shape, 8)[..., :bits]
     stream = np.ascontiguousarray(stream).reshape(*codes.shape[:-1], -1)
     return stream.view("<u4").astype(np.uint32)
 
@@ -287,7 +308,7 @@ def quantize_gptq_together(weights: list[tuple[mx.array, Quant]], h, damp: float
 @_one_blas_thread()
 def _quantize_gptq(weights: list[tuple[mx.array, Quant]], h: np.ndarray, damp: float) -> list[tuple]:
     n = weights[0][0].shape[-1]
-    stacks = [w.reshape(-1, *w.shape[-2:]) for w, _ in weights]
+    stacks = [_host(w).reshape(-1, *w.shape[-2:]) for w, _ in weights]  # numpy: mlx streams belong to their thread
     num, rows = stacks[0].shape[0], max(s.shape[1] for s in stacks)
     hs = h if len(h.shape) == 3 else h.reshape(-1, n, n)
     shared = hs.shape[0] == 1
@@ -295,13 +316,62 @@ def _quantize_gptq(weights: list[tuple[mx.array, Quant]], h: np.ndarray, damp: f
     a_shared = _feedback(hs, damp) if shared else None
     step = max(1, _CHUNK // (rows * n)) if shared else max(1, min(_CHUNK // (rows * n), _CHUNK // (n * n)))
     outs = [_Rounded(w, q) for w, q in weights]
-    for e0 in range(0, num, step):
-        e1 = min(e0 + step, num)
-        hc = hs if shared else hs[e0:e1]
-        a = a_shared if shared else _feedback(hc, damp)
-        for stack, out in zip(stacks, outs):
-            out.round(stack, e0, e1, hc, a, shared)
+    with _idle_cores(num - 1) as extra:
+        step = max(1, min(step // (1 + extra), -(-num // (1 + extra))))  # together about one chunk's memory
+        chunks, taking = iter(range(0, num, step)), threading.Lock()
+
+        def work() -> None:
+            with _one_blas_thread():
+                while True:
+                    with taking:
+                        e0 = next(chunks, None)
+                    if e0 is None:
+                        return
+                    e1 = min(e0 + step, num)
+                    hc = hs if shared else hs[e0:e1]
+                    a = a_shared if shared else _feedback(hc, damp)
+                    for stack, out in zip(stacks, outs):
+                        out.round(stack, e0, e1, hc, a, shared)
+
+        with ThreadPoolExecutor(extra) if extra else nullcontext() as pool:
+            helpers = [pool.submit(work) for _ in range(extra)]
+            work()
+            for helper in helpers:
+                helper.result()
     return [out.result() for out in outs]
+
+
+def _host(w: mx.array) -> np.ndarray:
+    """The values of float `w` (evaluated now) as numpy, without a copy: float32 itself, float16
+    and bfloat16 their bits (`_widened` reads them)."""
+    if w.dtype == mx.float32:
+        return np.asarray(memoryview(w))
+    if w.dtype not in (mx.float16, mx.bfloat16):
+        raise LayoutError(f"gptq: weight dtype {w.dtype}; expected float32, float16 or bfloat16")
+    return np.asarray(memoryview(w.view(mx.uint16)))
+
+
+def _widened(x: np.ndarray, dtype: mx.Dtype) -> np.ndarray:
+    """What `_host` gave for a weight of `dtype`, as float32 (a copy): `x.astype(mx.float32)`."""
+    if dtype == mx.bfloat16:
+        return (x.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    return x.view(np.float16).astype(np.float32) if dtype == mx.float16 else np.array(x)
+
+
+@contextmanager
+def _idle_cores(wanted: int):
+    """How many threads (at most `wanted`) a GPTQ call may start besides its own: the cores of
+    THREADS that no GPTQ call of this process holds (the caller's thread holds one), held until
+    the block ends. Experts are rounded independently, each as alone, so the bytes are the same."""
+    global _busy
+    with _busy_lock:
+        extra = max(0, min(wanted, THREADS - _busy - 1))
+        _busy += 1 + extra
+    try:
+        yield extra
+    finally:
+        with _busy_lock:
+            _busy -= 1 + extra
 
 
 class _Rounded:
@@ -314,30 +384,27 @@ class _Rounded:
         self.packed = np.empty(packed_shape((num, rows, n), q), np.uint32)
         self.scales = np.empty(scales_shape((num, rows, n), q), np.float32)
         self.biases = np.empty_like(self.scales)
-        self.kept, self.lowered = 0, 0.0
+        self.kept, self.lowered, self.counting = 0, 0.0, threading.Lock()
 
-    def round(self, stack: mx.array, e0: int, e1: int, hc: np.ndarray, a: np.ndarray, shared: bool) -> None:
+    def round(self, stack: np.ndarray, e0: int, e1: int, hc: np.ndarray, a: np.ndarray, shared: bool) -> None:
         """Experts e0:e1 of `stack` (the weight [E, out, in]) by GPTQ with their H `hc` and feedback
         `a`, each row kept only if its output error on H is lower than plain rounding's."""
         bits, group_size, rows, n = self.q.bits, self.q.group_size, *stack.shape[1:]
-        part = stack[e0:e1]
-        w0 = np.array(part.astype(mx.float32))
+        w0 = _widened(stack[e0:e1], self.w.dtype)
         if shared:  # one matrix of all the experts' rows
             w0 = w0.reshape(1, -1, n)
         codes, g_scales, g_biases, resid = _gptq(w0, a, bits, group_size, self.w.dtype)
-        plain = mx.quantize(part, group_size, bits, mode="affine")
-        restored = np.array(mx.dequantize(*plain, group_size, bits, dtype=mx.float32)).reshape(w0.shape)
+        p_codes, p_scales, p_biases, restored = _plain_affine(w0, bits, group_size, self.w.dtype)
         plain_resid = (w0 - restored).transpose(0, 2, 1)
         # per row, ΔW_gptq H ΔW_gptqᵀ − ΔW_plain H ΔW_plainᵀ in one product: H is symmetric
-        gain = ((hc @ (resid - plain_resid)) * (resid + plain_resid)).sum(1).reshape(e1 - e0, rows)
+        gain = ((hc @ (resid - plain_resid)) * (resid + plain_resid)).sum(1)
         better = (gain < 0)[..., None]
-        self.packed[e0:e1] = np.where(better, _pack(codes, bits).reshape(e1 - e0, rows, -1), np.array(plain[0]))
-        self.scales[e0:e1] = np.where(better, g_scales.reshape(e1 - e0, rows, -1),
-                                      np.array(plain[1].astype(mx.float32)))
-        self.biases[e0:e1] = np.where(better, g_biases.reshape(e1 - e0, rows, -1),
-                                      np.array(plain[2].astype(mx.float32)))
-        self.kept += int(better.sum())
-        self.lowered -= float(np.minimum(gain, 0).sum())
+        self.packed[e0:e1] = _pack(np.where(better, codes, p_codes.astype(np.uint8)), bits).reshape(e1 - e0, rows, -1)
+        self.scales[e0:e1] = np.where(better, g_scales, p_scales).reshape(e1 - e0, rows, -1)
+        self.biases[e0:e1] = np.where(better, g_biases, p_biases).reshape(e1 - e0, rows, -1)
+        with self.counting:
+            self.kept += int(better.sum())
+            self.lowered -= float(np.minimum(gain, 0).sum())
 
     def result(self) -> tuple[mx.array, mx.array, mx.array]:
         w = self.w
