@@ -342,17 +342,15 @@ def _quantize_gptq(weights: list[tuple[mx.array, Quant]], h: np.ndarray, damp: f
 
 
 def _host(w: mx.array) -> np.ndarray:
-    """The values of float `w` (evaluated now) as numpy, without a copy: float32 itself, float16
-    and bfloat16 their bits (`_widened` reads them)."""
-    if w.dtype == mx.float32:
-        return np.asarray(memoryview(w))
-    if w.dtype not in (mx.float16, mx.bfloat16):
-        raise LayoutError(f"gptq: weight dtype {w.dtype}; expected float32, float16 or bfloat16")
-    return np.asarray(memoryview(w.view(mx.uint16)))
+    """The values of `w` (evaluated now) as numpy, float16 and bfloat16 as their bits, without a
+    copy (other dtypes as float32); `_widened` reads them."""
+    if w.dtype in (mx.float16, mx.bfloat16):
+        return np.asarray(memoryview(w.view(mx.uint16)))
+    return np.asarray(memoryview(w.astype(mx.float32)))
 
 
 def _widened(x: np.ndarray, dtype: mx.Dtype) -> np.ndarray:
-    """What `_host` gave for a weight of `dtype`, as float32 (a copy): `x.astype(mx.float32)`."""
+    """What `_host` gave for a weight of `dtype`, as float32 (a copy), as mlx's astype widens it."""
     if dtype == mx.bfloat16:
         return (x.astype(np.uint32) << np.uint32(16)).view(np.float32)
     return x.view(np.float16).astype(np.float32) if dtype == mx.float16 else np.array(x)
