@@ -516,9 +516,11 @@ class RoutedMoments:
         for c in range(self.calls):
             chosen = self.folder / f"{self.name}.chosen{c}.npy"
             inputs.append((self._load(f"x{c}"), np.load(chosen) if chosen.is_file() else None))
-        out = [_mixed(everyone, _routed_products(inputs, e) if routed[e] >= MIN_ROUTED else 0.0, int(routed[e]))
-               for e in ([which] if isinstance(which, int) else which)]
-        return out[0] if isinstance(which, int) else np.stack(out)
+        experts = [which] if isinstance(which, int) else which
+        out = np.empty((len(experts), *self.shape[1:]), np.float32)
+        for i, e in enumerate(experts):
+            out[i] = _mixed(everyone, _routed_products(inputs, e) if routed[e] >= MIN_ROUTED else 0.0, int(routed[e]))
+        return out[0] if isinstance(which, int) else out
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         return self[:] if dtype is None else self[:].astype(dtype)
