@@ -28,9 +28,8 @@ floating point operations (Cholesky n³/3 and triangular inverse n³/3 per H, on
 rounded together, the lazy updates R·n² and the check against plain rounding 2·R·n² per matrix of
 R rows; not counted: forming a gate/up stack's routed H from the recorded states) over its CPU
 time, against numpy's float32 matmul rate measured in the same run on GPTQ's shapes ([n, n] @ [n,
-R]), on one thread and on every core; and the wall time of the same rounding on every core (a
-conversion worker's GPTQ takes the cores no other holds). Needs only mlx, mlx-lm, numpy,
-safetensors, typer and rich (no torch):
+R]), on one thread and on every core. Needs only mlx, mlx-lm, numpy, safetensors, typer and rich
+(no torch):
 
     python benchmarks/make_synthetic.py /tmp/syn6 --target-gb 6
     python benchmarks/calibration.py --synthetic /tmp/syn6 --mlx-lm-timeout 3600
@@ -230,13 +229,13 @@ def _matmul_rate(n: int, rows: int, one_thread: bool) -> float:
 
 def gptq_rate(src: Path, args: argparse.Namespace) -> None:
     """GPTQ's achieved GFLOP/s on one thread, module by module of layer 0 (modules with the same
-    inputs together), against numpy's matmul rate; and its wall time on every core."""
+    inputs together), against numpy's matmul rate."""
     import mlx.core as mx
 
-    from moequant import gptq
     from moequant.calibrate import RoutedMoments, measure, read_calibration
     from moequant.convert import Conversion, vocab_size
     from moequant.formats import Quant
+    from moequant.gptq import quantize_gptq_together
     from moequant.target import build_model
 
     q = Quant.make("affine", 4, 64)
@@ -252,9 +251,8 @@ def gptq_rate(src: Path, args: argparse.Namespace) -> None:
     for path in sorted(paths):
         h = stats.moments[path]
         together.setdefault(h if isinstance(h, RoutedMoments) else path, []).append(path)
-    cores = os.cpu_count()
-    print(f"\n| modules | shape | GPTQ CPU s | GFLOP | GFLOP/s | numpy 1 thread | share | wall s on {cores} cores |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("\n| modules | shape | GPTQ CPU s | GFLOP | GFLOP/s | numpy 1 thread | share |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     total_flops = total_cpu = 0.0
     rates = {}
     for unit in together.values():
@@ -262,24 +260,21 @@ def gptq_rate(src: Path, args: argparse.Namespace) -> None:
         mx.eval(ws)
         experts, rows, n = (1, *ws[0].shape) if ws[0].ndim == 2 else ws[0].shape
         flops = experts * (2 * n**3 / 3 + 3 * rows * n * n * len(ws))
-        seconds = []
-        for threads in (1, cores):
-            gptq.THREADS = threads
-            start = time.process_time(), time.perf_counter()
-            mx.eval(gptq.quantize_gptq_together([(w, q) for w in ws], stats.moments[unit[0]]))
-            seconds.append((time.process_time() - start[0], time.perf_counter() - start[1]))
-        cpu = seconds[0][0]
+        start = time.process_time()
+        mx.eval(quantize_gptq_together([(w, q) for w in ws], stats.moments[unit[0]]))
+        cpu = time.process_time() - start
         rates.setdefault((n, rows), _matmul_rate(n, rows, one_thread=True))
         total_flops, total_cpu = total_flops + flops, total_cpu + cpu
         names = " + ".join(path.split(".layers.0.")[-1] for path in unit)
         print(f"| {names} | {tuple(ws[0].shape)} | {cpu:.1f} | {flops / 1e9:.0f} | {flops / cpu / 1e9:.1f} | "
-              f"{rates[n, rows]:.1f} | {flops / cpu / 1e9 / rates[n, rows]:.0%} | {seconds[1][1]:.1f} |", flush=True)
+              f"{rates[n, rows]:.1f} | {flops / cpu / 1e9 / rates[n, rows]:.0%} |", flush=True)
     peak_one = max(rates.values())
     n, rows = max(rates)
     every = _matmul_rate(n, rows, one_thread=False)
     print(f"\nGPTQ, layer 0: {total_flops / 1e9:.0f} GFLOP in {total_cpu:.1f} CPU s = {total_flops / total_cpu / 1e9:.1f} "
           f"GFLOP/s per core; numpy float32 matmul on GPTQ's shapes: {peak_one:.1f} GFLOP/s on one thread "
-          f"({total_flops / total_cpu / 1e9 / peak_one:.0%}), {every:.1f} GFLOP/s on all {cores} cores")
+          f"({total_flops / total_cpu / 1e9 / peak_one:.0%}), {every:.1f} GFLOP/s on all {os.cpu_count()} cores "
+          f"(each conversion worker runs GPTQ on one thread, one decoder layer per worker)")
 
 
 if __name__ == "__main__":

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-
 import mlx.core as mx
 import numpy as np
 import pytest
 
-from moequant import gptq
 from moequant.errors import LayoutError, PlanError
 from moequant.gptq import _feedback, _gptq, _grid, _pack, _rounded, calibration_error, dequantized_affine, \
     quantize_gptq, quantize_gptq_together
@@ -220,19 +217,3 @@ def test_weights_with_the_same_inputs_rounded_together_are_each_rounded_alone():
         for a, b in zip(out, quantize_gptq(w, hs, q)):
             assert a.shape == b.shape and a.dtype == b.dtype and (_bits(a) == _bits(b)).all()
 
-
-def test_idle_cores_round_experts_in_threads_with_the_same_bytes(monkeypatch):
-    w = _weights(13, (6, 32, 256))
-    hs = np.stack([_second_moment(e, 256)[1] for e in range(6)])
-    q = Quant.make("affine", 4, 64)
-    monkeypatch.setattr(gptq, "_CHUNK", 256 * 256 * 2)  # two experts a chunk: several chunks
-    monkeypatch.setattr(gptq, "THREADS", 1)
-    alone = quantize_gptq(w, hs, q)
-    monkeypatch.setattr(gptq, "THREADS", 4)
-    started = []
-    monkeypatch.setattr(gptq, "_feedback", lambda h, damp, f=gptq._feedback: started.append(threading.get_ident())
-                        or f(h, damp))
-    threaded = quantize_gptq(w, hs, q)
-    assert len(set(started)) > 1 and gptq._busy == 0
-    for a, b in zip(threaded, alone):
-        assert (_bits(a) == _bits(b)).all()

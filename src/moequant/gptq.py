@@ -25,19 +25,15 @@ smaller output error on the undamped H: the result is never worse than plain rou
 calibration objective.
 
 Cost: an expert stack goes a few experts at a time; weights with the same inputs (an expert stack's
-gate and up) share each chunk's H and feedback (`quantize_gptq_together`); chunks go to the cores
-no other GPTQ call of the process holds (THREADS). None of this changes a byte: each expert's
-products and factorizations are the same, whoever computes them and whatever else is batched.
+gate and up) share each chunk's H and feedback (`quantize_gptq_together`), which changes no byte:
+each expert's products and factorizations are the same, whatever else is batched with them.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -52,8 +48,6 @@ log = logging.getLogger(__name__)
 DAMP = 0.01  # λ: λ·mean(diag H) is added to the diagonal of H (Frantar et al.'s default)
 BLOCK = 512  # columns per lazy update: a multiple of every affine group size
 _CHUNK = 1 << 25  # float32 elements of weights, or of H, handled at once (128 MB)
-THREADS = os.cpu_count() or 1  # GPTQ threads one process runs at once; procpool's worker processes set 1
-_busy, _busy_lock = 0, threading.Lock()  # GPTQ threads running in this process
 
 
 @lru_cache(maxsize=None)
@@ -308,7 +302,7 @@ def quantize_gptq_together(weights: list[tuple[mx.array, Quant]], h, damp: float
 @_one_blas_thread()
 def _quantize_gptq(weights: list[tuple[mx.array, Quant]], h: np.ndarray, damp: float) -> list[tuple]:
     n = weights[0][0].shape[-1]
-    stacks = [_host(w).reshape(-1, *w.shape[-2:]) for w, _ in weights]  # numpy: mlx streams belong to their thread
+    stacks = [w.reshape(-1, *w.shape[-2:]) for w, _ in weights]
     num, rows = stacks[0].shape[0], max(s.shape[1] for s in stacks)
     hs = h if len(h.shape) == 3 else h.reshape(-1, n, n)
     shared = hs.shape[0] == 1
@@ -316,60 +310,13 @@ def _quantize_gptq(weights: list[tuple[mx.array, Quant]], h: np.ndarray, damp: f
     a_shared = _feedback(hs, damp) if shared else None
     step = max(1, _CHUNK // (rows * n)) if shared else max(1, min(_CHUNK // (rows * n), _CHUNK // (n * n)))
     outs = [_Rounded(w, q) for w, q in weights]
-    with _idle_cores(num - 1) as extra:
-        step = max(1, min(step // (1 + extra), -(-num // (1 + extra))))  # together about one chunk's memory
-        chunks, taking = iter(range(0, num, step)), threading.Lock()
-
-        def work() -> None:
-            with _one_blas_thread():
-                while True:
-                    with taking:
-                        e0 = next(chunks, None)
-                    if e0 is None:
-                        return
-                    e1 = min(e0 + step, num)
-                    hc = hs if shared else hs[e0:e1]
-                    a = a_shared if shared else _feedback(hc, damp)
-                    for stack, out in zip(stacks, outs):
-                        out.round(stack, e0, e1, hc, a, shared)
-
-        with ThreadPoolExecutor(extra) if extra else nullcontext() as pool:
-            helpers = [pool.submit(work) for _ in range(extra)]
-            work()
-            for helper in helpers:
-                helper.result()
+    for e0 in range(0, num, step):
+        e1 = min(e0 + step, num)
+        hc = hs if shared else hs[e0:e1]
+        a = a_shared if shared else _feedback(hc, damp)
+        for stack, out in zip(stacks, outs):
+            out.round(stack, e0, e1, hc, a, shared)
     return [out.result() for out in outs]
-
-
-def _host(w: mx.array) -> np.ndarray:
-    """The values of `w` (evaluated now) as numpy, float16 and bfloat16 as their bits, without a
-    copy (other dtypes as float32); `_widened` reads them."""
-    if w.dtype in (mx.float16, mx.bfloat16):
-        return np.asarray(memoryview(w.view(mx.uint16)))
-    return np.asarray(memoryview(w.astype(mx.float32)))
-
-
-def _widened(x: np.ndarray, dtype: mx.Dtype) -> np.ndarray:
-    """What `_host` gave for a weight of `dtype`, as float32 (a copy), as mlx's astype widens it."""
-    if dtype == mx.bfloat16:
-        return (x.astype(np.uint32) << np.uint32(16)).view(np.float32)
-    return x.view(np.float16).astype(np.float32) if dtype == mx.float16 else np.array(x)
-
-
-@contextmanager
-def _idle_cores(wanted: int):
-    """How many threads (at most `wanted`) a GPTQ call may start besides its own: the cores of
-    THREADS that no GPTQ call of this process holds (the caller's thread holds one), held until
-    the block ends. Experts are rounded independently, each as alone, so the bytes are the same."""
-    global _busy
-    with _busy_lock:
-        extra = max(0, min(wanted, THREADS - _busy - 1))
-        _busy += 1 + extra
-    try:
-        yield extra
-    finally:
-        with _busy_lock:
-            _busy -= 1 + extra
 
 
 class _Rounded:
@@ -382,13 +329,13 @@ class _Rounded:
         self.packed = np.empty(packed_shape((num, rows, n), q), np.uint32)
         self.scales = np.empty(scales_shape((num, rows, n), q), np.float32)
         self.biases = np.empty_like(self.scales)
-        self.kept, self.lowered, self.counting = 0, 0.0, threading.Lock()
+        self.kept, self.lowered = 0, 0.0
 
-    def round(self, stack: np.ndarray, e0: int, e1: int, hc: np.ndarray, a: np.ndarray, shared: bool) -> None:
+    def round(self, stack: mx.array, e0: int, e1: int, hc: np.ndarray, a: np.ndarray, shared: bool) -> None:
         """Experts e0:e1 of `stack` (the weight [E, out, in]) by GPTQ with their H `hc` and feedback
         `a`, each row kept only if its output error on H is lower than plain rounding's."""
         bits, group_size, rows, n = self.q.bits, self.q.group_size, *stack.shape[1:]
-        w0 = _widened(stack[e0:e1], self.w.dtype)
+        w0 = np.array(stack[e0:e1].astype(mx.float32))
         if shared:  # one matrix of all the experts' rows
             w0 = w0.reshape(1, -1, n)
         codes, g_scales, g_biases, resid = _gptq(w0, a, bits, group_size, self.w.dtype)
@@ -400,9 +347,8 @@ class _Rounded:
         self.packed[e0:e1] = _pack(np.where(better, codes, p_codes.astype(np.uint8)), bits).reshape(e1 - e0, rows, -1)
         self.scales[e0:e1] = np.where(better, g_scales, p_scales).reshape(e1 - e0, rows, -1)
         self.biases[e0:e1] = np.where(better, g_biases, p_biases).reshape(e1 - e0, rows, -1)
-        with self.counting:
-            self.kept += int(better.sum())
-            self.lowered -= float(np.minimum(gain, 0).sum())
+        self.kept += int(better.sum())
+        self.lowered -= float(np.minimum(gain, 0).sum())
 
     def result(self) -> tuple[mx.array, mx.array, mx.array]:
         w = self.w

@@ -400,13 +400,13 @@ def _share(tensors: dict, share: int, shares: int) -> tuple[dict, range | None]:
 
 
 def _setup(spec: Spec):
-    from . import fpquant, gptq
+    from . import fpquant
     from .dequant import source_format
     from .quantize import Quantizer, parameter_shapes
     from .target import build_model
     from .writer import Output
 
-    fpquant.THREADS = gptq.THREADS = 1  # the processes are the parallelism
+    fpquant.THREADS = 1  # the processes are the parallelism
     conv = spec.kind.__new__(spec.kind)
     conv.__dict__.update(spec.state)
     conv.format, _ = source_format(conv.ckpt.config)
