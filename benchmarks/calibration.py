@@ -22,12 +22,14 @@ The baseline is the source tree of an earlier commit, e.g.
 64, on the same ids; its command line would download its own calibration text, so it is called as
 its main() does, with the ids instead): wall time, CPU time and peak RSS (no KL: the weights are
 random). Then, in this process, the rate of GPTQ's matrix work: layer 0's moments measured as the
-conversion measures them, each of its modules rounded by moequant's GPTQ on one thread (as each
-conversion worker runs it), its floating point operations (Cholesky n³/3 and triangular inverse
-n³/3 per H, the lazy updates R·n² and the check against plain rounding 2·R·n² per matrix of R rows)
-over its CPU time, against numpy's float32 matmul rate measured in the same run on GPTQ's shapes
-([n, n] @ [n, R]), on one thread and on every core. Needs only mlx, mlx-lm, numpy, safetensors,
-typer and rich (no torch):
+conversion measures them, each of its modules rounded by moequant's GPTQ on one thread (modules
+with the same inputs, an expert stack's gate and up, together, as the conversion rounds them), its
+floating point operations (Cholesky n³/3 and triangular inverse n³/3 per H, once for modules
+rounded together, the lazy updates R·n² and the check against plain rounding 2·R·n² per matrix of
+R rows; not counted: forming a gate/up stack's routed H from the recorded states) over its CPU
+time, against numpy's float32 matmul rate measured in the same run on GPTQ's shapes ([n, n] @ [n,
+R]), on one thread and on every core. Needs only mlx, mlx-lm, numpy, safetensors, typer and rich
+(no torch):
 
     python benchmarks/make_synthetic.py /tmp/syn6 --target-gb 6
     python benchmarks/calibration.py --synthetic /tmp/syn6 --mlx-lm-timeout 3600
@@ -226,13 +228,14 @@ def _matmul_rate(n: int, rows: int, one_thread: bool) -> float:
 
 
 def gptq_rate(src: Path, args: argparse.Namespace) -> None:
-    """GPTQ's achieved GFLOP/s on one thread, module by module of layer 0, against numpy's matmul rate."""
+    """GPTQ's achieved GFLOP/s on one thread, module by module of layer 0 (modules with the same
+    inputs together), against numpy's matmul rate."""
     import mlx.core as mx
 
-    from moequant.calibrate import measure, read_calibration
+    from moequant.calibrate import RoutedMoments, measure, read_calibration
     from moequant.convert import Conversion, vocab_size
     from moequant.formats import Quant
-    from moequant.gptq import quantize_gptq
+    from moequant.gptq import quantize_gptq_together
     from moequant.target import build_model
 
     q = Quant.make("affine", 4, 64)
@@ -244,22 +247,27 @@ def gptq_rate(src: Path, args: argparse.Namespace) -> None:
     weights = {}
     for group in conversion._normalized_groups():
         weights.update((k, v) for k, v in group.items() if k.removesuffix(".weight") in paths)
-    print("\n| module | shape | GPTQ CPU s | GFLOP | GFLOP/s | numpy 1 thread | share |")
+    together: dict = {}  # modules with the same inputs (RoutedMoments compare equal), as quantize.Quantizer groups them
+    for path in sorted(paths):
+        h = stats.moments[path]
+        together.setdefault(h if isinstance(h, RoutedMoments) else path, []).append(path)
+    print("\n| modules | shape | GPTQ CPU s | GFLOP | GFLOP/s | numpy 1 thread | share |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     total_flops = total_cpu = 0.0
     rates = {}
-    for path in sorted(paths):
-        w = weights[f"{path}.weight"]
-        mx.eval(w)
-        experts, rows, n = (1, *w.shape) if w.ndim == 2 else w.shape
-        flops = experts * (2 * n**3 / 3 + 3 * rows * n * n)
+    for unit in together.values():
+        ws = [weights[f"{path}.weight"] for path in unit]
+        mx.eval(ws)
+        experts, rows, n = (1, *ws[0].shape) if ws[0].ndim == 2 else ws[0].shape
+        flops = experts * (2 * n**3 / 3 + 3 * rows * n * n * len(ws))
         start = time.process_time()
-        mx.eval(quantize_gptq(w, stats.moments[path], q))
+        mx.eval(quantize_gptq_together([(w, q) for w in ws], stats.moments[unit[0]]))
         cpu = time.process_time() - start
         rates.setdefault((n, rows), _matmul_rate(n, rows, one_thread=True))
         total_flops, total_cpu = total_flops + flops, total_cpu + cpu
-        print(f"| {path.split('.layers.0.')[-1]} | {tuple(w.shape)} | {cpu:.1f} | {flops / 1e9:.0f} | "
-              f"{flops / cpu / 1e9:.1f} | {rates[n, rows]:.1f} | {flops / cpu / 1e9 / rates[n, rows]:.0%} |", flush=True)
+        names = " + ".join(path.split(".layers.0.")[-1] for path in unit)
+        print(f"| {names} | {tuple(ws[0].shape)} | {cpu:.1f} | {flops / 1e9:.0f} | {flops / cpu / 1e9:.1f} | "
+              f"{rates[n, rows]:.1f} | {flops / cpu / 1e9 / rates[n, rows]:.0%} |", flush=True)
     peak_one = max(rates.values())
     n, rows = max(rates)
     every = _matmul_rate(n, rows, one_thread=False)

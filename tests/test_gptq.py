@@ -8,7 +8,7 @@ import pytest
 
 from moequant.errors import LayoutError, PlanError
 from moequant.gptq import _feedback, _gptq, _grid, _pack, _rounded, calibration_error, dequantized_affine, \
-    quantize_gptq
+    quantize_gptq, quantize_gptq_together
 from moequant.formats import Quant
 
 BITS = (2, 3, 4, 5, 6, 8)
@@ -205,3 +205,15 @@ def test_rejects_other_modes_and_mismatched_h():
         quantize_gptq(w, np.eye(128), Quant.make("affine", 4, 64))
     with pytest.raises(LayoutError, match=r"expected \(256, 256\) or \(3, 256, 256\)"):
         quantize_gptq(mx.stack([w] * 3), np.stack([np.eye(256)] * 2), Quant.make("affine", 4, 64))
+
+
+def test_weights_with_the_same_inputs_rounded_together_are_each_rounded_alone():
+    # an expert stack's gate and up: one H per expert, the feedback formed once for both
+    gate, up = _weights(11, (4, 32, 256)), _weights(12, (4, 48, 256), mx.float16)
+    hs = np.stack([_second_moment(e, 256)[1] for e in range(4)])
+    quants = Quant.make("affine", 4, 64), Quant.make("affine", 3, 32)
+    together = quantize_gptq_together([(gate, quants[0]), (up, quants[1])], hs)
+    for w, q, out in zip((gate, up), quants, together):
+        for a, b in zip(out, quantize_gptq(w, hs, q)):
+            assert a.shape == b.shape and a.dtype == b.dtype and (_bits(a) == _bits(b)).all()
+

@@ -572,11 +572,18 @@ class RoutedMoments:
     """E[x xᵀ] per expert ([E, in, in]) of projections whose input is an expert container's hidden
     states (gate/up), formed when sliced, one expert at a time (see _mixed), from what Moments
     stored: the mean over every token, each expert's routed token count, and each call's states and
-    routing. Indexing gives numpy float32; so does np.asarray (all experts at once)."""
+    routing. Indexing gives numpy float32; so does np.asarray (all experts at once). Equal for the
+    projections of one record (an expert stack's gate and up): quantize rounds those together."""
 
     def __init__(self, folder: Path, name: str, experts: int, calls: int, n_in: int):
         self.folder, self.name, self.calls = folder, name, calls
         self.shape, self.ndim = (experts, n_in, n_in), 3
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, RoutedMoments) and (self.folder, self.name) == (other.folder, other.name)
+
+    def __hash__(self) -> int:
+        return hash((self.folder, self.name))
 
     def _load(self, what: str) -> np.ndarray:
         return np.load(self.folder / f"{self.name}.{what}.npy", mmap_mode="r", allow_pickle=False)
@@ -588,9 +595,11 @@ class RoutedMoments:
         for c in range(self.calls):
             chosen = self.folder / f"{self.name}.chosen{c}.npy"
             inputs.append((self._load(f"x{c}"), np.load(chosen) if chosen.is_file() else None))
-        out = [_mixed(everyone, _routed_products(inputs, e) if routed[e] >= MIN_ROUTED else 0.0, int(routed[e]))
-               for e in ([which] if isinstance(which, int) else which)]
-        return out[0] if isinstance(which, int) else np.stack(out)
+        experts = [which] if isinstance(which, int) else which
+        out = np.empty((len(experts), *self.shape[1:]), np.float32)
+        for i, e in enumerate(experts):
+            out[i] = _mixed(everyone, _routed_products(inputs, e) if routed[e] >= MIN_ROUTED else 0.0, int(routed[e]))
+        return out[0] if isinstance(which, int) else out
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         return self[:] if dtype is None else self[:].astype(dtype)

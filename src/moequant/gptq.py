@@ -23,6 +23,10 @@ grid and the error uses what `mx.dequantize` restores (products and sums rounded
 Rows are independent, so each row finally keeps whichever of GPTQ and `mx.quantize` has the
 smaller output error on the undamped H: the result is never worse than plain rounding on the
 calibration objective.
+
+Cost: an expert stack goes a few experts at a time; weights with the same inputs (an expert stack's
+gate and up) share each chunk's H and feedback (`quantize_gptq_together`), which changes no byte:
+each expert's products and factorizations are the same, whatever else is batched with them.
 """
 
 from __future__ import annotations
@@ -92,10 +96,19 @@ def _grid(groups: np.ndarray, bits: int, axis: int) -> tuple[np.ndarray, np.ndar
 def dequantized_affine(w: np.ndarray, bits: int, group_size: int) -> np.ndarray:
     """`mx.dequantize(*mx.quantize(w, group_size, bits), group_size, bits)` of float32 `w` [..., n],
     in numpy, bit for bit (without mlx's CPU dequantize, which takes 5x its output's memory)."""
-    groups = w.reshape(-1, group_size)
-    scale, bias = (v[:, None] for v in _grid(groups, bits, axis=1))
-    q = np.clip(np.rint((groups - bias) / scale), 0, 2**bits - 1)
-    return _dequantized(q, scale, bias, mx.float32).reshape(w.shape)
+    return _plain_affine(w, bits, group_size, mx.float32)[3]
+
+
+def _plain_affine(w: np.ndarray, bits: int, group_size: int, dtype: mx.Dtype):
+    """`mx.quantize(w, group_size, bits)` in numpy, bit for bit, for float32 `w` [..., n] holding
+    values of `dtype`: codes (float32 [..., n], on mlx's float32 grid), the stored scales and biases
+    (float32 [..., n / group_size], rounded to `dtype`) and what `mx.dequantize` restores from them
+    (float32 [..., n]; mlx computes it in `dtype`, whatever dtype it is asked to return)."""
+    groups = w.reshape(*w.shape[:-1], -1, group_size)
+    scale, bias = _grid(groups, bits, axis=-1)
+    q = np.clip(np.rint((groups - bias[..., None]) / scale[..., None]), 0, 2**bits - 1)
+    scale, bias = _rounded(scale, dtype), _rounded(bias, dtype)
+    return q.reshape(w.shape), scale, bias, _dequantized(q, scale[..., None], bias[..., None], dtype).reshape(w.shape)
 
 
 def _rounded(x: np.ndarray, dtype: mx.Dtype) -> np.ndarray:
@@ -117,9 +130,11 @@ def _dequantized(q: np.ndarray, scale: np.ndarray, bias: np.ndarray, dtype: mx.D
 def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
     """Codes [..., n] (< 2**bits) -> uint32 [..., n * bits / 32], as mx.quantize packs them: one
     little-endian bitstream per row, each code least significant bit first."""
-    c = np.ascontiguousarray(codes, np.uint64).reshape(*codes.shape[:-1], -1, 8)  # 8 codes fill `bits` whole bytes
-    word = (c << (np.arange(8, dtype=np.uint64) * np.uint64(bits))).sum(-1, dtype=np.uint64)
-    stream = np.ascontiguousarray(word, "<u8").view(np.uint8).reshape(*word.shape, 8)[..., :bits]
+    c = np.ascontiguousarray(codes).reshape(*codes.shape[:-1], -1, 8)  # 8 codes fill `bits` whole bytes
+    word = c[..., 0].astype(np.uint64)
+    for k in range(1, 8):
+        word |= c[..., k].astype(np.uint64) << np.uint64(k * bits)
+    stream = word.astype("<u8").view(np.uint8).reshape(*word.shape, 8)[..., :bits]
     stream = np.ascontiguousarray(stream).reshape(*codes.shape[:-1], -1)
     return stream.view("<u4").astype(np.uint32)
 
@@ -149,7 +164,7 @@ def _inverse_lower(l: np.ndarray, block: int = 256, out: np.ndarray | None = Non
     written into `out` (one array for all the halves: a fresh zeroed one per half cost as much time
     in page faults as the products)."""
     n = l.shape[-1]
-    out = np.empty_like(l) if out is None else out
+    out = np.empty_like(l) if out is None else out  # may be `l` itself: each block is read before it is written
     if n <= block:
         out[...] = np.linalg.inv(np.tril(l))
         return out
@@ -170,25 +185,32 @@ def _feedback(h: np.ndarray, damp: float) -> np.ndarray:
 
     U comes without forming H⁻¹: with J the reversal, J H J = L Lᵀ (L lower) gives H = R Rᵀ with
     R = J L J upper, so H⁻¹ = (R⁻¹)ᵀ R⁻¹ and U = R⁻¹ = J L⁻¹ J."""
-    h = np.array(h[:, ::-1, ::-1], dtype=np.float32)  # J H J
     n = h.shape[-1]
     idx = np.arange(n)
-    live = h[:, idx, idx] > 0
-    h *= live[:, :, None]
-    h *= live[:, None, :]
+    live = np.array(h[:, idx[::-1], idx[::-1]], dtype=np.float32) > 0
+
+    def reversed_h() -> np.ndarray:  # J H J, its rows and columns of dead inputs zeroed
+        out = np.array(h[:, ::-1, ::-1], dtype=np.float32)
+        if not live.all():
+            out *= live[:, :, None]
+            out *= live[:, None, :]
+        return out
+
+    lower = reversed_h()
+    diag = lower[:, idx, idx]
     count = live.sum(-1)
-    mean = np.where(count > 0, h[:, idx, idx].sum(-1, dtype=np.float64) / np.maximum(count, 1), 1.0)
+    mean = np.where(count > 0, diag.sum(-1, dtype=np.float64) / np.maximum(count, 1), 1.0)
     for attempt in range(4):  # 10x more damping each time H is not positive semi-definite
-        damped = h.copy()
-        damped[:, idx, idx] = np.where(live, h[:, idx, idx] + damp * 10**attempt * mean[:, None], 1)
+        lower = reversed_h() if attempt else lower
+        lower[:, idx, idx] = np.where(live, diag + damp * 10**attempt * mean[:, None], 1)
         try:
-            lower = _cholesky(damped)
+            lower = _cholesky(lower)
             break
         except np.linalg.LinAlgError:
             if attempt == 3:
                 raise
             log.debug("gptq: H + %g·mean(diag H)·I is not positive definite; damping 10x more", damp * 10**attempt)
-    u = _inverse_lower(lower)[:, ::-1, ::-1]  # upper: U
+    u = _inverse_lower(lower, out=lower)[:, ::-1, ::-1]  # upper: U
     u = u / u[:, idx, idx][:, :, None]  # a contiguous copy, in memory order
     return u.transpose(0, 2, 1)  # products with its slices take the transpose without a copy
 
@@ -259,51 +281,82 @@ def quantize_gptq(w: mx.array, h, q: Quant, damp: float = DAMP) -> tuple[mx.arra
     per expert, anything else of shape [E, in, in] whose slices are numpy arrays (read a few experts
     at a time: calibrate.RoutedMoments forms them then).
     `damp` is λ: λ·mean(diag H) is added to H's diagonal for the GPTQ updates only."""
+    return quantize_gptq_together([(w, q)], h, damp)[0]
+
+
+def quantize_gptq_together(weights: list[tuple[mx.array, Quant]], h, damp: float = DAMP) -> list[tuple]:
+    """`quantize_gptq` of several weights (each with its Quant) whose inputs are the same, e.g. an
+    expert stack's gate and up projections: H and its feedback are read and formed once, a few
+    experts at a time, for all of them (the feedback does not depend on the Quant). The same bytes
+    as one `quantize_gptq` each."""
     if isinstance(h, (mx.array, np.ndarray)) or len(getattr(h, "shape", ())) != 3:
         h = _as_numpy(h)
-    _check(w, h, q)
-    return _quantize_gptq(w, h, q, damp)
+    for w, q in weights:
+        _check(w, h, q)
+    if len({w.shape[:-2] for w, _ in weights}) > 1:
+        raise LayoutError(f"gptq: weights {[tuple(w.shape) for w, _ in weights]} rounded together; expected the same "
+                          "number of experts")
+    return _quantize_gptq(weights, h, damp)
 
 
 @_one_blas_thread()
-def _quantize_gptq(w: mx.array, h: np.ndarray, q: Quant, damp: float) -> tuple[mx.array, mx.array, mx.array]:
-    bits, group_size, n = q.bits, q.group_size, w.shape[-1]
-    stack = w.reshape(-1, *w.shape[-2:])
-    num, rows = stack.shape[:2]
+def _quantize_gptq(weights: list[tuple[mx.array, Quant]], h: np.ndarray, damp: float) -> list[tuple]:
+    n = weights[0][0].shape[-1]
+    stacks = [w.reshape(-1, *w.shape[-2:]) for w, _ in weights]
+    num, rows = stacks[0].shape[0], max(s.shape[1] for s in stacks)
     hs = h if len(h.shape) == 3 else h.reshape(-1, n, n)
     shared = hs.shape[0] == 1
     hs = hs[:] if shared else hs  # a lazy one in memory
     a_shared = _feedback(hs, damp) if shared else None
     step = max(1, _CHUNK // (rows * n)) if shared else max(1, min(_CHUNK // (rows * n), _CHUNK // (n * n)))
-    packed = np.empty(packed_shape((num, rows, n), q), np.uint32)
-    scales = np.empty(scales_shape((num, rows, n), q), np.float32)
-    biases = np.empty_like(scales)
-    kept, lowered = 0, 0.0
+    outs = [_Rounded(w, q) for w, q in weights]
     for e0 in range(0, num, step):
         e1 = min(e0 + step, num)
-        part = stack[e0:e1]
         hc = hs if shared else hs[e0:e1]
-        w0 = np.array(part.astype(mx.float32))
+        a = a_shared if shared else _feedback(hc, damp)
+        for stack, out in zip(stacks, outs):
+            out.round(stack, e0, e1, hc, a, shared)
+    return [out.result() for out in outs]
+
+
+class _Rounded:
+    """One weight's GPTQ output, filled a few experts at a time (`round`)."""
+
+    def __init__(self, w: mx.array, q: Quant):
+        self.w, self.q = w, q
+        rows, n = w.shape[-2:]
+        num = w.size // (rows * n)
+        self.packed = np.empty(packed_shape((num, rows, n), q), np.uint32)
+        self.scales = np.empty(scales_shape((num, rows, n), q), np.float32)
+        self.biases = np.empty_like(self.scales)
+        self.kept, self.lowered = 0, 0.0
+
+    def round(self, stack: mx.array, e0: int, e1: int, hc: np.ndarray, a: np.ndarray, shared: bool) -> None:
+        """Experts e0:e1 of `stack` (the weight [E, out, in]) by GPTQ with their H `hc` and feedback
+        `a`, each row kept only if its output error on H is lower than plain rounding's."""
+        bits, group_size, rows, n = self.q.bits, self.q.group_size, *stack.shape[1:]
+        w0 = np.array(stack[e0:e1].astype(mx.float32))
         if shared:  # one matrix of all the experts' rows
             w0 = w0.reshape(1, -1, n)
-        codes, g_scales, g_biases, resid = _gptq(w0, a_shared if shared else _feedback(hc, damp), bits, group_size,
-                                                 w.dtype)
-        plain = mx.quantize(part, group_size, bits, mode="affine")
-        restored = np.array(mx.dequantize(*plain, group_size, bits, dtype=mx.float32)).reshape(w0.shape)
+        codes, g_scales, g_biases, resid = _gptq(w0, a, bits, group_size, self.w.dtype)
+        p_codes, p_scales, p_biases, restored = _plain_affine(w0, bits, group_size, self.w.dtype)
         plain_resid = (w0 - restored).transpose(0, 2, 1)
         # per row, ΔW_gptq H ΔW_gptqᵀ − ΔW_plain H ΔW_plainᵀ in one product: H is symmetric
-        gain = ((hc @ (resid - plain_resid)) * (resid + plain_resid)).sum(1).reshape(e1 - e0, rows)
+        gain = ((hc @ (resid - plain_resid)) * (resid + plain_resid)).sum(1)
         better = (gain < 0)[..., None]
-        packed[e0:e1] = np.where(better, _pack(codes, bits).reshape(e1 - e0, rows, -1), np.array(plain[0]))
-        scales[e0:e1] = np.where(better, g_scales.reshape(e1 - e0, rows, -1), np.array(plain[1].astype(mx.float32)))
-        biases[e0:e1] = np.where(better, g_biases.reshape(e1 - e0, rows, -1), np.array(plain[2].astype(mx.float32)))
-        kept += int(better.sum())
-        lowered -= float(np.minimum(gain, 0).sum())
-    log.debug("gptq %s %s: GPTQ kept for %d of %d rows, lowering the output error by %.4g", tuple(w.shape), q,
-              kept, num * rows, lowered)
-    shape = w.shape[:-1]
-    return (mx.array(packed).reshape(*shape, -1), mx.array(scales).astype(w.dtype).reshape(*shape, -1),
-            mx.array(biases).astype(w.dtype).reshape(*shape, -1))
+        self.packed[e0:e1] = _pack(np.where(better, codes, p_codes.astype(np.uint8)), bits).reshape(e1 - e0, rows, -1)
+        self.scales[e0:e1] = np.where(better, g_scales, p_scales).reshape(e1 - e0, rows, -1)
+        self.biases[e0:e1] = np.where(better, g_biases, p_biases).reshape(e1 - e0, rows, -1)
+        self.kept += int(better.sum())
+        self.lowered -= float(np.minimum(gain, 0).sum())
+
+    def result(self) -> tuple[mx.array, mx.array, mx.array]:
+        w = self.w
+        log.debug("gptq %s %s: GPTQ kept for %d of %d rows, lowering the output error by %.4g", tuple(w.shape), self.q,
+                  self.kept, w.size // w.shape[-1], self.lowered)
+        shape = w.shape[:-1]
+        return (mx.array(self.packed).reshape(*shape, -1), mx.array(self.scales).astype(w.dtype).reshape(*shape, -1),
+                mx.array(self.biases).astype(w.dtype).reshape(*shape, -1))
 
 
 def calibration_error(w: mx.array, packed: mx.array, scales: mx.array, biases: mx.array, h, q: Quant) -> np.ndarray:

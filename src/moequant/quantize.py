@@ -12,11 +12,12 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from .calibrate import RoutedMoments
 from .checkpoint import Stacked
 from .errors import LayoutError
 from .formats import DTYPES, FP_MODES, Mode, Quant, Rounding
 from .fpquant import quantize_fp, quantize_fp_experts
-from .gptq import quantize_gptq
+from .gptq import quantize_gptq, quantize_gptq_together
 from .names import module_path
 from .plan import Plan
 from .rounding import quantize_searched
@@ -148,11 +149,13 @@ class Quantizer:
 
         if todo:
             nn.quantize(self.model, class_predicate=predicate)  # the quantized modules, packed by to_quantized
+            together = self._gptq_together(todo, weights) if self.compute else {}
             for path in sorted(todo) if self.compute else ():  # a dry run keeps to_quantized's lazy packing
                 if f"{path}.weight" in parts:
                     continue  # expert by expert, below
                 quant = rows[path].quant
-                packed = PACKERS[quant.mode, self.rounding](weights.pop(f"{path}.weight"), quant, self.moments.get(path))
+                packed = together.pop(path, None) or PACKERS[quant.mode, self.rounding](
+                    weights.pop(f"{path}.weight"), quant, self.moments.get(path))
                 module = module_at(self.model, path)
                 for name, value in packed.items():
                     setattr(module, name, value)
@@ -173,6 +176,25 @@ class Quantizer:
                 packed.append({k: v[0] for k, v in pack(cast(key, part)[None], quant, None).items()})
                 del part
             out.update((f"{path}.{name}", Stacked([p[name] for p in packed])) for name in packed[0])
+        return out
+
+    def _gptq_together(self, todo: set[str], weights: dict[str, mx.array]) -> dict[str, Packed]:
+        """GPTQ of the affine modules whose inputs are the same (an expert stack's gate and up: one
+        RoutedMoments record), their weights taken from `weights`: H and its feedback formed once
+        for all of them (gptq.quantize_gptq_together), not once each."""
+        if self.rounding != Rounding.GPTQ:
+            return {}
+        by_input: dict[RoutedMoments, list[str]] = {}
+        for path in sorted(todo):
+            h = self.moments.get(path)
+            if isinstance(h, RoutedMoments) and self.plan.by_path[path].quant.mode == Mode.AFFINE:
+                by_input.setdefault(h, []).append(path)
+        out = {}
+        for h, paths in by_input.items():
+            if len(paths) > 1:
+                packed = quantize_gptq_together([(weights.pop(f"{p}.weight"), self.plan.by_path[p].quant) for p in paths],
+                                                h)
+                out.update((p, _named(arrays)) for p, arrays in zip(paths, packed))
         return out
 
 
