@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 
 DAMP = 0.01  # λ: λ·mean(diag H) is added to the diagonal of H (Frantar et al.'s default)
 BLOCK = 512  # columns per lazy update: a multiple of every affine group size
-_CHUNK = 1 << 25  # float32 elements of weights, or of H, handled at once (128 MB)
+_CHUNK = 1 << 22  # float32 elements of weights rounded at once (16 MB; a call's temporaries ~12x that)
+_H_CHUNK = 1 << 23  # float32 elements of H (and of each of its factors) at once (32 MB; ~4 copies)
 
 
 @lru_cache(maxsize=None)
@@ -308,14 +309,16 @@ def _quantize_gptq(weights: list[tuple[mx.array, Quant]], h: np.ndarray, damp: f
     shared = hs.shape[0] == 1
     hs = hs[:] if shared else hs  # a lazy one in memory
     a_shared = _feedback(hs, damp) if shared else None
-    step = max(1, _CHUNK // (rows * n)) if shared else max(1, min(_CHUNK // (rows * n), _CHUNK // (n * n)))
+    step = max(1, _CHUNK // (rows * n)) if shared else max(1, min(_CHUNK // (rows * n), _H_CHUNK // (n * n)))
     outs = [_Rounded(w, q) for w, q in weights]
     for e0 in range(0, num, step):
         e1 = min(e0 + step, num)
         hc = hs if shared else hs[e0:e1]
         a = a_shared if shared else _feedback(hc, damp)
         for stack, out in zip(stacks, outs):
-            out.round(stack, e0, e1, hc, a, shared)
+            row_step = max(1, _CHUNK // ((e1 - e0) * n))  # rows are rounded independently: a large one in blocks
+            for r0 in range(0, stack.shape[1], row_step):
+                out.round(stack, e0, e1, slice(r0, min(r0 + row_step, stack.shape[1])), hc, a, shared)
     return [out.result() for out in outs]
 
 
@@ -331,11 +334,12 @@ class _Rounded:
         self.biases = np.empty_like(self.scales)
         self.kept, self.lowered = 0, 0.0
 
-    def round(self, stack: mx.array, e0: int, e1: int, hc: np.ndarray, a: np.ndarray, shared: bool) -> None:
-        """Experts e0:e1 of `stack` (the weight [E, out, in]) by GPTQ with their H `hc` and feedback
-        `a`, each row kept only if its output error on H is lower than plain rounding's."""
-        bits, group_size, rows, n = self.q.bits, self.q.group_size, *stack.shape[1:]
-        w0 = np.array(stack[e0:e1].astype(mx.float32))
+    def round(self, stack: mx.array, e0: int, e1: int, r: slice, hc: np.ndarray, a: np.ndarray, shared: bool) -> None:
+        """Rows `r` of experts e0:e1 of `stack` (the weight [E, out, in]) by GPTQ with their H `hc` and
+        feedback `a`, each row kept only if its output error on H is lower than plain rounding's."""
+        bits, group_size, n = self.q.bits, self.q.group_size, stack.shape[-1]
+        rows = r.stop - r.start
+        w0 = np.array(stack[e0:e1, r].astype(mx.float32))
         if shared:  # one matrix of all the experts' rows
             w0 = w0.reshape(1, -1, n)
         codes, g_scales, g_biases, resid = _gptq(w0, a, bits, group_size, self.w.dtype)
@@ -344,9 +348,9 @@ class _Rounded:
         # per row, ΔW_gptq H ΔW_gptqᵀ − ΔW_plain H ΔW_plainᵀ in one product: H is symmetric
         gain = ((hc @ (resid - plain_resid)) * (resid + plain_resid)).sum(1)
         better = (gain < 0)[..., None]
-        self.packed[e0:e1] = _pack(np.where(better, codes, p_codes.astype(np.uint8)), bits).reshape(e1 - e0, rows, -1)
-        self.scales[e0:e1] = np.where(better, g_scales, p_scales).reshape(e1 - e0, rows, -1)
-        self.biases[e0:e1] = np.where(better, g_biases, p_biases).reshape(e1 - e0, rows, -1)
+        self.packed[e0:e1, r] = _pack(np.where(better, codes, p_codes.astype(np.uint8)), bits).reshape(e1 - e0, rows, -1)
+        self.scales[e0:e1, r] = np.where(better, g_scales, p_scales).reshape(e1 - e0, rows, -1)
+        self.biases[e0:e1, r] = np.where(better, g_biases, p_biases).reshape(e1 - e0, rows, -1)
         self.kept += int(better.sum())
         self.lowered -= float(np.minimum(gain, 0).sum())
 
