@@ -124,7 +124,8 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/moequant-calibration-bench"))
     p.add_argument("--windows", type=int, default=32, help="dev windows of 512 tokens scored")
     p.add_argument("--target-bpw", default="4")
-    p.add_argument("--skip", action="append", default=[], help="leave out the runs whose name contains this")
+    p.add_argument("--skip", action="append", default=[],
+                   help="leave out the runs whose name contains this (`rate`: GPTQ's matmul rate)")
     p.add_argument("--synthetic", type=Path, nargs="+", help="make_synthetic.py checkpoints to measure instead")
     p.add_argument("--calib-sequences", type=int, default=8)
     p.add_argument("--calib-length", type=int, default=512)
@@ -209,7 +210,8 @@ def synthetic(args: argparse.Namespace) -> None:
             continue
         phases = ", ".join(f"{k} {v:.0f} s" for k, v in r["seconds"].items())
         print(f"| {r['src']} | {r['name']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['peak_rss_gib']:.2f} | {phases} |")
-    gptq_rate(args.synthetic[0], args)
+    if "rate" not in args.skip:
+        gptq_rate(args.synthetic[0], args)
 
 
 def _matmul_rate(n: int, rows: int, one_thread: bool) -> float:
