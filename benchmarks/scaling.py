@@ -259,8 +259,8 @@ def main() -> int:
     print(f"floors: read {src_bytes / 1e9 / read_s:.2f} GB/s = {read_s:.2f} s; write {out_bytes / 1e9 / write_s:.2f} GB/s "
           f"= {write_s:.2f} s ({out_bytes / 1e9:.2f} GB); quantization CPU {compute_cpu:.1f} s "
           f"(sum of eval, 1 worker)")
-    print(f"| run | wall s | CPU s | peak RSS GB (tree sum) | peak PSS GB | compute floor s | floor s | wall / floor "
-          f"| mlx_lm wall s | mlx_lm RSS GB | wall / mlx_lm |")
+    print("| run | wall s | CPU s | peak RSS GB (tree sum) | peak PSS GB | compute floor s | floor s | wall / floor "
+          "| mlx_lm wall s | mlx_lm RSS GB | wall / mlx_lm |")
     print("| --- " * 11 + "|")
     for name, k, r, base in rows:
         compute = compute_cpu / k
