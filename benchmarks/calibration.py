@@ -216,12 +216,12 @@ def synthetic(args: argparse.Namespace) -> None:
 
 def _matmul_rate(n: int, rows: int, one_thread: bool) -> float:
     """numpy's float32 GFLOP/s on [8, n, n] @ [8, n, rows] (the shapes of GPTQ's products), the best of 3."""
-    from moequant.gptq import _one_blas_thread
+    from moequant.gptq import one_blas_thread
 
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((8, n, n), dtype=np.float32), rng.standard_normal((8, n, rows), dtype=np.float32)
     best = float("inf")
-    with _one_blas_thread() if one_thread else contextlib.nullcontext():
+    with one_blas_thread() if one_thread else contextlib.nullcontext():
         for _ in range(3):
             start = time.perf_counter()
             a @ b

@@ -36,7 +36,7 @@ from .errors import CheckpointError, PlanError, os_reason
 from .evaluate import free_memory, text_logits
 from .names import layer_of
 from .formats import Mode, Quant
-from .gptq import _one_blas_thread, dequantized_affine
+from .gptq import one_blas_thread, dequantized_affine
 from .surgery import expert_containers, expert_stack_types, module_at, recording, standing_in
 from .target import quiet_transformers
 
@@ -211,7 +211,7 @@ def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     small products too, and its threads' hand-offs cost more than the product (the trained tiny
     MoE's pass on the loaded 2-core VM: 8.4 s of CPU with one thread, 27-34 s with two)."""
     if 2 * a.shape[0] * a.shape[1] * b.shape[1] < THREADED_FLOPS:
-        with _one_blas_thread():
+        with one_blas_thread():
             return a @ b
     return a @ b
 
@@ -222,7 +222,7 @@ def stored_bits(a: mx.array) -> np.ndarray:
 
 
 def widened_bits(a: np.ndarray) -> np.ndarray:
-    """float32 of a _stored array: bfloat16's bits widened exactly, another float converted."""
+    """float32 of a stored_bits array: bfloat16's bits widened exactly, another float converted."""
     if a.dtype == np.uint16:
         return (a.astype(np.uint32) << 16).view(np.float32)
     return a.astype(np.float32, copy=False)
@@ -481,7 +481,7 @@ class _Experts:
     def _activations(self, products: bool):
         """Each expert's activation statistics over every recorded call, yielded expert by expert in
         order: its E[h hᵀ] (see _mixed) if `products`, else None; self.act_squares filled on the way.
-        The sums are those chunk by chunk (per call, the same blocks of experts and the same order)."""
+        The sums are taken chunk by chunk, in the order the calls came, as when they were taken per call."""
         inner = self.stacks["up_proj"].weight.shape[1]
         block = max(1, (1 << 22) // max(self.inputs[0][0].shape[0] * inner, 1))  # experts: ~16 MB of activations
         self.act_squares = np.empty((self.experts, inner))

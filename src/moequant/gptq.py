@@ -65,7 +65,7 @@ def _openblas_threads_local():
 
 
 @contextmanager
-def _one_blas_thread():
+def one_blas_thread():
     """numpy's BLAS on one thread, in this thread only. GPTQ makes thousands of small and medium
     matrix products; measured on two cores (OpenBLAS 0.3.31), threaded OpenBLAS runs a [64, 448] @
     [448, 768] product 13x slower than one thread and a 2048-wide Cholesky 2x slower, while the
@@ -177,7 +177,7 @@ def _inverse_lower(l: np.ndarray, block: int = 256, out: np.ndarray | None = Non
     return out
 
 
-@_one_blas_thread()
+@one_blas_thread()
 def _feedback(h: np.ndarray, damp: float) -> np.ndarray:
     """For H [B, n, n]: GPTQ's error feedback A [B, n, n], A_ji = U_ij / U_ii for j > i, where U is the
     upper Cholesky factor of (H + λ·mean(diag H)·I)⁻¹ = UᵀU (A's diagonal and upper triangle are never
@@ -216,7 +216,7 @@ def _feedback(h: np.ndarray, damp: float) -> np.ndarray:
     return u.transpose(0, 2, 1)  # products with its slices take the transpose without a copy
 
 
-@_one_blas_thread()
+@one_blas_thread()
 def _gptq(w: np.ndarray, a: np.ndarray, bits: int, group_size: int, dtype: mx.Dtype):
     """GPTQ of `w` [B, R, n] (float32) with feedback `a` [B or 1, n, n] from `_feedback`.
 
@@ -300,7 +300,7 @@ def quantize_gptq_together(weights: list[tuple[mx.array, Quant]], h, damp: float
     return _quantize_gptq(weights, h, damp)
 
 
-@_one_blas_thread()
+@one_blas_thread()
 def _quantize_gptq(weights: list[tuple[mx.array, Quant]], h: np.ndarray, damp: float) -> list[tuple]:
     n = weights[0][0].shape[-1]
     stacks = [w.reshape(-1, *w.shape[-2:]) for w, _ in weights]
