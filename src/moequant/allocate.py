@@ -9,7 +9,7 @@ that experts the router rarely picks are measured too). Each module's error is d
 output energy Σ_ij W_ij² E[x_j²], making modules of different scales comparable (a relative
 error: measured to track the model's KL better than the absolute one, see BENCHMARKS.md). The
 error of each candidate is measured by really quantizing the module (a sample of rows, from every
-expert of a stack) with `mx.quantize`.
+expert of a stack) as `mx.quantize` does (its numpy copy, bit for bit: `sample_errors`).
 
 With `--calib`, each module's relative errors are then scaled by its measured output sensitivity
 (`model_errors`): the KL the model's next-token distribution suffers when that module alone is
@@ -51,15 +51,8 @@ class Choice:
     error: float
 
 
-def candidate_errors(weight: mx.array, candidates=CANDIDATES, channel_energy: mx.array | None = None,
-                     seed: int = 0) -> dict[Quant, float]:
-    """Relative output error of quantizing `weight` ([out, in] or [E, out, in]) each way, on a
-    sample of rows of every expert; `channel_energy` is E[x_j²] ([in] or [E, in]), default 1."""
-    return sample_errors(sampled(weight, seed), candidates, channel_energy)
-
-
 def sampled(weight: mx.array, seed: int = 0) -> mx.array:
-    """The rows of `weight` ([out, in] or [E, out, in]) whose errors candidate_errors measures,
+    """The rows of `weight` ([out, in] or [E, out, in]) whose errors sample_errors measures,
     [E or 1, ≤ SAMPLE_ROWS, in], evaluated (in the thread that made `weight`'s graph: mlx's rule)."""
     w = weight if weight.ndim == 3 else weight[None]
     if w.shape[1] > SAMPLE_ROWS:
@@ -70,10 +63,11 @@ def sampled(weight: mx.array, seed: int = 0) -> mx.array:
 
 def sample_errors(sample: mx.array, candidates=CANDIDATES, channel_energy: mx.array | None = None
                   ) -> dict[Quant, float]:
-    """candidate_errors on an evaluated `sample` (see sampled), in numpy only (any thread may run
-    it; gptq.dequantized_affine restores exactly what mx.quantize and mx.dequantize give), a few
-    experts at a time: mlx's CPU dequantize takes 5x its output's memory, ~1.1 GB for a 64-expert
-    stack of 768 x 2048 at once."""
+    """Relative output error of quantizing a weight each way, on an evaluated `sample` of its rows
+    (see sampled) from every expert; `channel_energy` is E[x_j²] ([in] or [E, in]), default 1. In
+    numpy only (any thread may run it; gptq.dequantized_affine restores exactly what mx.quantize
+    and mx.dequantize give), a few experts at a time: mlx's CPU dequantize takes 5x its output's
+    memory, ~1.1 GB for a 64-expert stack of 768 x 2048 at once."""
     stored = stored_bits(sample)
     experts, rows, n = stored.shape
     h = np.ones((1, 1, n), np.float32) if channel_energy is None else as_float32(channel_energy).reshape(-1, 1, n)

@@ -213,7 +213,7 @@ class Conversion:
         return chosen, notes
 
     def _candidate_errors(self, free: set[str], energy: dict) -> dict[str, dict[Quant, float]]:
-        """Each free module's candidate errors (allocate.candidate_errors): its sample of rows read
+        """Each free module's candidate errors (allocate.sample_errors): its sample of rows read
         here, one group at a time, its errors measured by numpy in a pool of threads (as many as
         cores, at most ALLOCATE_THREADS), with at most one sample waiting."""
         threads = max(1, min(procpool.cores(), ALLOCATE_THREADS))
