@@ -1,11 +1,13 @@
 """Calibration benchmark (issue 15): `--target-bpw --calib` (with and without `--rounding gptq`) on
 the trained tiny Qwen3-MoE, streamed over the decoder layers (this tree) against the whole-model
 method it replaced (a BASELINE source tree), and a plain `--bits 4` conversion; side by side in one
-run, each conversion a subprocess of the CLI (`--pool threads`):
+run, each conversion a subprocess of the CLI (worker processes, the CLI's default; `--pool threads`
+for worker threads):
 
-* wall time and CPU time (user + sys), and their ratios to the plain conversion's (on a shared
-  machine the CPU time is the steadier figure);
-* peak RSS of the conversion process;
+* wall time and CPU time (user + sys, worker processes included), and their ratios to the plain
+  conversion's (on a shared machine the CPU time is the steadier figure);
+* peak RSS and peak PSS summed over the conversion's processes (PSS shares the pages they map in
+  common among them: the memory the run really holds);
 * bits per weight (tensor bytes x 8 / parameters) and KL(float || output) in nats/token on held-out
   text (pycode-dev.bin, the windows of benchmarks/quality.py), with top-1 agreement;
 * the phase timings `convert --json` reports (this tree only).
@@ -43,6 +45,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -52,68 +55,69 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from quality import CALIB, CALIB_TEXT, SRC, dev_tokens, float_conversion, forward, parameter_count, \
     safetensors_bytes  # noqa: E402
+from scaling import memory, tree as process_tree  # noqa: E402
 
 TREE = HERE.parent / "src"
-# runs the CLI in a subprocess and writes its peak RSS (KiB) and CPU seconds next to DST
-WRAPPER = """
-import resource, sys
-from moequant.cli import app
-try:
-    app(sys.argv[2:], prog_name="moequant")
-except SystemExit as e:
-    code = e.code
-usage = resource.getrusage(resource.RUSAGE_SELF)
-# VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, from the (larger) parent
-peak = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-open(sys.argv[1], "w").write(f"{peak} {usage.ru_utime + usage.ru_stime}")
-sys.exit(code)
-"""
 
 
 # mlx-lm's GPTQ as mlx_lm.quant.gptq.main runs it, on token ids from a file instead of its download
 MLX_LM_GPTQ = """
-import resource, sys
+import sys
 import mlx.core as mx
 import numpy as np
 from mlx_lm.quant.gptq import gptq_quantize
 from mlx_lm.utils import load, save
-rss, src, dst, ids, sequences, length = sys.argv[1:7]
+src, dst, ids, sequences, length = sys.argv[1:6]
 model, tokenizer, config = load(src, lazy=True, return_config=True)
 data = mx.array(np.load(ids)[: int(sequences) * int(length)].reshape(int(sequences), int(length)))
 model, config["quantization"] = gptq_quantize(model, data, 4, 64, 6, 64)
 save(dst, src, model, tokenizer, config)
-usage = resource.getrusage(resource.RUSAGE_SELF)
-peak = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-open(rss, "w").write(f"{peak} {usage.ru_utime + usage.ru_stime}")
 """
 
 
-def _run(name: str, command: list[str], rss: Path, tree: Path | None = None, timeout: float | None = None,
+def _run(name: str, command: list[str], tree: Path | None = None, timeout: float | None = None,
          may_fail: bool = False) -> dict:
-    """A subprocess that writes its peak RSS (KiB) and CPU seconds to `rss`: wall, CPU, peak RSS, and
-    its stdout; or, past `timeout` seconds, the time it was stopped at; or, `may_fail`, its error."""
+    """A subprocess: wall, CPU time (user + sys of it and its descendants), the peaks of RSS and PSS
+    summed over its process tree (worker processes included; sampled every 0.1 s as scaling.py
+    does), and its stdout; or, past `timeout` seconds, the time it was stopped at; or, `may_fail`,
+    its error."""
     env = dict(os.environ)
     if tree is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(tree), *filter(None, [os.environ.get("PYTHONPATH")])])
-    start = time.monotonic()
+    before, start = os.times(), time.monotonic()
+    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peaks = [0, 0]
+
+    def sample() -> None:
+        while child.poll() is None:
+            rss, pss = memory(process_tree(child.pid))
+            peaks[:] = max(peaks[0], rss), max(peaks[1], pss)
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+        stdout, stderr = child.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
         return {"wall_s": time.monotonic() - start, "stopped": True}
     wall = time.monotonic() - start
-    if done.returncode and may_fail:
-        return {"wall_s": wall, "failed": done.stderr.strip().splitlines()[-1]}
-    if done.returncode:
-        raise SystemExit(f"{name}: exit {done.returncode}\n{done.stderr[-2000:]}")
-    rss_kib, cpu = rss.read_text().split()
-    return {"wall_s": wall, "cpu_s": float(cpu), "peak_rss_gib": int(rss_kib) / 2**20, "stdout": done.stdout}
+    sampler.join()
+    after = os.times()
+    if child.returncode and may_fail:
+        return {"wall_s": wall, "failed": stderr.strip().splitlines()[-1]}
+    if child.returncode:
+        raise SystemExit(f"{name}: exit {child.returncode}\n{stderr[-2000:]}")
+    cpu = after.children_user - before.children_user + after.children_system - before.children_system
+    return {"wall_s": wall, "cpu_s": cpu, "peak_rss_gib": peaks[0] / 2**30, "peak_pss_gib": peaks[1] / 2**30,
+            "stdout": stdout}
 
 
-def convert(tree: Path, dst: Path, options: list[str], src: Path = SRC) -> dict:
+def convert(tree: Path, dst: Path, options: list[str], src: Path = SRC, pool: str = "processes") -> dict:
     """One `moequant convert src DST options` in a subprocess running `tree`'s moequant."""
-    rss = dst.parent / f"{dst.name}.maxrss"
-    result = _run(dst.name, [sys.executable, "-c", WRAPPER, str(rss), "convert", str(src), str(dst), *options,
-                             "--json", "--pool", "threads", "--force"], rss, tree)
+    result = _run(dst.name, [sys.executable, "-m", "moequant", "convert", str(src), str(dst), *options, "--json",
+                             "--pool", pool, "--force"], tree)
     result["seconds"] = json.loads(result.pop("stdout")).get("seconds", {})
     return result
 
@@ -130,6 +134,8 @@ def main() -> None:
     p.add_argument("--calib-sequences", type=int, default=8)
     p.add_argument("--calib-length", type=int, default=512)
     p.add_argument("--mlx-lm-timeout", type=float, default=3600, help="seconds mlx_lm.gptq may run (then stopped)")
+    p.add_argument("--pool", choices=["processes", "threads"], default="processes",
+                   help="moequant's workers: processes (the CLI's default) or threads")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.synthetic:
@@ -152,18 +158,19 @@ def main() -> None:
     rows = []
     for name, tree, options in runs:
         dst = args.work / name.replace(" ", "_").replace("-", "")
-        result = convert(tree, dst, options)
+        result = convert(tree, dst, options, pool=args.pool)
         logits, _ = forward(dst, tokens)
         closeness = compare_logits(reference, logits)
         result.update(name=name, bpw=safetensors_bytes(dst)[1] * 8 / params, kl=closeness.kl, top1=closeness.top1)
         rows.append(result)
         print(json.dumps(result), flush=True)
     wall, cpu = rows[0]["wall_s"], rows[0]["cpu_s"]
-    print("\n| run | wall s | × plain | CPU s | × plain | peak RSS GiB | bits/weight | KL nats/token | top-1 |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("\n| run | wall s | × plain | CPU s | × plain | peak RSS GiB | peak PSS GiB | bits/weight | KL nats/token "
+          "| top-1 |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(f"| {r['name']} | {r['wall_s']:.1f} | {r['wall_s'] / wall:.1f} | {r['cpu_s']:.1f} | {r['cpu_s'] / cpu:.1f} | "
-              f"{r['peak_rss_gib']:.2f} | {r['bpw']:.3f} | {r['kl']:.5f} | {r['top1']:.4f} |")
+              f"{r['peak_rss_gib']:.2f} | {r['peak_pss_gib']:.2f} | {r['bpw']:.3f} | {r['kl']:.5f} | {r['top1']:.4f} |")
     for r in rows:
         if r["seconds"]:
             print(f"{r['name']}: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["seconds"].items()))
@@ -187,29 +194,30 @@ def synthetic(args: argparse.Namespace) -> None:
         for name, tree, options in runs:
             if name != "plain --bits 4" and any(s in name for s in args.skip):
                 continue
-            result = convert(tree, args.work / "synthetic-out", options, src)
+            result = convert(tree, args.work / "synthetic-out", options, src, args.pool)
             result.update(name=name, src=where)
             rows.append(result)
             print(json.dumps(result), flush=True)
         if not any(s in "mlx_lm.gptq" for s in args.skip):
-            rss, dst = args.work / "mlx-lm-gptq.maxrss", args.work / "mlx-lm-gptq-out"
+            dst = args.work / "mlx-lm-gptq-out"
             subprocess.run(["rm", "-rf", str(dst)], check=True)
-            result = _run("mlx_lm.gptq", [sys.executable, "-c", MLX_LM_GPTQ, str(rss), str(src), str(dst), str(calib),
-                                          str(args.calib_sequences), str(args.calib_length)], rss,
+            result = _run("mlx_lm.gptq", [sys.executable, "-c", MLX_LM_GPTQ, str(src), str(dst), str(calib),
+                                          str(args.calib_sequences), str(args.calib_length)],
                           timeout=args.mlx_lm_timeout, may_fail=True)
             result.pop("stdout", None)
             result.update(name="mlx_lm.gptq (4 bits, group 64)", src=where, seconds={})
             rows.append(result)
             print(json.dumps(result), flush=True)
-    print("\n| checkpoint | run | wall s | CPU s | peak RSS GiB | phases |")
-    print("| --- | --- | ---: | ---: | ---: | --- |")
+    print("\n| checkpoint | run | wall s | CPU s | peak RSS GiB | peak PSS GiB | phases |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
     for r in rows:
         if r.get("stopped") or r.get("failed"):
             what = f"failed: {r['failed']}" if r.get("failed") else "stopped"
-            print(f"| {r['src']} | {r['name']} | {what} after {r['wall_s']:.0f} s | | | |")
+            print(f"| {r['src']} | {r['name']} | {what} after {r['wall_s']:.0f} s | | | | |")
             continue
         phases = ", ".join(f"{k} {v:.0f} s" for k, v in r["seconds"].items())
-        print(f"| {r['src']} | {r['name']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['peak_rss_gib']:.2f} | {phases} |")
+        print(f"| {r['src']} | {r['name']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['peak_rss_gib']:.2f} | "
+              f"{r['peak_pss_gib']:.2f} | {phases} |")
     if "rate" not in args.skip:
         gptq_rate(args.synthetic[0], args)
 

@@ -15,8 +15,10 @@ import pytest
 from moequant import procpool
 from moequant.card import CARD_FILE
 from moequant.convert import Conversion
+from moequant.formats import Quant
 from moequant.tiny import write_tiny_checkpoint
 
+from conftest import CALIB_TEXT
 from test_streaming import _slow_checkpoint
 
 
@@ -57,6 +59,32 @@ def test_layers_shared_by_workers_write_the_same_bytes(tmp_path, cli, monkeypatc
     result = cli("convert", src, tmp_path / "shared", "--mode", mode, "--quiet", "--workers", "2")
     assert result.exit_code == 0, result.output
     assert _files(tmp_path / "shared") == _files(tmp_path / "whole")
+
+
+def test_gptq_layers_shared_by_every_worker_write_the_same_bytes(tmp_path, cli):
+    """--rounding gptq: each layer's experts rounded by all the workers together (a share each, on
+    their own experts' moments), 5 shares of 4 experts leaving share 0 none: the same bytes as one
+    worker rounding each layer whole, and as worker threads."""
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe", shards=2)
+    calib = tmp_path / "calib.txt"
+    calib.write_text(CALIB_TEXT)
+    gptq = ["--target-bpw", "4", "--rounding", "gptq", "--calib", str(calib), "--calib-sequences", "2",
+            "--calib-length", "256", "--quiet"]
+    runs = {"p1": ("--workers", "1"), "p2": ("--workers", "2"), "p5": ("--workers", "5"),
+            "t2": ("--workers", "2", "--pool", "threads")}
+    for name, args in runs.items():
+        result = cli("convert", src, tmp_path / name, *gptq, *args)
+        assert result.exit_code == 0, result.output
+    first = _files(tmp_path / "p1")
+    for name in runs:
+        assert _files(tmp_path / name) == first, name
+    conv = Conversion(src, Quant.make("affine", 4, 64), target_bpw=4, rounding="gptq", calib=str(calib),
+                      calib_sequences=2, calib_length=256)
+    groups = conv.ckpt.groups()
+    # the rest first, then layer after layer, a share per worker
+    assert procpool.units(conv, groups, 3) == [(2, 0, 1), (0, 0, 3), (0, 1, 3), (0, 2, 3), (1, 0, 3), (1, 1, 3),
+                                               (1, 2, 3)]
+    assert procpool.units(conv, groups, 1) == [(0, 0, 1), (1, 0, 1), (2, 0, 1)]
 
 
 def test_fewer_layers_than_workers_are_shared_in_rounds(tmp_path):

@@ -575,21 +575,29 @@ class RoutedMoments:
     routing. Indexing gives numpy float32; so does np.asarray (all experts at once). Equal for the
     projections of one record (an expert stack's gate and up): quantize rounds those together."""
 
-    def __init__(self, folder: Path, name: str, experts: int, calls: int, n_in: int):
-        self.folder, self.name, self.calls = folder, name, calls
+    def __init__(self, folder: Path, name: str, experts: int, calls: int, n_in: int, first: int = 0):
+        self.folder, self.name, self.calls, self.first = folder, name, calls, first
         self.shape, self.ndim = (experts, n_in, n_in), 3
 
+    def part(self, experts: range) -> "RoutedMoments":
+        """Those of `experts` only (a worker's share of the stack, see procpool.units), indexed from 0."""
+        which = range(self.shape[0])[experts.start:experts.stop]
+        return RoutedMoments(self.folder, self.name, len(which), self.calls, self.shape[-1], self.first + which.start)
+
+    def _key(self) -> tuple:
+        return self.folder, self.name, self.first, self.shape[0]
+
     def __eq__(self, other) -> bool:
-        return isinstance(other, RoutedMoments) and (self.folder, self.name) == (other.folder, other.name)
+        return isinstance(other, RoutedMoments) and self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash((self.folder, self.name))
+        return hash(self._key())
 
     def _load(self, what: str) -> np.ndarray:
         return np.load(self.folder / f"{self.name}.{what}.npy", mmap_mode="r", allow_pickle=False)
 
     def __getitem__(self, key) -> np.ndarray:
-        which = range(self.shape[0])[key]
+        which = range(self.first, self.first + self.shape[0])[key]
         everyone, routed = np.array(self._load("shared")), self._load("routed")
         inputs = []
         for c in range(self.calls):

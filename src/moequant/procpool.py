@@ -266,10 +266,21 @@ def units(conv, groups, workers: int) -> list[tuple[int, int, int]]:
     workers, each group whole (one share), in order. Else each group with expert stacks in
     `shares` shares, the number (up to MAX_SHARES) that lets the workers finish soonest in rounds
     of equal shares (9 such layers on 16 workers: 3 shares each, 27 shares in 2 rounds of a third
-    of a layer, against 1 round of a whole layer)."""
-    from .experts import expert_sources
+    of a layer, against 1 round of a whole layer).
 
-    stacked = [i for i, g in enumerate(groups) if expert_sources(conv.family, g.keys)] if len(groups) < workers else []
+    With --rounding gptq (minutes of work per layer, against seconds to read it), every group with
+    expert stacks in one share per worker, a layer after another: the workers round one layer's
+    experts together, so that memory holds about one layer, whatever the number of workers; the
+    other groups first (a whole lm_head's GPTQ, as long as a layer's, then overlaps the layers)."""
+    from .experts import expert_sources
+    from .formats import Rounding
+
+    gptq = conv.plan.options.rounding == Rounding.GPTQ and workers > 1
+    stacked = [i for i, g in enumerate(groups) if expert_sources(conv.family, g.keys)] \
+        if gptq or len(groups) < workers else []
+    if gptq:
+        return [(i, 0, 1) for i in range(len(groups)) if i not in stacked] + \
+            [(i, k, workers) for i in stacked for k in range(workers)]
     free = max(workers - (len(groups) - len(stacked)), 1)  # the workers left once each other group has one
     n = min(range(1, MAX_SHARES + 1), key=lambda s: (-(-len(stacked) * s // free) / s, s)) if stacked else 1
     # first shares first (they write the layers' other tensors too), then the seconds...: a worker
@@ -513,16 +524,23 @@ def _picklable(e: BaseException) -> BaseException:
         return cls(f"{type(e).__name__}: {e}")
 
 
-def _share(tensors: dict, share: int, shares: int) -> tuple[dict, range | None]:
-    """Of one group's outputs, what share `share` of `shares` writes (see units), and of each
-    expert stack (Stacked) which parts."""
+def _share(group: dict, share: int, shares: int) -> range | None:
+    """Of one group's expert stacks (Stacked), which experts share `share` of `shares` takes (see
+    units), or None: the group whole."""
     if shares == 1:
-        return tensors, None
+        return None
     from .checkpoint import Stacked
 
-    n = min((len(v.parts) for v in tensors.values() if isinstance(v, Stacked)), default=0)
-    mine = {k: v for k, v in tensors.items() if share == 0 or isinstance(v, Stacked)}
-    return mine, range(n * share // shares, n * (share + 1) // shares)
+    n = min((len(v.parts) for v in group.values() if isinstance(v, Stacked)), default=0)
+    return range(n * share // shares, n * (share + 1) // shares)
+
+
+def _mine(tensors: dict, share: int, only: range | None) -> dict:
+    """Of a share's outputs (Quantizer.run with experts=`only`), what it writes: its parts of the
+    expert stacks (Stacked), and, share 0, the group's other tensors."""
+    from .checkpoint import Stacked
+
+    return tensors if only is None else {k: v for k, v in tensors.items() if share == 0 or isinstance(v, Stacked)}
 
 
 def _setup(spec: Spec):
@@ -592,7 +610,10 @@ def _worker(n: int, conn, tasks, results) -> None:
                     _advise(ranges, spec.groups[spec.units[u + spec.workers][0]])
                 if i not in normalized:  # a second share of a group here
                     quantizer, normalized = fresh()
-                tensors, only = _share(quantizer.run(normalized.pop(i)), share, shares)
+                group = normalized.pop(i)
+                only = _share(group, share, shares)
+                tensors = _mine(quantizer.run(group, only, rest=share == 0), share, only)
+                del group
                 keys = list(tensors)
                 if only is not None:  # other shares of these stacks may have been written here
                     out.written.difference_update(keys)

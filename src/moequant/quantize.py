@@ -111,7 +111,8 @@ class Quantizer:
         self.rounding = Rounding(plan.options.rounding)
         self.keep_dtype = getattr(model, "cast_predicate", lambda key: True)
 
-    def run(self, weights: dict[str, mx.array | Stacked]) -> dict[str, mx.array | Stacked]:
+    def run(self, weights: dict[str, mx.array | Stacked], experts: range | None = None,
+            rest: bool = True) -> dict[str, mx.array | Stacked]:
         """Quantized output tensors (lazy) for one group of checked, stacked float weights, each
         module packed by PACKERS for its mode and the rounding.
 
@@ -120,7 +121,13 @@ class Quantizer:
         bytes are the same — and comes out as Stacked tensors: the stack is never built. Its entry
         in `weights` (the caller's dict) is replaced by a lazy stand-in of the same shape, so that
         nothing holds the parts once each is quantized (affine: when the writer evaluates it; fp
-        modes: here, one expert at a time). Other roundings stack the parts first."""
+        modes: here, one expert at a time). Other roundings stack the parts first.
+
+        `experts` (a worker's share of the layer, see procpool.units): of each Stacked expert stack
+        only these experts are quantized (and read), GPTQ's on their own moments; the stack comes
+        out Stacked, its other parts lazy stand-ins that are never evaluated (the writer writes
+        only `experts`). `rest=False`: the group's other modules are left as to_quantized packs
+        them, lazily, for another share to compute."""
         dtype, rows = DTYPES[self.plan.options.dtype], self.plan.by_path
 
         def cast(key, value):  # float tensors to the output dtype, except packed modules copied as stored
@@ -129,33 +136,44 @@ class Quantizer:
                 return value
             return value.astype(dtype) if self.keep_dtype(key) else value
 
-        def expert_by_expert(key: str) -> bool:
+        def quantized(key: str) -> bool:
             row = rows.get(module_path(key))
-            return (self.compute and self.rounding == Rounding.PLAIN and key.endswith(".weight") and row is not None
-                    and row.quant is not None and not row.as_stored)
+            return (self.compute and key.endswith(".weight") and row is not None and row.quant is not None
+                    and not row.as_stored)
 
         stacks = [k for k, v in weights.items() if isinstance(v, Stacked)]
-        parts = {k: list(weights[k].parts) for k in stacks if expert_by_expert(k)}  # freed one by one below
+        mine = range(len(weights[stacks[0]].parts))[experts.start:experts.stop] if stacks and experts else None
+        parts = {k: list(weights[k].parts) for k in stacks if quantized(k) and self.rounding == Rounding.PLAIN}
+        # a share of the other roundings' stacks, stacked now (the stand-in below takes its place in the model)
+        partial = {k: cast(k, mx.stack(weights[k].parts[mine.start:mine.stop])) for k in stacks
+                   if mine and k not in parts and quantized(k)}
+        split = {module_path(k) for k in stacks if quantized(k)} if mine is not None else set()  # shared stacks
+        given = set(weights)
         # in place, the caller's dict being this one: a stand-in of the same shape (never evaluated), or the stack
-        weights.update({k: mx.zeros(weights[k].shape, weights[k].dtype) if k in parts else mx.stack(weights[k].parts)
-                        for k in stacks})
+        weights.update({k: mx.zeros(weights[k].shape, weights[k].dtype) if k in parts or module_path(k) in split
+                        else mx.stack(weights[k].parts) for k in stacks})
         weights = {k: cast(k, v) for k, v in weights.items()}
         self.model.load_weights(list(weights.items()), strict=False)
         paths = sorted({module_path(k) for k in weights})
         todo = {p for p in paths if p in rows and rows[p].quant is not None and not rows[p].as_stored}
+        mine_packed: dict[str, dict[str, list]] = {}  # a shared stack's path -> name -> the parts of `mine`
 
         def predicate(path, module):
             return rows[path].quant.to_dict() if path in todo else False
 
         if todo:
             nn.quantize(self.model, class_predicate=predicate)  # the quantized modules, packed by to_quantized
-            together = self._gptq_together(todo, weights) if self.compute else {}
-            for path in sorted(todo) if self.compute else ():  # a dry run keeps to_quantized's lazy packing
-                if f"{path}.weight" in parts:
-                    continue  # expert by expert, below
-                quant = rows[path].quant
+            computed = {p for p in todo if f"{p}.weight" in partial or rest and p not in split and
+                        f"{p}.weight" not in parts}
+            together = self._gptq_together(computed, weights, partial, mine) if self.compute else {}
+            for path in sorted(computed) if self.compute else ():  # a dry run keeps to_quantized's lazy packing
+                quant, key = rows[path].quant, f"{path}.weight"
+                h = _experts_of(self.moments.get(path), mine) if key in partial else self.moments.get(path)
                 packed = together.pop(path, None) or PACKERS[quant.mode, self.rounding](
-                    weights.pop(f"{path}.weight"), quant, self.moments.get(path))
+                    partial.pop(key) if key in partial else weights.pop(key), quant, h)
+                if path in split:
+                    mine_packed[path] = {name: [v[i] for i in range(len(mine))] for name, v in packed.items()}
+                    continue
                 module = module_at(self.model, path)
                 for name, value in packed.items():
                     setattr(module, name, value)
@@ -171,17 +189,27 @@ class Quantizer:
         for key in sorted(parts):
             path, quant = module_path(key), rows[module_path(key)].quant
             pack, by_expert, packed = PACKERS[quant.mode, self.rounding], parts.pop(key), []
-            for e in range(len(by_expert)):
+            for e in mine if mine is not None else range(len(by_expert)):
                 part, by_expert[e] = by_expert[e], None  # fp modes compute now: free each expert after
                 packed.append({k: v[0] for k, v in pack(cast(key, part)[None], quant, None).items()})
                 del part
-            out.update((f"{path}.{name}", Stacked([p[name] for p in packed])) for name in packed[0])
+            if mine is None:
+                out.update((f"{path}.{name}", Stacked([p[name] for p in packed])) for name in packed[0])
+            elif packed:
+                mine_packed[path] = {name: [p[name] for p in packed] for name in packed[0]}
+        for path in split:  # each quantized array of a shared stack: `mine` computed, the other parts stand-ins
+            for name in [k.rpartition(".")[2] for k in out if module_path(k) == path]:
+                key = f"{path}.{name}"
+                if name == "weight" or key not in given:  # not a float parameter the module keeps (a bias)
+                    out[key] = _stacked(mine_packed.get(path, {}).get(name), mine, out[key])
         return out
 
-    def _gptq_together(self, todo: set[str], weights: dict[str, mx.array]) -> dict[str, Packed]:
+    def _gptq_together(self, todo: set[str], weights: dict[str, mx.array], partial: dict[str, mx.array],
+                       mine: range | None) -> dict[str, Packed]:
         """GPTQ of the affine modules whose inputs are the same (an expert stack's gate and up: one
-        RoutedMoments record), their weights taken from `weights`: H and its feedback formed once
-        for all of them (gptq.quantize_gptq_together), not once each."""
+        RoutedMoments record), their weights taken from `partial` (a share's experts, `mine`) or
+        `weights`: H and its feedback formed once for all of them (gptq.quantize_gptq_together),
+        not once each."""
         if self.rounding != Rounding.GPTQ:
             return {}
         by_input: dict[RoutedMoments, list[str]] = {}
@@ -192,10 +220,31 @@ class Quantizer:
         out = {}
         for h, paths in by_input.items():
             if len(paths) > 1:
-                packed = quantize_gptq_together([(weights.pop(f"{p}.weight"), self.plan.by_path[p].quant) for p in paths],
-                                                h)
+                keys = [f"{p}.weight" for p in paths]
+                if all(k in partial for k in keys):
+                    h, taken = h.part(mine), [partial.pop(k) for k in keys]
+                elif any(k in partial for k in keys):
+                    continue  # not all of them shared: each on its own
+                else:
+                    taken = [weights.pop(k) for k in keys]
+                packed = quantize_gptq_together([(w, self.plan.by_path[p].quant) for p, w in zip(paths, taken)], h)
                 out.update((p, _named(arrays)) for p, arrays in zip(paths, packed))
         return out
+
+
+def _experts_of(h, experts: range):
+    """Of E[x xᵀ] per expert ([E, in, in]: a RoutedMoments or an array), those of `experts`; a
+    shared one ([in, in]) or none as it is."""
+    if isinstance(h, RoutedMoments):
+        return h.part(experts)
+    return h if h is None or len(h.shape) != 3 else h[experts.start:experts.stop]
+
+
+def _stacked(parts: list[mx.array] | None, experts: range, whole: mx.array) -> Stacked:
+    """An output stack shaped as `whole` (lazy, never evaluated) as a Stacked: `parts` for
+    `experts`, stand-ins of the same shape for the others (never evaluated either)."""
+    stand_in = mx.zeros(whole.shape[1:], whole.dtype)
+    return Stacked([parts[e - experts.start] if parts and e in experts else stand_in for e in range(whole.shape[0])])
 
 
 def _nearest(key: str, keys) -> str:
