@@ -10,12 +10,15 @@ import subprocess
 import sys
 import time
 
+import mlx.core as mx
 import pytest
 
 from moequant import procpool
 from moequant.card import CARD_FILE
+from moequant.checkpoint import Stacked
 from moequant.convert import Conversion
 from moequant.formats import Quant
+from moequant.quantize import Quantizer
 from moequant.tiny import write_tiny_checkpoint
 
 from conftest import CALIB_TEXT
@@ -85,6 +88,39 @@ def test_gptq_layers_shared_by_every_worker_write_the_same_bytes(tmp_path, cli):
     assert procpool.units(conv, groups, 3) == [(2, 0, 1), (0, 0, 3), (0, 1, 3), (0, 2, 3), (1, 0, 3), (1, 1, 3),
                                                (1, 2, 3)]
     assert procpool.units(conv, groups, 1) == [(0, 0, 1), (1, 0, 1), (2, 0, 1)]
+
+
+@pytest.mark.parametrize("rounding", ["plain", "gptq"])
+def test_a_share_computes_its_experts_and_writes_only_them(tmp_path, rounding):
+    """Quantizer.run with experts= (a share): each expert stack comes out Stacked, its parts of those
+    experts equal to a whole run's and its other parts stand-ins, never computed; an empty share (more
+    shares than experts) computes none."""
+    calib = tmp_path / "calib.txt"
+    calib.write_text(CALIB_TEXT)
+    options = dict(rounding="gptq", calib=str(calib), calib_sequences=2, calib_length=256) if rounding == "gptq" else {}
+    conv = Conversion(write_tiny_checkpoint(tmp_path / "src", "qwen3_moe"), Quant.make("mxfp4" if rounding == "plain"
+                      else "affine", 4, 32 if rounding == "plain" else 64), **options)
+    moments = conv._moments() if rounding == "gptq" else None
+
+    def run(experts=None, rest=True):
+        return Quantizer(conv._target(), conv.plan, moments=moments).run(conv._normalized_groups(as_parts=True)[0],
+                                                                         experts, rest)
+
+    whole = run()
+    stacks = sorted(k for k in whole if ".switch_mlp." in k and not k.endswith(".bias"))
+    assert stacks and all(whole[k].shape[0] == 4 for k in stacks)
+    share = run(range(1, 3), rest=False)
+    for key in stacks:
+        assert isinstance(share[key], Stacked), key
+        parts = share[key].parts
+        expected = whole[key].parts if isinstance(whole[key], Stacked) else list(whole[key])
+        for e in (1, 2):
+            assert mx.array_equal(parts[e], expected[e]).item(), (key, e)
+        assert parts[0] is parts[3] and not mx.array_equal(parts[0], expected[0]).item()  # a zero stand-in
+    empty = run(range(0, 0))
+    assert all(isinstance(empty[k], Stacked) and all(p is empty[k].parts[0] for p in empty[k].parts) for k in stacks)
+    if moments is not None:
+        moments.close()
 
 
 def test_fewer_layers_than_workers_are_shared_in_rounds(tmp_path):

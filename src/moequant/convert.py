@@ -371,11 +371,13 @@ class Conversion:
         if shard_size <= 0:
             raise PlanError(f"shard_size {shard_size}: expected a size above 0 bytes")
         groups = self.ckpt.groups()
-        if workers is None:  # as many as the cores and the memory available allow
-            workers = procpool.default_workers(len(groups), max(t.nbytes for t in self.ckpt.tensors.values()))
-        workers = max(1, workers)
         gptq = self.plan.options.rounding == Rounding.GPTQ
         processes = pool == "processes" or isinstance(pool, procpool.Workers)
+        if workers is None:  # as many as the cores and the memory available allow (GPTQ's processes share
+            # each layer, procpool.units: as many as the cores, whatever the groups)
+            workers = procpool.default_workers(procpool.cores() if gptq and processes else len(groups),
+                                               max(t.nbytes for t in self.ckpt.tensors.values()))
+        workers = max(1, workers)
         started = pool if isinstance(pool, procpool.Workers) else None
         if started is not None and started.count < workers:  # too few forked ahead
             started.close()
