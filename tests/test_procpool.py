@@ -207,3 +207,16 @@ def test_an_error_after_the_workers_were_forked_ahead_leaves_no_process(tmp_path
         time.sleep(0.1)
     assert not left, f"processes left running: {left}"
     assert not (tmp_path / "dst").exists()
+
+
+def test_gptq_workers_fit_in_the_memory_the_calibration_pass_held(monkeypatch):
+    """GPTQ's default worker count: as many as fit at GPTQ_WORKER each in what the main process held
+    at its peak (the pass) and holds no longer; at least one, at most the limit."""
+    gib = 1 << 30
+    monkeypatch.setattr(procpool, "_resident", lambda: (int(2.0 * gib), int(0.5 * gib)))
+    assert procpool.gptq_workers(16) == int(1.5 * gib) // procpool.GPTQ_WORKER == 6
+    assert procpool.gptq_workers(4) == 4
+    monkeypatch.setattr(procpool, "_resident", lambda: (gib, gib))
+    assert procpool.gptq_workers(16) == 1
+    monkeypatch.setattr(procpool, "_resident", lambda: None)  # not Linux
+    assert procpool.gptq_workers(16) == 16

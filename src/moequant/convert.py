@@ -373,6 +373,7 @@ class Conversion:
         groups = self.ckpt.groups()
         gptq = self.plan.options.rounding == Rounding.GPTQ
         processes = pool == "processes" or isinstance(pool, procpool.Workers)
+        bounded = workers is None and gptq and processes  # by the calibration pass's memory, once it is over
         if workers is None:  # as many as the cores and the memory available allow (GPTQ's processes share
             # each layer, procpool.units: as many as the cores, whatever the groups)
             workers = procpool.default_workers(procpool.cores() if gptq and processes else len(groups),
@@ -395,15 +396,34 @@ class Conversion:
                 convert = partial(procpool.convert_groups, started=started) if processes else Conversion._convert_groups
                 # the moments' files are removed, and before that the workers stopped and threads joined
                 # (closing), before Output cleans up, however this generator ends
-                with self._moments() if gptq else nullcontext() as moments, \
-                        closing(convert(self, out, groups, workers, moments)) as done:
-                    for n, i in enumerate(done):
-                        if n == 0:  # the index, config, card and plan written while the other groups convert
-                            out.write_files(output_config(self.config, self.plan), self.ckpt.path, self.plan,
-                                            self._files(dst, command, plot))
-                        group = groups[i]
-                        yield Step(group.name, i + 1, len(groups), sum(self.ckpt.tensors[k].nbytes for k in group.keys))
+                with self._moments() if gptq else nullcontext() as moments:
+                    if bounded:
+                        workers = self._gptq_workers(workers)
+                    with closing(convert(self, out, groups, workers, moments)) as done:
+                        yield from self._steps(done, out, groups, dst, command, plot)
                 out.finish(self.plan)
+
+    def _steps(self, done: Iterator[int], out: Output, groups: list[Group], dst: Path, command: str | None,
+               plot: bool) -> Iterator[Step]:
+        """A Step per group written (`done`: their indices); the index, config, card and plan
+        written after the first, while the other groups convert."""
+        for n, i in enumerate(done):
+            if n == 0:
+                out.write_files(output_config(self.config, self.plan), self.ckpt.path, self.plan,
+                                self._files(dst, command, plot))
+            group = groups[i]
+            yield Step(group.name, i + 1, len(groups), sum(self.ckpt.tensors[k].nbytes for k in group.keys))
+
+    def _gptq_workers(self, limit: int) -> int:
+        """The default number of GPTQ's worker processes, the calibration pass over: its memory
+        released, as many as fit in what it held (procpool.gptq_workers), at most `limit`."""
+        mx.clear_cache()
+        procpool.trim()
+        workers = procpool.gptq_workers(limit)
+        if workers < limit:
+            log.info("--rounding gptq: %d worker processes, in the memory the calibration pass held (--workers for "
+                     "more, taking more memory)", workers)
+        return workers
 
     def _files(self, dst: Path, command: str | None, plot: bool) -> dict[str, str | bytes]:
         """DST's model card and plan (and with `plot`, the plan's picture)."""

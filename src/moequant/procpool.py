@@ -49,6 +49,7 @@ from .errors import MoequantError, OutputError
 
 WRITE_AHEAD = 256 << 20  # bytes of evaluated tensors queued for writing, per worker
 WORKER_BASE = 256 << 20  # a worker's memory besides the tensors it converts (python, mlx, graph)
+GPTQ_WORKER = 256 << 20  # a GPTQ worker's memory: 0.22 GB PSS on average, 16 workers rounding the 6 GB layout
 MAX_SHARES = 4  # a layer's expert stacks are shared by at most this many workers (units)
 TIMELINE = "MOEQUANT_TIMELINE"  # set to 1: print a per-worker timeline table to stderr
 
@@ -102,6 +103,28 @@ def default_workers(groups: int, largest_tensor: int) -> int:
     3.9 s against 4.0 s for 10 without, at 1.63 GB against 1.12 GB peak RSS (BENCHMARKS.md)."""
     by_memory = int(available_memory() * 0.5 // worker_memory(largest_tensor))
     return max(1, min(cores(), groups, by_memory))
+
+
+def _resident() -> tuple[int, int] | None:
+    """(peak, current) resident bytes of this process (VmHWM and VmRSS; Linux), or None."""
+    try:
+        with open("/proc/self/status") as f:
+            fields = dict(line.split(":", 1) for line in f if line.startswith(("VmHWM:", "VmRSS:")))
+        return int(fields["VmHWM"].split()[0]) * 1024, int(fields["VmRSS"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def gptq_workers(limit: int) -> int:
+    """GPTQ's worker processes by default, once the calibration pass is over: at most `limit`
+    (default_workers' choice), and no more than fit at GPTQ_WORKER each in the memory this process
+    held at its peak (the pass) and holds no longer, so that the rounding takes no more memory than
+    the pass did: about one layer's. `limit` where the peak is unknown (not Linux)."""
+    resident = _resident()
+    if resident is None:
+        return limit
+    peak, now = resident
+    return max(1, min(limit, (peak - now) // GPTQ_WORKER))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -491,7 +514,7 @@ def _advise(ranges: dict, keys) -> None:
             os.close(fd)
 
 
-def _trim() -> None:
+def trim() -> None:
     """Hand the C heap's free pages back to the system (glibc's malloc_trim; nothing elsewhere).
     Without it a worker's RSS creeps up with every group it converts, though what it holds does
     not: 3 -> 9 layers of the 6 GB layout, 2 workers, the larger worker's peak grew 231 -> 273 MB
@@ -621,7 +644,7 @@ def _worker(n: int, conn, tasks, results) -> None:
                 wait0, bytes0 = writes.wait_s, writes.bytes
                 out.add(tensors, only)
                 mx.clear_cache()
-                _trim()
+                trim()
                 t2 = time.perf_counter()
                 name = conv.ckpt.groups()[i].name if spec.timeline else str(i)
                 row = {"worker": n, "group": name + (f" {share + 1}/{shares}" if shares > 1 else ""), "t0": t0,
