@@ -284,7 +284,7 @@ def gptq_rate(src: Path, args: argparse.Namespace) -> None:
     print(f"\nGPTQ, layer 0: {total_flops / 1e9:.0f} GFLOP in {total_cpu:.1f} CPU s = {total_flops / total_cpu / 1e9:.1f} "
           f"GFLOP/s per core; numpy float32 matmul on GPTQ's shapes: {peak_one:.1f} GFLOP/s on one thread "
           f"({total_flops / total_cpu / 1e9 / peak_one:.0%}), {every:.1f} GFLOP/s on all {os.cpu_count()} cores "
-          f"(each conversion worker runs GPTQ on one thread, one decoder layer per worker)")
+          f"(each conversion worker process runs GPTQ on one thread, on its share of each layer's experts)")
 
 
 if __name__ == "__main__":

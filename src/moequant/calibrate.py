@@ -790,9 +790,9 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
     perturbed_layers: dict[int, tuple[float, dict[str, float]]] = {}
 
     log.info("calibration: %d decoder layers, %s tokens in %d chunks", len(layers), f"{tokens.size:,}", len(chunks))
-    for i, layer in enumerate(real):
+    for i in range(len(real)):  # not enumerate(real): its last (i, layer) pair would hold the layer to the next
         layer_start = time.monotonic()
-        layers[i] = layer
+        layers[i] = layer = real[i]
         weights = {k[len(f"{prefix}.{i}."):]: v for k, v in by_layer[i].items()}
         layer.load_weights(list(_float32(weights, _widened(layer)).items()), strict=False)
         by_layer[i] = real[i] = None
@@ -828,7 +828,11 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
                 perturbed_layers[i] = (((h - reference) ** 2).sum().item(), errors)
                 perturbed_inputs[i] = h
         layers[i] = _Stub()
-        del layer, x0, reference
+        # the recorders and probed modules hold the layer's modules, and so its weights: dropped
+        # before the next layer's are read (else two layers' weights at once: 1.38 -> 1.99 GiB from
+        # the first to the second 64-expert layer of the 6 GB layout)
+        del layer, x0, reference, recorders, probed
+        parameter = module = None  # so do these loops' last values (a weight, a probed module)
         mx.clear_cache()
         elapsed = time.monotonic() - start
         log.info("calibration: layer %d/%d, %s tokens (%.1f s; ETA %.0f s)", i + 1, len(real), f"{tokens.size:,}",
