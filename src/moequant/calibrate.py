@@ -430,8 +430,26 @@ def _attention_in_numpy():
 
 def _in_numpy(root: nn.Module):
     """Inside the block, the modules of `_products(root)` are stood in for by _InNumpy (module_at
-    finds those); put back on exit."""
-    return standing_in(root, {path: (lambda m, s=stack: _InNumpy(m, s)) for path, _, stack in _products(root)})
+    finds those), and mlx-lm's and mlx-vlm's SwiGLU activations by _SwiGLU; put back on exit."""
+    stand_ins = {path: (lambda m, s=stack: _InNumpy(m, s)) for path, _, stack in _products(root)}
+    stand_ins.update((path, _SwiGLU) for path, m in root.named_modules() if path and _is_swiglu(m))
+    return standing_in(root, stand_ins)
+
+
+def _is_swiglu(module: nn.Module) -> bool:
+    """Whether `module` is mlx-lm's or mlx-vlm's SwiGLU (an expert container's activation)."""
+    return type(module).__name__ == "SwiGLU" and type(module).__module__.endswith(".switch_layers")
+
+
+class _SwiGLU(nn.Module):
+    """Stands in for an expert container's SwiGLU during the pass: silu(gate)·x by numpy (see _activation)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def __call__(self, x: mx.array, gate: mx.array) -> mx.array:
+        return mx.array(_activation(self.inner, as_float32(x), as_float32(gate)))
 
 
 def _float32(weights: dict[str, mx.array], keep=frozenset()) -> dict[str, mx.array]:
@@ -626,7 +644,7 @@ def _activation(activation: nn.Module, up: np.ndarray, gate: np.ndarray) -> np.n
     """An expert container's activation of its up and gate projections (numpy float32): mlx-lm's
     and mlx-vlm's SwiGLU, silu(gate)·up, in numpy (mlx's CPU takes ~35 ns an element for a
     sigmoid); any other by mlx."""
-    if type(activation).__name__ == "SwiGLU" and type(activation).__module__.endswith(".switch_layers"):
+    if _is_swiglu(activation):
         with np.errstate(over="ignore"):  # exp(-gate) overflows to inf where silu is -0
             return gate / (1 + np.exp(-gate)) * up
     return as_float32(activation(mx.array(up), mx.array(gate)))
