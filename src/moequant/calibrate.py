@@ -205,7 +205,7 @@ class _States:
 # on 2 cores, [1024, 1024] @ [1024, 32768] runs at 2.2 GFLOP/s in mlx against 48 in numpy's
 # OpenBLAS, 20x more CPU time. The pass therefore runs the model's own code with the products of its
 # float Linear modules, expert stacks and embeddings computed by numpy (_InNumpy), each product on
-# one BLAS thread and independent ones (experts, heads, row blocks) on a pool of threads (_in_pool).
+# one BLAS thread and independent ones (experts, heads, row blocks) on a pool of threads (_threads).
 
 _BLOCK = 1 << 22  # weight elements widened (or put at PROBE) at once
 THREADED_FLOPS = 1 << 28  # products of fewer floating point operations run whole, on one thread
@@ -216,11 +216,14 @@ _task = threading.local()  # .running: this thread runs one of _in_pool's items
 
 @contextmanager
 def _threads():
-    """While the pass runs, a pool of as many threads as cores for its products (`_mm`, `_in_pool`):
-    each expert's, each attention head's, row blocks of the large ones."""
+    """While the pass runs: numpy's BLAS on one thread (one_blas_thread, held for the whole pass:
+    this OpenBLAS's setting is the process's, not the calling thread's, so threads that set and
+    restore it by turns would run each other's products on a thread count that changes with their
+    timing, and their results with it), and a pool of as many threads as cores for independent
+    products (`_in_pool`, `_mm`): each expert's, each attention head's, row blocks of large ones."""
     global _pool, _pool_size
     size = len(os.sched_getaffinity(0))
-    with ThreadPoolExecutor(size, thread_name_prefix="moequant-calibrate") as pool:
+    with one_blas_thread(), ThreadPoolExecutor(size, thread_name_prefix="moequant-calibrate") as pool:
         _pool, _pool_size = pool, size
         try:
             yield
@@ -228,17 +231,11 @@ def _threads():
             _pool, _pool_size = None, 1
 
 
-def _on_one_thread(fn, *args):
-    """fn(*args) with numpy's BLAS on one thread."""
-    with one_blas_thread():
-        return fn(*args)
-
-
-def _task_on_one_thread(fn, item):
-    """fn(item) as an item of _in_pool: its products (`_mm` too) on one BLAS thread, in this thread."""
+def _run_task(fn, item):
+    """fn(item) as an item of _in_pool (see _pooled)."""
     _task.running = True
     try:
-        return _on_one_thread(fn, item)
+        return fn(item)
     finally:
         _task.running = False
 
@@ -250,23 +247,26 @@ def _pooled() -> bool:
 
 
 def _in_pool(fn, items) -> list:
-    """[fn(item) for item in items], each item's products on one BLAS thread, spread over the
-    pass's threads where _pooled, else in this thread."""
+    """[fn(item) for item in items], spread over the pass's threads where _pooled, else in this thread."""
     if not _pooled():
-        return [_on_one_thread(fn, item) for item in items]
-    return list(_pool.map(partial(_task_on_one_thread, fn), items))
+        return [fn(item) for item in items]
+    return list(_pool.map(partial(_run_task, fn), items))
 
 
 def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b (2-D). Below THREADED_FLOPS, or where not _pooled, whole on one BLAS thread: OpenBLAS
-    threads small products too, and its threads' hand-offs cost more than the product (the trained
-    tiny MoE's pass on the loaded 2-core VM: 8.4 s of CPU with one thread, 27-34 s with two).
-    Above, in blocks of a's rows, each on one BLAS thread, spread over the pass's threads
-    (`_in_pool`): OpenBLAS's own threads wait on each other, on a loaded machine on the slowest
-    (measured on the 2-core VM: [128, 2048] @ [2048, 768] at 6 GFLOP/s with its two threads, 49 on one)."""
+    """a @ b (2-D), on one BLAS thread (inside the pass, all of them are: see _threads). Below
+    THREADED_FLOPS whole: OpenBLAS threads small products too, and its threads' hand-offs cost more
+    than the product (the trained tiny MoE's pass on the loaded 2-core VM: 8.4 s of CPU with one
+    thread, 27-34 s with two). Above, in blocks of a's rows spread over the pass's threads where
+    _pooled: OpenBLAS's own threads wait on each other, on a loaded machine on the slowest
+    (measured on the 2-core VM: [128, 2048] @ [2048, 768] at 6 GFLOP/s with its two threads, 49 on
+    one); outside the pass, on OpenBLAS's threads."""
     rows = a.shape[0]
-    if 2 * rows * a.shape[1] * b.shape[1] < THREADED_FLOPS or not _pooled():
-        return _on_one_thread(np.matmul, a, b)
+    if 2 * rows * a.shape[1] * b.shape[1] < THREADED_FLOPS:
+        with one_blas_thread():
+            return a @ b
+    if not _pooled():
+        return a @ b
     out = np.empty((rows, b.shape[1]), np.result_type(a, b))
     step = -(-rows // (16 * _pool_size)) * 16  # a multiple of 16 rows (the kernels' tiles)
     _in_pool(lambda r: np.matmul(a[r:r + step], b, out=out[r:r + step]), range(0, rows, step))
@@ -394,12 +394,15 @@ def _attention_in_numpy():
             return own(q, k, v, scale=scale, mask=mask, sinks=sinks, **kwargs)
         (b, h, length, _), (kv_heads, keys) = q.shape, k.shape[1:3]
         qn, kn, vn = (as_float32(a) for a in (q, k, v))
+        # the mask as added to the scores: a boolean one as 0 where it keeps, -inf where it masks
         if mask is None or isinstance(mask, str):
-            masks = None if mask is None else np.broadcast_to(
-                ~np.triu(np.ones((length, keys), bool), keys - length + 1), (b, h, length, keys))
+            masks = None if mask is None else np.where(np.triu(np.ones((length, keys), bool), keys - length + 1),
+                                                       np.float32(-np.inf), np.float32(0))
+        elif mask.dtype == mx.bool_:
+            masks = np.where(np.asarray(mask), np.float32(0), np.float32(-np.inf))
         else:
-            masks = np.broadcast_to(np.asarray(mask) if mask.dtype == mx.bool_ else as_float32(mask),
-                                    (b, h, length, keys))
+            masks = as_float32(mask)
+        masks = None if masks is None else np.broadcast_to(masks, (b, h, length, keys))
         group = h // kv_heads  # query heads per key/value head, in order (mlx's grouped attention)
         out = np.empty((b, h, length, vn.shape[-1]), np.float32)
 
@@ -409,9 +412,7 @@ def _attention_in_numpy():
             heads = slice(j * group, (j + 1) * group)
             scores = ((qn[i, heads] * np.float32(scale)).reshape(-1, qn.shape[-1]) @ kn[i, j].T)
             scores = scores.reshape(group, length, keys)
-            if masks is not None and masks.dtype == bool:
-                scores[~masks[i, heads]] = -np.inf
-            elif masks is not None:
+            if masks is not None:
                 scores += masks[i, heads]
             scores -= scores.max(-1, keepdims=True)
             np.exp(scores, out=scores)
