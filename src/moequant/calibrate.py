@@ -212,6 +212,7 @@ THREADED_FLOPS = 1 << 28  # products of fewer floating point operations run whol
 _pool: ThreadPoolExecutor | None = None  # the pass's threads while `measure` runs (see _threads)
 _pool_size = 1
 _task = threading.local()  # .running: this thread runs one of _in_pool's items
+TASK_MEMORY = 1 << 27  # bytes of temporaries _in_pool's items may hold at once (widened weights, scores)
 
 
 @contextmanager
@@ -246,11 +247,19 @@ def _pooled() -> bool:
     return _pool is not None and not getattr(_task, "running", False)
 
 
-def _in_pool(fn, items) -> list:
-    """[fn(item) for item in items], spread over the pass's threads where _pooled, else in this thread."""
+def _in_pool(fn, items, item_bytes: int = 0) -> list:
+    """[fn(item) for item in items], spread over the pass's threads where _pooled, else in this
+    thread; at most TASK_MEMORY / `item_bytes` (each item's temporaries) at once: measured on
+    one 64-expert layer, a pool of 16 threads unbounded took the pass's peak RSS from 1.63 to 2.01 GB."""
     if not _pooled():
         return [fn(item) for item in items]
-    return list(_pool.map(partial(_run_task, fn), items))
+    room = threading.BoundedSemaphore(max(1, TASK_MEMORY // item_bytes)) if item_bytes else nullcontext()
+
+    def bounded(item):
+        with room:
+            return fn(item)
+
+    return list(_pool.map(partial(_run_task, bounded), items))
 
 
 def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -365,7 +374,8 @@ class _InNumpy(nn.Module):
                 picked = order[bounds[e]:bounds[e + 1]]
                 out[picked] = (xs[source[picked]].reshape(-1, xs.shape[-1]) @ w).reshape(-1, m, out_dims)
 
-        _in_pool(product, [int(e) for e in np.nonzero(np.diff(bounds))[0]])
+        # an item's temporaries: its weight widened, and (at PROBE) dequantized_affine's three of its size
+        _in_pool(product, [int(e) for e in np.nonzero(np.diff(bounds))[0]], 16 * out_dims * xs.shape[-1])
         if "bias" in self.inner:
             out += as_float32(self.inner.bias)[flat][:, None]
         return mx.array(out.reshape(*batch, m, out_dims))
@@ -421,7 +431,7 @@ def _attention_in_numpy():
             scores /= scores.sum(-1, keepdims=True)
             out[i, heads] = (scores.reshape(-1, keys) @ vn[i, j]).reshape(group, length, -1)
 
-        _in_pool(one, [(i, j) for i in range(b) for j in range(kv_heads)])
+        _in_pool(one, [(i, j) for i in range(b) for j in range(kv_heads)], 8 * group * length * keys)  # scores, twice
         return mx.array(out).astype(q.dtype)
 
     mx.fast.scaled_dot_product_attention = attention
