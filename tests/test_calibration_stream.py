@@ -192,6 +192,21 @@ def test_hidden_states_kept_on_disk_give_the_same_statistics(tmp_path, monkeypat
     assert spilled.sensitivity == pytest.approx(in_memory.sensitivity, rel=1e-5)
 
 
+def test_streamed_statistics_are_the_same_run_to_run(tmp_path):
+    """The pass spreads its products over a pool of threads: two passes over the same tokens give
+    bitwise the same statistics, whichever thread ran which product."""
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe")
+    paths = {r.path for r in Conversion(src, Quant.make("affine", 4)).plan.rows if r.quant is not None}
+    first, second = (_stream(src, TOKENS, energy=paths, moments=paths, sensitivity=paths) for _ in range(2))
+    assert first.energy.keys() == second.energy.keys() and set(first.moments) == set(second.moments)
+    assert len(first.moments) > 10 and len(first.sensitivity) > 10
+    for path in first.energy:
+        assert mx.array_equal(first.energy[path], second.energy[path]).item(), path
+    for path in first.moments:
+        assert np.array_equal(np.asarray(first.moments[path]), np.asarray(second.moments[path])), path
+    assert first.sensitivity == second.sensitivity
+
+
 @pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral"])
 def test_numpy_products_are_mlx_products(tmp_path, arch):
     """The pass runs the model's own code with its Linear, expert stack and embedding products in

@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import mlx.core as mx
@@ -200,20 +204,82 @@ class _States:
 # mlx's Linux CPU wheel multiplies matrices with the reference BLAS (mlx_cpu.libs/libblas): measured
 # on 2 cores, [1024, 1024] @ [1024, 32768] runs at 2.2 GFLOP/s in mlx against 48 in numpy's
 # OpenBLAS, 20x more CPU time. The pass therefore runs the model's own code with the products of its
-# float Linear modules, expert stacks and embeddings computed by numpy (_InNumpy).
+# float Linear modules, expert stacks and embeddings computed by numpy (_InNumpy), each product on
+# one BLAS thread and independent ones (experts, heads, row blocks) on a pool of threads (_threads).
 
 _BLOCK = 1 << 22  # weight elements widened (or put at PROBE) at once
-THREADED_FLOPS = 1 << 28  # products of fewer floating point operations run on one BLAS thread
+THREADED_FLOPS = 1 << 28  # products of fewer floating point operations run whole, on one thread
+_pool: ThreadPoolExecutor | None = None  # the pass's threads while `measure` runs (see _threads)
+_pool_size = 1
+_task = threading.local()  # .running: this thread runs one of _in_pool's items
+TASK_MEMORY = 1 << 27  # bytes of temporaries _in_pool's items may hold at once (widened weights, scores)
+
+
+@contextmanager
+def _threads():
+    """While the pass runs: numpy's BLAS on one thread (one_blas_thread, held for the whole pass:
+    this OpenBLAS's setting is the process's, not the calling thread's, so threads that set and
+    restore it by turns would run each other's products on a thread count that changes with their
+    timing, and their results with it), and a pool of as many threads as cores for independent
+    products (`_in_pool`, `_mm`): each expert's, each attention head's, row blocks of large ones."""
+    global _pool, _pool_size
+    size = len(os.sched_getaffinity(0))
+    with one_blas_thread(), ThreadPoolExecutor(size, thread_name_prefix="moequant-calibrate") as pool:
+        _pool, _pool_size = pool, size
+        try:
+            yield
+        finally:
+            _pool, _pool_size = None, 1
+
+
+def _run_task(fn, item):
+    """fn(item) as an item of _in_pool (see _pooled)."""
+    _task.running = True
+    try:
+        return fn(item)
+    finally:
+        _task.running = False
+
+
+def _pooled() -> bool:
+    """Whether _in_pool spreads items over threads: inside the pass, but not from one of its items
+    (a thread of the pool never waits on the pool)."""
+    return _pool is not None and not getattr(_task, "running", False)
+
+
+def _in_pool(fn, items, item_bytes: int = 0) -> list:
+    """[fn(item) for item in items], spread over the pass's threads where _pooled, else in this
+    thread; at most TASK_MEMORY / `item_bytes` (each item's temporaries) at once: measured on
+    one 64-expert layer, a pool of 16 threads unbounded took the pass's peak RSS from 1.63 to 2.01 GB."""
+    if not _pooled():
+        return [fn(item) for item in items]
+    room = threading.BoundedSemaphore(max(1, TASK_MEMORY // item_bytes)) if item_bytes else nullcontext()
+
+    def bounded(item):
+        with room:
+            return fn(item)
+
+    return list(_pool.map(partial(_run_task, bounded), items))
 
 
 def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b (2-D), on one BLAS thread when it is small (below THREADED_FLOPS): OpenBLAS threads
-    small products too, and its threads' hand-offs cost more than the product (the trained tiny
-    MoE's pass on the loaded 2-core VM: 8.4 s of CPU with one thread, 27-34 s with two)."""
-    if 2 * a.shape[0] * a.shape[1] * b.shape[1] < THREADED_FLOPS:
+    """a @ b (2-D), on one BLAS thread (inside the pass, all of them are: see _threads). Below
+    THREADED_FLOPS whole: OpenBLAS threads small products too, and its threads' hand-offs cost more
+    than the product (the trained tiny MoE's pass on the loaded 2-core VM: 8.4 s of CPU with one
+    thread, 27-34 s with two). Above, in blocks of a's rows spread over the pass's threads where
+    _pooled: OpenBLAS's own threads wait on each other, on a loaded machine on the slowest
+    (measured on the 2-core VM: [128, 2048] @ [2048, 768] at 6 GFLOP/s with its two threads, 49 on
+    one); outside the pass, on OpenBLAS's threads."""
+    rows = a.shape[0]
+    if 2 * rows * a.shape[1] * b.shape[1] < THREADED_FLOPS:
         with one_blas_thread():
             return a @ b
-    return a @ b
+    if not _pooled():
+        return a @ b
+    out = np.empty((rows, b.shape[1]), np.result_type(a, b))
+    step = -(-rows // (16 * _pool_size)) * 16  # a multiple of 16 rows (the kernels' tiles)
+    _in_pool(lambda r: np.matmul(a[r:r + step], b, out=out[r:r + step]), range(0, rows, step))
+    return out
 
 
 def stored_bits(a: mx.array) -> np.ndarray:
@@ -224,7 +290,9 @@ def stored_bits(a: mx.array) -> np.ndarray:
 def widened_bits(a: np.ndarray) -> np.ndarray:
     """float32 of a stored_bits array: bfloat16's bits widened exactly, another float converted."""
     if a.dtype == np.uint16:
-        return (a.astype(np.uint32) << 16).view(np.float32)
+        wide = a.astype(np.uint32)
+        wide <<= 16  # in place: one array made, not two (0.74 -> 0.40 ms for 768 x 2048)
+        return wide.view(np.float32)
     return a.astype(np.float32, copy=False)
 
 
@@ -245,8 +313,10 @@ class _InNumpy(nn.Module):
         self.inner = inner
         self.stack, self.probe = stack, False
 
-    def _weight(self, rows) -> np.ndarray:
-        w = widened_bits(stored_bits(self.inner.weight)[rows])  # numpy's slice: mlx's would copy it first
+    def _weight(self, stored: np.ndarray) -> np.ndarray:
+        """float32 of `stored`, rows of stored_bits(weight) (numpy's slice: mlx's would copy it
+        first), at PROBE while `probe` is set."""
+        w = widened_bits(stored)
         return dequantized_affine(w, PROBE.bits, PROBE.group_size) if self.probe else w
 
     def __call__(self, x: mx.array, *args, **kwargs) -> mx.array:
@@ -272,9 +342,9 @@ class _InNumpy(nn.Module):
         xn = as_float32(x)
         out, n = self.inner.weight.shape
         y = np.empty((*xn.shape[:-1], out), np.float32)
-        step = max(1, _BLOCK // n)
+        step, stored = max(1, _BLOCK // n), stored_bits(self.inner.weight)
         for r in range(0, out, step):
-            y[..., r:r + step] = _mm(xn.reshape(-1, n), self._weight(slice(r, r + step)).T).reshape(*xn.shape[:-1], -1)
+            y[..., r:r + step] = _mm(xn.reshape(-1, n), self._weight(stored[r:r + step]).T).reshape(*xn.shape[:-1], -1)
         return y
 
     def _gather(self, x: mx.array, indices: mx.array) -> mx.array:
@@ -288,11 +358,24 @@ class _InNumpy(nn.Module):
         out = np.empty((flat.size, m, out_dims), np.float32)
         order = np.argsort(flat, kind="stable")
         bounds = np.searchsorted(flat[order], np.arange(experts + 1))
-        for e in np.nonzero(np.diff(bounds))[0]:
-            picked = order[bounds[e]:bounds[e + 1]]
-            # one matrix product per expert (a batch of [M, in] products would run as M-row ones)
-            rows = xs[source[picked]].reshape(-1, xs.shape[-1])
-            out[picked] = _mm(rows, self._weight(int(e)).T).reshape(-1, m, out_dims)
+        # rows already grouped by expert (mlx-lm's SwitchGLU sorts them): each expert's a slice
+        grouped = np.array_equal(order, np.arange(order.size)) and np.array_equal(source, order)
+        stored = stored_bits(self.inner.weight)  # here: mlx runs an op only in the thread that made it
+
+        def product(e: int) -> None:
+            """Expert e's rows by its weight: one matrix product (a batch of [M, in] products would run
+            as M-row ones)."""
+            w = self._weight(stored[e]).T
+            if grouped:
+                part = slice(bounds[e], bounds[e + 1])
+                np.matmul(np.ascontiguousarray(xs[part]).reshape(-1, xs.shape[-1]), w,
+                          out=out[part].reshape(-1, out_dims))
+            else:
+                picked = order[bounds[e]:bounds[e + 1]]
+                out[picked] = (xs[source[picked]].reshape(-1, xs.shape[-1]) @ w).reshape(-1, m, out_dims)
+
+        # an item's temporaries: its weight widened, and (at PROBE) dequantized_affine's three of its size
+        _in_pool(product, [int(e) for e in np.nonzero(np.diff(bounds))[0]], 16 * out_dims * xs.shape[-1])
         if "bias" in self.inner:
             out += as_float32(self.inner.bias)[flat][:, None]
         return mx.array(out.reshape(*batch, m, out_dims))
@@ -311,9 +394,10 @@ def _products(root: nn.Module) -> list[tuple[str, nn.Module, bool]]:
 @contextmanager
 def _attention_in_numpy():
     """Inside the block, mx.fast.scaled_dot_product_attention (which mlx-lm's and mlx-vlm's models
-    call) computes by numpy, in float32, one sequence and key/value head at a time: mlx's CPU
-    product runs its [2, 32, 512, 128] causal attention in ~1.5 s, numpy in ~0.15 s. Attention
-    sinks and any other mask than None, "causal" or an array go to mlx's own."""
+    call) computes by numpy, in float32, one sequence and key/value head at a time (spread over
+    the pass's threads, `_in_pool`): mlx's CPU product runs its [2, 32, 512, 128] causal attention
+    in ~1.5 s, numpy in ~0.15 s. Attention sinks and any other mask than None, "causal" or an array
+    go to mlx's own."""
     own = mx.fast.scaled_dot_product_attention
 
     def attention(q, k, v, *, scale, mask=None, sinks=None, **kwargs):
@@ -322,27 +406,32 @@ def _attention_in_numpy():
             return own(q, k, v, scale=scale, mask=mask, sinks=sinks, **kwargs)
         (b, h, length, _), (kv_heads, keys) = q.shape, k.shape[1:3]
         qn, kn, vn = (as_float32(a) for a in (q, k, v))
+        # the mask as added to the scores: a boolean one as 0 where it keeps, -inf where it masks
         if mask is None or isinstance(mask, str):
-            masks = None if mask is None else np.broadcast_to(
-                ~np.triu(np.ones((length, keys), bool), keys - length + 1), (b, h, length, keys))
+            masks = None if mask is None else np.where(np.triu(np.ones((length, keys), bool), keys - length + 1),
+                                                       np.float32(-np.inf), np.float32(0))
+        elif mask.dtype == mx.bool_:
+            masks = np.where(np.asarray(mask), np.float32(0), np.float32(-np.inf))
         else:
-            masks = np.broadcast_to(np.asarray(mask) if mask.dtype == mx.bool_ else as_float32(mask),
-                                    (b, h, length, keys))
+            masks = as_float32(mask)
+        masks = None if masks is None else np.broadcast_to(masks, (b, h, length, keys))
         group = h // kv_heads  # query heads per key/value head, in order (mlx's grouped attention)
         out = np.empty((b, h, length, vn.shape[-1]), np.float32)
-        for i in range(b):
-            for j in range(kv_heads):
-                heads = slice(j * group, (j + 1) * group)
-                scores = _mm((qn[i, heads] * np.float32(scale)).reshape(-1, qn.shape[-1]), kn[i, j].T)
-                scores = scores.reshape(group, length, keys)
-                if masks is not None and masks.dtype == bool:
-                    scores[~masks[i, heads]] = -np.inf
-                elif masks is not None:
-                    scores += masks[i, heads]
-                scores -= scores.max(-1, keepdims=True)
-                np.exp(scores, out=scores)
-                scores /= scores.sum(-1, keepdims=True)
-                out[i, heads] = _mm(scores.reshape(-1, keys), vn[i, j]).reshape(group, length, -1)
+
+        def one(where: tuple[int, int]) -> None:
+            """Sequence i's attention by key/value head j (its group of query heads)."""
+            i, j = where
+            heads = slice(j * group, (j + 1) * group)
+            scores = ((qn[i, heads] * np.float32(scale)).reshape(-1, qn.shape[-1]) @ kn[i, j].T)
+            scores = scores.reshape(group, length, keys)
+            if masks is not None:
+                scores += masks[i, heads]
+            scores -= scores.max(-1, keepdims=True)
+            np.exp(scores, out=scores)
+            scores /= scores.sum(-1, keepdims=True)
+            out[i, heads] = (scores.reshape(-1, keys) @ vn[i, j]).reshape(group, length, -1)
+
+        _in_pool(one, [(i, j) for i in range(b) for j in range(kv_heads)], 8 * group * length * keys)  # scores, twice
         return mx.array(out).astype(q.dtype)
 
     mx.fast.scaled_dot_product_attention = attention
@@ -354,8 +443,26 @@ def _attention_in_numpy():
 
 def _in_numpy(root: nn.Module):
     """Inside the block, the modules of `_products(root)` are stood in for by _InNumpy (module_at
-    finds those); put back on exit."""
-    return standing_in(root, {path: (lambda m, s=stack: _InNumpy(m, s)) for path, _, stack in _products(root)})
+    finds those), and mlx-lm's and mlx-vlm's SwiGLU activations by _SwiGLU; put back on exit."""
+    stand_ins = {path: (lambda m, s=stack: _InNumpy(m, s)) for path, _, stack in _products(root)}
+    stand_ins.update((path, _SwiGLU) for path, m in root.named_modules() if path and _is_swiglu(m))
+    return standing_in(root, stand_ins)
+
+
+def _is_swiglu(module: nn.Module) -> bool:
+    """Whether `module` is mlx-lm's or mlx-vlm's SwiGLU (an expert container's activation)."""
+    return type(module).__name__ == "SwiGLU" and type(module).__module__.endswith(".switch_layers")
+
+
+class _SwiGLU(nn.Module):
+    """Stands in for an expert container's SwiGLU during the pass: silu(gate)·x by numpy (see _activation)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def __call__(self, x: mx.array, gate: mx.array) -> mx.array:
+        return mx.array(_activation(self.inner, as_float32(x), as_float32(gate)))
 
 
 def _float32(weights: dict[str, mx.array], keep=frozenset()) -> dict[str, mx.array]:
@@ -495,12 +602,17 @@ class _Experts:
                         .reshape(-1, inner, xn.shape[0]) for n in ("up_proj", "gate_proj"))
                 h_all = _activation(self.glu.activation, u, g)
                 del u, g
-                for j, e in enumerate(range(part.start, part.stop)):
-                    h = h_all[j].T  # [tokens, inner]
+
+                def add(item: tuple[int, np.ndarray]) -> None:
+                    """Expert part.start + j's sums of this call, from its activations [inner, tokens]."""
+                    j, h = item[0], item[1].T  # [tokens, inner]
                     act[j].add(h)
-                    if products and chosen is not None and (picked := np.nonzero((chosen == e).any(-1))[0]).size:
+                    if products and chosen is not None and \
+                            (picked := np.nonzero((chosen == part.start + j).any(-1))[0]).size:
                         hr = h[picked]
                         routed[j] = routed[j] + _mm(hr.T, hr)
+
+                _in_pool(add, list(enumerate(h_all)))
                 del h_all
             for j, e in enumerate(range(part.start, part.stop)):
                 self.act_squares[e] = act[j].mean_squares()
@@ -545,7 +657,7 @@ def _activation(activation: nn.Module, up: np.ndarray, gate: np.ndarray) -> np.n
     """An expert container's activation of its up and gate projections (numpy float32): mlx-lm's
     and mlx-vlm's SwiGLU, silu(gate)·up, in numpy (mlx's CPU takes ~35 ns an element for a
     sigmoid); any other by mlx."""
-    if type(activation).__name__ == "SwiGLU" and type(activation).__module__.endswith(".switch_layers"):
+    if _is_swiglu(activation):
         with np.errstate(over="ignore"):  # exp(-gate) overflows to inf where silu is -0
             return gate / (1 + np.exp(-gate)) * up
     return as_float32(activation(mx.array(up), mx.array(gate)))
@@ -714,6 +826,7 @@ class Statistics:
                 "their routing frequency as every expert's")
 
 
+@_threads()
 @_attention_in_numpy()
 def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.array, *, energy=frozenset(),
             moments=frozenset(), sensitivity=frozenset()) -> Statistics:

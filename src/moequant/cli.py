@@ -54,9 +54,10 @@ class _App(typer.Typer):
 def _forkserver_early(argv: list[str]) -> None:
     """Start the workers' forkserver (procpool) before typer parses the command line (a tenth of a
     second), when the arguments say `convert` with its default worker processes: the forkserver's
-    imports take longer than this process's work until the workers start. A guess from the raw
-    arguments: when it is wrong (`convert --help`) the forkserver idles and exits with the process."""
-    if argv[:1] == ["convert"] and not {"--calib", "--pool", "-h", "--help"} & {a.split("=")[0] for a in argv}:
+    imports take longer than this process's work until the workers start (with --calib, they
+    overlap the calibration pass instead of following it). A guess from the raw arguments: when it
+    is wrong (`convert --help`) the forkserver idles and exits with the process."""
+    if argv[:1] == ["convert"] and not {"--pool", "-h", "--help"} & {a.split("=")[0] for a in argv}:
         from .procpool import start_server
 
         start_server()
