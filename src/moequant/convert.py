@@ -24,6 +24,7 @@ from .dequant import MLX, SourceContext, dequantize_packed, source_format
 from .errors import CheckpointError, PlanError
 from .experts import SPLITTERS, ExpertStack, expert_counts, expert_sources, to_stacked
 from .formats import DTYPES, Mode, Quant, Rounding, infer_fp_quant, infer_quant
+from .gptq import one_blas_thread
 from .ignored import ignored_notes
 from .names import canonical_name, layer_of, renamed
 from .registry import SPLITS, TENSOR_RENAMES, family_of
@@ -492,22 +493,24 @@ class Conversion:
 
         # not daemons: the interpreter never exits while one is inside mlx
         threads = [threading.Thread(target=work, name=f"moequant-{n}") for n in range(workers)]
-        for t in threads:
-            t.start()
-        running = workers
-        try:
-            while running:
-                item = done.get()
-                if item is None:
-                    running -= 1
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    yield item
-        finally:
-            stop.set()
-            for t in threads:  # each finishes the group it is on; Output cleans up after
-                t.join()
+        # GPTQ's products on one BLAS thread, held around all the threads (see gptq.one_blas_thread)
+        with one_blas_thread() if self.plan.options.rounding == Rounding.GPTQ else nullcontext():
+            for t in threads:
+                t.start()
+            running = workers
+            try:
+                while running:
+                    item = done.get()
+                    if item is None:
+                        running -= 1
+                    elif isinstance(item, BaseException):
+                        raise item
+                    else:
+                        yield item
+            finally:
+                stop.set()
+                for t in threads:  # each finishes the group it is on; Output cleans up after
+                    t.join()
 
 
 @dataclass

@@ -66,10 +66,14 @@ def _openblas_threads_local():
 
 @contextmanager
 def one_blas_thread():
-    """numpy's BLAS on one thread, in this thread only. GPTQ makes thousands of small and medium
-    matrix products; measured on two cores (OpenBLAS 0.3.31), threaded OpenBLAS runs a [64, 448] @
-    [448, 768] product 13x slower than one thread and a 2048-wide Cholesky 2x slower, while the
-    largest products gain only ~15% from the second core."""
+    """numpy's BLAS on one thread, then the thread count as it was. GPTQ makes thousands of small
+    and medium matrix products; measured on two cores (OpenBLAS 0.3.31), threaded OpenBLAS runs a
+    [64, 448] @ [448, 768] product 13x slower than one thread and a 2048-wide Cholesky 2x slower,
+    while the largest products gain only ~15% from the second core. Despite its name, numpy's
+    OpenBLAS's `openblas_set_num_threads_local` sets the count for the whole process: threads that
+    enter and leave this in turn race (one restores a count another still relies on), so code that
+    runs it in several threads holds it around them all (calibrate's pass, convert's worker
+    threads with GPTQ): inside, each entry sets 1 and restores 1."""
     fn = _openblas_threads_local()
     previous = fn(1) if fn else None
     try:
