@@ -220,3 +220,15 @@ def test_gptq_workers_fit_in_the_memory_the_calibration_pass_held(monkeypatch):
     assert procpool.gptq_workers(16) == 1
     monkeypatch.setattr(procpool, "_resident", lambda: None)  # not Linux
     assert procpool.gptq_workers(16) == 16
+
+
+def test_a_layer_whose_stacks_differ_in_experts_is_not_shared():
+    """procpool._share: equal stacks in ranges of experts; stacks of different expert counts in one
+    group (two expert sets of a layer) whole by share 0, none by the others, so no expert is left
+    unwritten."""
+    part = mx.zeros((2, 2))
+    equal = {"a": Stacked([part] * 4), "b": Stacked([part] * 4), "norm": part}
+    assert [procpool._share(equal, k, 3) for k in range(3)] == [range(0, 1), range(1, 2), range(2, 4)]
+    assert procpool._share(equal, 0, 1) is None
+    unequal = {"a": Stacked([part] * 4), "b": Stacked([part] * 2)}
+    assert [procpool._share(unequal, k, 2) for k in range(2)] == [None, range(0)]

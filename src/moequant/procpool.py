@@ -549,12 +549,16 @@ def _picklable(e: BaseException) -> BaseException:
 
 def _share(group: dict, share: int, shares: int) -> range | None:
     """Of one group's expert stacks (Stacked), which experts share `share` of `shares` takes (see
-    units), or None: the group whole."""
+    units), or None: the group whole. Stacks of different expert counts in one group are not
+    shared: share 0 takes the group whole, the others none of it."""
     if shares == 1:
         return None
     from .checkpoint import Stacked
 
-    n = min((len(v.parts) for v in group.values() if isinstance(v, Stacked)), default=0)
+    counts = {len(v.parts) for v in group.values() if isinstance(v, Stacked)}
+    if len(counts) > 1:
+        return None if share == 0 else range(0)
+    n = counts.pop() if counts else 0
     return range(n * share // shares, n * (share + 1) // shares)
 
 
