@@ -223,7 +223,8 @@ def _threads():
     timing, and their results with it), and a pool of as many threads as cores for independent
     products (`_in_pool`, `_mm`): each expert's, each attention head's, row blocks of large ones."""
     global _pool, _pool_size
-    size = len(os.sched_getaffinity(0))
+    # the cores this process may run on (macOS has no affinity: all of them)
+    size = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     with one_blas_thread(), ThreadPoolExecutor(size, thread_name_prefix="moequant-calibrate") as pool:
         _pool, _pool_size = pool, size
         try:

@@ -142,7 +142,9 @@ class Quantizer:
                     and not row.as_stored)
 
         stacks = [k for k, v in weights.items() if isinstance(v, Stacked)]
-        mine = range(len(weights[stacks[0]].parts))[experts.start:experts.stop] if stacks and experts is not None else None
+        mine = None  # of `experts`, those the stacks have
+        if stacks and experts is not None:
+            mine = range(len(weights[stacks[0]].parts))[experts.start:experts.stop]
         parts = {k: list(weights[k].parts) for k in stacks if quantized(k) and self.rounding == Rounding.PLAIN}
         # a share of the other roundings' stacks, stacked now (the stand-in below takes its place in the model)
         partial = {k: cast(k, mx.stack(weights[k].parts[mine.start:mine.stop])) for k in stacks
