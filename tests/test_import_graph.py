@@ -12,7 +12,7 @@ import moequant
 PACKAGE = Path(moequant.__file__).parent
 
 LAYERS = (
-    ("errors", "formats", "names"),  # value types: nothing of moequant's but errors
+    ("errors", "formats", "names", "heap"),  # value types and the C heap: nothing of moequant's but errors
     ("registry", "configmap"),  # what is known per model_type
     ("checkpoint", "target", "ignored"),  # reading SRC: headers, config, the target model
     ("dequant", "experts", "fpquant", "rounding", "gptq", "surgery"),  # tensors and modules

@@ -36,6 +36,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 import numpy as np
 
+from . import heap
 from .errors import CheckpointError, PlanError, os_reason
 from .evaluate import free_memory, text_logits
 from .names import layer_of
@@ -221,10 +222,12 @@ def _threads():
     this OpenBLAS's setting is the process's, not the calling thread's, so threads that set and
     restore it by turns would run each other's products on a thread count that changes with their
     timing, and their results with it), and a pool of as many threads as cores for independent
-    products (`_in_pool`, `_mm`): each expert's, each attention head's, row blocks of large ones."""
+    products (`_in_pool`, `_mm`): each expert's, each attention head's, row blocks of large ones,
+    sharing a few malloc arenas (heap.few_arenas)."""
     global _pool, _pool_size
     # the cores this process may run on (macOS has no affinity: all of them)
     size = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    heap.few_arenas()
     with one_blas_thread(), ThreadPoolExecutor(size, thread_name_prefix="moequant-calibrate") as pool:
         _pool, _pool_size = pool, size
         try:
@@ -948,6 +951,7 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
         del layer, x0, reference, recorders, probed
         parameter = module = None  # so do these loops' last values (a weight, a probed module)
         mx.clear_cache()
+        heap.trim()
         elapsed = time.monotonic() - start
         log.info("calibration: layer %d/%d, %s tokens (%.1f s; ETA %.0f s)", i + 1, len(real), f"{tokens.size:,}",
                  time.monotonic() - layer_start, elapsed / (i + 1) * (len(real) - i - 1))

@@ -34,7 +34,7 @@ from .quantize import Quantizer, check_complete, check_weights, parameter_shapes
 from .target import absent_as_zeros, build_model, language_config, resolve_config, runner_of
 from .card import CARD_FILE, PLAN_FILE, PLOT_FILE, model_card
 from .writer import DEFAULT_SHARD_SIZE, Output, check_destination, output_config
-from . import procpool
+from . import heap, procpool
 
 log = logging.getLogger(__name__)
 
@@ -419,7 +419,7 @@ class Conversion:
         """The default number of GPTQ's worker processes, the calibration pass over: its memory
         released, as many as fit in what it held (procpool.gptq_workers), at most `limit`."""
         mx.clear_cache()
-        procpool.trim()
+        heap.trim()
         workers = procpool.gptq_workers(limit)
         if workers < limit:
             log.info("--rounding gptq: %d worker processes, in the memory the calibration pass held (--workers for "

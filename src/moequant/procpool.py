@@ -46,10 +46,12 @@ from typing import Iterator
 import mlx.core as mx
 
 from .errors import MoequantError, OutputError
+from .heap import trim
 
 WRITE_AHEAD = 256 << 20  # bytes of evaluated tensors queued for writing, per worker
 WORKER_BASE = 256 << 20  # a worker's memory besides the tensors it converts (python, mlx, graph)
-GPTQ_WORKER = 256 << 20  # a GPTQ worker's memory: 0.22 GB PSS on average, 16 workers rounding the 6 GB layout
+GPTQ_WORKER = 320 << 20  # a GPTQ worker's peak RSS rounding shares of the 6 GB layout: 0.30 GiB (5 workers, 16 cores)
+GPTQ_ROOM = 1 << 30  # what GPTQ's workers may take however little the pass held (a small model's: the process's base)
 MAX_SHARES = 4  # a layer's expert stacks are shared by at most this many workers (units)
 TIMELINE = "MOEQUANT_TIMELINE"  # set to 1: print a per-worker timeline table to stderr
 
@@ -119,12 +121,14 @@ def gptq_workers(limit: int) -> int:
     """GPTQ's worker processes by default, once the calibration pass is over: at most `limit`
     (default_workers' choice), and no more than fit at GPTQ_WORKER each in the memory this process
     held at its peak (the pass) and holds no longer, so that the rounding takes no more memory than
-    the pass did: about one layer's. `limit` where the peak is unknown (not Linux)."""
+    the pass did, about one layer's; or in GPTQ_ROOM where that is more (the trained tiny MoE's pass
+    left room for none: one worker rounded it in 1.4 s of its 6.1 s on the 2-core VM). `limit` where
+    the peak is unknown (not Linux)."""
     resident = _resident()
     if resident is None:
         return limit
     peak, now = resident
-    return max(1, min(limit, (peak - now) // GPTQ_WORKER))
+    return max(1, min(limit, max(peak - now, GPTQ_ROOM) // GPTQ_WORKER))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,30 +516,6 @@ def _advise(ranges: dict, keys) -> None:
             pass
         finally:
             os.close(fd)
-
-
-def trim() -> None:
-    """Hand the C heap's free pages back to the system (glibc's malloc_trim; nothing elsewhere).
-    Without it a worker's RSS creeps up with every group it converts, though what it holds does
-    not: 3 -> 9 layers of the 6 GB layout, 2 workers, the larger worker's peak grew 231 -> 273 MB
-    (with it, 200-208 -> 211 MB)."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _load_libc():
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:  # musl and other C libraries without malloc_trim
-        return None
-
-
-_LIBC = _load_libc()
 
 
 def _picklable(e: BaseException) -> BaseException:
