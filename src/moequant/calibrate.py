@@ -927,6 +927,13 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
     (embeddings, lm_head) gets its KL exactly. That is one layer call per module (each taking what
     its module leaves unchanged from the layer's reference call: _Reuse) and 1 + 2 + … + L layer
     calls for the carried perturbed states, on the probe's tokens, whatever the number of modules."""
+    with ThreadPoolExecutor(1, thread_name_prefix="moequant-collect") as background:
+        return _measure(model, weights, tokens, background, energy=energy, moments=moments, sensitivity=sensitivity)
+
+
+def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.array, background: ThreadPoolExecutor,
+             *, energy, moments, sensitivity) -> Statistics:
+    """`measure`, taking each layer's statistics in the thread of `background`."""
     start = time.monotonic()
     tokens = tokens[None] if tokens.ndim == 1 else tokens
     energy, moments, sensitivity = set(energy), set(moments), set(sensitivity)
@@ -1007,7 +1014,9 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
                 if c == 0:
                     x0, reference = x, out
                 states[c] = out
-        _collect(stats, recorders, energy, moments)
+        # the layer's statistics taken in a thread of their own (their products on the pool) while the
+        # probes run: on the 2-core VM, the trained tiny MoE's pass 4.6 -> 3.9 s (the same CPU time)
+        collecting = background.submit(_collect_in_thread, stats, recorders, energy, moments)
         with _in_numpy(layer):
             args, kwargs = probe_arguments[i]
             if probe_state is not None:  # the probe's own tokens, through the float layer
@@ -1030,6 +1039,7 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
                     mx.eval(h)
                 perturbed_layers[i] = (((h - reference) ** 2).sum().item(), errors)
                 perturbed_inputs[i] = h
+        collecting.result()
         _reuse.clear()
         layers[i] = _Stub()
         # the recorders and probed modules hold the layer's modules, and so its weights: dropped
@@ -1126,6 +1136,17 @@ def _recorders(model: nn.Module, paths: set[str], moments: set[str], containers:
             out[container] = _Experts(module_at(model, container), any(p.startswith(container + ".") for p in moments),
                                       seen)
     return out
+
+
+_collecting = threading.local()  # .stream: the mlx stream of a thread running _collect_in_thread
+
+
+def _collect_in_thread(*args) -> None:
+    """_collect, on an mlx stream of this thread's own (mlx streams belong to their thread)."""
+    if not hasattr(_collecting, "stream"):
+        _collecting.stream = mx.new_stream(mx.cpu)
+    with mx.stream(_collecting.stream):
+        _collect(*args)
 
 
 def _collect(stats: Statistics, recorded: dict, energy: set[str], moments: set[str]) -> None:
