@@ -931,8 +931,12 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
     (embeddings, lm_head) gets its KL exactly. That is one layer call per module (each taking what
     its module leaves unchanged from the layer's reference call: _Reuse) and 1 + 2 + … + L layer
     calls for the carried perturbed states, on the probe's tokens, whatever the number of modules."""
-    with ThreadPoolExecutor(1, thread_name_prefix="moequant-collect") as background:
-        return _measure(model, weights, tokens, background, energy=energy, moments=moments, sensitivity=sensitivity)
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="moequant-collect") as background:
+            return _measure(model, weights, tokens, background, energy=energy, moments=moments,
+                            sensitivity=sensitivity)
+    finally:
+        _reuse.clear()  # a pass that raised mid-layer holds no layer's results
 
 
 def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.array, background: ThreadPoolExecutor,
