@@ -97,6 +97,61 @@ def test_sensitivity_is_estimated_for_every_module_in_a_bounded_number_of_layer_
     assert _stream(src, TOKENS, sensitivity={"lm_head"}).sensitivity["lm_head"] > 4 * plain["lm_head"]
 
 
+def test_probes_take_what_their_module_leaves_unchanged_from_the_reference_call(tmp_path, monkeypatch):
+    """A probe's call of its decoder layer takes the results of the stand-ins its module does not
+    change (what comes before it; with an expert stack at the probe, the attention) from the
+    layer's reference call: the same sensitivities, bitwise, as computing every one again, with
+    fewer products and attentions computed."""
+    from moequant import calibrate
+
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe", dtype="float32")
+    wanted = {r.path for r in Conversion(src, Quant.make("affine", 4)).plan.rows if r.quant is not None}
+    computed = {"reusing": 0, "not": 0}
+
+    class Counting(calibrate._Reuse):
+        def __init__(self, reusing: bool):
+            super().__init__()
+            self.reusing = reusing
+
+        def __call__(self, owner, inputs, compute):
+            def counted():
+                computed["reusing" if self.reusing else "not"] += 1
+                return compute()
+            return super().__call__(owner, inputs, counted) if self.reusing else counted()
+
+    sensitivity = {}
+    for reusing in (True, False):
+        monkeypatch.setattr(calibrate, "_reuse", Counting(reusing))
+        sensitivity[reusing] = _stream(src, TOKENS, sensitivity=wanted).sensitivity
+    assert sensitivity[True] == sensitivity[False] and len(sensitivity[True]) == len(wanted)
+    # taken per layer: q, k and v at the probe take the other two's products (2 each); o_proj q, k, v
+    # and the attention (4); the expert stacks' gate and up all but their own and down_proj (7 each),
+    # down_proj all but its own (8); the whole layer at the probe none
+    layers = json.loads((src / "config.json").read_text())["num_hidden_layers"]
+    assert computed["not"] - computed["reusing"] == 32 * layers, computed
+
+
+def test_sensitivity_is_measured_on_the_probes_tokens_alone(tmp_path, monkeypatch):
+    """Output sensitivity is measured on PROBE_SEQUENCES x PROBE_LENGTH tokens of the first chunk,
+    carried beside the chunks when they are fewer: the same (to float32 rounding of batched
+    products) as a pass over those tokens alone, where they are the first chunk; the statistics
+    are the whole batch's as ever."""
+    from moequant import calibrate
+
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe", dtype="float32")
+    wanted = {r.path for r in Conversion(src, Quant.make("affine", 4)).plan.rows if r.quant is not None}
+    plain = _stream(src, TOKENS, energy=wanted, sensitivity=wanted)
+    monkeypatch.setattr(calibrate, "PROBE_SEQUENCES", 1)
+    monkeypatch.setattr(calibrate, "PROBE_LENGTH", 20)
+    probed = _stream(src, TOKENS, energy=wanted, sensitivity=wanted)
+    alone = _stream(src, TOKENS[:1, :20], sensitivity=wanted)
+    assert set(probed.sensitivity) == set(alone.sensitivity) == wanted
+    assert probed.sensitivity == pytest.approx(alone.sensitivity, rel=1e-4)
+    assert probed.sensitivity != pytest.approx(plain.sensitivity, rel=1e-2)  # other tokens: other figures
+    for path in plain.energy:
+        assert mx.array_equal(plain.energy[path], probed.energy[path]).item(), path
+
+
 def _deeper(src: Path, dst: Path, layers: int) -> Path:
     """`src` with its decoder layers repeated to `layers` layers."""
     dst.mkdir()
@@ -250,11 +305,16 @@ def test_numpy_products_are_mlx_products(tmp_path, arch):
 @pytest.mark.parametrize("heads, kv_heads, length, keys, mask", [
     (4, 4, 16, 16, None), (8, 2, 16, 16, "causal"), (8, 2, 5, 16, "causal"), (4, 1, 12, 12, "bool"),
     (4, 2, 12, 12, "additive")])
-def test_attention_in_numpy_is_mlx_attention(heads, kv_heads, length, keys, mask):
-    """The pass's attention (numpy's products, one sequence and key/value head at a time) gives mlx's
+@pytest.mark.parametrize("block", [128, 4, 3])
+def test_attention_in_numpy_is_mlx_attention(heads, kv_heads, length, keys, mask, block, monkeypatch):
+    """The pass's attention (numpy's products, one sequence and key/value head at a time; with a
+    causal mask, `block` queries at a time with the keys they see) gives mlx's
     mx.fast.scaled_dot_product_attention, grouped heads, a causal mask over more keys than queries,
     and boolean and additive masks included; mlx's own is back after the block."""
+    from moequant import calibrate
     from moequant.calibrate import _attention_in_numpy
+
+    monkeypatch.setattr(calibrate, "CAUSAL_BLOCK", block)
 
     rng = np.random.default_rng(0)
     q, k, v = (mx.array(rng.standard_normal(s, dtype=np.float32)) for s in
