@@ -131,6 +131,39 @@ def test_probes_take_what_their_module_leaves_unchanged_from_the_reference_call(
     assert computed["not"] - computed["reusing"] == 32 * layers, computed
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_the_embedding_table_is_released_once_the_tokens_are_embedded(tmp_path, monkeypatch, tied):
+    """With an lm_head of its own, the model's embedding table is released for the decoder layers
+    (the tail's forward then embeds rows nothing reads); tied to the head, it is kept. Either way
+    the statistics and sensitivities (the embedding's and lm_head's among them) are bitwise those
+    of a pass that keeps it."""
+    from moequant import calibrate
+
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe", dtype="float32")
+    if tied:
+        config = json.loads((src / "config.json").read_text())
+        (src / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+        weights = load_file(src / "model.safetensors")
+        del weights["lm_head.weight"]
+        save_file(weights, src / "model.safetensors")
+    wanted = {r.path for r in Conversion(src, Quant.make("affine", 4)).plan.rows if r.quant is not None}
+    assert "model.embed_tokens" in wanted and ("lm_head" in wanted) != tied
+    released = []
+    drop = calibrate._drop_embeddings
+
+    def recorded(model, prefix):
+        drop(model, prefix)
+        released.extend(p for p, m in model.named_modules() if getattr(m, "_dropped", False))
+
+    runs = {}
+    for name, how in (("released", recorded), ("kept", lambda model, prefix: None)):
+        monkeypatch.setattr(calibrate, "_drop_embeddings", how)
+        runs[name] = _stream(src, TOKENS, energy=wanted, sensitivity=wanted)
+    assert released == ([] if tied else ["model.embed_tokens"])
+    assert runs["released"].sensitivity == runs["kept"].sensitivity and "model.embed_tokens" in runs["kept"].sensitivity
+    assert all(np.array_equal(np.array(v), np.array(runs["kept"].energy[k])) for k, v in runs["released"].energy.items())
+
+
 def test_sensitivity_is_measured_on_the_probes_tokens_alone(tmp_path, monkeypatch):
     """Output sensitivity is measured on PROBE_SEQUENCES x PROBE_LENGTH tokens of the first chunk,
     carried beside the chunks when they are fewer: the same (to float32 rounding of batched
