@@ -25,8 +25,12 @@ smaller output error on the undamped H: the result is never worse than plain rou
 calibration objective.
 
 Cost: an expert stack goes a few experts at a time; weights with the same inputs (an expert stack's
-gate and up) share each chunk's H and feedback (`quantize_gptq_together`), which changes no byte:
-each expert's products and factorizations are the same, whatever else is batched with them.
+gate and up) share each chunk's H and feedback (`quantize_gptq_together`) and, where their Quant and
+dtype are the same, one GPTQ call with their rows side by side. Neither changes a byte: each row's
+products and factorizations are the same, whatever else is batched with them. GPTQ's column loop
+is sequential (each column's error moves the next column's weights), so its per-column numpy calls
+on [experts, rows] cost their Python overhead once per column: the more rows a call takes, the less
+it weighs against the matrix products.
 """
 
 from __future__ import annotations
@@ -231,32 +235,55 @@ def _gptq(w: np.ndarray, a: np.ndarray, bits: int, group_size: int, dtype: mx.Dt
     w0 = np.ascontiguousarray(w.transpose(0, 2, 1))  # columns contiguous: [B, n, R]
     target = w0.copy()  # the weights updated for the errors of all columns before the current group
     error = np.empty_like(w0)  # each column's target minus its dequantized value
+    restored = np.empty_like(w0)  # each column's dequantized value
     codes = np.empty((B, n, R), np.uint8)
     scales = np.empty((B, n // group_size, R), np.float32)
     biases = np.empty_like(scales)
+    # the column loop's buffers: its ~10 numpy calls per column on [B, R] are most of GPTQ's time
+    # where B·R is small, so each writes into one of these rather than a new array
+    t, x, corr = np.empty((B, R), np.float32), np.empty((B, R), np.float32), np.empty((B, 1, R), np.float32)
+    q = np.empty((B, group_size, R), np.float32)
+    levels = 2**bits
+    # a group's dequantized value of each code (fewer than its columns), gathered per column; the
+    # gather's index in float32 (exact) and int32: a mixed-type cast costs as much as the gather
+    lookup = levels <= group_size and B * R * levels < 2**24
+    if lookup:
+        at = np.empty((B, R), np.int32)
+        first = (np.arange(B * R, dtype=np.float32) * levels).reshape(B, R)  # each row's first entry
+        table = np.empty((B, R, levels), np.float32)
+        ks = np.arange(levels, dtype=np.float32)
     for b0 in range(0, n, BLOCK):
         b1 = min(b0 + BLOCK, n)
         for g0 in range(b0, b1, group_size):
             g1 = g0 + group_size
             if g0 > b0:  # from this block's earlier groups
                 target[:, g0:g1] -= a[:, g0:g1, b0:g0] @ error[:, b0:g0]
-            scale, bias = (_rounded(x, dtype) for x in _grid(target[:, g0:g1], bits, axis=1))
+            scale, bias = (_rounded(v, dtype) for v in _grid(target[:, g0:g1], bits, axis=1))
             scales[:, g0 // group_size], biases[:, g0 // group_size] = scale, bias
+            if lookup:
+                table[...] = _dequantized(ks, scale[..., None], bias[..., None], dtype)
             for i in range(g0, g1):
-                t = target[:, i]
                 if i > g0:  # from this group's earlier columns
-                    t = t - (a[:, i, None, g0:i] @ error[:, g0:i])[:, 0]
-                q = np.rint((t - bias) / scale)
-                np.clip(q, 0, n_bins, out=q)
-                codes[:, i] = q
-                error[:, i] = t - _dequantized(q, scale, bias, dtype)
+                    np.matmul(a[:, i, None, g0:i], error[:, g0:i], out=corr)
+                    np.subtract(target[:, i], corr[:, 0], out=t)
+                else:
+                    t[...] = target[:, i]
+                np.subtract(t, bias, out=x)
+                np.divide(x, scale, out=x)
+                np.rint(x, out=x)
+                qi = q[:, i - g0]
+                np.minimum(np.maximum(x, 0, out=x), n_bins, out=qi)  # np.clip's, without its Python layer
+                if lookup:
+                    np.add(qi, first, out=at, casting="unsafe")
+                    np.take(table, at, out=restored[:, i], mode="clip")
+                else:
+                    restored[:, i] = _dequantized(qi, scale, bias, dtype)
+                np.subtract(t, restored[:, i], out=error[:, i])
+            codes[:, g0:g1] = q
         if b1 < n:  # from this block to all later columns
             target[:, b1:] -= a[:, b1:, b0:b1] @ error[:, b0:b1]
-    scales, biases = scales.transpose(0, 2, 1), biases.transpose(0, 2, 1)
-    restored = _dequantized(codes.transpose(0, 2, 1).reshape(B, R, -1, group_size), scales[..., None],
-                            biases[..., None], dtype)
-    resid = w0 - restored.reshape(B, R, n).transpose(0, 2, 1)
-    return codes.transpose(0, 2, 1), scales, biases, resid
+    resid = np.subtract(w0, restored, out=restored)
+    return codes.transpose(0, 2, 1), scales.transpose(0, 2, 1), biases.transpose(0, 2, 1), resid
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -308,26 +335,61 @@ def quantize_gptq_together(weights: list[tuple[mx.array, Quant]], h, damp: float
 def _quantize_gptq(weights: list[tuple[mx.array, Quant]], h: np.ndarray, damp: float) -> list[tuple]:
     n = weights[0][0].shape[-1]
     stacks = [w.reshape(-1, *w.shape[-2:]) for w, _ in weights]
-    num, rows = stacks[0].shape[0], max(s.shape[1] for s in stacks)
+    outs = [_Rounded(w, q) for w, q in weights]
+    # weights of the same Quant and dtype (an expert stack's gate and up) go through one GPTQ call,
+    # their rows side by side: twice the rows in each of its per-column numpy calls, half the calls
+    parts: dict = {}
+    for stack, out in zip(stacks, outs):
+        parts.setdefault((out.q, out.w.dtype), []).append((stack, out))
+    num, rows = stacks[0].shape[0], max(sum(s.shape[1] for s, _ in part) for part in parts.values())
     hs = h if len(h.shape) == 3 else h.reshape(-1, n, n)
     shared = hs.shape[0] == 1
     hs = hs[:] if shared else hs  # a lazy one in memory
     a_shared = _feedback(hs, damp) if shared else None
     step = max(1, _CHUNK // (rows * n)) if shared else max(1, min(_CHUNK // (rows * n), _H_CHUNK // (n * n)))
-    outs = [_Rounded(w, q) for w, q in weights]
     for e0 in range(0, num, step):
         e1 = min(e0 + step, num)
         hc = hs if shared else hs[e0:e1]
         a = a_shared if shared else _feedback(hc, damp)
-        for stack, out in zip(stacks, outs):
-            row_step = max(1, _CHUNK // ((e1 - e0) * n))  # rows are rounded independently: a large one in blocks
-            for r0 in range(0, stack.shape[1], row_step):
-                out.round(stack, e0, e1, slice(r0, min(r0 + row_step, stack.shape[1])), hc, a, shared)
+        row_step = max(1, _CHUNK // ((e1 - e0) * n))  # rows are rounded independently: a large one in blocks
+        for part in parts.values():
+            if len(part) > 1 and sum(s.shape[1] for s, _ in part) <= row_step:
+                _round(part, e0, e1, hc, a, shared)
+                continue
+            for stack, out in part:
+                for r0 in range(0, stack.shape[1], row_step):
+                    _round([(stack, out)], e0, e1, hc, a, shared, slice(r0, min(r0 + row_step, stack.shape[1])))
     return [out.result() for out in outs]
 
 
+def _round(part: list, e0: int, e1: int, hc: np.ndarray, a: np.ndarray, shared: bool, r: slice = slice(None)) -> None:
+    """Rows `r` of experts e0:e1 of each (weight [E, out, in], _Rounded) in `part` (one Quant and
+    dtype), by one GPTQ call on all their rows with their H `hc` and feedback `a`; each row kept
+    only if its output error on H is lower than plain rounding's."""
+    q, dtype = part[0][1].q, part[0][1].w.dtype
+    bits, group_size, n = q.bits, q.group_size, part[0][0].shape[-1]
+    w0 = [np.array(stack[e0:e1, r].astype(mx.float32)) for stack, _ in part]
+    counts = [w.shape[1] for w in w0]
+    if shared:  # one matrix of all the experts' rows
+        w0 = [w.reshape(1, -1, n) for w in w0]
+    w0 = w0[0] if len(w0) == 1 else np.concatenate(w0, axis=1)
+    codes, g_scales, g_biases, resid = _gptq(w0, a, bits, group_size, dtype)
+    p_codes, p_scales, p_biases, restored = _plain_affine(w0, bits, group_size, dtype)
+    plain_resid = (w0 - restored).transpose(0, 2, 1)
+    # per row, ΔW_gptq H ΔW_gptqᵀ − ΔW_plain H ΔW_plainᵀ in one product: H is symmetric
+    gain = ((hc @ (resid - plain_resid)) * (resid + plain_resid)).sum(1)
+    better = (gain < 0)[..., None]
+    packed = _pack(np.where(better, codes, p_codes.astype(np.uint8)), bits)
+    scales, biases = np.where(better, g_scales, p_scales), np.where(better, g_biases, p_biases)
+    start = 0
+    for (_, out), rows in zip(part, counts):
+        take = slice(start * (e1 - e0), (start + rows) * (e1 - e0)) if shared else slice(start, start + rows)
+        start += rows
+        out.store(e0, e1, r, packed[:, take], scales[:, take], biases[:, take], gain[:, take])
+
+
 class _Rounded:
-    """One weight's GPTQ output, filled a few experts at a time (`round`)."""
+    """One weight's GPTQ output, filled a few experts at a time (`store`)."""
 
     def __init__(self, w: mx.array, q: Quant):
         self.w, self.q = w, q
@@ -338,24 +400,14 @@ class _Rounded:
         self.biases = np.empty_like(self.scales)
         self.kept, self.lowered = 0, 0.0
 
-    def round(self, stack: mx.array, e0: int, e1: int, r: slice, hc: np.ndarray, a: np.ndarray, shared: bool) -> None:
-        """Rows `r` of experts e0:e1 of `stack` (the weight [E, out, in]) by GPTQ with their H `hc` and
-        feedback `a`, each row kept only if its output error on H is lower than plain rounding's."""
-        bits, group_size, n = self.q.bits, self.q.group_size, stack.shape[-1]
-        rows = r.stop - r.start
-        w0 = np.array(stack[e0:e1, r].astype(mx.float32))
-        if shared:  # one matrix of all the experts' rows
-            w0 = w0.reshape(1, -1, n)
-        codes, g_scales, g_biases, resid = _gptq(w0, a, bits, group_size, self.w.dtype)
-        p_codes, p_scales, p_biases, restored = _plain_affine(w0, bits, group_size, self.w.dtype)
-        plain_resid = (w0 - restored).transpose(0, 2, 1)
-        # per row, ΔW_gptq H ΔW_gptqᵀ − ΔW_plain H ΔW_plainᵀ in one product: H is symmetric
-        gain = ((hc @ (resid - plain_resid)) * (resid + plain_resid)).sum(1)
-        better = (gain < 0)[..., None]
-        self.packed[e0:e1, r] = _pack(np.where(better, codes, p_codes.astype(np.uint8)), bits).reshape(e1 - e0, rows, -1)
-        self.scales[e0:e1, r] = np.where(better, g_scales, p_scales).reshape(e1 - e0, rows, -1)
-        self.biases[e0:e1, r] = np.where(better, g_biases, p_biases).reshape(e1 - e0, rows, -1)
-        self.kept += int(better.sum())
+    def store(self, e0: int, e1: int, r: slice, packed: np.ndarray, scales: np.ndarray, biases: np.ndarray,
+              gain: np.ndarray) -> None:
+        """Rows `r` of experts e0:e1: their chosen codes (packed), scales and biases, and each row's
+        output error on H minus plain rounding's."""
+        self.packed[e0:e1, r] = packed.reshape(e1 - e0, -1, packed.shape[-1])
+        self.scales[e0:e1, r] = scales.reshape(e1 - e0, -1, scales.shape[-1])
+        self.biases[e0:e1, r] = biases.reshape(e1 - e0, -1, biases.shape[-1])
+        self.kept += int((gain < 0).sum())
         self.lowered -= float(np.minimum(gain, 0).sum())
 
     def result(self) -> tuple[mx.array, mx.array, mx.array]:
