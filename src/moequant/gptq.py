@@ -25,12 +25,15 @@ smaller output error on the undamped H: the result is never worse than plain rou
 calibration objective.
 
 Cost: an expert stack goes a few experts at a time; weights with the same inputs (an expert stack's
-gate and up) share each chunk's H and feedback (`quantize_gptq_together`) and, where their Quant and
-dtype are the same, one GPTQ call with their rows side by side. Neither changes a byte: each row's
-products and factorizations are the same, whatever else is batched with them. GPTQ's column loop
-is sequential (each column's error moves the next column's weights), so its per-column numpy calls
-on [experts, rows] cost their Python overhead once per column: the more rows a call takes, the less
-it weighs against the matrix products.
+gate and up) share each chunk's H and feedback (`quantize_gptq_together`), which changes no byte:
+each expert's products and factorizations are the same, whatever else is batched with them. Rows
+are another matter: a product over more rows (their gate and up side by side, say) may round
+differently, since OpenBLAS computes the last columns of a product with other kernels (measured,
+OpenBLAS 0.3.31: [2048, 2048] @ [2048, 768] and the first 768 columns of [2048, 2048] @ [2048, 1536]
+differ in 2% of their elements), so the rows of each call (_CHUNK) are part of what the output is.
+GPTQ's column loop is sequential (each column's error moves the next column's weights): its numpy
+calls on [experts, rows] per column, few and into preallocated buffers, cost their Python overhead
+once per column.
 """
 
 from __future__ import annotations
@@ -108,16 +111,20 @@ def dequantized_affine(w: np.ndarray, bits: int, group_size: int) -> np.ndarray:
     return _plain_affine(w, bits, group_size, mx.float32)[3]
 
 
-def _plain_affine(w: np.ndarray, bits: int, group_size: int, dtype: mx.Dtype):
+def _plain_affine(w: np.ndarray, bits: int, group_size: int, dtype: mx.Dtype, axis: int = -1):
     """`mx.quantize(w, group_size, bits)` in numpy, bit for bit, for float32 `w` [..., n] holding
     values of `dtype`: codes (float32 [..., n], on mlx's float32 grid), the stored scales and biases
     (float32 [..., n / group_size], rounded to `dtype`) and what `mx.dequantize` restores from them
-    (float32 [..., n]; mlx computes it in `dtype`, whatever dtype it is asked to return)."""
-    groups = w.reshape(*w.shape[:-1], -1, group_size)
-    scale, bias = _grid(groups, bits, axis=-1)
-    q = np.clip(np.rint((groups - bias[..., None]) / scale[..., None]), 0, 2**bits - 1)
+    (float32 [..., n]; mlx computes it in `dtype`, whatever dtype it is asked to return). The
+    quantized axis `axis` may be another than the last: the same values, in `w`'s layout."""
+    axis = axis % w.ndim
+    groups = w.reshape(*w.shape[:axis], -1, group_size, *w.shape[axis + 1:])
+    scale, bias = _grid(groups, bits, axis=axis + 1)
+    scale_, bias_ = np.expand_dims(scale, axis + 1), np.expand_dims(bias, axis + 1)
+    q = np.clip(np.rint((groups - bias_) / scale_), 0, 2**bits - 1)
     scale, bias = _rounded(scale, dtype), _rounded(bias, dtype)
-    return q.reshape(w.shape), scale, bias, _dequantized(q, scale[..., None], bias[..., None], dtype).reshape(w.shape)
+    restored = _dequantized(q, np.expand_dims(scale, axis + 1), np.expand_dims(bias, axis + 1), dtype)
+    return q.reshape(w.shape), scale, bias, restored.reshape(w.shape)
 
 
 def _rounded(x: np.ndarray, dtype: mx.Dtype) -> np.ndarray:
@@ -335,61 +342,26 @@ def quantize_gptq_together(weights: list[tuple[mx.array, Quant]], h, damp: float
 def _quantize_gptq(weights: list[tuple[mx.array, Quant]], h: np.ndarray, damp: float) -> list[tuple]:
     n = weights[0][0].shape[-1]
     stacks = [w.reshape(-1, *w.shape[-2:]) for w, _ in weights]
-    outs = [_Rounded(w, q) for w, q in weights]
-    # weights of the same Quant and dtype (an expert stack's gate and up) go through one GPTQ call,
-    # their rows side by side: twice the rows in each of its per-column numpy calls, half the calls
-    parts: dict = {}
-    for stack, out in zip(stacks, outs):
-        parts.setdefault((out.q, out.w.dtype), []).append((stack, out))
-    num, rows = stacks[0].shape[0], max(sum(s.shape[1] for s, _ in part) for part in parts.values())
+    num, rows = stacks[0].shape[0], max(s.shape[1] for s in stacks)
     hs = h if len(h.shape) == 3 else h.reshape(-1, n, n)
     shared = hs.shape[0] == 1
     hs = hs[:] if shared else hs  # a lazy one in memory
     a_shared = _feedback(hs, damp) if shared else None
     step = max(1, _CHUNK // (rows * n)) if shared else max(1, min(_CHUNK // (rows * n), _H_CHUNK // (n * n)))
+    outs = [_Rounded(w, q) for w, q in weights]
     for e0 in range(0, num, step):
         e1 = min(e0 + step, num)
         hc = hs if shared else hs[e0:e1]
         a = a_shared if shared else _feedback(hc, damp)
-        row_step = max(1, _CHUNK // ((e1 - e0) * n))  # rows are rounded independently: a large one in blocks
-        for part in parts.values():
-            if len(part) > 1 and sum(s.shape[1] for s, _ in part) <= row_step:
-                _round(part, e0, e1, hc, a, shared)
-                continue
-            for stack, out in part:
-                for r0 in range(0, stack.shape[1], row_step):
-                    _round([(stack, out)], e0, e1, hc, a, shared, slice(r0, min(r0 + row_step, stack.shape[1])))
+        for stack, out in zip(stacks, outs):
+            row_step = max(1, _CHUNK // ((e1 - e0) * n))  # rows are rounded independently: a large one in blocks
+            for r0 in range(0, stack.shape[1], row_step):
+                out.round(stack, e0, e1, slice(r0, min(r0 + row_step, stack.shape[1])), hc, a, shared)
     return [out.result() for out in outs]
 
 
-def _round(part: list, e0: int, e1: int, hc: np.ndarray, a: np.ndarray, shared: bool, r: slice = slice(None)) -> None:
-    """Rows `r` of experts e0:e1 of each (weight [E, out, in], _Rounded) in `part` (one Quant and
-    dtype), by one GPTQ call on all their rows with their H `hc` and feedback `a`; each row kept
-    only if its output error on H is lower than plain rounding's."""
-    q, dtype = part[0][1].q, part[0][1].w.dtype
-    bits, group_size, n = q.bits, q.group_size, part[0][0].shape[-1]
-    w0 = [np.array(stack[e0:e1, r].astype(mx.float32)) for stack, _ in part]
-    counts = [w.shape[1] for w in w0]
-    if shared:  # one matrix of all the experts' rows
-        w0 = [w.reshape(1, -1, n) for w in w0]
-    w0 = w0[0] if len(w0) == 1 else np.concatenate(w0, axis=1)
-    codes, g_scales, g_biases, resid = _gptq(w0, a, bits, group_size, dtype)
-    p_codes, p_scales, p_biases, restored = _plain_affine(w0, bits, group_size, dtype)
-    plain_resid = (w0 - restored).transpose(0, 2, 1)
-    # per row, ΔW_gptq H ΔW_gptqᵀ − ΔW_plain H ΔW_plainᵀ in one product: H is symmetric
-    gain = ((hc @ (resid - plain_resid)) * (resid + plain_resid)).sum(1)
-    better = (gain < 0)[..., None]
-    packed = _pack(np.where(better, codes, p_codes.astype(np.uint8)), bits)
-    scales, biases = np.where(better, g_scales, p_scales), np.where(better, g_biases, p_biases)
-    start = 0
-    for (_, out), rows in zip(part, counts):
-        take = slice(start * (e1 - e0), (start + rows) * (e1 - e0)) if shared else slice(start, start + rows)
-        start += rows
-        out.store(e0, e1, r, packed[:, take], scales[:, take], biases[:, take], gain[:, take])
-
-
 class _Rounded:
-    """One weight's GPTQ output, filled a few experts at a time (`store`)."""
+    """One weight's GPTQ output, filled a few experts at a time (`round`)."""
 
     def __init__(self, w: mx.array, q: Quant):
         self.w, self.q = w, q
@@ -400,14 +372,29 @@ class _Rounded:
         self.biases = np.empty_like(self.scales)
         self.kept, self.lowered = 0, 0.0
 
-    def store(self, e0: int, e1: int, r: slice, packed: np.ndarray, scales: np.ndarray, biases: np.ndarray,
-              gain: np.ndarray) -> None:
-        """Rows `r` of experts e0:e1: their chosen codes (packed), scales and biases, and each row's
-        output error on H minus plain rounding's."""
-        self.packed[e0:e1, r] = packed.reshape(e1 - e0, -1, packed.shape[-1])
-        self.scales[e0:e1, r] = scales.reshape(e1 - e0, -1, scales.shape[-1])
-        self.biases[e0:e1, r] = biases.reshape(e1 - e0, -1, biases.shape[-1])
-        self.kept += int((gain < 0).sum())
+    def round(self, stack: mx.array, e0: int, e1: int, r: slice, hc: np.ndarray, a: np.ndarray, shared: bool) -> None:
+        """Rows `r` of experts e0:e1 of `stack` (the weight [E, out, in]) by GPTQ with their H `hc` and
+        feedback `a`, each row kept only if its output error on H is lower than plain rounding's."""
+        bits, group_size, n = self.q.bits, self.q.group_size, stack.shape[-1]
+        rows = r.stop - r.start
+        w0 = np.array(stack[e0:e1, r].astype(mx.float32))
+        if shared:  # one matrix of all the experts' rows
+            w0 = w0.reshape(1, -1, n)
+        # all in GPTQ's layout, columns contiguous [B, in, rows] (_gptq takes its transpose as it is):
+        # the differences below then read contiguous arrays, not one through a transpose
+        w0 = np.ascontiguousarray(w0.transpose(0, 2, 1))
+        *rounded, resid = _gptq(w0.transpose(0, 2, 1), a, bits, group_size, self.w.dtype)
+        codes, g_scales, g_biases = (x.transpose(0, 2, 1) for x in rounded)
+        p_codes, p_scales, p_biases, plain_resid = _plain_affine(w0, bits, group_size, self.w.dtype, axis=1)
+        plain_resid = np.subtract(w0, plain_resid, out=plain_resid)
+        # per row, ΔW_gptq H ΔW_gptqᵀ − ΔW_plain H ΔW_plainᵀ in one product: H is symmetric
+        gain = ((hc @ (resid - plain_resid)) * (resid + plain_resid)).sum(1)
+        better = (gain < 0)[:, None]
+        packed = _pack(np.where(better, codes, p_codes.astype(np.uint8)).transpose(0, 2, 1), bits)
+        self.packed[e0:e1, r] = packed.reshape(e1 - e0, rows, -1)
+        self.scales[e0:e1, r] = np.where(better, g_scales, p_scales).transpose(0, 2, 1).reshape(e1 - e0, rows, -1)
+        self.biases[e0:e1, r] = np.where(better, g_biases, p_biases).transpose(0, 2, 1).reshape(e1 - e0, rows, -1)
+        self.kept += int(better.sum())
         self.lowered -= float(np.minimum(gain, 0).sum())
 
     def result(self) -> tuple[mx.array, mx.array, mx.array]:
