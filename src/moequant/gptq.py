@@ -26,7 +26,14 @@ calibration objective.
 
 Cost: an expert stack goes a few experts at a time; weights with the same inputs (an expert stack's
 gate and up) share each chunk's H and feedback (`quantize_gptq_together`), which changes no byte:
-each expert's products and factorizations are the same, whatever else is batched with them.
+each expert's products and factorizations are the same, whatever else is batched with them. Rows
+are another matter: a product over more rows (their gate and up side by side, say) may round
+differently, since OpenBLAS computes the last columns of a product with other kernels (measured,
+OpenBLAS 0.3.31: [2048, 2048] @ [2048, 768] and the first 768 columns of [2048, 2048] @ [2048, 1536]
+differ in 2% of their elements), so the rows of each call (_CHUNK) are part of what the output is.
+GPTQ's column loop is sequential (each column's error moves the next column's weights): its numpy
+calls on [experts, rows] per column, few and into preallocated buffers, cost their Python overhead
+once per column.
 """
 
 from __future__ import annotations
@@ -104,16 +111,20 @@ def dequantized_affine(w: np.ndarray, bits: int, group_size: int) -> np.ndarray:
     return _plain_affine(w, bits, group_size, mx.float32)[3]
 
 
-def _plain_affine(w: np.ndarray, bits: int, group_size: int, dtype: mx.Dtype):
+def _plain_affine(w: np.ndarray, bits: int, group_size: int, dtype: mx.Dtype, axis: int = -1):
     """`mx.quantize(w, group_size, bits)` in numpy, bit for bit, for float32 `w` [..., n] holding
     values of `dtype`: codes (float32 [..., n], on mlx's float32 grid), the stored scales and biases
     (float32 [..., n / group_size], rounded to `dtype`) and what `mx.dequantize` restores from them
-    (float32 [..., n]; mlx computes it in `dtype`, whatever dtype it is asked to return)."""
-    groups = w.reshape(*w.shape[:-1], -1, group_size)
-    scale, bias = _grid(groups, bits, axis=-1)
-    q = np.clip(np.rint((groups - bias[..., None]) / scale[..., None]), 0, 2**bits - 1)
+    (float32 [..., n]; mlx computes it in `dtype`, whatever dtype it is asked to return). The
+    quantized axis `axis` may be another than the last: the same values, in `w`'s layout."""
+    axis = axis % w.ndim
+    groups = w.reshape(*w.shape[:axis], -1, group_size, *w.shape[axis + 1:])
+    scale, bias = _grid(groups, bits, axis=axis + 1)
+    scale_, bias_ = np.expand_dims(scale, axis + 1), np.expand_dims(bias, axis + 1)
+    q = np.clip(np.rint((groups - bias_) / scale_), 0, 2**bits - 1)
     scale, bias = _rounded(scale, dtype), _rounded(bias, dtype)
-    return q.reshape(w.shape), scale, bias, _dequantized(q, scale[..., None], bias[..., None], dtype).reshape(w.shape)
+    restored = _dequantized(q, np.expand_dims(scale, axis + 1), np.expand_dims(bias, axis + 1), dtype)
+    return q.reshape(w.shape), scale, bias, restored.reshape(w.shape)
 
 
 def _rounded(x: np.ndarray, dtype: mx.Dtype) -> np.ndarray:
@@ -231,32 +242,55 @@ def _gptq(w: np.ndarray, a: np.ndarray, bits: int, group_size: int, dtype: mx.Dt
     w0 = np.ascontiguousarray(w.transpose(0, 2, 1))  # columns contiguous: [B, n, R]
     target = w0.copy()  # the weights updated for the errors of all columns before the current group
     error = np.empty_like(w0)  # each column's target minus its dequantized value
+    restored = np.empty_like(w0)  # each column's dequantized value
     codes = np.empty((B, n, R), np.uint8)
     scales = np.empty((B, n // group_size, R), np.float32)
     biases = np.empty_like(scales)
+    # the column loop's buffers: its ~10 numpy calls per column on [B, R] are most of GPTQ's time
+    # where B·R is small, so each writes into one of these rather than a new array
+    t, x, corr = np.empty((B, R), np.float32), np.empty((B, R), np.float32), np.empty((B, 1, R), np.float32)
+    q = np.empty((B, group_size, R), np.float32)
+    levels = 2**bits
+    # a group's dequantized value of each code (fewer than its columns), gathered per column; the
+    # gather's index in float32 (exact) and int32: a mixed-type cast costs as much as the gather
+    lookup = levels <= group_size and B * R * levels < 2**24
+    if lookup:
+        at = np.empty((B, R), np.int32)
+        first = (np.arange(B * R, dtype=np.float32) * levels).reshape(B, R)  # each row's first entry
+        table = np.empty((B, R, levels), np.float32)
+        ks = np.arange(levels, dtype=np.float32)
     for b0 in range(0, n, BLOCK):
         b1 = min(b0 + BLOCK, n)
         for g0 in range(b0, b1, group_size):
             g1 = g0 + group_size
             if g0 > b0:  # from this block's earlier groups
                 target[:, g0:g1] -= a[:, g0:g1, b0:g0] @ error[:, b0:g0]
-            scale, bias = (_rounded(x, dtype) for x in _grid(target[:, g0:g1], bits, axis=1))
+            scale, bias = (_rounded(v, dtype) for v in _grid(target[:, g0:g1], bits, axis=1))
             scales[:, g0 // group_size], biases[:, g0 // group_size] = scale, bias
+            if lookup:
+                table[...] = _dequantized(ks, scale[..., None], bias[..., None], dtype)
             for i in range(g0, g1):
-                t = target[:, i]
                 if i > g0:  # from this group's earlier columns
-                    t = t - (a[:, i, None, g0:i] @ error[:, g0:i])[:, 0]
-                q = np.rint((t - bias) / scale)
-                np.clip(q, 0, n_bins, out=q)
-                codes[:, i] = q
-                error[:, i] = t - _dequantized(q, scale, bias, dtype)
+                    np.matmul(a[:, i, None, g0:i], error[:, g0:i], out=corr)
+                    np.subtract(target[:, i], corr[:, 0], out=t)
+                else:
+                    t[...] = target[:, i]
+                np.subtract(t, bias, out=x)
+                np.divide(x, scale, out=x)
+                np.rint(x, out=x)
+                qi = q[:, i - g0]
+                np.minimum(np.maximum(x, 0, out=x), n_bins, out=qi)  # np.clip's, without its Python layer
+                if lookup:
+                    np.add(qi, first, out=at, casting="unsafe")
+                    np.take(table, at, out=restored[:, i], mode="clip")
+                else:
+                    restored[:, i] = _dequantized(qi, scale, bias, dtype)
+                np.subtract(t, restored[:, i], out=error[:, i])
+            codes[:, g0:g1] = q
         if b1 < n:  # from this block to all later columns
             target[:, b1:] -= a[:, b1:, b0:b1] @ error[:, b0:b1]
-    scales, biases = scales.transpose(0, 2, 1), biases.transpose(0, 2, 1)
-    restored = _dequantized(codes.transpose(0, 2, 1).reshape(B, R, -1, group_size), scales[..., None],
-                            biases[..., None], dtype)
-    resid = w0 - restored.reshape(B, R, n).transpose(0, 2, 1)
-    return codes.transpose(0, 2, 1), scales, biases, resid
+    resid = np.subtract(w0, restored, out=restored)
+    return codes.transpose(0, 2, 1), scales.transpose(0, 2, 1), biases.transpose(0, 2, 1), resid
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -346,15 +380,20 @@ class _Rounded:
         w0 = np.array(stack[e0:e1, r].astype(mx.float32))
         if shared:  # one matrix of all the experts' rows
             w0 = w0.reshape(1, -1, n)
-        codes, g_scales, g_biases, resid = _gptq(w0, a, bits, group_size, self.w.dtype)
-        p_codes, p_scales, p_biases, restored = _plain_affine(w0, bits, group_size, self.w.dtype)
-        plain_resid = (w0 - restored).transpose(0, 2, 1)
+        # all in GPTQ's layout, columns contiguous [B, in, rows] (_gptq takes its transpose as it is):
+        # the differences below then read contiguous arrays, not one through a transpose
+        w0 = np.ascontiguousarray(w0.transpose(0, 2, 1))
+        *rounded, resid = _gptq(w0.transpose(0, 2, 1), a, bits, group_size, self.w.dtype)
+        codes, g_scales, g_biases = (x.transpose(0, 2, 1) for x in rounded)
+        p_codes, p_scales, p_biases, plain_resid = _plain_affine(w0, bits, group_size, self.w.dtype, axis=1)
+        plain_resid = np.subtract(w0, plain_resid, out=plain_resid)
         # per row, ΔW_gptq H ΔW_gptqᵀ − ΔW_plain H ΔW_plainᵀ in one product: H is symmetric
         gain = ((hc @ (resid - plain_resid)) * (resid + plain_resid)).sum(1)
-        better = (gain < 0)[..., None]
-        self.packed[e0:e1, r] = _pack(np.where(better, codes, p_codes.astype(np.uint8)), bits).reshape(e1 - e0, rows, -1)
-        self.scales[e0:e1, r] = np.where(better, g_scales, p_scales).reshape(e1 - e0, rows, -1)
-        self.biases[e0:e1, r] = np.where(better, g_biases, p_biases).reshape(e1 - e0, rows, -1)
+        better = (gain < 0)[:, None]
+        packed = _pack(np.where(better, codes, p_codes.astype(np.uint8)).transpose(0, 2, 1), bits)
+        self.packed[e0:e1, r] = packed.reshape(e1 - e0, rows, -1)
+        self.scales[e0:e1, r] = np.where(better, g_scales, p_scales).transpose(0, 2, 1).reshape(e1 - e0, rows, -1)
+        self.biases[e0:e1, r] = np.where(better, g_biases, p_biases).transpose(0, 2, 1).reshape(e1 - e0, rows, -1)
         self.kept += int(better.sum())
         self.lowered -= float(np.minimum(gain, 0).sum())
 
