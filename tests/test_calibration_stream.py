@@ -280,12 +280,17 @@ def test_hidden_states_kept_on_disk_give_the_same_statistics(tmp_path, monkeypat
     assert spilled.sensitivity == pytest.approx(in_memory.sensitivity, rel=1e-5)
 
 
-def test_streamed_statistics_are_the_same_run_to_run(tmp_path):
+def test_streamed_statistics_are_the_same_run_to_run(tmp_path, monkeypatch):
     """The pass spreads its products over a pool of threads: two passes over the same tokens give
-    bitwise the same statistics, whichever thread ran which product."""
+    bitwise the same statistics, whichever thread ran which product, and whether a layer's
+    statistics were taken while its probes ran (a small layer) or before them (a large one)."""
+    from moequant import calibrate
+
     src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe")
     paths = {r.path for r in Conversion(src, Quant.make("affine", 4)).plan.rows if r.quant is not None}
-    first, second = (_stream(src, TOKENS, energy=paths, moments=paths, sensitivity=paths) for _ in range(2))
+    first = _stream(src, TOKENS, energy=paths, moments=paths, sensitivity=paths)
+    monkeypatch.setattr(calibrate, "BESIDE_PROBES", 0)  # every layer large
+    second = _stream(src, TOKENS, energy=paths, moments=paths, sensitivity=paths)
     assert first.energy.keys() == second.energy.keys() and set(first.moments) == set(second.moments)
     assert len(first.moments) > 10 and len(first.sensitivity) > 10
     for path in first.energy:

@@ -57,6 +57,10 @@ PROBE_SEQUENCES, PROBE_LENGTH = CHUNK, 256
 MIN_ROUTED = 32  # an expert routed fewer tokens has its input moments from every token alone
 SPILL_SHARE = 0.25  # hidden states beyond this share of the memory available are kept on disk
 TAIL_BLOCK = 1 << 24  # logits (float32 elements) the KL of the sensitivity takes at once
+# a decoder layer of at most this many bytes of weights has its statistics taken while its probes run:
+# on the 2-core VM, the trained tiny MoE's pass 4.6 -> 3.9 s (the same CPU time); a 64-expert layer of
+# the 6 GB layout's at once took the pass's peak RSS 1.22 -> 1.41 GiB (their temporaries and the probes')
+BESIDE_PROBES = 1 << 27
 
 
 CALIB_SEQUENCES, CALIB_LENGTH = 8, 512  # defaults: sequences of tokens read from a calibration file
@@ -1025,6 +1029,7 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
         layer_start = time.monotonic()
         layers[i] = layer = real[i]
         weights = {k[len(f"{prefix}.{i}."):]: v for k, v in by_layer[i].items()}
+        small = sum(v.nbytes for v in weights.values()) <= BESIDE_PROBES
         layer.load_weights(list(_float32(weights, _widened(layer)).items()), strict=False)
         by_layer[i] = real[i] = None
         del weights
@@ -1042,9 +1047,11 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
                 if c == 0:
                     x0, reference = x, out
                 states[c] = out
-        # the layer's statistics taken in a thread of their own (their products on the pool) while the
-        # probes run: on the 2-core VM, the trained tiny MoE's pass 4.6 -> 3.9 s (the same CPU time)
-        collecting = background.submit(_collect_in_thread, stats, recorders, energy, moments)
+        # a small layer's statistics taken in a thread of their own (their products on the pool) while the
+        # probes run (see BESIDE_PROBES); a large one's before them
+        collecting = background.submit(_collect_in_thread, stats, recorders, energy, moments) if small else None
+        if collecting is None:
+            _collect(stats, recorders, energy, moments)
         with _in_numpy(layer):
             args, kwargs = probe_arguments[i]
             if probe_state is not None:  # the probe's own tokens, through the float layer
@@ -1067,7 +1074,8 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
                     mx.eval(h)
                 perturbed_layers[i] = (((h - reference) ** 2).sum().item(), errors)
                 perturbed_inputs[i] = h
-        collecting.result()
+        if collecting is not None:
+            collecting.result()
         _reuse.clear()
         layers[i] = _Stub()
         # the recorders and probed modules hold the layer's modules, and so its weights: dropped
