@@ -50,7 +50,9 @@ from .heap import trim
 
 WRITE_AHEAD = 256 << 20  # bytes of evaluated tensors queued for writing, per worker
 WORKER_BASE = 256 << 20  # a worker's memory besides the tensors it converts (python, mlx, graph)
-GPTQ_WORKER = 320 << 20  # a GPTQ worker's peak RSS rounding shares of the 6 GB layout: 0.30 GiB (5 workers, 16 cores)
+# a GPTQ worker's peak RSS rounding shares of the 6 GB layout's 64-expert layers: 0.30 GiB with 5 workers on 16
+# cores, 0.37 with 4 on 2 (2 layers), 0.55 with 2 (larger shares); the count is at most the cores
+GPTQ_WORKER = 320 << 20
 GPTQ_ROOM = 1 << 30  # what GPTQ's workers may take however little the pass held (a small model's: the process's base)
 MAX_SHARES = 4  # a layer's expert stacks are shared by at most this many workers (units)
 TIMELINE = "MOEQUANT_TIMELINE"  # set to 1: print a per-worker timeline table to stderr
