@@ -1013,13 +1013,18 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
     probe_chunk = chunks[0][:PROBE_SEQUENCES, :PROBE_LENGTH]
     shared = probe_chunk.shape == chunks[0].shape
     probe_state, probe_arguments = (None, arguments[0]) if shared or not sensitivity else embedded(probe_chunk)
+
+    def probe_states() -> mx.array:
+        """The float states of the probe's tokens where the pass is: chunk 0's, or their own."""
+        return states[0] if probe_state is None else probe_state
+
     perturbed_inputs = {}
     with _in_numpy(model):
         outside_probed = [path for path, _ in _probed(model, outside_paths & sensitivity)]
         for path in outside_probed:
             with _at_probe(module_at(model, path)):
                 h, _ = embedded(probe_chunk)
-            if not mx.array_equal(h, states[0] if shared else probe_state).item():
+            if not mx.array_equal(h, probe_states()).item():
                 perturbed_inputs[path] = h
     _drop_embeddings(model, prefix)
     perturbed_layers: dict[int, tuple[float, dict[str, float]]] = {}
@@ -1090,18 +1095,18 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
                  time.monotonic() - layer_start, elapsed / (i + 1) * (len(real) - i - 1))
 
     # the tail (final norm, lm_head) on the float states: its modules' inputs (the logits are not
-    # needed, hence never evaluated), then the KL of each perturbation of chunk 0
+    # needed, hence never evaluated), then the KL of each perturbation of the probe's tokens
     reached: set[str] = set()
     recorders = _recorders(model, outside_paths & wanted, moments, set())
     with recording(model, {p: _reaching(reached, p, recorders.get(p)) for p in recorders.keys() | outside_paths}):
         for c in range(len(chunks)):
             _tail(model, layers, chunks[c], states[c])
     _collect(stats, recorders, energy, moments)
-    perturbed = {path: (perturbed_inputs.get(path, states[0] if probe_state is None else probe_state), path)
+    perturbed = {path: (perturbed_inputs.get(path, probe_states()), path)
                  for path in outside_probed
                  if path in perturbed_inputs or path in reached}
     perturbed.update((i, (perturbed_inputs[i], None)) for i in perturbed_layers)
-    kls = _tail_kl(model, layers, probe_chunk, states[0] if probe_state is None else probe_state, perturbed)
+    kls = _tail_kl(model, layers, probe_chunk, probe_states(), perturbed)
     stats.sensitivity.update((path, kls[path]) for path in outside_probed if path in kls)
     for i, (error, errors) in perturbed_layers.items():
         stats.sensitivity.update((path, kls[i] * e / max(error, 1e-30)) for path, e in errors.items())
