@@ -53,7 +53,6 @@ def check_complete(expected: dict[str, tuple[int, ...]], seen: set[str], model_t
 
 
 Packed = dict[str, mx.array]  # a quantized module's arrays: weight, scales, and biases or global_scale
-SHARE_EXPERTS = 4  # experts of a worker's share of an expert stack that GPTQ reads and rounds at once
 
 
 def _named(arrays, last: str = "biases") -> Packed:
@@ -147,9 +146,8 @@ class Quantizer:
         if stacks and experts is not None:
             mine = range(len(weights[stacks[0]].parts))[experts.start:experts.stop]
         parts = {k: list(weights[k].parts) for k in stacks if quantized(k) and self.rounding == Rounding.PLAIN}
-        # a share of the other roundings' stacks: its experts (stacked by _packed_share; the stand-in below
-        # takes the stack's place in the model)
-        partial = {k: [cast(k, p) for p in weights[k].parts[mine.start:mine.stop]] for k in stacks
+        # a share of the other roundings' stacks, stacked now (the stand-in below takes its place in the model)
+        partial = {k: cast(k, mx.stack(weights[k].parts[mine.start:mine.stop])) for k in stacks
                    if mine and k not in parts and quantized(k)}
         split = {module_path(k) for k in stacks if quantized(k)} if mine is not None else set()  # shared stacks
         given = set(weights)
@@ -172,12 +170,9 @@ class Quantizer:
             together = self._gptq_together(computed, weights, partial, mine) if self.compute else {}
             for path in sorted(computed) if self.compute else ():  # a dry run keeps to_quantized's lazy packing
                 quant, key = rows[path].quant, f"{path}.weight"
-                if path in together:
-                    packed = together.pop(path)
-                elif key in partial:
-                    packed = self._packed_share([partial.pop(key)], [quant], _experts_of(self.moments.get(path), mine))[0]
-                else:
-                    packed = PACKERS[quant.mode, self.rounding](weights.pop(key), quant, self.moments.get(path))
+                h = _experts_of(self.moments.get(path), mine) if key in partial else self.moments.get(path)
+                packed = together.pop(path, None) or PACKERS[quant.mode, self.rounding](
+                    partial.pop(key) if key in partial else weights.pop(key), quant, h)
                 if path in split:
                     mine_packed[path] = {name: [v[i] for i in range(len(mine))] for name, v in packed.items()}
                     continue
@@ -227,31 +222,16 @@ class Quantizer:
         out = {}
         for h, paths in by_input.items():
             if len(paths) > 1:
-                keys, quants = [f"{p}.weight" for p in paths], [self.plan.by_path[p].quant for p in paths]
+                keys = [f"{p}.weight" for p in paths]
                 if all(k in partial for k in keys):
-                    packed = self._packed_share([partial.pop(k) for k in keys], quants, h.part(mine))
+                    h, taken = h.part(mine), [partial.pop(k) for k in keys]
                 elif any(k in partial for k in keys):
                     continue  # not all of them shared: each on its own
                 else:
-                    packed = [_named(arrays) for arrays in
-                              quantize_gptq_together([(weights.pop(k), q) for k, q in zip(keys, quants)], h)]
-                out.update(zip(paths, packed))
+                    taken = [weights.pop(k) for k in keys]
+                packed = quantize_gptq_together([(w, self.plan.by_path[p].quant) for p, w in zip(paths, taken)], h)
+                out.update((p, _named(arrays)) for p, arrays in zip(paths, packed))
         return out
-
-    def _packed_share(self, stacks: list[list[mx.array]], quants: list[Quant], h) -> list[Packed]:
-        """The packed arrays of a share of expert stacks given as their experts' weights, one list
-        per stack (several: the same inputs, rounded together). GPTQ with an H per expert goes
-        SHARE_EXPERTS experts at a time, each few stacked only when their turn comes, so that a
-        worker holds their weights and not its whole share's; the same bytes (every expert's GPTQ
-        is its own). Otherwise each stack is stacked whole."""
-        if self.rounding != Rounding.GPTQ or h is None or len(h.shape) != 3:
-            return [PACKERS[q.mode, self.rounding](mx.stack(parts), q, h) for parts, q in zip(stacks, quants)]
-        chunks = []
-        for e0 in range(0, len(stacks[0]), SHARE_EXPERTS):
-            few = range(e0, min(e0 + SHARE_EXPERTS, len(stacks[0])))
-            chunks.append(quantize_gptq_together([(mx.stack(parts[few.start:few.stop]), q)
-                                                  for parts, q in zip(stacks, quants)], _experts_of(h, few)))
-        return [_named([mx.concatenate([c[i][j] for c in chunks]) for j in range(3)]) for i in range(len(stacks))]
 
 
 def _experts_of(h, experts: range):
