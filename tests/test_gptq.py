@@ -8,7 +8,7 @@ import pytest
 
 from moequant.errors import LayoutError, PlanError
 from moequant.gptq import _feedback, _gptq, _grid, _pack, _rounded, calibration_error, dequantized_affine, \
-    quantize_gptq, quantize_gptq_together
+    Parts, quantize_gptq, quantize_gptq_together
 from moequant.formats import Quant
 
 BITS = (2, 3, 4, 5, 6, 8)
@@ -181,6 +181,21 @@ def test_expert_stack_is_each_expert_quantized_alone(shared):
     assert (err <= base * (1 + 1e-4)).all()
     live = [0, 1, 3] if not shared else [0, 1, 2, 3]
     assert err[live].sum() < 0.8 * base[live].sum()
+
+
+def test_a_stack_given_as_its_parts_is_rounded_the_same_and_let_go_of():
+    """gptq.Parts (a worker's share of an expert stack, as its experts' weights): the same bytes as
+    the stack, gate and up together, and every part let go of once rounded."""
+    gate, up = _weights(3, (4, 32, 256)), _weights(4, (4, 32, 256))
+    hs = np.stack([_second_moment(e, 256)[1] * (e + 1) for e in range(4)])
+    q = Quant.make("affine", 4, 64)
+    stacked = quantize_gptq_together([(gate, q), (up, q)], hs)
+    parts = [Parts([w[e] for e in range(4)]) for w in (gate, up)]
+    given = quantize_gptq_together([(p, q) for p in parts], hs)
+    for ours, theirs in zip(given, stacked):
+        for a, b in zip(ours, theirs):
+            assert a.shape == b.shape and a.dtype == b.dtype and (_bits(a) == _bits(b)).all()
+    assert all(x is None for p in parts for x in p.parts)
 
 
 def test_dead_inputs_are_rounded_plainly_and_never_nan():

@@ -17,7 +17,7 @@ from .checkpoint import Stacked
 from .errors import LayoutError
 from .formats import DTYPES, FP_MODES, Mode, Quant, Rounding
 from .fpquant import quantize_fp, quantize_fp_experts
-from .gptq import quantize_gptq, quantize_gptq_together
+from .gptq import Parts, quantize_gptq, quantize_gptq_together
 from .names import module_path
 from .plan import Plan
 from .rounding import quantize_searched
@@ -85,7 +85,9 @@ def _searched(w: mx.array, q: Quant, h: mx.array | None) -> Packed:
 
 def _gptq(w: mx.array, q: Quant, h: mx.array | None) -> Packed:
     """GPTQ on the inputs' second moment `h` (gptq.py); plainly where none was measured (embeddings)."""
-    return _plain(w, q, h) if h is None else _named(quantize_gptq(w, h, q))
+    if h is None:
+        return _plain(w.stacked() if isinstance(w, Parts) else w, q, h)
+    return _named(quantize_gptq(w, h, q))
 
 
 # mode x rounding -> packer: (float weight [..., out, in], its Quant, E[x xᵀ] of its inputs or None)
@@ -146,9 +148,12 @@ class Quantizer:
         if stacks and experts is not None:
             mine = range(len(weights[stacks[0]].parts))[experts.start:experts.stop]
         parts = {k: list(weights[k].parts) for k in stacks if quantized(k) and self.rounding == Rounding.PLAIN}
-        # a share of the other roundings' stacks, stacked now (the stand-in below takes its place in the model)
-        partial = {k: cast(k, mx.stack(weights[k].parts[mine.start:mine.stop])) for k in stacks
-                   if mine and k not in parts and quantized(k)}
+        # a share of the other roundings' stacks (the stand-in below takes its place in the model): GPTQ's
+        # as its parts (gptq.Parts: a few experts stacked at a time), the others stacked now
+        partial = {k: share([cast(k, p) for p in weights[k].parts[mine.start:mine.stop]]) for k in stacks
+                   if mine and k not in parts and quantized(k)
+                   for share in [Parts if self.rounding == Rounding.GPTQ and rows[module_path(k)].quant.mode
+                                 == Mode.AFFINE else mx.stack]}
         split = {module_path(k) for k in stacks if quantized(k)} if mine is not None else set()  # shared stacks
         given = set(weights)
         # in place, the caller's dict being this one: a stand-in of the same shape (never evaluated), or the stack
