@@ -212,6 +212,7 @@ def _cholesky(h: np.ndarray, block: int = 256) -> np.ndarray:
     factor; the strict upper triangle is left as it was. Blocked and right-looking, so that nearly all
     the work is in matrix products: on one core, 2.5x faster than numpy's cholesky at n = 7168."""
     n = h.shape[-1]
+    product = np.empty((h.shape[0], max(n - block, 0), block), np.float32)  # each update, then subtracted
     for k0 in range(0, n, block):
         k1 = min(k0 + block, n)
         diag = np.linalg.cholesky(h[:, k0:k1, k0:k1])
@@ -222,7 +223,9 @@ def _cholesky(h: np.ndarray, block: int = 256) -> np.ndarray:
         h[:, k1:, k0:k1] = panel
         for j0 in range(k1, n, block):  # the lower half of the trailing matrix
             j1 = min(j0 + block, n)
-            h[:, j0:, j0:j1] -= panel[:, j0 - k1:] @ panel[:, j0 - k1:j1 - k1].transpose(0, 2, 1)
+            update = np.matmul(panel[:, j0 - k1:], panel[:, j0 - k1:j1 - k1].transpose(0, 2, 1),
+                               out=product[:, :n - j0, :j1 - j0])
+            np.subtract(h[:, j0:, j0:j1], update, out=h[:, j0:, j0:j1])
     return h
 
 
@@ -240,7 +243,7 @@ def _inverse_lower(l: np.ndarray, block: int = 256, out: np.ndarray | None = Non
     top, bottom = _inverse_lower(l[:, :m, :m], block, out[:, :m, :m]), _inverse_lower(l[:, m:, m:], block,
                                                                                        out[:, m:, m:])
     out[:, :m, m:] = 0
-    out[:, m:, :m] = -(bottom @ (l[:, m:, :m] @ top))
+    np.negative(bottom @ (l[:, m:, :m] @ top), out=out[:, m:, :m])
     return out
 
 
