@@ -249,12 +249,12 @@ def _routed_flops(h) -> float:
     from moequant.calibrate import MIN_ROUTED
 
     routed = h._load("routed")
-    calls = [np.load(f) for c in range(h.calls) if (f := h.folder / f"{h.name}.chosen{c}.npy").is_file()]
+    routing = [np.load(f) for c in range(h.calls) if (f := h.folder / f"{h.name}.chosen{c}.npy").is_file()]
     n, flops = h.shape[-1], 0.0
     for e in range(h.first, h.first + h.shape[0]):
         if routed[e] < MIN_ROUTED:
             continue
-        tokens = [int((chosen == e).any(-1).sum()) for chosen in calls]
+        tokens = [int((chosen == e).any(-1).sum()) for chosen in routing]
         calls = sum(t > 0 for t in tokens)
         flops += sum(tokens) * n * (n + 1) + max(calls - 1, 0) * n * (n + 1) / 2 + 3 * n * n
     return flops
