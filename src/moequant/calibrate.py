@@ -812,26 +812,21 @@ class RoutedMoments:
     def __hash__(self) -> int:
         return hash(self._key())
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_record": None}  # a copy elsewhere reads the files itself
-
     def _load(self, what: str) -> np.ndarray:
         return np.load(self.folder / f"{self.name}.{what}.npy", mmap_mode="r", allow_pickle=False)
 
-    def _read(self) -> tuple:
-        """The record, read once (its files are not rewritten): the mean over every token, the routed
-        counts, and each call's states (mapped) and routing."""
-        if getattr(self, "_record", None) is None:
-            inputs = []
-            for c in range(self.calls):
-                chosen = self.folder / f"{self.name}.chosen{c}.npy"
-                inputs.append((self._load(f"x{c}"), np.load(chosen) if chosen.is_file() else None))
-            self._record = np.array(self._load("shared")), np.array(self._load("routed")), inputs
-        return self._record
-
     def __getitem__(self, key) -> np.ndarray:
+        # the record is read on every call, not kept between them: the mean over every token is
+        # in·in floats and the states' pages stay mapped while their files are open (kept, they
+        # would add to the peak of the GPTQ that follows), and reading them from the page cache
+        # takes ~7 ms of the ~100 ms a chunk of two experts' H takes (in = 2048, 4 calls: under 1%
+        # of the stack's GPTQ; the 2-core VM)
         which = range(self.first, self.first + self.shape[0])[key]
-        everyone, routed, inputs = self._read()
+        everyone, routed = np.array(self._load("shared")), self._load("routed")
+        inputs = []
+        for c in range(self.calls):
+            chosen = self.folder / f"{self.name}.chosen{c}.npy"
+            inputs.append((self._load(f"x{c}"), np.load(chosen) if chosen.is_file() else None))
         experts = [which] if isinstance(which, int) else which
         out = np.empty((len(experts), *self.shape[1:]), np.float32)
         part = np.zeros(self.shape[1:], np.float32)  # each call's product
