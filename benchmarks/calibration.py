@@ -26,12 +26,17 @@ its main() does, with the ids instead): wall time, CPU time and peak RSS (no KL:
 random). Then, in this process, the rate of GPTQ's matrix work: layer 0's moments measured as the
 conversion measures them, each of its modules rounded by moequant's GPTQ on one thread (modules
 with the same inputs, an expert stack's gate and up, together, as the conversion rounds them), its
-floating point operations (Cholesky n³/3 and triangular inverse n³/3 per H, once for modules
-rounded together, the lazy updates R·n² and the check against plain rounding 2·R·n² per matrix of
-R rows; not counted: forming a gate/up stack's routed H from the recorded states) over its CPU
-time, against numpy's float32 matmul rate measured in the same run on GPTQ's shapes ([n, n] @ [n,
-R]), on one thread and on every core. Needs only mlx, mlx-lm, numpy, safetensors, typer and rich
-(no torch):
+floating point operations over its CPU time, against numpy's float32 matmul rate measured in the
+same run on GPTQ's shapes ([n, n] @ [n, R]), on one thread and on every core. The operations
+counted are those GPTQ needs and performs: Cholesky n³/3 and triangular inverse n³/3 per H (once
+for modules rounded together), the lazy updates R·n² and the check against plain rounding 2·R·n²
+per matrix of R rows; and for a gate/up stack, whose H per expert is formed while GPTQ reads it
+(calibrate.RoutedMoments, inside the time measured), forming it: per call with tokens routed to
+the expert, x_routedᵀ x_routed's one triangle (BLAS syrk: T·n(n+1) for T tokens), the sum of the
+calls' triangles (n(n+1)/2 per call after the first) and the mixing with the mean over every
+token (3·n²). Not counted: what the implementation does beyond that (the factorizations' products
+over whole blocks of their triangles, copies, the element-wise rounding). Needs only mlx, mlx-lm,
+numpy, safetensors, typer and rich (no torch):
 
     python benchmarks/make_synthetic.py /tmp/syn6 --target-gb 6
     python benchmarks/calibration.py --synthetic /tmp/syn6 --mlx-lm-timeout 3600
@@ -237,6 +242,24 @@ def _matmul_rate(n: int, rows: int, one_thread: bool) -> float:
     return 2 * 8 * n * n * rows / best / 1e9
 
 
+def _routed_flops(h) -> float:
+    """Floating point operations of forming a RoutedMoments' H, every expert (see the docstring):
+    per expert routed at least MIN_ROUTED tokens, per call with tokens routed to it T·n(n+1) (syrk's
+    triangle), n(n+1)/2 per call after the first (summing the triangles) and 3·n² (the mixing)."""
+    from moequant.calibrate import MIN_ROUTED
+
+    routed = h._load("routed")
+    routing = [np.load(f) for c in range(h.calls) if (f := h.folder / f"{h.name}.chosen{c}.npy").is_file()]
+    n, flops = h.shape[-1], 0.0
+    for e in range(h.first, h.first + h.shape[0]):
+        if routed[e] < MIN_ROUTED:
+            continue
+        tokens = [int((chosen == e).any(-1).sum()) for chosen in routing]
+        calls = sum(t > 0 for t in tokens)
+        flops += sum(tokens) * n * (n + 1) + max(calls - 1, 0) * n * (n + 1) / 2 + 3 * n * n
+    return flops
+
+
 def gptq_rate(src: Path, args: argparse.Namespace) -> None:
     """GPTQ's achieved GFLOP/s on one thread, module by module of layer 0 (modules with the same
     inputs together), against numpy's matmul rate."""
@@ -269,13 +292,16 @@ def gptq_rate(src: Path, args: argparse.Namespace) -> None:
         ws = [weights[f"{path}.weight"] for path in unit]
         mx.eval(ws)
         experts, rows, n = (1, *ws[0].shape) if ws[0].ndim == 2 else ws[0].shape
-        flops = experts * (2 * n**3 / 3 + 3 * rows * n * n * len(ws))
+        h = stats.moments[unit[0]]
+        forming = _routed_flops(h) if isinstance(h, RoutedMoments) else 0.0
+        flops = experts * (2 * n**3 / 3 + 3 * rows * n * n * len(ws)) + forming
         start = time.process_time()
-        mx.eval(quantize_gptq_together([(w, q) for w in ws], stats.moments[unit[0]]))
+        mx.eval(quantize_gptq_together([(w, q) for w in ws], h))
         cpu = time.process_time() - start
         rates.setdefault((n, rows), _matmul_rate(n, rows, one_thread=True))
         total_flops, total_cpu = total_flops + flops, total_cpu + cpu
         names = " + ".join(path.split(".layers.0.")[-1] for path in unit)
+        names += f" (forming H: {forming / 1e9:.0f} GFLOP)" if forming else ""
         print(f"| {names} | {tuple(ws[0].shape)} | {cpu:.1f} | {flops / 1e9:.0f} | {flops / cpu / 1e9:.1f} | "
               f"{rates[n, rows]:.1f} | {flops / cpu / 1e9 / rates[n, rows]:.0%} |", flush=True)
     peak_one = max(rates.values())

@@ -72,6 +72,47 @@ def _openblas_threads_local():
     return None
 
 
+@lru_cache(maxsize=None)
+def _cblas_ssyrk():
+    """numpy's bundled OpenBLAS `cblas_ssyrk` (its 64-bit integer interface), or None (another BLAS)."""
+    for path in sorted((Path(np.__file__).parent.parent / "numpy.libs").glob("*openblas*")):
+        for name in ("scipy_cblas_ssyrk64_", "cblas_ssyrk64_"):
+            try:
+                fn = getattr(ctypes.CDLL(str(path)), name)
+            except (OSError, AttributeError):
+                continue
+            i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
+            fn.argtypes, fn.restype = [ctypes.c_int] * 3 + [i64, i64, f32, ptr, i64, f32, ptr, i64], None
+            return fn
+    return None
+
+
+def gram_upper(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """xᵀx of float32 `x` [T, n] into `out` [n, n] (both C-contiguous), its upper triangle bit for bit
+    as numpy's `x.T @ x` computes it: numpy calls its BLAS's syrk for a product of a matrix with its
+    own transpose (row-major, upper, transposed) and then copies the upper triangle into the lower
+    one, one element at a time through a stride of a row (for n = 2048, as long as the product of
+    ~100 tokens: measured on the 2-core VM). Here the same syrk call and no copy: `out`'s strict lower
+    triangle is left as it was. Without numpy's OpenBLAS, or for one token (which numpy multiplies
+    without BLAS), numpy's product whole."""
+    fn, (t, n) = _cblas_ssyrk(), x.shape
+    if fn is None or t < 2 or not (x.flags.c_contiguous and out.flags.c_contiguous and x.dtype == out.dtype == np.float32):
+        return np.matmul(x.T, x, out=out)
+    fn(101, 121, 112, n, t, 1.0, x.ctypes.data, n, 0.0, out.ctypes.data, n)  # CblasRowMajor, CblasUpper, CblasTrans
+    return out
+
+
+def mirror_upper(a: np.ndarray, block: int = 128) -> np.ndarray:
+    """`a` [n, n] with its strict lower triangle overwritten by the upper one's transpose, a block at a time."""
+    n = a.shape[-1]
+    for i0 in range(0, n, block):
+        i1 = min(i0 + block, n)
+        a[i1:, i0:i1] = a[i0:i1, i1:].T
+        lower = np.tril_indices(i1 - i0, -1)
+        a[i0:i1, i0:i1][lower] = a[i0:i1, i0:i1].T[lower]
+    return a
+
+
 @contextmanager
 def one_blas_thread():
     """numpy's BLAS on one thread, then the thread count as it was. GPTQ makes thousands of small
@@ -122,26 +163,37 @@ def _plain_affine(w: np.ndarray, bits: int, group_size: int, dtype: mx.Dtype, ax
     groups = w.reshape(*w.shape[:axis], -1, group_size, *w.shape[axis + 1:])
     scale, bias = _grid(groups, bits, axis=axis + 1)
     scale_, bias_ = np.expand_dims(scale, axis + 1), np.expand_dims(bias, axis + 1)
-    q = np.clip(np.rint((groups - bias_) / scale_), 0, 2**bits - 1)
+    q = np.subtract(groups, bias_)  # np.clip(np.rint((groups - bias_) / scale_), 0, 2**bits - 1), in one array
+    np.divide(q, scale_, out=q)
+    np.rint(q, out=q)
+    np.clip(q, 0, 2**bits - 1, out=q)
     scale, bias = _rounded(scale, dtype), _rounded(bias, dtype)
     restored = _dequantized(q, np.expand_dims(scale, axis + 1), np.expand_dims(bias, axis + 1), dtype)
     return q.reshape(w.shape), scale, bias, restored.reshape(w.shape)
 
 
-def _rounded(x: np.ndarray, dtype: mx.Dtype) -> np.ndarray:
-    """float32 `x` rounded to `dtype` (to nearest, ties to even, as mlx casts), back in float32."""
+def _rounded(x: np.ndarray, dtype: mx.Dtype, inplace: bool = False) -> np.ndarray:
+    """float32 `x` rounded to `dtype` (to nearest, ties to even, as mlx casts), back in float32 (into
+    `x` itself if `inplace` and `x` is contiguous)."""
     if dtype == mx.float16:
         return x.astype(np.float16).astype(np.float32)
     if dtype == mx.bfloat16:
         u = np.ascontiguousarray(x, np.float32).view(np.uint32)
-        u = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
-        return u.view(np.float32)
+        # (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000 (uint32, wrapping), in one array
+        odd = np.right_shift(u, np.uint32(16))
+        np.bitwise_and(odd, np.uint32(1), out=odd)
+        out = np.add(u, np.uint32(0x7FFF), out=u if inplace else None)
+        np.add(out, odd, out=out)
+        np.bitwise_and(out, np.uint32(0xFFFF0000), out=out)
+        return out.view(np.float32)
     return x
 
 
 def _dequantized(q: np.ndarray, scale: np.ndarray, bias: np.ndarray, dtype: mx.Dtype) -> np.ndarray:
     """What `mx.dequantize` gives for codes `q`: scale·q, then + bias, each rounded to `dtype`."""
-    return _rounded(_rounded(q * scale, dtype) + bias, dtype)
+    out = _rounded(np.multiply(q, scale), dtype, inplace=True)
+    return _rounded(np.add(out, bias, out=out) if out.shape == np.broadcast_shapes(out.shape, np.shape(bias))
+                    else out + bias, dtype, inplace=True)
 
 
 def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -161,6 +213,7 @@ def _cholesky(h: np.ndarray, block: int = 256) -> np.ndarray:
     factor; the strict upper triangle is left as it was. Blocked and right-looking, so that nearly all
     the work is in matrix products: on one core, 2.5x faster than numpy's cholesky at n = 7168."""
     n = h.shape[-1]
+    product = np.empty((h.shape[0], max(n - block, 0), block), np.float32)  # each update, then subtracted
     for k0 in range(0, n, block):
         k1 = min(k0 + block, n)
         diag = np.linalg.cholesky(h[:, k0:k1, k0:k1])
@@ -171,7 +224,9 @@ def _cholesky(h: np.ndarray, block: int = 256) -> np.ndarray:
         h[:, k1:, k0:k1] = panel
         for j0 in range(k1, n, block):  # the lower half of the trailing matrix
             j1 = min(j0 + block, n)
-            h[:, j0:, j0:j1] -= panel[:, j0 - k1:] @ panel[:, j0 - k1:j1 - k1].transpose(0, 2, 1)
+            update = np.matmul(panel[:, j0 - k1:], panel[:, j0 - k1:j1 - k1].transpose(0, 2, 1),
+                               out=product[:, :n - j0, :j1 - j0])
+            np.subtract(h[:, j0:, j0:j1], update, out=h[:, j0:, j0:j1])
     return h
 
 
@@ -189,7 +244,7 @@ def _inverse_lower(l: np.ndarray, block: int = 256, out: np.ndarray | None = Non
     top, bottom = _inverse_lower(l[:, :m, :m], block, out[:, :m, :m]), _inverse_lower(l[:, m:, m:], block,
                                                                                        out[:, m:, m:])
     out[:, :m, m:] = 0
-    out[:, m:, :m] = -(bottom @ (l[:, m:, :m] @ top))
+    np.negative(bottom @ (l[:, m:, :m] @ top), out=out[:, m:, :m])
     return out
 
 
@@ -388,6 +443,23 @@ def _quantize_gptq(weights: list[tuple[mx.array, Quant]], h: np.ndarray, damp: f
     return [out.result() for out in outs]
 
 
+def _columns(w: mx.array, shared: bool) -> np.ndarray:
+    """float32 numpy [B, in, rows] of weights `w` [B, rows, in] (with `shared`, [1, in, B·rows]: one
+    matrix of all of them), contiguous. bfloat16 is widened from its bits in the same pass as the
+    transpose (exact: a bfloat16 is a float32's upper half)."""
+    if w.dtype == mx.bfloat16:
+        half = np.array(w.view(mx.uint16))
+        half = half.reshape(1, -1, half.shape[-1]) if shared else half
+        out = np.empty((half.shape[0], half.shape[2], half.shape[1]), np.float32)
+        bits = out.view(np.uint32)
+        bits[...] = half.transpose(0, 2, 1)
+        np.left_shift(bits, np.uint32(16), out=bits)
+        return out
+    w0 = np.array(w.astype(mx.float32))
+    w0 = w0.reshape(1, -1, w0.shape[-1]) if shared else w0
+    return np.ascontiguousarray(w0.transpose(0, 2, 1))
+
+
 class _Rounded:
     """One weight's GPTQ output, filled a few experts at a time (`round`)."""
 
@@ -403,20 +475,19 @@ class _Rounded:
     def round(self, stack: mx.array, e0: int, e1: int, r: slice, hc: np.ndarray, a: np.ndarray, shared: bool) -> None:
         """Rows `r` of experts e0:e1 of `stack` (the weight [E, out, in]) by GPTQ with their H `hc` and
         feedback `a`, each row kept only if its output error on H is lower than plain rounding's."""
-        bits, group_size, n = self.q.bits, self.q.group_size, stack.shape[-1]
+        bits, group_size = self.q.bits, self.q.group_size
         rows = r.stop - r.start
-        w0 = np.array((stack.rows(e0, e1, r) if isinstance(stack, Parts) else stack[e0:e1, r]).astype(mx.float32))
-        if shared:  # one matrix of all the experts' rows
-            w0 = w0.reshape(1, -1, n)
         # all in GPTQ's layout, columns contiguous [B, in, rows] (_gptq takes its transpose as it is):
         # the differences below then read contiguous arrays, not one through a transpose
-        w0 = np.ascontiguousarray(w0.transpose(0, 2, 1))
+        w0 = _columns(stack.rows(e0, e1, r) if isinstance(stack, Parts) else stack[e0:e1, r], shared)
         *rounded, resid = _gptq(w0.transpose(0, 2, 1), a, bits, group_size, self.w.dtype)
         codes, g_scales, g_biases = (x.transpose(0, 2, 1) for x in rounded)
         p_codes, p_scales, p_biases, plain_resid = _plain_affine(w0, bits, group_size, self.w.dtype, axis=1)
         plain_resid = np.subtract(w0, plain_resid, out=plain_resid)
         # per row, ΔW_gptq H ΔW_gptqᵀ − ΔW_plain H ΔW_plainᵀ in one product: H is symmetric
-        gain = ((hc @ (resid - plain_resid)) * (resid + plain_resid)).sum(1)
+        # (((hc @ (resid - plain_resid)) * (resid + plain_resid)).sum(1), its temporaries reused)
+        product = hc @ np.subtract(resid, plain_resid, out=w0)
+        gain = np.multiply(product, np.add(resid, plain_resid, out=resid), out=product).sum(1)
         better = (gain < 0)[:, None]
         packed = _pack(np.where(better, codes, p_codes.astype(np.uint8)).transpose(0, 2, 1), bits)
         self.packed[e0:e1, r] = packed.reshape(e1 - e0, rows, -1)
