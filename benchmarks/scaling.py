@@ -12,7 +12,9 @@ Floors (page cache warm, as the conversions run):
 The floor is the larger of the three; each run's wall is printed against it and against
 mlx_lm.convert's.
 
-Per run: wall (perf_counter around the child), CPU (user + sys of the child and its descendants),
+Per run: wall (perf_counter around the child), CPU (user + sys of the child and its descendants, each
+process's as last sampled: the workers are children of multiprocessing's forkserver, which nobody
+waits for, so the kernel's count for the child misses them),
 peak RSS summed over the process tree (sampled every 0.1 s; shared pages counted in every process
 that maps them) and peak PSS summed over the tree (shared pages divided among their processes: the
 memory the run really holds).
@@ -92,6 +94,19 @@ def memory(pids: list[int]) -> tuple[int, int]:
     return rss, pss
 
 
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """pid -> its user + system CPU seconds so far (/proc/PID/stat), for those still there."""
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[p] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
 def measure(tag: str, cmd: list[str], env: dict, timeout: float, cores: list[int] | None = None) -> dict:
     r0 = os.times()
     t0 = time.perf_counter()
@@ -106,12 +121,13 @@ def measure(tag: str, cmd: list[str], env: dict, timeout: float, cores: list[int
     ended: list[float] = []  # the exit's time, taken by a thread waiting on it (not the sampling loop's next turn)
     waiter = threading.Thread(target=lambda: (p.wait(), ended.append(time.perf_counter())), daemon=True)
     waiter.start()
-    n = 0
+    n, seen = 0, {}  # the tree's CPU seconds, each process's as last sampled
     while waiter.is_alive():
         if n % 3 == 0:
             pids = tree(p.pid)
         rss, pss = memory(pids)
         peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+        seen.update(cpu_seconds(pids))
         n += 1
         if time.perf_counter() - t0 > timeout:
             os.killpg(p.pid, 9)
@@ -120,7 +136,11 @@ def measure(tag: str, cmd: list[str], env: dict, timeout: float, cores: list[int
     reader.join()
     r1 = os.times()
     text = b"".join(err).decode(errors="replace")
-    cpu = (r1.children_user - r0.children_user) + (r1.children_system - r0.children_system)
+    # what the kernel counts for the child and the processes it waited for misses the workers (children of
+    # multiprocessing's forkserver, which nobody waits for): the tree's processes as last sampled instead, each
+    # missing up to one sampling interval (0.1 s), whichever is more
+    waited = (r1.children_user - r0.children_user) + (r1.children_system - r0.children_system)
+    cpu = max(waited, sum(seen.values()))
     return {"tag": tag, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_gb": round(peak_rss / 1e9, 3),
             "peak_pss_gb": round(peak_pss / 1e9, 3), "rc": p.returncode, "stderr": text}
 
