@@ -57,8 +57,9 @@ PROBE_SEQUENCES, PROBE_LENGTH = CHUNK, 256
 MIN_ROUTED = 32  # an expert routed fewer tokens has its input moments from every token alone
 SPILL_SHARE = 0.25  # hidden states beyond this share of the memory available are kept on disk
 TAIL_BLOCK = 1 << 24  # logits (float32 elements) the KL of the sensitivity takes at once
-# a decoder layer of at most this many bytes of weights has its statistics taken while its probes run:
-# on the 2-core VM, the trained tiny MoE's pass 4.6 -> 3.9 s (the same CPU time); a 64-expert layer of
+# a decoder layer of at most this many bytes of weights has its statistics taken while its probes and the
+# next layer's chunks run (its weights held until then: at most this many bytes more): on the 2-core VM,
+# the trained tiny MoE's pass 4.6 -> 3.9 s beside its probes (the same CPU time); a 64-expert layer of
 # the 6 GB layout's at once took the pass's peak RSS 1.22 -> 1.41 GiB (their temporaries and the probes')
 BESIDE_PROBES = 1 << 27
 
@@ -297,8 +298,16 @@ def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def stored_bits(a: mx.array) -> np.ndarray:
-    """numpy's view of an mlx array's memory (no copy; bfloat16 as its uint16 bits), for as_float32."""
-    return np.asarray(a.view(mx.uint16) if a.dtype == mx.bfloat16 else a)
+    """numpy's view of an mlx array's memory (no copy; bfloat16 as its uint16 bits), for as_float32.
+    A contiguous bfloat16 array is read through its buffer as bytes: mlx's `view` is an op of its
+    own, scheduled and evaluated per call (in the pass, 0.6 ms for a 16-expert stack that is
+    already in memory, ~0.3 s of the trained tiny MoE's pass)."""
+    if a.dtype != mx.bfloat16:
+        return np.asarray(a)
+    buffer = memoryview(a)  # evaluates `a`, as np.asarray does
+    if buffer.c_contiguous:
+        return np.frombuffer(buffer.cast("B"), np.uint16).reshape(a.shape)
+    return np.asarray(a.view(mx.uint16))
 
 
 def widened_bits(a: np.ndarray) -> np.ndarray:
@@ -664,6 +673,8 @@ class _Experts:
 
     def __init__(self, glu: nn.Module, moments: bool, seen: _Seen | None = None):
         self.glu, self.moments = glu, moments
+        # its activation as the recorder is made: the statistics may be taken while _in_numpy stands in for it
+        self.activation = getattr(glu, "activation", None)
         self.experts = glu.up_proj.weight.shape[0] if hasattr(glu, "up_proj") else 0
         self.down = all(hasattr(glu, n) for n in ("gate_proj", "up_proj", "down_proj"))
         self.stacks = {n: glu[n] for n in ("up_proj", "gate_proj") if self.down}  # _in_numpy stands in for glu's
@@ -699,7 +710,7 @@ class _Experts:
                 # [experts, inner, tokens]: each expert's activations contiguous
                 u, g = (_mm(widened_bits(stored_bits(self.stacks[n].weight)[part]).reshape(-1, xn.shape[1]), xn.T)
                         .reshape(-1, inner, xn.shape[0]) for n in ("up_proj", "gate_proj"))
-                h_all = _activation(self.glu.activation, u, g)
+                h_all = _activation(self.activation, u, g)
                 del u, g
 
                 def add(item: tuple[int, np.ndarray]) -> None:
@@ -1030,6 +1041,7 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
     perturbed_layers: dict[int, tuple[float, dict[str, float]]] = {}
 
     log.info("calibration: %d decoder layers, %s tokens in %d chunks", len(layers), f"{tokens.size:,}", len(chunks))
+    collecting = None  # the statistics being taken in `background`, of the last small layer
     for i in range(len(real)):  # not enumerate(real): its last (i, layer) pair would hold the layer to the next
         layer_start = time.monotonic()
         layers[i] = layer = real[i]
@@ -1052,8 +1064,10 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
                 if c == 0:
                     x0, reference = x, out
                 states[c] = out
-        # a small layer's statistics taken in a thread of their own (their products on the pool) while the
-        # probes run (see BESIDE_PROBES); a large one's before them
+        # a small layer's statistics taken in a thread of their own while its probes and the next layer's
+        # chunks run (see BESIDE_PROBES; one layer's at a time); a large one's before its probes
+        if collecting is not None:
+            collecting.result()
         collecting = background.submit(_collect_in_thread, stats, recorders, energy, moments) if small else None
         if collecting is None:
             _collect(stats, recorders, energy, moments)
@@ -1079,8 +1093,6 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
                     mx.eval(h)
                 perturbed_layers[i] = (((h - reference) ** 2).sum().item(), errors)
                 perturbed_inputs[i] = h
-        if collecting is not None:
-            collecting.result()
         _reuse.clear()
         layers[i] = _Stub()
         # the recorders and probed modules hold the layer's modules, and so its weights: dropped
@@ -1094,6 +1106,8 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
         log.info("calibration: layer %d/%d, %s tokens (%.1f s; ETA %.0f s)", i + 1, len(real), f"{tokens.size:,}",
                  time.monotonic() - layer_start, elapsed / (i + 1) * (len(real) - i - 1))
 
+    if collecting is not None:
+        collecting.result()
     # the tail (final norm, lm_head) on the float states: its modules' inputs (the logits are not
     # needed, hence never evaluated), then the KL of each perturbation of the probe's tokens
     reached: set[str] = set()
