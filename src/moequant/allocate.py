@@ -64,12 +64,17 @@ def sampled(weight: mx.array, seed: int = 0) -> mx.array:
 def sample_errors(sample: mx.array, candidates=CANDIDATES, channel_energy: mx.array | None = None
                   ) -> dict[Quant, float]:
     """Relative output error of quantizing a weight each way, on an evaluated `sample` of its rows
-    (see sampled) from every expert; `channel_energy` is E[x_j²] ([in] or [E, in]), default 1:
-    column_errors' sums weighted by it."""
-    stored = stored_bits(sample)
-    experts, _, n = stored.shape
+    (see sampled) from every expert; `channel_energy` is E[x_j²] ([in] or [E, in]), default 1."""
+    return relative_errors(column_errors(stored_bits(sample), candidates), channel_energy)
+
+
+def relative_errors(columns: tuple[np.ndarray, dict[Quant, np.ndarray]], channel_energy: mx.array | None = None
+                    ) -> dict[Quant, float]:
+    """sample_errors from a sample's column_errors: each candidate's Σ_j E[x_j²] Σ_rows (dequantized − w)²
+    over Σ_j E[x_j²] Σ_rows w² (`channel_energy` E[x_j²], [in] or [E, in]; default 1)."""
+    weights, errors = columns
+    n = weights.shape[-1]
     h = np.ones((1, n)) if channel_energy is None else as_float32(channel_energy).reshape(-1, n).astype(np.float64)
-    weights, errors = column_errors(stored, candidates)
     energy = float((weights * h).sum())
     return {q: float((e * h).sum()) / max(energy, 1e-30) for q, e in errors.items()}
 
