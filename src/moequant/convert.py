@@ -388,6 +388,8 @@ class Conversion:
         groups = self.ckpt.groups()
         gptq = self.plan.options.rounding == Rounding.GPTQ
         processes = pool == "processes" or isinstance(pool, procpool.Workers)
+        if gptq and pool == "processes" and procpool.gptq_on_threads(self.ckpt.nbytes, workers):
+            processes = False  # a small checkpoint's GPTQ on threads of this process (see procpool.GPTQ_THREADS_BELOW)
         bounded = workers is None and gptq and processes  # by the calibration pass's memory, once it is over
         if workers is None:  # as many as the cores and the memory available allow (GPTQ's processes share
             # each layer, procpool.units: as many as the cores, whatever the groups)
