@@ -120,6 +120,23 @@ def gptq_on_threads(checkpoint_bytes: int, workers: int | None) -> bool:
     return workers is None and checkpoint_bytes <= GPTQ_THREADS_BELOW
 
 
+def gptq_on_threads_argv(argv: list[str]) -> bool:
+    """gptq_on_threads guessed from a raw `convert` command line, before it is parsed (the CLI starts
+    the forkserver then, unless this says no worker process will be needed): `--rounding gptq`, no
+    --workers, and the first argument that is a folder (SRC: a hub id is none) holding safetensors files
+    of at most GPTQ_THREADS_BELOW bytes. A wrong guess costs time, never a result."""
+    names = {a.split("=")[0] for a in argv}
+    gptq = "--rounding=gptq" in argv or any(a == "--rounding" and b == "gptq" for a, b in zip(argv, argv[1:]))
+    if not gptq or "--workers" in names:
+        return False
+    src = next((Path(a) for a in argv[1:] if not a.startswith("-") and Path(a).is_dir()), None)
+    try:
+        files = list(src.glob("*.safetensors")) if src is not None else []
+        return bool(files) and sum(f.stat().st_size for f in files) <= GPTQ_THREADS_BELOW
+    except OSError:
+        return False
+
+
 def _resident() -> tuple[int, int] | None:
     """(peak, current) resident bytes of this process (VmHWM and VmRSS; Linux), or None."""
     try:
