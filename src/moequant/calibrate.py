@@ -305,7 +305,7 @@ def stored_bits(a: mx.array) -> np.ndarray:
     if a.dtype != mx.bfloat16:
         return np.asarray(a)
     buffer = memoryview(a)  # evaluates `a`, as np.asarray does
-    if buffer.c_contiguous:
+    if buffer.c_contiguous and a.size and a.ndim:
         return np.frombuffer(buffer.cast("B"), np.uint16).reshape(a.shape)
     return np.asarray(a.view(mx.uint16))
 
