@@ -324,8 +324,8 @@ def as_float32(a: mx.array) -> np.ndarray:
     return widened_bits(stored_bits(a))
 
 
-class _Reuse:
-    """While a decoder layer's probes run (see `measure`): the results of the pass's stand-ins
+class _Reuse(threading.local):
+    """While a decoder layer's probes run (see `measure`; each thread's its own): the results of the pass's stand-ins
     (_InNumpy's products, _attention_in_numpy's attention) on the layer's reference call, which a
     probe's call of the layer takes where a stand-in is called with the same inputs at the same
     setting (what comes before the probed module, and what does not depend on it: with an expert
@@ -966,16 +966,18 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
     its module leaves unchanged from the layer's reference call: _Reuse) and 1 + 2 + … + L layer
     calls for the carried perturbed states, on the probe's tokens, whatever the number of modules."""
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix="moequant-collect") as background:
-            return _measure(model, weights, tokens, background, energy=energy, moments=moments,
+        with ThreadPoolExecutor(1, thread_name_prefix="moequant-collect") as background, \
+                ThreadPoolExecutor(1, thread_name_prefix="moequant-probe") as prober:
+            return _measure(model, weights, tokens, background, prober, energy=energy, moments=moments,
                             sensitivity=sensitivity)
     finally:
         _reuse.clear()  # a pass that raised mid-layer holds no layer's results
 
 
 def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.array, background: ThreadPoolExecutor,
-             *, energy, moments, sensitivity) -> Statistics:
-    """`measure`, taking each layer's statistics in the thread of `background`."""
+             prober: ThreadPoolExecutor, *, energy, moments, sensitivity) -> Statistics:
+    """`measure`, taking each layer's statistics in the thread of `background` and a small layer's
+    probes in that of `prober`, while the next layer's chunks run."""
     start = time.monotonic()
     tokens = tokens[None] if tokens.ndim == 1 else tokens
     energy, moments, sensitivity = set(energy), set(moments), set(sensitivity)
@@ -1042,6 +1044,36 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
 
     log.info("calibration: %d decoder layers, %s tokens in %d chunks", len(layers), f"{tokens.size:,}", len(chunks))
     collecting = None  # the statistics being taken in `background`, of the last small layer
+    probing_ahead = None  # the probes running in `prober`, of the last small layer
+
+    def probe_layer(i: int, layer: nn.Module, rels: dict[str, str], probing: bool, x0, reference) -> None:
+        """Layer i's probes: the probe's own tokens through the float layer (their reference: else chunk 0's
+        `x0` and `reference`), the perturbed states carried through it, then each module of `rels` (paths in
+        the layer -> in the model) alone at PROBE and all of them at once."""
+        nonlocal probe_state
+        with _in_numpy(layer):
+            args, kwargs = probe_arguments[i]
+            if probe_state is not None:  # the probe's own tokens, through the float layer
+                x0 = probe_state
+                with _reuse.call(keep=True) if probing else nullcontext():
+                    reference = probe_state = layer(x0, *args, **kwargs)
+                    mx.eval(reference)
+            for name, h in perturbed_inputs.items():
+                perturbed_inputs[name] = layer(h, *args, **kwargs)
+                mx.eval(perturbed_inputs[name])
+            if probed := [(rels[rel], module) for rel, module in _probed(layer, rels)]:
+                errors = {}
+                for path, module in probed:
+                    with _at_probe(module), _reuse.call(keep=False):
+                        errors[path] = ((layer(x0, *args, **kwargs) - reference) ** 2).sum().item()
+                with ExitStack() as stack:
+                    for _, module in probed:
+                        stack.enter_context(_at_probe(module))
+                    h = layer(x0, *args, **kwargs)
+                    mx.eval(h)
+                perturbed_layers[i] = (((h - reference) ** 2).sum().item(), errors)
+                perturbed_inputs[i] = h
+        _reuse.clear()
     for i in range(len(real)):  # not enumerate(real): its last (i, layer) pair would hold the layer to the next
         layer_start = time.monotonic()
         layers[i] = layer = real[i]
@@ -1071,35 +1103,23 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
         collecting = background.submit(_collect_in_thread, stats, recorders, energy, moments) if small else None
         if collecting is None:
             _collect(stats, recorders, energy, moments)
-        with _in_numpy(layer):
-            args, kwargs = probe_arguments[i]
-            if probe_state is not None:  # the probe's own tokens, through the float layer
-                x0 = probe_state
-                with _reuse.call(keep=True) if probing else nullcontext():
-                    reference = probe_state = layer(x0, *args, **kwargs)
-                    mx.eval(reference)
-            for name, h in perturbed_inputs.items():
-                perturbed_inputs[name] = layer(h, *args, **kwargs)
-                mx.eval(perturbed_inputs[name])
-            if probed := _probed(model, own & sensitivity):
-                errors = {}
-                for path, module in probed:
-                    with _at_probe(module), _reuse.call(keep=False):
-                        errors[path] = ((layer(x0, *args, **kwargs) - reference) ** 2).sum().item()
-                with ExitStack() as stack:
-                    for _, module in probed:
-                        stack.enter_context(_at_probe(module))
-                    h = layer(x0, *args, **kwargs)
-                    mx.eval(h)
-                perturbed_layers[i] = (((h - reference) ** 2).sum().item(), errors)
-                perturbed_inputs[i] = h
-        _reuse.clear()
+        # a small layer's probes (on the probe's own tokens) in a thread of their own while the next layer's
+        # chunks run, one layer's at a time (two layers' weights at once); a large one's, or those that take
+        # chunk 0's results, here
+        rels = {p[len(f"{prefix}.{i}."):]: p for p in own & sensitivity}
+        if probing_ahead is not None:
+            probing_ahead.result()
+        if small and probe_state is not None:
+            probing_ahead = prober.submit(_on_own_stream, probe_layer, i, layer, rels, probing, None, None)
+        else:
+            probing_ahead = None
+            probe_layer(i, layer, rels, probing, x0, reference)
         layers[i] = _Stub()
         # the recorders and probed modules hold the layer's modules, and so its weights: dropped
         # before the next layer's are read (else two layers' weights at once: 1.38 -> 1.99 GiB from
         # the first to the second 64-expert layer of the 6 GB layout)
-        del layer, x0, reference, recorders, probed
-        parameter = module = None  # so do these loops' last values (a weight, a probed module)
+        del layer, x0, reference, recorders
+        parameter = None  # so does this loop's last value (a weight)
         mx.clear_cache()
         heap.trim()
         elapsed = time.monotonic() - start
@@ -1108,6 +1128,8 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
 
     if collecting is not None:
         collecting.result()
+    if probing_ahead is not None:
+        probing_ahead.result()
     # the tail (final norm, lm_head) on the float states: its modules' inputs (the logits are not
     # needed, hence never evaluated), then the KL of each perturbation of the probe's tokens
     reached: set[str] = set()
@@ -1210,6 +1232,14 @@ def _collect_in_thread(*args) -> None:
             _collect(*args)
     finally:
         _task.running = False
+
+
+def _on_own_stream(fn, *args) -> None:
+    """fn(*args) on an mlx stream of this thread's own."""
+    if not hasattr(_collecting, "stream"):
+        _collecting.stream = mx.new_stream(mx.cpu)
+    with mx.stream(_collecting.stream):
+        fn(*args)
 
 
 def _collect(stats: Statistics, recorded: dict, energy: set[str], moments: set[str]) -> None:
