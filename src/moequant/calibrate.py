@@ -57,8 +57,9 @@ PROBE_SEQUENCES, PROBE_LENGTH = CHUNK, 256
 MIN_ROUTED = 32  # an expert routed fewer tokens has its input moments from every token alone
 SPILL_SHARE = 0.25  # hidden states beyond this share of the memory available are kept on disk
 TAIL_BLOCK = 1 << 24  # logits (float32 elements) the KL of the sensitivity takes at once
-# a decoder layer of at most this many bytes of weights has its statistics taken while its probes and the
-# next layer's chunks run (its weights held until then: at most this many bytes more): on the 2-core VM,
+# a decoder layer of at most this many bytes of weights has its statistics taken and its probes run, each in a
+# thread of its own, while the next layer's chunks run (its weights held until then: at most this many bytes
+# more); a larger one's one after the other, before the next layer's. On the 2-core VM,
 # the trained tiny MoE's pass 4.6 -> 3.9 s beside its probes (the same CPU time); a 64-expert layer of
 # the 6 GB layout's at once took the pass's peak RSS 1.22 -> 1.41 GiB (their temporaries and the probes')
 BESIDE_PROBES = 1 << 27
@@ -952,7 +953,8 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
     normalized groups; the list is emptied): each is read when its layer comes. The tokens are
     embedded once (the model's own forward, its decoder layers replaced by stand-ins that keep the
     arguments each is called with) and the hidden states carried from layer to layer in chunks of
-    CHUNK sequences; only one layer's weights are in memory at a time. The states
+    CHUNK sequences; one layer's weights are in memory at a time (two small layers', see
+    BESIDE_PROBES: one's statistics and probes run while the next one's chunks do). The states
     carried are the float model's (see BENCHMARKS.md, issue 15, for the quantized alternative).
 
     `energy` / `moments`: paths of the Linear modules (and expert stacks) whose input energy E[x_j²]
