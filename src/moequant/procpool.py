@@ -58,7 +58,8 @@ MAX_SHARES = 4  # a layer's expert stacks are shared by at most this many worker
 # --rounding gptq on a checkpoint of at most this many bytes runs on threads of the main process unless --workers is
 # given: worker processes split each layer's experts into shares, and each share pays GPTQ's per-column Python
 # loop again, beside each process's start; on the loaded 2-core VM, the trained tiny MoE's (14 MB) GPTQ phase took
-# 1.8-2.3 s on 2 processes against 1.1-1.2 s on 2 threads, the same bytes (BENCHMARKS.md, issue 15)
+# 1.8-2.3 s on 2 processes against 1.1-1.2 s on 2 threads; on the quiet VM the whole conversion the same wall
+# (medians of 5, 3.43 against 3.41 s) at 0.5 s less CPU (5.79 against 5.28 s); the same bytes
 GPTQ_THREADS_BELOW = 32 << 20
 TIMELINE = "MOEQUANT_TIMELINE"  # set to 1: print a per-worker timeline table to stderr
 
