@@ -34,7 +34,7 @@ import numpy as np
 from .calibrate import as_float32, stored_bits, widened_bits
 from .errors import PlanError
 from .formats import Mode, Quant
-from .gptq import dequantized_affine
+from .gptq import _grid
 from .plan import Module
 
 # What --target-bpw chooses from (affine: the one mode every bit width and group size exists in)
@@ -64,24 +64,64 @@ def sampled(weight: mx.array, seed: int = 0) -> mx.array:
 def sample_errors(sample: mx.array, candidates=CANDIDATES, channel_energy: mx.array | None = None
                   ) -> dict[Quant, float]:
     """Relative output error of quantizing a weight each way, on an evaluated `sample` of its rows
-    (see sampled) from every expert; `channel_energy` is E[x_j²] ([in] or [E, in]), default 1. In
-    numpy only (any thread may run it; gptq.dequantized_affine restores exactly what mx.quantize
-    and mx.dequantize give), a few experts at a time: mlx's CPU dequantize takes 5x its output's
-    memory, ~1.1 GB for a 64-expert stack of 768 x 2048 at once."""
-    stored = stored_bits(sample)
+    (see sampled) from every expert; `channel_energy` is E[x_j²] ([in] or [E, in]), default 1."""
+    return relative_errors(column_errors(stored_bits(sample), candidates), channel_energy)
+
+
+def relative_errors(columns: tuple[np.ndarray, dict[Quant, np.ndarray]], channel_energy: mx.array | None = None
+                    ) -> dict[Quant, float]:
+    """sample_errors from a sample's column_errors: each candidate's Σ_j E[x_j²] Σ_rows (dequantized − w)²
+    over Σ_j E[x_j²] Σ_rows w² (`channel_energy` E[x_j²], [in] or [E, in]; default 1)."""
+    weights, errors = columns
+    n = weights.shape[-1]
+    h = np.ones((1, n)) if channel_energy is None else as_float32(channel_energy).reshape(-1, n).astype(np.float64)
+    energy = float((weights * h).sum())
+    return {q: float((e * h).sum()) / max(energy, 1e-30) for q, e in errors.items()}
+
+
+def column_errors(stored: np.ndarray, candidates=CANDIDATES) -> tuple[np.ndarray, dict[Quant, np.ndarray]]:
+    """Of a sample's rows (stored_bits [E, rows, in]): per expert and input column, Σ_rows w² and,
+    per candidate (those whose group size divides `in`), Σ_rows (dequantized − w)², float64 [E,
+    in], with what `mx.dequantize(*mx.quantize(w))` restores (gptq._plain_affine's values, bit for
+    bit). In numpy only (any thread may run it; mlx's CPU dequantize takes 5x its output's memory,
+    ~1.1 GB for a 64-expert stack of 768 x 2048 at once), a few experts at a time, each group
+    size's minima and maxima taken once for its bit widths (the coarser from the finer), each
+    candidate in one buffer, in place."""
     experts, rows, n = stored.shape
-    h = np.ones((1, 1, n), np.float32) if channel_energy is None else as_float32(channel_energy).reshape(-1, 1, n)
     valid = [q for q in candidates if n % q.group_size == 0]
-    energy, errors = 0.0, dict.fromkeys(valid, 0.0)
+    sizes = sorted({q.group_size for q in valid})
+    weights = np.zeros((experts, n))
+    errors = {q: np.zeros((experts, n)) for q in valid}
     step = max(1, _BLOCK // (rows * n))
     for e0 in range(0, experts, step):
         x = widened_bits(stored[e0:e0 + step])
-        hx = h if h.shape[0] == 1 else h[e0:e0 + step]
-        energy += float(((x * x) * hx).sum(dtype=np.float64))
+        part = slice(e0, e0 + x.shape[0])
+        weights[part] = np.einsum("ern,ern->en", x, x)
+        extremes = {}
+        for size in sizes:  # [2, E, rows, groups]: each group's minimum and maximum, all _grid reads of it
+            finer = max((s for s in extremes if size % s == 0), default=None)
+            if finer is None:
+                groups = x.reshape(*x.shape[:2], -1, size)
+                extremes[size] = np.stack([groups.min(-1), groups.max(-1)])
+            else:  # the minimum of minima: exact
+                low, high = extremes[finer].reshape(2, *x.shape[:2], -1, size // finer)
+                extremes[size] = np.stack([low.min(-1), high.max(-1)])
+        t, full = np.empty_like(x), np.empty((2, *x.shape), np.float32)
         for q in valid:
-            restored = dequantized_affine(x, q.bits, q.group_size)
-            errors[q] += float((np.square(restored - x) * hx).sum(dtype=np.float64))
-    return {q: e / max(energy, 1e-30) for q, e in errors.items()}
+            # each group's scale and bias repeated over its columns (numpy's operations with one operand
+            # broadcast over a short last axis run several times slower than on two of one shape)
+            scale, bias = _grid(extremes[q.group_size], q.bits, axis=0)
+            full[0] = np.repeat(scale, q.group_size, -1)
+            full[1] = np.repeat(bias, q.group_size, -1)
+            np.subtract(x, full[1], out=t)  # _plain_affine's operations, in its order, into one buffer
+            t /= full[0]
+            np.rint(t, out=t)
+            np.clip(t, 0, 2**q.bits - 1, out=t)
+            t *= full[0]
+            t += full[1]
+            t -= x
+            errors[q][part] = np.einsum("ern,ern->en", t, t)
+    return weights, errors
 
 
 def model_errors(errors: dict[str, dict[Quant, float]], sensitivity: dict[str, float], probe: Quant

@@ -57,8 +57,10 @@ PROBE_SEQUENCES, PROBE_LENGTH = CHUNK, 256
 MIN_ROUTED = 32  # an expert routed fewer tokens has its input moments from every token alone
 SPILL_SHARE = 0.25  # hidden states beyond this share of the memory available are kept on disk
 TAIL_BLOCK = 1 << 24  # logits (float32 elements) the KL of the sensitivity takes at once
-# a decoder layer of at most this many bytes of weights has its statistics taken while its probes run:
-# on the 2-core VM, the trained tiny MoE's pass 4.6 -> 3.9 s (the same CPU time); a 64-expert layer of
+# a decoder layer of at most this many bytes of weights has its statistics taken and its probes run, each in a
+# thread of its own, while the next layer's chunks run (its weights held until then: at most this many bytes
+# more); a larger one's one after the other, before the next layer's. On the 2-core VM,
+# the trained tiny MoE's pass 4.6 -> 3.9 s beside its probes (the same CPU time); a 64-expert layer of
 # the 6 GB layout's at once took the pass's peak RSS 1.22 -> 1.41 GiB (their temporaries and the probes')
 BESIDE_PROBES = 1 << 27
 
@@ -297,8 +299,16 @@ def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def stored_bits(a: mx.array) -> np.ndarray:
-    """numpy's view of an mlx array's memory (no copy; bfloat16 as its uint16 bits), for as_float32."""
-    return np.asarray(a.view(mx.uint16) if a.dtype == mx.bfloat16 else a)
+    """numpy's view of an mlx array's memory (no copy; bfloat16 as its uint16 bits), for as_float32.
+    A contiguous bfloat16 array is read through its buffer as bytes: mlx's `view` is an op of its
+    own, scheduled and evaluated per call (in the pass, 0.6 ms for a 16-expert stack that is
+    already in memory, ~0.3 s of the trained tiny MoE's pass)."""
+    if a.dtype != mx.bfloat16:
+        return np.asarray(a)
+    buffer = memoryview(a)  # evaluates `a`, as np.asarray does
+    if buffer.c_contiguous and a.size and a.ndim:
+        return np.frombuffer(buffer.cast("B"), np.uint16).reshape(a.shape)
+    return np.asarray(a.view(mx.uint16))
 
 
 def widened_bits(a: np.ndarray) -> np.ndarray:
@@ -315,8 +325,8 @@ def as_float32(a: mx.array) -> np.ndarray:
     return widened_bits(stored_bits(a))
 
 
-class _Reuse:
-    """While a decoder layer's probes run (see `measure`): the results of the pass's stand-ins
+class _Reuse(threading.local):
+    """While a decoder layer's probes run (see `measure`; each thread's its own): the results of the pass's stand-ins
     (_InNumpy's products, _attention_in_numpy's attention) on the layer's reference call, which a
     probe's call of the layer takes where a stand-in is called with the same inputs at the same
     setting (what comes before the probed module, and what does not depend on it: with an expert
@@ -664,6 +674,8 @@ class _Experts:
 
     def __init__(self, glu: nn.Module, moments: bool, seen: _Seen | None = None):
         self.glu, self.moments = glu, moments
+        # its activation as the recorder is made: the statistics may be taken while _in_numpy stands in for it
+        self.activation = getattr(glu, "activation", None)
         self.experts = glu.up_proj.weight.shape[0] if hasattr(glu, "up_proj") else 0
         self.down = all(hasattr(glu, n) for n in ("gate_proj", "up_proj", "down_proj"))
         self.stacks = {n: glu[n] for n in ("up_proj", "gate_proj") if self.down}  # _in_numpy stands in for glu's
@@ -699,7 +711,7 @@ class _Experts:
                 # [experts, inner, tokens]: each expert's activations contiguous
                 u, g = (_mm(widened_bits(stored_bits(self.stacks[n].weight)[part]).reshape(-1, xn.shape[1]), xn.T)
                         .reshape(-1, inner, xn.shape[0]) for n in ("up_proj", "gate_proj"))
-                h_all = _activation(self.glu.activation, u, g)
+                h_all = _activation(self.activation, u, g)
                 del u, g
 
                 def add(item: tuple[int, np.ndarray]) -> None:
@@ -958,7 +970,8 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
     normalized groups; the list is emptied): each is read when its layer comes. The tokens are
     embedded once (the model's own forward, its decoder layers replaced by stand-ins that keep the
     arguments each is called with) and the hidden states carried from layer to layer in chunks of
-    CHUNK sequences; only one layer's weights are in memory at a time. The states
+    CHUNK sequences; one layer's weights are in memory at a time (two small layers', see
+    BESIDE_PROBES: one's statistics and probes run while the next one's chunks do). The states
     carried are the float model's (see BENCHMARKS.md, issue 15, for the quantized alternative).
 
     `energy` / `moments`: paths of the Linear modules (and expert stacks) whose input energy E[x_j²]
@@ -972,16 +985,18 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
     its module leaves unchanged from the layer's reference call: _Reuse) and 1 + 2 + … + L layer
     calls for the carried perturbed states, on the probe's tokens, whatever the number of modules."""
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix="moequant-collect") as background:
-            return _measure(model, weights, tokens, background, energy=energy, moments=moments,
+        with ThreadPoolExecutor(1, thread_name_prefix="moequant-collect") as background, \
+                ThreadPoolExecutor(1, thread_name_prefix="moequant-probe") as prober:
+            return _measure(model, weights, tokens, background, prober, energy=energy, moments=moments,
                             sensitivity=sensitivity)
     finally:
         _reuse.clear()  # a pass that raised mid-layer holds no layer's results
 
 
 def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.array, background: ThreadPoolExecutor,
-             *, energy, moments, sensitivity) -> Statistics:
-    """`measure`, taking each layer's statistics in the thread of `background`."""
+             prober: ThreadPoolExecutor, *, energy, moments, sensitivity) -> Statistics:
+    """`measure`, taking each layer's statistics in the thread of `background` and a small layer's
+    probes in that of `prober`, while the next layer's chunks run."""
     start = time.monotonic()
     tokens = tokens[None] if tokens.ndim == 1 else tokens
     energy, moments, sensitivity = set(energy), set(moments), set(sensitivity)
@@ -1047,6 +1062,37 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
     perturbed_layers: dict[int, tuple[float, dict[str, float]]] = {}
 
     log.info("calibration: %d decoder layers, %s tokens in %d chunks", len(layers), f"{tokens.size:,}", len(chunks))
+    collecting = None  # the statistics being taken in `background`, of the last small layer
+    probing_ahead = None  # the probes running in `prober`, of the last small layer
+
+    def probe_layer(i: int, layer: nn.Module, rels: dict[str, str], probing: bool, x0, reference) -> None:
+        """Layer i's probes: the probe's own tokens through the float layer (their reference: else chunk 0's
+        `x0` and `reference`), the perturbed states carried through it, then each module of `rels` (paths in
+        the layer -> in the model) alone at PROBE and all of them at once."""
+        nonlocal probe_state
+        with _in_numpy(layer):
+            args, kwargs = probe_arguments[i]
+            if probe_state is not None:  # the probe's own tokens, through the float layer
+                x0 = probe_state
+                with _reuse.call(keep=True) if probing else nullcontext():
+                    reference = probe_state = layer(x0, *args, **kwargs)
+                    mx.eval(reference)
+            for name, h in perturbed_inputs.items():
+                perturbed_inputs[name] = layer(h, *args, **kwargs)
+                mx.eval(perturbed_inputs[name])
+            if probed := [(rels[rel], module) for rel, module in _probed(layer, rels)]:
+                errors = {}
+                for path, module in probed:
+                    with _at_probe(module), _reuse.call(keep=False):
+                        errors[path] = ((layer(x0, *args, **kwargs) - reference) ** 2).sum().item()
+                with ExitStack() as stack:
+                    for _, module in probed:
+                        stack.enter_context(_at_probe(module))
+                    h = layer(x0, *args, **kwargs)
+                    mx.eval(h)
+                perturbed_layers[i] = (((h - reference) ** 2).sum().item(), errors)
+                perturbed_inputs[i] = h
+        _reuse.clear()
     for i in range(len(real)):  # not enumerate(real): its last (i, layer) pair would hold the layer to the next
         layer_start = time.monotonic()
         layers[i] = layer = real[i]
@@ -1069,48 +1115,40 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
                 if c == 0:
                     x0, reference = x, out
                 states[c] = out
-        # a small layer's statistics taken in a thread of their own (their products on the pool) while the
-        # probes run (see BESIDE_PROBES); a large one's before them
+        # a small layer's statistics taken in a thread of their own while its probes and the next layer's
+        # chunks run (see BESIDE_PROBES; one layer's at a time); a large one's before its probes
+        if collecting is not None:
+            collecting.result()
         collecting = background.submit(_collect_in_thread, stats, recorders, energy, moments) if small else None
         if collecting is None:
             _collect(stats, recorders, energy, moments)
-        with _in_numpy(layer):
-            args, kwargs = probe_arguments[i]
-            if probe_state is not None:  # the probe's own tokens, through the float layer
-                x0 = probe_state
-                with _reuse.call(keep=True) if probing else nullcontext():
-                    reference = probe_state = layer(x0, *args, **kwargs)
-                    mx.eval(reference)
-            for name, h in perturbed_inputs.items():
-                perturbed_inputs[name] = layer(h, *args, **kwargs)
-                mx.eval(perturbed_inputs[name])
-            if probed := _probed(model, own & sensitivity):
-                errors = {}
-                for path, module in probed:
-                    with _at_probe(module), _reuse.call(keep=False):
-                        errors[path] = ((layer(x0, *args, **kwargs) - reference) ** 2).sum().item()
-                with ExitStack() as stack:
-                    for _, module in probed:
-                        stack.enter_context(_at_probe(module))
-                    h = layer(x0, *args, **kwargs)
-                    mx.eval(h)
-                perturbed_layers[i] = (((h - reference) ** 2).sum().item(), errors)
-                perturbed_inputs[i] = h
-        if collecting is not None:
-            collecting.result()
-        _reuse.clear()
+        # a small layer's probes (on the probe's own tokens) in a thread of their own while the next layer's
+        # chunks run, one layer's at a time (two layers' weights at once); a large one's, or those that take
+        # chunk 0's results, here
+        rels = {p[len(f"{prefix}.{i}."):]: p for p in own & sensitivity}
+        if probing_ahead is not None:
+            probing_ahead.result()
+        if small and probe_state is not None:
+            probing_ahead = prober.submit(_on_own_stream, probe_layer, i, layer, rels, probing, None, None)
+        else:
+            probing_ahead = None
+            probe_layer(i, layer, rels, probing, x0, reference)
         layers[i] = _Stub()
         # the recorders and probed modules hold the layer's modules, and so its weights: dropped
         # before the next layer's are read (else two layers' weights at once: 1.38 -> 1.99 GiB from
         # the first to the second 64-expert layer of the 6 GB layout)
-        del layer, x0, reference, recorders, probed
-        parameter = module = None  # so do these loops' last values (a weight, a probed module)
+        del layer, x0, reference, recorders
+        parameter = None  # so does this loop's last value (a weight)
         mx.clear_cache()
         heap.trim()
         elapsed = time.monotonic() - start
         log.info("calibration: layer %d/%d, %s tokens (%.1f s; ETA %.0f s)", i + 1, len(real), f"{tokens.size:,}",
                  time.monotonic() - layer_start, elapsed / (i + 1) * (len(real) - i - 1))
 
+    if collecting is not None:
+        collecting.result()
+    if probing_ahead is not None:
+        probing_ahead.result()
     # the tail (final norm, lm_head) on the float states: its modules' inputs (the logits are not
     # needed, hence never evaluated), then the KL of each perturbation of the probe's tokens
     reached: set[str] = set()
@@ -1201,11 +1239,26 @@ _collecting = threading.local()  # .stream: the mlx stream of a thread running _
 
 
 def _collect_in_thread(*args) -> None:
-    """_collect, on an mlx stream of this thread's own (mlx streams belong to their thread)."""
+    """_collect, on an mlx stream of this thread's own (mlx streams belong to their thread), its
+    products in this thread alone: the pass's pool is left to the layer calls, which wait on it (the
+    statistics' large products queued there before the layer's per-expert ones: on the 2-core VM under
+    load, the trained tiny MoE's pass 3.0-4.7 s -> 2.7-3.9 s, side by side)."""
+    if not hasattr(_collecting, "stream"):
+        _collecting.stream = mx.new_stream(mx.cpu)
+    _task.running = True  # as an item of the pool: _pooled() is False here
+    try:
+        with mx.stream(_collecting.stream):
+            _collect(*args)
+    finally:
+        _task.running = False
+
+
+def _on_own_stream(fn, *args) -> None:
+    """fn(*args) on an mlx stream of this thread's own."""
     if not hasattr(_collecting, "stream"):
         _collecting.stream = mx.new_stream(mx.cpu)
     with mx.stream(_collecting.stream):
-        _collect(*args)
+        fn(*args)
 
 
 def _collect(stats: Statistics, recorded: dict, energy: set[str], moments: set[str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -18,8 +19,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .checkpoint import DTYPE_TAGS, ITEMSIZE, Checkpoint, Group, Stacked, mlx_quantization, read_checkpoint
-from .allocate import allocate, model_errors, sample_errors, sampled
-from .calibrate import PROBE, Moments, measure, read_calibration
+from .allocate import SAMPLE_ROWS, allocate, column_errors, model_errors, relative_errors, sampled
+from .calibrate import PROBE, Moments, measure, read_calibration, stored_bits
 from .dequant import MLX, SourceContext, dequantize_packed, source_format
 from .errors import CheckpointError, PlanError
 from .experts import SPLITTERS, ExpertStack, expert_counts, expert_sources, to_stacked
@@ -40,7 +41,16 @@ log = logging.getLogger(__name__)
 
 _LANGUAGE_MODEL = "language_model."  # where mlx-vlm's Model holds the language model
 ALLOCATE_THREADS = 8  # --target-bpw's error measurement: threads at most (each ~60 MB of temporaries)
+# --target-bpw --calib: weight samples (allocate.sampled) of at most this many bytes in all are read before the
+# calibration pass and their errors measured by a thread while it runs (on the 2-core VM the trained tiny
+# MoE's, 28 MB, fill cores the pass leaves idle); more are read and measured after it, a few at a time
+SAMPLES_AHEAD = 64 << 20
 
+
+
+def _sample_bytes(shape: tuple[int, ...]) -> int:
+    """The most bytes allocate.sampled takes of a weight of this shape ([out, in] or [E, out, in])."""
+    return math.prod(shape[:-2]) * min(shape[-2], SAMPLE_ROWS) * shape[-1] * 4
 
 
 def vocab_size(config: dict) -> int | None:
@@ -182,29 +192,36 @@ class Conversion:
         self.calibrated (run quantizes with them: one pass, not two)."""
         options = self.options
         free = {r.path for r in rows if r.quantizable and r.free}
-        energy, sensitivity, notes = {}, {}, []
+        energy, sensitivity, notes, columns = {}, {}, [], None
         self.context = SourceContext(self.ckpt.tensors, self.context.qconfig, packed)
-        if options.calib:
-            tokens = self.calibration()
-            # with --rounding gptq, the moments of every module that may come out affine, in the same pass
-            affine = free | {r.path for r in rows if r.quant is not None and r.quant.mode == Mode.AFFINE
-                             and not r.as_stored} if options.rounding == "gptq" else set()
-            stats = measure(build_model(self.config), self._normalized_groups(), tokens, energy=free,
-                            moments=affine, sensitivity=free)
-            self.calibrated = stats.moments  # for run: --rounding gptq
-            energy, sensitivity = stats.energy, stats.sensitivity
-            self.timings["calibration"] = stats.seconds
-            notes.append(
-                f"--target-bpw: calibrated on {options.calib} ({tokens.size:,} tokens): input energy of "
-                f"{len(energy)} and output sensitivity (KL with the module alone at {PROBE}, from its decoder layer's "
-                f"output error) of {len(sensitivity)} of {len(free)} modules, the rest data-free")
-            if note := stats.thin_note():  # a note that changes the result: printed after the summary too
-                notes.append(note)
-                self.notices.append(note)
-        else:
-            notes.append("--target-bpw: data-free proxy (relative weight reconstruction error)")
-        start = time.monotonic()
-        errors = self._candidate_errors(free, energy)
+        with ThreadPoolExecutor(1, thread_name_prefix="moequant-allocate") as ahead:
+            if options.calib:
+                tokens = self.calibration()
+                if sum(_sample_bytes(m.shape) for m in modules if m.path in free) <= SAMPLES_AHEAD:
+                    columns = self._column_errors(free, ahead)  # measured while the pass runs
+                # with --rounding gptq, the moments of every module that may come out affine, in the same pass
+                affine = free | {r.path for r in rows if r.quant is not None and r.quant.mode == Mode.AFFINE
+                                 and not r.as_stored} if options.rounding == "gptq" else set()
+                stats = measure(build_model(self.config), self._normalized_groups(), tokens, energy=free,
+                                moments=affine, sensitivity=free)
+                self.calibrated = stats.moments  # for run: --rounding gptq
+                energy, sensitivity = stats.energy, stats.sensitivity
+                self.timings["calibration"] = stats.seconds
+                notes.append(
+                    f"--target-bpw: calibrated on {options.calib} ({tokens.size:,} tokens): input energy of "
+                    f"{len(energy)} and output sensitivity (KL with the module alone at {PROBE}, from its decoder "
+                    f"layer's output error) of {len(sensitivity)} of {len(free)} modules, the rest data-free")
+                if note := stats.thin_note():  # a note that changes the result: printed after the summary too
+                    notes.append(note)
+                    self.notices.append(note)
+            else:
+                notes.append("--target-bpw: data-free proxy (relative weight reconstruction error)")
+            start = time.monotonic()
+            threads = max(1, min(procpool.cores(), ALLOCATE_THREADS))
+            with ThreadPoolExecutor(threads, thread_name_prefix="moequant-allocate") as pool:
+                if columns is None:  # read now, measured on as many threads as cores, a few samples at a time
+                    columns = self._column_errors(free, pool, waiting=threads)
+                errors = {path: relative_errors(f.result(), energy.get(path)) for path, f in columns.items()}
         if sensitivity:
             errors = model_errors(errors, sensitivity, PROBE)
         fixed = sum(r.bytes_after for r in rows if r.path not in errors)
@@ -213,22 +230,19 @@ class Conversion:
         self.timings["allocation"] = time.monotonic() - start
         return chosen, notes
 
-    def _candidate_errors(self, free: set[str], energy: dict) -> dict[str, dict[Quant, float]]:
-        """Each free module's candidate errors (allocate.sample_errors): its sample of rows read
-        here, one group at a time, its errors measured by numpy in a pool of threads (as many as
-        cores, at most ALLOCATE_THREADS), with at most one sample waiting."""
-        threads = max(1, min(procpool.cores(), ALLOCATE_THREADS))
+    def _column_errors(self, free: set[str], pool: ThreadPoolExecutor, waiting: int | None = None) -> dict:
+        """Each free module's allocate.column_errors (a future of `pool`, path -> future): its sample of
+        rows read here, one group at a time, its errors measured in `pool`; with at most `waiting` + 1
+        samples not yet measured (None: no bound)."""
         futures, normalized = {}, self._normalized_groups()
-        with ThreadPoolExecutor(threads, thread_name_prefix="moequant-allocate") as pool:
-            while normalized:
-                weights = normalized.pop(0)
-                for path in sorted(free & {k[: -len(".weight")] for k in weights if k.endswith(".weight")}):
-                    if sum(not f.done() for f in futures.values()) > threads:
-                        wait([f for f in futures.values() if not f.done()], return_when=FIRST_COMPLETED)
-                    futures[path] = pool.submit(sample_errors, sampled(weights[f"{path}.weight"]),
-                                                channel_energy=energy.get(path))
-                del weights
-        return {path: f.result() for path, f in futures.items()}
+        while normalized:
+            weights = normalized.pop(0)
+            for path in sorted(free & {k[: -len(".weight")] for k in weights if k.endswith(".weight")}):
+                if waiting is not None and sum(not f.done() for f in futures.values()) > waiting:
+                    wait([f for f in futures.values() if not f.done()], return_when=FIRST_COMPLETED)
+                futures[path] = pool.submit(column_errors, stored_bits(sampled(weights[f"{path}.weight"])))
+            del weights
+        return futures
 
     def _packed_modules(self, n_in: dict[str, int]) -> dict[str, Quant]:
         """Target module path -> how SRC stores it packed, read from the shapes of the unpacked,
@@ -364,9 +378,10 @@ class Conversion:
         processes re-import the caller's __main__ module (a script without an
         `if __name__ == "__main__":` guard would run again in each); `pool` may also be worker
         processes forked ahead (procpool.Workers: the CLI forks them before it reads SRC), which run
-        takes over and stops however it ends. DST gets a model card (naming `command`, the command
-        line, if given) and the plan; with `plot`, the plan's picture too (plot.plan_png, embedded in
-        the card)."""
+        takes over and stops however it ends; with --rounding gptq on a small checkpoint and no
+        `workers` given, "processes" runs threads of this process (procpool.gptq_on_threads). DST gets
+        a model card (naming `command`, the command line, if given) and the plan; with `plot`, the
+        plan's picture too (plot.plan_png, embedded in the card)."""
         dst = Path(dst)
         check_destination(dst, force, self.ckpt.path)
         if shard_size <= 0:
@@ -374,6 +389,8 @@ class Conversion:
         groups = self.ckpt.groups()
         gptq = self.plan.options.rounding == Rounding.GPTQ
         processes = pool == "processes" or isinstance(pool, procpool.Workers)
+        if gptq and pool == "processes" and procpool.gptq_on_threads(self.ckpt.nbytes, workers):
+            processes = False  # a small checkpoint's GPTQ on threads of this process (see procpool.GPTQ_THREADS_BELOW)
         bounded = workers is None and gptq and processes  # by the calibration pass's memory, once it is over
         if workers is None:  # as many as the cores and the memory available allow (GPTQ's processes share
             # each layer, procpool.units: as many as the cores, whatever the groups)
