@@ -58,10 +58,9 @@ def _forkserver_early(argv: list[str]) -> None:
     overlap the calibration pass instead of following it). A guess from the raw arguments: when it
     is wrong (`convert --help`) the forkserver idles and exits with the process."""
     if argv[:1] == ["convert"] and not {"--pool", "-h", "--help"} & {a.split("=")[0] for a in argv}:
-        from .procpool import gptq_on_threads_argv, start_server
+        from .procpool import start_server
 
-        if not gptq_on_threads_argv(argv):  # a small checkpoint's GPTQ runs on threads: no worker process
-            start_server()
+        start_server()
 
 
 def _tidy(params: list) -> list:

@@ -388,10 +388,9 @@ class Conversion:
         processes re-import the caller's __main__ module (a script without an
         `if __name__ == "__main__":` guard would run again in each); `pool` may also be worker
         processes forked ahead (procpool.Workers: the CLI forks them before it reads SRC), which run
-        takes over and stops however it ends; with --rounding gptq on a small checkpoint and no
-        `workers` given, "processes" runs threads of this process (procpool.gptq_on_threads). DST gets
-        a model card (naming `command`, the command line, if given) and the plan; with `plot`, the
-        plan's picture too (plot.plan_png, embedded in the card)."""
+        takes over and stops however it ends. DST gets a model card (naming `command`, the command
+        line, if given) and the plan; with `plot`, the plan's picture too (plot.plan_png, embedded in
+        the card)."""
         dst = Path(dst)
         check_destination(dst, force, self.ckpt.path)
         if shard_size <= 0:
@@ -399,8 +398,6 @@ class Conversion:
         groups = self.ckpt.groups()
         gptq = self.plan.options.rounding == Rounding.GPTQ
         processes = pool == "processes" or isinstance(pool, procpool.Workers)
-        if gptq and pool == "processes" and procpool.gptq_on_threads(self.ckpt.nbytes, workers):
-            processes = False  # a small checkpoint's GPTQ on threads of this process (see procpool.GPTQ_THREADS_BELOW)
         bounded = workers is None and gptq and processes  # by the calibration pass's memory, once it is over
         if workers is None:  # as many as the cores and the memory available allow (GPTQ's processes share
             # each layer, procpool.units: as many as the cores, whatever the groups)

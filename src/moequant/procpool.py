@@ -55,12 +55,6 @@ WORKER_BASE = 256 << 20  # a worker's memory besides the tensors it converts (py
 GPTQ_WORKER = 320 << 20
 GPTQ_ROOM = 1 << 30  # what GPTQ's workers may take however little the pass held (a small model's: the process's base)
 MAX_SHARES = 4  # a layer's expert stacks are shared by at most this many workers (units)
-# --rounding gptq on a checkpoint of at most this many bytes runs on threads of the main process unless --workers is
-# given: worker processes split each layer's experts into shares, and each share pays GPTQ's per-column Python
-# loop again, beside each process's start; on the loaded 2-core VM, the trained tiny MoE's (14 MB) GPTQ phase took
-# 1.8-2.3 s on 2 processes against 1.1-1.2 s on 2 threads; on the quiet VM the whole conversion the same wall
-# (medians of 5, 3.43 against 3.41 s) at 0.5 s less CPU (5.79 against 5.28 s); the same bytes
-GPTQ_THREADS_BELOW = 32 << 20
 TIMELINE = "MOEQUANT_TIMELINE"  # set to 1: print a per-worker timeline table to stderr
 
 
@@ -113,29 +107,6 @@ def default_workers(groups: int, largest_tensor: int) -> int:
     3.9 s against 4.0 s for 10 without, at 1.63 GB against 1.12 GB peak RSS (BENCHMARKS.md)."""
     by_memory = int(available_memory() * 0.5 // worker_memory(largest_tensor))
     return max(1, min(cores(), groups, by_memory))
-
-
-def gptq_on_threads(checkpoint_bytes: int, workers: int | None) -> bool:
-    """Whether --rounding gptq, asked for worker processes, runs on threads of this process instead:
-    a small checkpoint (GPTQ_THREADS_BELOW) and no worker count given."""
-    return workers is None and checkpoint_bytes <= GPTQ_THREADS_BELOW
-
-
-def gptq_on_threads_argv(argv: list[str]) -> bool:
-    """gptq_on_threads guessed from a raw `convert` command line, before it is parsed (the CLI starts
-    the forkserver then, unless this says no worker process will be needed): `--rounding gptq`, no
-    --workers, and the first argument that is a folder (SRC: a hub id is none) holding safetensors files
-    of at most GPTQ_THREADS_BELOW bytes. A wrong guess costs time, never a result."""
-    names = {a.split("=")[0] for a in argv}
-    gptq = "--rounding=gptq" in argv or any(a == "--rounding" and b == "gptq" for a, b in zip(argv, argv[1:]))
-    if not gptq or "--workers" in names:
-        return False
-    src = next((Path(a) for a in argv[1:] if not a.startswith("-") and Path(a).is_dir()), None)
-    try:
-        files = list(src.glob("*.safetensors")) if src is not None else []
-        return bool(files) and sum(f.stat().st_size for f in files) <= GPTQ_THREADS_BELOW
-    except OSError:
-        return False
 
 
 def _resident() -> tuple[int, int] | None:
