@@ -220,7 +220,7 @@ def _cholesky(h: np.ndarray, block: int = 256) -> np.ndarray:
         h[:, k0:k1, k0:k1] = diag
         if k1 == n:
             break
-        panel = h[:, k1:, k0:k1] @ np.linalg.inv(diag).transpose(0, 2, 1)
+        panel = h[:, k1:, k0:k1] @ _inverse_lower(diag).transpose(0, 2, 1)
         h[:, k1:, k0:k1] = panel
         for j0 in range(k1, n, block):  # the lower half of the trailing matrix
             j1 = min(j0 + block, n)
@@ -230,7 +230,7 @@ def _cholesky(h: np.ndarray, block: int = 256) -> np.ndarray:
     return h
 
 
-def _inverse_lower(l: np.ndarray, block: int = 256, out: np.ndarray | None = None) -> np.ndarray:
+def _inverse_lower(l: np.ndarray, block: int = 64, out: np.ndarray | None = None) -> np.ndarray:
     """Inverse of each lower triangular matrix in `l` [B, n, n] (whatever its strict upper triangle
     holds), by halves: [[A, 0], [C, D]]⁻¹ = [[A⁻¹, 0], [−D⁻¹ C A⁻¹, D⁻¹]]: mostly matrix products,
     written into `out` (one array for all the halves: a fresh zeroed one per half cost as much time
