@@ -461,8 +461,10 @@ class _InNumpy(nn.Module):
                 picked = order[bounds[e]:bounds[e + 1]]
                 out[picked] = (xs[source[picked]].reshape(-1, xs.shape[-1]) @ w).reshape(-1, m, out_dims)
 
-        # an item's temporaries: its weight widened, and (at PROBE) dequantized_affine's three of its size
-        _in_pool(product, [int(e) for e in np.nonzero(np.diff(bounds))[0]], 16 * out_dims * xs.shape[-1])
+        # an item's temporaries: its weight widened, and (at PROBE) dequantized_affine's three of its size (at
+        # 16 bytes an element for both, a 64 x 768 x 2048 stack's products ran 5 at a time on 16 threads)
+        _in_pool(product, [int(e) for e in np.nonzero(np.diff(bounds))[0]],
+                 (16 if self.probe else 4) * out_dims * xs.shape[-1])
         if "bias" in self.inner:
             out += as_float32(self.inner.bias)[flat][:, None]
         return mx.array(out.reshape(*batch, m, out_dims))
@@ -701,7 +703,10 @@ class _Experts:
         order: its E[h hᵀ] (see _mixed) if `products`, else None; self.act_squares filled on the way.
         The sums are taken chunk by chunk, in the order the calls came, as when they were taken per call."""
         inner = self.stacks["up_proj"].weight.shape[1]
-        block = max(1, (1 << 22) // max(self.inputs[0][0].shape[0] * inner, 1))  # experts: ~16 MB of activations
+        # experts at once: ~16 MB of activations, but one per thread of the pass where that stays within 64 MB
+        # (each expert's sums are one task: 5 experts of 768 x 1,024 tokens kept 11 of 16 threads idle)
+        each = max(self.inputs[0][0].shape[0] * inner, 1)
+        block = max(1, (1 << 22) // each, min(_pool_size, (1 << 24) // each))
         self.act_squares = np.empty((self.experts, inner))
         for first in range(0, self.experts, block):
             part = slice(first, min(first + block, self.experts))
