@@ -5,7 +5,9 @@ main process."""
 
 import sys
 
-from . import convert, fpquant, procpool  # noqa: F401  (imported for the forked workers; convert imports target)
+# what the workers use, imported once here (the main process imports gptq, calibrate and fpquant only
+# when its options need them): convert imports target; quantize's packers import fpquant, gptq, calibrate
+from . import calibrate, convert, fpquant, gptq, procpool  # noqa: F401
 
 
 def _silent(kind, value, traceback) -> None:
