@@ -553,15 +553,20 @@ def _mine(tensors: dict, share: int, only: range | None) -> dict:
 
 
 def _setup(spec: Spec):
-    from . import fpquant
     from .dequant import source_format
+    from .formats import FP_MODES
     from .quantize import Quantizer, parameter_shapes
     from .target import build_model
     from .writer import Output
 
-    fpquant.THREADS = 1  # the processes are the parallelism
     conv = spec.kind.__new__(spec.kind)
     conv.__dict__.update(spec.state)
+    if any(r.quant is not None and r.quant.mode in FP_MODES for r in conv.plan.rows):
+        # imported here, by the workers that pack fp modes (numpy: a tenth of a second the forkserver
+        # would spend before the first fork of every conversion, affine or not)
+        from . import fpquant
+
+        fpquant.THREADS = 1  # the processes are the parallelism
     conv.format, _ = source_format(conv.ckpt.config)
 
     def rebuild(config):
