@@ -54,9 +54,9 @@ def test_layers_shared_by_workers_write_the_same_bytes(tmp_path, cli, monkeypatc
     whole_units = procpool.units
 
     def shared(conv, groups, workers):
-        assert whole_units(conv, groups, workers) == [(i, 0, 1) for i in range(len(groups))]  # groups >= workers
-        return [(i, k, n) for i in range(len(groups)) for n in [1 if i == len(groups) - 1 else 3 + i * 3]
-                for k in range(n)]  # the rest whole; 3, 6, ... shares of 4 experts
+        assert whole_units(conv, groups, workers) == [(i, 0, 1, 1, True) for i in range(len(groups))]  # groups >= workers
+        return [procpool.Unit(i, k, k + 1, n, k == 0) for i in range(len(groups))
+                for n in [1 if i == len(groups) - 1 else 3 + i * 3] for k in range(n)]  # the rest whole; 3, 6, ... shares of 4 experts
 
     monkeypatch.setattr(procpool, "units", shared)
     result = cli("convert", src, tmp_path / "shared", "--mode", mode, "--quiet", "--workers", "2")
@@ -85,9 +85,10 @@ def test_gptq_layers_shared_by_every_worker_write_the_same_bytes(tmp_path, cli):
                       calib_sequences=2, calib_length=256)
     groups = conv.ckpt.groups()
     # the rest first, then layer after layer, a share per worker
-    assert procpool.units(conv, groups, 3) == [(2, 0, 1), (0, 0, 3), (0, 1, 3), (0, 2, 3), (1, 0, 3), (1, 1, 3),
-                                               (1, 2, 3)]
-    assert procpool.units(conv, groups, 1) == [(0, 0, 1), (1, 0, 1), (2, 0, 1)]
+    assert procpool.units(conv, groups, 3) == [(2, 0, 1, 1, True), (0, 0, 1, 3, True), (0, 1, 2, 3, False),
+                                               (0, 2, 3, 3, False), (1, 0, 1, 3, True), (1, 1, 2, 3, False),
+                                               (1, 2, 3, 3, False)]
+    assert procpool.units(conv, groups, 1) == [(0, 0, 1, 1, True), (1, 0, 1, 1, True), (2, 0, 1, 1, True)]
 
 
 @pytest.mark.parametrize("rounding", ["plain", "gptq"])
@@ -127,12 +128,13 @@ def test_fewer_layers_than_workers_are_shared_in_rounds(tmp_path):
     conv = Conversion(write_tiny_checkpoint(tmp_path / "src", "qwen3_moe"))
     groups = conv.ckpt.groups()  # 2 layers with expert stacks and the rest
     assert [g.name for g in groups] == ["model.layers.0", "model.layers.1", "rest"]
-    assert procpool.units(conv, groups, 3) == [(0, 0, 1), (1, 0, 1), (2, 0, 1)]
+    assert procpool.units(conv, groups, 3) == [procpool.Unit(0), procpool.Unit(1), procpool.Unit(2)]
     # 5 workers: the rest takes one, 2 shares of each layer fill the other 4
-    assert procpool.units(conv, groups, 5) == [(0, 0, 2), (1, 0, 2), (2, 0, 1), (0, 1, 2), (1, 1, 2)]
+    assert procpool.units(conv, groups, 5) == [(0, 0, 1, 2, True), (1, 0, 1, 2, True), (2, 0, 1, 1, True),
+                                               (0, 1, 2, 2, False), (1, 1, 2, 2, False)]
     nine = [dataclasses.replace(groups[0], name=f"model.layers.{i}") for i in range(9)] + groups[2:]
     # 9 layers on 16 workers: 3 shares each (27 in 2 rounds of a third of a layer), not 2 (18 in 2 rounds of a half)
-    assert {n for _, _, n in procpool.units(conv, nine, 16)} == {1, 3}
+    assert {u.slices for u in procpool.units(conv, nine, 16)} == {1, 3}
 
 
 def _session(pgid: int) -> list[int]:
@@ -231,7 +233,10 @@ def test_a_layer_whose_stacks_differ_in_experts_is_not_shared():
     unwritten."""
     part = mx.zeros((2, 2))
     equal = {"a": Stacked([part] * 4), "b": Stacked([part] * 4), "norm": part}
-    assert [procpool._share(equal, k, 3) for k in range(3)] == [range(0, 1), range(1, 2), range(2, 4)]
-    assert procpool._share(equal, 0, 1) is None
+    Unit = procpool.Unit
+    assert [procpool._share(equal, Unit(0, k, k + 1, 3, k == 0)) for k in range(3)] == [range(0, 1), range(1, 2),
+                                                                                        range(2, 4)]
+    assert procpool._share(equal, Unit(0)) is None
+    assert procpool._share(equal, Unit(0, 0, 0, 4, True)) == range(0)  # the other tensors only
     unequal = {"a": Stacked([part] * 4), "b": Stacked([part] * 2)}
-    assert [procpool._share(unequal, k, 2) for k in range(2)] == [None, range(0)]
+    assert [procpool._share(unequal, Unit(0, k, k + 1, 2, k == 0)) for k in range(2)] == [None, range(0)]

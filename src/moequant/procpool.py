@@ -41,7 +41,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import mlx.core as mx
 
@@ -290,9 +290,21 @@ class Workers:
         self.results.close()
 
 
-def units(conv, groups, workers: int) -> list[tuple[int, int, int]]:
-    """(group, share, shares) in the order workers take them. With at least as many groups as
-    workers, each group whole (one share), in order. Else each group with expert stacks in
+class Unit(NamedTuple):
+    """A worker's task: of group `group`, the experts of ranges `start` to `stop` - 1 of its expert
+    stacks cut in `slices` equal ranges, and with `rest` its other tensors (attention, norms, the
+    router; everything, for a group without stacks). Unit(i): the group whole."""
+
+    group: int
+    start: int = 0
+    stop: int = 1
+    slices: int = 1
+    rest: bool = True
+
+
+def units(conv, groups, workers: int) -> list[Unit]:
+    """The units (see Unit) in the order workers take them. With at least as many groups as
+    workers, each group whole, in order. Else each group with expert stacks in
     `shares` shares, the number (up to MAX_SHARES) that lets the workers finish soonest in rounds
     of equal shares (9 such layers on 16 workers: 3 shares each, 27 shares in 2 rounds of a third
     of a layer, against 1 round of a whole layer).
@@ -308,14 +320,15 @@ def units(conv, groups, workers: int) -> list[tuple[int, int, int]]:
     stacked = [i for i, g in enumerate(groups) if expert_sources(conv.family, g.keys)] \
         if gptq or len(groups) < workers else []
     if gptq:
-        return [(i, 0, 1) for i in range(len(groups)) if i not in stacked] + \
-            [(i, k, workers) for i in stacked for k in range(workers)]
+        return [Unit(i) for i in range(len(groups)) if i not in stacked] + \
+            [Unit(i, k, k + 1, workers, k == 0) for i in stacked for k in range(workers)]
     free = max(workers - (len(groups) - len(stacked)), 1)  # the workers left once each other group has one
     n = min(range(1, MAX_SHARES + 1), key=lambda s: (-(-len(stacked) * s // free) / s, s)) if stacked else 1
     # first shares first (they write the layers' other tensors too), then the seconds...: a worker
     # taking units in a row takes other layers (a second share of one layer rebuilds its graph)
     shares = [n if i in stacked else 1 for i in range(len(groups))]
-    return sorted(((i, k, shares[i]) for i in range(len(groups)) for k in range(shares[i])), key=lambda u: (u[1], u[0]))
+    return sorted((Unit(i, k, k + 1, shares[i], k == 0) for i in range(len(groups)) for k in range(shares[i])),
+                  key=lambda u: (u.start, u.group))
 
 
 def _spec(conv, out, groups, workers: int, moments) -> Spec:
@@ -359,7 +372,9 @@ def convert_groups(conv, out, groups, workers: int, moments=None, started: Worke
 
 
 def _results(pool: Workers, procs: list, out, spec: Spec, pending: int) -> Iterator[int]:
-    shares_left = {i: n for i, k, n in spec.units if k == 0}
+    shares_left: dict[int, int] = {}  # the units of each group not yet done
+    for unit in spec.units:
+        shares_left[unit.group] = shares_left.get(unit.group, 0) + 1
     written: dict[int, set] = {}
     running, clean = len(procs), False
     try:
@@ -413,10 +428,10 @@ def print_timeline(rows: list[dict], start: float, workers: int, main: dict) -> 
     joining of the workers after the last group."""
     err = sys.stderr
     print(f"timeline ({workers} worker processes; seconds from pool start):", file=err)
-    print(f"{'worker':>6} {'group':>22} {'start':>7} {'end':>7} {'graph':>7} {'eval':>7} {'write-wait':>10} "
+    print(f"{'worker':>6} {'group':>28} {'start':>7} {'end':>7} {'graph':>7} {'eval':>7} {'write-wait':>10} "
           f"{'written MB':>10}", file=err)
     for r in sorted(rows, key=lambda r: (r["worker"], r["t0"])):
-        print(f"{r['worker']:>6} {r['group']:>22} {r['t0'] - start:7.2f} {r['t1'] - start:7.2f} {r['graph']:7.2f} "
+        print(f"{r['worker']:>6} {r['group']:>28} {r['t0'] - start:7.2f} {r['t1'] - start:7.2f} {r['graph']:7.2f} "
               f"{r['eval']:7.2f} {r['wait']:10.2f} {r['bytes'] / 1e6:10.1f}", file=err)
     busy = {}
     for r in rows:
@@ -529,27 +544,36 @@ def _picklable(e: BaseException) -> BaseException:
         return cls(f"{type(e).__name__}: {e}")
 
 
-def _share(group: dict, share: int, shares: int) -> range | None:
-    """Of one group's expert stacks (Stacked), which experts share `share` of `shares` takes (see
-    units), or None: the group whole. Stacks of different expert counts in one group are not
-    shared: share 0 takes the group whole, the others none of it."""
-    if shares == 1:
+def _share(group: dict, unit: Unit) -> range | None:
+    """Of one group's expert stacks (Stacked), which experts `unit` takes, or None: the group whole.
+    Stacks of different expert counts in one group are not shared: the unit with the rest takes the
+    group whole, the others none of it."""
+    if unit.slices == 1:
         return None
     from .checkpoint import Stacked
 
     counts = {len(v.parts) for v in group.values() if isinstance(v, Stacked)}
     if len(counts) > 1:
-        return None if share == 0 else range(0)
+        return None if unit.rest else range(0)
     n = counts.pop() if counts else 0
-    return range(n * share // shares, n * (share + 1) // shares)
+    return range(n * unit.start // unit.slices, n * unit.stop // unit.slices)
 
 
-def _mine(tensors: dict, share: int, only: range | None) -> dict:
-    """Of a share's outputs (Quantizer.run with experts=`only`), what it writes: its parts of the
-    expert stacks (Stacked), and, share 0, the group's other tensors."""
+def _label(name: str, unit: Unit) -> str:
+    """A unit in the timeline: `model.layers.3` whole, `model.layers.3 0:21/64+rest` (ranges 0 to 20 of
+    64 and the other tensors), `model.layers.3 rest` (those only)."""
+    if unit.slices == 1:
+        return name
+    experts = f"{unit.start}:{unit.stop}/{unit.slices}" if unit.stop > unit.start else ""
+    return f"{name} {experts}{'+' if experts and unit.rest else ''}{'rest' if unit.rest else ''}"
+
+
+def _mine(tensors: dict, rest: bool, only: range | None) -> dict:
+    """Of a unit's outputs (Quantizer.run with experts=`only`), what it writes: its parts of the
+    expert stacks (Stacked), and, with `rest`, the group's other tensors."""
     from .checkpoint import Stacked
 
-    return tensors if only is None else {k: v for k, v in tensors.items() if share == 0 or isinstance(v, Stacked)}
+    return tensors if only is None else {k: v for k, v in tensors.items() if rest or isinstance(v, Stacked)}
 
 
 def _setup(spec: Spec):
@@ -617,16 +641,17 @@ def _worker(n: int, conn, tasks, results) -> None:
                     return
                 if u is None:
                     break
-                i, share, shares = spec.units[u]
+                unit = spec.units[u]
+                i = unit.group
                 t0 = time.perf_counter()
                 _advise(ranges, spec.groups[i])
                 if u + spec.workers < len(spec.units):
-                    _advise(ranges, spec.groups[spec.units[u + spec.workers][0]])
-                if i not in normalized:  # a second share of a group here
+                    _advise(ranges, spec.groups[spec.units[u + spec.workers].group])
+                if i not in normalized:  # a second unit of a group here
                     quantizer, normalized = fresh()
                 group = normalized.pop(i)
-                only = _share(group, share, shares)
-                tensors = _mine(quantizer.run(group, only, rest=share == 0), share, only)
+                only = _share(group, unit)
+                tensors = _mine(quantizer.run(group, only, rest=unit.rest), unit.rest, only)
                 del group
                 keys = list(tensors)
                 if only is not None:  # other shares of these stacks may have been written here
@@ -638,7 +663,7 @@ def _worker(n: int, conn, tasks, results) -> None:
                 trim()
                 t2 = time.perf_counter()
                 name = conv.ckpt.groups()[i].name if spec.timeline else str(i)
-                row = {"worker": n, "group": name + (f" {share + 1}/{shares}" if shares > 1 else ""), "t0": t0,
+                row = {"worker": n, "group": _label(name, unit), "t0": t0,
                        "t1": t2, "graph": t1 - t0, "eval": t2 - t1 - (writes.wait_s - wait0),
                        "wait": writes.wait_s - wait0, "bytes": writes.bytes - bytes0}
                 results.put(("done", n, (i, keys, row)))
