@@ -28,6 +28,7 @@ own of both. The dry-run manifest already fixes every output tensor's offset, so
 
 from __future__ import annotations
 
+import heapq
 import json
 import multiprocessing as mp
 import os
@@ -54,7 +55,11 @@ WORKER_BASE = 256 << 20  # a worker's memory besides the tensors it converts (py
 # cores, 0.37 with 4 on 2 (2 layers), 0.55 with 2 (larger shares); the count is at most the cores
 GPTQ_WORKER = 320 << 20
 GPTQ_ROOM = 1 << 30  # what GPTQ's workers may take however little the pass held (a small model's: the process's base)
-MAX_SHARES = 4  # a layer's expert stacks are shared by at most this many workers (units)
+MAX_SHARES = 4  # a layer's expert stacks are shared by at most this many workers (units; --rounding gptq: all)
+# plain conversion's units (balanced): a unit costs its source bytes and this much more (graph, clear, trim: 0.045 s
+# against 2.0 ms per MB read and quantized, one worker on the 2-core VM, the 6 GB layout's spans of 4-36 experts)
+UNIT_BYTES = 24 << 20
+MAX_PIECES = 16  # balanced units: a group's stacks in at most this many spans
 TIMELINE = "MOEQUANT_TIMELINE"  # set to 1: print a per-worker timeline table to stderr
 
 
@@ -303,11 +308,14 @@ class Unit(NamedTuple):
 
 
 def units(conv, groups, workers: int) -> list[Unit]:
-    """The units (see Unit) in the order workers take them. With at least as many groups as
-    workers, each group whole, in order. Else each group with expert stacks in
-    `shares` shares, the number (up to MAX_SHARES) that lets the workers finish soonest in rounds
-    of equal shares (9 such layers on 16 workers: 3 shares each, 27 shares in 2 rounds of a third
-    of a layer, against 1 round of a whole layer).
+    """The units (see Unit) in the order workers take them.
+
+    Plain conversion (not GPTQ), more than one worker: `balanced`, from each group's bytes (its
+    expert stacks' and its other tensors'): each group whole, longest first, unless cutting the
+    groups into spans of experts lets the workers finish sooner. The 6 GB layout on 16 workers: the
+    embeddings and lm_head whole, then each of the 9 layers in 4 spans tapering 4:3:2:1, the first
+    with the layer's other tensors (37 units; 28 before, 3 equal shares of each layer: the first
+    shares, carrying the other tensors too, were the longest and the last round left 3 workers idle).
 
     With --rounding gptq (minutes of work per layer, against seconds to read it), every group with
     expert stacks in one share per worker, a layer after another: the workers round one layer's
@@ -316,19 +324,70 @@ def units(conv, groups, workers: int) -> list[Unit]:
     from .experts import expert_sources
     from .formats import Rounding
 
-    gptq = conv.plan.options.rounding == Rounding.GPTQ and workers > 1
-    stacked = [i for i, g in enumerate(groups) if expert_sources(conv.family, g.keys)] \
-        if gptq or len(groups) < workers else []
-    if gptq:
+    if workers == 1:
+        return [Unit(i) for i in range(len(groups))]
+    if conv.plan.options.rounding == Rounding.GPTQ:
+        stacked = [i for i, g in enumerate(groups) if expert_sources(conv.family, g.keys)]
         return [Unit(i) for i in range(len(groups)) if i not in stacked] + \
             [Unit(i, k, k + 1, workers, k == 0) for i in stacked for k in range(workers)]
-    free = max(workers - (len(groups) - len(stacked)), 1)  # the workers left once each other group has one
-    n = min(range(1, MAX_SHARES + 1), key=lambda s: (-(-len(stacked) * s // free) / s, s)) if stacked else 1
-    # first shares first (they write the layers' other tensors too), then the seconds...: a worker
-    # taking units in a row takes other layers (a second share of one layer rebuilds its graph)
-    shares = [n if i in stacked else 1 for i in range(len(groups))]
-    return sorted((Unit(i, k, k + 1, shares[i], k == 0) for i in range(len(groups)) for k in range(shares[i])),
-                  key=lambda u: (u.start, u.group))
+    return balanced(_sizes(conv, groups), workers)
+
+
+def _sizes(conv, groups) -> list[tuple[int, int, int]]:
+    """Per group: (bytes of its tensors other than expert weights, bytes of its expert weights, its
+    expert count, or 0 where its stacks may not be cut: none, or expert sets of different counts)."""
+    from .experts import expert_sources
+
+    out = []
+    for g in groups:
+        experts = [k for k in g.keys if expert_sources(conv.family, (k,))]
+        counts = {conv.expert_count.sets(k) for k in experts}
+        n = next(iter(counts))[0] if len(counts) == 1 and len(next(iter(counts))) == 1 else 0
+        stacked = sum(conv.ckpt.tensors[k].nbytes for k in experts)
+        out.append((sum(conv.ckpt.tensors[k].nbytes for k in g.keys) - stacked, stacked, n if stacked else 0))
+    return out
+
+
+def balanced(sizes: list[tuple[int, int, int]], workers: int) -> list[Unit]:
+    """Units for `workers` from the groups' sizes (_sizes), longest first, each costing its bytes and
+    UNIT_BYTES: of the schedules that cut every group with stacks into the same number of spans of
+    its experts (1 to MAX_PIECES, of equal cost or tapering: the short ones, last, fill the workers'
+    ends; the first span also holds the group's other tensors, and as many fewer experts as they
+    weigh), the one whose workers finish first (makespan: each unit to the
+    worker free first, in order), the fewer units on a tie within 1 %. A group without stacks to
+    cut (the embeddings and lm_head) is one unit, whatever its size."""
+    best = None
+    for pieces, taper in ((p, t) for p in range(1, MAX_PIECES + 1) for t in (False, True)):
+        cut = []
+        for i, (r, x, n) in enumerate(sizes):
+            p = min(pieces, n)
+            if p <= 1:
+                cut.append((r + x + UNIT_BYTES, Unit(i)))
+                continue
+            # bounds of the spans by cost, equal or (taper) as p, p - 1, ... 1: the first span also holds the
+            # other tensors (r), so fewer experts
+            weights = [p - k if taper else 1 for k in range(p)]
+            bounds, done = [0], 0
+            for w in weights[:-1]:
+                done += w
+                bounds.append(min(n, max(bounds[-1], round((done / sum(weights) * (r + x) - r) * n / x))))
+            bounds.append(n)
+            cut += [(r * (k == 0) + x * (b - a) / n + UNIT_BYTES, Unit(i, a, b, n, k == 0))
+                    for k, (a, b) in enumerate(zip(bounds, bounds[1:])) if b > a or k == 0]
+        # longest first; among equal ones, by span then group: a worker's next unit is of another group
+        cut.sort(key=lambda cu: (-cu[0], cu[1].start, cu[1].group))
+        span = makespan([c for c, _ in cut], workers)
+        if best is None or span < best[0] * 0.97:
+            best = (span, cut)
+    return [u for _, u in best[1]]
+
+
+def makespan(costs: list[float], workers: int) -> float:
+    """When the last of `workers` is done, each taking the next cost in order as soon as it is free."""
+    free = [0.0] * workers
+    for c in costs:
+        heapq.heapreplace(free, free[0] + c)
+    return max(free)
 
 
 def _spec(conv, out, groups, workers: int, moments) -> Spec:
@@ -438,7 +497,8 @@ def print_timeline(rows: list[dict], start: float, workers: int, main: dict) -> 
         busy[r["worker"]] = busy.get(r["worker"], 0.0) + r["t1"] - r["t0"]
     end = max((r["t1"] for r in rows), default=start)
     print(f"pool wall {end - start:.2f} s; busy per worker: " +
-          ", ".join(f"{w}: {b:.2f}" for w, b in sorted(busy.items())), file=err)
+          ", ".join(f"{w}: {b:.2f}" for w, b in sorted(busy.items())) +
+          f"; the workers' CPU {sum(r.get('cpu', 0.0) for r in rows):.2f} s", file=err)
     age = f"{main['age']:.2f} s" if main["age"] is not None else "?"
     forked = main["forked"]
     print(f"main process: {age} old at the pool's start (interpreter, imports, reading SRC, the plan, the "
@@ -670,7 +730,8 @@ def _worker(n: int, conn, tasks, results) -> None:
             t = time.perf_counter()
             writes.drain()
             rows.append({"worker": n, "group": "(drain writes)", "t0": t, "t1": time.perf_counter(),
-                         "graph": 0.0, "eval": 0.0, "wait": time.perf_counter() - t, "bytes": 0})
+                         "graph": 0.0, "eval": 0.0, "wait": time.perf_counter() - t, "bytes": 0,
+                         "cpu": time.process_time()})  # the process's CPU since its fork, threads included
         results.put(("bye", n, rows[:1] + rows[-1:]))
     except BaseException as e:
         results.put(("error", n, _picklable(e)))
