@@ -312,10 +312,11 @@ def units(conv, groups, workers: int) -> list[Unit]:
 
     Plain conversion (not GPTQ), more than one worker: `balanced`, from each group's bytes (its
     expert stacks' and its other tensors'): each group whole, longest first, unless cutting the
-    groups into spans of experts lets the workers finish sooner. The 6 GB layout on 16 workers: the
-    embeddings and lm_head whole, then each of the 9 layers in 4 spans tapering 4:3:2:1, the first
-    with the layer's other tensors (37 units; 28 before, 3 equal shares of each layer: the first
-    shares, carrying the other tensors too, were the longest and the last round left 3 workers idle).
+    groups into spans of experts lets the workers finish sooner (see balanced). The 6 GB layout on
+    16 workers: McNaughton's wrap-around (_wrapped), 24 units, one or two per worker, each worker's
+    load within 7 % of the mean by bytes; before, 28 units (3 equal shares of each layer: the first
+    shares, with the layer's other tensors, were the longest, and the second round left 3 workers
+    idle).
 
     With --rounding gptq (minutes of work per layer, against seconds to read it), every group with
     expert stacks in one share per worker, a layer after another: the workers round one layer's
@@ -353,9 +354,9 @@ def balanced(sizes: list[tuple[int, int, int]], workers: int) -> list[Unit]:
     UNIT_BYTES: of the schedules that cut every group with stacks into the same number of spans of
     its experts (1 to MAX_PIECES, of equal cost or tapering: the short ones, last, fill the workers'
     ends; the first span also holds the group's other tensors, and as many fewer experts as they
-    weigh), the one whose workers finish first (makespan: each unit to the
-    worker free first, in order), the fewer units on a tie within 1 %. A group without stacks to
-    cut (the embeddings and lm_head) is one unit, whatever its size."""
+    weigh), and _wrapped's, the one whose workers finish first (makespan: each unit to the worker
+    free first, in order), the earlier one on a tie within 3 % (fewer units). A group without stacks
+    to cut (the embeddings and lm_head) is one unit, whatever its size."""
     best = None
     for pieces, taper in ((p, t) for p in range(1, MAX_PIECES + 1) for t in (False, True)):
         cut = []
@@ -379,7 +380,52 @@ def balanced(sizes: list[tuple[int, int, int]], workers: int) -> list[Unit]:
         span = makespan([c for c, _ in cut], workers)
         if best is None or span < best[0] * 0.97:
             best = (span, cut)
+    wrapped = _wrapped(sizes, workers)
+    if makespan([c for c, _ in wrapped], workers) < best[0] * 0.97:
+        best = (0.0, wrapped)
     return [u for _, u in best[1]]
+
+
+def _wrapped(sizes: list[tuple[int, int, int]], workers: int) -> list[tuple[float, Unit]]:
+    """(cost, unit) by McNaughton's wrap-around: the groups one after another (those without stacks
+    to cut first, whole) fill each worker up to the mean load in turn, a group cut into spans where a
+    worker's load is full, so that each worker has one or two units (groups + workers - 1 in all).
+    Queued as the workers' first units, then their second ones longest first: the worker free first,
+    whose first unit was the shortest, takes the longest, its complement."""
+    total = sum(r + x for r, x, _ in sizes) + (len(sizes) + workers - 1) * UNIT_BYTES
+    budget = total / workers
+    loads: list[list[tuple[float, Unit]]] = [[]]
+    room = budget
+    for i in sorted(range(len(sizes)), key=lambda i: (sizes[i][2] > 0, i)):
+        r, x, n = sizes[i]
+        if not n:
+            if loads[-1] and room < (r + x + UNIT_BYTES) / 2:
+                loads.append([])
+                room = budget
+            loads[-1].append((r + x + UNIT_BYTES, Unit(i)))
+            room -= r + x + UNIT_BYTES
+            continue
+        start = 0
+        while start < n:
+            at = r + x * start / n if start else 0  # bytes of the group before this span
+            fill = room - UNIT_BYTES  # the bytes that fill this worker
+            stop = n if fill >= r + x - at or len(loads) >= workers else \
+                min(n, max(start, round((at + fill - r) * n / x)))
+            if stop == start:  # not one expert fits here: the next worker
+                loads.append([])
+                room = budget
+                continue
+            cost = (r if start == 0 else 0) + x * (stop - start) / n + UNIT_BYTES
+            loads[-1].append((cost, Unit(i) if stop - start == n else Unit(i, start, stop, n, start == 0)))
+            room -= cost
+            start = stop
+            if stop < n:
+                loads.append([])
+                room = budget
+    queue_ = [load[0] for load in loads if load]
+    for k in range(1, max(len(load) for load in loads)):
+        queue_ += sorted((load[k] for load in loads if len(load) > k), key=lambda cu: -cu[0])
+    return queue_
 
 
 def makespan(costs: list[float], workers: int) -> float:
