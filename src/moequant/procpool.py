@@ -1,10 +1,10 @@
 """Worker processes for `convert`: each takes the next group (decoder layer), reads, dequantizes,
 quantizes and writes it at its place in the shard files that the main process created.
 
-A unit of work is a group, or, when there are fewer groups than workers, a share of a layer's
-expert stacks (units): share k of n writes the k-th of n equal ranges of experts of every stack,
-and share 0 the layer's other tensors too, each at its place; the group counts as written once
-all its shares are.
+A unit of work (Unit, units) is a group, or a span of a layer's experts (the same span of every
+expert stack), one of the layer's spans also taking its other tensors, each written at its place;
+the group counts as written once all its units are. A plain conversion cuts layers where that
+lets the workers finish sooner (balanced: by bytes), --rounding gptq into one share per worker.
 
 Why processes: with worker threads, 16 threads on 16 cores converted only 1.9x faster than one
 (BENCHMARKS.md, issue 16): the GIL and mlx's per-process state serialize them. A process has its
@@ -107,8 +107,8 @@ def worker_memory(largest_tensor: int) -> int:
 
 def default_workers(groups: int, largest_tensor: int) -> int:
     """As many workers as cores and as half the available memory holds at worker_memory each, and
-    no more than there are groups. Shares of a group's expert stacks (see units) come only with an
-    explicit --workers above the groups: on 16 cores, 6 GB, 10 groups, 16 workers with shares took
+    no more than there are groups. More workers than groups come only with an explicit --workers
+    (the groups are then cut into spans of experts, see units): on 16 cores, 6 GB, 10 groups, 16 workers with shares took
     3.9 s against 4.0 s for 10 without, at 1.63 GB against 1.12 GB peak RSS (BENCHMARKS.md)."""
     by_memory = int(available_memory() * 0.5 // worker_memory(largest_tensor))
     return max(1, min(cores(), groups, by_memory))
