@@ -54,14 +54,25 @@ def test_layers_shared_by_workers_write_the_same_bytes(tmp_path, cli, monkeypatc
     whole_units = procpool.units
 
     def shared(conv, groups, workers):
-        assert whole_units(conv, groups, workers) == [(i, 0, 1) for i in range(len(groups))]  # groups >= workers
-        return [(i, k, n) for i in range(len(groups)) for n in [1 if i == len(groups) - 1 else 3 + i * 3]
-                for k in range(n)]  # the rest whole; 3, 6, ... shares of 4 experts
+        assert sorted(whole_units(conv, groups, workers)) == [(i, 0, 1, 1, True) for i in range(len(groups))]  # groups >= workers
+        return [procpool.Unit(i, k, k + 1, n, k == 0) for i in range(len(groups))
+                for n in [1 if i == len(groups) - 1 else 3 + i * 3] for k in range(n)]  # the rest whole; 3, 6, ... shares of 4 experts
 
     monkeypatch.setattr(procpool, "units", shared)
     result = cli("convert", src, tmp_path / "shared", "--mode", mode, "--quiet", "--workers", "2")
     assert result.exit_code == 0, result.output
     assert _files(tmp_path / "shared") == _files(tmp_path / "whole")
+
+    def spans(conv, groups, workers):  # a layer's other tensors alone, then uneven spans; the next with the first
+        Unit = procpool.Unit
+        return [Unit(len(groups) - 1)] + [u for i in range(len(groups) - 1) for u in (
+            [Unit(i, 0, 0, 8, True), Unit(i, 0, 1, 8, False), Unit(i, 1, 5, 8, False), Unit(i, 5, 8, 8, False)]
+            if i % 2 == 0 else [Unit(i, 0, 3, 8, True), Unit(i, 3, 8, 8, False)])]
+
+    monkeypatch.setattr(procpool, "units", spans)
+    result = cli("convert", src, tmp_path / "spans", "--mode", mode, "--quiet", "--workers", "3")
+    assert result.exit_code == 0, result.output
+    assert _files(tmp_path / "spans") == _files(tmp_path / "whole")
 
 
 def test_gptq_layers_shared_by_every_worker_write_the_same_bytes(tmp_path, cli):
@@ -85,9 +96,10 @@ def test_gptq_layers_shared_by_every_worker_write_the_same_bytes(tmp_path, cli):
                       calib_sequences=2, calib_length=256)
     groups = conv.ckpt.groups()
     # the rest first, then layer after layer, a share per worker
-    assert procpool.units(conv, groups, 3) == [(2, 0, 1), (0, 0, 3), (0, 1, 3), (0, 2, 3), (1, 0, 3), (1, 1, 3),
-                                               (1, 2, 3)]
-    assert procpool.units(conv, groups, 1) == [(0, 0, 1), (1, 0, 1), (2, 0, 1)]
+    assert procpool.units(conv, groups, 3) == [(2, 0, 1, 1, True), (0, 0, 1, 3, True), (0, 1, 2, 3, False),
+                                               (0, 2, 3, 3, False), (1, 0, 1, 3, True), (1, 1, 2, 3, False),
+                                               (1, 2, 3, 3, False)]
+    assert procpool.units(conv, groups, 1) == [(0, 0, 1, 1, True), (1, 0, 1, 1, True), (2, 0, 1, 1, True)]
 
 
 @pytest.mark.parametrize("rounding", ["plain", "gptq"])
@@ -123,16 +135,44 @@ def test_a_share_computes_its_experts_and_writes_only_them(tmp_path, rounding):
         moments.close()
 
 
-def test_fewer_layers_than_workers_are_shared_in_rounds(tmp_path):
+def test_a_plain_conversion_cuts_layers_only_where_the_workers_finish_sooner(tmp_path):
     conv = Conversion(write_tiny_checkpoint(tmp_path / "src", "qwen3_moe"))
     groups = conv.ckpt.groups()  # 2 layers with expert stacks and the rest
     assert [g.name for g in groups] == ["model.layers.0", "model.layers.1", "rest"]
-    assert procpool.units(conv, groups, 3) == [(0, 0, 1), (1, 0, 1), (2, 0, 1)]
-    # 5 workers: the rest takes one, 2 shares of each layer fill the other 4
-    assert procpool.units(conv, groups, 5) == [(0, 0, 2), (1, 0, 2), (2, 0, 1), (0, 1, 2), (1, 1, 2)]
-    nine = [dataclasses.replace(groups[0], name=f"model.layers.{i}") for i in range(9)] + groups[2:]
-    # 9 layers on 16 workers: 3 shares each (27 in 2 rounds of a third of a layer), not 2 (18 in 2 rounds of a half)
-    assert {n for _, _, n in procpool.units(conv, nine, 16)} == {1, 3}
+    whole = [procpool.Unit(i) for i in range(3)]
+    # a tiny layer is cheaper whole than its units' overhead (UNIT_BYTES): whole, however many workers
+    assert procpool.units(conv, groups, 1) == procpool.units(conv, groups, 3) == procpool.units(conv, groups, 5) == whole
+
+
+@pytest.mark.parametrize("workers", [2, 4, 8, 10, 12, 16, 24, 32])
+def test_balanced_units_cover_every_expert_once(workers):
+    """The 6 GB layout (9 layers of 64 experts: 576 MiB of experts, 36 MiB else; the embeddings and
+    lm_head, 256 MiB): each layer's experts in spans that cover them once, its other tensors in one
+    unit; longest first."""
+    mib = 1 << 20
+    sizes = [(36 * mib, 576 * mib, 64)] * 9 + [(256 * mib, 0, 0)]
+    units = procpool.balanced(sizes, workers)
+    for i in range(10):
+        mine = [u for u in units if u.group == i]
+        assert sum(u.rest for u in mine) == 1
+        if mine != [procpool.Unit(i)]:
+            assert sorted(e for u in mine for e in range(u.start, u.stop)) == list(range(64)) and \
+                {u.slices for u in mine} == {64}
+    def cost(u):
+        r, x, _ = sizes[u.group]
+        return (r if u.rest else 0) + x * (u.stop - u.start) / u.slices + procpool.UNIT_BYTES
+
+    # before: 3 equal shares of each layer (the first with the other tensors), first shares first
+    thirds = sorted([procpool.Unit(9)] + [procpool.Unit(i, k, k + 1, 3, k == 0) for i in range(9) for k in range(3)],
+                    key=lambda u: (u.start, u.group))
+    assert procpool.makespan([cost(u) for u in units], workers) <= procpool.makespan([cost(u) for u in thirds], workers)
+    if workers == 16:
+        # wrap-around: the embeddings first, one or two units per worker, each worker's load near the mean
+        assert units[0] == procpool.Unit(9) and len(units) <= 10 + 16 - 1
+        mean = sum(cost(u) for u in units) / workers
+        assert procpool.makespan([cost(u) for u in units], workers) < 1.03 * mean  # the thirds: 1.18x theirs
+    if workers == 10:  # one group each: no cut pays
+        assert sorted(units) == [procpool.Unit(i) for i in range(10)]
 
 
 def _session(pgid: int) -> list[int]:
@@ -231,7 +271,10 @@ def test_a_layer_whose_stacks_differ_in_experts_is_not_shared():
     unwritten."""
     part = mx.zeros((2, 2))
     equal = {"a": Stacked([part] * 4), "b": Stacked([part] * 4), "norm": part}
-    assert [procpool._share(equal, k, 3) for k in range(3)] == [range(0, 1), range(1, 2), range(2, 4)]
-    assert procpool._share(equal, 0, 1) is None
+    Unit = procpool.Unit
+    assert [procpool._share(equal, Unit(0, k, k + 1, 3, k == 0)) for k in range(3)] == [range(0, 1), range(1, 2),
+                                                                                        range(2, 4)]
+    assert procpool._share(equal, Unit(0)) is None
+    assert procpool._share(equal, Unit(0, 0, 0, 4, True)) == range(0)  # the other tensors only
     unequal = {"a": Stacked([part] * 4), "b": Stacked([part] * 2)}
-    assert [procpool._share(unequal, k, 2) for k in range(2)] == [None, range(0)]
+    assert [procpool._share(unequal, Unit(0, k, k + 1, 2, k == 0)) for k in range(2)] == [None, range(0)]

@@ -13,19 +13,16 @@ from contextlib import closing, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import mlx.core as mx
 import mlx.nn as nn
 
 from .checkpoint import DTYPE_TAGS, ITEMSIZE, Checkpoint, Group, Stacked, mlx_quantization, read_checkpoint
-from .allocate import SAMPLE_ROWS, allocate, column_errors, model_errors, relative_errors, sample_errors, sampled
-from .calibrate import PROBE, Moments, measure, read_calibration, stored_bits
 from .dequant import MLX, SourceContext, dequantize_packed, source_format
 from .errors import CheckpointError, PlanError
 from .experts import SPLITTERS, ExpertStack, expert_counts, expert_sources, to_stacked
 from .formats import DTYPES, Mode, Quant, Rounding, infer_fp_quant, infer_quant
-from .gptq import one_blas_thread
 from .ignored import ignored_notes
 from .names import canonical_name, layer_of, renamed
 from .registry import SPLITS, TENSOR_RENAMES, family_of
@@ -36,6 +33,13 @@ from .target import absent_as_zeros, build_model, language_config, resolve_confi
 from .card import CARD_FILE, PLAN_FILE, PLOT_FILE, model_card
 from .writer import DEFAULT_SHARD_SIZE, Output, check_destination, output_config
 from . import heap, procpool
+
+if TYPE_CHECKING:
+    from .calibrate import Moments
+
+# allocate, calibrate and gptq (numpy, and a tenth of a second of imports) are imported where
+# --target-bpw, --calib or --rounding gptq need them: a plain conversion's main process never
+# does (the workers' forkserver imports them once for all workers: _workerboot)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,8 @@ SAMPLES_AHEAD = 64 << 20
 
 def _sample_bytes(shape: tuple[int, ...]) -> int:
     """The most bytes allocate.sampled takes of a weight of this shape ([out, in] or [E, out, in])."""
+    from .allocate import SAMPLE_ROWS
+
     return math.prod(shape[:-2]) * min(shape[-2], SAMPLE_ROWS) * shape[-1] * 4
 
 
@@ -158,6 +164,8 @@ class Conversion:
 
     def calibration(self) -> mx.array:
         """The --calib token batch, every id checked against the model's vocabulary."""
+        from .calibrate import read_calibration
+
         options = self.options
         return read_calibration(options.calib, self.ckpt.path, options.calib_length, options.calib_sequences,
                                 vocab_size(self.config))
@@ -190,6 +198,9 @@ class Conversion:
         decisions without a budget; returns the allocation and its notes. With --calib, the
         calibration pass's timings go to self.timings and, with --rounding gptq, its moments to
         self.calibrated (run quantizes with them: one pass, not two)."""
+        from .allocate import allocate, model_errors, relative_errors
+        from .calibrate import PROBE, measure
+
         options = self.options
         free = {r.path for r in rows if r.quantizable and r.free}
         energy, sensitivity, notes, columns = {}, {}, [], None
@@ -240,6 +251,9 @@ class Conversion:
         relative errors instead (allocate.sample_errors), a few floats: a 64-expert stack's column errors
         are 19 MB (float64 [64, 2048] per candidate), and those of all the layers held at once took the
         allocation's peak RSS 1.72 -> 2.14 GiB (the 6 GB layout, 16 cores)."""
+        from .allocate import column_errors, sample_errors, sampled
+        from .calibrate import stored_bits
+
         futures, normalized = {}, self._normalized_groups()
         while normalized:
             weights = normalized.pop(0)
@@ -465,6 +479,8 @@ class Conversion:
         (in files, read by the workers a module at a time; see calibrate.Moments): measured with
         --target-bpw's statistics (taken: a second run measures again), else now, in one pass
         streamed over the decoder layers of the float model (packed sources dequantized)."""
+        from .calibrate import measure
+
         paths = {r.path for r in self.plan.rows if r.quant is not None and r.quant.mode == Mode.AFFINE and not r.as_stored}
         if self.calibrated is not None:  # measured with --target-bpw's statistics; a second run measures again
             moments, self.calibrated = self.calibrated, None
@@ -518,7 +534,12 @@ class Conversion:
         # not daemons: the interpreter never exits while one is inside mlx
         threads = [threading.Thread(target=work, name=f"moequant-{n}") for n in range(workers)]
         # GPTQ's products on one BLAS thread, held around all the threads (see gptq.one_blas_thread)
-        with one_blas_thread() if self.plan.options.rounding == Rounding.GPTQ else nullcontext():
+        blas = nullcontext()
+        if self.plan.options.rounding == Rounding.GPTQ:
+            from .gptq import one_blas_thread
+
+            blas = one_blas_thread()
+        with blas:
             for t in threads:
                 t.start()
             running = workers

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import mlx.core as mx
-import numpy as np
 
 from .checkpoint import TensorInfo, mlx_quantization
 from .errors import CheckpointError, LayoutError
@@ -78,6 +77,8 @@ def mlx_global_scale(weight_scale_2: mx.array) -> mx.array:
     gives weight_scale_2 back. ModelOpt computes weight_scale_2 = amax / 2688 in float32, so such a g
     (amax itself) exists and the repack is bit-exact; for any other value the nearest is taken
     (within an ulp of the scale)."""
+    import numpy as np  # here: only NVFP4 sources need it (a plain conversion's main process imports no numpy)
+
     ws2 = np.asarray(weight_scale_2, dtype=np.float32).reshape(())
     g = np.float32(ws2 * np.float32(NVFP4_GLOBAL))
     candidates = [g]
@@ -148,6 +149,8 @@ def _pack_quantized_to_mlx(weights: dict[str, mx.array], ctx: SourceContext) -> 
     (viewed as uint32), `P.scales` = s and `P.biases` = -2^(bits-1)·s (exact: a power of two times s), and
     no value changes; both in float32 (mx.dequantize computes in the scales' dtype: bfloat16 scales would round
     q·s + biases). Modules the release left out of its config_groups (no weight_packed) pass through."""
+    import numpy as np  # here: only these sources need it
+
     out = {}
     for key, value in weights.items():
         base, _, name = key.rpartition(".")

@@ -1,10 +1,10 @@
 """Worker processes for `convert`: each takes the next group (decoder layer), reads, dequantizes,
 quantizes and writes it at its place in the shard files that the main process created.
 
-A unit of work is a group, or, when there are fewer groups than workers, a share of a layer's
-expert stacks (units): share k of n writes the k-th of n equal ranges of experts of every stack,
-and share 0 the layer's other tensors too, each at its place; the group counts as written once
-all its shares are.
+A unit of work (Unit, units) is a group, or a span of a layer's experts (the same span of every
+expert stack), one of the layer's spans also taking its other tensors, each written at its place;
+the group counts as written once all its units are. A plain conversion cuts layers where that
+lets the workers finish sooner (balanced: by bytes), --rounding gptq into one share per worker.
 
 Why processes: with worker threads, 16 threads on 16 cores converted only 1.9x faster than one
 (BENCHMARKS.md, issue 16): the GIL and mlx's per-process state serialize them. A process has its
@@ -28,6 +28,7 @@ own of both. The dry-run manifest already fixes every output tensor's offset, so
 
 from __future__ import annotations
 
+import heapq
 import json
 import multiprocessing as mp
 import os
@@ -41,7 +42,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import mlx.core as mx
 
@@ -54,7 +55,11 @@ WORKER_BASE = 256 << 20  # a worker's memory besides the tensors it converts (py
 # cores, 0.37 with 4 on 2 (2 layers), 0.55 with 2 (larger shares); the count is at most the cores
 GPTQ_WORKER = 320 << 20
 GPTQ_ROOM = 1 << 30  # what GPTQ's workers may take however little the pass held (a small model's: the process's base)
-MAX_SHARES = 4  # a layer's expert stacks are shared by at most this many workers (units)
+MAX_SHARES = 4  # a layer's expert stacks are shared by at most this many workers (units; --rounding gptq: all)
+# plain conversion's units (balanced): a unit costs its source bytes and this much more (graph, clear, trim: 0.045 s
+# against 2.0 ms per MB read and quantized, one worker on the 2-core VM, the 6 GB layout's spans of 4-36 experts)
+UNIT_BYTES = 24 << 20
+MAX_PIECES = 16  # balanced units: a group's stacks in at most this many spans
 TIMELINE = "MOEQUANT_TIMELINE"  # set to 1: print a per-worker timeline table to stderr
 
 
@@ -102,8 +107,8 @@ def worker_memory(largest_tensor: int) -> int:
 
 def default_workers(groups: int, largest_tensor: int) -> int:
     """As many workers as cores and as half the available memory holds at worker_memory each, and
-    no more than there are groups. Shares of a group's expert stacks (see units) come only with an
-    explicit --workers above the groups: on 16 cores, 6 GB, 10 groups, 16 workers with shares took
+    no more than there are groups. More workers than groups come only with an explicit --workers
+    (the groups are then cut into spans of experts, see units): on 16 cores, 6 GB, 10 groups, 16 workers with shares took
     3.9 s against 4.0 s for 10 without, at 1.63 GB against 1.12 GB peak RSS (BENCHMARKS.md)."""
     by_memory = int(available_memory() * 0.5 // worker_memory(largest_tensor))
     return max(1, min(cores(), groups, by_memory))
@@ -161,8 +166,20 @@ class Spec:
 def _context():
     ctx = mp.get_context("forkserver")
     # the forkserver imports these once; every worker is a fork of it (no mlx threads yet at fork)
-    ctx.set_forkserver_preload(["moequant._workerboot"])
+    ctx.set_forkserver_preload(["moequant._workerboot", *_main_imports()])
     return ctx
+
+
+def _main_imports() -> list[str]:
+    """What each worker would import again when it starts: multiprocessing runs the parent's main
+    script in every worker (spawn.prepare, as __mp_main__), unless it ran as a module (`python -m
+    moequant`). The `moequant` command is such a script and imports moequant.cli (typer, rich):
+    0.06 s of CPU per worker on the 2-core VM (16 workers: 1.55 s of CPU against 0.48 with -m), once
+    in the forkserver instead. (Its preload of "__main__" itself does nothing in Python 3.11 and
+    3.12: the main path never reaches it.)"""
+    main = sys.modules.get("__main__")
+    script = main is not None and getattr(main, "__spec__", None) is None and getattr(main, "__file__", None)
+    return ["moequant.cli"] if script and "moequant.cli" in sys.modules else []
 
 
 def start_server() -> None:
@@ -290,12 +307,28 @@ class Workers:
         self.results.close()
 
 
-def units(conv, groups, workers: int) -> list[tuple[int, int, int]]:
-    """(group, share, shares) in the order workers take them. With at least as many groups as
-    workers, each group whole (one share), in order. Else each group with expert stacks in
-    `shares` shares, the number (up to MAX_SHARES) that lets the workers finish soonest in rounds
-    of equal shares (9 such layers on 16 workers: 3 shares each, 27 shares in 2 rounds of a third
-    of a layer, against 1 round of a whole layer).
+class Unit(NamedTuple):
+    """A worker's task: of group `group`, the experts of ranges `start` to `stop` - 1 of its expert
+    stacks cut in `slices` equal ranges, and with `rest` its other tensors (attention, norms, the
+    router; everything, for a group without stacks). Unit(i): the group whole."""
+
+    group: int
+    start: int = 0
+    stop: int = 1
+    slices: int = 1
+    rest: bool = True
+
+
+def units(conv, groups, workers: int) -> list[Unit]:
+    """The units (see Unit) in the order workers take them.
+
+    Plain conversion (not GPTQ), more than one worker: `balanced`, from each group's bytes (its
+    expert stacks' and its other tensors'): each group whole, longest first, unless cutting the
+    groups into spans of experts lets the workers finish sooner (see balanced). The 6 GB layout on
+    16 workers: McNaughton's wrap-around (_wrapped), 24 units, one or two per worker, each worker's
+    load within 7 % of the mean by bytes; before, 28 units (3 equal shares of each layer: the first
+    shares, with the layer's other tensors, were the longest, and the second round left 3 workers
+    idle).
 
     With --rounding gptq (minutes of work per layer, against seconds to read it), every group with
     expert stacks in one share per worker, a layer after another: the workers round one layer's
@@ -304,18 +337,115 @@ def units(conv, groups, workers: int) -> list[tuple[int, int, int]]:
     from .experts import expert_sources
     from .formats import Rounding
 
-    gptq = conv.plan.options.rounding == Rounding.GPTQ and workers > 1
-    stacked = [i for i, g in enumerate(groups) if expert_sources(conv.family, g.keys)] \
-        if gptq or len(groups) < workers else []
-    if gptq:
-        return [(i, 0, 1) for i in range(len(groups)) if i not in stacked] + \
-            [(i, k, workers) for i in stacked for k in range(workers)]
-    free = max(workers - (len(groups) - len(stacked)), 1)  # the workers left once each other group has one
-    n = min(range(1, MAX_SHARES + 1), key=lambda s: (-(-len(stacked) * s // free) / s, s)) if stacked else 1
-    # first shares first (they write the layers' other tensors too), then the seconds...: a worker
-    # taking units in a row takes other layers (a second share of one layer rebuilds its graph)
-    shares = [n if i in stacked else 1 for i in range(len(groups))]
-    return sorted(((i, k, shares[i]) for i in range(len(groups)) for k in range(shares[i])), key=lambda u: (u[1], u[0]))
+    if workers == 1:
+        return [Unit(i) for i in range(len(groups))]
+    if conv.plan.options.rounding == Rounding.GPTQ:
+        stacked = [i for i, g in enumerate(groups) if expert_sources(conv.family, g.keys)]
+        return [Unit(i) for i in range(len(groups)) if i not in stacked] + \
+            [Unit(i, k, k + 1, workers, k == 0) for i in stacked for k in range(workers)]
+    return balanced(_sizes(conv, groups), workers)
+
+
+def _sizes(conv, groups) -> list[tuple[int, int, int]]:
+    """Per group: (bytes of its tensors other than expert weights, bytes of its expert weights, its
+    expert count, or 0 where its stacks may not be cut: none, or expert sets of different counts)."""
+    from .experts import expert_sources
+
+    out = []
+    for g in groups:
+        experts = [k for k in g.keys if expert_sources(conv.family, (k,))]
+        counts = {conv.expert_count.sets(k) for k in experts}
+        n = next(iter(counts))[0] if len(counts) == 1 and len(next(iter(counts))) == 1 else 0
+        stacked = sum(conv.ckpt.tensors[k].nbytes for k in experts)
+        out.append((sum(conv.ckpt.tensors[k].nbytes for k in g.keys) - stacked, stacked, n if stacked else 0))
+    return out
+
+
+def balanced(sizes: list[tuple[int, int, int]], workers: int) -> list[Unit]:
+    """Units for `workers` from the groups' sizes (_sizes), longest first, each costing its bytes and
+    UNIT_BYTES: of the schedules that cut every group with stacks into the same number of spans of
+    its experts (1 to MAX_PIECES, of equal cost or tapering: the short ones, last, fill the workers'
+    ends; the first span also holds the group's other tensors, and as many fewer experts as they
+    weigh), and _wrapped's, the one whose workers finish first (makespan: each unit to the worker
+    free first, in order), the earlier one on a tie within 3 % (fewer units). A group without stacks
+    to cut (the embeddings and lm_head) is one unit, whatever its size."""
+    best = None
+    for pieces, taper in ((p, t) for p in range(1, MAX_PIECES + 1) for t in (False, True)):
+        cut = []
+        for i, (r, x, n) in enumerate(sizes):
+            p = min(pieces, n)
+            if p <= 1:
+                cut.append((r + x + UNIT_BYTES, Unit(i)))
+                continue
+            # bounds of the spans by cost, equal or (taper) as p, p - 1, ... 1: the first span also holds the
+            # other tensors (r), so fewer experts
+            weights = [p - k if taper else 1 for k in range(p)]
+            bounds, done = [0], 0
+            for w in weights[:-1]:
+                done += w
+                bounds.append(min(n, max(bounds[-1], round((done / sum(weights) * (r + x) - r) * n / x))))
+            bounds.append(n)
+            cut += [(r * (k == 0) + x * (b - a) / n + UNIT_BYTES, Unit(i, a, b, n, k == 0))
+                    for k, (a, b) in enumerate(zip(bounds, bounds[1:])) if b > a or k == 0]
+        # longest first; among equal ones, by span then group: a worker's next unit is of another group
+        cut.sort(key=lambda cu: (-cu[0], cu[1].start, cu[1].group))
+        span = makespan([c for c, _ in cut], workers)
+        if best is None or span < best[0] * 0.97:
+            best = (span, cut)
+    wrapped = _wrapped(sizes, workers)
+    if makespan([c for c, _ in wrapped], workers) < best[0] * 0.97:
+        best = (0.0, wrapped)
+    return [u for _, u in best[1]]
+
+
+def _wrapped(sizes: list[tuple[int, int, int]], workers: int) -> list[tuple[float, Unit]]:
+    """(cost, unit) by McNaughton's wrap-around: the groups one after another (those without stacks
+    to cut first, whole) fill each worker up to the mean load in turn, a group cut into spans where a
+    worker's load is full, so that each worker has one or two units (groups + workers - 1 in all).
+    Queued as the workers' first units, then their second ones longest first: the worker free first,
+    whose first unit was the shortest, takes the longest, its complement."""
+    total = sum(r + x for r, x, _ in sizes) + (len(sizes) + workers - 1) * UNIT_BYTES
+    budget = total / workers
+    loads: list[list[tuple[float, Unit]]] = [[]]
+    room = budget
+    for i in sorted(range(len(sizes)), key=lambda i: (sizes[i][2] > 0, i)):
+        r, x, n = sizes[i]
+        if not n:
+            if loads[-1] and room < (r + x + UNIT_BYTES) / 2:
+                loads.append([])
+                room = budget
+            loads[-1].append((r + x + UNIT_BYTES, Unit(i)))
+            room -= r + x + UNIT_BYTES
+            continue
+        start = 0
+        while start < n:
+            at = r + x * start / n if start else 0  # bytes of the group before this span
+            fill = room - UNIT_BYTES  # the bytes that fill this worker
+            stop = n if fill >= r + x - at or len(loads) >= workers else \
+                min(n, max(start, round((at + fill - r) * n / x)))
+            if stop == start:  # not one expert fits here: the next worker
+                loads.append([])
+                room = budget
+                continue
+            cost = (r if start == 0 else 0) + x * (stop - start) / n + UNIT_BYTES
+            loads[-1].append((cost, Unit(i) if stop - start == n else Unit(i, start, stop, n, start == 0)))
+            room -= cost
+            start = stop
+            if stop < n:
+                loads.append([])
+                room = budget
+    queue_ = [load[0] for load in loads if load]
+    for k in range(1, max(len(load) for load in loads)):
+        queue_ += sorted((load[k] for load in loads if len(load) > k), key=lambda cu: -cu[0])
+    return queue_
+
+
+def makespan(costs: list[float], workers: int) -> float:
+    """When the last of `workers` is done, each taking the next cost in order as soon as it is free."""
+    free = [0.0] * workers
+    for c in costs:
+        heapq.heapreplace(free, free[0] + c)
+    return max(free)
 
 
 def _spec(conv, out, groups, workers: int, moments) -> Spec:
@@ -359,7 +489,9 @@ def convert_groups(conv, out, groups, workers: int, moments=None, started: Worke
 
 
 def _results(pool: Workers, procs: list, out, spec: Spec, pending: int) -> Iterator[int]:
-    shares_left = {i: n for i, k, n in spec.units if k == 0}
+    shares_left: dict[int, int] = {}  # the units of each group not yet done
+    for unit in spec.units:
+        shares_left[unit.group] = shares_left.get(unit.group, 0) + 1
     written: dict[int, set] = {}
     running, clean = len(procs), False
     try:
@@ -413,17 +545,18 @@ def print_timeline(rows: list[dict], start: float, workers: int, main: dict) -> 
     joining of the workers after the last group."""
     err = sys.stderr
     print(f"timeline ({workers} worker processes; seconds from pool start):", file=err)
-    print(f"{'worker':>6} {'group':>22} {'start':>7} {'end':>7} {'graph':>7} {'eval':>7} {'write-wait':>10} "
+    print(f"{'worker':>6} {'group':>28} {'start':>7} {'end':>7} {'graph':>7} {'eval':>7} {'write-wait':>10} "
           f"{'written MB':>10}", file=err)
     for r in sorted(rows, key=lambda r: (r["worker"], r["t0"])):
-        print(f"{r['worker']:>6} {r['group']:>22} {r['t0'] - start:7.2f} {r['t1'] - start:7.2f} {r['graph']:7.2f} "
+        print(f"{r['worker']:>6} {r['group']:>28} {r['t0'] - start:7.2f} {r['t1'] - start:7.2f} {r['graph']:7.2f} "
               f"{r['eval']:7.2f} {r['wait']:10.2f} {r['bytes'] / 1e6:10.1f}", file=err)
     busy = {}
     for r in rows:
         busy[r["worker"]] = busy.get(r["worker"], 0.0) + r["t1"] - r["t0"]
     end = max((r["t1"] for r in rows), default=start)
     print(f"pool wall {end - start:.2f} s; busy per worker: " +
-          ", ".join(f"{w}: {b:.2f}" for w, b in sorted(busy.items())), file=err)
+          ", ".join(f"{w}: {b:.2f}" for w, b in sorted(busy.items())) +
+          f"; the workers' CPU {sum(r.get('cpu', 0.0) for r in rows):.2f} s", file=err)
     age = f"{main['age']:.2f} s" if main["age"] is not None else "?"
     forked = main["forked"]
     print(f"main process: {age} old at the pool's start (interpreter, imports, reading SRC, the plan, the "
@@ -529,39 +662,53 @@ def _picklable(e: BaseException) -> BaseException:
         return cls(f"{type(e).__name__}: {e}")
 
 
-def _share(group: dict, share: int, shares: int) -> range | None:
-    """Of one group's expert stacks (Stacked), which experts share `share` of `shares` takes (see
-    units), or None: the group whole. Stacks of different expert counts in one group are not
-    shared: share 0 takes the group whole, the others none of it."""
-    if shares == 1:
+def _share(group: dict, unit: Unit) -> range | None:
+    """Of one group's expert stacks (Stacked), which experts `unit` takes, or None: the group whole.
+    Stacks of different expert counts in one group are not shared: the unit with the rest takes the
+    group whole, the others none of it."""
+    if unit.slices == 1:
         return None
     from .checkpoint import Stacked
 
     counts = {len(v.parts) for v in group.values() if isinstance(v, Stacked)}
     if len(counts) > 1:
-        return None if share == 0 else range(0)
+        return None if unit.rest else range(0)
     n = counts.pop() if counts else 0
-    return range(n * share // shares, n * (share + 1) // shares)
+    return range(n * unit.start // unit.slices, n * unit.stop // unit.slices)
 
 
-def _mine(tensors: dict, share: int, only: range | None) -> dict:
-    """Of a share's outputs (Quantizer.run with experts=`only`), what it writes: its parts of the
-    expert stacks (Stacked), and, share 0, the group's other tensors."""
+def _label(name: str, unit: Unit) -> str:
+    """A unit in the timeline: `model.layers.3` whole, `model.layers.3 0:21/64+rest` (ranges 0 to 20 of
+    64 and the other tensors), `model.layers.3 rest` (those only)."""
+    if unit.slices == 1:
+        return name
+    experts = f"{unit.start}:{unit.stop}/{unit.slices}" if unit.stop > unit.start else ""
+    return f"{name} {experts}{'+' if experts and unit.rest else ''}{'rest' if unit.rest else ''}"
+
+
+def _mine(tensors: dict, rest: bool, only: range | None) -> dict:
+    """Of a unit's outputs (Quantizer.run with experts=`only`), what it writes: its parts of the
+    expert stacks (Stacked), and, with `rest`, the group's other tensors."""
     from .checkpoint import Stacked
 
-    return tensors if only is None else {k: v for k, v in tensors.items() if share == 0 or isinstance(v, Stacked)}
+    return tensors if only is None else {k: v for k, v in tensors.items() if rest or isinstance(v, Stacked)}
 
 
 def _setup(spec: Spec):
-    from . import fpquant
     from .dequant import source_format
+    from .formats import FP_MODES
     from .quantize import Quantizer, parameter_shapes
     from .target import build_model
     from .writer import Output
 
-    fpquant.THREADS = 1  # the processes are the parallelism
     conv = spec.kind.__new__(spec.kind)
     conv.__dict__.update(spec.state)
+    if any(r.quant is not None and r.quant.mode in FP_MODES for r in conv.plan.rows):
+        # imported here, by the workers that pack fp modes (numpy: a tenth of a second the forkserver
+        # would spend before the first fork of every conversion, affine or not)
+        from . import fpquant
+
+        fpquant.THREADS = 1  # the processes are the parallelism
     conv.format, _ = source_format(conv.ckpt.config)
 
     def rebuild(config):
@@ -612,16 +759,17 @@ def _worker(n: int, conn, tasks, results) -> None:
                     return
                 if u is None:
                     break
-                i, share, shares = spec.units[u]
+                unit = spec.units[u]
+                i = unit.group
                 t0 = time.perf_counter()
                 _advise(ranges, spec.groups[i])
                 if u + spec.workers < len(spec.units):
-                    _advise(ranges, spec.groups[spec.units[u + spec.workers][0]])
-                if i not in normalized:  # a second share of a group here
+                    _advise(ranges, spec.groups[spec.units[u + spec.workers].group])
+                if i not in normalized:  # a second unit of a group here
                     quantizer, normalized = fresh()
                 group = normalized.pop(i)
-                only = _share(group, share, shares)
-                tensors = _mine(quantizer.run(group, only, rest=share == 0), share, only)
+                only = _share(group, unit)
+                tensors = _mine(quantizer.run(group, only, rest=unit.rest), unit.rest, only)
                 del group
                 keys = list(tensors)
                 if only is not None:  # other shares of these stacks may have been written here
@@ -633,14 +781,15 @@ def _worker(n: int, conn, tasks, results) -> None:
                 trim()
                 t2 = time.perf_counter()
                 name = conv.ckpt.groups()[i].name if spec.timeline else str(i)
-                row = {"worker": n, "group": name + (f" {share + 1}/{shares}" if shares > 1 else ""), "t0": t0,
+                row = {"worker": n, "group": _label(name, unit), "t0": t0,
                        "t1": t2, "graph": t1 - t0, "eval": t2 - t1 - (writes.wait_s - wait0),
                        "wait": writes.wait_s - wait0, "bytes": writes.bytes - bytes0}
                 results.put(("done", n, (i, keys, row)))
             t = time.perf_counter()
             writes.drain()
             rows.append({"worker": n, "group": "(drain writes)", "t0": t, "t1": time.perf_counter(),
-                         "graph": 0.0, "eval": 0.0, "wait": time.perf_counter() - t, "bytes": 0})
+                         "graph": 0.0, "eval": 0.0, "wait": time.perf_counter() - t, "bytes": 0,
+                         "cpu": time.process_time()})  # the process's CPU since its fork, threads included
         results.put(("bye", n, rows[:1] + rows[-1:]))
     except BaseException as e:
         results.put(("error", n, _picklable(e)))

@@ -12,16 +12,17 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from .calibrate import RoutedMoments
 from .checkpoint import Stacked
 from .errors import LayoutError
 from .formats import DTYPES, FP_MODES, Mode, Quant, Rounding
-from .fpquant import quantize_fp, quantize_fp_experts
-from .gptq import Parts, quantize_gptq, quantize_gptq_together
 from .names import module_path
 from .plan import Plan
 from .rounding import quantize_searched
 from .surgery import module_at
+
+# fpquant, gptq and calibrate (numpy) are imported by the packers and steps that use them: the main
+# process of a conversion builds only lazy outputs here (a dry run), and the workers' forkserver
+# imports them once for all workers (_workerboot)
 
 
 def parameter_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -67,6 +68,8 @@ def _plain(w: mx.array, q: Quant, h: mx.array | None) -> Packed:
     20-40x the input in temporary memory. Affine lazily; fp modes now."""
     if q.mode == Mode.AFFINE:
         return _named(mx.quantize(w, q.group_size, q.bits))
+    from .fpquant import quantize_fp, quantize_fp_experts
+
     if q.global_scale:
         return _named(quantize_fp_experts(w), "global_scale")
     return _named(quantize_fp(w, q.mode.value))
@@ -85,6 +88,8 @@ def _searched(w: mx.array, q: Quant, h: mx.array | None) -> Packed:
 
 def _gptq(w: mx.array, q: Quant, h: mx.array | None) -> Packed:
     """GPTQ on the inputs' second moment `h` (gptq.py); plainly where none was measured (embeddings)."""
+    from .gptq import Parts, quantize_gptq
+
     if h is None:
         return _plain(w.stacked() if isinstance(w, Parts) else w, q, h)
     return _named(quantize_gptq(w, h, q))
@@ -152,7 +157,7 @@ class Quantizer:
         # as its parts (gptq.Parts: a few experts stacked at a time), the others stacked now
         partial = {k: share([cast(k, p) for p in weights[k].parts[mine.start:mine.stop]]) for k in stacks
                    if mine and k not in parts and quantized(k)
-                   for share in [Parts if self.rounding == Rounding.GPTQ and rows[module_path(k)].quant.mode
+                   for share in [_gptq_parts if self.rounding == Rounding.GPTQ and rows[module_path(k)].quant.mode
                                  == Mode.AFFINE else mx.stack]}
         split = {module_path(k) for k in stacks if quantized(k)} if mine is not None else set()  # shared stacks
         given = set(weights)
@@ -219,6 +224,9 @@ class Quantizer:
         not once each."""
         if self.rounding != Rounding.GPTQ:
             return {}
+        from .calibrate import RoutedMoments
+        from .gptq import quantize_gptq_together
+
         by_input: dict[RoutedMoments, list[str]] = {}
         for path in sorted(todo):
             h = self.moments.get(path)
@@ -239,9 +247,18 @@ class Quantizer:
         return out
 
 
+def _gptq_parts(parts: list[mx.array]):
+    """A share of an expert stack as gptq.Parts (a few experts stacked at a time)."""
+    from .gptq import Parts
+
+    return Parts(parts)
+
+
 def _experts_of(h, experts: range):
     """Of E[x xᵀ] per expert ([E, in, in]: a RoutedMoments or an array), those of `experts`; a
     shared one ([in, in]) or none as it is."""
+    from .calibrate import RoutedMoments
+
     if isinstance(h, RoutedMoments):
         return h.part(experts)
     return h if h is None or len(h.shape) != 3 else h[experts.start:experts.stop]
