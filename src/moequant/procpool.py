@@ -55,7 +55,6 @@ WORKER_BASE = 256 << 20  # a worker's memory besides the tensors it converts (py
 # cores, 0.37 with 4 on 2 (2 layers), 0.55 with 2 (larger shares); the count is at most the cores
 GPTQ_WORKER = 320 << 20
 GPTQ_ROOM = 1 << 30  # what GPTQ's workers may take however little the pass held (a small model's: the process's base)
-MAX_SHARES = 4  # a layer's expert stacks are shared by at most this many workers (units; --rounding gptq: all)
 # plain conversion's units (balanced): a unit costs its source bytes and this much more (graph, clear, trim: 0.045 s
 # against 2.0 ms per MB read and quantized, one worker on the 2-core VM, the 6 GB layout's spans of 4-36 experts)
 UNIT_BYTES = 24 << 20
