@@ -279,7 +279,7 @@ def _in_pool(fn, items, item_bytes: int = 0) -> list:
 
 
 def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b (2-D), on one BLAS thread (inside the pass, all of them are: see _threads). Below
+    """a @ b (2-D; `a` may be bfloat16's stored_bits), on one BLAS thread (inside the pass, all of them are: see _threads). Below
     THREADED_FLOPS whole: OpenBLAS threads small products too, and its threads' hand-offs cost more
     than the product (the trained tiny MoE's pass on the loaded 2-core VM: 8.4 s of CPU with one
     thread, 27-34 s with two). Above, in blocks of a's rows spread over the pass's threads where
@@ -289,13 +289,20 @@ def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     rows = a.shape[0]
     if 2 * rows * a.shape[1] * b.shape[1] < THREADED_FLOPS:
         with one_blas_thread():
-            return a @ b
+            return _wide(a) @ b
     if not _pooled():
-        return a @ b
-    out = np.empty((rows, b.shape[1]), np.result_type(a, b))
+        return _wide(a) @ b
+    out = np.empty((rows, b.shape[1]), np.result_type(_wide(a[:1]), b))
     step = -(-rows // (16 * _pool_size)) * 16  # a multiple of 16 rows (the kernels' tiles)
-    _in_pool(lambda r: np.matmul(a[r:r + step], b, out=out[r:r + step]), range(0, rows, step))
+    _in_pool(lambda r: np.matmul(_wide(a[r:r + step]), b, out=out[r:r + step]), range(0, rows, step))
     return out
+
+
+def _wide(a: np.ndarray) -> np.ndarray:
+    """_mm's left operand: stored_bits of bfloat16 widened (in the task that multiplies its rows: on
+    16 cores, the pass's widening of expert stacks in its main thread kept the other threads idle),
+    any other array as it is."""
+    return widened_bits(a) if a.dtype == np.uint16 else a
 
 
 def stored_bits(a: mx.array) -> np.ndarray:
@@ -425,13 +432,25 @@ class _InNumpy(nn.Module):
         return self.inner.weight
 
     def _product(self, x: mx.array) -> np.ndarray:
-        """x Wᵀ, a block of W's rows at a time."""
+        """x Wᵀ, a block of W's rows at a time: inside the pass, a large product's blocks (at least one
+        per thread) each widened (and put at PROBE) and multiplied in a task of its own (on 16 cores,
+        the pass's main thread widening them in turn kept the other threads idle)."""
         xn = as_float32(x)
         out, n = self.inner.weight.shape
         y = np.empty((*xn.shape[:-1], out), np.float32)
+        x2, y2 = xn.reshape(-1, n), y.reshape(-1, out)
         step, stored = max(1, _BLOCK // n), stored_bits(self.inner.weight)
+        if _pooled() and 2 * x2.shape[0] * n * out >= THREADED_FLOPS:
+            step = min(step, max(16, -(-out // (16 * _pool_size)) * 16))
+
+            def block(r: int) -> None:
+                y2[:, r:r + step] = x2 @ self._weight(stored[r:r + step]).T
+
+            # a task's temporaries: its rows widened (and dequantized_affine's three of their size), its product
+            _in_pool(block, range(0, out, step), (16 if self.probe else 4) * step * n + 4 * x2.shape[0] * step)
+            return y
         for r in range(0, out, step):
-            y[..., r:r + step] = _mm(xn.reshape(-1, n), self._weight(stored[r:r + step]).T).reshape(*xn.shape[:-1], -1)
+            y2[:, r:r + step] = _mm(x2, self._weight(stored[r:r + step]).T)
         return y
 
     def _gather(self, x: mx.array, indices: mx.array) -> mx.array:
@@ -714,22 +733,22 @@ class _Experts:
             routed = [0.0] * len(act)
             for xn, chosen in self.inputs:
                 # [experts, inner, tokens]: each expert's activations contiguous
-                u, g = (_mm(widened_bits(stored_bits(self.stacks[n].weight)[part]).reshape(-1, xn.shape[1]), xn.T)
+                u, g = (_mm(stored_bits(self.stacks[n].weight)[part].reshape(-1, xn.shape[1]), xn.T)
                         .reshape(-1, inner, xn.shape[0]) for n in ("up_proj", "gate_proj"))
-                h_all = _activation(self.activation, u, g)
-                del u, g
+                # SwiGLU's in numpy, each expert's in its task; another activation by mlx, here
+                h_all = None if _is_swiglu(self.activation) else _activation(self.activation, u, g)
 
-                def add(item: tuple[int, np.ndarray]) -> None:
+                def add(j: int) -> None:
                     """Expert part.start + j's sums of this call, from its activations [inner, tokens]."""
-                    j, h = item[0], item[1].T  # [tokens, inner]
+                    h = (_activation(self.activation, u[j], g[j]) if h_all is None else h_all[j]).T  # [tokens, inner]
                     act[j].add(h)
                     if products and chosen is not None and \
                             (picked := np.nonzero((chosen == part.start + j).any(-1))[0]).size:
                         hr = h[picked]
                         routed[j] = routed[j] + _mm(hr.T, hr)
 
-                _in_pool(add, list(enumerate(h_all)))
-                del h_all
+                _in_pool(add, range(u.shape[0]))
+                u = g = h_all = None
             for j, e in enumerate(range(part.start, part.stop)):
                 self.act_squares[e] = act[j].mean_squares()
                 yield _mixed(act[j].mean_products(), routed[j], int(self.routed[e])) if products else None
