@@ -279,13 +279,13 @@ def _in_pool(fn, items, item_bytes: int = 0) -> list:
 
 
 def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b (2-D; `a` may be bfloat16's stored_bits), on one BLAS thread (inside the pass, all of them are: see _threads). Below
-    THREADED_FLOPS whole: OpenBLAS threads small products too, and its threads' hand-offs cost more
-    than the product (the trained tiny MoE's pass on the loaded 2-core VM: 8.4 s of CPU with one
-    thread, 27-34 s with two). Above, in blocks of a's rows spread over the pass's threads where
-    _pooled: OpenBLAS's own threads wait on each other, on a loaded machine on the slowest
-    (measured on the 2-core VM: [128, 2048] @ [2048, 768] at 6 GFLOP/s with its two threads, 49 on
-    one); outside the pass, on OpenBLAS's threads."""
+    """a @ b (2-D; `a` may be bfloat16's stored_bits), on one BLAS thread (inside the pass, all of
+    them are: see _threads). Below THREADED_FLOPS whole: OpenBLAS threads small products too, and
+    its threads' hand-offs cost more than the product (the trained tiny MoE's pass on the loaded
+    2-core VM: 8.4 s of CPU with one thread, 27-34 s with two). Above, in blocks of a's rows spread
+    over the pass's threads where _pooled: OpenBLAS's own threads wait on each other, on a loaded
+    machine on the slowest (measured on the 2-core VM: [128, 2048] @ [2048, 768] at 6 GFLOP/s with
+    its two threads, 49 on one); outside the pass, on OpenBLAS's threads."""
     rows = a.shape[0]
     if 2 * rows * a.shape[1] * b.shape[1] < THREADED_FLOPS:
         with one_blas_thread():

@@ -107,8 +107,9 @@ def worker_memory(largest_tensor: int) -> int:
 def default_workers(groups: int, largest_tensor: int) -> int:
     """As many workers as cores and as half the available memory holds at worker_memory each, and
     no more than there are groups. More workers than groups come only with an explicit --workers
-    (the groups are then cut into spans of experts, see units): on 16 cores, 6 GB, 10 groups, 16 workers with shares took
-    3.9 s against 4.0 s for 10 without, at 1.63 GB against 1.12 GB peak RSS (BENCHMARKS.md)."""
+    (the groups are then cut into spans of experts, see units): on 16 cores, 6 GB, 10 groups, 16
+    workers took 1.9-2.1 s against 2.6 s for 10, at 1.47 GB against 1.03 GB peak RSS (BENCHMARKS.md,
+    issue 16, 07:37 UTC): the default keeps to the memory."""
     by_memory = int(available_memory() * 0.5 // worker_memory(largest_tensor))
     return max(1, min(cores(), groups, by_memory))
 
