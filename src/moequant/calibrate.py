@@ -292,7 +292,7 @@ def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             return _wide(a) @ b
     if not _pooled():
         return _wide(a) @ b
-    out = np.empty((rows, b.shape[1]), np.result_type(_wide(a[:1]), b))
+    out = np.empty((rows, b.shape[1]), np.result_type(np.float32 if a.dtype == np.uint16 else a, b))
     step = -(-rows // (16 * _pool_size)) * 16  # a multiple of 16 rows (the kernels' tiles)
     _in_pool(lambda r: np.matmul(_wide(a[r:r + step]), b, out=out[r:r + step]), range(0, rows, step))
     return out
