@@ -203,6 +203,48 @@ def _deeper(src: Path, dst: Path, layers: int) -> Path:
     return dst
 
 
+def test_sensitivity_carries_at_most_perturbed_layers_and_interpolates_the_others(tmp_path, monkeypatch):
+    """Past PERTURBED_LAYERS probed layers, only that many layers' perturbed states are carried to the
+    output (the first, the last, others evenly between): the layer calls they cost are counted, their
+    layers' modules keep the figures of the run that carries all, and another layer's modules are
+    scaled together by one interpolated factor."""
+    import mlx_lm.models.qwen3_moe as qwen3_moe
+
+    import moequant.calibrate as calibrate
+
+    deep = _deeper(write_tiny_checkpoint(tmp_path / "src", "qwen3_moe", dtype="float32"), tmp_path / "l6", 6)
+    wanted = {r.path for r in Conversion(deep, Quant.make("affine", 4)).plan.rows
+              if r.quant is not None and ".layers." in r.path}
+    call = qwen3_moe.Qwen3MoeDecoderLayer.__call__
+    runs = {}
+    for most in (8, 3):
+        calls = []
+        monkeypatch.setattr(calibrate, "PERTURBED_LAYERS", most)
+        monkeypatch.setattr(qwen3_moe.Qwen3MoeDecoderLayer, "__call__",
+                            lambda self, *a, **k: (calls.append(1), call(self, *a, **k))[1])
+        runs[most] = (_stream(deep, TOKENS, sensitivity=wanted).sensitivity, len(calls))
+    (every, every_calls), (some, some_calls) = runs[8], runs[3]
+    assert calibrate._carried(list(range(6))) == {0, 2, 5}
+    # carried states: layer i takes one call for each carried layer before it (0+1+…+5 = 15, against 1+1+2+2+2 = 8)
+    assert every_calls - some_calls == 15 - 8
+    assert set(some) == set(every) == wanted and all(v > 0 for v in some.values())
+    for layer in range(6):
+        paths = [p for p in wanted if f".layers.{layer}." in p]
+        ratios = [some[p] / every[p] for p in paths]
+        assert len(paths) > 3 and ratios == pytest.approx([ratios[0]] * len(paths), rel=1e-5)
+        if layer in (0, 2, 5):
+            assert ratios[0] == pytest.approx(1, rel=1e-6)
+
+
+def test_the_kl_per_error_of_a_layer_not_carried_is_interpolated_between_those_around_it():
+    from moequant.calibrate import _interpolated
+
+    out = _interpolated({1: 4.0, 5: 1.0, 9: 0.0}, list(range(11)))
+    assert out[1] == 4.0 and out[5] == 1.0 and out[0] == 4.0 and out[10] == 0.0
+    assert out[3] == pytest.approx(2.0)  # geometric between 4 and 1
+    assert out[7] == pytest.approx(0.5)  # linear where one end is 0
+
+
 def test_peak_memory_does_not_grow_with_the_number_of_layers(tmp_path):
     """Peak memory of mlx and of numpy (tracemalloc: the products run there)."""
     import tracemalloc

@@ -56,6 +56,11 @@ CHUNK = 2  # sequences per call of a decoder layer
 PROBE_SEQUENCES, PROBE_LENGTH = CHUNK, 256
 MIN_ROUTED = 32  # an expert routed fewer tokens has its input moments from every token alone
 SPILL_SHARE = 0.25  # hidden states beyond this share of the memory available are kept on disk
+# decoder layers whose perturbed states the sensitivity carries to the model's output, at most (see measure): the
+# first and the last of the probed layers and others evenly between; each other layer's KL per squared error is
+# interpolated between theirs. Carried states cost one layer call each per later layer: all L of them took
+# 1 + 2 + … + L calls (on the 6 GB layout's 18 layers, 10 -> 15 s a layer from the first to the last, 16 cores)
+PERTURBED_LAYERS = 8
 TAIL_BLOCK = 1 << 24  # logits (float32 elements) the KL of the sensitivity takes at once
 # a decoder layer of at most this many bytes of weights has its statistics taken and its probes run, each in a
 # thread of its own, while the next layer's chunks run (its weights held until then: at most this many bytes
@@ -1005,9 +1010,12 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
     gets KL_i · ε_m / ε_i, ε the squared error of layer i's output with the module alone at PROBE
     (ε_m) or all of the layer's at once (ε_i, whose states are carried through the rest of the float
     model to give KL_i); a module outside the decoder layers that the text forward reaches
-    (embeddings, lm_head) gets its KL exactly. That is one layer call per module (each taking what
-    its module leaves unchanged from the layer's reference call: _Reuse) and 1 + 2 + … + L layer
-    calls for the carried perturbed states, on the probe's tokens, whatever the number of modules."""
+    (embeddings, lm_head) gets its KL exactly. The states of at most PERTURBED_LAYERS layers are
+    carried (`_carried`: the first and last probed layers and others evenly between); another layer's
+    KL_i / ε_i is interpolated between those of the carried layers around it (geometrically). That is
+    one layer call per module (each taking what its module leaves unchanged from the layer's reference
+    call: _Reuse) and at most PERTURBED_LAYERS · L layer calls for the carried perturbed states, on
+    the probe's tokens, whatever the number of modules and layers."""
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="moequant-collect") as background, \
                 ThreadPoolExecutor(1, thread_name_prefix="moequant-probe") as prober:
@@ -1084,6 +1092,7 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
                 perturbed_inputs[path] = h
     _drop_embeddings(model, prefix)
     perturbed_layers: dict[int, tuple[float, dict[str, float]]] = {}
+    carried = _carried([i for i in range(len(real)) if any(p.startswith(f"{prefix}.{i}.") for p in sensitivity)])
 
     log.info("calibration: %d decoder layers, %s tokens in %d chunks", len(layers), f"{tokens.size:,}", len(chunks))
     collecting = None  # the statistics being taken in `background`, of the last small layer
@@ -1115,7 +1124,8 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
                     h = layer(x0, *args, **kwargs)
                     mx.eval(h)
                 perturbed_layers[i] = (((h - reference) ** 2).sum().item(), errors)
-                perturbed_inputs[i] = h
+                if i in carried:
+                    perturbed_inputs[i] = h
         _reuse.clear()
     for i in range(len(real)):  # not enumerate(real): its last (i, layer) pair would hold the layer to the next
         layer_start = time.monotonic()
@@ -1184,14 +1194,50 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
     perturbed = {path: (perturbed_inputs.get(path, probe_states()), path)
                  for path in outside_probed
                  if path in perturbed_inputs or path in reached}
-    perturbed.update((i, (perturbed_inputs[i], None)) for i in perturbed_layers)
+    perturbed.update((i, (perturbed_inputs[i], None)) for i in perturbed_layers if i in perturbed_inputs)
     kls = _tail_kl(model, layers, probe_chunk, probe_states(), perturbed)
     stats.sensitivity.update((path, kls[path]) for path in outside_probed if path in kls)
+    per_error = _interpolated({i: kls[i] / max(error, 1e-30) for i, (error, _) in perturbed_layers.items() if i in kls},
+                              list(perturbed_layers))
     for i, (error, errors) in perturbed_layers.items():
-        stats.sensitivity.update((path, kls[i] * e / max(error, 1e-30)) for path, e in errors.items())
+        stats.sensitivity.update((path, kls[i] * e / max(error, 1e-30) if i in kls else per_error[i] * e)
+                                 for path, e in errors.items())
+    if len(carried) < len(perturbed_layers):
+        log.info("calibration: the sensitivity's KL carried to the output from %d of %d decoder layers (%s), "
+                 "interpolated between them for the others", len(carried), len(perturbed_layers),
+                 ", ".join(str(i) for i in sorted(carried)))
     stats.seconds = time.monotonic() - start
     log.info("calibration: done in %.1f s", stats.seconds)
     return stats
+
+
+def _carried(probed: list[int]) -> set[int]:
+    """Of the probed decoder layers (in order), those whose perturbed states `measure` carries to the
+    model's output: all if at most PERTURBED_LAYERS, else that many, the first and the last and the
+    others evenly spaced between them."""
+    if len(probed) <= PERTURBED_LAYERS:
+        return set(probed)
+    return {probed[round(k * (len(probed) - 1) / (PERTURBED_LAYERS - 1))] for k in range(PERTURBED_LAYERS)}
+
+
+def _interpolated(known: dict[int, float], layers: list[int]) -> dict[int, float]:
+    """`known` (layer -> KL per squared error at its output) for each of `layers`: measured where
+    known, else interpolated in the layer index between the known ones around it, geometrically
+    (linearly where one of them is 0), and the nearest one's beyond the first or last."""
+    xs = sorted(known)
+    out = {}
+    for i in layers:
+        if i in known or not xs:
+            out[i] = known.get(i, 0.0)
+            continue
+        below, above = [x for x in xs if x < i], [x for x in xs if x > i]
+        if not below or not above:
+            out[i] = known[below[-1] if below else above[0]]
+            continue
+        a, b = below[-1], above[0]
+        t, fa, fb = (i - a) / (b - a), known[a], known[b]
+        out[i] = fa ** (1 - t) * fb ** t if fa > 0 and fb > 0 else fa + (fb - fa) * t
+    return out
 
 
 def _reaching(reached: set[str], path: str, recorder=None):
