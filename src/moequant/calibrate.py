@@ -1197,7 +1197,8 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
     perturbed.update((i, (perturbed_inputs[i], None)) for i in perturbed_layers if i in perturbed_inputs)
     kls = _tail_kl(model, layers, probe_chunk, probe_states(), perturbed)
     stats.sensitivity.update((path, kls[path]) for path in outside_probed if path in kls)
-    per_error = _interpolated({i: kls[i] / max(error, 1e-30) for i, (error, _) in perturbed_layers.items() if i in kls},
+    # (a carried layer whose probe left its output unchanged has no KL per error to lend the others)
+    per_error = _interpolated({i: kls[i] / error for i, (error, _) in perturbed_layers.items() if i in kls and error > 0},
                               list(perturbed_layers))
     for i, (error, errors) in perturbed_layers.items():
         stats.sensitivity.update((path, kls[i] * e / max(error, 1e-30) if i in kls else per_error[i] * e)
