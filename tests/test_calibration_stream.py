@@ -237,12 +237,19 @@ def test_sensitivity_carries_at_most_perturbed_layers_and_interpolates_the_other
 
 
 def test_the_kl_per_error_of_a_layer_not_carried_is_interpolated_between_those_around_it():
-    from moequant.calibrate import _interpolated
+    from moequant.calibrate import _interpolated, _layer_sensitivities
 
     out = _interpolated({1: 4.0, 5: 1.0, 9: 0.0}, list(range(11)))
     assert out[1] == 4.0 and out[5] == 1.0 and out[0] == 4.0 and out[10] == 0.0
     assert out[3] == pytest.approx(2.0)  # geometric between 4 and 1
     assert out[7] == pytest.approx(0.5)  # linear where one end is 0
+    # layers 0, 2 and 4 carried (their KL in kls), 1 and 3 not; layer 2's probe left its output unchanged
+    perturbed = {0: (2.0, {"a": 1.0}), 1: (1.0, {"b": 0.5}), 2: (0.0, {"c": 0.0}), 3: (3.0, {"d": 3.0}),
+                 4: (1.0, {"e": 1.0})}
+    got = _layer_sensitivities({0: 8.0, 2: 1e-12, 4: 1.0}, perturbed)
+    assert got["a"] == 4.0 and got["c"] == 0.0 and got["e"] == 1.0
+    assert got["b"] == pytest.approx(0.5 * 4.0 ** 0.75)  # between layer 0's factor 4 and layer 4's 1, not layer 2's
+    assert got["d"] == pytest.approx(3.0 * 4.0 ** 0.25)
 
 
 def test_peak_memory_does_not_grow_with_the_number_of_layers(tmp_path):

@@ -1197,12 +1197,7 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
     perturbed.update((i, (perturbed_inputs[i], None)) for i in perturbed_layers if i in perturbed_inputs)
     kls = _tail_kl(model, layers, probe_chunk, probe_states(), perturbed)
     stats.sensitivity.update((path, kls[path]) for path in outside_probed if path in kls)
-    # (a carried layer whose probe left its output unchanged has no KL per error to lend the others)
-    per_error = _interpolated({i: kls[i] / error for i, (error, _) in perturbed_layers.items() if i in kls and error > 0},
-                              list(perturbed_layers))
-    for i, (error, errors) in perturbed_layers.items():
-        stats.sensitivity.update((path, kls[i] * e / max(error, 1e-30) if i in kls else per_error[i] * e)
-                                 for path, e in errors.items())
+    stats.sensitivity.update(_layer_sensitivities(kls, perturbed_layers))
     if len(carried) < len(perturbed_layers):
         log.info("calibration: the sensitivity's KL carried to the output from %d of %d decoder layers (%s), "
                  "interpolated between them for the others", len(carried), len(perturbed_layers),
@@ -1219,6 +1214,17 @@ def _carried(probed: list[int]) -> set[int]:
     if len(probed) <= PERTURBED_LAYERS:
         return set(probed)
     return {probed[round(k * (len(probed) - 1) / (PERTURBED_LAYERS - 1))] for k in range(PERTURBED_LAYERS)}
+
+
+def _layer_sensitivities(kls: dict, perturbed_layers: dict[int, tuple[float, dict[str, float]]]) -> dict[str, float]:
+    """Each probed module's KL_i · ε_m / ε_i, from its layer i's (ε_i, {module: ε_m}) in
+    `perturbed_layers` and KL_i in `kls` where layer i's states were carried, else KL_i / ε_i
+    interpolated between those of the carried layers (one whose probe left its output unchanged,
+    ε_i = 0, lends no factor to the others)."""
+    per_error = _interpolated({i: kls[i] / error for i, (error, _) in perturbed_layers.items() if i in kls and error > 0},
+                              list(perturbed_layers))
+    return {path: kls[i] * e / max(error, 1e-30) if i in kls else per_error[i] * e
+            for i, (error, errors) in perturbed_layers.items() for path, e in errors.items()}
 
 
 def _interpolated(known: dict[int, float], layers: list[int]) -> dict[int, float]:
