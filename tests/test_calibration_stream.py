@@ -203,11 +203,11 @@ def _deeper(src: Path, dst: Path, layers: int) -> Path:
     return dst
 
 
-def test_sensitivity_carries_at_most_perturbed_layers_and_interpolates_the_others(tmp_path, monkeypatch):
+def test_sensitivity_carries_at_most_perturbed_layers_to_the_output_and_the_others_to_the_next(tmp_path, monkeypatch):
     """Past PERTURBED_LAYERS probed layers, only that many layers' perturbed states are carried to the
-    output (the first, the last, others evenly between): the layer calls they cost are counted, their
-    layers' modules keep the figures of the run that carries all, and another layer's modules are
-    scaled together by one interpolated factor."""
+    output (the first, the last, others evenly between), the others' only to the next of them: the
+    layer calls they cost are counted, the carried layers' modules keep the figures of the run that
+    carries all, and another layer's modules are scaled together by one factor."""
     import mlx_lm.models.qwen3_moe as qwen3_moe
 
     import moequant.calibrate as calibrate
@@ -225,8 +225,9 @@ def test_sensitivity_carries_at_most_perturbed_layers_and_interpolates_the_other
         runs[most] = (_stream(deep, TOKENS, sensitivity=wanted).sensitivity, len(calls))
     (every, every_calls), (some, some_calls) = runs[8], runs[3]
     assert calibrate._carried(list(range(6))) == {0, 2, 5}
-    # carried states: layer i takes one call for each carried layer before it (0+1+…+5 = 15, against 1+1+2+2+2 = 8)
-    assert every_calls - some_calls == 15 - 8
+    # perturbed states: layer i takes a call for each state carried through it: all of them, 0+1+…+5 = 15; of
+    # layers 0, 2, 5 (to the output) 1+1+2+2+2 = 8, and of layers 1, 3, 4 (to layers 2, 5, 5) 1 + 2 + 1
+    assert every_calls - some_calls == 15 - (8 + 4)
     assert set(some) == set(every) == wanted and all(v > 0 for v in some.values())
     for layer in range(6):
         paths = [p for p in wanted if f".layers.{layer}." in p]
@@ -236,20 +237,15 @@ def test_sensitivity_carries_at_most_perturbed_layers_and_interpolates_the_other
             assert ratios[0] == pytest.approx(1, rel=1e-6)
 
 
-def test_the_kl_per_error_of_a_layer_not_carried_is_interpolated_between_those_around_it():
-    from moequant.calibrate import _interpolated, _layer_sensitivities
+def test_a_layer_not_carried_to_the_output_takes_the_kl_per_error_of_the_layer_its_states_reached():
+    from moequant.calibrate import _layer_sensitivities
 
-    out = _interpolated({1: 4.0, 5: 1.0, 9: 0.0}, list(range(11)))
-    assert out[1] == 4.0 and out[5] == 1.0 and out[0] == 4.0 and out[10] == 0.0
-    assert out[3] == pytest.approx(2.0)  # geometric between 4 and 1
-    assert out[7] == pytest.approx(0.5)  # linear where one end is 0
-    # layers 0, 2 and 4 carried (their KL in kls), 1 and 3 not; layer 2's probe left its output unchanged
-    perturbed = {0: (2.0, {"a": 1.0}), 1: (1.0, {"b": 0.5}), 2: (0.0, {"c": 0.0}), 3: (3.0, {"d": 3.0}),
-                 4: (1.0, {"e": 1.0})}
-    got = _layer_sensitivities({0: 8.0, 2: 1e-12, 4: 1.0}, perturbed)
-    assert got["a"] == 4.0 and got["c"] == 0.0 and got["e"] == 1.0
-    assert got["b"] == pytest.approx(0.5 * 4.0 ** 0.75)  # between layer 0's factor 4 and layer 4's 1, not layer 2's
-    assert got["d"] == pytest.approx(3.0 * 4.0 ** 0.25)
+    # layers 0 and 3 carried to the output (their KL in kls); 1 and 2 carried to layer 3, where their
+    # squared errors were 6 and 0.5; layer 3's KL per error is 2 / 4
+    perturbed = {0: (2.0, {"a": 1.0}), 1: (1.0, {"b": 0.5, "b2": 0.25}), 2: (0.0, {"c": 0.0}), 3: (4.0, {"d": 3.0})}
+    got = _layer_sensitivities({0: 8.0, 3: 2.0}, perturbed, {1: (3, 6.0), 2: (3, 0.5)})
+    assert got == {"a": 8.0 * 1.0 / 2.0, "b": 0.5 * 6.0 * 0.5 / 1.0, "b2": 0.5 * 6.0 * 0.25 / 1.0, "c": 0.0,
+                   "d": 2.0 * 3.0 / 4.0}
 
 
 def test_peak_memory_does_not_grow_with_the_number_of_layers(tmp_path):

@@ -57,8 +57,8 @@ PROBE_SEQUENCES, PROBE_LENGTH = CHUNK, 256
 MIN_ROUTED = 32  # an expert routed fewer tokens has its input moments from every token alone
 SPILL_SHARE = 0.25  # hidden states beyond this share of the memory available are kept on disk
 # decoder layers whose perturbed states the sensitivity carries to the model's output, at most (see measure): the
-# first and the last of the probed layers and others evenly between; each other layer's KL per squared error is
-# interpolated between theirs. Carried states cost one layer call each per later layer: all L of them took
+# first and the last of the probed layers and others evenly between; each other layer's are carried only to the
+# next of them. Carried states cost one layer call each per later layer: all L of them to the output took
 # 1 + 2 + … + L calls (on the 6 GB layout's 18 layers, 10 -> 15 s a layer from the first to the last, 16 cores)
 PERTURBED_LAYERS = 8
 TAIL_BLOCK = 1 << 24  # logits (float32 elements) the KL of the sensitivity takes at once
@@ -1011,11 +1011,13 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
     (ε_m) or all of the layer's at once (ε_i, whose states are carried through the rest of the float
     model to give KL_i); a module outside the decoder layers that the text forward reaches
     (embeddings, lm_head) gets its KL exactly. The states of at most PERTURBED_LAYERS layers are
-    carried (`_carried`: the first and last probed layers and others evenly between); another layer's
-    KL_i / ε_i is interpolated between those of the carried layers around it (geometrically). That is
-    one layer call per module (each taking what its module leaves unchanged from the layer's reference
-    call: _Reuse) and at most PERTURBED_LAYERS · L layer calls for the carried perturbed states, on
-    the probe's tokens, whatever the number of modules and layers."""
+    carried to the output (`_carried`: the first and last probed layers and others evenly between);
+    another layer i's only to the next of them, j, where their squared error from j's float output
+    times KL_j / ε_j gives KL_i (the assumption each module's figure already rests on: that KL
+    follows the squared error at a layer's output). That is one layer call per module (each taking
+    what its module leaves unchanged from the layer's reference call: _Reuse) and, for the perturbed
+    states, at most PERTURBED_LAYERS + L / PERTURBED_LAYERS layer calls per layer (that many states
+    held), on the probe's tokens, whatever the number of modules and layers."""
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="moequant-collect") as background, \
                 ThreadPoolExecutor(1, thread_name_prefix="moequant-probe") as prober:
@@ -1092,6 +1094,9 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
                 perturbed_inputs[path] = h
     _drop_embeddings(model, prefix)
     perturbed_layers: dict[int, tuple[float, dict[str, float]]] = {}
+    # a layer's perturbed states carried only to the next carried layer (`chained`), then their error there
+    chained: dict[int, mx.array] = {}
+    chained_errors: dict[int, tuple[int, float]] = {}
     carried = _carried([i for i in range(len(real)) if any(p.startswith(f"{prefix}.{i}.") for p in sensitivity)])
 
     log.info("calibration: %d decoder layers, %s tokens in %d chunks", len(layers), f"{tokens.size:,}", len(chunks))
@@ -1110,9 +1115,10 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
                 with _reuse.call(keep=True) if probing else nullcontext():
                     reference = probe_state = layer(x0, *args, **kwargs)
                     mx.eval(reference)
-            for name, h in perturbed_inputs.items():
-                perturbed_inputs[name] = layer(h, *args, **kwargs)
-                mx.eval(perturbed_inputs[name])
+            for states in (perturbed_inputs, chained):
+                for name, h in states.items():
+                    states[name] = layer(h, *args, **kwargs)
+                    mx.eval(states[name])
             if probed := [(rels[rel], module) for rel, module in _probed(layer, rels)]:
                 errors = {}
                 for path, module in probed:
@@ -1125,7 +1131,11 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
                     mx.eval(h)
                 perturbed_layers[i] = (((h - reference) ** 2).sum().item(), errors)
                 if i in carried:
+                    for j in list(chained):  # the chained states of the layers before: their error here
+                        chained_errors[j] = (i, ((chained.pop(j) - reference) ** 2).sum().item())
                     perturbed_inputs[i] = h
+                else:
+                    chained[i] = h
         _reuse.clear()
     for i in range(len(real)):  # not enumerate(real): its last (i, layer) pair would hold the layer to the next
         layer_start = time.monotonic()
@@ -1194,14 +1204,16 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
     perturbed = {path: (perturbed_inputs.get(path, probe_states()), path)
                  for path in outside_probed
                  if path in perturbed_inputs or path in reached}
-    perturbed.update((i, (perturbed_inputs[i], None)) for i in perturbed_layers if i in perturbed_inputs)
+    # (a chained state with no carried layer after it went all the way: its KL is measured)
+    perturbed.update((i, (states[i], None)) for i in perturbed_layers for states in (perturbed_inputs, chained)
+                     if i in states)
     kls = _tail_kl(model, layers, probe_chunk, probe_states(), perturbed)
     stats.sensitivity.update((path, kls[path]) for path in outside_probed if path in kls)
-    stats.sensitivity.update(_layer_sensitivities(kls, perturbed_layers))
-    if len(carried) < len(perturbed_layers):
+    stats.sensitivity.update(_layer_sensitivities(kls, perturbed_layers, chained_errors))
+    if chained_errors:
         log.info("calibration: the sensitivity's KL carried to the output from %d of %d decoder layers (%s), "
-                 "interpolated between them for the others", len(carried), len(perturbed_layers),
-                 ", ".join(str(i) for i in sorted(carried)))
+                 "from the others to the next of them", len(perturbed_layers) - len(chained_errors),
+                 len(perturbed_layers), ", ".join(str(i) for i in sorted(perturbed_layers) if i not in chained_errors))
     stats.seconds = time.monotonic() - start
     log.info("calibration: done in %.1f s", stats.seconds)
     return stats
@@ -1216,34 +1228,20 @@ def _carried(probed: list[int]) -> set[int]:
     return {probed[round(k * (len(probed) - 1) / (PERTURBED_LAYERS - 1))] for k in range(PERTURBED_LAYERS)}
 
 
-def _layer_sensitivities(kls: dict, perturbed_layers: dict[int, tuple[float, dict[str, float]]]) -> dict[str, float]:
+def _layer_sensitivities(kls: dict, perturbed_layers: dict[int, tuple[float, dict[str, float]]],
+                         chained_errors: dict[int, tuple[int, float]]) -> dict[str, float]:
     """Each probed module's KL_i · ε_m / ε_i, from its layer i's (ε_i, {module: ε_m}) in
-    `perturbed_layers` and KL_i in `kls` where layer i's states were carried, else KL_i / ε_i
-    interpolated between those of the carried layers (one whose probe left its output unchanged,
-    ε_i = 0, lends no factor to the others)."""
-    per_error = _interpolated({i: kls[i] / error for i, (error, _) in perturbed_layers.items() if i in kls and error > 0},
-                              list(perturbed_layers))
-    return {path: kls[i] * e / max(error, 1e-30) if i in kls else per_error[i] * e
-            for i, (error, errors) in perturbed_layers.items() for path, e in errors.items()}
-
-
-def _interpolated(known: dict[int, float], layers: list[int]) -> dict[int, float]:
-    """`known` (layer -> KL per squared error at its output) for each of `layers`: measured where
-    known, else interpolated in the layer index between the known ones around it, geometrically
-    (linearly where one of them is 0), and the nearest one's beyond the first or last."""
-    xs = sorted(known)
+    `perturbed_layers` and KL_i: in `kls` where layer i's states were carried to the output, else
+    from `chained_errors` (i -> the carried layer j its states were carried to, and their squared
+    error from j's float output), times KL_j / ε_j."""
     out = {}
-    for i in layers:
-        if i in known or not xs:
-            out[i] = known.get(i, 0.0)
-            continue
-        below, above = [x for x in xs if x < i], [x for x in xs if x > i]
-        if not below or not above:
-            out[i] = known[below[-1] if below else above[0]]
-            continue
-        a, b = below[-1], above[0]
-        t, fa, fb = (i - a) / (b - a), known[a], known[b]
-        out[i] = fa ** (1 - t) * fb ** t if fa > 0 and fb > 0 else fa + (fb - fa) * t
+    for i, (error, errors) in perturbed_layers.items():
+        if i in kls:
+            out.update((path, kls[i] * e / max(error, 1e-30)) for path, e in errors.items())
+        else:
+            j, reached = chained_errors[i]
+            kl = kls[j] / max(perturbed_layers[j][0], 1e-30) * reached
+            out.update((path, kl * e / max(error, 1e-30)) for path, e in errors.items())
     return out
 
 
