@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 # allocate, calibrate and gptq (numpy, and a tenth of a second of imports) are imported where
 # --target-bpw, --calib or --rounding gptq need them: a plain conversion's main process never
-# does (the workers' forkserver imports them once for all workers: _workerboot)
+# does (nor does the workers' forkserver: the workers that need them import them, see _workerboot)
 
 log = logging.getLogger(__name__)
 

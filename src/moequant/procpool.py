@@ -393,8 +393,8 @@ def balanced(sizes: list[tuple[int, int, int]], workers: int) -> list[Unit]:
         if best is None or span < best[0] * 0.97:
             best = (span, cut)
     wrapped = _wrapped(sizes, workers)
-    if makespan([c for c, _ in wrapped], workers) < best[0] * 0.97:
-        best = (0.0, wrapped)
+    if (span := makespan([c for c, _ in wrapped], workers)) < best[0] * 0.97:
+        best = (span, wrapped)
     return [u for _, u in best[1]]
 
 

@@ -21,8 +21,8 @@ from .rounding import quantize_searched
 from .surgery import module_at
 
 # fpquant, gptq and calibrate (numpy) are imported by the packers and steps that use them: the main
-# process of a conversion builds only lazy outputs here (a dry run), and the workers' forkserver
-# imports them once for all workers (_workerboot)
+# process of a conversion builds only lazy outputs here (a dry run), and only the workers that pack
+# fp modes or round with GPTQ import them (_workerboot)
 
 
 def parameter_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
