@@ -98,8 +98,10 @@ PRODUCED: dict[str, Produced] = {p.model_type: p for p in (
                                              "beta_fast": 32.0, "beta_slow": 1.0, "truncate": True,
                                              "original_max_position_embeddings": 4096}}),
     # top-1 routing as the releases (mlx-lm's llama4 asserts it); 4 layers, the 4th NoPE + global attention
-    # (mlx-lm's llama4 hard-codes that period), MoE every other layer as Maverick
-    Produced("llama4_text", {"num_experts_per_tok": 1, "num_hidden_layers": 4, "moe_layers": [1, 3]}),
+    # (mlx-lm's llama4 hard-codes that period), MoE every other layer as Maverick; the dense layers' MLP tiny
+    # (intermediate_size_mlp, 16384 by default: 53 MB a checkpoint)
+    Produced("llama4_text", {"num_experts_per_tok": 1, "num_hidden_layers": 4, "moe_layers": [1, 3],
+                             "intermediate_size_mlp": I_DENSE}),
     # tied (mlx-lm's hunyuan has no lm_head); every expert chosen, the one routing where transformers'
     # renormalized top-k weights equal mlx-lm's softmax weights (a plan note otherwise: ignored.py)
     Produced("hunyuan_v1_moe", {"tie_word_embeddings": True, "moe_topk": E}),
@@ -132,7 +134,9 @@ PRODUCED: dict[str, Produced] = {p.model_type: p for p in (
     Produced("solar_open"),
     # no step3p5: transformers 5.25 reads model_type step3p5 only as step3p7's text_config (Step3p7TextConfig); its
     # one model for it, Step3p7TextModel, has no lm_head, and no causal-LM class takes it (the release is custom code)
-    Produced("gemma4_text", {"layer_types": _SLIDING, "enable_moe_block": True, "top_k_experts": TOP_K}),  # MoE as 26B-A4B
+    # MoE as 26B-A4B; per-layer inputs kept, over the tiny vocabulary (262144 by default: 805 MB a checkpoint)
+    Produced("gemma4_text", {"layer_types": _SLIDING, "enable_moe_block": True, "top_k_experts": TOP_K,
+                             "vocab_size_per_layer_input": VOCAB}),
     Produced("qwen3_5_moe_text", {"layer_types": _HYBRID}),
     Produced("flex_olmo"),
     Produced("granitemoeshared"),
@@ -255,8 +259,8 @@ PRODUCED_VLM: dict[str, ProducedVLM] = {p.model_type: p for p in (
                                                     "partial_rotary_factor": 0.25, "mrope_section": [2, 1, 1],
                                                     "mrope_interleaved": True}},
                 _QWEN_VISION, _IMAGE_TOKENS, files="_qwen_vl_files", image=_QWEN_IMAGE),
-    # the language model as the llama4_text row's, its dense layers' MLP tiny too (intermediate_size_mlp)
-    ProducedVLM("llama4", {**PRODUCED["llama4_text"].extra, "intermediate_size_mlp": I_DENSE},
+    # the language model as the llama4_text row's
+    ProducedVLM("llama4", PRODUCED["llama4_text"].extra,
                 {"hidden_size": 64, "image_size": 64, "patch_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
                  "intermediate_size": 256, "projector_input_dim": 128, "projector_output_dim": 128,
                  "vision_output_dim": 128},
