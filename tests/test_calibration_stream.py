@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from moequant.calibrate import MIN_ROUTED, measure
+from moequant.calibrate import MIN_ROUTED, measure, moments_bytes
 from moequant.convert import Conversion
 from moequant.evaluate import load_float32
 from moequant.formats import Quant
@@ -81,6 +81,25 @@ def test_streamed_statistics_equal_a_whole_model_computation(tmp_path, arch):
     for path in paths:
         np.testing.assert_allclose(np.array(stats.energy[path]), energy[path], rtol=2e-4, atol=1e-7, err_msg=path)
         np.testing.assert_allclose(np.array(stats.moments[path]), moments[path], rtol=2e-4, atol=1e-6, err_msg=path)
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral"])
+def test_the_moments_take_on_disk_what_the_check_before_the_pass_estimates(tmp_path, arch):
+    """moments_bytes, which the temporary folder's free space is checked against, is within a few
+    percent of the files' size, and never above it (what it leaves out: the routing choices, the
+    files' headers)."""
+    src = write_tiny_checkpoint(tmp_path / "src", arch, dtype="float32")
+    conversion = Conversion(src, Quant.make("affine", 4))
+    paths = {r.path for r in conversion.plan.rows if r.quant is not None and r.role.value != "embedding"}
+    model = build_model(conversion.config)
+    containers = set(expert_containers(model).values())
+    estimate = moments_bytes(model, paths, containers, TOKENS.size)
+    stats = measure(model, conversion._normalized_groups(), TOKENS, moments=paths)
+    assert set(stats.moments) == paths
+    actual = sum(f.stat().st_size for f in stats.moments.root.iterdir())
+    assert 0.95 * actual < estimate <= actual, (estimate, actual)
+    stats.moments.close()
+    assert not stats.moments.root.exists()
 
 
 def test_sensitivity_is_estimated_for_every_module_in_a_bounded_number_of_layer_calls(tmp_path):

@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -248,6 +250,54 @@ def test_disk_full_while_writing_is_one_line_and_nothing_is_left(src, cli, tmpfs
     assert line.startswith(f"error: {dst}: no space left on device (writing model.safetensors); expected "), line
     assert line.endswith(" free for DST")
     assert list(small.iterdir()) == []
+
+
+def _calibrated(src: Path, dst: Path, tmp_path: Path, *options) -> list:
+    """The CLI's arguments of a calibrated conversion, its calibration ids written to tmp_path."""
+    np.save(calib := tmp_path / "ids.npy", np.arange(4096) % 256)
+    return ["convert", src, dst, *options, "--calib", calib, "--quiet"]
+
+
+def test_a_temporary_folder_without_room_for_gptqs_moments_is_refused_before_the_pass(src, cli, tmpfs, tmp_path,
+                                                                                     monkeypatch):
+    small = tmpfs("size=64k")
+    monkeypatch.setattr(tempfile, "tempdir", str(small))  # as TMPDIR=small
+    dst = tmp_path / "q4"
+    result = cli(*_calibrated(src, dst, tmp_path, "--bits", "4", "--rounding", "gptq"))
+    assert result.exit_code == 1
+    line = _error(result)
+    assert line.startswith(f"error: {small}: 65.54 KB (65,536 bytes) free; expected at least "), line
+    assert line.endswith(" for --rounding gptq's input moments, kept there until the layers are rounded (TMPDIR "
+                         "chooses the folder)"), line
+    assert list(small.iterdir()) == [] and not dst.exists()
+
+
+@pytest.mark.parametrize("options, file, what", [
+    (["--bits", "4", "--rounding", "gptq"], "moequant-moments-*/0.npy", "--rounding gptq's input moments"),
+    (["--target-bpw", "4", "--rounding", "gptq"], "moequant-moments-*/0.npy", "--rounding gptq's input moments"),
+    (["--target-bpw", "4"], "moequant-calibration-*/states", "the calibration's hidden states"),
+])
+def test_disk_full_while_calibrating_is_one_line_and_nothing_is_left(src, cli, tmpfs, tmp_path, monkeypatch,
+                                                                     options, file, what):
+    """The free-space checks are told there is room (the OS query replaced), so the kernel's real ENOSPC
+    in the temporary folder is what the calibration meets: from its first moments' file, or from its
+    hidden states kept on disk (SPILL_SHARE 0: whatever their size)."""
+    from moequant import calibrate
+
+    small = tmpfs("size=64k")
+    monkeypatch.setattr(tempfile, "tempdir", str(small))
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=10**12))
+    monkeypatch.setattr(calibrate, "SPILL_SHARE", 0.0 if "states" in file else calibrate.SPILL_SHARE)
+    dst = tmp_path / "q4"
+    result = cli(*_calibrated(src, dst, tmp_path, *options))
+    assert result.exit_code == 1
+    line = _error(result)
+    folder, name = file.split("/")
+    assert re.fullmatch(rf"error: {re.escape(str(small))}/{folder.replace('*', '[^/]+')}/{re.escape(name)}: no space "
+                        rf"left on device; expected room for {re.escape(what)} in the temporary folder \(TMPDIR "
+                        r"chooses it\)", line), line
+    assert list(small.iterdir()) == [] and not dst.exists()
 
 
 # --- missing paths in every command ----------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -37,7 +38,7 @@ from mlx.utils import tree_flatten
 import numpy as np
 
 from . import heap
-from .errors import CheckpointError, PlanError, os_reason
+from .errors import CheckpointError, OutputError, PlanError, os_reason, size_text
 from .evaluate import free_memory, text_logits
 from .names import layer_of
 from .formats import Mode, Quant
@@ -56,6 +57,7 @@ CHUNK = 2  # sequences per call of a decoder layer
 PROBE_SEQUENCES, PROBE_LENGTH = CHUNK, 256
 MIN_ROUTED = 32  # an expert routed fewer tokens has its input moments from every token alone
 SPILL_SHARE = 0.25  # hidden states beyond this share of the memory available are kept on disk
+SCRATCH_MARGIN = 1 << 26  # bytes the temporary folder must have free beyond the moments' estimate
 # decoder layers whose perturbed states the sensitivity carries to the model's output, at most (see measure): the
 # first and the last of the probed layers and others evenly between; each other layer's are carried only to the
 # next of them. Carried states cost one layer call each per later layer: all L of them to the output took
@@ -203,8 +205,16 @@ class _States:
             total = h.nbytes // h.shape[0] * self.sequences
             if (free := free_memory()) is not None and total > SPILL_SHARE * free:
                 self._folder = tempfile.TemporaryDirectory(prefix="moequant-calibration-")
-                self._file = np.memmap(Path(self._folder.name) / "states", np.float32, "w+",
-                                       shape=(self.sequences, *h.shape[1:]))
+                file = Path(self._folder.name) / "states"
+                try:
+                    with _writing(file, "the calibration's hidden states") as f:  # zeros: a full disk says so now,
+                        zeros = memoryview(bytes(min(total, 1 << 24)))  # not as a SIGBUS when a mapped page is written
+                        for start in range(0, total, len(zeros)):
+                            f.write(zeros[: total - start])
+                except OutputError:
+                    self._folder.cleanup()
+                    raise
+                self._file = np.memmap(file, np.float32, "r+", shape=(self.sequences, *h.shape[1:]))
                 log.info("calibration: the hidden states (%.1f GB) are kept on disk", total / 1e9)
         if self._file is None:
             self._blocks[c] = h
@@ -887,6 +897,62 @@ class RoutedMoments:
         return self[:] if dtype is None else self[:].astype(dtype)
 
 
+# --- the temporary folder (TMPDIR): the moments wait there until the layers are rounded ----------
+
+MOMENTS = "--rounding gptq's input moments"
+
+
+@contextmanager
+def _writing(file: Path, what: str):
+    """`file` open for writing; an OSError (a full disk) as one line that names what it was for."""
+    try:
+        with open(file, "wb") as f:
+            yield f
+    except OSError as e:
+        raise OutputError(f"{file}: {os_reason(e)}; expected room for {what} in the temporary folder (TMPDIR "
+                          "chooses it)") from e
+
+
+def _saved(file: Path, array: np.ndarray) -> None:
+    """np.save(file, array) of Moments, a full disk one line (see _writing): numpy's own write of the data
+    raises an OSError without its errno, and one through np.memmap dies of SIGBUS."""
+    array = np.ascontiguousarray(array)
+    with _writing(file, MOMENTS) as f:
+        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
+        f.write(memoryview(array).cast("B"))
+
+
+def moments_bytes(model: nn.Module, moments: set[str], containers: set[str], tokens: int) -> int:
+    """About the bytes Moments takes for `moments` (paths) over `tokens` tokens, as _recorders and
+    _Experts.input_moments record them: [in, in] float32 per Linear module; per expert container, for
+    gate/up the mean over every token and each call's states (tokens × in), for down_proj [E, inner,
+    inner]. The routing choices (tokens × top-k indices) are left out."""
+    total = 0
+    for container in containers:
+        glu = module_at(model, container)
+        if not hasattr(glu, "up_proj"):
+            continue
+        experts, inner, n_in = glu.up_proj.weight.shape
+        if {f"{container}.gate_proj", f"{container}.up_proj"} & moments:
+            total += 4 * n_in * (n_in + tokens) + 8 * experts
+        if f"{container}.down_proj" in moments and all(hasattr(glu, n) for n in ("gate_proj", "down_proj")):
+            total += 4 * experts * inner * inner
+    for path in moments:
+        if not any(path.startswith(c + ".") for c in containers) and isinstance(m := module_at(model, path), nn.Linear):
+            total += 4 * m.weight.shape[-1] ** 2
+    return total
+
+
+def _room_for_moments(need: int) -> None:
+    """Refuses a temporary folder without room for `need` bytes of moments before the pass, not hours into it."""
+    folder = tempfile.gettempdir()
+    free = shutil.disk_usage(folder).free
+    log.info("calibration: %s, about %s, kept in %s until the layers are rounded", MOMENTS, size_text(need), folder)
+    if free < need + SCRATCH_MARGIN:
+        raise OutputError(f"{folder}: {size_text(free)} free; expected at least {size_text(need + SCRATCH_MARGIN)} "
+                          f"for {MOMENTS}, kept there until the layers are rounded (TMPDIR chooses the folder)")
+
+
 class Moments(Mapping):
     """Module path -> E[x xᵀ] of its inputs (numpy float32, read from disk when asked for): each
     decoder layer's written to files of a temporary folder as the streamed pass leaves the layer, so
@@ -911,30 +977,31 @@ class Moments(Mapping):
 
     def put(self, path: str, value: np.ndarray) -> None:
         name = self._file()
-        np.save(self.root / f"{name}.npy", np.asarray(value, np.float32))
+        _saved(self.root / f"{name}.npy", np.asarray(value, np.float32))
         self._index[path] = ("array", name)
 
     def put_stack(self, path: str, experts: int, expert) -> None:
         """An [E, in, in] stack written expert by expert: expert(e) -> E[x xᵀ] of expert e."""
         name = self._file()
-        first = np.asarray(expert(0), np.float32)
-        out = np.lib.format.open_memmap(self.root / f"{name}.npy", "w+", np.float32, (experts, *first.shape))
-        out[0] = first
-        for e in range(1, experts):
-            out[e] = expert(e)
-        out.flush()
-        del out
+        first = np.ascontiguousarray(expert(0), np.float32)
+        with _writing(self.root / f"{name}.npy", MOMENTS) as f:  # written in order, not mapped (see _saved)
+            np.lib.format.write_array_header_1_0(
+                f, {**np.lib.format.header_data_from_array_1_0(first), "shape": (experts, *first.shape)})
+            f.write(memoryview(first).cast("B"))
+            first = None
+            for e in range(1, experts):
+                f.write(memoryview(np.ascontiguousarray(expert(e), np.float32)).cast("B"))
         self._index[path] = ("array", name)
 
     def put_routed(self, paths: list[str], everyone: np.ndarray, inputs: list, routed: np.ndarray) -> None:
         """The RoutedMoments of `paths` (projections of the same input), one record for all."""
         name = self._file()
-        np.save(self.root / f"{name}.shared.npy", np.asarray(everyone, np.float32))
-        np.save(self.root / f"{name}.routed.npy", routed)
+        _saved(self.root / f"{name}.shared.npy", np.asarray(everyone, np.float32))
+        _saved(self.root / f"{name}.routed.npy", routed)
         for c, (xn, chosen) in enumerate(inputs):
-            np.save(self.root / f"{name}.x{c}.npy", xn)
+            _saved(self.root / f"{name}.x{c}.npy", xn)
             if chosen is not None:
-                np.save(self.root / f"{name}.chosen{c}.npy", chosen)
+                _saved(self.root / f"{name}.chosen{c}.npy", chosen)
         for path in paths:
             self._index[path] = ("routed", name, len(routed), len(inputs), everyone.shape[-1])
 
@@ -1018,24 +1085,27 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
     what its module leaves unchanged from the layer's reference call: _Reuse) and, for the perturbed
     states, at most PERTURBED_LAYERS + L / PERTURBED_LAYERS layer calls per layer (that many states
     held), on the probe's tokens, whatever the number of modules and layers."""
+    stats = Statistics(tokens=tokens.size)
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="moequant-collect") as background, \
                 ThreadPoolExecutor(1, thread_name_prefix="moequant-probe") as prober:
-            return _measure(model, weights, tokens, background, prober, energy=energy, moments=moments,
+            return _measure(model, weights, tokens, stats, background, prober, energy=energy, moments=moments,
                             sensitivity=sensitivity)
+    except BaseException:
+        stats.moments.close()  # a pass that failed or was interrupted leaves no moments on disk
+        raise
     finally:
         _reuse.clear()  # a pass that raised mid-layer holds no layer's results
 
 
-def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.array, background: ThreadPoolExecutor,
-             prober: ThreadPoolExecutor, *, energy, moments, sensitivity) -> Statistics:
-    """`measure`, taking each layer's statistics in the thread of `background` and a small layer's
-    probes in that of `prober`, while the next layer's chunks run."""
+def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.array, stats: Statistics,
+             background: ThreadPoolExecutor, prober: ThreadPoolExecutor, *, energy, moments, sensitivity) -> Statistics:
+    """`measure` into `stats`, taking each layer's statistics in the thread of `background` and a small
+    layer's probes in that of `prober`, while the next layer's chunks run."""
     start = time.monotonic()
     tokens = tokens[None] if tokens.ndim == 1 else tokens
     energy, moments, sensitivity = set(energy), set(moments), set(sensitivity)
     wanted = energy | moments
-    stats = Statistics(tokens=tokens.size)
     tensors = {}
     while weights:
         tensors.update(weights.pop(0))
@@ -1051,6 +1121,8 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
     chunks = [tokens[i:i + CHUNK] for i in range(0, tokens.shape[0], CHUNK)]
     containers = {c for c in expert_containers(model).values() if c.startswith(prefix + ".")}
     outside_paths = {p for p in wanted | sensitivity if not p.startswith(prefix + ".")}
+    if moments:
+        _room_for_moments(moments_bytes(model, moments, containers, tokens.size))
     for i in range(len(layers)):  # a layer is in the model while the pass is at it
         layers[i] = _Stub()
 

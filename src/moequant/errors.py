@@ -37,4 +37,14 @@ def os_reason(e: OSError) -> str:
     """`e` as the 'what was found' part of a message: 'read-only file system', not '[Errno 30] …'."""
     import errno
 
-    return OS_REASONS.get(errno.errorcode.get(e.errno or 0, ""), e.strerror or type(e).__name__)
+    return OS_REASONS.get(errno.errorcode.get(e.errno or 0, ""), e.strerror or str(e) or type(e).__name__)
+
+
+def size_text(n: int) -> str:
+    """Bytes for a message: '5.37 GB (5,368,709,120 bytes)'."""
+    value, unit = float(n), "bytes"
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            break
+        value /= 1000
+    return f"{n:,} bytes" if unit == "bytes" else f"{value:.2f} {unit} ({n:,} bytes)"

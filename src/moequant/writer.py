@@ -20,7 +20,7 @@ import mlx.core as mx
 from . import __version__
 from .checkpoint import (DTYPE_TAGS, INDEX_FILE, ITEMSIZE, SIDECAR_PATTERNS, Stacked, encode_header,
                          read_safetensors_header, tensor_bytes)
-from .errors import OutputError, os_reason
+from .errors import OutputError, os_reason, size_text
 from .formats import MODES, packed_shape, scales_shape
 from .names import module_path
 from .plan import Plan
@@ -122,16 +122,6 @@ def _signals_held():
     finally:
         if main:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def size_text(n: int) -> str:
-    """Bytes for a message: '5.37 GB (5,368,709,120 bytes)'."""
-    value, unit = float(n), "bytes"
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            break
-        value /= 1000
-    return f"{n:,} bytes" if unit == "bytes" else f"{value:.2f} {unit} ({n:,} bytes)"
 
 
 def free_space(folder: Path) -> int:
