@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from moequant.calibrate import MIN_ROUTED, measure, moments_bytes
+from moequant.calibrate import MIN_ROUTED, Moments, measure, moments_bytes
 from moequant.convert import Conversion
 from moequant.evaluate import load_float32
 from moequant.formats import Quant
@@ -100,6 +100,31 @@ def test_the_moments_take_on_disk_what_the_check_before_the_pass_estimates(tmp_p
     assert 0.95 * actual < estimate <= actual, (estimate, actual)
     stats.moments.close()
     assert not stats.moments.root.exists()
+
+
+def test_moments_keep_upper_triangles_and_give_back_whole_matrices():
+    """Moments stores a module's E[x xᵀ] and an expert stack's as upper triangles (half the bytes) and
+    gives back the symmetric matrices: whole, a few experts at a time, and a worker's share (part);
+    of a matrix that is not exactly symmetric, its upper triangle."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 40, 24), dtype=np.float32)
+    products = np.einsum("eti,etj->eij", x, x)
+    stack = np.triu(products) + np.swapaxes(np.triu(products, 1), 1, 2)  # exactly symmetric
+    module = stack[0] + np.triu(rng.standard_normal((24, 24), dtype=np.float32), 1) * 1e-6  # upper off by a hair
+    with Moments() as moments:
+        moments.put("attn.q_proj", module)
+        moments.put_stack("mlp.experts.down_proj", 3, lambda e: stack[e])
+        small, large = sorted(f.stat().st_size for f in moments.root.iterdir())  # 300 = 24 * 25 / 2 floats each
+        assert large - small == 4 * 2 * 300 and 4 * 300 < small <= 4 * 300 + 256  # and a .npy header
+        whole = np.triu(module) + np.triu(module, 1).T
+        assert np.array_equal(np.asarray(moments["attn.q_proj"]), whole)
+        assert np.array_equal(moments["attn.q_proj"][2:5], whole[2:5])
+        down = moments["mlp.experts.down_proj"]
+        assert down.shape == (3, 24, 24) and np.array_equal(np.asarray(down), stack)
+        assert np.array_equal(down[1], stack[1]) and np.array_equal(down[1:], stack[1:])
+        share = down.part(range(1, 3))
+        assert share.shape == (2, 24, 24) and np.array_equal(share[1], stack[2]) and np.array_equal(share[:], stack[1:])
+    assert not moments.root.exists()
 
 
 def test_sensitivity_is_estimated_for_every_module_in_a_bounded_number_of_layer_calls(tmp_path):

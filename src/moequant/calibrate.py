@@ -924,9 +924,10 @@ def _saved(file: Path, array: np.ndarray) -> None:
 
 def moments_bytes(model: nn.Module, moments: set[str], containers: set[str], tokens: int) -> int:
     """About the bytes Moments takes for `moments` (paths) over `tokens` tokens, as _recorders and
-    _Experts.input_moments record them: [in, in] float32 per Linear module; per expert container, for
-    gate/up the mean over every token and each call's states (tokens × in), for down_proj [E, inner,
-    inner]. The routing choices (tokens × top-k indices) are left out."""
+    _Experts.input_moments record them: an [in, in] upper triangle (float32) per Linear module; per
+    expert container, for gate/up the mean over every token [in, in] and each call's states (tokens ×
+    in), for down_proj E upper triangles [inner, inner]. The routing choices (tokens × top-k indices)
+    are left out."""
     total = 0
     for container in containers:
         glu = module_at(model, container)
@@ -936,10 +937,10 @@ def moments_bytes(model: nn.Module, moments: set[str], containers: set[str], tok
         if {f"{container}.gate_proj", f"{container}.up_proj"} & moments:
             total += 4 * n_in * (n_in + tokens) + 8 * experts
         if f"{container}.down_proj" in moments and all(hasattr(glu, n) for n in ("gate_proj", "down_proj")):
-            total += 4 * experts * inner * inner
+            total += 4 * experts * inner * (inner + 1) // 2
     for path in moments:
         if not any(path.startswith(c + ".") for c in containers) and isinstance(m := module_at(model, path), nn.Linear):
-            total += 4 * m.weight.shape[-1] ** 2
+            total += 4 * m.weight.shape[-1] * (m.weight.shape[-1] + 1) // 2
     return total
 
 
@@ -951,6 +952,64 @@ def _room_for_moments(need: int) -> None:
     if free < need + SCRATCH_MARGIN:
         raise OutputError(f"{folder}: {size_text(free)} free; expected at least {size_text(need + SCRATCH_MARGIN)} "
                           f"for {MOMENTS}, kept there until the layers are rounded (TMPDIR chooses the folder)")
+
+
+def _upper_header(f, shape: tuple[int, ...]) -> None:
+    """The .npy header of float32 upper triangles of [n, n] matrices, `shape` [..., n, n]."""
+    n = shape[-1]
+    np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
+                                             "shape": (*shape[:-2], n * (n + 1) // 2)})
+
+
+def _write_upper(f, m: np.ndarray) -> None:
+    """The upper triangle of [n, n] `m`, diagonal included, as float32: each row from its diagonal on
+    (row by row: a mask of an n = 4096 matrix's triangle is 16 MB, and unpacks 6x slower)."""
+    m = np.ascontiguousarray(m, np.float32)
+    for i in range(m.shape[-1]):
+        f.write(memoryview(m[i, i:]).cast("B"))
+
+
+def _whole(packed: np.ndarray, n: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The symmetric [n, n] float32 matrix of an upper triangle as _write_upper writes it."""
+    out = np.empty((n, n), np.float32) if out is None else out
+    start = 0
+    for i in range(n):
+        out[i, i:] = packed[start:start + n - i]
+        start += n - i
+    return mirror_upper(out)
+
+
+class Symmetric:
+    """E[x xᵀ] of a module ([in, in]) or one per expert ([E, in, in]) as Moments stores it: each
+    matrix's upper triangle, diagonal included (the moments of the 6 GB layout's 9 layers at --bits 4:
+    2.89 -> 1.67 GB), made whole when read: indexing gives numpy float32 (a stack's a few experts at a
+    time, as GPTQ reads them), and so does np.asarray (all of it). A matrix the pass summed in
+    blocks of rows on several threads may differ from its transpose in the last bit: the upper
+    triangle is the one kept."""
+
+    def __init__(self, file: Path, shape: tuple[int, ...], first: int = 0):
+        self.file, self.shape, self.ndim, self.first = file, tuple(shape), len(shape), first
+
+    def part(self, experts: range) -> "Symmetric":
+        """Those of `experts` only (a worker's share of the stack, see procpool.units), indexed from 0."""
+        which = range(self.shape[0])[experts.start:experts.stop]
+        return Symmetric(self.file, (len(which), *self.shape[1:]), self.first + which.start)
+
+    def __getitem__(self, key) -> np.ndarray:
+        packed, n = np.load(self.file, mmap_mode="r", allow_pickle=False), self.shape[-1]
+        if self.ndim == 2:
+            return _whole(packed, n)[key]
+        which = range(self.first, self.first + self.shape[0])[key]
+        if isinstance(which, int):
+            return _whole(packed[which], n)
+        out = np.empty((len(which), n, n), np.float32)
+        for i, e in enumerate(which):
+            _whole(packed[e], n, out[i])
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[...] if self.ndim == 2 else self[:]
+        return whole if dtype is None or whole.dtype == dtype else whole.astype(dtype)
 
 
 class Moments(Mapping):
@@ -976,22 +1035,26 @@ class Moments(Mapping):
         return str(len(self._index))
 
     def put(self, path: str, value: np.ndarray) -> None:
+        """A module's E[x xᵀ] [in, in], its upper triangle (see Symmetric)."""
         name = self._file()
-        _saved(self.root / f"{name}.npy", np.asarray(value, np.float32))
-        self._index[path] = ("array", name)
+        with _writing(self.root / f"{name}.npy", MOMENTS) as f:
+            _upper_header(f, value.shape)
+            _write_upper(f, value)
+        self._index[path] = ("symmetric", name, value.shape)
 
     def put_stack(self, path: str, experts: int, expert) -> None:
-        """An [E, in, in] stack written expert by expert: expert(e) -> E[x xᵀ] of expert e."""
+        """An [E, in, in] stack written expert by expert (expert(e) -> E[x xᵀ] of expert e), each its
+        upper triangle (see Symmetric)."""
         name = self._file()
-        first = np.ascontiguousarray(expert(0), np.float32)
+        first = expert(0)
+        shape = (experts, *first.shape)
         with _writing(self.root / f"{name}.npy", MOMENTS) as f:  # written in order, not mapped (see _saved)
-            np.lib.format.write_array_header_1_0(
-                f, {**np.lib.format.header_data_from_array_1_0(first), "shape": (experts, *first.shape)})
-            f.write(memoryview(first).cast("B"))
+            _upper_header(f, shape)
+            _write_upper(f, first)
             first = None
             for e in range(1, experts):
-                f.write(memoryview(np.ascontiguousarray(expert(e), np.float32)).cast("B"))
-        self._index[path] = ("array", name)
+                _write_upper(f, expert(e))
+        self._index[path] = ("symmetric", name, shape)
 
     def put_routed(self, paths: list[str], everyone: np.ndarray, inputs: list, routed: np.ndarray) -> None:
         """The RoutedMoments of `paths` (projections of the same input), one record for all."""
@@ -1009,7 +1072,7 @@ class Moments(Mapping):
         kind, name, *shape = self._index[path]
         if kind == "routed":
             return RoutedMoments(self.root, name, *shape)
-        return np.load(self.root / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+        return Symmetric(self.root / f"{name}.npy", *shape)
 
     def __iter__(self):
         return iter(self._index)

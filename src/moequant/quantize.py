@@ -255,13 +255,11 @@ def _gptq_parts(parts: list[mx.array]):
 
 
 def _experts_of(h, experts: range):
-    """Of E[x xᵀ] per expert ([E, in, in]: a RoutedMoments or an array), those of `experts`; a
-    shared one ([in, in]) or none as it is."""
-    from .calibrate import RoutedMoments
-
-    if isinstance(h, RoutedMoments):
-        return h.part(experts)
-    return h if h is None or len(h.shape) != 3 else h[experts.start:experts.stop]
+    """Of E[x xᵀ] per expert ([E, in, in]: calibrate's RoutedMoments or Symmetric, or an array), those of
+    `experts`; a shared one ([in, in]) or none as it is."""
+    if h is None or len(h.shape) != 3:
+        return h
+    return h.part(experts) if hasattr(h, "part") else h[experts.start:experts.stop]
 
 
 def _stacked(parts: list[mx.array] | None, experts: range, whole: mx.array) -> Stacked:
