@@ -1013,8 +1013,9 @@ class Symmetric:
 
 
 class Moments(Mapping):
-    """Module path -> E[x xᵀ] of its inputs (numpy float32, read from disk when asked for): each
-    decoder layer's written to files of a temporary folder as the streamed pass leaves the layer, so
+    """Module path -> E[x xᵀ] of its inputs (a Symmetric or RoutedMoments: numpy float32 when indexed,
+    read from disk then): each decoder layer's written to files of a temporary folder as the streamed
+    pass leaves the layer (its room checked before the pass: moments_bytes), so
     that memory holds one layer's at a time, and read by whichever thread or worker process
     quantizes the module (pickled, a Moments names the folder; the folder is its creator's, removed
     by `close`, by leaving its `with` block, or at exit)."""
