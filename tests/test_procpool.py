@@ -250,12 +250,15 @@ def test_an_error_after_the_workers_were_forked_ahead_leaves_no_process(tmp_path
 
 
 def test_gptq_workers_fit_in_the_memory_the_calibration_pass_held(monkeypatch):
-    """GPTQ's default worker count: as many as fit at GPTQ_WORKER each in what the main process held
-    at its peak (the pass) and holds no longer, or in GPTQ_ROOM where that is more; at least one,
-    at most the limit."""
+    """GPTQ's default worker count: as many as fit at GPTQ_WORKER each (more where the widest input's
+    H takes more) in what the main process held at its peak (the pass) and holds no longer, or in
+    GPTQ_ROOM where that is more; at least one, at most the limit."""
     gib = 1 << 30
     monkeypatch.setattr(procpool, "_resident", lambda: (int(2.0 * gib), int(0.5 * gib)))
     assert procpool.gptq_workers(16) == int(1.5 * gib) // procpool.GPTQ_WORKER == 4
+    assert procpool.gptq_workers(16, widest=4096) == 4  # H 64 MiB: within GPTQ_WORKER
+    assert procpool.gptq_worker_memory(8192) == 3 * (256 << 20) + procpool.GPTQ_BASE
+    assert procpool.gptq_workers(16, widest=8192) == int(1.5 * gib) // procpool.gptq_worker_memory(8192) == 1
     assert procpool.gptq_workers(2) == 2
     monkeypatch.setattr(procpool, "_resident", lambda: (gib, gib))  # a pass that held nothing more
     assert procpool.gptq_workers(16) == procpool.GPTQ_ROOM // procpool.GPTQ_WORKER == 3

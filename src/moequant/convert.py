@@ -440,7 +440,7 @@ class Conversion:
                 # (closing), before Output cleans up, however this generator ends
                 with self._moments() if gptq else nullcontext() as moments:
                     if bounded:
-                        workers = self._gptq_workers(workers)
+                        workers = self._gptq_workers(workers, moments)
                     with closing(convert(self, out, groups, workers, moments)) as done:
                         yield from self._steps(done, out, groups, dst, command, plot)
                 out.finish(self.plan)
@@ -456,12 +456,13 @@ class Conversion:
             group = groups[i]
             yield Step(group.name, i + 1, len(groups), sum(self.ckpt.tensors[k].nbytes for k in group.keys))
 
-    def _gptq_workers(self, limit: int) -> int:
+    def _gptq_workers(self, limit: int, moments: Moments) -> int:
         """The default number of GPTQ's worker processes, the calibration pass over: its memory
-        released, as many as fit in what it held (procpool.gptq_workers), at most `limit`."""
+        released, as many as fit in what it held (procpool.gptq_workers, for the widest input of
+        `moments`), at most `limit`."""
         mx.clear_cache()
         heap.trim()
-        workers = procpool.gptq_workers(limit)
+        workers = procpool.gptq_workers(limit, max((moments[p].shape[-1] for p in moments), default=0))
         if workers < limit:
             log.info("--rounding gptq: %d worker processes, in the memory the calibration pass held (--workers for "
                      "more, taking more memory)", workers)

@@ -54,6 +54,11 @@ WORKER_BASE = 256 << 20  # a worker's memory besides the tensors it converts (py
 # a GPTQ worker's peak RSS rounding shares of the 6 GB layout's 64-expert layers: 0.30 GiB with 5 workers on 16
 # cores, 0.37 with 4 on 2 (2 layers), 0.55 with 2 (larger shares); the count is at most the cores
 GPTQ_WORKER = 320 << 20
+# and one rounding a module whose input is n wide holds its H (4n² bytes) three times over (H read, its Cholesky
+# factor and the feedback: a [2048, 8192] weight took 2.0 H beside its H) and this much more (GPTQ_WORKER at
+# n = 4096, the 6 GB layout's widest): the one worker of a 2-layer Qwen3-MoE whose o_proj inputs are 8192 wide
+# peaked at 0.91 GiB against 0.875 estimated, two at 1.44 GiB (BENCHMARKS.md, issue 15)
+GPTQ_BASE = 128 << 20
 GPTQ_ROOM = 1 << 30  # what GPTQ's workers may take however little the pass held (a small model's: the process's base)
 # plain conversion's units (balanced): a unit costs its source bytes and this much more (graph, clear, trim: 0.045 s
 # against 2.0 ms per MB read and quantized, one worker on the 2-core VM, the 6 GB layout's spans of 4-36 experts)
@@ -124,18 +129,23 @@ def _resident() -> tuple[int, int] | None:
         return None
 
 
-def gptq_workers(limit: int) -> int:
+def gptq_worker_memory(widest: int) -> int:
+    """A GPTQ worker's peak estimate, rounding modules whose inputs are at most `widest` wide."""
+    return max(GPTQ_WORKER, 3 * 4 * widest * widest + GPTQ_BASE)
+
+
+def gptq_workers(limit: int, widest: int = 0) -> int:
     """GPTQ's worker processes by default, once the calibration pass is over: at most `limit`
-    (default_workers' choice), and no more than fit at GPTQ_WORKER each in the memory this process
-    held at its peak (the pass) and holds no longer, so that the rounding takes no more memory than
-    the pass did, about one layer's; or in GPTQ_ROOM where that is more (the trained tiny MoE's pass
-    left room for none: one worker rounded it in 1.4 s of its 6.1 s on the 2-core VM). `limit` where
-    the peak is unknown (not Linux)."""
+    (default_workers' choice), and no more than fit at gptq_worker_memory(widest) each in the memory
+    this process held at its peak (the pass) and holds no longer, so that the rounding takes no
+    more memory than the pass did, about one layer's; or in GPTQ_ROOM where that is more (the
+    trained tiny MoE's pass left room for none: one worker rounded it in 1.4 s of its 6.1 s on the
+    2-core VM). `limit` where the peak is unknown (not Linux)."""
     resident = _resident()
     if resident is None:
         return limit
     peak, now = resident
-    return max(1, min(limit, max(peak - now, GPTQ_ROOM) // GPTQ_WORKER))
+    return max(1, min(limit, max(peak - now, GPTQ_ROOM) // gptq_worker_memory(widest)))
 
 
 # ---------------------------------------------------------------------------------------------
