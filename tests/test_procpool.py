@@ -3,7 +3,6 @@ multi-process run leaves no DST, no temporary folder and no process behind."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import subprocess

@@ -688,8 +688,10 @@ class _Linear:
             sums["products"] = _mm(xn.T, xn)
         self.n += xn.shape[0]
         self.squares = self.squares + sums["squares"]
-        if self.moments:
+        if self.moments and isinstance(self.products, float):  # its own array (recorders of one input share sums)
             self.products = self.products + sums["products"]
+        elif self.moments:  # in place: a new sum beside the old and the chunk's product took 3 H at the peak
+            np.add(self.products, sums["products"], out=self.products)
 
     def mean_squares(self) -> np.ndarray:
         return self.squares / self.n
