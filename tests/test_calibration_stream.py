@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from moequant.allocate import CANDIDATES
 from moequant.calibrate import MIN_ROUTED, Moments, measure, moments_bytes
 from moequant.convert import Conversion
+from moequant.errors import PlanError
 from moequant.evaluate import load_float32
 from moequant.formats import Quant
 from moequant.surgery import expert_containers, module_at, recording
 from moequant.target import build_model
-from moequant.tiny import write_tiny_checkpoint
+from moequant.tiny import ALL_ARCHS, write_tiny_checkpoint
 
 TOKENS = mx.array(np.random.default_rng(0).integers(0, 256, (5, 48)).astype(np.int32))  # 3 chunks, the last short
 
@@ -69,7 +71,9 @@ def _whole_model_reference(src: Path, tmp: Path, tokens: mx.array, paths: set[st
     return energy, moments
 
 
-@pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral"])
+# qwen3_next: a hybrid whose forward reads each layer's is_linear; gemma4_text: layers that return
+# (hidden states, keys and values, offset)
+@pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral", "qwen3_next", "gemma4_text"])
 def test_streamed_statistics_equal_a_whole_model_computation(tmp_path, arch):
     src = write_tiny_checkpoint(tmp_path / "src", arch, dtype="float32")
     paths = {r.path for r in Conversion(src, Quant.make("affine", 4)).plan.rows if r.quant is not None
@@ -125,6 +129,54 @@ def test_moments_keep_upper_triangles_and_give_back_whole_matrices():
         share = down.part(range(1, 3))
         assert share.shape == (2, 24, 24) and np.array_equal(share[1], stack[2]) and np.array_equal(share[:], stack[1:])
     assert not moments.root.exists()
+
+
+# what the pass cannot carry, refused in one line: Hunyuan's layers hand their keys and values to the next
+# (cross-layer attention); DBRX's decoder layers are `transformer.blocks.N`
+REFUSED = {"hunyuan": "hands what a decoder layer returns beside its hidden states to a later layer",
+           "dbrx": "has no decoder layers"}
+# longer than the probe's 256 tokens: the probes' own states, and a small layer's probes in a thread of their own
+PROBED_APART = mx.array(np.random.default_rng(1).integers(0, 256, (2, 260)).astype(np.int32))
+
+
+@pytest.mark.parametrize("arch", sorted(ALL_ARCHS))
+def test_every_architecture_takes_a_budget_and_calibrates_or_is_refused_in_one_line(tmp_path, arch):
+    """Every tiny architecture (one test: each one's first Conversion imports its model code, seconds):
+    * data-free --target-bpw: a module no candidate's groups divide (Jamba's dt_proj, 8 inputs wide)
+      stays float as indivisible (it took the allocation down: min() of no candidates);
+    * the calibration pass, every statistic at once: hybrid models whose forward reads its layers'
+      attributes (is_linear, layer_type, …), layers that return more than hidden states (Gemma 4's,
+      whose masks the probes' thread could not evaluate), expert stacks without up_proj
+      (Nemotron-H's) took it down with a traceback; what it cannot carry is refused with a PlanError.
+      The moments' estimate holds on each."""
+    src = write_tiny_checkpoint(tmp_path / "src", arch, dtype="float32")
+    # a budget every tiny one fits (kept modules as bfloat16, as a release's)
+    plan = Conversion(src, Quant.make("affine", 4), target_bpw=6.5, dtype="bfloat16").plan
+    assert abs(plan.bits_per_weight - 6.5) <= 0.5, plan.bits_per_weight
+    groups = {q.group_size for q in CANDIDATES}
+    for row in plan.rows:
+        if row.rule == "indivisible":
+            assert row.quant is None and not any(row.shape[-1] % g == 0 for g in groups), row
+        elif row.rule == "target-bpw":
+            assert row.shape[-1] % row.quant.group_size == 0, row
+    if arch == "jamba":
+        assert plan.by_path["model.layers.0.mamba.dt_proj"].rule == "indivisible"
+
+    conversion = Conversion(src, Quant.make("affine", 4))
+    paths = {r.path for r in conversion.plan.rows if r.quant is not None and r.quant.mode.value == "affine"
+             and not r.as_stored}
+    if arch in REFUSED:
+        with pytest.raises(PlanError, match=REFUSED[arch]):
+            _stream(src, PROBED_APART, moments=paths)
+        return
+    model = build_model(conversion.config)
+    estimate = moments_bytes(model, paths, set(expert_containers(model).values()), PROBED_APART.size)
+    stats = _stream(src, PROBED_APART, energy=paths, moments=paths, sensitivity=paths)
+    assert stats.moments and set(stats.moments) == set(stats.energy) <= paths
+    assert stats.sensitivity and all(v >= 0 for v in stats.sensitivity.values())
+    files = sum(f.stat().st_size for f in stats.moments.root.iterdir())
+    assert 0.95 * files < estimate <= 1.1 * files, (estimate, files)  # modules the forward never reaches: counted
+    stats.moments.close()
 
 
 def test_sensitivity_is_estimated_for_every_module_in_a_bounded_number_of_layer_calls(tmp_path):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -171,22 +172,68 @@ class _Stop(Exception):
     """Ends a forward pass of the model's own code once the decoder layers' inputs are known."""
 
 
+class _Outputs(Exception):
+    """The model's forward unpacks `count` values from each decoder layer (a stand-in returned one)."""
+
+    def __init__(self, count: int):
+        super().__init__(count)
+        self.count = count
+
+
+class _Handed:
+    """What a stand-in decoder layer returns beside the hidden states where the model's layers return
+    more (Gemma 4's keys, values and offset): a mark that shows whether the model's forward hands it
+    on to a later layer (see _handed_on)."""
+
+
 class _Stub(nn.Module):
     """Stands in for a decoder layer in the model's own forward: keeps the arguments it is called
-    with (the masks and such each layer gets) and returns `out` if set, else its input."""
+    with (the masks and such each layer gets) and returns `out` if set, else its input (with
+    `outputs` - 1 _Handed marks after it where the layers return that many values). Its other
+    attributes are the layer's plain ones (`plain`: `is_linear`, `layer_type`, …, which a hybrid
+    model's forward reads to pick each layer's mask or cache), not its modules or weights."""
 
-    def __init__(self, calls: list | None = None, last: bool = False):
+    def __init__(self, plain: dict, calls: list | None = None, last: bool = False, outputs: int = 1):
         super().__init__()
+        object.__setattr__(self, "_plain", plain)
         object.__setattr__(self, "_calls", calls)
         object.__setattr__(self, "_last", last)
+        object.__setattr__(self, "_outputs", outputs)
         object.__setattr__(self, "out", None)
+
+    def __getattr__(self, key):
+        try:
+            return super().__getattr__(key)
+        except AttributeError:
+            plain = object.__getattribute__(self, "_plain")
+            if key in plain:
+                return plain[key]
+            raise
 
     def __call__(self, x, *args, **kwargs):
         if self._calls is not None:
             self._calls.append((x, args, kwargs))
             if self._last:
                 raise _Stop
-        return x if self.out is None else self.out
+        h = x if self.out is None else self.out
+        return h if self._outputs == 1 else (h, *(_Handed() for _ in range(self._outputs - 1)))
+
+
+_UNPACKED = re.compile(r"not enough values to unpack \(expected (\d+), got 1\)")
+
+
+def _hidden(out) -> mx.array:
+    """A decoder layer's hidden states, of what it returns (a tuple's first: see _Handed)."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _handed_on(value) -> bool:
+    """Whether a _Handed mark is among a layer's arguments (in tuples, lists and dicts)."""
+    if isinstance(value, _Handed):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(_handed_on(v) for v in value)
+    return isinstance(value, dict) and any(_handed_on(v) for v in value.values())
 
 
 class _States:
@@ -714,7 +761,7 @@ class _Experts:
         self.glu, self.moments = glu, moments
         # its activation as the recorder is made: the statistics may be taken while _in_numpy stands in for it
         self.activation = getattr(glu, "activation", None)
-        self.experts = glu.up_proj.weight.shape[0] if hasattr(glu, "up_proj") else 0
+        self.experts = _expert_count(glu)
         self.down = all(hasattr(glu, n) for n in ("gate_proj", "up_proj", "down_proj"))
         self.stacks = {n: glu[n] for n in ("up_proj", "gate_proj") if self.down}  # _in_numpy stands in for glu's
         self.slots = np.zeros(self.experts, dtype=np.int64)  # (token, choice) slots per expert
@@ -803,6 +850,16 @@ class _Experts:
         if self.down and f"{container}.down_proj" in wanted:
             sweep = self._activations(products=True)  # expert by expert, in order: as put_stack asks
             store.put_stack(f"{container}.down_proj", self.experts, lambda e: next(sweep))
+
+
+def _expert_count(glu: nn.Module) -> int:
+    """A container's experts: the leading dimension of its stacked weights (up_proj's, or fc1's where
+    it has no up_proj, as Nemotron-H's)."""
+    for child in glu.children().values():
+        weight = getattr(child, "weight", None)
+        if isinstance(weight, mx.array) and weight.ndim == 3:
+            return weight.shape[0]
+    return 0
 
 
 def _activation(activation: nn.Module, up: np.ndarray, gate: np.ndarray) -> np.ndarray:
@@ -1189,20 +1246,44 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
     outside_paths = {p for p in wanted | sensitivity if not p.startswith(prefix + ".")}
     if moments:
         _room_for_moments(moments_bytes(model, moments, containers, tokens.size))
+    plain = [{k: v for k, v in vars(layer).items() if not k.startswith("_")} for layer in real]
     for i in range(len(layers)):  # a layer is in the model while the pass is at it
-        layers[i] = _Stub()
+        layers[i] = _Stub(plain[i])
 
     def embedded(chunk: mx.array) -> tuple[mx.array, list]:
         """(layer 0's input, each layer's other arguments) for a chunk: the model's own forward
         up to its decoder layers."""
         calls = [[] for _ in layers]
         for i in range(len(layers)):
-            layers[i] = _Stub(calls[i], last=i == len(layers) - 1)
+            layers[i] = _Stub(plain[i], calls[i], last=i == len(layers) - 1, outputs=outputs)
         try:
             text_logits(model, chunk)
         except _Stop:
             pass
-        return calls[0][0][0].astype(mx.float32), [(args, kwargs) for _, args, kwargs in (c[0] for c in calls)]
+        except (ValueError, TypeError) as e:  # the model's own forward, with each layer's return in its hands
+            if outputs == 1 and (unpacked := _UNPACKED.search(str(e))):
+                raise _Outputs(int(unpacked[1])) from None
+            if outputs == 1:
+                raise
+            raise PlanError(f"--calib: mlx-lm's {type(model).__module__} model does not run with its decoder layers "
+                            f"stood in for ({type(e).__name__}: {e}); its layers hand more than hidden states to the "
+                            "next: expected a model whose decoder layers take hidden states alone") from None
+        arguments = [(args, kwargs) for _, args, kwargs in (c[0] for c in calls)]
+        h = calls[0][0][0].astype(mx.float32)
+        # evaluated here: an array left lazy on this thread's stream cannot be evaluated by the probes' thread
+        # ("There is no Stream(cpu, 0) in current thread": Gemma 4's sliding-window masks, bailing_moe_v3's states)
+        mx.eval(h, [a for _, a in tree_flatten(arguments) if isinstance(a, mx.array)])
+        if outputs > 1 and _handed_on(arguments):
+            raise PlanError(f"--calib: mlx-lm's {type(model).__module__} model hands what a decoder layer returns "
+                            "beside its hidden states to a later layer; expected decoder layers that take hidden "
+                            "states alone (the calibration carries those only)")
+        return h, arguments
+
+    outputs = 1  # values each decoder layer returns: a one-sequence forward (batch 1) unpacks them if more
+    try:
+        embedded(chunks[0][:1])
+    except _Outputs as e:
+        outputs = e.count
 
     states, arguments = _States(tokens.shape[0]), []
     with _in_numpy(model):  # the embeddings' rows widened as stored
@@ -1251,21 +1332,21 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
             if probe_state is not None:  # the probe's own tokens, through the float layer
                 x0 = probe_state
                 with _reuse.call(keep=True) if probing else nullcontext():
-                    reference = probe_state = layer(x0, *args, **kwargs)
+                    reference = probe_state = _hidden(layer(x0, *args, **kwargs))
                     mx.eval(reference)
             for states in (perturbed_inputs, chained):
                 for name, h in states.items():
-                    states[name] = layer(h, *args, **kwargs)
+                    states[name] = _hidden(layer(h, *args, **kwargs))
                     mx.eval(states[name])
             if probed := [(rels[rel], module) for rel, module in _probed(layer, rels)]:
                 errors = {}
                 for path, module in probed:
                     with _at_probe(module), _reuse.call(keep=False):
-                        errors[path] = ((layer(x0, *args, **kwargs) - reference) ** 2).sum().item()
+                        errors[path] = ((_hidden(layer(x0, *args, **kwargs)) - reference) ** 2).sum().item()
                 with ExitStack() as stack:
                     for _, module in probed:
                         stack.enter_context(_at_probe(module))
-                    h = layer(x0, *args, **kwargs)
+                    h = _hidden(layer(x0, *args, **kwargs))
                     mx.eval(h)
                 perturbed_layers[i] = (((h - reference) ** 2).sum().item(), errors)
                 if i in carried:
@@ -1292,7 +1373,7 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
             for c in range(len(chunks)):
                 x, (args, kwargs) = states[c], arguments[c][i]
                 with _reuse.call(keep=True) if c == 0 and shared and probing else nullcontext():  # for the probes
-                    out = layer(x, *args, **kwargs)
+                    out = _hidden(layer(x, *args, **kwargs))
                     mx.eval(out)
                 if c == 0:
                     x0, reference = x, out
@@ -1315,7 +1396,7 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
         else:
             probing_ahead = None
             probe_layer(i, layer, rels, probing, x0, reference)
-        layers[i] = _Stub()
+        layers[i] = _Stub(plain[i], outputs=outputs)
         # the recorders and probed modules hold the layer's modules, and so its weights: dropped
         # before the next layer's are read (else two layers' weights at once: 1.38 -> 1.99 GiB from
         # the first to the second 64-expert layer of the 6 GB layout)
