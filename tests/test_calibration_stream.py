@@ -19,7 +19,7 @@ from moequant.evaluate import load_float32
 from moequant.formats import Quant
 from moequant.surgery import expert_containers, module_at, recording
 from moequant.target import build_model
-from moequant.tiny import ALL_ARCHS, write_tiny_checkpoint
+from moequant.tiny import ALL_ARCHS, VLM_ARCHS, write_tiny_checkpoint
 
 TOKENS = mx.array(np.random.default_rng(0).integers(0, 256, (5, 48)).astype(np.int32))  # 3 chunks, the last short
 
@@ -176,6 +176,28 @@ def test_every_architecture_takes_a_budget_and_calibrates_or_is_refused_in_one_l
     assert stats.sensitivity and all(v >= 0 for v in stats.sensitivity.values())
     files = sum(f.stat().st_size for f in stats.moments.root.iterdir())
     assert 0.95 * files < estimate <= 1.1 * files, (estimate, files)  # modules the forward never reaches: counted
+    stats.moments.close()
+
+
+REFUSED_VLM = {"glm5_next": "hands what a decoder layer returns beside its hidden states to a later layer"}
+
+
+@pytest.mark.parametrize("arch", sorted(VLM_ARCHS))
+def test_the_pass_runs_on_every_vision_language_release_or_refuses_in_one_line(tmp_path, arch):
+    """The releases whole (vision tower and all, for mlx-vlm): mlx-vlm's Qwen3-VL, Qwen3.5 and
+    ERNIE 4.5 VL language models compute every layer's positions through layers[0].self_attn's
+    rotary embedding, which a stand-in without the layer's modules lacked (AttributeError)."""
+    src = write_tiny_checkpoint(tmp_path / "src", arch, dtype="float32", vision=True)
+    conversion = Conversion(src, Quant.make("affine", 4))
+    paths = {r.path for r in conversion.plan.rows if r.quant is not None and r.quant.mode.value == "affine"
+             and not r.as_stored}
+    if arch in REFUSED_VLM:
+        with pytest.raises(PlanError, match=REFUSED_VLM[arch]):
+            _stream(src, PROBED_APART, moments=paths)
+        return
+    stats = _stream(src, PROBED_APART, energy=paths, moments=paths, sensitivity=paths)
+    assert stats.moments and set(stats.moments) == set(stats.energy) <= paths
+    assert stats.sensitivity and all(v >= 0 for v in stats.sensitivity.values())
     stats.moments.close()
 
 

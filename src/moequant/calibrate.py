@@ -186,16 +186,34 @@ class _Handed:
     on to a later layer (see _handed_on)."""
 
 
+def _skeleton(value):
+    """A decoder layer's structure as built, before any weights are loaded into it: the same classes
+    and plain attributes, its arrays the lazy ones it was built with (never evaluated: no memory),
+    so that loading the layer's weights leaves it untouched and releasing them is not held up by it."""
+    if isinstance(value, nn.Module):
+        out = type(value).__new__(type(value))
+        out.__dict__.update(value.__dict__)
+        for key, item in value.items():
+            dict.__setitem__(out, key, _skeleton(item))
+        return out
+    if isinstance(value, (list, tuple)):
+        return type(value)(_skeleton(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _skeleton(v) for k, v in value.items()}
+    return value
+
+
 class _Stub(nn.Module):
     """Stands in for a decoder layer in the model's own forward: keeps the arguments it is called
     with (the masks and such each layer gets) and returns `out` if set, else its input (with
     `outputs` - 1 _Handed marks after it where the layers return that many values). Its other
-    attributes are the layer's plain ones (`plain`: `is_linear`, `layer_type`, …, which a hybrid
-    model's forward reads to pick each layer's mask or cache), not its modules or weights."""
+    attributes are the layer's `skeleton`'s (`is_linear`, `layer_type`, …, which a hybrid model's
+    forward reads to pick each layer's mask or cache; `self_attn.rotary_emb`, through which
+    mlx-vlm's Qwen3-VL computes every layer's positions), never its loaded weights."""
 
-    def __init__(self, plain: dict, calls: list | None = None, last: bool = False, outputs: int = 1):
+    def __init__(self, skeleton: nn.Module, calls: list | None = None, last: bool = False, outputs: int = 1):
         super().__init__()
-        object.__setattr__(self, "_plain", plain)
+        object.__setattr__(self, "_skeleton", skeleton)
         object.__setattr__(self, "_calls", calls)
         object.__setattr__(self, "_last", last)
         object.__setattr__(self, "_outputs", outputs)
@@ -205,10 +223,7 @@ class _Stub(nn.Module):
         try:
             return super().__getattr__(key)
         except AttributeError:
-            plain = object.__getattribute__(self, "_plain")
-            if key in plain:
-                return plain[key]
-            raise
+            return getattr(object.__getattribute__(self, "_skeleton"), key)
 
     def __call__(self, x, *args, **kwargs):
         if self._calls is not None:
@@ -670,13 +685,19 @@ def _widened(root: nn.Module) -> set[str]:
     return {f"{path}.{name}" for path, _, _ in _products(root) for name in ("weight", "bias")}
 
 
+def _model_module(model: nn.Module) -> str:
+    """The mlx-lm or mlx-vlm module whose model `model` is (a vision-language target names it: target.py)."""
+    cls = type(model)
+    return cls.__name__.rsplit(".", 1)[0] if cls.__module__ == __package__ + ".target" else cls.__module__
+
+
 def _decoder_layers(model: nn.Module, keys) -> str:
     """The path of the decoder layer list (`model.layers`, `language_model.model.layers`): the one
     holding the expert containers, else the one most tensor names fall in."""
     found = [layer_of(p + ".") for p in expert_containers(model).values()] or [layer_of(k) for k in keys]
     prefixes = [f[0] for f in found if f]
     if not prefixes:
-        raise PlanError(f"--calib: mlx-lm's {type(model).__module__} model has no decoder layers "
+        raise PlanError(f"--calib: {_model_module(model)}'s model has no decoder layers "
                         "(`….layers.N.…`); expected a decoder model")
     return max(set(prefixes), key=prefixes.count)
 
@@ -1246,16 +1267,16 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
     outside_paths = {p for p in wanted | sensitivity if not p.startswith(prefix + ".")}
     if moments:
         _room_for_moments(moments_bytes(model, moments, containers, tokens.size))
-    plain = [{k: v for k, v in vars(layer).items() if not k.startswith("_")} for layer in real]
+    skeletons = [_skeleton(layer) for layer in real]
     for i in range(len(layers)):  # a layer is in the model while the pass is at it
-        layers[i] = _Stub(plain[i])
+        layers[i] = _Stub(skeletons[i])
 
     def embedded(chunk: mx.array) -> tuple[mx.array, list]:
         """(layer 0's input, each layer's other arguments) for a chunk: the model's own forward
         up to its decoder layers."""
         calls = [[] for _ in layers]
         for i in range(len(layers)):
-            layers[i] = _Stub(plain[i], calls[i], last=i == len(layers) - 1, outputs=outputs)
+            layers[i] = _Stub(skeletons[i], calls[i], last=i == len(layers) - 1, outputs=outputs)
         try:
             text_logits(model, chunk)
         except _Stop:
@@ -1265,7 +1286,7 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
                 raise _Outputs(int(unpacked[1])) from None
             if outputs == 1:
                 raise
-            raise PlanError(f"--calib: mlx-lm's {type(model).__module__} model does not run with its decoder layers "
+            raise PlanError(f"--calib: {_model_module(model)}'s model does not run with its decoder layers "
                             f"stood in for ({type(e).__name__}: {e}); its layers hand more than hidden states to the "
                             "next: expected a model whose decoder layers take hidden states alone") from None
         arguments = [(args, kwargs) for _, args, kwargs in (c[0] for c in calls)]
@@ -1274,7 +1295,7 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
         # ("There is no Stream(cpu, 0) in current thread": Gemma 4's sliding-window masks, bailing_moe_v3's states)
         mx.eval(h, [a for _, a in tree_flatten(arguments) if isinstance(a, mx.array)])
         if outputs > 1 and _handed_on(arguments):
-            raise PlanError(f"--calib: mlx-lm's {type(model).__module__} model hands what a decoder layer returns "
+            raise PlanError(f"--calib: {_model_module(model)}'s model hands what a decoder layer returns "
                             "beside its hidden states to a later layer; expected decoder layers that take hidden "
                             "states alone (the calibration carries those only)")
         return h, arguments
@@ -1396,7 +1417,7 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
         else:
             probing_ahead = None
             probe_layer(i, layer, rels, probing, x0, reference)
-        layers[i] = _Stub(plain[i], outputs=outputs)
+        layers[i] = _Stub(skeletons[i], outputs=outputs)
         # the recorders and probed modules hold the layer's modules, and so its weights: dropped
         # before the next layer's are read (else two layers' weights at once: 1.38 -> 1.99 GiB from
         # the first to the second 64-expert layer of the 6 GB layout)
