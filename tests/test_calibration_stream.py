@@ -139,6 +139,22 @@ REFUSED = {"hunyuan": "hands what a decoder layer returns beside its hidden stat
 PROBED_APART = mx.array(np.random.default_rng(1).integers(0, 256, (2, 260)).astype(np.int32))
 
 
+def _every_statistic(src: Path, refused: str | None):
+    """The pass over `src` with every statistic of every affine module, checked: (its statistics, their
+    paths, the conversion); None where the pass is `refused` (a PlanError matching it)."""
+    conversion = Conversion(src, Quant.make("affine", 4))
+    paths = {r.path for r in conversion.plan.rows if r.quant is not None and r.quant.mode.value == "affine"
+             and not r.as_stored}
+    if refused:
+        with pytest.raises(PlanError, match=refused):
+            _stream(src, PROBED_APART, moments=paths)
+        return None
+    stats = _stream(src, PROBED_APART, energy=paths, moments=paths, sensitivity=paths)
+    assert stats.moments and set(stats.moments) == set(stats.energy) <= paths
+    assert stats.sensitivity and all(v >= 0 for v in stats.sensitivity.values())
+    return stats, paths, conversion
+
+
 @pytest.mark.parametrize("arch", sorted(ALL_ARCHS))
 def test_every_architecture_takes_a_budget_and_calibrates_or_is_refused_in_one_line(tmp_path, arch):
     """Every tiny architecture (one test: each one's first Conversion imports its model code, seconds):
@@ -162,18 +178,11 @@ def test_every_architecture_takes_a_budget_and_calibrates_or_is_refused_in_one_l
     if arch == "jamba":
         assert plan.by_path["model.layers.0.mamba.dt_proj"].rule == "indivisible"
 
-    conversion = Conversion(src, Quant.make("affine", 4))
-    paths = {r.path for r in conversion.plan.rows if r.quant is not None and r.quant.mode.value == "affine"
-             and not r.as_stored}
-    if arch in REFUSED:
-        with pytest.raises(PlanError, match=REFUSED[arch]):
-            _stream(src, PROBED_APART, moments=paths)
+    if (measured := _every_statistic(src, REFUSED.get(arch))) is None:
         return
+    stats, paths, conversion = measured
     model = build_model(conversion.config)
     estimate = moments_bytes(model, paths, set(expert_containers(model).values()), PROBED_APART.size)
-    stats = _stream(src, PROBED_APART, energy=paths, moments=paths, sensitivity=paths)
-    assert stats.moments and set(stats.moments) == set(stats.energy) <= paths
-    assert stats.sensitivity and all(v >= 0 for v in stats.sensitivity.values())
     files = sum(f.stat().st_size for f in stats.moments.root.iterdir())
     assert 0.95 * files < estimate <= 1.1 * files, (estimate, files)  # modules the forward never reaches: counted
     stats.moments.close()
@@ -188,17 +197,8 @@ def test_the_pass_runs_on_every_vision_language_release_or_refuses_in_one_line(t
     ERNIE 4.5 VL language models compute every layer's positions through layers[0].self_attn's
     rotary embedding, which a stand-in without the layer's modules lacked (AttributeError)."""
     src = write_tiny_checkpoint(tmp_path / "src", arch, dtype="float32", vision=True)
-    conversion = Conversion(src, Quant.make("affine", 4))
-    paths = {r.path for r in conversion.plan.rows if r.quant is not None and r.quant.mode.value == "affine"
-             and not r.as_stored}
-    if arch in REFUSED_VLM:
-        with pytest.raises(PlanError, match=REFUSED_VLM[arch]):
-            _stream(src, PROBED_APART, moments=paths)
-        return
-    stats = _stream(src, PROBED_APART, energy=paths, moments=paths, sensitivity=paths)
-    assert stats.moments and set(stats.moments) == set(stats.energy) <= paths
-    assert stats.sensitivity and all(v >= 0 for v in stats.sensitivity.values())
-    stats.moments.close()
+    if (measured := _every_statistic(src, REFUSED_VLM.get(arch))) is not None:
+        measured[0].moments.close()
 
 
 def test_sensitivity_is_estimated_for_every_module_in_a_bounded_number_of_layer_calls(tmp_path):
