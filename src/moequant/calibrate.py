@@ -44,7 +44,8 @@ from .evaluate import free_memory, text_logits
 from .names import layer_of
 from .formats import Mode, Quant
 from .gptq import dequantized_affine, gram_upper, mirror_upper, one_blas_thread
-from .surgery import expert_containers, expert_stack_types, module_at, recording, standing_in
+from .surgery import (Handed, LayerStandIn, StopForward, expert_containers, expert_stack_types, module_at,
+                      recording, skeleton, standing_in)
 from .target import quiet_transformers
 
 log = logging.getLogger(__name__)
@@ -168,10 +169,6 @@ def read_calibration(file: str | Path, tokenizer: str | Path | None = None, leng
 
 # --- the streamed pass ------------------------------------------------------------------------
 
-class _Stop(Exception):
-    """Ends a forward pass of the model's own code once the decoder layers' inputs are known."""
-
-
 class _Outputs(Exception):
     """The model's forward unpacks `count` values from each decoder layer (a stand-in returned one)."""
 
@@ -180,71 +177,17 @@ class _Outputs(Exception):
         self.count = count
 
 
-class _Handed:
-    """What a stand-in decoder layer returns beside the hidden states where the model's layers return
-    more (Gemma 4's keys, values and offset): a mark that shows whether the model's forward hands it
-    on to a later layer (see _handed_on)."""
-
-
-def _skeleton(value):
-    """A decoder layer's structure as built, before any weights are loaded into it: the same classes
-    and plain attributes, its arrays the lazy ones it was built with (never evaluated: no memory),
-    so that loading the layer's weights leaves it untouched and releasing them is not held up by it."""
-    if isinstance(value, nn.Module):
-        out = type(value).__new__(type(value))
-        out.__dict__.update(value.__dict__)
-        for key, item in value.items():
-            dict.__setitem__(out, key, _skeleton(item))
-        return out
-    if isinstance(value, (list, tuple)):
-        return type(value)(_skeleton(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _skeleton(v) for k, v in value.items()}
-    return value
-
-
-class _Stub(nn.Module):
-    """Stands in for a decoder layer in the model's own forward: keeps the arguments it is called
-    with (the masks and such each layer gets) and returns `out` if set, else its input (with
-    `outputs` - 1 _Handed marks after it where the layers return that many values). Its other
-    attributes are the layer's `skeleton`'s (`is_linear`, `layer_type`, …, which a hybrid model's
-    forward reads to pick each layer's mask or cache; `self_attn.rotary_emb`, through which
-    mlx-vlm's Qwen3-VL computes every layer's positions), never its loaded weights."""
-
-    def __init__(self, skeleton: nn.Module, calls: list | None = None, last: bool = False, outputs: int = 1):
-        super().__init__()
-        object.__setattr__(self, "_skeleton", skeleton)
-        object.__setattr__(self, "_calls", calls)
-        object.__setattr__(self, "_last", last)
-        object.__setattr__(self, "_outputs", outputs)
-        object.__setattr__(self, "out", None)
-
-    def __getattr__(self, key):
-        try:
-            return super().__getattr__(key)
-        except AttributeError:
-            return getattr(object.__getattribute__(self, "_skeleton"), key)
-
-    def __call__(self, x, *args, **kwargs):
-        if self._calls is not None:
-            self._calls.append((x, args, kwargs))
-            if self._last:
-                raise _Stop
-        h = x if self.out is None else self.out
-        return h if self._outputs == 1 else (h, *(_Handed() for _ in range(self._outputs - 1)))
-
-
 _UNPACKED = re.compile(r"not enough values to unpack \(expected (\d+), got 1\)")
 
 
 def _hidden(out) -> mx.array:
-    """A decoder layer's hidden states, of what it returns (a tuple's first: see _Handed)."""
+    """A decoder layer's hidden states, of what it returns (a tuple's first: see surgery.Handed)."""
     return out[0] if isinstance(out, tuple) else out
 
 
 def _handed_on(value) -> bool:
-    """Whether a _Handed mark is among a layer's arguments (in tuples, lists and dicts)."""
-    if isinstance(value, _Handed):
+    """Whether a Handed mark is among a layer's arguments (in tuples, lists and dicts)."""
+    if isinstance(value, Handed):
         return True
     if isinstance(value, (tuple, list)):
         return any(_handed_on(v) for v in value)
@@ -1267,19 +1210,19 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
     outside_paths = {p for p in wanted | sensitivity if not p.startswith(prefix + ".")}
     if moments:
         _room_for_moments(moments_bytes(model, moments, containers, tokens.size))
-    skeletons = [_skeleton(layer) for layer in real]
+    skeletons = [skeleton(layer) for layer in real]
     for i in range(len(layers)):  # a layer is in the model while the pass is at it
-        layers[i] = _Stub(skeletons[i])
+        layers[i] = LayerStandIn(skeletons[i])
 
     def embedded(chunk: mx.array) -> tuple[mx.array, list]:
         """(layer 0's input, each layer's other arguments) for a chunk: the model's own forward
         up to its decoder layers."""
         calls = [[] for _ in layers]
         for i in range(len(layers)):
-            layers[i] = _Stub(skeletons[i], calls[i], last=i == len(layers) - 1, outputs=outputs)
+            layers[i] = LayerStandIn(skeletons[i], calls[i], last=i == len(layers) - 1, outputs=outputs)
         try:
             text_logits(model, chunk)
-        except _Stop:
+        except StopForward:
             pass
         except (ValueError, TypeError) as e:  # the model's own forward, with each layer's return in its hands
             if outputs == 1 and (unpacked := _UNPACKED.search(str(e))):
@@ -1417,7 +1360,7 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
         else:
             probing_ahead = None
             probe_layer(i, layer, rels, probing, x0, reference)
-        layers[i] = _Stub(skeletons[i], outputs=outputs)
+        layers[i] = LayerStandIn(skeletons[i], outputs=outputs)
         # the recorders and probed modules hold the layer's modules, and so its weights: dropped
         # before the next layer's are read (else two layers' weights at once: 1.38 -> 1.99 GiB from
         # the first to the second 64-expert layer of the 6 GB layout)

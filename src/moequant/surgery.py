@@ -1,5 +1,6 @@
 """Model surgery on a built mlx-lm or mlx-vlm model: the module at a path, the expert containers,
-and a stand-in that records what a module is called with. Nothing here reads a checkpoint."""
+a stand-in that records what a module is called with, and one for a whole decoder layer. Nothing
+here reads a checkpoint."""
 
 from __future__ import annotations
 
@@ -108,3 +109,62 @@ def recording(model: nn.Module, seen: dict[str, Callable[[mx.array, mx.array | N
     """Inside the block, each module at a path of `seen` reports every call to its callback (see
     Recorder). The original modules are put back on exit."""
     return standing_in(model, {path: (lambda m, c=callback: Recorder(m, c)) for path, callback in seen.items()})
+
+
+class StopForward(Exception):
+    """Ends a forward pass once the decoder layers' inputs are known (or, in transformers, the last has run)."""
+
+
+class Handed:
+    """What a LayerStandIn returns beside the hidden states where the model's layers return more
+    (Gemma 4's keys, values and offset): a mark that shows whether the model's forward hands it on
+    to a later layer."""
+
+
+def skeleton(value):
+    """A decoder layer's structure as built, before any weights are loaded into it: the same classes
+    and plain attributes, its arrays the lazy ones it was built with (never evaluated: no memory),
+    so that loading the layer's weights leaves it untouched and releasing them is not held up by it."""
+    if isinstance(value, nn.Module):
+        out = type(value).__new__(type(value))
+        out.__dict__.update(value.__dict__)
+        for key, item in value.items():
+            dict.__setitem__(out, key, skeleton(item))
+        return out
+    if isinstance(value, (list, tuple)):
+        return type(value)(skeleton(v) for v in value)
+    if isinstance(value, dict):
+        return {k: skeleton(v) for k, v in value.items()}
+    return value
+
+
+class LayerStandIn(nn.Module):
+    """Stands in for a decoder layer in the model's own forward: keeps in `calls` what it is called
+    with ((x, args, kwargs): the masks and such each layer gets; the `last` one then raises
+    StopForward) and returns `out` if set, else its input (with `outputs` - 1 Handed marks after it
+    where the layers return that many values). Its other attributes are `layer`'s (`is_linear`,
+    `layer_type`, …, which a hybrid model's forward reads to pick each layer's mask or cache;
+    `self_attn.rotary_emb`, through which mlx-vlm's Qwen3-VL computes every layer's positions): a
+    skeleton where the layer's weights must not be held."""
+
+    def __init__(self, layer: nn.Module, calls: list | None = None, last: bool = False, outputs: int = 1):
+        super().__init__()
+        object.__setattr__(self, "_layer", layer)
+        object.__setattr__(self, "_calls", calls)
+        object.__setattr__(self, "_last", last)
+        object.__setattr__(self, "_outputs", outputs)
+        object.__setattr__(self, "out", None)
+
+    def __getattr__(self, key):
+        try:
+            return super().__getattr__(key)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_layer"), key)
+
+    def __call__(self, x, *args, **kwargs):
+        if self._calls is not None:
+            self._calls.append((x, args, kwargs))
+            if self._last:
+                raise StopForward
+        h = x if self.out is None else self.out
+        return h if self._outputs == 1 else (h, *(Handed() for _ in range(self._outputs - 1)))

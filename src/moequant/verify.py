@@ -62,7 +62,7 @@ from .evaluate import (Closeness, compare_logits, dequantize_model, fixed_tokens
                        text_logits, token_kl)
 from .names import layer_of
 from .registry import CANVAS
-from .surgery import expert_containers, module_at, natural_order, recording
+from .surgery import LayerStandIn, StopForward, expert_containers, module_at, natural_order, recording
 
 log = logging.getLogger(__name__)
 
@@ -354,10 +354,6 @@ def _no_progress_bars(transformers) -> Iterator[None]:
             transformers.utils.logging.enable_progress_bar()
 
 
-class _Stop(Exception):
-    """Ends a forward pass once the last decoder layer has run (or, in mlx, been reached)."""
-
-
 # The argument that transformers 5's experts modules get the selected experts in ([tokens, k]):
 # `top_k_index` (qwen3_moe, deepseek_v3, …), `router_indices` (gpt_oss)
 ROUTED = {"top_k_index", "router_indices"}
@@ -459,7 +455,7 @@ def transformers_layers(src: str | Path, tokens: mx.array) -> list[_LayerRun]:
             runs[i].output = numpy(output)
             module.to("meta")
             if i == len(layers) - 1:
-                raise _Stop
+                raise StopForward
         return hook
 
     def route(i: int, name: str, position: int):
@@ -481,35 +477,11 @@ def transformers_layers(src: str | Path, tokens: mx.array) -> list[_LayerRun]:
                         module.register_forward_pre_hook(route(i, name, parameters.index(name)), with_kwargs=True)
             with torch.inference_mode():
                 model(**_transformers_inputs(torch, config, tokens))
-        except _Stop:
+        except StopForward:
             pass
         except Exception as e:  # noqa: BLE001 - transformers raises many types for a model it cannot build
             raise _cannot(src, transformers, e) from None
     return runs
-
-
-class _Arguments(nn.Module):
-    """Stands in for an mlx decoder layer: keeps what the model's own forward calls it with (the
-    last one then ends the forward); its other attributes are the layer's (`is_linear`, …), which
-    a hybrid model's forward reads to pick a layer's mask."""
-
-    def __init__(self, layer: nn.Module, calls: list, last: bool):
-        super().__init__()
-        object.__setattr__(self, "_layer", layer)
-        object.__setattr__(self, "_calls", calls)
-        object.__setattr__(self, "_last", last)
-
-    def __getattr__(self, key):
-        try:
-            return super().__getattr__(key)
-        except AttributeError:
-            return getattr(object.__getattribute__(self, "_layer"), key)
-
-    def __call__(self, x, *args, **kwargs):
-        self._calls.append((args, kwargs))
-        if self._last:
-            raise _Stop
-        return x
 
 
 def _load_lazy(path: Path) -> nn.Module:
@@ -538,10 +510,10 @@ def compare_layers(dst: str | Path, src: str | Path, tokens: mx.array) -> tuple[
                           f"builds {src}")
     real, calls = list(layers), [[] for _ in layers]
     for i in range(len(layers)):
-        layers[i] = _Arguments(real[i], calls[i], last=i == len(layers) - 1)
+        layers[i] = LayerStandIn(real[i], calls[i], last=i == len(layers) - 1)
     try:
         text_logits(model, tokens)
-    except _Stop:
+    except StopForward:
         pass
     except Exception as e:  # noqa: BLE001 - the model's own forward, whatever its layers hand on
         raise LayoutError(f"{dst}: mlx's {type(model).__module__} model does not run with its decoder layers "
@@ -553,7 +525,7 @@ def compare_layers(dst: str | Path, src: str | Path, tokens: mx.array) -> tuple[
         dequantize_model(layer)
         layer.update(tree_map(lambda a: a.astype(mx.float32) if mx.issubdtype(a.dtype, mx.floating) else a,
                               layer.parameters()))
-        (args, kwargs), = calls[i]
+        (_, args, kwargs), = calls[i]
         with recording_routes(layer) as seen:
             out = layer(mx.array(run.input), *args, **kwargs)
         out = out[0] if isinstance(out, tuple) else out
