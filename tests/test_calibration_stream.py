@@ -30,50 +30,68 @@ def _stream(src: Path, tokens: mx.array, **wanted):
 
 
 def _whole_model_reference(src: Path, tmp: Path, tokens: mx.array, paths: set[str]):
-    """Energy and moments from one forward pass of the whole float model, written out directly."""
+    """Energy and moments from one forward pass of the whole float model, written out directly. An
+    expert container's activations are those its own call hands its output stack (down_proj, or
+    Nemotron-H's fc2): on the routed tokens in the forward pass, and on every token with every expert
+    in a call of the container with all of them chosen (biases, activation and all, as the model has them)."""
     for _ in Conversion(src, dtype="float32").run(tmp / "float"):
         pass
     model = load_float32(tmp / "float")
     containers = set(expert_containers(model).values())
+    outputs = {c: f"{c}.{'down_proj' if hasattr(module_at(model, c), 'down_proj') else 'fc2'}" for c in containers}
     calls = {}
 
     def keep(path):
         return lambda x, indices: calls.setdefault(path, []).append((x, indices))
 
     linears = {p for p in paths if not any(p.startswith(c + ".") for c in containers)}
-    with recording(model, {p: keep(p) for p in linears | containers}):
+    with recording(model, {p: keep(p) for p in outputs.values()}), \
+            recording(model, {p: keep(p) for p in linears | containers}):  # the stacks first: then their containers
         mx.eval(model(tokens))
     energy, moments = {}, {}
-    for path, seen in calls.items():
+    for path in linears | containers:
+        seen = calls[path]
         x = np.concatenate([np.array(c[0], dtype=np.float64).reshape(-1, c[0].shape[-1]) for c in seen])
         if path not in containers:
             energy[path], moments[path] = (x * x).mean(0), x.T @ x / len(x)
             continue
         glu = module_at(model, path)
         chosen = np.concatenate([np.array(c[1]).reshape(len(c[0].reshape(-1, c[0].shape[-1])), -1) for c in seen])
-        n_experts = glu.up_proj.weight.shape[0]
+        n_experts = glu[outputs[path].rpartition(".")[2]].weight.shape[0]
         freq = np.bincount(chosen.reshape(-1), minlength=n_experts) / chosen.size
         weight = (0.5 + 0.5 * n_experts * freq)[:, None]
-        act = [np.array(glu.activation(mx.array(x, mx.float32) @ glu.up_proj.weight[e].T,
-                                       mx.array(x, mx.float32) @ glu.gate_proj.weight[e].T), dtype=np.float64)
-               for e in range(n_experts)]
 
-        def mixed(h, e):
-            rows = (chosen == e).any(-1)
+        def per_expert(recorded):
+            """The output stack's inputs by expert, from its recorded calls (rows and indices in step)."""
+            h = np.concatenate([np.array(c[0], dtype=np.float64).reshape(-1, c[0].shape[-1]) for c in recorded])
+            idx = np.concatenate([np.array(c[1]).reshape(-1) for c in recorded])
+            return [h[idx == e] for e in range(n_experts)]
+
+        routed = per_expert(calls[outputs[path]])
+        calls[outputs[path]] = []
+        every = mx.broadcast_to(mx.arange(n_experts), (len(x), n_experts))
+        with recording(model, {outputs[path]: keep(outputs[path])}):
+            mx.eval(module_at(model, path)(mx.array(x, mx.float32), every))
+        act = per_expert(calls[outputs[path]])
+        assert all(len(a) == len(x) for a in act)
+
+        def mixed(h, rows):
             everyone = h.T @ h / len(h)
-            return everyone if rows.sum() < MIN_ROUTED else (everyone + h[rows].T @ h[rows] / rows.sum()) / 2
+            return everyone if len(rows) < MIN_ROUTED else (everyone + rows.T @ rows / len(rows)) / 2
 
-        for name in ("gate_proj", "up_proj"):
+        inputs = {"fc1"} if outputs[path].endswith("fc2") else {"gate_proj", "up_proj"}
+        for name in inputs:
             energy[f"{path}.{name}"] = weight * (x * x).mean(0)[None]
-            moments[f"{path}.{name}"] = np.stack([mixed(x, e) for e in range(n_experts)])
-        energy[f"{path}.down_proj"] = weight * np.stack([(a * a).mean(0) for a in act])
-        moments[f"{path}.down_proj"] = np.stack([mixed(a, e) for e, a in enumerate(act)])
+            moments[f"{path}.{name}"] = np.stack([mixed(x, x[(chosen == e).any(-1)]) for e in range(n_experts)])
+        energy[outputs[path]] = weight * np.stack([(a * a).mean(0) for a in act])
+        moments[outputs[path]] = np.stack([mixed(a, r) for a, r in zip(act, routed)])
     return energy, moments
 
 
 # qwen3_next: a hybrid whose forward reads each layer's is_linear; gemma4_text: layers that return
-# (hidden states, keys and values, offset)
-@pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral", "qwen3_next", "gemma4_text"])
+# (hidden states, keys and values, offset); gpt_oss: expert stacks with biases; nemotron_h: non-gated
+# experts (fc1, relu², fc2)
+@pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral", "qwen3_next", "gemma4_text", "gpt_oss", "nemotron_h"])
 def test_streamed_statistics_equal_a_whole_model_computation(tmp_path, arch):
     src = write_tiny_checkpoint(tmp_path / "src", arch, dtype="float32")
     paths = {r.path for r in Conversion(src, Quant.make("affine", 4)).plan.rows if r.quant is not None

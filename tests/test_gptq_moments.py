@@ -100,3 +100,33 @@ def test_an_interrupted_gptq_conversion_leaves_no_moments_files(tmp_path):
     assert proc.returncode == 130, stderr
     assert "error: interrupted; DST was not written" in stderr
     assert not list(temp.glob("moequant-*")) and not (tmp_path / "dst").exists()
+
+
+def _tensors(folder):
+    import mlx.core as mx
+
+    return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in mx.load(str(f)).items()}
+
+
+def test_non_gated_experts_are_rounded_by_gptq_and_a_module_the_pass_never_reaches_is_named(tmp_path, cli, temp):
+    """Nemotron-H's experts (fc1, relu², fc2: no gate) had no moments and were rounded plainly under
+    --rounding gptq without a word; they now take GPTQ like any expert stack. A module the text never
+    reaches (a vision block quantized by an override) is rounded plainly, and a note names it."""
+    calib = _ids(tmp_path / "ids.npy", 256)
+    src = write_tiny_checkpoint(tmp_path / "nemotron", "nemotron_h")
+    gptq_args = ("--calib", calib, "--rounding", "gptq", "--calib-sequences", "2", "--calib-length", "128")
+    for name, args in {"gptq": gptq_args, "plain": ()}.items():
+        result = cli("convert", src, tmp_path / name, *args, "--quiet")
+        assert result.exit_code == 0, result.output
+    gptq, plain = _tensors(tmp_path / "gptq"), _tensors(tmp_path / "plain")
+    stacks = [k for k in gptq if ".switch_mlp.fc" in k and k.endswith(".weight")]
+    assert {k.rsplit(".", 2)[1] for k in stacks} == {"fc1", "fc2"}
+    for key in stacks:
+        assert gptq[key].shape == plain[key].shape and not (gptq[key] == plain[key]).all().item(), key
+
+    src = write_tiny_checkpoint(tmp_path / "vl", "qwen3_vl_moe", vision=True)
+    result = cli("convert", src, tmp_path / "vl-gptq", "--calib", calib, *GPTQ, "--override",
+                 "vision_tower.blocks.*.attn.qkv=bits=4,group=32")
+    assert result.exit_code == 0, result.output
+    assert ("--rounding gptq: 2 affine modules rounded plainly: the calibration pass never reached their inputs "
+            "(vision_tower.blocks.0.attn.qkv, vision_tower.blocks.1.attn.qkv)") in " ".join(result.output.split())

@@ -711,23 +711,40 @@ class _Linear:
         return self.products / self.n
 
 
+# an expert container's stacks by mlx-lm's and mlx-vlm's containers: those whose input is the container's
+# (hidden states) and the one whose input is their activation: SwitchGLU's activation(up, gate), SwitchMLP's
+# activation(fc1) (Nemotron-H's, relu²)
+_GLU = (("up_proj", "gate_proj"), "down_proj")
+_MLP = (("fc1",), "fc2")
+
+
+def _expert_layout(glu: nn.Module) -> tuple[tuple[str, ...], str | None]:
+    """(the stacks whose input is the container's, the stack whose input is their activation) of an
+    expert container, as its call uses them: GLU's (up_proj, gate_proj) and down_proj, MLP's (fc1,)
+    and fc2; ((), None) for another layout (no statistics are taken of it)."""
+    for inputs, output in (_GLU, _MLP):
+        if all(hasattr(glu, n) for n in (*inputs, output)) and hasattr(glu, "activation"):
+            return inputs, output
+    return (), None
+
+
 class _Experts:
     """An expert container's inputs. Every token goes through every expert: Σx² and Σx xᵀ of the
-    hidden states (the gate/up projections' input, the same for every expert), summed chunk by
-    chunk; per expert Σh² and Σh hᵀ of its own activation h (down_proj's input) on every token,
-    and its Σh hᵀ over the tokens routed to it, taken once the layer's chunks are all recorded, a
-    block of experts at a time (`_activations`: one block's sums in memory, not every expert's). Of
-    the hidden states routed to each expert no sum is kept (E of them would be [E, in, in]): the
-    states and the routing are kept instead, tokens × in, for RoutedMoments to sum one expert at a
-    time."""
+    hidden states (the input of gate/up, or fc1, the same for every expert), summed chunk by chunk;
+    per expert Σh² and Σh hᵀ of its own activation h (down_proj's or fc2's input, with the input
+    stacks' biases) on every token, and its Σh hᵀ over the tokens routed to it, taken once the
+    layer's chunks are all recorded, a block of experts at a time (`_activations`: one block's sums
+    in memory, not every expert's). Of the hidden states routed to each expert no sum is kept (E of
+    them would be [E, in, in]): the states and the routing are kept instead, tokens × in, for
+    RoutedMoments to sum one expert at a time."""
 
     def __init__(self, glu: nn.Module, moments: bool, seen: _Seen | None = None):
         self.glu, self.moments = glu, moments
         # its activation as the recorder is made: the statistics may be taken while _in_numpy stands in for it
         self.activation = getattr(glu, "activation", None)
         self.experts = _expert_count(glu)
-        self.down = all(hasattr(glu, n) for n in ("gate_proj", "up_proj", "down_proj"))
-        self.stacks = {n: glu[n] for n in ("up_proj", "gate_proj") if self.down}  # _in_numpy stands in for glu's
+        self.input_names, self.output_name = _expert_layout(glu)
+        self.stacks = {n: glu[n] for n in self.input_names}  # _in_numpy stands in for glu's
         self.slots = np.zeros(self.experts, dtype=np.int64)  # (token, choice) slots per expert
         self.routed = np.zeros(self.experts, dtype=np.int64)  # tokens routed to each expert
         self.hidden = _Linear(moments, seen)
@@ -749,7 +766,7 @@ class _Experts:
         """Each expert's activation statistics over every recorded call, yielded expert by expert in
         order: its E[h hᵀ] (see _mixed) if `products`, else None; self.act_squares filled on the way.
         The sums are taken chunk by chunk, in the order the calls came, as when they were taken per call."""
-        inner = self.stacks["up_proj"].weight.shape[1]
+        inner = self.stacks[self.input_names[0]].weight.shape[1]
         # experts at once: ~16 MB of activations, but one per thread of the pass where that stays within 64 MB
         # (each expert's sums are one task: 5 experts of 768 x 1,024 tokens kept 11 of 16 threads idle)
         each = max(self.inputs[0][0].shape[0] * inner, 1)
@@ -760,27 +777,34 @@ class _Experts:
             act = [_Linear(products) for _ in range(part.start, part.stop)]
             routed = [0.0] * len(act)
             for xn, chosen in self.inputs:
-                # [experts, inner, tokens]: each expert's activations contiguous
-                u, g = (_mm(stored_bits(self.stacks[n].weight)[part].reshape(-1, xn.shape[1]), xn.T)
-                        .reshape(-1, inner, xn.shape[0]) for n in ("up_proj", "gate_proj"))
-                # SwiGLU's in numpy, each expert's in its task; another activation by mlx, here
-                h_all = None if _is_swiglu(self.activation) else _activation(self.activation, u, g)
+                # [experts, inner, tokens]: each expert's activations contiguous (the input stacks' own order)
+                ins = [self._stack_product(n, part, xn, inner) for n in self.input_names]
+                # SwiGLU's in numpy, each expert's in its task; another activation by mlx
+                h_all = None if _is_swiglu(self.activation) else _activation(self.activation, *ins)
 
                 def add(j: int) -> None:
                     """Expert part.start + j's sums of this call, from its activations [inner, tokens]."""
-                    h = (_activation(self.activation, u[j], g[j]) if h_all is None else h_all[j]).T  # [tokens, inner]
-                    act[j].add(h)
+                    h = (_activation(self.activation, *(a[j] for a in ins)) if h_all is None else h_all[j]).T
+                    act[j].add(h)  # h: [tokens, inner]
                     if products and chosen is not None and \
                             (picked := np.nonzero((chosen == part.start + j).any(-1))[0]).size:
                         hr = h[picked]
                         routed[j] = routed[j] + _mm(hr.T, hr)
 
-                _in_pool(add, range(u.shape[0]))
-                u = g = h_all = None
+                _in_pool(add, range(part.stop - part.start))
+                ins = h_all = None
             for j, e in enumerate(range(part.start, part.stop)):
                 self.act_squares[e] = act[j].mean_squares()
                 yield _mixed(act[j].mean_products(), routed[j], int(self.routed[e])) if products else None
                 act[j] = routed[j] = None
+
+    def _stack_product(self, name: str, part: slice, xn: np.ndarray, inner: int) -> np.ndarray:
+        """The experts `part` of input stack `name` on every token: [experts, inner, tokens], with its bias."""
+        stack = self.stacks[name]
+        out = _mm(stored_bits(stack.weight)[part].reshape(-1, xn.shape[1]), xn.T).reshape(-1, inner, xn.shape[0])
+        if "bias" in stack:
+            out += as_float32(stack.bias)[part][:, :, None]
+        return out
 
     @property
     def n(self) -> int:
@@ -795,25 +819,23 @@ class _Experts:
         by the expert's routing frequency (weights average 1)."""
         freq = self.slots / max(self.slots.sum(), 1) if self.seen_indices else np.full(self.experts, 1 / self.experts)
         weight = (0.5 + 0.5 * self.experts * freq)[:, None]
-        out = {f"{container}.{name}": weight * self.hidden.mean_squares()[None] for name in ("gate_proj", "up_proj")
-               if hasattr(self.glu, name)}
-        if self.down:
+        out = {f"{container}.{name}": weight * self.hidden.mean_squares()[None] for name in self.input_names}
+        if self.output_name is not None:
             if self.act_squares is None:
                 for _ in self._activations(products=False):
                     pass
-            out[f"{container}.down_proj"] = weight * self.act_squares
+            out[f"{container}.{self.output_name}"] = weight * self.act_squares
         return {p: mx.array(v, dtype=mx.float32) for p, v in out.items()}
 
     def input_moments(self, container: str, store: "Moments", wanted: set[str]) -> None:
         """Per expert E[x xᵀ] of the projections in `wanted` into `store`: the mean of that over
-        every token and that over the tokens routed to it (see _mixed); gate/up as RoutedMoments,
-        formed when read."""
-        names = [f"{container}.{n}" for n in ("gate_proj", "up_proj") if hasattr(self.glu, n)]
-        if names := [p for p in names if p in wanted]:
+        every token and that over the tokens routed to it (see _mixed); the input stacks' as
+        RoutedMoments, formed when read."""
+        if names := [p for p in (f"{container}.{n}" for n in self.input_names) if p in wanted]:
             store.put_routed(names, self.hidden.mean_products(), self.inputs, self.routed)
-        if self.down and f"{container}.down_proj" in wanted:
+        if self.output_name is not None and (path := f"{container}.{self.output_name}") in wanted:
             sweep = self._activations(products=True)  # expert by expert, in order: as put_stack asks
-            store.put_stack(f"{container}.down_proj", self.experts, lambda e: next(sweep))
+            store.put_stack(path, self.experts, lambda e: next(sweep))
 
 
 def _expert_count(glu: nn.Module) -> int:
@@ -826,11 +848,12 @@ def _expert_count(glu: nn.Module) -> int:
     return 0
 
 
-def _activation(activation: nn.Module, up: np.ndarray, gate: np.ndarray) -> np.ndarray:
-    """An expert container's activation of its up and gate projections (numpy float32): mlx-lm's
-    and mlx-vlm's SwiGLU, silu(gate)·up, in numpy (mlx's CPU takes ~35 ns an element for a
-    sigmoid); any other by mlx."""
+def _activation(activation: nn.Module, *inputs: np.ndarray) -> np.ndarray:
+    """An expert container's activation of its input stacks' products (numpy float32; see
+    _expert_layout): mlx-lm's and mlx-vlm's SwiGLU of (up, gate), silu(gate)·up, in numpy (mlx's CPU
+    takes ~35 ns an element for a sigmoid); any other by mlx."""
     if _is_swiglu(activation):
+        up, gate = inputs
         with np.errstate(over="ignore"):  # exp(-gate) overflows to inf where silu is -0
             h = np.negative(gate)  # gate / (1 + exp(-gate)) * up, in one array (the same values)
             np.exp(h, out=h)
@@ -838,7 +861,7 @@ def _activation(activation: nn.Module, up: np.ndarray, gate: np.ndarray) -> np.n
             np.divide(gate, h, out=h)
             np.multiply(h, up, out=h)
             return h
-    return as_float32(activation(mx.array(up), mx.array(gate)))
+    return as_float32(activation(*(mx.array(a) for a in inputs)))
 
 
 def _mixed(everyone: np.ndarray, routed, count: int) -> np.ndarray:
@@ -948,18 +971,19 @@ def _saved(file: Path, array: np.ndarray) -> None:
 def moments_bytes(model: nn.Module, moments: set[str], containers: set[str], tokens: int) -> int:
     """About the bytes Moments takes for `moments` (paths) over `tokens` tokens, as _recorders and
     _Experts.input_moments record them: an [in, in] upper triangle (float32) per Linear module; per
-    expert container, for gate/up the mean over every token [in, in] and each call's states (tokens ×
-    in), for down_proj E upper triangles [inner, inner]. The routing choices (tokens × top-k indices)
-    are left out."""
+    expert container, for its input stacks (gate/up, fc1) the mean over every token [in, in] and each
+    call's states (tokens × in), for its output stack (down_proj, fc2) E upper triangles [inner,
+    inner]. The routing choices (tokens × top-k indices) are left out."""
     total = 0
     for container in containers:
         glu = module_at(model, container)
-        if not hasattr(glu, "up_proj"):
+        inputs, output = _expert_layout(glu)
+        if not inputs:
             continue
-        experts, inner, n_in = glu.up_proj.weight.shape
-        if {f"{container}.gate_proj", f"{container}.up_proj"} & moments:
+        experts, inner, n_in = glu[inputs[0]].weight.shape
+        if {f"{container}.{n}" for n in inputs} & moments:
             total += 4 * n_in * (n_in + tokens) + 8 * experts
-        if f"{container}.down_proj" in moments and all(hasattr(glu, n) for n in ("gate_proj", "down_proj")):
+        if f"{container}.{output}" in moments:
             total += 4 * experts * inner * (inner + 1) // 2
     for path in moments:
         if not any(path.startswith(c + ".") for c in containers) and isinstance(m := module_at(model, path), nn.Linear):

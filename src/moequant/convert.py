@@ -26,8 +26,9 @@ from .formats import DTYPES, Mode, Quant, Rounding, infer_fp_quant, infer_quant
 from .ignored import ignored_notes
 from .names import canonical_name, layer_of, renamed
 from .registry import SPLITS, TENSOR_RENAMES, family_of
-from .plan import Decision, Options, Plan, build_plan, find_roles, plan_from_json, plan_rows
+from .plan import Decision, Options, Plan, Role, build_plan, find_roles, plan_from_json, plan_rows
 from .stored import Stored, read_stored, stale_notes
+from .surgery import natural_order
 from .quantize import Quantizer, check_complete, check_weights, parameter_shapes
 from .target import absent_as_zeros, build_model, language_config, resolve_config, runner_of
 from .card import CARD_FILE, PLAN_FILE, PLOT_FILE, model_card
@@ -484,24 +485,33 @@ class Conversion:
         """--rounding gptq: E[x xᵀ] of the inputs of each affine module, on the calibration text
         (in files, read by the workers a module at a time; see calibrate.Moments): measured with
         --target-bpw's statistics (taken: a second run measures again), else now, in one pass
-        streamed over the decoder layers of the float model (packed sources dequantized)."""
+        streamed over the decoder layers of the float model (packed sources dequantized). A module
+        whose input the pass never reached is rounded plainly, and a note says which."""
         from .calibrate import measure
 
         paths = {r.path for r in self.plan.rows if r.quant is not None and r.quant.mode == Mode.AFFINE and not r.as_stored}
         if self.calibrated is not None:  # measured with --target-bpw's statistics; a second run measures again
             moments, self.calibrated = self.calibrated, None
-            return moments.only(paths)
-        context, self.context = self.context, replace(self.context, as_stored=frozenset())
-        try:
-            groups = self._normalized_groups()
-        finally:
-            self.context = context
-        stats = measure(build_model(self.config), groups, self.calibration(), moments=paths)
-        self.timings["calibration"] = stats.seconds
-        if note := stats.thin_note():
+            moments = moments.only(paths)
+        else:
+            context, self.context = self.context, replace(self.context, as_stored=frozenset())
+            try:
+                groups = self._normalized_groups()
+            finally:
+                self.context = context
+            stats = measure(build_model(self.config), groups, self.calibration(), moments=paths)
+            self.timings["calibration"] = stats.seconds
+            if note := stats.thin_note():
+                self.plan.notes.append(note)
+                self.notices.append(note)
+            moments = stats.moments
+        embeddings = {r.path for r in self.plan.rows if r.role == Role.EMBEDDING}
+        if unreached := sorted(paths - set(moments) - embeddings, key=natural_order):
+            note = (f"--rounding gptq: {len(unreached)} affine modules rounded plainly: the calibration pass never "
+                    f"reached their inputs ({', '.join(unreached[:4])}{', …' if len(unreached) > 4 else ''})")
             self.plan.notes.append(note)
             self.notices.append(note)
-        return stats.moments
+        return moments
 
     def _convert_groups(self, out: Output, groups: list[Group], workers: int,
                         moments: Moments | None = None) -> Iterator[int]:
