@@ -486,7 +486,7 @@ class Conversion:
         (in files, read by the workers a module at a time; see calibrate.Moments): measured with
         --target-bpw's statistics (taken: a second run measures again), else now, in one pass
         streamed over the decoder layers of the float model (packed sources dequantized). A module
-        whose input the pass never reached is rounded plainly, and a note says which."""
+        whose input moments the pass did not measure is rounded plainly, and a note says which."""
         from .calibrate import measure
 
         paths = {r.path for r in self.plan.rows if r.quant is not None and r.quant.mode == Mode.AFFINE and not r.as_stored}
@@ -507,8 +507,9 @@ class Conversion:
             moments = stats.moments
         embeddings = {r.path for r in self.plan.rows if r.role == Role.EMBEDDING}
         if unreached := sorted(paths - set(moments) - embeddings, key=natural_order):
-            note = (f"--rounding gptq: {len(unreached)} affine modules rounded plainly: the calibration pass never "
-                    f"reached their inputs ({', '.join(unreached[:4])}{', …' if len(unreached) > 4 else ''})")
+            note = (f"--rounding gptq: {len(unreached)} affine modules rounded plainly, no moments of their inputs "
+                    f"measured (modules the text never reaches; MLA's per-head embed_q / unembed_out): "
+                    f"{', '.join(unreached[:4])}{', …' if len(unreached) > 4 else ''}")
             self.plan.notes.append(note)
             self.notices.append(note)
         return moments
