@@ -53,6 +53,20 @@ def test_no_conversion_imports_transformers_or_torch_and_the_second_reads_the_ca
     assert _files(tmp_path / "warm") == _files(tmp_path / "cold")
 
 
+def test_the_command_line_imports_no_pydantic(tmp_path):
+    """typer 0.29 and later build a pydantic TypeAdapter per option at every start (0.12 s before a
+    conversion's workers start, pyproject pins typer below it): `moequant convert` imports no pydantic."""
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe")
+    script = ("import runpy, sys\n"
+              f"sys.argv = ['moequant', 'convert', {str(src)!r}, {str(tmp_path / 'dst')!r}, '--quiet']\n"
+              "try:\n    runpy.run_module('moequant', run_name='__main__')\nexcept SystemExit as e:\n"
+              "    assert not e.code, e.code\n"
+              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pydantic'))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and (tmp_path / "dst" / "config.json").exists(), result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
+
+
 def test_the_child_process_reads_every_config_as_transformers_here_does():
     configs = [arch.config("published") for arch in ALL_ARCHS.values()]
     # == rather than repr: a nested dict's key order may follow string hashes, which differ between processes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -71,7 +72,8 @@ def _tidy(params: list) -> list:
             p.metavar = ""
         elif isinstance(p, TyperArgument):
             p.metavar = p.metavar or p.name.upper()
-            p.display_type_rich = lambda ctx: None  # the name says it
+            p.type = copy.copy(p.type)  # its own: the type objects are shared
+            p.type.get_metavar = lambda *args, **kwargs: ""  # no type shown: the name says it
     return params
 
 
