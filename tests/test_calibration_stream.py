@@ -88,8 +88,7 @@ def _whole_model_reference(src: Path, tmp: Path, tokens: mx.array, paths: set[st
     return energy, moments
 
 
-REFUSED = {"hunyuan": "hands what a decoder layer returns beside its hidden states to a later layer",
-           "dbrx": "has no decoder layers"}
+REFUSED = {"hunyuan": "hands what a decoder layer returns beside its hidden states to a later layer"}
 
 
 # Every architecture the pass runs on. The statistics the pass does not take: MLA's per-head embed_q /

@@ -14,9 +14,9 @@ import pytest
 from mlx.utils import tree_flatten
 
 from moequant.card import CARD_FILE
-from moequant.checkpoint import Stacked
+from moequant.checkpoint import Stacked, read_checkpoint
 from moequant.target import build_model, resolve_config
-from moequant.tiny import write_tiny_checkpoint
+from moequant.tiny import ALL_ARCHS, write_tiny_checkpoint
 
 from conftest import assert_no_traceback
 
@@ -129,3 +129,15 @@ def test_tensor_bytes_are_c_order_for_views_and_copies():
         got = np.frombuffer(bytes(tensor_bytes(view)), dtype=np.uint8)
         assert got.size == view.nbytes
         assert np.array_equal(np.array(mx.array(got).view(view.dtype).reshape(view.shape).astype(mx.float32)), expected)
+
+
+@pytest.mark.parametrize("arch", sorted(ALL_ARCHS))
+def test_every_architecture_is_read_a_decoder_layer_at_a_time(tmp_path, arch):
+    """A conversion holds one group of tensors at a time (a decoder layer, or the rest): DBRX's
+    `transformer.blocks.N` were read as no decoder layers at all, so its whole model was one group
+    (DBRX's 132B parameters in memory at once)."""
+    ckpt = read_checkpoint(write_tiny_checkpoint(tmp_path / "src", arch))
+    groups = ckpt.groups()
+    layers = [g for g in groups if g.name != "rest"]
+    rest = sum(ckpt.tensors[k].nbytes for g in groups if g.name == "rest" for k in g.keys)
+    assert len(layers) >= 2 and rest < 0.4 * sum(t.nbytes for t in ckpt.tensors.values()), [g.name for g in groups]

@@ -12,7 +12,9 @@ AUX_RENAMES: tuple[tuple[str, str], ...] = (
     (".weight.bias", ".biases"),  # dot-child singular (Ollama-created blobs)
 )
 
-_LAYER = re.compile(r"^(?P<prefix>(?:.+\.)?layers)\.(?P<index>\d+)\.")
+# decoder layers: `….layers.N.`, and DBRX's `transformer.blocks.N.` (at the top only: vision towers'
+# `….blocks.N.` are not decoder layers)
+_LAYER = re.compile(r"^(?P<prefix>(?:.+\.)?layers|transformer\.blocks)\.(?P<index>\d+)\.")
 
 
 def aux_spellings(name: str) -> tuple[str, ...]:
@@ -41,7 +43,8 @@ def renamed(key: str, rows: tuple[tuple[str, str], ...], targets: set[str] | fro
 
 
 def layer_of(key: str) -> tuple[str, int] | None:
-    """(`model.layers`, 3) for `model.layers.3.mlp.gate.weight`; None outside decoder layers."""
+    """(`model.layers`, 3) for `model.layers.3.mlp.gate.weight` (`transformer.blocks`, 3 for DBRX's
+    `transformer.blocks.3.…`); None outside decoder layers."""
     m = _LAYER.match(key)
     return (m["prefix"], int(m["index"])) if m else None
 
