@@ -15,7 +15,7 @@ from moequant.allocate import CANDIDATES
 from moequant.calibrate import MIN_ROUTED, Moments, measure, moments_bytes
 from moequant.convert import Conversion
 from moequant.errors import PlanError
-from moequant.evaluate import load_float32
+from moequant.evaluate import load_float32, text_logits
 from moequant.formats import Quant
 from moequant.surgery import expert_containers, module_at, recording
 from moequant.target import build_model
@@ -47,7 +47,7 @@ def _whole_model_reference(src: Path, tmp: Path, tokens: mx.array, paths: set[st
     linears = {p for p in paths if not any(p.startswith(c + ".") for c in containers)}
     with recording(model, {p: keep(p) for p in outputs.values()}), \
             recording(model, {p: keep(p) for p in linears | containers}):  # the stacks first: then their containers
-        mx.eval(model(tokens))
+        mx.eval(text_logits(model, tokens))
     energy, moments = {}, {}
     for path in (linears | containers) & calls.keys():  # not every module is reached (DSA's indexer on few tokens)
         seen = calls[path]
