@@ -739,7 +739,7 @@ class _Experts:
     RoutedMoments to sum one expert at a time."""
 
     def __init__(self, glu: nn.Module, moments: bool, seen: _Seen | None = None):
-        self.glu, self.moments = glu, moments
+        self.moments = moments
         # its activation as the recorder is made: the statistics may be taken while _in_numpy stands in for it
         self.activation = getattr(glu, "activation", None)
         self.experts = _expert_count(glu)
