@@ -88,6 +88,8 @@ def _whole_model_reference(src: Path, tmp: Path, tokens: mx.array, paths: set[st
     return energy, moments
 
 
+# what the pass cannot carry, refused in one line: Hunyuan's layers hand their keys and values to the next
+# (cross-layer attention)
 REFUSED = {"hunyuan": "hands what a decoder layer returns beside its hidden states to a later layer"}
 
 
@@ -165,8 +167,6 @@ def test_moments_keep_upper_triangles_and_give_back_whole_matrices():
     assert not moments.root.exists()
 
 
-# what the pass cannot carry, refused in one line: Hunyuan's layers hand their keys and values to the next
-# (cross-layer attention); DBRX's decoder layers are `transformer.blocks.N`
 # longer than the probe's 256 tokens: the probes' own states, and a small layer's probes in a thread of their own
 PROBED_APART = mx.array(np.random.default_rng(1).integers(0, 256, (2, 260)).astype(np.int32))
 

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 
+import mlx.core as mx
 import numpy as np
 import pytest
 
@@ -103,8 +104,6 @@ def test_an_interrupted_gptq_conversion_leaves_no_moments_files(tmp_path):
 
 
 def _tensors(folder):
-    import mlx.core as mx
-
     return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in mx.load(str(f)).items()}
 
 
