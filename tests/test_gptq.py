@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from moequant.errors import LayoutError, PlanError
-from moequant.gptq import _feedback, _gptq, _grid, _pack, _rounded, calibration_error, dequantized_affine, \
-    Parts, quantize_gptq, quantize_gptq_together
+from moequant.gptq import _cholesky, _feedback, _gptq, _grid, _inverse_cholesky, _inverse_lower, _lapack, _pack, \
+    _rounded, calibration_error, dequantized_affine, Parts, quantize_gptq, quantize_gptq_together
 from moequant.formats import Quant
 
 BITS = (2, 3, 4, 5, 6, 8)
@@ -138,6 +138,27 @@ def test_gptq_lowers_output_error_on_correlated_inputs(bits):
     assert (gptq_err <= plain_err * (1 + 1e-4)).all()  # every row: kept only if lower (float32 H)
     # measured ratios: 0.73 (2 bits), 0.58 (3), 0.53 (4), 0.29 (8)
     assert gptq_err.sum() < 0.8 * plain_err.sum()
+
+
+@pytest.mark.parametrize("n", (96, 600))
+def test_the_factor_inverse_is_the_inverse_of_the_cholesky_factor(n):
+    """_inverse_cholesky: L⁻¹ of H = L Lᵀ, through LAPACK where numpy's OpenBLAS has it, else (and
+    as its check) the blocked numpy factorization: the same lower triangle to float32 rounding."""
+    _, h = _second_moment(3, n)
+    h = np.stack([h + 0.01 * np.diag(h).mean() * np.eye(n), h + np.eye(n)]).astype(np.float32)  # damped, as GPTQ's
+    ours = np.tril(_inverse_cholesky(h.copy()))
+    fallback = np.tril(_inverse_lower(_cholesky(h.copy(), block=64), block=16))
+    exact = np.linalg.inv(np.linalg.cholesky(h.astype(np.float64)))
+    for got in (ours, fallback):
+        assert np.abs(got - exact).max() < 1e-4 * np.abs(exact).max()
+    assert _lapack("spotrf") is not None or np.array_equal(ours, fallback)
+
+
+def test_a_matrix_not_positive_definite_is_refused_by_the_factorization():
+    """_feedback damps H 10x more each time the factorization refuses it: it must refuse."""
+    h = np.stack([np.eye(8, dtype=np.float32), np.diag(np.r_[np.ones(7), -1.0]).astype(np.float32)])
+    with pytest.raises(np.linalg.LinAlgError):
+        _inverse_cholesky(h)
 
 
 def test_gptq_matches_textbook_gptq():

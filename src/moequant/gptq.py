@@ -60,31 +60,37 @@ _H_CHUNK = 1 << 23  # float32 elements of H (and of each of its factors) at once
 
 
 @lru_cache(maxsize=None)
-def _openblas_threads_local():
-    """numpy's bundled OpenBLAS `openblas_set_num_threads_local`, or None (another BLAS)."""
+def _openblas(*names: str, argtypes: tuple = (), restype=None):
+    """The first of `names` that numpy's bundled OpenBLAS exports, as a ctypes function taking
+    `argtypes`, or None (another BLAS: macOS's numpy uses Accelerate)."""
     for path in sorted((Path(np.__file__).parent.parent / "numpy.libs").glob("*openblas*")):
         try:
-            fn = ctypes.CDLL(str(path)).openblas_set_num_threads_local
-        except (OSError, AttributeError):
+            lib = ctypes.CDLL(str(path))
+        except OSError:
             continue
-        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-        return fn
+        for name in names:
+            if (fn := getattr(lib, name, None)) is not None:
+                fn.argtypes, fn.restype = list(argtypes), restype
+                return fn
     return None
 
 
-@lru_cache(maxsize=None)
+def _openblas_threads_local():
+    """numpy's bundled OpenBLAS `openblas_set_num_threads_local`, or None (another BLAS)."""
+    return _openblas("openblas_set_num_threads_local", argtypes=(ctypes.c_int,), restype=ctypes.c_int)
+
+
 def _cblas_ssyrk():
     """numpy's bundled OpenBLAS `cblas_ssyrk` (its 64-bit integer interface), or None (another BLAS)."""
-    for path in sorted((Path(np.__file__).parent.parent / "numpy.libs").glob("*openblas*")):
-        for name in ("scipy_cblas_ssyrk64_", "cblas_ssyrk64_"):
-            try:
-                fn = getattr(ctypes.CDLL(str(path)), name)
-            except (OSError, AttributeError):
-                continue
-            i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
-            fn.argtypes, fn.restype = [ctypes.c_int] * 3 + [i64, i64, f32, ptr, i64, f32, ptr, i64], None
-            return fn
-    return None
+    i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
+    return _openblas("scipy_cblas_ssyrk64_", "cblas_ssyrk64_",
+                     argtypes=(ctypes.c_int,) * 3 + (i64, i64, f32, ptr, i64, f32, ptr, i64))
+
+
+def _lapack(name: str):
+    """LAPACK's `name` (Fortran interface, 64-bit integers, every argument by reference) from numpy's
+    bundled OpenBLAS, or None (another BLAS)."""
+    return _openblas(f"scipy_{name}_64_", f"{name}_64_", argtypes=(ctypes.c_void_p,) * (6 if name == "strtri" else 5))
 
 
 def gram_upper(x: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -248,6 +254,28 @@ def _inverse_lower(l: np.ndarray, block: int = 64, out: np.ndarray | None = None
     return out
 
 
+def _inverse_cholesky(a: np.ndarray) -> np.ndarray:
+    """L⁻¹ in the lower triangle of each matrix of `a` [B, n, n] (symmetric positive definite:
+    a = L Lᵀ), in place; np.linalg.LinAlgError if one is not positive definite.
+    The strict upper triangle is left as it was, or zeroed.
+
+    For float32 and C-contiguous `a`, with numpy's OpenBLAS, its LAPACK's spotrf and strtri, a matrix at a time: LAPACK reads a
+    row-major matrix as its transpose (the same symmetric matrix), and its upper factor U = Lᵀ, and
+    U⁻¹, are L and L⁻¹ in row-major order. Measured on one thread of the 2-core VM, 1.6x (n = 2048)
+    to 1.8x (n = 768) faster than `_cholesky` and `_inverse_lower`, which do it with another BLAS."""
+    potrf, trtri = _lapack("spotrf"), _lapack("strtri")
+    if potrf is None or trtri is None or a.dtype != np.float32 or not a.flags.c_contiguous:
+        return _inverse_lower(_cholesky(a), out=a)
+    n, info = ctypes.c_int64(a.shape[-1]), ctypes.c_int64(0)
+    for m in a:
+        potrf(b"U", ctypes.byref(n), m.ctypes.data, ctypes.byref(n), ctypes.byref(info))
+        if info.value == 0:
+            trtri(b"U", b"N", ctypes.byref(n), m.ctypes.data, ctypes.byref(n), ctypes.byref(info))
+        if info.value != 0:
+            raise np.linalg.LinAlgError(f"LAPACK: info {info.value}")
+    return a
+
+
 @one_blas_thread()
 def _feedback(h: np.ndarray, damp: float) -> np.ndarray:
     """For H [B, n, n]: GPTQ's error feedback A [B, n, n], A_ji = U_ij / U_ii for j > i, where U is the
@@ -276,13 +304,13 @@ def _feedback(h: np.ndarray, damp: float) -> np.ndarray:
         lower = reversed_h() if attempt else lower
         lower[:, idx, idx] = np.where(live, diag + damp * 10**attempt * mean[:, None], 1)
         try:
-            lower = _cholesky(lower)
+            inverse = _inverse_cholesky(lower)
             break
         except np.linalg.LinAlgError:
             if attempt == 3:
                 raise
             log.debug("gptq: H + %g·mean(diag H)·I is not positive definite; damping 10x more", damp * 10**attempt)
-    u = _inverse_lower(lower, out=lower)[:, ::-1, ::-1]  # upper: U
+    u = inverse[:, ::-1, ::-1]  # upper: U
     u = u / u[:, idx, idx][:, :, None]  # a contiguous copy, in memory order
     return u.transpose(0, 2, 1)  # products with its slices take the transpose without a copy
 
