@@ -25,8 +25,8 @@ The baseline is the source tree of an earlier commit, e.g.
 its main() does, with the ids instead): wall time, CPU time and peak RSS (no KL: the weights are
 random). Then, in this process, the rate of GPTQ's matrix work: layer 0's moments measured as the
 conversion measures them, each of its modules rounded by moequant's GPTQ on one thread (modules
-with the same inputs, an expert stack's gate and up, together, as the conversion rounds them), its
-floating point operations over its CPU time, against numpy's float32 matmul rate measured in the
+with the same inputs, an expert stack's gate and up or q/k/v, together, as the conversion rounds
+them), its floating point operations over its CPU time, against numpy's float32 matmul rate measured in the
 same run on GPTQ's shapes ([n, n] @ [n, R]), on one thread and on every core. The operations
 counted are those GPTQ needs and performs: Cholesky n³/3 and triangular inverse n³/3 per H (once
 for modules rounded together), the lazy updates R·n² and the check against plain rounding 2·R·n²
@@ -280,10 +280,9 @@ def gptq_rate(src: Path, args: argparse.Namespace) -> None:
     weights = {}
     for group in conversion._normalized_groups():
         weights.update((k, v) for k, v in group.items() if k.removesuffix(".weight") in paths)
-    together: dict = {}  # modules with the same inputs (RoutedMoments compare equal), as quantize.Quantizer groups them
+    together: dict = {}  # modules with the same inputs (their moments compare equal), as quantize.Quantizer groups them
     for path in sorted(paths):
-        h = stats.moments[path]
-        together.setdefault(h if isinstance(h, RoutedMoments) else path, []).append(path)
+        together.setdefault(stats.moments[path], []).append(path)
     print("\n| modules | shape | GPTQ CPU s | GFLOP | GFLOP/s | numpy 1 thread | share |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     total_flops = total_cpu = 0.0
@@ -294,7 +293,7 @@ def gptq_rate(src: Path, args: argparse.Namespace) -> None:
         experts, rows, n = (1, *ws[0].shape) if ws[0].ndim == 2 else ws[0].shape
         h = stats.moments[unit[0]]
         forming = _routed_flops(h) if isinstance(h, RoutedMoments) else 0.0
-        flops = experts * (2 * n**3 / 3 + 3 * rows * n * n * len(ws)) + forming
+        flops = experts * (2 * n**3 / 3 + 3 * n * n * sum(w.shape[-2] for w in ws)) + forming
         start = time.process_time()
         mx.eval(quantize_gptq_together([(w, q) for w in ws], h))
         cpu = time.process_time() - start

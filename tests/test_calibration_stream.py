@@ -12,11 +12,12 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from moequant.allocate import CANDIDATES
-from moequant.calibrate import MIN_ROUTED, Moments, measure, moments_bytes
+from moequant.calibrate import MIN_ROUTED, Moments, Symmetric, measure, moments_bytes
 from moequant.convert import Conversion
 from moequant.errors import PlanError
 from moequant.evaluate import load_float32, text_logits
 from moequant.formats import Quant
+from moequant.gptq import quantize_gptq, quantize_gptq_together
 from moequant.surgery import expert_containers, module_at, recording
 from moequant.target import build_model
 from moequant.tiny import ALL_ARCHS, VLM_ARCHS, write_tiny_checkpoint
@@ -123,6 +124,17 @@ def test_streamed_statistics_equal_a_whole_model_computation(tmp_path, arch):
     stats.moments.close()
 
 
+def _counted(moments: Moments, paths) -> int:
+    """The bytes of the moments' files, a record of Linear modules with the same input (q/k/v: one
+    record) counted once per module, as moments_bytes counts them."""
+    records: dict = {}
+    for path in paths:
+        if isinstance(h := moments.get(path), Symmetric):
+            records.setdefault(h, []).append(path)
+    return (sum(f.stat().st_size for f in moments.root.iterdir())
+            + sum((len(shared) - 1) * h.file.stat().st_size for h, shared in records.items()))
+
+
 @pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral"])
 def test_the_moments_take_on_disk_what_the_check_before_the_pass_estimates(tmp_path, arch):
     """moments_bytes, which the temporary folder's free space is checked against, is within a few
@@ -137,9 +149,32 @@ def test_the_moments_take_on_disk_what_the_check_before_the_pass_estimates(tmp_p
     stats = measure(model, conversion._normalized_groups(), TOKENS, moments=paths)
     assert set(stats.moments) == paths
     actual = sum(f.stat().st_size for f in stats.moments.root.iterdir())
-    assert 0.95 * actual < estimate <= actual, (estimate, actual)
+    counted = _counted(stats.moments, paths)
+    assert counted > actual
+    assert 0.95 * counted < estimate <= counted, (estimate, counted)
     stats.moments.close()
     assert not stats.moments.root.exists()
+
+
+def test_modules_with_the_same_input_have_one_record_and_are_rounded_as_each_alone(tmp_path):
+    """q/k/v's moments are written once (one record, compared equal: the conversion rounds them
+    together, H's factorization once), o_proj's apart; GPTQ of them together gives each the bytes it
+    gets alone."""
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe", dtype="float32")
+    conversion = Conversion(src, Quant.make("affine", 4))
+    paths = {r.path for r in conversion.plan.rows if r.quant is not None and r.role.value != "embedding"}
+    stats = _stream(src, TOKENS, moments=paths)
+    attention = "model.layers.1.self_attn"
+    q, k, v, o = (stats.moments[f"{attention}.{n}_proj"] for n in "qkvo")
+    assert q == k == v != o and q.file == v.file != o.file
+    assert np.array_equal(np.asarray(k), np.asarray(v))
+    weights = {n: mx.array(np.random.default_rng(i).standard_normal((s, q.shape[0]), dtype=np.float32))
+               for i, (n, s) in enumerate({"q": 96, "k": 32, "v": 32}.items())}
+    together = quantize_gptq_together([(w, Quant.make("affine", 4, 32)) for w in weights.values()], q)
+    for w, ours in zip(weights.values(), together):
+        alone = quantize_gptq(w, np.asarray(q), Quant.make("affine", 4, 32))
+        assert all(np.array_equal(np.array(a), np.array(b)) for a, b in zip(ours, alone))
+    stats.moments.close()
 
 
 def test_moments_keep_upper_triangles_and_give_back_whole_matrices():
@@ -215,7 +250,7 @@ def test_every_architecture_takes_a_budget_and_calibrates_or_is_refused_in_one_l
     stats, paths, conversion = measured
     model = build_model(conversion.config)
     estimate = moments_bytes(model, paths, set(expert_containers(model).values()), PROBED_APART.size)
-    files = sum(f.stat().st_size for f in stats.moments.root.iterdir())
+    files = _counted(stats.moments, paths)
     assert 0.95 * files < estimate <= 1.1 * files, (estimate, files)  # modules the forward never reaches: counted
     stats.moments.close()
 

@@ -668,14 +668,17 @@ def _probed(model: nn.Module, paths) -> list[tuple[str, _InNumpy]]:
 
 class _Seen:
     """The inputs of a decoder layer's recorded modules as numpy float32 [N, in], converted (and
-    their sums taken) once per distinct input: q/k/v, or the router and its experts, share one."""
+    their sums taken) once per distinct input: q/k/v, or the router and its experts, share one.
+    Each distinct input is numbered (its sums' "input")."""
 
     def __init__(self):
         self._last: tuple = (None, None, {})
+        self._count = 0
 
     def __call__(self, x: mx.array) -> tuple[np.ndarray, dict]:
         if self._last[0] is not x:
-            self._last = (x, np.array(x.reshape(-1, x.shape[-1]).astype(mx.float32)), {})
+            self._count += 1
+            self._last = (x, np.array(x.reshape(-1, x.shape[-1]).astype(mx.float32)), {"input": self._count})
         return self._last[1], self._last[2]
 
 
@@ -685,6 +688,7 @@ class _Linear:
 
     def __init__(self, moments: bool, seen: _Seen | None = None):
         self.n, self.squares, self.products, self.moments, self.seen = 0, 0.0, 0.0, moments, seen or _Seen()
+        self.inputs: list = []  # the number _Seen gave each input (None: an input of its own)
 
     def __call__(self, x: mx.array, indices=None) -> np.ndarray:
         xn, sums = self.seen(x)
@@ -698,6 +702,7 @@ class _Linear:
         if self.moments and "products" not in sums:
             sums["products"] = _mm(xn.T, xn)
         self.n += xn.shape[0]
+        self.inputs.append(sums.get("input"))
         self.squares = self.squares + sums["squares"]
         if self.moments and isinstance(self.products, float):  # its own array (recorders of one input share sums)
             self.products = self.products + sums["products"]
@@ -709,6 +714,11 @@ class _Linear:
 
     def mean_products(self) -> np.ndarray:
         return self.products / self.n
+
+    def same_inputs(self) -> tuple | None:
+        """What identifies the inputs it summed: recorders with the same summed the same products,
+        in the same order (their sums shared, see _Seen), so hold the same moments; None if unknown."""
+        return tuple(self.inputs) if self.inputs and None not in self.inputs else None
 
 
 # an expert container's stacks by mlx-lm's and mlx-vlm's containers: those whose input is the container's
@@ -973,7 +983,8 @@ def moments_bytes(model: nn.Module, moments: set[str], containers: set[str], tok
     _Experts.input_moments record them: an [in, in] upper triangle (float32) per Linear module; per
     expert container, for its input stacks (gate/up, fc1) the mean over every token [in, in] and each
     call's states (tokens × in), for its output stack (down_proj, fc2) E upper triangles [inner,
-    inner]. The routing choices (tokens × top-k indices) are left out."""
+    inner]. The routing choices (tokens × top-k indices) are left out; Linear modules with the same
+    input (q/k/v), whose moments are one record, are counted each."""
     total = 0
     for container in containers:
         glu = module_at(model, container)
@@ -1041,6 +1052,15 @@ class Symmetric:
         """Those of `experts` only (a worker's share of the stack, see procpool.units), indexed from 0."""
         which = range(self.shape[0])[experts.start:experts.stop]
         return Symmetric(self.file, (len(which), *self.shape[1:]), self.first + which.start)
+
+    def _key(self) -> tuple:
+        return self.file, self.shape, self.first
+
+    def __eq__(self, other) -> bool:  # the same record: modules with the same inputs (see Moments.alias)
+        return isinstance(other, Symmetric) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     def __getitem__(self, key) -> np.ndarray:
         packed, n = np.load(self.file, mmap_mode="r", allow_pickle=False), self.shape[-1]
@@ -1115,6 +1135,10 @@ class Moments(Mapping):
                 _saved(self.root / f"{name}.chosen{c}.npy", chosen)
         for path in paths:
             self._index[path] = ("routed", name, len(routed), len(inputs), everyone.shape[-1])
+
+    def alias(self, path: str, other: str) -> None:
+        """`path`'s moments are `other`'s (the same inputs): one record for both."""
+        self._index[path] = self._index[other]
 
     def __getitem__(self, path: str):
         kind, name, *shape = self._index[path]
@@ -1544,7 +1568,9 @@ def _on_own_stream(fn, *args) -> None:
 
 
 def _collect(stats: Statistics, recorded: dict, energy: set[str], moments: set[str]) -> None:
-    """Each recorder's statistics into `stats` (a module its pass never reached is left out)."""
+    """Each recorder's statistics into `stats` (a module its pass never reached is left out); the
+    moments of modules whose inputs were the same (q/k/v) are one record."""
+    written: dict[tuple, str] = {}  # the inputs of a module whose moments are written -> its path
     for path, r in recorded.items():
         if not r.n:
             continue
@@ -1558,5 +1584,10 @@ def _collect(stats: Statistics, recorded: dict, energy: set[str], moments: set[s
         if path in energy:
             stats.energy[path] = mx.array(r.mean_squares(), dtype=mx.float32)
         if path in moments:
+            if (inputs := r.same_inputs()) in written:
+                stats.moments.alias(path, written[inputs])
+                continue
             stats.moments.put(path, r.mean_products())
+            if inputs is not None:
+                written[inputs] = path
     mx.eval(list(stats.energy.values()))

@@ -219,18 +219,18 @@ class Quantizer:
     def _gptq_together(self, todo: set[str], weights: dict[str, mx.array], partial: dict[str, mx.array],
                        mine: range | None) -> dict[str, Packed]:
         """GPTQ of the affine modules whose inputs are the same (an expert stack's gate and up: one
-        RoutedMoments record), their weights taken from `partial` (a share's experts, `mine`) or
-        `weights`: H and its feedback formed once for all of them (gptq.quantize_gptq_together),
-        not once each."""
+        RoutedMoments record; q/k/v: one Symmetric), their weights taken from `partial` (a share's
+        experts, `mine`) or `weights`: H and its feedback formed once for all of them
+        (gptq.quantize_gptq_together), not once each."""
         if self.rounding != Rounding.GPTQ:
             return {}
-        from .calibrate import RoutedMoments
+        from .calibrate import RoutedMoments, Symmetric
         from .gptq import quantize_gptq_together
 
-        by_input: dict[RoutedMoments, list[str]] = {}
+        by_input: dict[RoutedMoments | Symmetric, list[str]] = {}
         for path in sorted(todo):
             h = self.moments.get(path)
-            if isinstance(h, RoutedMoments) and self.plan.by_path[path].quant.mode == Mode.AFFINE:
+            if isinstance(h, (RoutedMoments, Symmetric)) and self.plan.by_path[path].quant.mode == Mode.AFFINE:
                 by_input.setdefault(h, []).append(path)
         out = {}
         for h, paths in by_input.items():
