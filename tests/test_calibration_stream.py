@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from moequant.allocate import CANDIDATES
-from moequant.calibrate import MIN_ROUTED, Moments, Symmetric, measure, moments_bytes
+from moequant.calibrate import MIN_ROUTED, PROBE, PROBE_SEQUENCES, Moments, Symmetric, measure, moments_bytes
 from moequant.convert import Conversion
 from moequant.errors import PlanError
 from moequant.evaluate import load_float32, text_logits
@@ -95,7 +95,8 @@ REFUSED = {"hunyuan": "hands what a decoder layer returns beside its hidden stat
 
 
 # Every architecture the pass runs on. The statistics the pass does not take: MLA's per-head embed_q /
-# unembed_out (mlx-lm's MultiLinear; a plan note names them under --rounding gptq). LongCat's zero
+# unembed_out's energy and moments (mlx-lm's MultiLinear; a plan note names them under --rounding gptq;
+# their sensitivity is probed). LongCat's zero
 # experts reach its expert stack as expert 0 at weight 0: the pass counts such a token once among
 # expert 0's routed tokens, the stack's own call once per slot.
 NOT_COMPARED = {**REFUSED, "longcat_flash": "zero experts", "longcat_flash_ngram": "zero experts"}
@@ -280,6 +281,34 @@ def test_sensitivity_is_estimated_for_every_module_in_a_bounded_number_of_layer_
     tensors["lm_head.weight"] = tensors["lm_head.weight"] * 8
     save_file(tensors, shard, metadata={"format": "pt"})
     assert _stream(src, TOKENS, sensitivity={"lm_head"}).sensitivity["lm_head"] > 4 * plain["lm_head"]
+
+
+@pytest.mark.parametrize("arch", ["deepseek_v3", "mistral4"])
+def test_mlas_per_head_projections_get_the_kl_of_their_own_probe(tmp_path, arch):
+    """MLA's embed_q / unembed_out (mlx-lm's MultiLinear, applied transposed to the latent in prefill):
+    probed alone in its layer, a module's sensitivity is the KL of the model with its weight alone at
+    PROBE (as mlx quantizes and dequantizes it), on the probe's tokens: here computed by mlx-lm's
+    own float model with that weight replaced."""
+    src = write_tiny_checkpoint(tmp_path / "src", arch, dtype="float32")
+    for _ in Conversion(src, dtype="float32").run(tmp_path / "float"):
+        pass
+    model = load_float32(tmp_path / "float")
+    tokens = TOKENS[:PROBE_SEQUENCES]  # the probe's: its sequences of the first chunk, all 48 tokens
+
+    def log_probs():
+        logits = text_logits(model, tokens).astype(mx.float32)
+        return np.array(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+
+    reference = log_probs()
+    for path in ("model.layers.0.self_attn.embed_q", "model.layers.1.self_attn.unembed_out"):
+        module = module_at(model, path)
+        weight = module.weight
+        module.weight = mx.dequantize(*mx.quantize(weight, PROBE.group_size, PROBE.bits), PROBE.group_size,
+                                      PROBE.bits)
+        expected = float((np.exp(reference) * (reference - log_probs())).sum() / tokens.size)
+        module.weight = weight
+        measured = _stream(src, TOKENS, sensitivity={path}).sensitivity[path]
+        assert expected > 0 and measured == pytest.approx(expected, rel=1e-3), (path, measured, expected)
 
 
 def test_probes_take_what_their_module_leaves_unchanged_from_the_reference_call(tmp_path, monkeypatch):

@@ -579,10 +579,39 @@ def _attention_in_numpy():
 
 def _in_numpy(root: nn.Module):
     """Inside the block, the modules of `_products(root)` are stood in for by _InNumpy (module_at
-    finds those), and mlx-lm's and mlx-vlm's SwiGLU activations by _SwiGLU; put back on exit."""
+    finds those), mlx-lm's and mlx-vlm's SwiGLU activations by _SwiGLU and MLA's MultiLinear by
+    _MultiLinear; put back on exit."""
     stand_ins = {path: (lambda m, s=stack: _InNumpy(m, s)) for path, _, stack in _products(root)}
     stand_ins.update((path, _SwiGLU) for path, m in root.named_modules() if path and _is_swiglu(m))
+    stand_ins.update((path, _MultiLinear) for path, m in root.named_modules() if path and _is_multilinear(m))
     return standing_in(root, stand_ins)
+
+
+def _is_multilinear(module: nn.Module) -> bool:
+    """Whether `module` is mlx-lm's or mlx-vlm's MultiLinear (MLA's per-head embed_q / unembed_out)."""
+    return type(module).__name__ == "MultiLinear" and type(module).__module__.endswith(".mla")
+
+
+class _MultiLinear(nn.Module):
+    """Stands in for MLA's MultiLinear (per-head weights [heads, out, in], applied to x or, in
+    prefill, transposed to the latent) during the pass: its products as mlx-lm computes them, on its
+    weight or, while `probe` is set, on that weight quantized at PROBE and dequantized (as
+    to_quantized quantizes it: along `in`), so that its sensitivity is measured like a Linear's.
+    Its inputs are not recorded (see convert's note on --rounding gptq)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner, self.probe = inner, False
+
+    @property
+    def weight(self) -> mx.array:
+        return self.inner.weight
+
+    def __call__(self, x: mx.array, transpose: bool = True) -> mx.array:
+        w = self.inner.weight
+        if self.probe:
+            w = mx.array(dequantized_affine(as_float32(w), PROBE.bits, PROBE.group_size))
+        return x @ (w.swapaxes(-1, -2) if transpose else w)
 
 
 def _is_swiglu(module: nn.Module) -> bool:
@@ -646,7 +675,7 @@ def _decoder_layers(model: nn.Module, keys) -> str:
 
 
 @contextmanager
-def _at_probe(module: _InNumpy):
+def _at_probe(module: _InNumpy | _MultiLinear):
     """The stand-in computing with its weight quantized at PROBE, dequantized."""
     module.probe = True
     try:
@@ -655,13 +684,13 @@ def _at_probe(module: _InNumpy):
         module.probe = False
 
 
-def _probed(model: nn.Module, paths) -> list[tuple[str, _InNumpy]]:
-    """(path, stand-in) of each path whose module numpy stands in for (inside `_in_numpy`) with a
+def _probed(model: nn.Module, paths) -> list[tuple[str, _InNumpy | _MultiLinear]]:
+    """(path, stand-in) of each path whose module is stood in for (inside `_in_numpy`) with a
     weight the probe can quantize."""
     out = []
     for path in sorted(paths):
         module = module_at(model, path)
-        if isinstance(module, _InNumpy) and module.inner.weight.shape[-1] % PROBE.group_size == 0:
+        if isinstance(module, (_InNumpy, _MultiLinear)) and module.inner.weight.shape[-1] % PROBE.group_size == 0:
             out.append((path, module))
     return out
 
