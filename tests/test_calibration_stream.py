@@ -37,7 +37,8 @@ def _whole_model_reference(src: Path, tmp: Path, tokens: mx.array, paths: set[st
     in a call of the container with all of them chosen (biases, activation and all, as the model has them)."""
     for _ in Conversion(src, dtype="float32").run(tmp / "float"):
         pass
-    model = load_float32(tmp / "float")
+    runner = load_float32(tmp / "float")
+    model = runner.model if type(runner).__name__ == "_Logits" else runner  # mlx-vlm's, called through a wrapper
     containers = set(expert_containers(model).values())
     outputs = {c: f"{c}.{'down_proj' if hasattr(module_at(model, c), 'down_proj') else 'fc2'}" for c in containers}
     calls = {}
@@ -48,7 +49,7 @@ def _whole_model_reference(src: Path, tmp: Path, tokens: mx.array, paths: set[st
     linears = {p for p in paths if not any(p.startswith(c + ".") for c in containers)}
     with recording(model, {p: keep(p) for p in outputs.values()}), \
             recording(model, {p: keep(p) for p in linears | containers}):  # the stacks first: then their containers
-        mx.eval(text_logits(model, tokens))
+        mx.eval(text_logits(runner, tokens))
     energy, moments = {}, {}
     for path in (linears | containers) & calls.keys():  # not every module is reached (DSA's indexer on few tokens)
         seen = calls[path]
@@ -89,16 +90,17 @@ def _whole_model_reference(src: Path, tmp: Path, tokens: mx.array, paths: set[st
     return energy, moments
 
 
-# what the pass cannot carry, refused in one line: Hunyuan's layers hand their keys and values to the next
-# (cross-layer attention)
+# what the pass cannot carry, refused in one line: Hunyuan's layers (and the GLM-5 Next release's) hand
+# their keys and values to the next (cross-layer attention)
 REFUSED = {"hunyuan": "hands what a decoder layer returns beside its hidden states to a later layer"}
+REFUSED_VLM = {"glm5_next": "hands what a decoder layer returns beside its hidden states to a later layer"}
 
 
 # Every architecture the pass runs on. The statistics the pass does not take: MLA's per-head embed_q /
-# unembed_out's energy and moments (mlx-lm's MultiLinear; a plan note names them under --rounding gptq;
-# their sensitivity is probed). LongCat's zero
-# experts reach its expert stack as expert 0 at weight 0: the pass counts such a token once among
-# expert 0's routed tokens, the stack's own call once per slot.
+# unembed_out's energy and moments (mlx-lm's MultiLinear; a plan note names them under --rounding
+# gptq; their sensitivity is probed). LongCat's zero experts reach its expert stack as expert 0 at
+# weight 0: the pass counts such a token once among expert 0's routed tokens, the stack's own call
+# once per slot.
 NOT_COMPARED = {**REFUSED, "longcat_flash": "zero experts", "longcat_flash_ngram": "zero experts"}
 
 
@@ -108,7 +110,19 @@ def test_streamed_statistics_equal_a_whole_model_computation(tmp_path, arch):
     included, as the pass streamed over the layers takes it: over three chunks, the last short
     (hybrid layers that read their own attributes, Gemma 4's that return keys and values, gpt-oss's
     stacks with biases, Nemotron-H's non-gated experts)."""
-    src = write_tiny_checkpoint(tmp_path / "src", arch, dtype="float32")
+    _compare_statistics(write_tiny_checkpoint(tmp_path / "src", arch, dtype="float32"), tmp_path)
+
+
+@pytest.mark.parametrize("arch", sorted(set(VLM_ARCHS) - set(REFUSED_VLM)))
+def test_streamed_statistics_of_a_vision_language_release_equal_a_whole_model_computation(tmp_path, arch):
+    """The same on the releases whole (their language model's modules, under its prefix; the
+    reference through mlx-vlm's model)."""
+    _compare_statistics(write_tiny_checkpoint(tmp_path / "src", arch, dtype="float32", vision=True), tmp_path)
+
+
+def _compare_statistics(src: Path, tmp_path: Path) -> None:
+    """The pass's energy and moments of every affine module but the embeddings (and MultiLinear's,
+    which it does not take) against _whole_model_reference's."""
     conversion = Conversion(src, Quant.make("affine", 4))
     model = build_model(conversion.config)
     multi = {r.path for r in conversion.plan.rows if type(module_at(model, r.path)).__name__ == "MultiLinear"}
@@ -254,9 +268,6 @@ def test_every_architecture_takes_a_budget_and_calibrates_or_is_refused_in_one_l
     files = _counted(stats.moments, paths)
     assert 0.95 * files < estimate <= 1.1 * files, (estimate, files)  # modules the forward never reaches: counted
     stats.moments.close()
-
-
-REFUSED_VLM = {"glm5_next": "hands what a decoder layer returns beside its hidden states to a later layer"}
 
 
 @pytest.mark.parametrize("arch", sorted(VLM_ARCHS))
