@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
@@ -18,7 +19,7 @@ from moequant.errors import PlanError
 from moequant.evaluate import load_float32, text_logits
 from moequant.formats import Quant
 from moequant.gptq import quantize_gptq, quantize_gptq_together
-from moequant.surgery import expert_containers, module_at, recording
+from moequant.surgery import expert_containers, module_at, recording, standing_in
 from moequant.target import build_model
 from moequant.tiny import ALL_ARCHS, VLM_ARCHS, write_tiny_checkpoint
 
@@ -30,11 +31,29 @@ def _stream(src: Path, tokens: mx.array, **wanted):
     return measure(build_model(conversion.config), conversion._normalized_groups(), tokens, **wanted)
 
 
+class _RouterChoices(nn.Module):
+    """Stands in for a router that returns (top-k indices, weights): keeps the indices of each call
+    in calls["<container>.router"]."""
+
+    def __init__(self, inner: nn.Module, calls: dict, container: str):
+        super().__init__()
+        self.inner = inner
+        object.__setattr__(self, "_kept", calls.setdefault(f"{container}.router", []))
+
+    def __call__(self, x):
+        indices, weights = self.inner(x)
+        self._kept.append(np.array(indices).reshape(-1))
+        return indices, weights
+
+
 def _whole_model_reference(src: Path, tmp: Path, tokens: mx.array, paths: set[str]):
     """Energy and moments from one forward pass of the whole float model, written out directly. An
     expert container's activations are those its own call hands its output stack (down_proj, or
     Nemotron-H's fc2): on the routed tokens in the forward pass, and on every token with every expert
-    in a call of the container with all of them chosen (biases, activation and all, as the model has them)."""
+    in a call of the container with all of them chosen (biases, activation and all, as the model has them).
+    A slot whose router chose a zero expert (LongCat's, handed to the stack as expert 0 at weight 0)
+    is no expert's: the router's own choices, recorded, say which (and a zero-expert block's routed
+    activations are then its every-token ones on the tokens routed to each expert)."""
     for _ in Conversion(src, dtype="float32").run(tmp / "float"):
         pass
     runner = load_float32(tmp / "float")
@@ -47,8 +66,11 @@ def _whole_model_reference(src: Path, tmp: Path, tokens: mx.array, paths: set[st
         return lambda x, indices: calls.setdefault(path, []).append((x, indices))
 
     linears = {p for p in paths if not any(p.startswith(c + ".") for c in containers)}
+    zero = {c for c in containers if getattr(module_at(model, c.rpartition(".")[0]), "zero_expert_num", 0)}
     with recording(model, {p: keep(p) for p in outputs.values()}), \
-            recording(model, {p: keep(p) for p in linears | containers}):  # the stacks first: then their containers
+            recording(model, {p: keep(p) for p in linears | containers}), \
+            standing_in(model, {f"{c.rpartition('.')[0]}.router": lambda m, c=c: _RouterChoices(m, calls, c)
+                                for c in zero}):  # the stacks first: then their containers
         mx.eval(text_logits(runner, tokens))
     energy, moments = {}, {}
     for path in (linears | containers) & calls.keys():  # not every module is reached (DSA's indexer on few tokens)
@@ -60,7 +82,10 @@ def _whole_model_reference(src: Path, tmp: Path, tokens: mx.array, paths: set[st
         glu = module_at(model, path)
         chosen = np.concatenate([np.array(c[1]).reshape(len(c[0].reshape(-1, c[0].shape[-1])), -1) for c in seen])
         n_experts = glu[outputs[path].rpartition(".")[2]].weight.shape[0]
-        freq = np.bincount(chosen.reshape(-1), minlength=n_experts) / chosen.size
+        if path in zero:  # the router's choices of a zero expert: no expert's
+            chosen = np.where(np.concatenate(calls[f"{path}.router"]).reshape(chosen.shape) >= n_experts, -1,
+                              chosen.astype(np.int64))
+        freq = np.bincount(chosen[chosen >= 0], minlength=n_experts) / (chosen >= 0).sum()
         weight = (0.5 + 0.5 * n_experts * freq)[:, None]
 
         def per_expert(recorded):
@@ -76,6 +101,8 @@ def _whole_model_reference(src: Path, tmp: Path, tokens: mx.array, paths: set[st
             mx.eval(module_at(model, path)(mx.array(x, mx.float32), every))
         act = per_expert(calls[outputs[path]])
         assert all(len(a) == len(x) for a in act)
+        if path in zero:  # the stack's routed call had the zero experts' slots as expert 0's
+            routed = [a[(chosen == e).any(-1)] for e, a in enumerate(act)]
 
         def mixed(h, rows):
             everyone = h.T @ h / len(h)
@@ -98,10 +125,8 @@ REFUSED_VLM = {"glm5_next": "hands what a decoder layer returns beside its hidde
 
 # Every architecture the pass runs on. The statistics the pass does not take: MLA's per-head embed_q /
 # unembed_out's energy and moments (mlx-lm's MultiLinear; a plan note names them under --rounding
-# gptq; their sensitivity is probed). LongCat's zero experts reach its expert stack as expert 0 at
-# weight 0: the pass counts such a token once among expert 0's routed tokens, the stack's own call
-# once per slot.
-NOT_COMPARED = {**REFUSED, "longcat_flash": "zero experts", "longcat_flash_ngram": "zero experts"}
+# gptq; their sensitivity is probed).
+NOT_COMPARED = REFUSED
 
 
 @pytest.mark.parametrize("arch", sorted(set(ALL_ARCHS) - set(NOT_COMPARED)))

@@ -790,6 +790,7 @@ class _Experts:
         self.inputs: list[tuple[np.ndarray, np.ndarray | None]] = []  # per call (x, chosen)
         self.act_squares: np.ndarray | None = None  # [E, inner] E[h²], once _activations has run
         self.seen_indices = False
+        self.zero: np.ndarray | None = None  # the slots of the next call that chose a zero expert (_ZeroExperts)
 
     def __call__(self, x: mx.array, indices: mx.array | None) -> None:
         xn = self.hidden(x)
@@ -797,7 +798,10 @@ class _Experts:
         if indices is not None:
             self.seen_indices = True
             chosen = np.array(indices).reshape(xn.shape[0], -1)
-            self.slots += np.bincount(chosen.reshape(-1), minlength=self.experts)[: self.experts]
+            if self.zero is not None:  # slots that chose a zero expert: no expert's (-1)
+                chosen = np.where(self.zero.reshape(chosen.shape), -1, chosen.astype(np.int32))
+                self.zero = None
+            self.slots += np.bincount(chosen[chosen >= 0], minlength=self.experts)[: self.experts]
             self.routed += [np.count_nonzero((chosen == e).any(-1)) for e in range(self.experts)]
         self.inputs.append((xn, chosen))
 
@@ -875,6 +879,36 @@ class _Experts:
         if self.output_name is not None and (path := f"{container}.{self.output_name}") in wanted:
             sweep = self._activations(products=True)  # expert by expert, in order: as put_stack asks
             store.put_stack(path, self.experts, lambda e: next(sweep))
+
+
+class _ZeroExperts(nn.Module):
+    """Stands in for the router of an MoE block with zero experts (LongCat-Flash's: its top-k is
+    taken over the experts and `zero_expert_num` identity experts, and the block hands its expert
+    stack a zero expert's slot as expert 0 at weight 0): tells the stack's recorder which slots of
+    the call to come chose a zero expert, so that they count as no expert's (else expert 0's routed
+    tokens and routing frequency took in every token with a zero expert among its choices)."""
+
+    def __init__(self, inner: nn.Module, recorder: _Experts):
+        super().__init__()
+        self.inner = inner
+        object.__setattr__(self, "_recorder", recorder)  # a plain attribute, not part of the module tree
+
+    def __call__(self, x: mx.array):
+        indices, weights = self.inner(x)
+        self._recorder.zero = np.array(indices) >= self._recorder.experts
+        return indices, weights
+
+
+def _zero_experts(model: nn.Module, recorders: dict):
+    """Inside the block, the routers of the recorded expert containers' MoE blocks that have zero
+    experts are stood in for by _ZeroExperts."""
+    routers = {}
+    for path, recorder in recorders.items():
+        block = path.rpartition(".")[0]
+        if isinstance(recorder, _Experts) and block and getattr(module_at(model, block), "zero_expert_num", 0) \
+                and "router" in module_at(model, block):
+            routers[f"{block}.router"] = lambda m, r=recorder: _ZeroExperts(m, r)
+    return standing_in(model, routers)
 
 
 def _expert_count(glu: nn.Module) -> int:
@@ -1410,7 +1444,7 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
         own = {p for p in wanted | sensitivity if p.startswith(f"{prefix}.{i}.")}
         recorders = _recorders(model, own & wanted, moments, {c for c in containers if c.startswith(f"{prefix}.{i}.")})
         probing = bool(own & sensitivity)
-        with _in_numpy(layer), recording(model, recorders):
+        with _in_numpy(layer), recording(model, recorders), _zero_experts(model, recorders):
             for c in range(len(chunks)):
                 x, (args, kwargs) = states[c], arguments[c][i]
                 with _reuse.call(keep=True) if c == 0 and shared and probing else nullcontext():  # for the probes
