@@ -46,6 +46,21 @@ class _RouterChoices(nn.Module):
         return indices, weights
 
 
+class _OnItsInputs(nn.Module):
+    """Stands in for a MultiLinear: records its calls on inputs of its weight's `in` (transposed), not
+    those on the latent (MLA's embed_q in prefill, transpose=False)."""
+
+    def __init__(self, inner: nn.Module, keep):
+        super().__init__()
+        self.inner = inner
+        object.__setattr__(self, "_keep", keep)
+
+    def __call__(self, x, transpose=True):
+        if transpose:
+            self._keep(x, None)
+        return self.inner(x, transpose=transpose)
+
+
 def _whole_model_reference(src: Path, tmp: Path, tokens: mx.array, paths: set[str]):
     """Energy and moments from one forward pass of the whole float model, written out directly. An
     expert container's activations are those its own call hands its output stack (down_proj, or
@@ -66,9 +81,11 @@ def _whole_model_reference(src: Path, tmp: Path, tokens: mx.array, paths: set[st
         return lambda x, indices: calls.setdefault(path, []).append((x, indices))
 
     linears = {p for p in paths if not any(p.startswith(c + ".") for c in containers)}
+    multi = {p for p in linears if type(module_at(model, p)).__name__ == "MultiLinear"}
     zero = {c for c in containers if getattr(module_at(model, c.rpartition(".")[0]), "zero_expert_num", 0)}
     with recording(model, {p: keep(p) for p in outputs.values()}), \
-            recording(model, {p: keep(p) for p in linears | containers}), \
+            recording(model, {p: keep(p) for p in (linears - multi) | containers}), \
+            standing_in(model, {p: lambda m, p=p: _OnItsInputs(m, keep(p)) for p in multi}), \
             standing_in(model, {f"{c.rpartition('.')[0]}.router": lambda m, c=c: _RouterChoices(m, calls, c)
                                 for c in zero}):  # the stacks first: then their containers
         mx.eval(text_logits(runner, tokens))
@@ -123,10 +140,7 @@ REFUSED = {"hunyuan": "hands what a decoder layer returns beside its hidden stat
 REFUSED_VLM = {"glm5_next": "hands what a decoder layer returns beside its hidden states to a later layer"}
 
 
-# Every architecture the pass runs on. The statistics the pass does not take: MLA's per-head embed_q /
-# unembed_out's energy and moments (mlx-lm's MultiLinear; a plan note names them under --rounding
-# gptq; their sensitivity is probed).
-NOT_COMPARED = REFUSED
+NOT_COMPARED = REFUSED  # every architecture the pass runs on
 
 
 @pytest.mark.parametrize("arch", sorted(set(ALL_ARCHS) - set(NOT_COMPARED)))
@@ -146,17 +160,17 @@ def test_streamed_statistics_of_a_vision_language_release_equal_a_whole_model_co
 
 
 def _compare_statistics(src: Path, tmp_path: Path) -> None:
-    """The pass's energy and moments of every affine module but the embeddings (and MultiLinear's,
-    which it does not take) against _whole_model_reference's."""
+    """The pass's energy and moments of every affine module but the embeddings against
+    _whole_model_reference's. MLA's MultiLinear (embed_q, unembed_out) have them where called on inputs
+    of their weight's `in`: unembed_out on the latent in prefill, embed_q only in mlx-vlm's absorbed
+    attention (on the queries)."""
     conversion = Conversion(src, Quant.make("affine", 4))
-    model = build_model(conversion.config)
-    multi = {r.path for r in conversion.plan.rows if type(module_at(model, r.path)).__name__ == "MultiLinear"}
-    paths = {r.path for r in conversion.plan.rows if r.quant is not None and r.role.value != "embedding"} - multi
+    paths = {r.path for r in conversion.plan.rows if r.quant is not None and r.role.value != "embedding"}
     energy, moments = _whole_model_reference(src, tmp_path, TOKENS, paths)
-    stats = _stream(src, TOKENS, energy=paths | multi, moments=paths | multi)
+    stats = _stream(src, TOKENS, energy=paths, moments=paths)
     assert set(stats.energy) == set(energy) == set(moments) == set(stats.moments)
     assert set(energy) <= paths and len(paths - set(energy)) <= 2 * len(paths) // 10  # a few never reached
-    containers = set(expert_containers(model).values())
+    containers = set(expert_containers(build_model(conversion.config)).values())
     assert {p for p in paths if p.rpartition(".")[0] in containers} <= set(energy)  # every expert stack's
     for path in energy:
         np.testing.assert_allclose(np.array(stats.energy[path]), energy[path], rtol=2e-4, atol=1e-7, err_msg=path)

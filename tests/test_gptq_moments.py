@@ -128,5 +128,26 @@ def test_non_gated_experts_are_rounded_by_gptq_and_a_module_the_pass_never_reach
                  "vision_tower.blocks.*.attn.qkv=bits=4,group=32")
     assert result.exit_code == 0, result.output
     assert ("--rounding gptq: 2 affine modules rounded plainly, no moments of their inputs measured (modules the "
-            "text never reaches; MLA's per-head embed_q / unembed_out): vision_tower.blocks.0.attn.qkv, "
+            "text never reaches; MLA's per-head embed_q): vision_tower.blocks.0.attn.qkv, "
             "vision_tower.blocks.1.attn.qkv") in " ".join(result.output.split())
+
+
+def test_mlas_unembed_out_is_rounded_by_gptq_and_embed_q_is_named(tmp_path, cli, temp):
+    """MLA's unembed_out (mlx-lm's MultiLinear) is called on its input, the latent, in prefill: it takes
+    GPTQ on that input's moments. embed_q is called there on the latent transposed (its input, the
+    queries, never seen): rounded plainly, and the note names it."""
+    calib = _ids(tmp_path / "ids.npy", 256)
+    src = write_tiny_checkpoint(tmp_path / "deepseek", "deepseek_v3")
+    outputs = {}
+    for name, args in {"gptq": ("--calib", calib, *GPTQ), "plain": ()}.items():
+        result = cli("convert", src, tmp_path / name, *args)
+        assert result.exit_code == 0, result.output
+        outputs[name] = (_tensors(tmp_path / name), " ".join(result.output.split()))
+    (gptq, said), (plain, _) = outputs["gptq"], outputs["plain"]
+    for layer in (0, 1):
+        attention = f"model.layers.{layer}.self_attn"
+        assert not (gptq[f"{attention}.unembed_out.weight"] == plain[f"{attention}.unembed_out.weight"]).all().item()
+        assert (gptq[f"{attention}.embed_q.weight"] == plain[f"{attention}.embed_q.weight"]).all().item()
+    assert ("--rounding gptq: 2 affine modules rounded plainly, no moments of their inputs measured (modules the "
+            "text never reaches; MLA's per-head embed_q): model.layers.0.self_attn.embed_q, "
+            "model.layers.1.self_attn.embed_q") in said

@@ -597,17 +597,21 @@ class _MultiLinear(nn.Module):
     prefill, transposed to the latent) during the pass: its products as mlx-lm computes them, on its
     weight or, while `probe` is set, on that weight quantized at PROBE and dequantized (as
     to_quantized quantizes it: along `in`), so that its sensitivity is measured like a Linear's.
-    Its inputs are not recorded (see convert's note on --rounding gptq)."""
+    While `recorder` is set (see _recording), its calls on inputs of its weight's `in` are recorded:
+    unembed_out's (the latent, in prefill), not embed_q's (called transposed in prefill, on the
+    latent: its `in`, the queries, are never seen; see convert's note on --rounding gptq)."""
 
     def __init__(self, inner: nn.Module):
         super().__init__()
-        self.inner, self.probe = inner, False
+        self.inner, self.probe, self.recorder = inner, False, None
 
     @property
     def weight(self) -> mx.array:
         return self.inner.weight
 
     def __call__(self, x: mx.array, transpose: bool = True) -> mx.array:
+        if transpose and self.recorder is not None:
+            self.recorder(x)
         w = self.inner.weight
         if self.probe:
             w = mx.array(dequantized_affine(as_float32(w), PROBE.bits, PROBE.group_size))
@@ -1043,11 +1047,12 @@ def _saved(file: Path, array: np.ndarray) -> None:
 
 def moments_bytes(model: nn.Module, moments: set[str], containers: set[str], tokens: int) -> int:
     """About the bytes Moments takes for `moments` (paths) over `tokens` tokens, as _recorders and
-    _Experts.input_moments record them: an [in, in] upper triangle (float32) per Linear module; per
-    expert container, for its input stacks (gate/up, fc1) the mean over every token [in, in] and each
-    call's states (tokens × in), for its output stack (down_proj, fc2) E upper triangles [inner,
-    inner]. The routing choices (tokens × top-k indices) are left out; Linear modules with the same
-    input (q/k/v), whose moments are one record, are counted each."""
+    _Experts.input_moments record them: an [in, in] upper triangle (float32) per Linear (or
+    MultiLinear) module; per expert container, for its input stacks (gate/up, fc1) the mean over
+    every token [in, in] and each call's states (tokens × in), for its output stack (down_proj, fc2)
+    E upper triangles [inner, inner]. The routing choices (tokens × top-k indices) are left out;
+    Linear modules with the same input (q/k/v), whose moments are one record, are counted each, and
+    so is embed_q, whose inputs are never seen."""
     total = 0
     for container in containers:
         glu = module_at(model, container)
@@ -1060,7 +1065,8 @@ def moments_bytes(model: nn.Module, moments: set[str], containers: set[str], tok
         if f"{container}.{output}" in moments:
             total += 4 * experts * inner * (inner + 1) // 2
     for path in moments:
-        if not any(path.startswith(c + ".") for c in containers) and isinstance(m := module_at(model, path), nn.Linear):
+        if not any(path.startswith(c + ".") for c in containers) and \
+                (isinstance(m := module_at(model, path), nn.Linear) or _is_multilinear(m)):
             total += 4 * m.weight.shape[-1] * (m.weight.shape[-1] + 1) // 2
     return total
 
@@ -1444,7 +1450,7 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
         own = {p for p in wanted | sensitivity if p.startswith(f"{prefix}.{i}.")}
         recorders = _recorders(model, own & wanted, moments, {c for c in containers if c.startswith(f"{prefix}.{i}.")})
         probing = bool(own & sensitivity)
-        with _in_numpy(layer), recording(model, recorders), _zero_experts(model, recorders):
+        with _in_numpy(layer), _recording(model, recorders), _zero_experts(model, recorders):
             for c in range(len(chunks)):
                 x, (args, kwargs) = states[c], arguments[c][i]
                 with _reuse.call(keep=True) if c == 0 and shared and probing else nullcontext():  # for the probes
@@ -1591,17 +1597,34 @@ def _tail_kl(model: nn.Module, layers: list, chunk: mx.array, final: mx.array, p
 
 
 def _recorders(model: nn.Module, paths: set[str], moments: set[str], containers: set[str]) -> dict:
-    """A statistics recorder per Linear module in `paths` outside the expert containers, and per
-    container in `containers` holding one of `paths`; recorders of the same input share its sums."""
+    """A statistics recorder per Linear (or MultiLinear) module in `paths` outside the expert
+    containers, and per container in `containers` holding one of `paths`; recorders of the same
+    input share its sums."""
     out, seen = {}, _Seen()
     for path in sorted(paths):
-        if not any(path.startswith(c + ".") for c in containers) and isinstance(module_at(model, path), nn.Linear):
+        if not any(path.startswith(c + ".") for c in containers) and \
+                (isinstance(module := module_at(model, path), nn.Linear) or _is_multilinear(module)):
             out[path] = _Linear(path in moments, seen)
     for container in sorted(containers):
         if any(p.startswith(container + ".") for p in paths):
             out[container] = _Experts(module_at(model, container), any(p.startswith(container + ".") for p in moments),
                                       seen)
     return out
+
+
+@contextmanager
+def _recording(model: nn.Module, recorders: dict):
+    """surgery.recording of `recorders` inside `_in_numpy`, where a MultiLinear's recorder is its
+    stand-in's (_MultiLinear records only its calls on inputs of its weight's `in`)."""
+    multi = {p: r for p, r in recorders.items() if isinstance(module_at(model, p), _MultiLinear)}
+    for path, recorder in multi.items():
+        module_at(model, path).recorder = recorder
+    try:
+        with recording(model, {p: r for p, r in recorders.items() if p not in multi}):
+            yield
+    finally:
+        for path in multi:
+            module_at(model, path).recorder = None
 
 
 _collecting = threading.local()  # .stream: the mlx stream of a thread running _collect_in_thread

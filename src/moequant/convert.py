@@ -508,7 +508,7 @@ class Conversion:
         embeddings = {r.path for r in self.plan.rows if r.role == Role.EMBEDDING}
         if unreached := sorted(paths - set(moments) - embeddings, key=natural_order):
             note = (f"--rounding gptq: {len(unreached)} affine modules rounded plainly, no moments of their inputs "
-                    f"measured (modules the text never reaches; MLA's per-head embed_q / unembed_out): "
+                    f"measured (modules the text never reaches; MLA's per-head embed_q): "
                     f"{', '.join(unreached[:4])}{', …' if len(unreached) > 4 else ''}")
             self.plan.notes.append(note)
             self.notices.append(note)
