@@ -598,8 +598,8 @@ class _MultiLinear(nn.Module):
     weight or, while `probe` is set, on that weight quantized at PROBE and dequantized (as
     to_quantized quantizes it: along `in`), so that its sensitivity is measured like a Linear's.
     While `recorder` is set (see _recording), its calls on inputs of its weight's `in` are recorded:
-    unembed_out's (the latent, in prefill), not embed_q's (called transposed in prefill, on the
-    latent: its `in`, the queries, are never seen; see convert's note on --rounding gptq)."""
+    unembed_out's (the latent, in prefill), not embed_q's on the latent in mlx-lm's prefill
+    (transpose=False: its `in`, the queries, are never seen; see convert's note on --rounding gptq)."""
 
     def __init__(self, inner: nn.Module):
         super().__init__()
