@@ -13,7 +13,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from moequant.allocate import CANDIDATES
-from moequant.calibrate import MIN_ROUTED, PROBE, PROBE_SEQUENCES, Moments, Symmetric, measure, moments_bytes
+from moequant.calibrate import MIN_ROUTED, PROBE, Moments, Symmetric, measure, moments_bytes
 from moequant.convert import Conversion
 from moequant.errors import PlanError
 from moequant.evaluate import load_float32, text_logits
@@ -330,31 +330,44 @@ def test_sensitivity_is_estimated_for_every_module_in_a_bounded_number_of_layer_
     assert _stream(src, TOKENS, sensitivity={"lm_head"}).sensitivity["lm_head"] > 4 * plain["lm_head"]
 
 
-@pytest.mark.parametrize("arch", ["deepseek_v3", "mistral4"])
-def test_mlas_per_head_projections_get_the_kl_of_their_own_probe(tmp_path, arch):
+@pytest.mark.parametrize("model_type", ["deepseek_v3", "mistral4"])
+def test_mlas_per_head_projections_get_the_kl_of_their_own_probe(tmp_path, model_type):
     """MLA's embed_q / unembed_out (mlx-lm's MultiLinear, applied transposed to the latent in prefill):
     probed alone in its layer, a module's sensitivity is the KL of the model with its weight alone at
-    PROBE (as mlx quantizes and dequantizes it), on the probe's tokens: here computed by mlx-lm's
-    own float model with that weight replaced."""
-    src = write_tiny_checkpoint(tmp_path / "src", arch, dtype="float32")
-    for _ in Conversion(src, dtype="float32").run(tmp_path / "float"):
-        pass
-    model = load_float32(tmp_path / "float")
-    tokens = TOKENS[:PROBE_SEQUENCES]  # the probe's: its sequences of the first chunk, all 48 tokens
+    PROBE, on the probe's tokens. The checkpoint and the reference are transformers': its own model,
+    with the part of kv_b_proj that mlx-lm splits into that module (embed_q: each head's nope rows,
+    quantized along them; unembed_out: its v rows, along kv_lora) quantized and dequantized by mlx."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers", minversion="5.0")
+    from producer import TINY, TOKENS as IDS, _round_trip, model_class, write_produced
 
-    def log_probs():
-        logits = text_logits(model, tokens).astype(mx.float32)
-        return np.array(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+    src = tmp_path / "src"
+    write_produced(src, model_type)
+    model = model_class(model_type).from_pretrained(src, dtype=torch.float32).eval()
+    ids = torch.from_numpy(IDS)
+    nope, heads = TINY["qk_nope_head_dim"], model.config.num_attention_heads
+
+    def log_probs() -> np.ndarray:
+        with torch.inference_mode():
+            return torch.log_softmax(model(ids, use_cache=False).logits.float(), -1).numpy()
 
     reference = log_probs()
-    for path in ("model.layers.0.self_attn.embed_q", "model.layers.1.self_attn.unembed_out"):
-        module = module_at(model, path)
-        weight = module.weight
-        module.weight = mx.dequantize(*mx.quantize(weight, PROBE.group_size, PROBE.bits), PROBE.group_size,
-                                      PROBE.bits)
-        expected = float((np.exp(reference) * (reference - log_probs())).sum() / tokens.size)
-        module.weight = weight
-        measured = _stream(src, TOKENS, sensitivity={path}).sensitivity[path]
+    for layer, name in ((1, "embed_q"), (2, "unembed_out")):
+        kv_b = model.model.layers[layer].self_attn.kv_b_proj.weight
+        saved = kv_b.detach().clone()
+        per_head = saved.view(heads, -1, saved.shape[-1]).clone()  # [heads, nope + v, kv_lora]
+        for h in range(heads):
+            if name == "embed_q":  # [nope, kv_lora], quantized along nope (embed_q's input)
+                per_head[h, :nope] = _round_trip(per_head[h, :nope], PROBE.bits, PROBE.group_size, axis=0)
+            else:  # [v, kv_lora], along kv_lora
+                per_head[h, nope:] = _round_trip(per_head[h, nope:], PROBE.bits, PROBE.group_size, axis=1)
+        with torch.no_grad():
+            kv_b.copy_(per_head.reshape(saved.shape))
+        expected = float((np.exp(reference) * (reference - log_probs())).sum() / IDS.size)
+        with torch.no_grad():
+            kv_b.copy_(saved)
+        path = f"model.layers.{layer}.self_attn.{name}"
+        measured = _stream(src, mx.array(IDS.astype(np.int32)), sensitivity={path}).sensitivity[path]
         assert expected > 0 and measured == pytest.approx(expected, rel=1e-3), (path, measured, expected)
 
 
