@@ -158,3 +158,26 @@ def test_a_child_that_cannot_start_or_carry_the_reading_gives_none(monkeypatch):
     assert target._readings_in_child([{**config, "hidden_size": object()}]) is None  # not JSON
     monkeypatch.setattr(sys, "executable", "/nonexistent/python")
     assert target._readings_in_child([config]) is None
+
+
+@pytest.mark.parametrize("argv, gptq", [
+    (["convert", "a", "b"], False),
+    (["convert", "a", "b", "--rounding", "gptq", "--calib", "c.npy"], True),
+    (["convert", "a", "b", "--rounding=gptq"], True),
+    (["convert", "a", "b", "--rounding", "gptq", "--rounding=mse"], False),  # the last one given, as typer takes it
+    (["convert", "a", "b", "--calib", "gptq"], False),
+])
+def test_the_forkserver_preloads_gptqs_modules_when_the_command_line_asks_for_gptq(monkeypatch, argv, gptq):
+    from moequant import cli, procpool
+
+    started = []
+    monkeypatch.setattr(procpool, "start_server", lambda gptq=False: started.append(gptq))
+    cli._forkserver_early(argv)
+    assert started == [gptq]
+    from multiprocessing import forkserver
+
+    try:
+        procpool._context(gptq)
+        assert ("moequant.calibrate" in forkserver._forkserver._preload_modules) == gptq  # what its start imports
+    finally:
+        procpool._context()

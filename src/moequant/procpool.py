@@ -173,10 +173,14 @@ class Spec:
     extra: dict = field(default_factory=dict)
 
 
-def _context():
+def _context(gptq: bool = False):
+    """The forkserver context. The forkserver imports its preload once; every worker is a fork of it
+    (no mlx threads yet at fork). Only the first call's preload counts: the one that starts it. With
+    `gptq` it also imports what GPTQ's workers unpickle and round with (calibrate's Moments: numpy,
+    gptq; each worker imported them at its start, 0.12 s of the trained tiny MoE's 0.15 s setup on the
+    2-core VM): numpy would only delay the first fork of a plain conversion."""
     ctx = mp.get_context("forkserver")
-    # the forkserver imports these once; every worker is a fork of it (no mlx threads yet at fork)
-    ctx.set_forkserver_preload(["moequant._workerboot", *_main_imports()])
+    ctx.set_forkserver_preload(["moequant._workerboot", *(["moequant.calibrate"] if gptq else []), *_main_imports()])
     return ctx
 
 
@@ -192,12 +196,13 @@ def _main_imports() -> list[str]:
     return ["moequant.cli"] if script and "moequant.cli" in sys.modules else []
 
 
-def start_server() -> None:
+def start_server(gptq: bool = False) -> None:
     """Start the forkserver in the background (its imports take longer than the main process's
-    own until it reads SRC); Workers forks from it once it is up. A second call does nothing."""
+    own until it reads SRC); Workers forks from it once it is up. A second call does nothing.
+    `gptq`: for GPTQ's workers (see _context)."""
     def start():
         try:
-            _context()
+            _context(gptq)
             from multiprocessing import forkserver
             forkserver.ensure_running()
         except Exception:  # Workers starts it again and reports what fails
@@ -230,11 +235,12 @@ class Workers:
     its dry-run manifest. Each worker waits on a pipe of its own for its Spec (convert_groups sends
     it) and exits when the pipe closes unused (`take` closes those not needed). A context manager:
     leaving it stops the forking and terminates and joins any worker still running (an error or a
-    signal before or during the conversion leaves no process behind); closing twice is harmless."""
+    signal before or during the conversion leaves no process behind); closing twice is harmless.
+    `gptq`: for GPTQ's workers (see _context)."""
 
-    def __init__(self, count: int):
+    def __init__(self, count: int, gptq: bool = False):
         self.count = count
-        self.ctx = _context()
+        self.ctx = _context(gptq)
         self.tasks, self.results = self.ctx.Queue(), self.ctx.Queue()
         self.procs: list = []
         self.pipes: list = []  # the main process's end of each worker's pipe
@@ -480,7 +486,7 @@ def convert_groups(conv, out, groups, workers: int, moments=None, started: Worke
     """Indices of groups as they are written, by `workers` processes (see the module docstring):
     those `started` ahead (Workers of at least `workers`), else forked now. Output `out` has
     allocated the shard files; each worker's written tensors are adopted into it."""
-    with (nullcontext(started) if started is not None else Workers(workers)) as pool:
+    with (nullcontext(started) if started is not None else Workers(workers, moments is not None)) as pool:
         spec = _spec(conv, out, groups, workers, moments)
         for u in range(len(spec.units)):
             pool.tasks.put(u)
