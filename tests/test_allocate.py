@@ -104,6 +104,46 @@ def test_calibrated_allocation_says_so_in_the_plan(tmp_path):
     assert all("calibrated on" in r.reason for r in plan.rows if r.rule == "target-bpw")
 
 
+def test_errors_measured_a_layer_behind_the_pass_choose_as_those_measured_ahead_of_it(tmp_path, monkeypatch):
+    """Weight samples larger than SAMPLES_AHEAD are read and measured as the pass hands on each
+    decoder layer's energies (convert._Arriving), while it runs on: the same choices as samples read
+    before the pass and weighted by the energies after it."""
+    from moequant import convert
+
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe")
+    calib = tmp_path / "calib.txt"
+    calib.write_text(CALIB_TEXT)
+    make = lambda: Conversion(src, Quant.make("affine", 4), target_bpw=4.0, calib=str(calib)).plan  # noqa: E731
+    ahead = make()
+    got, get = [], convert._Arriving.get
+    monkeypatch.setattr(convert._Arriving, "get", lambda self, path: (get(self, path), got.append((path, self.over)))[0])
+    monkeypatch.setattr(convert, "SAMPLES_AHEAD", 0)
+    behind = make()
+    assert [(r.path, r.quant) for r in behind.rows] == [(r.path, r.quant) for r in ahead.rows]
+    layer0 = [over for path, over in got if path.startswith("model.layers.0.")]
+    assert layer0 and not any(layer0)  # layer 0's energies handed on while the pass was still running
+    assert {path for path, _ in got} == {r.path for r in ahead.rows if r.rule == "target-bpw"}
+
+
+def test_a_failed_pass_stops_the_reading_behind_it(tmp_path, monkeypatch):
+    import threading
+
+    from moequant import calibrate, convert
+
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe")
+    calib = tmp_path / "calib.txt"
+    calib.write_text(CALIB_TEXT)
+    monkeypatch.setattr(convert, "SAMPLES_AHEAD", 0)
+
+    def tail(*args):
+        raise RuntimeError("the tail failed")
+
+    monkeypatch.setattr(calibrate, "_tail", tail)
+    with pytest.raises(RuntimeError, match="the tail failed"):
+        Conversion(src, Quant.make("affine", 4), target_bpw=4.0, calib=str(calib))
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("moequant-allocate")]
+
+
 def test_model_errors_scale_each_module_by_its_measured_kl_at_the_probe():
     from moequant.allocate import model_errors
     from moequant.calibrate import PROBE

@@ -32,6 +32,7 @@ import mlx.core as mx
 import numpy as np
 
 from .calibrate import as_float32, stored_bits, widened_bits
+from .checkpoint import Stacked
 from .errors import PlanError
 from .formats import Mode, Quant
 from .gptq import _grid
@@ -53,21 +54,34 @@ class Choice:
     error: float
 
 
-def sampled(weight: mx.array, seed: int = 0) -> mx.array:
-    """The rows of `weight` ([out, in] or [E, out, in]) whose errors sample_errors measures,
-    [E or 1, ≤ SAMPLE_ROWS, in], evaluated (in the thread that made `weight`'s graph: mlx's rule)."""
-    w = weight if weight.ndim == 3 else weight[None]
-    if w.shape[1] > SAMPLE_ROWS:
-        w = w[:, mx.array(np.sort(np.random.default_rng(seed).choice(w.shape[1], SAMPLE_ROWS, replace=False)))]
-    mx.eval(w)
-    return w
+def sampled(weight: mx.array | Stacked, seed: int = 0) -> np.ndarray:
+    """The rows of `weight` ([out, in] or [E, out, in], or an expert stack as its parts) whose errors
+    sample_errors measures, as stored (calibrate.stored_bits) [E or 1, ≤ SAMPLE_ROWS, in]. Read in
+    the thread that made `weight`'s graph (mlx's rule). A stack given as its parts is read a part at
+    a time, each let go once its rows are taken: evaluating rows of a stack evaluates it whole (a
+    64-expert stack of the 6 GB layout: 0.2 GB, and its parts beside it until they are dropped)."""
+    parts = weight.parts if isinstance(weight, Stacked) else None
+    shape = weight.shape if len(weight.shape) == 3 else (1, *weight.shape)
+    rows = None
+    if shape[1] > SAMPLE_ROWS:
+        rows = mx.array(np.sort(np.random.default_rng(seed).choice(shape[1], SAMPLE_ROWS, replace=False)))
+    if parts is None:
+        w = weight if weight.ndim == 3 else weight[None]
+        return stored_bits(w if rows is None else w[:, rows])
+    out = None
+    for e in range(len(parts)):
+        part, parts[e] = parts[e], None
+        rows_e = stored_bits(part if rows is None else part[rows])
+        out = np.empty((shape[0], *rows_e.shape), rows_e.dtype) if out is None else out
+        out[e] = rows_e
+    return out
 
 
-def sample_errors(sample: mx.array, candidates=CANDIDATES, channel_energy: mx.array | None = None
+def sample_errors(sample: np.ndarray, candidates=CANDIDATES, channel_energy: mx.array | None = None
                   ) -> dict[Quant, float]:
-    """Relative output error of quantizing a weight each way, on an evaluated `sample` of its rows
-    (see sampled) from every expert; `channel_energy` is E[x_j²] ([in] or [E, in]), default 1."""
-    return relative_errors(column_errors(stored_bits(sample), candidates), channel_energy)
+    """Relative output error of quantizing a weight each way, on a `sample` of its rows (see
+    sampled) from every expert; `channel_energy` is E[x_j²] ([in] or [E, in]), default 1."""
+    return relative_errors(column_errors(sample, candidates), channel_energy)
 
 
 def relative_errors(columns: tuple[np.ndarray, dict[Quant, np.ndarray]], channel_energy: mx.array | None = None

@@ -1262,7 +1262,7 @@ class Statistics:
 @_threads()
 @_attention_in_numpy()
 def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.array, *, energy=frozenset(),
-            moments=frozenset(), sensitivity=frozenset()) -> Statistics:
+            moments=frozenset(), sensitivity=frozenset(), on_energy=None) -> Statistics:
     """Calibration statistics in one streamed pass over the decoder layers of `model` (a target
     model as target.build_model makes it, its weights lazy; the pass consumes it).
 
@@ -1288,13 +1288,18 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
     follows the squared error at a layer's output). That is one layer call per module (each taking
     what its module leaves unchanged from the layer's reference call: _Reuse) and, for the perturbed
     states, at most PERTURBED_LAYERS + L / PERTURBED_LAYERS layer calls per layer (that many states
-    held), on the probe's tokens, whatever the number of modules and layers."""
+    held), on the probe's tokens, whatever the number of modules and layers.
+
+    `on_energy(energies, settled)`, if given, is called (from one of the pass's threads) as each
+    decoder layer's statistics are taken, with the energies measured there (path -> E[x_j²]) and
+    `settled`, that layer's path prefix (`model.layers.3.`): no other energy of a path under it comes;
+    at the end, with those of the modules outside the decoder layers and None: none other comes."""
     stats = Statistics(tokens=tokens.size)
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="moequant-collect") as background, \
                 ThreadPoolExecutor(1, thread_name_prefix="moequant-probe") as prober:
             return _measure(model, weights, tokens, stats, background, prober, energy=energy, moments=moments,
-                            sensitivity=sensitivity)
+                            sensitivity=sensitivity, on_energy=on_energy)
     except BaseException:
         stats.moments.close()  # a pass that failed or was interrupted leaves no moments on disk
         raise
@@ -1303,10 +1308,17 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
 
 
 def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.array, stats: Statistics,
-             background: ThreadPoolExecutor, prober: ThreadPoolExecutor, *, energy, moments, sensitivity) -> Statistics:
+             background: ThreadPoolExecutor, prober: ThreadPoolExecutor, *, energy, moments, sensitivity,
+             on_energy) -> Statistics:
     """`measure` into `stats`, taking each layer's statistics in the thread of `background` and a small
     layer's probes in that of `prober`, while the next layer's chunks run."""
     start = time.monotonic()
+
+    def collect(recorders: dict, settled: str | None) -> None:
+        added = _collect(stats, recorders, energy, moments)
+        if on_energy is not None:
+            on_energy(added, settled)
+
     tokens = tokens[None] if tokens.ndim == 1 else tokens
     energy, moments, sensitivity = set(energy), set(moments), set(sensitivity)
     wanted = energy | moments
@@ -1463,9 +1475,10 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
         # chunks run (see BESIDE_PROBES; one layer's at a time); a large one's before its probes
         if collecting is not None:
             collecting.result()
-        collecting = background.submit(_collect_in_thread, stats, recorders, energy, moments) if small else None
+        settled = f"{prefix}.{i}."
+        collecting = background.submit(_collect_in_thread, collect, recorders, settled) if small else None
         if collecting is None:
-            _collect(stats, recorders, energy, moments)
+            collect(recorders, settled)
         # a small layer's probes (on the probe's own tokens) in a thread of their own while the next layer's
         # chunks run, one layer's at a time (two layers' weights at once); a large one's, or those that take
         # chunk 0's results, here
@@ -1500,7 +1513,7 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
     with recording(model, {p: _reaching(reached, p, recorders.get(p)) for p in recorders.keys() | outside_paths}):
         for c in range(len(chunks)):
             _tail(model, layers, chunks[c], states[c])
-    _collect(stats, recorders, energy, moments)
+    collect(recorders, None)
     perturbed = {path: (perturbed_inputs.get(path, probe_states()), path)
                  for path in outside_probed
                  if path in perturbed_inputs or path in reached}
@@ -1630,8 +1643,8 @@ def _recording(model: nn.Module, recorders: dict):
 _collecting = threading.local()  # .stream: the mlx stream of a thread running _collect_in_thread
 
 
-def _collect_in_thread(*args) -> None:
-    """_collect, on an mlx stream of this thread's own (mlx streams belong to their thread), its
+def _collect_in_thread(collect, *args) -> None:
+    """collect(*args) (_collect's work), on an mlx stream of this thread's own (mlx streams belong to their thread), its
     products in this thread alone: the pass's pool is left to the layer calls, which wait on it (the
     statistics' large products queued there before the layer's per-expert ones: on the 2-core VM under
     load, the trained tiny MoE's pass 3.0-4.7 s -> 2.7-3.9 s, side by side)."""
@@ -1640,7 +1653,7 @@ def _collect_in_thread(*args) -> None:
     _task.running = True  # as an item of the pool: _pooled() is False here
     try:
         with mx.stream(_collecting.stream):
-            _collect(*args)
+            collect(*args)
     finally:
         _task.running = False
 
@@ -1653,22 +1666,23 @@ def _on_own_stream(fn, *args) -> None:
         fn(*args)
 
 
-def _collect(stats: Statistics, recorded: dict, energy: set[str], moments: set[str]) -> None:
+def _collect(stats: Statistics, recorded: dict, energy: set[str], moments: set[str]) -> dict[str, mx.array]:
     """Each recorder's statistics into `stats` (a module its pass never reached is left out); the
-    moments of modules whose inputs were the same (q/k/v) are one record."""
+    moments of modules whose inputs were the same (q/k/v) are one record. Returns the energies added."""
     written: dict[tuple, str] = {}  # the inputs of a module whose moments are written -> its path
+    added: dict[str, mx.array] = {}
     for path, r in recorded.items():
         if not r.n:
             continue
         if isinstance(r, _Experts):
             if r.moments:  # first: its pass over the activations gives the energy too
                 r.input_moments(path, stats.moments, moments)
-            stats.energy.update((p, v) for p, v in r.energy(path).items() if p in energy)
+            added.update((p, v) for p, v in r.energy(path).items() if p in energy)
             if thin := r.thin():
                 stats.thin[path] = thin
             continue
         if path in energy:
-            stats.energy[path] = mx.array(r.mean_squares(), dtype=mx.float32)
+            added[path] = mx.array(r.mean_squares(), dtype=mx.float32)
         if path in moments:
             if (inputs := r.same_inputs()) in written:
                 stats.moments.alias(path, written[inputs])
@@ -1676,4 +1690,6 @@ def _collect(stats: Statistics, recorded: dict, energy: set[str], moments: set[s
             stats.moments.put(path, r.mean_products())
             if inputs is not None:
                 written[inputs] = path
-    mx.eval(list(stats.energy.values()))
+    mx.eval(list(added.values()))
+    stats.energy.update(added)
+    return added

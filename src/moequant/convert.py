@@ -8,7 +8,7 @@ import math
 import queue
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, CancelledError, ThreadPoolExecutor, wait
 from contextlib import closing, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -85,6 +85,40 @@ class Step:
     index: int
     total: int
     bytes_read: int
+
+
+class _Arriving:
+    """The input energies of a calibration pass as it measures them, a decoder layer at a time
+    (calibrate.measure's on_energy): `get` waits until a path's energy has come or cannot come any
+    more (its layer's statistics are taken, or the pass is over), and raises once the pass failed."""
+
+    def __init__(self):
+        self.values: dict[str, mx.array] = {}
+        self.settled: list[str] = []  # the path prefixes of the layers whose statistics are taken
+        self.over = self.failed = False
+        self.cond = threading.Condition()
+
+    def add(self, values: dict[str, mx.array], settled: str | None) -> None:
+        with self.cond:
+            self.values.update(values)
+            if settled is None:
+                self.over = True
+            else:
+                self.settled.append(settled)
+            self.cond.notify_all()
+
+    def fail(self) -> None:
+        with self.cond:
+            self.failed = True
+            self.cond.notify_all()
+
+    def get(self, path: str) -> mx.array | None:
+        with self.cond:
+            self.cond.wait_for(lambda: path in self.values or self.over or self.failed
+                               or any(path.startswith(p) for p in self.settled))
+            if self.failed:
+                raise CancelledError("the calibration pass failed")
+            return self.values.get(path)
 
 
 class Conversion:
@@ -204,18 +238,30 @@ class Conversion:
 
         options = self.options
         free = {r.path for r in rows if r.quantizable and r.free}
-        energy, sensitivity, notes, columns = {}, {}, [], None
+        energy, sensitivity, notes, columns, reading, arriving = {}, {}, [], None, None, None
         self.context = SourceContext(self.ckpt.tensors, self.context.qconfig, packed)
-        with ThreadPoolExecutor(1, thread_name_prefix="moequant-allocate") as ahead:
+        threads = max(1, min(procpool.cores(), ALLOCATE_THREADS))
+        with ThreadPoolExecutor(1, thread_name_prefix="moequant-allocate") as ahead, \
+                ThreadPoolExecutor(threads, thread_name_prefix="moequant-allocate") as pool:
             if options.calib:
                 tokens = self.calibration()
                 if sum(_sample_bytes(m.shape) for m in modules if m.path in free) <= SAMPLES_AHEAD:
                     columns = self._column_errors(free, ahead)  # measured while the pass runs
+                else:  # read and measured a layer behind the pass, as it measures each layer's energy: one
+                    # sample at a time while it runs (its memory beside the pass's), on every thread after it
+                    arriving = _Arriving()
+                    reading = ahead.submit(self._column_errors, free, pool, energy=arriving,
+                                           waiting=lambda: threads if arriving.over else 0)
                 # with --rounding gptq, the moments of every module that may come out affine, in the same pass
                 affine = free | {r.path for r in rows if r.quant is not None and r.quant.mode == Mode.AFFINE
                                  and not r.as_stored} if options.rounding == "gptq" else set()
-                stats = measure(build_model(self.config), self._normalized_groups(), tokens, energy=free,
-                                moments=affine, sensitivity=free)
+                try:
+                    stats = measure(build_model(self.config), self._normalized_groups(), tokens, energy=free,
+                                    moments=affine, sensitivity=free, on_energy=arriving and arriving.add)
+                except BaseException:
+                    if arriving is not None:
+                        arriving.fail()  # the reading stops
+                    raise
                 self.calibrated = stats.moments  # for run: --rounding gptq
                 energy, sensitivity = stats.energy, stats.sensitivity
                 self.timings["calibration"] = stats.seconds
@@ -229,13 +275,13 @@ class Conversion:
             else:
                 notes.append("--target-bpw: data-free proxy (relative weight reconstruction error)")
             start = time.monotonic()
-            threads = max(1, min(procpool.cores(), ALLOCATE_THREADS))
-            with ThreadPoolExecutor(threads, thread_name_prefix="moequant-allocate") as pool:
-                if columns is None:  # read now, measured on as many threads as cores, a few samples at a time
-                    errors = {path: f.result() for path, f in
-                              self._column_errors(free, pool, waiting=threads, energy=energy).items()}
-                else:
-                    errors = {path: relative_errors(f.result(), energy.get(path)) for path, f in columns.items()}
+            if reading is not None:
+                errors = {path: f.result() for path, f in reading.result().items()}
+            elif columns is None:  # read now, measured on as many threads as cores, a few samples at a time
+                errors = {path: f.result() for path, f in
+                          self._column_errors(free, pool, waiting=threads, energy=energy).items()}
+            else:
+                errors = {path: relative_errors(f.result(), energy.get(path)) for path, f in columns.items()}
         # a module no candidate's groups divide (Jamba's dt_proj, 8 inputs wide) has no choice: kept as decided
         errors = {path: e for path, e in errors.items() if e}
         if sensitivity:
@@ -246,28 +292,30 @@ class Conversion:
         self.timings["allocation"] = time.monotonic() - start
         return chosen, notes
 
-    def _column_errors(self, free: set[str], pool: ThreadPoolExecutor, waiting: int | None = None,
+    def _column_errors(self, free: set[str], pool: ThreadPoolExecutor, waiting=None,
                        energy: dict | None = None) -> dict:
         """Each free module's allocate.column_errors (a future of `pool`, path -> future): its sample of
-        rows read here, one group at a time, its errors measured in `pool`; with at most `waiting` + 1
-        samples not yet measured (None: no bound). Given `energy` (path -> E[x_j²], maybe none), their
+        rows read here, one group at a time (an expert stack a part at a time), its errors measured in
+        `pool`; with at most `waiting` + 1 samples not yet measured (None: no bound; a function: asked
+        before each). Given `energy` (path -> E[x_j²], maybe none), their
         relative errors instead (allocate.sample_errors), a few floats: a 64-expert stack's column errors
         are 19 MB (float64 [64, 2048] per candidate), and those of all the layers held at once took the
-        allocation's peak RSS 1.72 -> 2.14 GiB (the 6 GB layout, 16 cores)."""
+        allocation's peak RSS 1.72 -> 2.14 GiB (the 6 GB layout, 16 cores). `energy` may be an
+        _Arriving: each module is read once its energy has come (or cannot come)."""
         from .allocate import column_errors, sample_errors, sampled
-        from .calibrate import stored_bits
 
-        futures, normalized = {}, self._normalized_groups()
+        futures, normalized = {}, self._normalized_groups(as_parts=True)
         while normalized:
             weights = normalized.pop(0)
             for path in sorted(free & {k[: -len(".weight")] for k in weights if k.endswith(".weight")}):
-                if waiting is not None and sum(not f.done() for f in futures.values()) > waiting:
+                channel = None if energy is None else energy.get(path)
+                limit = waiting() if callable(waiting) else waiting
+                while limit is not None and sum(not f.done() for f in futures.values()) > limit:
                     wait([f for f in futures.values() if not f.done()], return_when=FIRST_COMPLETED)
-                # taken out of the group: evaluating the sample evaluates the whole weight, which stays in memory
-                # while anything holds it (the group's three expert stacks of the 6 GB layout: 0.6 GB)
+                # taken out of the group: an evaluated weight (or part) stays in memory while anything holds it
                 sample = sampled(weights.pop(f"{path}.weight"))
-                futures[path] = pool.submit(column_errors, stored_bits(sample)) if energy is None else \
-                    pool.submit(sample_errors, sample, channel_energy=energy.get(path))
+                futures[path] = pool.submit(column_errors, sample) if energy is None else \
+                    pool.submit(sample_errors, sample, channel_energy=channel)
             del weights
         return futures
 
