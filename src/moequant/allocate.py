@@ -26,6 +26,7 @@ solved by dynamic programming over the byte budget in fine bins.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -54,33 +55,44 @@ class Choice:
     error: float
 
 
-def sampled(weight: mx.array | Stacked, seed: int = 0) -> np.ndarray:
+def sample_parts(weight: mx.array | Stacked, seed: int = 0) -> Iterator[np.ndarray]:
     """The rows of `weight` ([out, in] or [E, out, in], or an expert stack as its parts) whose errors
-    sample_errors measures, as stored (calibrate.stored_bits) [E or 1, ≤ SAMPLE_ROWS, in]. Read in
-    the thread that made `weight`'s graph (mlx's rule). A stack given as its parts is read a part at
-    a time, each let go once its rows are taken: evaluating rows of a stack evaluates it whole (a
-    64-expert stack of the 6 GB layout: 0.2 GB, and its parts beside it until they are dropped)."""
-    parts = weight.parts if isinstance(weight, Stacked) else None
+    sample_errors measures, as stored (calibrate.stored_bits), read in the thread that made
+    `weight`'s graph (mlx's rule): [E or 1, ≤ SAMPLE_ROWS, in] at once, or for a stack given as its
+    parts, [1, ≤ SAMPLE_ROWS, in] a part at a time, each let go once its rows are taken (evaluating
+    rows of a stack evaluates it whole: a 64-expert stack of the 6 GB layout, 0.2 GB, and its parts
+    beside it until they are dropped)."""
     shape = weight.shape if len(weight.shape) == 3 else (1, *weight.shape)
     rows = None
     if shape[1] > SAMPLE_ROWS:
         rows = mx.array(np.sort(np.random.default_rng(seed).choice(shape[1], SAMPLE_ROWS, replace=False)))
-    if parts is None:
+    if not isinstance(weight, Stacked):
         w = weight if weight.ndim == 3 else weight[None]
-        return stored_bits(w if rows is None else w[:, rows])
-    out = None
+        yield stored_bits(w if rows is None else w[:, rows])
+        return
+    parts = weight.parts
     for e in range(len(parts)):
         part, parts[e] = parts[e], None
-        rows_e = stored_bits(part if rows is None else part[rows])
-        out = np.empty((shape[0], *rows_e.shape), rows_e.dtype) if out is None else out
-        out[e] = rows_e
+        yield stored_bits(part if rows is None else part[rows])[None]
+
+
+def sampled(weight: mx.array | Stacked, seed: int = 0) -> np.ndarray:
+    """sample_parts' rows in one array [E or 1, ≤ SAMPLE_ROWS, in]."""
+    count, out, e = weight.shape[0] if len(weight.shape) == 3 else 1, None, 0
+    for rows in sample_parts(weight, seed):
+        if len(rows) == count:
+            return rows
+        out = np.empty((count, *rows.shape[1:]), rows.dtype) if out is None else out
+        out[e:e + len(rows)] = rows
+        e += len(rows)
     return out
 
 
-def sample_errors(sample: np.ndarray, candidates=CANDIDATES, channel_energy: mx.array | None = None
-                  ) -> dict[Quant, float]:
+def sample_errors(sample: np.ndarray | Iterable[np.ndarray], candidates=CANDIDATES,
+                  channel_energy: mx.array | None = None) -> dict[Quant, float]:
     """Relative output error of quantizing a weight each way, on a `sample` of its rows (see
-    sampled) from every expert; `channel_energy` is E[x_j²] ([in] or [E, in]), default 1."""
+    sampled, or sample_parts) from every expert; `channel_energy` is E[x_j²] ([in] or [E, in]),
+    default 1."""
     return relative_errors(column_errors(sample, candidates), channel_energy)
 
 
@@ -95,24 +107,26 @@ def relative_errors(columns: tuple[np.ndarray, dict[Quant, np.ndarray]], channel
     return {q: float((e * h).sum()) / max(energy, 1e-30) for q, e in errors.items()}
 
 
-def column_errors(stored: np.ndarray, candidates=CANDIDATES) -> tuple[np.ndarray, dict[Quant, np.ndarray]]:
+def column_errors(stored: np.ndarray | Iterable[np.ndarray], candidates=CANDIDATES
+                  ) -> tuple[np.ndarray, dict[Quant, np.ndarray]]:
     """Of a sample's rows (stored_bits [E, rows, in]): per expert and input column, Σ_rows w² and,
     per candidate (those whose group size divides `in`), Σ_rows (dequantized − w)², float64 [E,
     in], with what `mx.dequantize(*mx.quantize(w))` restores (gptq._plain_affine's values, bit for
     bit). In numpy only (any thread may run it; mlx's CPU dequantize takes 5x its output's memory,
     ~1.1 GB for a 64-expert stack of 768 x 2048 at once), a few experts at a time, each group
     size's minima and maxima taken once for its bit widths (the coarser from the finer), each
-    candidate in one buffer, in place."""
-    experts, rows, n = stored.shape
-    valid = [q for q in candidates if n % q.group_size == 0]
-    sizes = sorted({q.group_size for q in valid})
-    weights = np.zeros((experts, n))
-    errors = {q: np.zeros((experts, n)) for q in valid}
-    step = max(1, _BLOCK // (rows * n))
-    for e0 in range(0, experts, step):
-        x = widened_bits(stored[e0:e0 + step])
-        part = slice(e0, e0 + x.shape[0])
-        weights[part] = np.einsum("ern,ern->en", x, x)
+    candidate in one buffer, in place. `stored` may also come as its experts a few at a time
+    (sample_parts): each expert's errors are its own."""
+    if isinstance(stored, np.ndarray):
+        step = max(1, _BLOCK // math.prod(stored.shape[1:]))
+        stored = [stored[e0:e0 + step] for e0 in range(0, len(stored), step)]
+    weights, errors = [], {}
+    for block in stored:
+        x = widened_bits(block)
+        n = x.shape[-1]
+        valid = [q for q in candidates if n % q.group_size == 0]
+        sizes = sorted({q.group_size for q in valid})
+        weights.append(np.einsum("ern,ern->en", x, x))
         extremes = {}
         for size in sizes:  # [2, E, rows, groups]: each group's minimum and maximum, all _grid reads of it
             finer = max((s for s in extremes if size % s == 0), default=None)
@@ -136,8 +150,8 @@ def column_errors(stored: np.ndarray, candidates=CANDIDATES) -> tuple[np.ndarray
             t *= full[0]
             t += full[1]
             t -= x
-            errors[q][part] = np.einsum("ern,ern->en", t, t)
-    return weights, errors
+            errors.setdefault(q, []).append(np.einsum("ern,ern->en", t, t))
+    return np.concatenate(weights), {q: np.concatenate(e) for q, e in errors.items()}
 
 
 def model_errors(errors: dict[str, dict[Quant, float]], sensitivity: dict[str, float], probe: Quant

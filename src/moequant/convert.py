@@ -8,7 +8,7 @@ import math
 import queue
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, CancelledError, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ThreadPoolExecutor, wait
 from contextlib import closing, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -247,8 +247,8 @@ class Conversion:
                 tokens = self.calibration()
                 if sum(_sample_bytes(m.shape) for m in modules if m.path in free) <= SAMPLES_AHEAD:
                     columns = self._column_errors(free, ahead)  # measured while the pass runs
-                else:  # read and measured a layer behind the pass, as it measures each layer's energy: one
-                    # sample at a time while it runs (its memory beside the pass's), on every thread after it
+                else:  # read and measured a layer behind the pass, as it measures each layer's energy: in the
+                    # reading thread a part at a time while the pass runs (beside its memory), on every thread after it
                     arriving = _Arriving()
                     reading = ahead.submit(self._column_errors, free, pool, energy=arriving,
                                            waiting=lambda: threads if arriving.over else 0)
@@ -297,12 +297,13 @@ class Conversion:
         """Each free module's allocate.column_errors (a future of `pool`, path -> future): its sample of
         rows read here, one group at a time (an expert stack a part at a time), its errors measured in
         `pool`; with at most `waiting` + 1 samples not yet measured (None: no bound; a function: asked
-        before each). Given `energy` (path -> E[x_j²], maybe none), their
+        before each; 0, with `energy`: each measured here as its parts are read, one part's rows in
+        memory). Given `energy` (path -> E[x_j²], maybe none), their
         relative errors instead (allocate.sample_errors), a few floats: a 64-expert stack's column errors
         are 19 MB (float64 [64, 2048] per candidate), and those of all the layers held at once took the
         allocation's peak RSS 1.72 -> 2.14 GiB (the 6 GB layout, 16 cores). `energy` may be an
         _Arriving: each module is read once its energy has come (or cannot come)."""
-        from .allocate import column_errors, sample_errors, sampled
+        from .allocate import column_errors, sample_errors, sample_parts, sampled
 
         futures, normalized = {}, self._normalized_groups(as_parts=True)
         while normalized:
@@ -313,7 +314,12 @@ class Conversion:
                 while limit is not None and sum(not f.done() for f in futures.values()) > limit:
                     wait([f for f in futures.values() if not f.done()], return_when=FIRST_COMPLETED)
                 # taken out of the group: an evaluated weight (or part) stays in memory while anything holds it
-                sample = sampled(weights.pop(f"{path}.weight"))
+                weight = weights.pop(f"{path}.weight")
+                if limit == 0 and energy is not None:  # one at a time: here, as its parts are read
+                    futures[path] = Future()
+                    futures[path].set_result(sample_errors(sample_parts(weight), channel_energy=channel))
+                    continue
+                sample = sampled(weight)
                 futures[path] = pool.submit(column_errors, sample) if energy is None else \
                     pool.submit(sample_errors, sample, channel_energy=channel)
             del weights
