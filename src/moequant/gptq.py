@@ -55,8 +55,12 @@ log = logging.getLogger(__name__)
 
 DAMP = 0.01  # λ: λ·mean(diag H) is added to the diagonal of H (Frantar et al.'s default)
 BLOCK = 512  # columns per lazy update: a multiple of every affine group size
-_CHUNK = 1 << 22  # float32 elements of weights rounded at once (16 MB; a call's temporaries ~12x that)
-_H_CHUNK = 1 << 23  # float32 elements of H (and of each of its factors) at once (32 MB; ~4 copies)
+# float32 elements of weights rounded at once (8 MB; a call's temporaries ~12x that) and of H (and of each of its
+# factors) at once (16 MB; ~4 copies). Half of 16 and 32 MB: the 6 GB layout's shapes (`.devrun`-style script, one
+# thread) at 53.5-55.1 against 51.1-51.2 GFLOP/s on the 2-core VM, 64.3-66.4 against 62.6 on the 16-core Xeon (its
+# down_proj 46-47 against 43; 4x more was slower, BENCHMARKS.md), a worker's peak RSS 40-50 MB lower
+_CHUNK = 1 << 21
+_H_CHUNK = 1 << 22
 
 
 @lru_cache(maxsize=None)

@@ -52,7 +52,8 @@ from .heap import trim
 WRITE_AHEAD = 256 << 20  # bytes of evaluated tensors queued for writing, per worker
 WORKER_BASE = 256 << 20  # a worker's memory besides the tensors it converts (python, mlx, graph)
 # a GPTQ worker's peak RSS rounding shares of the 6 GB layout's 64-expert layers: 0.30 GiB with 5 workers on 16
-# cores, 0.37 with 4 on 2 (2 layers), 0.55 with 2 (larger shares); the count is at most the cores
+# cores, 0.37 with 4 on 2 (2 layers), 0.55 with 2 (larger shares), all with gptq's earlier chunks (twice its _CHUNK
+# and _H_CHUNK: 40-50 MB more a worker); the count is at most the cores
 GPTQ_WORKER = 320 << 20
 # and one rounding a module whose input is n wide holds its H (4n² bytes) three times over (H read, its Cholesky
 # factor and the feedback: a [2048, 8192] weight took 2.0 H beside its H) and this much more (GPTQ_WORKER at
