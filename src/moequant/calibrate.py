@@ -1644,10 +1644,11 @@ _collecting = threading.local()  # .stream: the mlx stream of a thread running _
 
 
 def _collect_in_thread(collect, *args) -> None:
-    """collect(*args) (_collect's work), on an mlx stream of this thread's own (mlx streams belong to their thread), its
-    products in this thread alone: the pass's pool is left to the layer calls, which wait on it (the
-    statistics' large products queued there before the layer's per-expert ones: on the 2-core VM under
-    load, the trained tiny MoE's pass 3.0-4.7 s -> 2.7-3.9 s, side by side)."""
+    """collect(*args) (_collect's work), on an mlx stream of this thread's own (mlx streams belong
+    to their thread), its products in this thread alone: the pass's pool is left to the layer calls,
+    which wait on it (the statistics' large products queued there before the layer's per-expert
+    ones: on the 2-core VM under load, the trained tiny MoE's pass 3.0-4.7 s -> 2.7-3.9 s, side by
+    side)."""
     if not hasattr(_collecting, "stream"):
         _collecting.stream = mx.new_stream(mx.cpu)
     _task.running = True  # as an item of the pool: _pooled() is False here
