@@ -250,8 +250,7 @@ class Conversion:
                 else:  # read and measured a layer behind the pass, as it measures each layer's energy: in the
                     # reading thread a part at a time while the pass runs (beside its memory), on every thread after it
                     arriving = _Arriving()
-                    reading = ahead.submit(self._column_errors, free, pool, energy=arriving,
-                                           waiting=lambda: threads if arriving.over else 0)
+                    reading = ahead.submit(self._column_errors, free, pool, waiting=threads, energy=arriving)
                 # with --rounding gptq, the moments of every module that may come out affine, in the same pass
                 affine = free | {r.path for r in rows if r.quant is not None and r.quant.mode == Mode.AFFINE
                                  and not r.as_stored} if options.rounding == "gptq" else set()
@@ -292,17 +291,17 @@ class Conversion:
         self.timings["allocation"] = time.monotonic() - start
         return chosen, notes
 
-    def _column_errors(self, free: set[str], pool: ThreadPoolExecutor, waiting=None,
-                       energy: dict | None = None) -> dict:
+    def _column_errors(self, free: set[str], pool: ThreadPoolExecutor, waiting: int | None = None,
+                       energy: dict | _Arriving | None = None) -> dict:
         """Each free module's allocate.column_errors (a future of `pool`, path -> future): its sample of
         rows read here, one group at a time (an expert stack a part at a time), its errors measured in
-        `pool`; with at most `waiting` + 1 samples not yet measured (None: no bound; a function: asked
-        before each; 0, with `energy`: each measured here as its parts are read, one part's rows in
-        memory). Given `energy` (path -> E[x_j²], maybe none), their
-        relative errors instead (allocate.sample_errors), a few floats: a 64-expert stack's column errors
-        are 19 MB (float64 [64, 2048] per candidate), and those of all the layers held at once took the
-        allocation's peak RSS 1.72 -> 2.14 GiB (the 6 GB layout, 16 cores). `energy` may be an
-        _Arriving: each module is read once its energy has come (or cannot come)."""
+        `pool`; with at most `waiting` + 1 samples not yet measured (None: no bound). Given `energy`
+        (path -> E[x_j²], maybe none), their relative errors instead (allocate.sample_errors), a few
+        floats: a 64-expert stack's column errors are 19 MB (float64 [64, 2048] per candidate), and
+        those of all the layers held at once took the allocation's peak RSS 1.72 -> 2.14 GiB (the 6 GB
+        layout, 16 cores). `energy` may be an _Arriving: each module is read once its energy has come
+        (or cannot come), and while the pass runs, measured here as its parts are read (one part's
+        rows in memory beside the pass's)."""
         from .allocate import column_errors, sample_errors, sample_parts, sampled
 
         futures, normalized = {}, self._normalized_groups(as_parts=True)
@@ -310,15 +309,14 @@ class Conversion:
             weights = normalized.pop(0)
             for path in sorted(free & {k[: -len(".weight")] for k in weights if k.endswith(".weight")}):
                 channel = None if energy is None else energy.get(path)
-                limit = waiting() if callable(waiting) else waiting
-                while limit is not None and sum(not f.done() for f in futures.values()) > limit:
-                    wait([f for f in futures.values() if not f.done()], return_when=FIRST_COMPLETED)
                 # taken out of the group: an evaluated weight (or part) stays in memory while anything holds it
                 weight = weights.pop(f"{path}.weight")
-                if limit == 0 and energy is not None:  # one at a time: here, as its parts are read
+                if isinstance(energy, _Arriving) and not energy.over:  # beside the pass: here, a part at a time
                     futures[path] = Future()
                     futures[path].set_result(sample_errors(sample_parts(weight), channel_energy=channel))
                     continue
+                while waiting is not None and sum(not f.done() for f in futures.values()) > waiting:
+                    wait([f for f in futures.values() if not f.done()], return_when=FIRST_COMPLETED)
                 sample = sampled(weight)
                 futures[path] = pool.submit(column_errors, sample) if energy is None else \
                     pool.submit(sample_errors, sample, channel_energy=channel)
