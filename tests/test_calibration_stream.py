@@ -511,6 +511,40 @@ def test_sensitivity_carries_at_most_perturbed_layers_to_the_output_and_the_othe
             assert ratios[0] == pytest.approx(1, rel=1e-6)
 
 
+@pytest.mark.parametrize("beside", [True, False])
+def test_probes_beside_one_another_give_the_figures_of_probes_one_after_the_other(tmp_path, monkeypatch, beside):
+    """With more cores than ASIDE + 1, a layer's perturbed states are carried, and half of its modules
+    probed, in threads of their own beside its other probes (each module at PROBE in its own thread
+    only): the sensitivities are bitwise those of one thread's probes (on 1 core), for small layers
+    (probed beside the next layer's chunks) and large ones."""
+    import threading
+
+    import mlx_lm.models.qwen3_moe as qwen3_moe
+
+    import moequant.calibrate as calibrate
+
+    deep = _deeper(write_tiny_checkpoint(tmp_path / "src", "qwen3_moe", dtype="float32"), tmp_path / "l4", 4)
+    wanted = {r.path for r in Conversion(deep, Quant.make("affine", 4)).plan.rows
+              if r.quant is not None and ".layers." in r.path}
+    if not beside:
+        monkeypatch.setattr(calibrate, "BESIDE_PROBES", 0)  # every layer large: probed in the pass's own thread
+    call = qwen3_moe.Qwen3MoeDecoderLayer.__call__
+    runs = {}
+    for cores in (1, 8):
+        threads = []
+        monkeypatch.setattr(calibrate.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        monkeypatch.setattr(qwen3_moe.Qwen3MoeDecoderLayer, "__call__",
+                            lambda self, *a, **k: (threads.append(threading.current_thread().name),
+                                                   call(self, *a, **k))[1])
+        runs[cores] = (_stream(deep, TOKENS, sensitivity=wanted).sensitivity, threads)
+    (alone, alone_threads), (aside, aside_threads) = runs[1], runs[8]
+    assert set(alone) == wanted and all(v > 0 for v in alone.values())
+    assert aside == alone
+    assert not any(t.startswith("moequant-aside") for t in alone_threads)
+    assert len(aside_threads) == len(alone_threads)
+    assert sum(t.startswith("moequant-aside") for t in aside_threads) >= 4 * 3  # half of 7 probes, + carried states
+
+
 def test_a_layer_not_carried_to_the_output_takes_the_kl_per_error_of_the_layer_its_states_reached():
     from moequant.calibrate import _layer_sensitivities
 

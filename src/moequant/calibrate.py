@@ -72,6 +72,9 @@ TAIL_BLOCK = 1 << 24  # logits (float32 elements) the KL of the sensitivity take
 # the trained tiny MoE's pass 4.6 -> 3.9 s beside its probes (the same CPU time); a 64-expert layer of
 # the 6 GB layout's at once took the pass's peak RSS 1.22 -> 1.41 GiB (their temporaries and the probes')
 BESIDE_PROBES = 1 << 27
+# threads that carry a layer's perturbed states and probe half of its modules beside its other probes, where
+# the pass has more than this many cores plus one (on 2, the trained tiny MoE's pass took more CPU and no less time)
+ASIDE = 2
 
 
 CALIB_SEQUENCES, CALIB_LENGTH = 8, 512  # defaults: sequences of tokens read from a calibration file
@@ -353,7 +356,8 @@ def as_float32(a: mx.array) -> np.ndarray:
 
 
 class _Reuse(threading.local):
-    """While a decoder layer's probes run (see `measure`; each thread's its own): the results of the pass's stand-ins
+    """While a decoder layer's probes run (see `measure`; each thread's its own, or, in a thread probing beside
+    the one that made the layer's reference call, that one's `kept`, only read): the results of the pass's stand-ins
     (_InNumpy's products, _attention_in_numpy's attention) on the layer's reference call, which a
     probe's call of the layer takes where a stand-in is called with the same inputs at the same
     setting (what comes before the probed module, and what does not depend on it: with an expert
@@ -419,13 +423,16 @@ class _InNumpy(nn.Module):
     def __init__(self, inner: nn.Module, stack: bool):
         super().__init__()
         self.inner = inner
-        self.stack, self.probe = stack, False
+        self.stack = stack
 
-    def _weight(self, stored: np.ndarray) -> np.ndarray:
+    probe = property(lambda self: _at_probe_here(self))
+
+    @staticmethod
+    def _weight(stored: np.ndarray, probe: bool) -> np.ndarray:
         """float32 of `stored`, rows of stored_bits(weight) (numpy's slice: mlx's would copy it
-        first), at PROBE while `probe` is set."""
+        first), at PROBE if `probe`."""
         w = widened_bits(stored)
-        return dequantized_affine(w, PROBE.bits, PROBE.group_size) if self.probe else w
+        return dequantized_affine(w, PROBE.bits, PROBE.group_size) if probe else w
 
     def __call__(self, x: mx.array, *args, **kwargs) -> mx.array:
         if isinstance(self.inner, nn.Embedding):  # its rows, widened: the table stays as stored
@@ -459,18 +466,18 @@ class _InNumpy(nn.Module):
         out, n = self.inner.weight.shape
         y = np.empty((*xn.shape[:-1], out), np.float32)
         x2, y2 = xn.reshape(-1, n), y.reshape(-1, out)
-        step, stored = max(1, _BLOCK // n), stored_bits(self.inner.weight)
+        step, stored, probe = max(1, _BLOCK // n), stored_bits(self.inner.weight), self.probe
         if _pooled() and 2 * x2.shape[0] * n * out >= THREADED_FLOPS:
             step = min(step, max(16, -(-out // (16 * _pool_size)) * 16))
 
             def block(r: int) -> None:
-                y2[:, r:r + step] = x2 @ self._weight(stored[r:r + step]).T
+                y2[:, r:r + step] = x2 @ self._weight(stored[r:r + step], probe).T
 
             # a task's temporaries: its rows widened (and dequantized_affine's three of their size), its product
-            _in_pool(block, range(0, out, step), (16 if self.probe else 4) * step * n + 4 * x2.shape[0] * step)
+            _in_pool(block, range(0, out, step), (16 if probe else 4) * step * n + 4 * x2.shape[0] * step)
             return y
         for r in range(0, out, step):
-            y2[:, r:r + step] = _mm(x2, self._weight(stored[r:r + step]).T)
+            y2[:, r:r + step] = _mm(x2, self._weight(stored[r:r + step], probe).T)
         return y
 
     def _gather(self, x: mx.array, indices: mx.array) -> mx.array:
@@ -487,11 +494,12 @@ class _InNumpy(nn.Module):
         # rows already grouped by expert (mlx-lm's SwitchGLU sorts them): each expert's a slice
         grouped = np.array_equal(order, np.arange(order.size)) and np.array_equal(source, order)
         stored = stored_bits(self.inner.weight)  # here: mlx runs an op only in the thread that made it
+        probe = self.probe  # this thread's setting, for the pool's threads
 
         def product(e: int) -> None:
             """Expert e's rows by its weight: one matrix product (a batch of [M, in] products would run
             as M-row ones)."""
-            w = self._weight(stored[e]).T
+            w = self._weight(stored[e], probe).T
             if grouped:
                 part = slice(bounds[e], bounds[e + 1])
                 np.matmul(np.ascontiguousarray(xs[part]).reshape(-1, xs.shape[-1]), w,
@@ -503,7 +511,7 @@ class _InNumpy(nn.Module):
         # an item's temporaries: its weight widened, and (at PROBE) dequantized_affine's three of its size (at
         # 16 bytes an element for both, a 64 x 768 x 2048 stack's products ran 5 at a time on 16 threads)
         _in_pool(product, [int(e) for e in np.nonzero(np.diff(bounds))[0]],
-                 (16 if self.probe else 4) * out_dims * xs.shape[-1])
+                 (16 if probe else 4) * out_dims * xs.shape[-1])
         if "bias" in self.inner:
             out += as_float32(self.inner.bias)[flat][:, None]
         return mx.array(out.reshape(*batch, m, out_dims))
@@ -603,7 +611,9 @@ class _MultiLinear(nn.Module):
 
     def __init__(self, inner: nn.Module):
         super().__init__()
-        self.inner, self.probe, self.recorder = inner, False, None
+        self.inner, self.recorder = inner, None
+
+    probe = property(lambda self: _at_probe_here(self))
 
     @property
     def weight(self) -> mx.array:
@@ -678,14 +688,23 @@ def _decoder_layers(model: nn.Module, keys) -> str:
     return max(set(prefixes), key=prefixes.count)
 
 
+_probing = threading.local()  # .modules: ids of the stand-ins at PROBE in this thread (see _at_probe)
+
+
 @contextmanager
 def _at_probe(module: _InNumpy | _MultiLinear):
-    """The stand-in computing with its weight quantized at PROBE, dequantized."""
-    module.probe = True
+    """The stand-in computing with its weight quantized at PROBE, dequantized, in this thread only
+    (its `probe`): the layer's other threads (see measure's carried states) call it as it is."""
+    here = _probing.__dict__.setdefault("modules", set())
+    here.add(id(module))
     try:
         yield
     finally:
-        module.probe = False
+        here.discard(id(module))
+
+
+def _at_probe_here(module: nn.Module) -> bool:
+    return id(module) in getattr(_probing, "modules", ())
 
 
 def _probed(model: nn.Module, paths) -> list[tuple[str, _InNumpy | _MultiLinear]]:
@@ -1297,9 +1316,11 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
     stats = Statistics(tokens=tokens.size)
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="moequant-collect") as background, \
-                ThreadPoolExecutor(1, thread_name_prefix="moequant-probe") as prober:
-            return _measure(model, weights, tokens, stats, background, prober, energy=energy, moments=moments,
-                            sensitivity=sensitivity, on_energy=on_energy)
+                ThreadPoolExecutor(1, thread_name_prefix="moequant-probe") as prober, \
+                (ThreadPoolExecutor(ASIDE, thread_name_prefix="moequant-aside") if _pool_size > ASIDE + 1
+                 else nullcontext()) as aside:
+            return _measure(model, weights, tokens, stats, background, prober, aside, energy=energy,
+                            moments=moments, sensitivity=sensitivity, on_energy=on_energy)
     except BaseException:
         stats.moments.close()  # a pass that failed or was interrupted leaves no moments on disk
         raise
@@ -1308,10 +1329,12 @@ def measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.arr
 
 
 def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.array, stats: Statistics,
-             background: ThreadPoolExecutor, prober: ThreadPoolExecutor, *, energy, moments, sensitivity,
-             on_energy) -> Statistics:
+             background: ThreadPoolExecutor, prober: ThreadPoolExecutor, aside: ThreadPoolExecutor | None, *,
+             energy, moments, sensitivity, on_energy) -> Statistics:
     """`measure` into `stats`, taking each layer's statistics in the thread of `background` and a small
-    layer's probes in that of `prober`, while the next layer's chunks run."""
+    layer's probes in that of `prober`, while the next layer's chunks run; the perturbed states carried
+    through a layer, and half of its modules' probes, in the threads of `aside` (if any), beside its
+    other probes."""
     start = time.monotonic()
 
     def collect(recorders: dict, settled: str | None) -> None:
@@ -1415,33 +1438,68 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
     collecting = None  # the statistics being taken in `background`, of the last small layer
     probing_ahead = None  # the probes running in `prober`, of the last small layer
 
+    def carry(layer: nn.Module, args: tuple, kwargs: dict) -> None:
+        """The perturbed states through the float layer `layer` (inside its _in_numpy)."""
+        for states in (perturbed_inputs, chained):
+            for name, h in states.items():
+                states[name] = _hidden(layer(h, *args, **kwargs))
+                mx.eval(states[name])
+
+    def probe_errors(layer: nn.Module, probed: list, x0, reference, args: tuple, kwargs: dict,
+                     kept: dict | None = None) -> dict[str, float]:
+        """ε_m of each (path, module) of `probed`: the squared error of the layer's output on `x0` with that
+        module alone at PROBE, each call taking what it leaves unchanged from the reference call (`kept`: that
+        call's results, where another thread made it)."""
+        if kept is not None:
+            _reuse.kept = kept
+        try:
+            errors = {}
+            for path, module in probed:
+                with _at_probe(module), _reuse.call(keep=False):
+                    errors[path] = ((_hidden(layer(x0, *args, **kwargs)) - reference) ** 2).sum().item()
+            return errors
+        finally:
+            if kept is not None:
+                _reuse.clear()
+
     def probe_layer(i: int, layer: nn.Module, rels: dict[str, str], probing: bool, x0, reference) -> None:
         """Layer i's probes: the probe's own tokens through the float layer (their reference: else chunk 0's
-        `x0` and `reference`), the perturbed states carried through it, then each module of `rels` (paths in
-        the layer -> in the model) alone at PROBE and all of them at once."""
+        `x0` and `reference`), then each module of `rels` (paths in the layer -> in the model) alone at PROBE
+        and all of them at once. Meanwhile, in `aside`'s threads, the perturbed states are carried through the
+        float layer, and half of the modules are probed (a module is at PROBE in the thread probing it only:
+        `_at_probe`): the same figures as one after the other, which they are without `aside`."""
         nonlocal probe_state
         with _in_numpy(layer):
             args, kwargs = probe_arguments[i]
-            if probe_state is not None:  # the probe's own tokens, through the float layer
-                x0 = probe_state
-                with _reuse.call(keep=True) if probing else nullcontext():
-                    reference = probe_state = _hidden(layer(x0, *args, **kwargs))
-                    mx.eval(reference)
-            for states in (perturbed_inputs, chained):
-                for name, h in states.items():
-                    states[name] = _hidden(layer(h, *args, **kwargs))
-                    mx.eval(states[name])
-            if probed := [(rels[rel], module) for rel, module in _probed(layer, rels)]:
-                errors = {}
-                for path, module in probed:
-                    with _at_probe(module), _reuse.call(keep=False):
-                        errors[path] = ((_hidden(layer(x0, *args, **kwargs)) - reference) ** 2).sum().item()
-                with ExitStack() as stack:
-                    for _, module in probed:
-                        stack.enter_context(_at_probe(module))
-                    h = _hidden(layer(x0, *args, **kwargs))
-                    mx.eval(h)
-                perturbed_layers[i] = (((h - reference) ** 2).sum().item(), errors)
+            helpers = []
+            if (perturbed_inputs or chained) and aside is None:
+                carry(layer, args, kwargs)
+            elif perturbed_inputs or chained:
+                helpers.append(aside.submit(_on_own_stream, carry, layer, args, kwargs))
+            try:
+                if probe_state is not None:  # the probe's own tokens, through the float layer
+                    x0 = probe_state
+                    with _reuse.call(keep=True) if probing else nullcontext():
+                        reference = probe_state = _hidden(layer(x0, *args, **kwargs))
+                        mx.eval(reference)
+                if probed := [(rels[rel], module) for rel, module in _probed(layer, rels)]:
+                    half = len(probed) // 2 if aside is not None else 0
+                    if half:
+                        helpers.append(probing_aside := aside.submit(
+                            _on_own_stream, probe_errors, layer, probed[half:], x0, reference, args, kwargs, _reuse.kept))
+                    errors = probe_errors(layer, probed[:half] if half else probed, x0, reference, args, kwargs)
+                    with ExitStack() as stack:
+                        for _, module in probed:
+                            stack.enter_context(_at_probe(module))
+                        h = _hidden(layer(x0, *args, **kwargs))
+                        mx.eval(h)
+                    if half:
+                        errors.update(probing_aside.result())
+                    perturbed_layers[i] = (((h - reference) ** 2).sum().item(), errors)
+            finally:
+                for helper in helpers:
+                    helper.result()
+            if probed:
                 if i in carried:
                     for j in list(chained):  # the chained states of the layers before: their error here
                         chained_errors[j] = (i, ((chained.pop(j) - reference) ** 2).sum().item())
@@ -1449,6 +1507,7 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
                 else:
                     chained[i] = h
         _reuse.clear()
+
     for i in range(len(real)):  # not enumerate(real): its last (i, layer) pair would hold the layer to the next
         layer_start = time.monotonic()
         layers[i] = layer = real[i]
@@ -1659,12 +1718,12 @@ def _collect_in_thread(collect, *args) -> None:
         _task.running = False
 
 
-def _on_own_stream(fn, *args) -> None:
+def _on_own_stream(fn, *args):
     """fn(*args) on an mlx stream of this thread's own."""
     if not hasattr(_collecting, "stream"):
         _collecting.stream = mx.new_stream(mx.cpu)
     with mx.stream(_collecting.stream):
-        fn(*args)
+        return fn(*args)
 
 
 def _collect(stats: Statistics, recorded: dict, energy: set[str], moments: set[str]) -> dict[str, mx.array]:
