@@ -132,3 +132,54 @@ def test_shard_size_limit_splits_output_into_an_indexed_set_with_the_same_tensor
     assert one.keys() == many.keys() == index["weight_map"].keys()
     assert all(mx.array_equal(one[k], many[k]) for k in one)
     assert compare_logits(logits_of(tmp_path / "one"), logits_of(tmp_path / "many")).max_abs == 0
+
+
+def _layers_repeated(src, dst, layers: int, shards: int):
+    """The tiny checkpoint `src` (one shard) with its layer 1 repeated to `layers` decoder layers, in
+    `shards` shards (a layer's tensors in one)."""
+    from safetensors.numpy import load_file, save_file
+
+    dst.mkdir()
+    config = json.loads((src / "config.json").read_text())
+    config["num_hidden_layers"] = layers
+    (dst / "config.json").write_text(json.dumps(config))
+    [shard] = src.glob("*.safetensors")
+    parts, weight_map = [{} for _ in range(shards)], {}
+    for key, value in load_file(shard).items():
+        if ".layers." not in key:
+            parts[0][key] = value
+        elif ".layers.1." in key:
+            for i in range(layers):
+                parts[i * shards // layers][key.replace(".layers.1.", f".layers.{i}.")] = value
+    for n, part in enumerate(parts):
+        name = f"model-{n + 1:05d}-of-{shards:05d}.safetensors"
+        save_file(part, dst / name, metadata={"format": "pt"})
+        weight_map.update((k, name) for k in part)
+    (dst / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return dst
+
+
+def test_the_dry_run_walks_each_layer_once_and_opens_each_shard_once(tmp_path, monkeypatch):
+    """The manifest (a dry run of every group) packs each group's modules walking only their decoder
+    layer, not the whole model once per group (which grew with the square of the layers), and
+    opens each source shard once, not once per group that reads it."""
+    import mlx.nn as nn
+
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe", dtype="float32")
+    walked, opened = [], []
+    leaf_modules, load = nn.Module.leaf_modules, mx.load
+    monkeypatch.setattr(nn.Module, "leaf_modules", lambda self: (walked.append(len(tree_flatten(
+        leaf_modules(self), is_leaf=lambda m: isinstance(m, nn.Module)))), leaf_modules(self))[1])
+    monkeypatch.setattr(mx, "load", lambda file, *a, **k: (opened.append(file), load(file, *a, **k))[1])
+    visited = {}
+    for layers in (2, 8):
+        deep = _layers_repeated(src, tmp_path / f"l{layers}", layers, shards=2)
+        conversion = Conversion(deep, Quant.make("affine", 4))
+        walked.clear(), opened.clear()
+        entries = conversion.manifest()
+        assert sorted(set(opened)) == sorted(opened) and len(opened) == 2
+        assert any(".layers.7." in k for k, _, _ in entries) or layers == 2
+        visited[layers] = sum(walked)
+    # 4x the layers: about 4x the modules walked (each layer's own, and the rest's walk of the model once);
+    # a walk of the whole model per group visited 4 x 9 / 3 = 12x as many
+    assert visited[8] < 6 * visited[2], visited

@@ -429,9 +429,10 @@ class Conversion:
         pipeline on lazy tensors: every layout and shape check runs, no tensor data is read."""
         model = self._target()
         expected, seen, quantizer, entries = parameter_shapes(model), set(), Quantizer(model, self.plan, compute=False), []
-        for weights in self._normalized_groups():
-            check_weights(weights, expected, seen, self.ckpt.model_type)
-            entries += [(k, DTYPE_TAGS[v.dtype], tuple(v.shape)) for k, v in quantizer.run(weights).items()]
+        with self.ckpt.shards_kept():
+            for weights in self._normalized_groups():
+                check_weights(weights, expected, seen, self.ckpt.model_type)
+                entries += [(k, DTYPE_TAGS[v.dtype], tuple(v.shape)) for k, v in quantizer.run(weights).items()]
         check_complete(expected, seen, self.ckpt.model_type)
         return entries
 

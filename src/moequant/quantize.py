@@ -15,7 +15,7 @@ from mlx.utils import tree_flatten
 from .checkpoint import Stacked
 from .errors import LayoutError
 from .formats import DTYPES, FP_MODES, Mode, Quant, Rounding
-from .names import module_path
+from .names import layer_of, module_path
 from .plan import Plan
 from .rounding import quantize_searched
 from .surgery import module_at
@@ -105,6 +105,23 @@ PACKERS: dict[tuple[Mode, Rounding], Callable[[mx.array, Quant, mx.array | None]
 }
 
 
+def _quantize_modules(model: nn.Module, paths: set[str], predicate) -> None:
+    """nn.quantize(model, class_predicate=predicate) for modules at `paths` (the predicate is False
+    elsewhere), walking only the decoder layers that hold them (and the model, for paths outside
+    the layers): a walk of the whole model for each group made a dry run's time grow with the
+    square of the layers (the benchmarks' 9-layer layout: 10 walks of 167 modules, 0.10 of its
+    manifest's 0.29 s profiled)."""
+    roots: dict[str, set[str]] = {}
+    for path in paths:
+        where = layer_of(f"{path}.")
+        roots.setdefault(f"{where[0]}.{where[1]}" if where else "", set()).add(path)
+    for root in sorted(roots):
+        if not root:
+            nn.quantize(model, class_predicate=lambda path, m: path in roots[""] and predicate(path, m))
+            continue
+        nn.quantize(module_at(model, root), class_predicate=lambda path, m, r=root: predicate(f"{r}.{path}", m))
+
+
 class Quantizer:
     """Holds the lazily built target model; `run` loads, quantizes and returns one group."""
 
@@ -174,7 +191,7 @@ class Quantizer:
             return rows[path].quant.to_dict() if path in todo else False
 
         if todo:
-            nn.quantize(self.model, class_predicate=predicate)  # the quantized modules, packed by to_quantized
+            _quantize_modules(self.model, todo, predicate)  # the quantized modules, packed by to_quantized
             computed = {p for p in todo if f"{p}.weight" in partial or rest and p not in split and
                         f"{p}.weight" not in parts}
             together = self._gptq_together(computed, weights, partial, mine) if self.compute else {}
