@@ -740,8 +740,10 @@ def _setup(spec: Spec):
 
     def fresh():
         """A quantizer (it quantizes the target's modules in place: each once) and every group's
-        lazy graph (each used once, then dropped), expert stacks carried as their parts."""
-        normalized = dict(enumerate(conv._normalized_groups(as_parts=True)))
+        lazy graph (each used once, then dropped), expert stacks carried as their parts: each shard
+        opened once while they are made (none of them is evaluated here)."""
+        with conv.ckpt.shards_kept():
+            normalized = dict(enumerate(conv._normalized_groups(as_parts=True)))
         return Quantizer(conv._target(), conv.plan, moments=spec.moments), normalized
 
     out = Output.attached(spec.slots, spec.paths, spec.extra.get("dst"), spec.extra.get("nbytes", 0))
