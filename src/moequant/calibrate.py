@@ -72,7 +72,7 @@ TAIL_BLOCK = 1 << 24  # logits (float32 elements) the KL of the sensitivity take
 # the trained tiny MoE's pass 4.6 -> 3.9 s beside its probes (the same CPU time); a 64-expert layer of
 # the 6 GB layout's at once took the pass's peak RSS 1.22 -> 1.41 GiB (their temporaries and the probes')
 BESIDE_PROBES = 1 << 27
-# threads that carry a layer's perturbed states and probe half of its modules beside its other probes, where
+# threads that carry a small layer's perturbed states and probe half of its modules beside its other probes, where
 # the pass has more than this many cores plus one (on 2, the trained tiny MoE's pass took more CPU and no less time)
 ASIDE = 2
 
@@ -1462,20 +1462,23 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
             if kept is not None:
                 _reuse.clear()
 
-    def probe_layer(i: int, layer: nn.Module, rels: dict[str, str], probing: bool, x0, reference) -> None:
+    def probe_layer(i: int, layer: nn.Module, rels: dict[str, str], probing: bool, x0, reference, small: bool) -> None:
         """Layer i's probes: the probe's own tokens through the float layer (their reference: else chunk 0's
         `x0` and `reference`), then each module of `rels` (paths in the layer -> in the model) alone at PROBE
-        and all of them at once. Meanwhile, in `aside`'s threads, the perturbed states are carried through the
-        float layer, and half of the modules are probed (a module is at PROBE in the thread probing it only:
-        `_at_probe`): the same figures as one after the other, which they are without `aside`."""
+        and all of them at once. Meanwhile, for a `small` layer (see BESIDE_PROBES), in `aside`'s threads, the
+        perturbed states are carried through the float layer, and half of the modules are probed (a module is at
+        PROBE in the thread probing it only: `_at_probe`): the same figures as one after the other, which they
+        are without `aside` and for a large layer (three of its calls at once: on the 6 GB layout's first 3
+        layers, the pool forced to 16 threads on the 2-core VM, the pass's peak RSS 1.33 -> 1.53 GB)."""
         nonlocal probe_state
+        beside = aside if small else None
         with _in_numpy(layer):
             args, kwargs = probe_arguments[i]
             helpers = []
-            if (perturbed_inputs or chained) and aside is None:
+            if (perturbed_inputs or chained) and beside is None:
                 carry(layer, args, kwargs)
             elif perturbed_inputs or chained:
-                helpers.append(aside.submit(_on_own_stream, carry, layer, args, kwargs))
+                helpers.append(beside.submit(_on_own_stream, carry, layer, args, kwargs))
             try:
                 if probe_state is not None:  # the probe's own tokens, through the float layer
                     x0 = probe_state
@@ -1483,9 +1486,9 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
                         reference = probe_state = _hidden(layer(x0, *args, **kwargs))
                         mx.eval(reference)
                 if probed := [(rels[rel], module) for rel, module in _probed(layer, rels)]:
-                    half = len(probed) // 2 if aside is not None else 0
+                    half = len(probed) // 2 if beside is not None else 0
                     if half:
-                        helpers.append(probing_aside := aside.submit(
+                        helpers.append(probing_aside := beside.submit(
                             _on_own_stream, probe_errors, layer, probed[half:], x0, reference, args, kwargs, _reuse.kept))
                     errors = probe_errors(layer, probed[:half] if half else probed, x0, reference, args, kwargs)
                     with ExitStack() as stack:
@@ -1545,10 +1548,10 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
         if probing_ahead is not None:
             probing_ahead.result()
         if small and probe_state is not None:
-            probing_ahead = prober.submit(_on_own_stream, probe_layer, i, layer, rels, probing, None, None)
+            probing_ahead = prober.submit(_on_own_stream, probe_layer, i, layer, rels, probing, None, None, small)
         else:
             probing_ahead = None
-            probe_layer(i, layer, rels, probing, x0, reference)
+            probe_layer(i, layer, rels, probing, x0, reference, small)
         layers[i] = LayerStandIn(skeletons[i], outputs=outputs)
         # the recorders and probed modules hold the layer's modules, and so its weights: dropped
         # before the next layer's are read (else two layers' weights at once: 1.38 -> 1.99 GiB from
