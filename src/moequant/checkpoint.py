@@ -227,7 +227,6 @@ class Checkpoint:
             out.update((k, arrays[self.tensors[k].key]) for k in names)  # SOURCE_PREFIXES renamed the keys
         return out
 
-
     @contextmanager
     def shards_kept(self):
         """Inside, each shard is opened once (`load` keeps its dict of lazy arrays): for a dry run,
