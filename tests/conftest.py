@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -82,3 +83,28 @@ def reference_logits(tmp_path_factory):
 
 def logits_of(path: Path) -> mx.array:
     return load_float32(path)(TOKENS)
+
+
+def layers_repeated(src: Path, dst: Path, layers: int, shards: int = 1) -> Path:
+    """The tiny checkpoint `src` (one shard, float32: safetensors' numpy reader has no bfloat16) with its
+    decoder layer 1 repeated to `layers` layers, in `shards` shards (a layer's tensors in one)."""
+    from safetensors.numpy import load_file, save_file
+
+    dst.mkdir()
+    config = json.loads((src / "config.json").read_text())
+    config["num_hidden_layers"] = layers
+    (dst / "config.json").write_text(json.dumps(config))
+    [shard] = src.glob("*.safetensors")
+    parts, weight_map = [{} for _ in range(shards)], {}
+    for key, value in load_file(shard).items():
+        if ".layers." not in key:
+            parts[0][key] = value
+        elif ".layers.1." in key:
+            for i in range(layers):
+                parts[i * shards // layers][key.replace(".layers.1.", f".layers.{i}.")] = value
+    for n, part in enumerate(parts):
+        name = f"model-{n + 1:05d}-of-{shards:05d}.safetensors"
+        save_file(part, dst / name, metadata={"format": "pt"})
+        weight_map.update((k, name) for k in part)
+    (dst / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return dst

@@ -23,6 +23,8 @@ from moequant.surgery import expert_containers, module_at, recording, standing_i
 from moequant.target import build_model
 from moequant.tiny import ALL_ARCHS, VLM_ARCHS, write_tiny_checkpoint
 
+from conftest import layers_repeated
+
 TOKENS = mx.array(np.random.default_rng(0).integers(0, 256, (5, 48)).astype(np.int32))  # 3 chunks, the last short
 
 
@@ -459,24 +461,6 @@ def test_sensitivity_is_measured_on_the_probes_tokens_alone(tmp_path, monkeypatc
         assert mx.array_equal(plain.energy[path], probed.energy[path]).item(), path
 
 
-def _deeper(src: Path, dst: Path, layers: int) -> Path:
-    """`src` with its decoder layers repeated to `layers` layers."""
-    dst.mkdir()
-    config = json.loads((src / "config.json").read_text())
-    config["num_hidden_layers"] = layers
-    (dst / "config.json").write_text(json.dumps(config))
-    [shard] = src.glob("*.safetensors")
-    tensors, out = load_file(shard), {}
-    for key, value in tensors.items():
-        if ".layers." not in key:
-            out[key] = value
-        elif ".layers.1." in key:
-            for i in range(layers):
-                out[key.replace(".layers.1.", f".layers.{i}.")] = value
-    save_file(out, dst / "model.safetensors", metadata={"format": "pt"})
-    return dst
-
-
 def test_sensitivity_carries_at_most_perturbed_layers_to_the_output_and_the_others_to_the_next(tmp_path, monkeypatch):
     """Past PERTURBED_LAYERS probed layers, only that many layers' perturbed states are carried to the
     output (the first, the last, others evenly between), the others' only to the next of them: the
@@ -486,7 +470,7 @@ def test_sensitivity_carries_at_most_perturbed_layers_to_the_output_and_the_othe
 
     import moequant.calibrate as calibrate
 
-    deep = _deeper(write_tiny_checkpoint(tmp_path / "src", "qwen3_moe", dtype="float32"), tmp_path / "l6", 6)
+    deep = layers_repeated(write_tiny_checkpoint(tmp_path / "src", "qwen3_moe", dtype="float32"), tmp_path / "l6", 6)
     wanted = {r.path for r in Conversion(deep, Quant.make("affine", 4)).plan.rows
               if r.quant is not None and ".layers." in r.path}
     call = qwen3_moe.Qwen3MoeDecoderLayer.__call__
@@ -523,7 +507,7 @@ def test_probes_beside_one_another_give_the_figures_of_probes_one_after_the_othe
 
     import moequant.calibrate as calibrate
 
-    deep = _deeper(write_tiny_checkpoint(tmp_path / "src", "qwen3_moe", dtype="float32"), tmp_path / "l4", 4)
+    deep = layers_repeated(write_tiny_checkpoint(tmp_path / "src", "qwen3_moe", dtype="float32"), tmp_path / "l4", 4)
     wanted = {r.path for r in Conversion(deep, Quant.make("affine", 4)).plan.rows
               if r.quant is not None and ".layers." in r.path}
     if not small:
@@ -566,7 +550,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_layers(tmp_path):
     tokens = TOKENS[:2, :16]
     peaks = {}
     for layers in (2, 8):
-        deep = _deeper(src, tmp_path / f"l{layers}", layers)
+        deep = layers_repeated(src, tmp_path / f"l{layers}", layers)
         wanted = {r.path for r in Conversion(deep, Quant.make("affine", 4)).plan.rows if r.quant is not None}
         mx.clear_cache()
         mx.reset_peak_memory()
@@ -614,7 +598,7 @@ def test_peak_memory_of_a_gptq_conversion_does_not_grow_with_the_number_of_layer
     shapes = [v.shape for k, v in load_file(next(src.glob("*.safetensors"))).items()
               if ".layers.1." in k and k.endswith(("proj.weight", "mlp.gate.weight"))]
     layer_moments = sum(4 * s[-1] ** 2 * (s[0] if len(s) == 3 else 1) for s in shapes)
-    peaks = {layers: _gptq_conversion_peak(_deeper(src, tmp_path / f"l{layers}", layers), tmp_path / f"q{layers}",
+    peaks = {layers: _gptq_conversion_peak(layers_repeated(src, tmp_path / f"l{layers}", layers), tmp_path / f"q{layers}",
                                            calib) for layers in (2, 8)}
     assert peaks[8] - peaks[2] < 2 * layer_moments, (peaks, layer_moments)  # python objects grow a little
 

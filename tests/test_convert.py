@@ -14,7 +14,7 @@ from moequant.evaluate import compare_logits
 from moequant.formats import Quant
 from moequant.tiny import ARCHS, write_tiny_checkpoint
 
-from conftest import TOKENS, logits_of
+from conftest import layers_repeated, logits_of
 
 # Bounds measured on these tiny random models (2 layers, 4 experts, hidden 128) against the float
 # reference; the figures seen are in the comments. Random weights put routing near ties, so a
@@ -134,31 +134,6 @@ def test_shard_size_limit_splits_output_into_an_indexed_set_with_the_same_tensor
     assert compare_logits(logits_of(tmp_path / "one"), logits_of(tmp_path / "many")).max_abs == 0
 
 
-def _layers_repeated(src, dst, layers: int, shards: int):
-    """The tiny checkpoint `src` (one shard) with its layer 1 repeated to `layers` decoder layers, in
-    `shards` shards (a layer's tensors in one)."""
-    from safetensors.numpy import load_file, save_file
-
-    dst.mkdir()
-    config = json.loads((src / "config.json").read_text())
-    config["num_hidden_layers"] = layers
-    (dst / "config.json").write_text(json.dumps(config))
-    [shard] = src.glob("*.safetensors")
-    parts, weight_map = [{} for _ in range(shards)], {}
-    for key, value in load_file(shard).items():
-        if ".layers." not in key:
-            parts[0][key] = value
-        elif ".layers.1." in key:
-            for i in range(layers):
-                parts[i * shards // layers][key.replace(".layers.1.", f".layers.{i}.")] = value
-    for n, part in enumerate(parts):
-        name = f"model-{n + 1:05d}-of-{shards:05d}.safetensors"
-        save_file(part, dst / name, metadata={"format": "pt"})
-        weight_map.update((k, name) for k in part)
-    (dst / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    return dst
-
-
 def test_the_dry_run_walks_each_layer_once_and_opens_each_shard_once(tmp_path, monkeypatch):
     """The manifest (a dry run of every group) packs each group's modules walking only their decoder
     layer, not the whole model once per group (which grew with the square of the layers), and
@@ -173,7 +148,7 @@ def test_the_dry_run_walks_each_layer_once_and_opens_each_shard_once(tmp_path, m
     monkeypatch.setattr(mx, "load", lambda file, *a, **k: (opened.append(file), load(file, *a, **k))[1])
     visited = {}
     for layers in (2, 8):
-        deep = _layers_repeated(src, tmp_path / f"l{layers}", layers, shards=2)
+        deep = layers_repeated(src, tmp_path / f"l{layers}", layers, shards=2)
         conversion = Conversion(deep, Quant.make("affine", 4))
         walked.clear(), opened.clear()
         entries = conversion.manifest()

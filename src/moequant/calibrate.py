@@ -1477,7 +1477,7 @@ def _measure(model: nn.Module, weights: list[dict[str, mx.array]], tokens: mx.ar
             helpers = []
             if (perturbed_inputs or chained) and beside is None:
                 carry(layer, args, kwargs)
-            elif perturbed_inputs or chained:  # in a thread of its own
+            elif perturbed_inputs or chained:
                 helpers.append(beside.submit(_on_own_stream, carry, layer, args, kwargs))
             try:
                 if probe_state is not None:  # the probe's own tokens, through the float layer
