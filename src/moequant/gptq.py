@@ -53,6 +53,9 @@ from .formats import Mode, Quant, divides, packed_shape, scales_shape
 
 log = logging.getLogger(__name__)
 
+# np.clip's ufunc, without np.clip's Python layer (GPTQ calls it once per column)
+_clip = np._core.umath.clip if hasattr(np, "_core") else np.core.umath.clip
+
 DAMP = 0.01  # λ: λ·mean(diag H) is added to the diagonal of H (Frantar et al.'s default)
 BLOCK = 512  # columns per lazy update: a multiple of every affine group size
 # float32 elements of weights rounded at once (8 MB; a call's temporaries ~12x that) and of H (and of each of its
@@ -366,12 +369,11 @@ def _gptq(w: np.ndarray, a: np.ndarray, bits: int, group_size: int, dtype: mx.Dt
                     t[...] = target[:, i]
                 np.subtract(t, bias, out=x)
                 np.divide(x, scale, out=x)
-                np.rint(x, out=x)
                 qi = q[:, i - g0]
-                np.minimum(np.maximum(x, 0, out=x), n_bins, out=qi)  # np.clip's, without its Python layer
+                np.rint(_clip(x, 0, n_bins, out=x), out=qi)  # = clip(rint(x)): the bounds are whole numbers
                 if lookup:
                     np.add(qi, first, out=at, casting="unsafe")
-                    np.take(table, at, out=restored[:, i], mode="clip")
+                    table.take(at, out=restored[:, i], mode="clip")
                 else:
                     restored[:, i] = _dequantized(qi, scale, bias, dtype)
                 np.subtract(t, restored[:, i], out=error[:, i])
