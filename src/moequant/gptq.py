@@ -330,7 +330,8 @@ def _gptq(w: np.ndarray, a: np.ndarray, bits: int, group_size: int, dtype: mx.Dt
     Returns codes uint8 [B, R, n], stored scales and biases (float32 [B, R, n / group_size]) and the
     residual W − Ŵ, transposed [B, n, R]."""
     B, R, n = w.shape
-    n_bins = np.float32(2**bits - 1)
+    # the codes' bounds as arrays: a ufunc converts scalars on every call (the column loop's clip 0.7 against 1.4 µs)
+    low, high = np.zeros((), np.float32), np.full((), 2**bits - 1, np.float32)
     w0 = np.ascontiguousarray(w.transpose(0, 2, 1))  # columns contiguous: [B, n, R]
     target = w0.copy()  # the weights updated for the errors of all columns before the current group
     error = np.empty_like(w0)  # each column's target minus its dequantized value
@@ -370,7 +371,7 @@ def _gptq(w: np.ndarray, a: np.ndarray, bits: int, group_size: int, dtype: mx.Dt
                 np.subtract(t, bias, out=x)
                 np.divide(x, scale, out=x)
                 qi = q[:, i - g0]
-                np.rint(_clip(x, 0, n_bins, out=x), out=qi)  # = clip(rint(x)): the bounds are whole numbers
+                np.rint(_clip(x, low, high, out=x), out=qi)  # = clip(rint(x)): the bounds are whole numbers
                 if lookup:
                     np.add(qi, first, out=at, casting="unsafe")
                     table.take(at, out=restored[:, i], mode="clip")
