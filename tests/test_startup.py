@@ -95,11 +95,17 @@ def test_a_changed_config_or_transformers_version_is_read_again(cache, reads, mo
     assert len(reads) == 3 and len(_entries(cache)) == 3
     target._transformers_config(config)
     assert len(reads) == 3
-    version = importlib.metadata.version
-    monkeypatch.setattr(importlib.metadata, "version",
+    version = target.installed_version
+    monkeypatch.setattr(target, "installed_version",
                         lambda name: "0.0.0.other" if name == "transformers" else version(name))
     target._transformers_config(config)
     assert len(reads) == 4 and len(_entries(cache)) == 4
+
+
+@pytest.mark.parametrize("package", ["transformers", "numpy", "mlx", "moequant"])  # mlx: a namespace package
+def test_installed_version_is_importlib_metadatas(package):
+    assert target.installed_version(package) == importlib.metadata.version(package)
+    assert target.installed_version("no_such_package_here") is None
 
 
 def test_an_unreadable_or_foreign_cache_entry_is_read_again(cache, reads):
