@@ -7,6 +7,7 @@ error naming the layer and the expert, never a silent skip.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import mlx.core as mx
@@ -125,17 +126,29 @@ def _per_expert_pattern(family: Family) -> re.Pattern:
 
 def expert_sources(family: Family, keys) -> dict[str, tuple[str, str]]:
     """Target expert stack path -> (layout SRC publishes it in, one SRC key of it), for `inspect`."""
-    pattern, fused = _per_expert_pattern(family), _fused_publications(family)
     out: dict[str, tuple[str, str]] = {}
+    for key, layout, paths in _expert_weights(family, keys):
+        for path in paths:
+            out.setdefault(path, (layout, key))
+    return out
+
+
+def expert_keys(family: Family, keys) -> list[str]:
+    """Those of `keys` that hold expert weights (each feeds a stack of expert_sources), in order."""
+    return [key for key, _, _ in _expert_weights(family, keys)]
+
+
+def _expert_weights(family: Family, keys) -> Iterator[tuple[str, str, tuple[str, ...]]]:
+    """(key, the layout SRC publishes it in, the target stack paths it feeds) for each of `keys` that
+    holds expert weights; the family's patterns compiled once for all of them."""
+    pattern, fused = _per_expert_pattern(family), _fused_publications(family)
     for key in keys:
         if (m := pattern.match(key)) and m["suffix"] == "weight":
-            out.setdefault(f"{m['layer']}.{family.stacked}.{family.projections[m['proj']]}", ("per-expert", key))
+            yield key, "per-expert", (f"{m['layer']}.{family.stacked}.{family.projections[m['proj']]}",)
         elif (found := _match_fused(fused, key)) and not found[0]["bias"]:
             f, publication = found
             projections = ("down_proj",) if f["proj"] == publication.down else ("gate_proj", "up_proj")
-            for p in projections:
-                out.setdefault(f"{f['layer']}.{family.stacked}.{p}", ("fused", key))
-    return out
+            yield key, "fused", tuple(f"{f['layer']}.{family.stacked}.{p}" for p in projections)
 
 
 def num_experts(family: Family, config: dict) -> int | tuple[int, ...]:

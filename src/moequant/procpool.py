@@ -366,11 +366,11 @@ def units(conv, groups, workers: int) -> list[Unit]:
 def _sizes(conv, groups) -> list[tuple[int, int, int]]:
     """Per group: (bytes of its tensors other than expert weights, bytes of its expert weights, its
     expert count, or 0 where its stacks may not be cut: none, or expert sets of different counts)."""
-    from .experts import expert_sources
+    from .experts import expert_keys
 
     out = []
     for g in groups:
-        experts = [k for k in g.keys if expert_sources(conv.family, (k,))]
+        experts = expert_keys(conv.family, g.keys)
         counts = {conv.expert_count.sets(k) for k in experts}
         n = next(iter(counts))[0] if len(counts) == 1 and len(next(iter(counts))) == 1 else 0
         stacked = sum(conv.ckpt.tensors[k].nbytes for k in experts)
