@@ -67,6 +67,15 @@ def test_the_command_line_imports_no_pydantic(tmp_path):
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
 
 
+def test_the_commands_entry_module_imports_no_cli():
+    """Each worker process runs the `moequant` script again (multiprocessing's __mp_main__), which
+    imports the entry module moequant.__main__: it must not bring typer, rich or the CLI with it."""
+    script = "import sys, moequant.__main__; print(sorted({'typer', 'rich', 'moequant.cli', 'mlx.core'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout
+
+
 def test_the_child_process_reads_every_config_as_transformers_here_does():
     configs = [arch.config("published") for arch in ALL_ARCHS.values()]
     # == rather than repr: a nested dict's key order may follow string hashes, which differ between processes
@@ -174,11 +183,11 @@ def test_a_child_that_cannot_start_or_carry_the_reading_gives_none(monkeypatch):
     (["convert", "a", "b", "--calib", "gptq"], False),
 ])
 def test_the_forkserver_preloads_gptqs_modules_when_the_command_line_asks_for_gptq(monkeypatch, argv, gptq):
-    from moequant import cli, procpool
+    from moequant import __main__ as moequant_main, procpool
 
     started = []
     monkeypatch.setattr(procpool, "start_server", lambda gptq=False: started.append(gptq))
-    cli._forkserver_early(argv)
+    moequant_main._forkserver_early(argv)
     assert started == [gptq]
     from multiprocessing import forkserver
 

@@ -39,7 +39,6 @@ class _App(typer.Typer):
     """The Typer app; run as a program, the process ends quietly however it is interrupted."""
 
     def __call__(self, *args, **kwargs):
-        _forkserver_early(sys.argv[1:])
         try:
             return super().__call__(*args, **kwargs)
         except KeyboardInterrupt:  # before a command took over the signals (while importing)
@@ -50,22 +49,6 @@ class _App(typer.Typer):
             # interpreter shutdown must not turn into "Exception ignored in atexit callback".
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_IGN)
-
-
-def _forkserver_early(argv: list[str]) -> None:
-    """Start the workers' forkserver (procpool) before typer parses the command line (a tenth of a
-    second), when the arguments say `convert` with its default worker processes: the forkserver's
-    imports take longer than this process's work until the workers start (with --calib, they
-    overlap the calibration pass instead of following it; with `--rounding gptq` it imports GPTQ's
-    modules too). A guess from the raw arguments: when it is wrong (`convert --help`) the forkserver
-    idles and exits with the process."""
-    if argv[:1] == ["convert"] and not {"--pool", "-h", "--help"} & {a.split("=")[0] for a in argv}:
-        from .procpool import start_server
-
-        rounding = None  # the last --rounding given, as typer takes it
-        for a, b in zip(argv, [*argv[1:], ""]):
-            rounding = b if a == "--rounding" else a.split("=", 1)[1] if a.startswith("--rounding=") else rounding
-        start_server(gptq=rounding == "gptq")
 
 
 def _tidy(params: list) -> list:

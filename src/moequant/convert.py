@@ -488,6 +488,8 @@ class Conversion:
             # convert_groups forks them then)
             started = procpool.Workers(workers)
         with started or nullcontext():
+            if started is not None and not gptq:  # they set up while the manifest is made
+                procpool.send_spec(self, groups, workers, started)
             manifest = self.manifest()
             with Output(dst, force, shard_size, self.ckpt.path) as out:
                 out.allocate(manifest)  # refuses a DST without room for it before any slow work

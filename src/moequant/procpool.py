@@ -16,7 +16,9 @@ own of both. The dry-run manifest already fixes every output tensor's offset, so
   target.lazy_mlx_lm); each worker rebuilds the target model from its class and ModelArgs, sent
   pickled.
 * The workers are forked ahead (Workers), while the main process still imports, reads SRC and
-  makes the manifest, and then wait for their Spec: pickled once, sent down each one's pipe.
+  plans, and then wait for their Spec: pickled once, sent down each one's pipe. A plain
+  conversion's Spec goes before the manifest is made (send_spec), so that the workers set up
+  while the main process makes it; then each gets its Place (the manifest's slots).
 * Each worker reads ahead: when it starts group i it asks the kernel for group i's and group
   i + workers' bytes (`posix_fadvise WILLNEED`), so the next layer's reads overlap this one's work.
 * It never waits on a write: evaluated tensors go to a writer thread (at most WRITE_AHEAD bytes in
@@ -40,7 +42,7 @@ import sys
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -155,23 +157,31 @@ def gptq_workers(limit: int, widest: int = 0) -> int:
 
 @dataclass
 class Spec:
-    """What a worker needs, pickled once for all: the Conversion's class (by reference: the
-    worker imports convert.py only when it unpickles it) and state (no mlx objects), how to rebuild
-    its target model without importing mlx-lm's package, and where to write."""
+    """What a worker needs to set up, pickled once for all: the Conversion's class (by reference:
+    the worker imports convert.py only when it unpickles it) and state (no mlx objects), how to
+    rebuild its target model without importing mlx-lm's package, and its units. Where to write
+    comes after it (Place), once the manifest is made."""
 
     kind: type
     state: dict
     model_class: type | None
     model_args: object
     shapes: dict  # the target's parameter shapes, to check the rebuilt model against
-    slots: dict
-    paths: list
     groups: list  # the keys of each group, for read-ahead
     units: list  # (group, share, shares): see units()
     workers: int
     moments: object = None  # calibrate.Moments, read from its files (--rounding gptq)
     timeline: bool = False
-    extra: dict = field(default_factory=dict)
+
+
+class Place(NamedTuple):
+    """Where a worker writes (writer.Output.attached): each output tensor's slot in the shard files
+    the main process allocated, their paths, and DST and the output's size for its errors."""
+
+    slots: dict
+    paths: list
+    dst: str
+    nbytes: int
 
 
 def _context(gptq: bool = False):
@@ -181,20 +191,8 @@ def _context(gptq: bool = False):
     gptq; each worker imported them at its start, 0.12 s of the trained tiny MoE's 0.15 s setup on the
     2-core VM): numpy would only delay the first fork of a plain conversion."""
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["moequant._workerboot", *(["moequant.calibrate"] if gptq else []), *_main_imports()])
+    ctx.set_forkserver_preload(["moequant._workerboot", *(["moequant.calibrate"] if gptq else [])])
     return ctx
-
-
-def _main_imports() -> list[str]:
-    """What each worker would import again when it starts: multiprocessing runs the parent's main
-    script in every worker (spawn.prepare, as __mp_main__), unless it ran as a module (`python -m
-    moequant`). The `moequant` command is such a script and imports moequant.cli (typer, rich):
-    0.06 s of CPU per worker on the 2-core VM (16 workers: 1.55 s of CPU against 0.48 with -m), once
-    in the forkserver instead. (Its preload of "__main__" itself does nothing in Python 3.11 and
-    3.12: the main path never reaches it.)"""
-    main = sys.modules.get("__main__")
-    script = main is not None and getattr(main, "__spec__", None) is None and getattr(main, "__file__", None)
-    return ["moequant.cli"] if script and "moequant.cli" in sys.modules else []
 
 
 def start_server(gptq: bool = False) -> None:
@@ -247,6 +245,8 @@ class Workers:
         self.pipes: list = []  # the main process's end of each worker's pipe
         self.forked: list[float] = []  # perf_counter when each fork returned (the timeline)
         self.rows: list[dict] = []  # the workers' timeline rows (MOEQUANT_TIMELINE)
+        self.spec: Spec | None = None  # sent ahead (send_spec): to the first `sent` workers, pickled as `blob`
+        self.blob, self.sent = b"", 0
         self.error: BaseException | None = None
         self.wanted, self.stopped, self.done = count, False, False
         self.cond = threading.Condition()
@@ -289,6 +289,16 @@ class Workers:
             self.wanted = workers
             for w in self.pipes[workers:]:
                 w.close()
+
+    def send_spec(self, spec: Spec) -> None:
+        """Send `spec` to the workers forked so far (no more than are wanted); convert_groups sends
+        it to any forked later, then each its Place."""
+        blob = pickle.dumps(spec)
+        with self.cond:
+            pipes = self.pipes[:self.wanted]
+        for w in pipes:
+            w.send_bytes(blob)
+        self.spec, self.blob, self.sent = spec, blob, len(pipes)
 
     def take(self, workers: int) -> list:
         """The first `workers` (at most `count`) processes, once forked (see limit)."""
@@ -465,7 +475,7 @@ def makespan(costs: list[float], workers: int) -> float:
     return max(free)
 
 
-def _spec(conv, out, groups, workers: int, moments) -> Spec:
+def _spec(conv, groups, workers: int, moments) -> Spec:
     from .quantize import parameter_shapes
 
     state = {k: v for k, v in conv.__dict__.items() if k not in ("model", "format")}
@@ -476,28 +486,41 @@ def _spec(conv, out, groups, workers: int, moments) -> Spec:
         pickle.dumps((model_class, args))
     except Exception:  # a class or args that do not pickle: the worker builds from the config
         model_class, args = None, None
-    return Spec(type(conv), state, model_class, args, parameter_shapes(model), dict(out.slots),
-                [str(out.tmp / name) for name in out.names], [list(g.keys) for g in groups],
-                units(conv, groups, workers), workers,
-                moments,
-                os.environ.get(TIMELINE, "") not in ("", "0"), {"dst": str(out.dst), "nbytes": out.nbytes})
+    return Spec(type(conv), state, model_class, args, parameter_shapes(model), [list(g.keys) for g in groups],
+                units(conv, groups, workers), workers, moments, os.environ.get(TIMELINE, "") not in ("", "0"))
+
+
+def send_spec(conv, groups, workers: int, pool: Workers) -> None:
+    """Send the Spec of a plain conversion (GPTQ's comes with its moments, in convert_groups) to
+    `workers` of `pool`, forked ahead, before the manifest is made: each sets up (unpickles it,
+    rebuilds the target model, builds its groups' lazy graphs) while the main process makes the
+    manifest and allocates the output, then waits for its Place."""
+    pool.send_spec(_spec(conv, groups, workers, None))
 
 
 def convert_groups(conv, out, groups, workers: int, moments=None, started: Workers | None = None) -> Iterator[int]:
     """Indices of groups as they are written, by `workers` processes (see the module docstring):
-    those `started` ahead (Workers of at least `workers`), else forked now. Output `out` has
-    allocated the shard files; each worker's written tensors are adopted into it."""
+    those `started` ahead (Workers of at least `workers`, their Spec sent ahead or not: send_spec),
+    else forked now. Output `out` has allocated the shard files; each worker's written tensors are
+    adopted into it."""
     with (nullcontext(started) if started is not None else Workers(workers, moments is not None)) as pool:
-        spec = _spec(conv, out, groups, workers, moments)
+        spec = pool.spec or _spec(conv, groups, workers, moments)
+        blob = pool.blob or pickle.dumps(spec)
         for u in range(len(spec.units)):
             pool.tasks.put(u)
         for _ in range(workers):
             pool.tasks.put(None)
         start, age = time.perf_counter(), _age()
         procs = pool.take(workers)
-        blob = pickle.dumps(spec)
-        for w in pool.pipes[:workers]:
-            w.send_bytes(blob)
+        place = pickle.dumps(Place(dict(out.slots), [str(out.tmp / name) for name in out.names], str(out.dst),
+                                   out.nbytes))
+        for k, w in enumerate(pool.pipes[:workers]):
+            try:
+                if k >= pool.sent:
+                    w.send_bytes(blob)
+                w.send_bytes(place)
+            except OSError:  # that worker failed setting up and is gone: _results reports its error
+                pass
         sent = time.perf_counter()
         yield from _results(pool, procs, out, spec, len(groups))
         if spec.timeline:
@@ -555,8 +578,9 @@ def _exit(code: int) -> str:
 
 
 def print_timeline(rows: list[dict], start: float, workers: int, main: dict) -> None:
-    """Per worker: its setup, then each group with the seconds spent building the lazy graph,
-    evaluating (read + dequantize + quantize, fused by mlx), waiting for the writer, and idle.
+    """Per worker: its setup (its write-wait: the wait for its Place, the manifest), then each group
+    with the seconds spent building the lazy graph, evaluating (read + dequantize + quantize, fused
+    by mlx), waiting for the writer, and idle.
     Then the main process's share: its age when the pool started (interpreter, imports, reading
     SRC, the plan, the manifest), the wait for the forks and the sending of the Spec, and the
     joining of the workers after the last group."""
@@ -716,7 +740,6 @@ def _setup(spec: Spec):
     from .formats import FP_MODES
     from .quantize import Quantizer, parameter_shapes
     from .target import build_model
-    from .writer import Output
 
     conv = spec.kind.__new__(spec.kind)
     conv.__dict__.update(spec.state)
@@ -746,31 +769,43 @@ def _setup(spec: Spec):
             normalized = dict(enumerate(conv._normalized_groups(as_parts=True)))
         return Quantizer(conv._target(), conv.plan, moments=spec.moments), normalized
 
-    out = Output.attached(spec.slots, spec.paths, spec.extra.get("dst"), spec.extra.get("nbytes", 0))
     files = {str(conv.ckpt.tensors[k].file) for keys in spec.groups for k in keys}
-    return conv, fresh, out, _ranges(files)
+    return conv, fresh, _ranges(files)
 
 
 def _worker(n: int, conn, tasks, results) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process stops us (SIGTERM)
-    try:
-        blob = conn.recv_bytes()
-    except (EOFError, OSError):  # not needed (Workers.take), or the main process is gone
-        return
-    finally:
-        conn.close()
+    with conn:
+        try:
+            blob = conn.recv_bytes()
+        except (EOFError, OSError):  # not needed (Workers.take), or the main process is gone
+            return
+        _work(n, blob, conn, tasks, results)
+
+
+def _work(n: int, blob: bytes, conn, tasks, results) -> None:
+    """Set up from the pickled Spec `blob`, wait for the Place on `conn`, then convert units from
+    `tasks` until None, reporting to `results`."""
+    from .writer import Output
+
     rows, i = [], None
     try:
         t_setup = time.perf_counter()
         spec = pickle.loads(blob)
         del blob
         with mx.stream(mx.new_stream(mx.cpu)):
-            conv, fresh, out, ranges = _setup(spec)
+            conv, fresh, ranges = _setup(spec)
             quantizer, normalized = fresh()
+            t_set = time.perf_counter()
+            try:
+                place = pickle.loads(conn.recv_bytes())
+            except (EOFError, OSError):  # let go before the manifest was made (it failed), or the main process is gone
+                return
+            out = Output.attached(place.slots, place.paths, place.dst, place.nbytes)
             writes = _Writes(out)
             out._pwrite = writes.put  # Output.add hands each evaluated tensor to the writer thread
             rows.append({"worker": n, "group": "(setup)", "t0": t_setup, "t1": time.perf_counter(),
-                         "graph": 0.0, "eval": 0.0, "wait": 0.0, "bytes": 0})
+                         "graph": 0.0, "eval": 0.0, "wait": time.perf_counter() - t_set, "bytes": 0})
             while True:
                 try:
                     u = tasks.get()
