@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import gc
 import json
 import logging
 import time
@@ -49,6 +50,9 @@ class _App(typer.Typer):
             # interpreter shutdown must not turn into "Exception ignored in atexit callback".
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_IGN)
+            # What is left goes with the process: the interpreter's collections at exit need not walk
+            # it (40-80 ms of a conversion's end on the 2-core VM)
+            gc.freeze()
 
 
 def _tidy(params: list) -> list:
