@@ -16,6 +16,7 @@ from moequant import procpool
 from moequant.card import CARD_FILE
 from moequant.checkpoint import Stacked
 from moequant.convert import Conversion
+from moequant.errors import LayoutError
 from moequant.formats import Quant
 from moequant.quantize import Quantizer
 from moequant.tiny import write_tiny_checkpoint
@@ -228,6 +229,26 @@ def test_workers_forked_ahead_and_not_taken_exit():
             assert p.exitcode == 0, p
         assert taken[0].is_alive()  # waiting for its Spec
     assert [p for p in pool.procs if p.is_alive()] == []
+
+
+def test_a_manifest_that_fails_after_the_spec_went_out_leaves_no_worker(tmp_path, monkeypatch):
+    """A plain conversion sends the workers forked ahead their Spec before it makes the manifest:
+    when the manifest fails, its error is what the caller gets, every worker (set up, or setting
+    up, and waiting for its Place) is stopped, and DST is not written."""
+    src = write_tiny_checkpoint(tmp_path / "src", "qwen3_moe")
+    conversion = Conversion(src, Quant.make("affine", 4, 64))
+
+    def failing(self):
+        raise LayoutError("the manifest failed")
+
+    monkeypatch.setattr(Conversion, "manifest", failing)
+    with procpool.Workers(2) as pool:
+        pool.take(2)  # both forked: both get the Spec ahead
+        with pytest.raises(LayoutError, match="the manifest failed"):
+            list(conversion.run(tmp_path / "dst", workers=2, pool=pool))
+        assert pool.sent == 2 and pool.spec is not None
+        assert [p for p in pool.procs if p.is_alive()] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

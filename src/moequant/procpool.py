@@ -297,7 +297,10 @@ class Workers:
         with self.cond:
             pipes = self.pipes[:self.wanted]
         for w in pipes:
-            w.send_bytes(blob)
+            try:
+                w.send_bytes(blob)
+            except OSError:  # that worker is gone: convert_groups's wait for the workers reports it
+                pass
         self.spec, self.blob, self.sent = spec, blob, len(pipes)
 
     def take(self, workers: int) -> list:
@@ -792,7 +795,6 @@ def _work(n: int, blob: bytes, conn, tasks, results) -> None:
     try:
         t_setup = time.perf_counter()
         spec = pickle.loads(blob)
-        del blob
         with mx.stream(mx.new_stream(mx.cpu)):
             conv, fresh, ranges = _setup(spec)
             quantizer, normalized = fresh()
