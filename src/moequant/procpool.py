@@ -25,7 +25,7 @@ own of both. The dry-run manifest already fixes every output tensor's offset, so
   flight), so quantizing the next module overlaps the `pwrite` of the last.
 * SIGINT is the main process's business: workers ignore it and are terminated (SIGTERM) and
   joined by the main process before it removes the temporary folder; a worker still waiting for
-  its Spec exits when its pipe closes (the main process let it go, or died).
+  its Spec or its Place exits when its pipe closes (the main process let it go, or died).
 """
 
 from __future__ import annotations
