@@ -286,11 +286,16 @@ def _pooled() -> bool:
     return _pool is not None and not getattr(_task, "running", False)
 
 
-def _in_pool(fn, items, item_bytes: int = 0) -> list:
+def _in_pool(fn, items, item_bytes: int = 0, flops: int | None = None) -> list:
     """[fn(item) for item in items], spread over the pass's threads where _pooled, else in this
     thread; at most TASK_MEMORY / `item_bytes` (each item's temporaries) at once: measured on
-    one 64-expert layer, a pool of 16 threads unbounded took the pass's peak RSS from 1.63 to 2.01 GB."""
-    if not _pooled():
+    one 64-expert layer, a pool of 16 threads unbounded took the pass's peak RSS from 1.63 to 2.01 GB.
+    Where the pass has at most ASIDE + 1 cores, items of fewer than THREADED_FLOPS `flops` in all run
+    in this thread too: there, handed to the pool's few threads, a probe's experts and attention heads
+    (the trained tiny MoE's, ~0.1-0.5 ms each) queued behind the layer calls' products, and the
+    probes, which set the pass's length, waited (on the 2-core VM, its pass 1.98 -> 1.74 s, medians
+    of 16 interleaved runs). With more cores the pool has threads to spare (not measured there)."""
+    if not _pooled() or (flops is not None and flops < THREADED_FLOPS and _pool_size <= ASIDE + 1):
         return [fn(item) for item in items]
     room = threading.BoundedSemaphore(max(1, TASK_MEMORY // item_bytes)) if item_bytes else nullcontext()
 
@@ -511,7 +516,7 @@ class _InNumpy(nn.Module):
         # an item's temporaries: its weight widened, and (at PROBE) dequantized_affine's three of its size (at
         # 16 bytes an element for both, a 64 x 768 x 2048 stack's products ran 5 at a time on 16 threads)
         _in_pool(product, [int(e) for e in np.nonzero(np.diff(bounds))[0]],
-                 (16 if probe else 4) * out_dims * xs.shape[-1])
+                 (16 if probe else 4) * out_dims * xs.shape[-1], 2 * flat.size * m * xs.shape[-1] * out_dims)
         if "bias" in self.inner:
             out += as_float32(self.inner.bias)[flat][:, None]
         return mx.array(out.reshape(*batch, m, out_dims))
@@ -575,7 +580,8 @@ def _attention_in_numpy():
                 scores /= scores.sum(-1, keepdims=True)
                 out[i, heads, rows] = (scores.reshape(-1, seen) @ vn[i, j, :seen]).reshape(group, -1, vn.shape[-1])
 
-        _in_pool(one, [(i, j) for i in range(b) for j in range(kv_heads)], 8 * group * length * keys)  # scores, twice
+        _in_pool(one, [(i, j) for i in range(b) for j in range(kv_heads)], 8 * group * length * keys,  # scores, twice
+                 4 * b * h * length * keys * vn.shape[-1])
         return mx.array(out).astype(q.dtype)
 
     mx.fast.scaled_dot_product_attention = attention
