@@ -68,8 +68,12 @@ def test_grid_is_mlx_affine_formula(bits, dtype):
 def test_dequantized_affine_is_mlx_bit_for_bit(bits):
     w = _weights(bits, (3, 16, 512), mx.float32)
     for group_size in GROUP_SIZES:
-        expected = mx.dequantize(*mx.quantize(w, group_size, bits), group_size, bits)
-        assert np.array_equal(dequantized_affine(np.array(w), bits, group_size), np.array(expected))
+        expected = np.array(mx.dequantize(*mx.quantize(w, group_size, bits), group_size, bits))
+        given = np.array(w)
+        assert np.array_equal(dequantized_affine(given, bits, group_size), expected)
+        assert np.array_equal(given, np.array(w))  # left as it was
+        out = dequantized_affine(given, bits, group_size, overwrite=True)  # into `given` itself
+        assert np.array_equal(out, expected) and np.shares_memory(out, given)
 
 
 @pytest.mark.parametrize("group_size", GROUP_SIZES)

@@ -437,14 +437,15 @@ class _InNumpy(nn.Module):
         """float32 of `stored`, rows of stored_bits(weight) (numpy's slice: mlx's would copy it
         first), at PROBE if `probe`."""
         w = widened_bits(stored)
-        return dequantized_affine(w, PROBE.bits, PROBE.group_size) if probe else w
+        return dequantized_affine(w, PROBE.bits, PROBE.group_size, overwrite=w is not stored) if probe else w
 
     def __call__(self, x: mx.array, *args, **kwargs) -> mx.array:
         if isinstance(self.inner, nn.Embedding):  # its rows, widened: the table stays as stored
             if getattr(self.inner, "_dropped", False):  # rows nothing reads (see _drop_embeddings)
                 return mx.zeros((*x.shape, self.inner.weight.shape[-1]), mx.float32)
             rows = widened_bits(stored_bits(self.inner.weight)[np.asarray(x)])
-            return mx.array(dequantized_affine(rows, PROBE.bits, PROBE.group_size) if self.probe else rows)
+            return mx.array(dequantized_affine(rows, PROBE.bits, PROBE.group_size, overwrite=True) if self.probe
+                            else rows)
         if self.stack:
             indices = args[0] if args else kwargs["indices"]
             return _reuse(self.inner, (self.probe, x, indices), lambda: self._gather(x, indices))
@@ -478,8 +479,8 @@ class _InNumpy(nn.Module):
             def block(r: int) -> None:
                 y2[:, r:r + step] = x2 @ self._weight(stored[r:r + step], probe).T
 
-            # a task's temporaries: its rows widened (and dequantized_affine's three of their size), its product
-            _in_pool(block, range(0, out, step), (16 if probe else 4) * step * n + 4 * x2.shape[0] * step)
+            # a task's temporaries: its rows widened (at PROBE, dequantized in place), its product
+            _in_pool(block, range(0, out, step), 4 * step * n + 4 * x2.shape[0] * step)
             return y
         for r in range(0, out, step):
             y2[:, r:r + step] = _mm(x2, self._weight(stored[r:r + step], probe).T)
@@ -513,10 +514,11 @@ class _InNumpy(nn.Module):
                 picked = order[bounds[e]:bounds[e + 1]]
                 out[picked] = (xs[source[picked]].reshape(-1, xs.shape[-1]) @ w).reshape(-1, m, out_dims)
 
-        # an item's temporaries: its weight widened, and (at PROBE) dequantized_affine's three of its size (at
-        # 16 bytes an element for both, a 64 x 768 x 2048 stack's products ran 5 at a time on 16 threads)
+        # an item's temporaries: its weight widened (at PROBE, dequantized in place: at the 16 bytes an element
+        # that dequantized_affine's three arrays of its size took, a 64 x 768 x 2048 stack's products ran 5 at a
+        # time on 16 threads)
         _in_pool(product, [int(e) for e in np.nonzero(np.diff(bounds))[0]],
-                 (16 if probe else 4) * out_dims * xs.shape[-1], 2 * flat.size * m * xs.shape[-1] * out_dims)
+                 4 * out_dims * xs.shape[-1], 2 * flat.size * m * xs.shape[-1] * out_dims)
         if "bias" in self.inner:
             out += as_float32(self.inner.bias)[flat][:, None]
         return mx.array(out.reshape(*batch, m, out_dims))

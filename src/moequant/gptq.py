@@ -160,10 +160,21 @@ def _grid(groups: np.ndarray, bits: int, axis: int) -> tuple[np.ndarray, np.ndar
     return scale, np.where(shifted, edge, np.float32(0))
 
 
-def dequantized_affine(w: np.ndarray, bits: int, group_size: int) -> np.ndarray:
+def dequantized_affine(w: np.ndarray, bits: int, group_size: int, overwrite: bool = False) -> np.ndarray:
     """`mx.dequantize(*mx.quantize(w, group_size, bits), group_size, bits)` of float32 `w` [..., n],
-    in numpy, bit for bit (without mlx's CPU dequantize, which takes 5x its output's memory)."""
-    return _plain_affine(w, bits, group_size, mx.float32)[3]
+    in numpy, bit for bit (without mlx's CPU dequantize, which takes 5x its output's memory): the
+    operations of `_plain_affine` in float32, in its order, in one array of w's size, or in `w`
+    itself if `overwrite` (then nothing of its size is made: the calibration pass's probes, a few
+    experts' weights at once per thread)."""
+    groups = w.reshape(*w.shape[:-1], -1, group_size)
+    scale, bias = (v[..., None] for v in _grid(groups, bits, axis=-1))
+    q = np.subtract(groups, bias, out=groups if overwrite else None)
+    np.divide(q, scale, out=q)
+    np.rint(q, out=q)
+    np.clip(q, 0, 2**bits - 1, out=q)
+    np.multiply(q, scale, out=q)
+    np.add(q, bias, out=q)
+    return q.reshape(w.shape)
 
 
 def _plain_affine(w: np.ndarray, bits: int, group_size: int, dtype: mx.Dtype, axis: int = -1):
