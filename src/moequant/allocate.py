@@ -36,7 +36,7 @@ from .calibrate import as_float32, stored_bits, widened_bits
 from .checkpoint import Stacked
 from .errors import PlanError
 from .formats import Mode, Quant
-from .gptq import _grid
+from .gptq import _grid, codes
 from .plan import Module
 
 # What --target-bpw chooses from (affine: the one mode every bit width and group size exists in)
@@ -145,10 +145,7 @@ def column_errors(stored: np.ndarray | Iterable[np.ndarray], candidates=CANDIDAT
             grouped = full.reshape(2, *x.shape[:2], -1, q.group_size)
             grouped[0] = scale[..., None]
             grouped[1] = bias[..., None]
-            np.subtract(x, full[1], out=t)  # _plain_affine's operations, in its order, into one buffer
-            t /= full[0]
-            np.rint(t, out=t)
-            np.clip(t, 0, 2**q.bits - 1, out=t)
+            codes(x, full[0], full[1], q.bits, out=t)  # _plain_affine's operations, in its order, into one buffer
             t *= full[0]
             t += full[1]
             t -= x

@@ -168,13 +168,19 @@ def dequantized_affine(w: np.ndarray, bits: int, group_size: int, overwrite: boo
     experts' weights at once per thread)."""
     groups = w.reshape(*w.shape[:-1], -1, group_size)
     scale, bias = (v[..., None] for v in _grid(groups, bits, axis=-1))
-    q = np.subtract(groups, bias, out=groups if overwrite else None)
-    np.divide(q, scale, out=q)
-    np.rint(q, out=q)
-    np.clip(q, 0, 2**bits - 1, out=q)
+    q = codes(groups, scale, bias, bits, out=groups if overwrite else None)
     np.multiply(q, scale, out=q)
     np.add(q, bias, out=q)
     return q.reshape(w.shape)
+
+
+def codes(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, bits: int, out: np.ndarray | None = None) -> np.ndarray:
+    """mlx's CPU affine codes of float32 `x` on the grid `scale`, `bias` (broadcast against it), as
+    float32: clip(rint((x − bias) / scale), 0, 2**bits − 1), in one array (`out`, which may be `x`)."""
+    q = np.subtract(x, bias, out=out)
+    np.divide(q, scale, out=q)
+    np.rint(q, out=q)
+    return np.clip(q, 0, 2**bits - 1, out=q)
 
 
 def _plain_affine(w: np.ndarray, bits: int, group_size: int, dtype: mx.Dtype, axis: int = -1):
@@ -187,10 +193,7 @@ def _plain_affine(w: np.ndarray, bits: int, group_size: int, dtype: mx.Dtype, ax
     groups = w.reshape(*w.shape[:axis], -1, group_size, *w.shape[axis + 1:])
     scale, bias = _grid(groups, bits, axis=axis + 1)
     scale_, bias_ = np.expand_dims(scale, axis + 1), np.expand_dims(bias, axis + 1)
-    q = np.subtract(groups, bias_)  # np.clip(np.rint((groups - bias_) / scale_), 0, 2**bits - 1), in one array
-    np.divide(q, scale_, out=q)
-    np.rint(q, out=q)
-    np.clip(q, 0, 2**bits - 1, out=q)
+    q = codes(groups, scale_, bias_, bits)
     scale, bias = _rounded(scale, dtype), _rounded(bias, dtype)
     restored = _dequantized(q, np.expand_dims(scale, axis + 1), np.expand_dims(bias, axis + 1), dtype)
     return q.reshape(w.shape), scale, bias, restored.reshape(w.shape)
